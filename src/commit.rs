@@ -1,0 +1,377 @@
+//! Turning a directory tree into objects and a commit.
+//!
+//! The walk is parallel (rayon: directories and their entries fan out across cores),
+//! works only through directory fds and never follows a symlink. Every regular file
+//! is hashed while it is read; the inode cache of the state database lets a file
+//! whose (device, inode, mtime, size) is unchanged skip reading altogether.
+
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, Result, bail};
+use rayon::prelude::*;
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
+use serde::Serialize;
+
+use crate::fsutil::{self, show};
+use crate::lock::LockWait;
+use crate::statedb::{InodeCache, InodeEntry, StateDb};
+use crate::store::encoding::{self, DirEntry, FileBody, FileEntry, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
+use crate::store::refs::RefName;
+use crate::store::{Commit, DirTree, FileHeader, Meta, ObjectId, ObjectKind, Repo, Transaction};
+
+/// What to commit besides the tree.
+#[derive(Clone, Debug)]
+pub struct CommitOptions {
+    /// The branch to move to the new commit.
+    pub branch: RefName,
+    /// One-line summary.
+    pub subject: String,
+    /// Longer description.
+    pub body: String,
+    /// Key=value metadata (version, ...).
+    pub metadata: Vec<(String, String)>,
+    /// Commit time, seconds since the epoch. Fixed by the caller so that equal input
+    /// can give equal commit ids (SOURCE_DATE_EPOCH).
+    pub timestamp: i64,
+    /// Leave the new commit without a parent even when the branch exists.
+    pub orphan: bool,
+    /// Leave out device nodes, sockets and fifos instead of failing on them.
+    pub skip_special: bool,
+    /// Use the inode cache (off only for measurements and paranoia).
+    pub use_cache: bool,
+}
+
+/// What a commit did, for the user and for benchmarks.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CommitStats {
+    /// Regular files and symlinks in the tree.
+    pub files: u64,
+    /// Directories in the tree (the root included).
+    pub dirs: u64,
+    /// Regular files read and hashed.
+    pub files_hashed: u64,
+    /// Regular files known unchanged from the inode cache, not read.
+    pub files_from_cache: u64,
+    /// Objects new to the store.
+    pub objects_written: u64,
+    /// File content bytes new to the store.
+    pub bytes_written: u64,
+    /// Special files left out (`--skip-special`), by path.
+    pub skipped_special: Vec<String>,
+}
+
+/// The new commit and what it took.
+#[derive(Clone, Debug, Serialize)]
+pub struct CommitResult {
+    /// The new commit.
+    pub commit: ObjectId,
+    /// The branch that now points at it.
+    pub branch: String,
+    /// Its root dirtree.
+    pub root_tree: ObjectId,
+    /// Its parent.
+    pub parent: Option<ObjectId>,
+    /// Counters.
+    pub stats: CommitStats,
+}
+
+/// Commits the tree at `src` to `opts.branch`; on any error nothing is published and
+/// the branch is unchanged.
+pub fn commit_tree(repo: &Repo, src: &Path, opts: &CommitOptions, wait: LockWait<'_>) -> Result<CommitResult> {
+    let root = fsutil::open_dir(src).with_context(|| format!("opening the tree to commit, {}", src.display()))?;
+    let mut db = StateDb::open(&repo.state_db_path())?;
+    let txn = Transaction::begin(repo, wait)?;
+    let history = db.begin_transaction("commit", &std::env::args().collect::<Vec<_>>().join(" "))?;
+    let result = commit_in(&txn, &db, root, opts);
+    let _ = db.end_transaction(history, &result.as_ref().map(|_| ()).map_err(|e| format!("{e:#}")));
+    let (result, cache_rows) = result?;
+    txn.finish(&[(opts.branch.clone(), Some(result.commit))])?;
+    if let Err(e) = db.store_inode_cache(&cache_rows) {
+        // The commit is durable; a cache that fails to save only costs speed next time.
+        tracing::warn!("could not update the inode cache: {e:#}");
+    }
+    Ok(result)
+}
+
+fn commit_in(
+    txn: &Transaction<'_>,
+    db: &StateDb,
+    root: OwnedFd,
+    opts: &CommitOptions,
+) -> Result<(CommitResult, Vec<InodeEntry>)> {
+    let repo = txn.repo();
+    let src_dev = rfs::fstat(&root)?.st_dev;
+    let repo_dev = rfs::fstat(repo.objects_fd())?.st_dev;
+    let cache = if opts.use_cache { db.load_inode_cache(&[src_dev, repo_dev])? } else { InodeCache::default() };
+    let parent = if opts.orphan { None } else { repo.read_ref(&opts.branch)? };
+    let walker = TreeWriter::new(txn, &cache, opts.skip_special);
+    let (root_tree, root_meta) = walker.write_dir(root, "")?;
+    let commit = Commit {
+        root_tree,
+        root_meta,
+        parent,
+        timestamp: opts.timestamp,
+        subject: opts.subject.clone(),
+        body: opts.body.clone(),
+        metadata: Commit::new_metadata(opts.metadata.clone()),
+    };
+    let id = txn.write_meta(ObjectKind::Commit, &commit.encode())?;
+    let (stats, rows) = walker.into_stats();
+    let result = CommitResult { commit: id, branch: opts.branch.to_string(), root_tree, parent, stats };
+    Ok((result, rows))
+}
+
+/// Writes a directory tree into a transaction: the reusable core of every commit
+/// (plain commits here, composes and layered packages later).
+pub struct TreeWriter<'t, 'r> {
+    txn: &'t Transaction<'r>,
+    cache: &'t InodeCache,
+    skip_special: bool,
+    /// Files modified after this instant (ns) are not cached: they could change again
+    /// within the file system's timestamp granularity without changing mtime.
+    racy_after_ns: i64,
+    new_rows: Mutex<Vec<InodeEntry>>,
+    skipped: Mutex<Vec<String>>,
+    files: AtomicU64,
+    dirs: AtomicU64,
+    hashed: AtomicU64,
+    from_cache: AtomicU64,
+}
+
+enum Item {
+    File(FileEntry),
+    Dir(DirEntry),
+    Skipped,
+}
+
+fn mtime_ns(st: &rfs::Stat) -> i64 {
+    st.st_mtime * 1_000_000_000 + st.st_mtime_nsec as i64
+}
+
+fn join(parent: &str, name: &[u8]) -> String {
+    format!("{parent}/{}", show(name))
+}
+
+impl<'t, 'r> TreeWriter<'t, 'r> {
+    /// A writer into `txn`, consulting `cache` for unchanged files.
+    pub fn new(txn: &'t Transaction<'r>, cache: &'t InodeCache, skip_special: bool) -> Self {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        TreeWriter {
+            txn,
+            cache,
+            skip_special,
+            racy_after_ns: now.as_nanos() as i64 - 2_000_000_000,
+            new_rows: Mutex::new(Vec::new()),
+            skipped: Mutex::new(Vec::new()),
+            files: AtomicU64::new(0),
+            dirs: AtomicU64::new(0),
+            hashed: AtomicU64::new(0),
+            from_cache: AtomicU64::new(0),
+        }
+    }
+
+    /// Counters and the inode cache rows worth saving.
+    pub fn into_stats(self) -> (CommitStats, Vec<InodeEntry>) {
+        let s = self.txn.stats();
+        let mut skipped = self.skipped.into_inner().unwrap();
+        skipped.sort();
+        let stats = CommitStats {
+            files: self.files.into_inner(),
+            dirs: self.dirs.into_inner(),
+            files_hashed: self.hashed.into_inner(),
+            files_from_cache: self.from_cache.into_inner(),
+            objects_written: s.objects_written.load(Ordering::Relaxed),
+            bytes_written: s.bytes_written.load(Ordering::Relaxed),
+            skipped_special: skipped,
+        };
+        (stats, self.new_rows.into_inner().unwrap())
+    }
+
+    /// Writes the directory open at `dir` (shown as `path`, "" for the root) and
+    /// everything below it; returns its (dirtree, dirmeta) ids.
+    pub fn write_dir(&self, dir: OwnedFd, path: &str) -> Result<(ObjectId, ObjectId)> {
+        self.dirs.fetch_add(1, Ordering::Relaxed);
+        let shown = if path.is_empty() { "/" } else { path };
+        let st = rfs::fstat(&dir).with_context(|| format!("stat {shown}"))?;
+        let xattrs = fsutil::read_xattrs_fd(dir.as_fd()).with_context(|| format!("reading xattrs of {shown}"))?;
+        let meta = Meta { mode: st.st_mode, uid: st.st_uid, gid: st.st_gid, xattrs };
+        let names = fsutil::list_dir(dir.as_fd()).with_context(|| format!("reading directory {shown}"))?;
+        let items: Vec<Item> = names
+            .into_par_iter()
+            .map(|(name, _)| self.write_entry(dir.as_fd(), name, path))
+            .collect::<Result<_>>()?;
+        let mut tree = DirTree::default();
+        for item in items {
+            match item {
+                Item::File(f) => tree.files.push(f),
+                Item::Dir(d) => tree.dirs.push(d),
+                Item::Skipped => {}
+            }
+        }
+        tree.sort();
+        let tree_id = self.txn.write_meta(ObjectKind::DirTree, &tree.encode())?;
+        let meta_id = self.txn.write_meta(ObjectKind::DirMeta, &meta.encode_dirmeta())?;
+        Ok((tree_id, meta_id))
+    }
+
+    fn write_entry(&self, dir: BorrowedFd<'_>, name: Vec<u8>, parent: &str) -> Result<Item> {
+        let path = join(parent, &name);
+        encoding::check_name(&name).with_context(|| format!("cannot commit {path}"))?;
+        let st = rfs::statat(dir, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW).with_context(|| format!("stat {path}"))?;
+        match st.st_mode & S_IFMT {
+            S_IFDIR => {
+                let fd = fsutil::open_dir_at(dir, &name).with_context(|| format!("opening directory {path}"))?;
+                let (tree, meta) = self.write_dir(fd, &path)?;
+                Ok(Item::Dir(DirEntry { name, tree, meta }))
+            }
+            S_IFREG => {
+                let file = self.write_regular(dir, &name, &path)?;
+                Ok(Item::File(FileEntry { name, file }))
+            }
+            S_IFLNK => {
+                self.files.fetch_add(1, Ordering::Relaxed);
+                let target = rfs::readlinkat(dir, name.as_slice(), Vec::new())
+                    .with_context(|| format!("reading symlink {path}"))?
+                    .into_bytes();
+                let xattrs = fsutil::read_xattrs_at(dir, &name).with_context(|| format!("reading xattrs of {path}"))?;
+                let meta = Meta { mode: st.st_mode, uid: st.st_uid, gid: st.st_gid, xattrs };
+                let file = self.txn.write_symlink(&target, &meta).with_context(|| format!("storing {path}"))?;
+                Ok(Item::File(FileEntry { name, file }))
+            }
+            fmt => {
+                if self.skip_special {
+                    self.skipped.lock().unwrap().push(path);
+                    return Ok(Item::Skipped);
+                }
+                bail!(
+                    "{path} is a {}; arbor commits only regular files, symlinks and directories \
+                     (use --skip-special to leave such files out)",
+                    special_kind(fmt)
+                )
+            }
+        }
+    }
+
+    fn write_regular(&self, dir: BorrowedFd<'_>, name: &[u8], path: &str) -> Result<ObjectId> {
+        self.files.fetch_add(1, Ordering::Relaxed);
+        let file = open_for_reading(dir, name).with_context(|| format!("opening {path}"))?;
+        // fstat the open file, not the name: this is the inode whose bytes we read.
+        let st = rfs::fstat(&file).with_context(|| format!("stat {path}"))?;
+        if st.st_mode & S_IFMT != S_IFREG {
+            bail!("{path} changed type while being committed");
+        }
+        let xattrs = fsutil::read_xattrs_fd(file.as_fd()).with_context(|| format!("reading xattrs of {path}"))?;
+        let meta = Meta { mode: st.st_mode, uid: st.st_uid, gid: st.st_gid, xattrs };
+        let (dev, ino, mtime, size) = (st.st_dev, st.st_ino, mtime_ns(&st), st.st_size as u64);
+        if let Some(content) = self.cache.lookup(dev, ino, mtime, size) {
+            let header = FileHeader { meta: meta.clone(), body: FileBody::Regular { size, content } };
+            let id = header.id();
+            if self.txn.is_present(&id, ObjectKind::File) {
+                self.from_cache.fetch_add(1, Ordering::Relaxed);
+                return Ok(id);
+            }
+        }
+        let w = self.txn.write_regular(&file, size, &meta).with_context(|| format!("storing {path}"))?;
+        self.hashed.fetch_add(1, Ordering::Relaxed);
+        let mut rows = self.new_rows.lock().unwrap();
+        if mtime < self.racy_after_ns && w.size == size {
+            rows.push(InodeEntry { dev, ino, mtime_ns: mtime, size, content: w.content });
+        }
+        if let Some((dev, ino)) = w.new_object_inode {
+            rows.push(InodeEntry { dev, ino, mtime_ns: 0, size: w.size, content: w.content });
+        }
+        Ok(w.id)
+    }
+}
+
+/// Opens a file for reading without following a symlink and, where allowed, without
+/// touching its atime (reading a whole OS tree should not write to it).
+fn open_for_reading(dir: BorrowedFd<'_>, name: &[u8]) -> std::io::Result<File> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = match rfs::openat(dir, name, flags | OFlags::NOATIME, Mode::empty()) {
+        Err(rustix::io::Errno::PERM) => rfs::openat(dir, name, flags, Mode::empty())?,
+        r => r?,
+    };
+    Ok(File::from(fd))
+}
+
+fn special_kind(fmt: u32) -> &'static str {
+    match fmt {
+        0o020000 => "character device",
+        0o060000 => "block device",
+        0o010000 => "fifo",
+        0o140000 => "socket",
+        _ if fmt == S_IFLNK => "symlink",
+        _ => "special file",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{PermissionsExt, symlink};
+
+    fn opts(branch: &str) -> CommitOptions {
+        CommitOptions {
+            branch: RefName::parse(branch).unwrap(),
+            subject: "test".into(),
+            body: String::new(),
+            metadata: vec![],
+            timestamp: 1_700_000_000,
+            orphan: false,
+            skip_special: false,
+            use_cache: true,
+        }
+    }
+
+    fn small_tree(root: &Path) {
+        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+        std::fs::create_dir(root.join("empty")).unwrap();
+        std::fs::write(root.join("usr/bin/tool"), b"#!/bin/sh\necho hi\n").unwrap();
+        std::fs::set_permissions(root.join("usr/bin/tool"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::hard_link(root.join("usr/bin/tool"), root.join("usr/bin/tool2")).unwrap();
+        symlink("tool", root.join("usr/bin/link")).unwrap();
+        std::fs::write(root.join("big"), vec![7u8; (5 << 20) + 3]).unwrap();
+    }
+
+    #[test]
+    fn same_tree_same_ids_and_cache_skips_rehash() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        small_tree(&src);
+        let r1 = Repo::init(&t.path().join("r1")).unwrap();
+        let r2 = Repo::init(&t.path().join("r2")).unwrap();
+        let a = commit_tree(&r1, &src, &opts("x"), LockWait::NoWait).unwrap();
+        let b = commit_tree(&r2, &src, &opts("x"), LockWait::NoWait).unwrap();
+        assert_eq!(a.commit, b.commit);
+        assert_eq!(a.stats.files, 4);
+        assert_eq!(a.stats.dirs, 4);
+        // A second commit onto the branch has the first as parent and, the files being
+        // recent (racy), rehashes them; nothing new is written either way.
+        let c = commit_tree(&r1, &src, &opts("x"), LockWait::NoWait).unwrap();
+        assert_eq!(c.parent, Some(a.commit));
+        assert_eq!(c.root_tree, a.root_tree);
+        assert_eq!(c.stats.objects_written, 1, "only the new commit object");
+    }
+
+    #[test]
+    fn special_files_fail_or_are_skipped() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        small_tree(&src);
+        rustix::fs::mknodat(rustix::fs::CWD, &src.join("fifo"), rfs::FileType::Fifo, Mode::from_raw_mode(0o644), 0)
+            .unwrap();
+        let repo = Repo::init(&t.path().join("r")).unwrap();
+        let err = commit_tree(&repo, &src, &opts("x"), LockWait::NoWait).unwrap_err();
+        assert!(format!("{err:#}").contains("/fifo is a fifo"), "{err:#}");
+        assert!(repo.read_ref(&RefName::parse("x").unwrap()).unwrap().is_none());
+        let mut o = opts("x");
+        o.skip_special = true;
+        let r = commit_tree(&repo, &src, &o, LockWait::NoWait).unwrap();
+        assert_eq!(r.stats.skipped_special, vec!["/fifo".to_string()]);
+    }
+}

@@ -1,0 +1,16 @@
+//! arbor: image-based, transactional updates for Debian-family systems.
+//!
+//! The operating system is a content-addressed tree kept in an object [`store`]; an
+//! update is a new tree deployed beside the running one. This library does all the
+//! work; the `arbor` CLI and the `arbord` daemon are thin layers that parse, call one
+//! function here, and print the typed result. Nothing in here prints (see the
+//! `print_stdout` lint), except the [`cli`] module, which is the CLI's edge.
+
+pub mod checkout;
+pub mod cli;
+pub mod commit;
+pub mod diff;
+pub mod fsutil;
+pub mod lock;
+pub mod statedb;
+pub mod store;

@@ -1,0 +1,249 @@
+//! The state database (SQLite): what the file system cannot say well.
+//!
+//! Not the source of truth for objects or deployments. It holds the transaction
+//! history and the (device, inode, mtime, size) → content-digest cache that lets a
+//! re-commit skip rehashing unchanged files. WAL mode; the schema version is SQLite's
+//! `user_version`, and each migration moves it up by one.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use rusqlite::{Connection, params};
+use serde::Serialize;
+
+/// Migrations in order; entry `i` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: inode cache and transaction history.
+    "CREATE TABLE inode_cache (
+        dev INTEGER NOT NULL, ino INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL, size INTEGER NOT NULL,
+        content BLOB NOT NULL,
+        PRIMARY KEY (dev, ino)) WITHOUT ROWID;
+     CREATE TABLE transactions (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        command TEXT NOT NULL,
+        uid INTEGER NOT NULL,
+        started INTEGER NOT NULL,
+        finished INTEGER,
+        result TEXT);",
+];
+
+/// An open state database.
+pub struct StateDb {
+    conn: Connection,
+}
+
+/// One inode cache row: this inode, with this mtime and size, holds this content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InodeEntry {
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
+    /// mtime in nanoseconds since the epoch.
+    pub mtime_ns: i64,
+    /// Size in bytes.
+    pub size: u64,
+    /// BLAKE3 of the content.
+    pub content: [u8; 32],
+}
+
+/// The cache rows of some devices, loaded whole so commit threads can read it freely.
+#[derive(Default)]
+pub struct InodeCache {
+    map: HashMap<(u64, u64), (i64, u64, [u8; 32])>,
+}
+
+impl InodeCache {
+    /// The content digest of an unchanged inode, if cached with this mtime and size.
+    pub fn lookup(&self, dev: u64, ino: u64, mtime_ns: i64, size: u64) -> Option<[u8; 32]> {
+        match self.map.get(&(dev, ino)) {
+            Some(&(m, s, c)) if m == mtime_ns && s == size => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Number of rows loaded.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when nothing was loaded.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// One row of the transaction history.
+#[derive(Clone, Debug, Serialize)]
+pub struct HistoryEntry {
+    /// Sequence number.
+    pub id: i64,
+    /// What kind of operation (commit, prune, deploy …).
+    pub kind: String,
+    /// The command line or D-Bus call that started it.
+    pub command: String,
+    /// Who started it.
+    pub uid: u32,
+    /// Unix time it started.
+    pub started: i64,
+    /// Unix time it ended, if it did.
+    pub finished: Option<i64>,
+    /// "ok", or the error.
+    pub result: Option<String>,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl StateDb {
+    /// Opens (creating if needed) and migrates the database at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut conn = Connection::open(path).with_context(|| format!("opening state database {}", path.display()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > MIGRATIONS.len() {
+            anyhow::bail!(
+                "state database {} has schema version {version}, newer than this arbor knows ({})",
+                path.display(),
+                MIGRATIONS.len()
+            );
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql).with_context(|| format!("migrating state database to version {}", i + 1))?;
+            tx.pragma_update(None, "user_version", i + 1)?;
+            tx.commit()?;
+        }
+        Ok(StateDb { conn })
+    }
+
+    /// Loads the cache rows of the given devices.
+    pub fn load_inode_cache(&self, devs: &[u64]) -> Result<InodeCache> {
+        let mut cache = InodeCache::default();
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT ino, mtime_ns, size, content FROM inode_cache WHERE dev = ?1")?;
+        for &dev in devs {
+            let rows = stmt.query_map(params![dev as i64], |r| {
+                let ino: i64 = r.get(0)?;
+                let m: i64 = r.get(1)?;
+                let s: i64 = r.get(2)?;
+                let c: Vec<u8> = r.get(3)?;
+                Ok((ino as u64, m, s as u64, c))
+            })?;
+            for row in rows {
+                let (ino, m, s, c) = row?;
+                if let Ok(c) = <[u8; 32]>::try_from(c.as_slice()) {
+                    cache.map.insert((dev, ino), (m, s, c));
+                }
+            }
+        }
+        Ok(cache)
+    }
+
+    /// Records cache rows (replacing older rows of the same inodes), in one transaction.
+    pub fn store_inode_cache(&mut self, entries: &[InodeEntry]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR REPLACE INTO inode_cache (dev, ino, mtime_ns, size, content) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for e in entries {
+                stmt.execute(params![e.dev as i64, e.ino as i64, e.mtime_ns, e.size as i64, &e.content[..]])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Drops cache rows of inodes that no longer hold what they did (pruned objects).
+    pub fn forget_inodes(&mut self, inodes: &[(u64, u64)]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached("DELETE FROM inode_cache WHERE dev = ?1 AND ino = ?2")?;
+            for (dev, ino) in inodes {
+                stmt.execute(params![*dev as i64, *ino as i64])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records the start of a transaction; returns its id for [`StateDb::end_transaction`].
+    pub fn begin_transaction(&self, kind: &str, command: &str) -> Result<i64> {
+        self.conn.execute(
+            "INSERT INTO transactions (kind, command, uid, started) VALUES (?1, ?2, ?3, ?4)",
+            params![kind, command, rustix::process::getuid().as_raw(), now()],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Records how a transaction ended.
+    pub fn end_transaction(&self, id: i64, result: &Result<(), String>) -> Result<()> {
+        let text = match result {
+            Ok(()) => "ok".to_string(),
+            Err(e) => e.clone(),
+        };
+        self.conn
+            .execute("UPDATE transactions SET finished = ?1, result = ?2 WHERE id = ?3", params![now(), text, id])?;
+        Ok(())
+    }
+
+    /// The transaction history, newest first.
+    pub fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, kind, command, uid, started, finished, result FROM transactions ORDER BY id DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map(params![limit as i64], |r| {
+            Ok(HistoryEntry {
+                id: r.get(0)?,
+                kind: r.get(1)?,
+                command: r.get(2)?,
+                uid: r.get(3)?,
+                started: r.get(4)?,
+                finished: r.get(5)?,
+                result: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_round_trip_and_mismatch() {
+        let t = tempfile::tempdir().unwrap();
+        let mut db = StateDb::open(&t.path().join("s.db")).unwrap();
+        let e = InodeEntry { dev: 5, ino: 9, mtime_ns: 100, size: 3, content: [4; 32] };
+        db.store_inode_cache(&[e]).unwrap();
+        let db = StateDb::open(&t.path().join("s.db")).unwrap(); // reopen: migrations are idempotent
+        let c = db.load_inode_cache(&[5]).unwrap();
+        assert_eq!(c.lookup(5, 9, 100, 3), Some([4; 32]));
+        assert_eq!(c.lookup(5, 9, 101, 3), None, "mtime changed");
+        assert_eq!(c.lookup(5, 9, 100, 4), None, "size changed");
+        assert!(db.load_inode_cache(&[6]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn history_records_results() {
+        let t = tempfile::tempdir().unwrap();
+        let db = StateDb::open(&t.path().join("s.db")).unwrap();
+        let id = db.begin_transaction("commit", "arbor commit x").unwrap();
+        db.end_transaction(id, &Err("boom".into())).unwrap();
+        let h = db.history(10).unwrap();
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].result.as_deref(), Some("boom"));
+    }
+}
