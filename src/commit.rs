@@ -19,7 +19,9 @@ use serde::Serialize;
 use crate::fsutil::{self, show};
 use crate::lock::LockWait;
 use crate::statedb::{InodeCache, InodeEntry, StateDb};
-use crate::store::encoding::{self, DirEntry, FileBody, FileEntry, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
+use crate::store::encoding::{
+    self, DirEntry, FileBody, FileEntry, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG,
+};
 use crate::store::refs::RefName;
 use crate::store::{Commit, DirTree, FileHeader, Meta, ObjectId, ObjectKind, Repo, Transaction};
 
@@ -81,13 +83,25 @@ pub struct CommitResult {
 
 /// Commits the tree at `src` to `opts.branch`; on any error nothing is published and
 /// the branch is unchanged.
-pub fn commit_tree(repo: &Repo, src: &Path, opts: &CommitOptions, wait: LockWait<'_>) -> Result<CommitResult> {
-    let root = fsutil::open_dir(src).with_context(|| format!("opening the tree to commit, {}", src.display()))?;
+pub fn commit_tree(
+    repo: &Repo,
+    src: &Path,
+    opts: &CommitOptions,
+    wait: LockWait<'_>,
+) -> Result<CommitResult> {
+    let root = fsutil::open_dir(src)
+        .with_context(|| format!("opening the tree to commit, {}", src.display()))?;
     let mut db = StateDb::open(&repo.state_db_path())?;
     let txn = Transaction::begin(repo, wait)?;
-    let history = db.begin_transaction("commit", &std::env::args().collect::<Vec<_>>().join(" "))?;
+    let history =
+        db.begin_transaction("commit", &std::env::args().collect::<Vec<_>>().join(" "))?;
+    let started = std::time::Instant::now();
     let result = commit_in(&txn, &db, root, opts);
-    let _ = db.end_transaction(history, &result.as_ref().map(|_| ()).map_err(|e| format!("{e:#}")));
+    tracing::debug!("wrote the tree in {:?}", started.elapsed());
+    let _ = db.end_transaction(
+        history,
+        &result.as_ref().map(|_| ()).map_err(|e| format!("{e:#}")),
+    );
     let (result, cache_rows) = result?;
     txn.finish(&[(opts.branch.clone(), Some(result.commit))])?;
     if let Err(e) = db.store_inode_cache(&cache_rows) {
@@ -106,8 +120,22 @@ fn commit_in(
     let repo = txn.repo();
     let src_dev = rfs::fstat(&root)?.st_dev;
     let repo_dev = rfs::fstat(repo.objects_fd())?.st_dev;
-    let cache = if opts.use_cache { db.load_inode_cache(&[src_dev, repo_dev])? } else { InodeCache::default() };
-    let parent = if opts.orphan { None } else { repo.read_ref(&opts.branch)? };
+    let t = std::time::Instant::now();
+    let cache = if opts.use_cache {
+        db.load_inode_cache(&[src_dev, repo_dev])?
+    } else {
+        InodeCache::default()
+    };
+    tracing::debug!(
+        "loaded {} inode cache rows in {:?}",
+        cache.len(),
+        t.elapsed()
+    );
+    let parent = if opts.orphan {
+        None
+    } else {
+        repo.read_ref(&opts.branch)?
+    };
     let walker = TreeWriter::new(txn, &cache, opts.skip_special);
     let (root_tree, root_meta) = walker.write_dir(root, "")?;
     let commit = Commit {
@@ -121,7 +149,13 @@ fn commit_in(
     };
     let id = txn.write_meta(ObjectKind::Commit, &commit.encode())?;
     let (stats, rows) = walker.into_stats();
-    let result = CommitResult { commit: id, branch: opts.branch.to_string(), root_tree, parent, stats };
+    let result = CommitResult {
+        commit: id,
+        branch: opts.branch.to_string(),
+        root_tree,
+        parent,
+        stats,
+    };
     Ok((result, rows))
 }
 
@@ -159,7 +193,9 @@ fn join(parent: &str, name: &[u8]) -> String {
 impl<'t, 'r> TreeWriter<'t, 'r> {
     /// A writer into `txn`, consulting `cache` for unchanged files.
     pub fn new(txn: &'t Transaction<'r>, cache: &'t InodeCache, skip_special: bool) -> Self {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         TreeWriter {
             txn,
             cache,
@@ -197,9 +233,16 @@ impl<'t, 'r> TreeWriter<'t, 'r> {
         self.dirs.fetch_add(1, Ordering::Relaxed);
         let shown = if path.is_empty() { "/" } else { path };
         let st = rfs::fstat(&dir).with_context(|| format!("stat {shown}"))?;
-        let xattrs = fsutil::read_xattrs_fd(dir.as_fd()).with_context(|| format!("reading xattrs of {shown}"))?;
-        let meta = Meta { mode: st.st_mode, uid: st.st_uid, gid: st.st_gid, xattrs };
-        let names = fsutil::list_dir(dir.as_fd()).with_context(|| format!("reading directory {shown}"))?;
+        let xattrs = fsutil::read_xattrs_fd(dir.as_fd())
+            .with_context(|| format!("reading xattrs of {shown}"))?;
+        let meta = Meta {
+            mode: st.st_mode,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            xattrs,
+        };
+        let names =
+            fsutil::list_dir(dir.as_fd()).with_context(|| format!("reading directory {shown}"))?;
         let items: Vec<Item> = names
             .into_par_iter()
             .map(|(name, _)| self.write_entry(dir.as_fd(), name, path))
@@ -214,21 +257,29 @@ impl<'t, 'r> TreeWriter<'t, 'r> {
         }
         tree.sort();
         let tree_id = self.txn.write_meta(ObjectKind::DirTree, &tree.encode())?;
-        let meta_id = self.txn.write_meta(ObjectKind::DirMeta, &meta.encode_dirmeta())?;
+        let meta_id = self
+            .txn
+            .write_meta(ObjectKind::DirMeta, &meta.encode_dirmeta())?;
         Ok((tree_id, meta_id))
     }
 
     fn write_entry(&self, dir: BorrowedFd<'_>, name: Vec<u8>, parent: &str) -> Result<Item> {
         let path = join(parent, &name);
         encoding::check_name(&name).with_context(|| format!("cannot commit {path}"))?;
-        let st = rfs::statat(dir, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW).with_context(|| format!("stat {path}"))?;
+        let st = rfs::statat(dir, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
+            .with_context(|| format!("stat {path}"))?;
         match st.st_mode & S_IFMT {
             S_IFDIR => {
-                let fd = fsutil::open_dir_at(dir, &name).with_context(|| format!("opening directory {path}"))?;
+                let fd = fsutil::open_dir_at(dir, &name)
+                    .with_context(|| format!("opening directory {path}"))?;
                 let (tree, meta) = self.write_dir(fd, &path)?;
                 Ok(Item::Dir(DirEntry { name, tree, meta }))
             }
             S_IFREG => {
+                self.files.fetch_add(1, Ordering::Relaxed);
+                if let Some(file) = self.unchanged_file(dir, &name, &st, &path)? {
+                    return Ok(Item::File(FileEntry { name, file }));
+                }
                 let file = self.write_regular(dir, &name, &path)?;
                 Ok(Item::File(FileEntry { name, file }))
             }
@@ -237,9 +288,18 @@ impl<'t, 'r> TreeWriter<'t, 'r> {
                 let target = rfs::readlinkat(dir, name.as_slice(), Vec::new())
                     .with_context(|| format!("reading symlink {path}"))?
                     .into_bytes();
-                let xattrs = fsutil::read_xattrs_at(dir, &name).with_context(|| format!("reading xattrs of {path}"))?;
-                let meta = Meta { mode: st.st_mode, uid: st.st_uid, gid: st.st_gid, xattrs };
-                let file = self.txn.write_symlink(&target, &meta).with_context(|| format!("storing {path}"))?;
+                let xattrs = fsutil::read_xattrs_at(dir, &name)
+                    .with_context(|| format!("reading xattrs of {path}"))?;
+                let meta = Meta {
+                    mode: st.st_mode,
+                    uid: st.st_uid,
+                    gid: st.st_gid,
+                    xattrs,
+                };
+                let file = self
+                    .txn
+                    .write_symlink(&target, &meta)
+                    .with_context(|| format!("storing {path}"))?;
                 Ok(Item::File(FileEntry { name, file }))
             }
             fmt => {
@@ -256,33 +316,78 @@ impl<'t, 'r> TreeWriter<'t, 'r> {
         }
     }
 
+    /// The fast path of a re-commit: when the inode cache knows this (device, inode,
+    /// mtime, size) and the resulting object is stored, the file is not even opened.
+    fn unchanged_file(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        st: &rfs::Stat,
+        path: &str,
+    ) -> Result<Option<ObjectId>> {
+        let size = st.st_size as u64;
+        let Some(content) = self.cache.lookup(st.st_dev, st.st_ino, mtime_ns(st), size) else {
+            return Ok(None);
+        };
+        let xattrs = fsutil::read_xattrs_at(dir, name)
+            .with_context(|| format!("reading xattrs of {path}"))?;
+        let meta = Meta {
+            mode: st.st_mode,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            xattrs,
+        };
+        let id = FileHeader {
+            meta,
+            body: FileBody::Regular { size, content },
+        }
+        .id();
+        if !self.txn.is_present(&id, ObjectKind::File) {
+            return Ok(None);
+        }
+        self.from_cache.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(id))
+    }
+
     fn write_regular(&self, dir: BorrowedFd<'_>, name: &[u8], path: &str) -> Result<ObjectId> {
-        self.files.fetch_add(1, Ordering::Relaxed);
         let file = open_for_reading(dir, name).with_context(|| format!("opening {path}"))?;
         // fstat the open file, not the name: this is the inode whose bytes we read.
         let st = rfs::fstat(&file).with_context(|| format!("stat {path}"))?;
         if st.st_mode & S_IFMT != S_IFREG {
             bail!("{path} changed type while being committed");
         }
-        let xattrs = fsutil::read_xattrs_fd(file.as_fd()).with_context(|| format!("reading xattrs of {path}"))?;
-        let meta = Meta { mode: st.st_mode, uid: st.st_uid, gid: st.st_gid, xattrs };
+        let xattrs = fsutil::read_xattrs_fd(file.as_fd())
+            .with_context(|| format!("reading xattrs of {path}"))?;
+        let meta = Meta {
+            mode: st.st_mode,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            xattrs,
+        };
         let (dev, ino, mtime, size) = (st.st_dev, st.st_ino, mtime_ns(&st), st.st_size as u64);
-        if let Some(content) = self.cache.lookup(dev, ino, mtime, size) {
-            let header = FileHeader { meta: meta.clone(), body: FileBody::Regular { size, content } };
-            let id = header.id();
-            if self.txn.is_present(&id, ObjectKind::File) {
-                self.from_cache.fetch_add(1, Ordering::Relaxed);
-                return Ok(id);
-            }
-        }
-        let w = self.txn.write_regular(&file, size, &meta).with_context(|| format!("storing {path}"))?;
+        let w = self
+            .txn
+            .write_regular(&file, size, &meta)
+            .with_context(|| format!("storing {path}"))?;
         self.hashed.fetch_add(1, Ordering::Relaxed);
         let mut rows = self.new_rows.lock().unwrap();
         if mtime < self.racy_after_ns && w.size == size {
-            rows.push(InodeEntry { dev, ino, mtime_ns: mtime, size, content: w.content });
+            rows.push(InodeEntry {
+                dev,
+                ino,
+                mtime_ns: mtime,
+                size,
+                content: w.content,
+            });
         }
         if let Some((dev, ino)) = w.new_object_inode {
-            rows.push(InodeEntry { dev, ino, mtime_ns: 0, size: w.size, content: w.content });
+            rows.push(InodeEntry {
+                dev,
+                ino,
+                mtime_ns: 0,
+                size: w.size,
+                content: w.content,
+            });
         }
         Ok(w.id)
     }
@@ -332,7 +437,11 @@ mod tests {
         std::fs::create_dir_all(root.join("usr/bin")).unwrap();
         std::fs::create_dir(root.join("empty")).unwrap();
         std::fs::write(root.join("usr/bin/tool"), b"#!/bin/sh\necho hi\n").unwrap();
-        std::fs::set_permissions(root.join("usr/bin/tool"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(
+            root.join("usr/bin/tool"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
         std::fs::hard_link(root.join("usr/bin/tool"), root.join("usr/bin/tool2")).unwrap();
         symlink("tool", root.join("usr/bin/link")).unwrap();
         std::fs::write(root.join("big"), vec![7u8; (5 << 20) + 3]).unwrap();
@@ -363,12 +472,22 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let src = t.path().join("src");
         small_tree(&src);
-        rustix::fs::mknodat(rustix::fs::CWD, &src.join("fifo"), rfs::FileType::Fifo, Mode::from_raw_mode(0o644), 0)
-            .unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            src.join("fifo"),
+            rfs::FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
         let repo = Repo::init(&t.path().join("r")).unwrap();
         let err = commit_tree(&repo, &src, &opts("x"), LockWait::NoWait).unwrap_err();
         assert!(format!("{err:#}").contains("/fifo is a fifo"), "{err:#}");
-        assert!(repo.read_ref(&RefName::parse("x").unwrap()).unwrap().is_none());
+        assert!(
+            repo.read_ref(&RefName::parse("x").unwrap())
+                .unwrap()
+                .is_none()
+        );
         let mut o = opts("x");
         o.skip_special = true;
         let r = commit_tree(&repo, &src, &o, LockWait::NoWait).unwrap();

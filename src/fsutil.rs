@@ -34,7 +34,11 @@ pub fn open_dir_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
 
 /// Opens a directory by path (following symlinks: the caller named it explicitly).
 pub fn open_dir(path: &std::path::Path) -> io::Result<OwnedFd> {
-    Ok(rfs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?)
+    Ok(rfs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
 }
 
 /// The names in a directory, without `.` and `..`, with the type getdents reports.
@@ -134,8 +138,14 @@ pub fn apply_meta_symlink_at(dir: BorrowedFd<'_>, name: &[u8], meta: &Meta) -> i
 /// Sets atime and mtime of an entry to the epoch, as stored objects have (like OSTree),
 /// so that timestamps never make two equal trees differ.
 pub fn zero_times_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
-    let zero = rfs::Timespec { tv_sec: 0, tv_nsec: 0 };
-    let ts = rfs::Timestamps { last_access: zero, last_modification: zero };
+    let zero = rfs::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let ts = rfs::Timestamps {
+        last_access: zero,
+        last_modification: zero,
+    };
     rfs::utimensat(dir, name, &ts, AtFlags::SYMLINK_NOFOLLOW)?;
     Ok(())
 }
@@ -166,7 +176,12 @@ pub fn atomic_write(dir: BorrowedFd<'_>, name: &str, bytes: &[u8], mode: u32) ->
 /// Reads a whole small file below `dir`, refusing anything larger than `max` bytes.
 pub fn read_bounded_at(dir: BorrowedFd<'_>, name: &str, max: u64) -> io::Result<Vec<u8>> {
     use std::io::Read;
-    let fd = rfs::openat(dir, name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+    let fd = rfs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
     let f = std::fs::File::from(fd);
     let mut out = Vec::new();
     f.take(max + 1).read_to_end(&mut out)?;
@@ -208,7 +223,11 @@ mod tests {
         atomic_write(d.as_fd(), "x", b"one", 0o644).unwrap();
         atomic_write(d.as_fd(), "x", b"two!", 0o644).unwrap();
         assert_eq!(std::fs::read(t.path().join("x")).unwrap(), b"two!");
-        let names: Vec<_> = list_dir(d.as_fd()).unwrap().into_iter().map(|n| n.0).collect();
+        let names: Vec<_> = list_dir(d.as_fd())
+            .unwrap()
+            .into_iter()
+            .map(|n| n.0)
+            .collect();
         assert_eq!(names, vec![b"x".to_vec()], "no temporary left behind");
     }
 

@@ -11,6 +11,8 @@ pub mod cli;
 pub mod commit;
 pub mod diff;
 pub mod fsutil;
+pub mod inspect;
 pub mod lock;
 pub mod statedb;
 pub mod store;
+pub mod sys;

@@ -32,7 +32,12 @@ pub struct WriterLock {
 
 impl WriterLock {
     /// Takes the lock file `name` in `dir` (created if needed).
-    pub fn acquire(dir: BorrowedFd<'_>, dir_path: &Path, name: &str, wait: LockWait<'_>) -> Result<Self, LockError> {
+    pub fn acquire(
+        dir: BorrowedFd<'_>,
+        dir_path: &Path,
+        name: &str,
+        wait: LockWait<'_>,
+    ) -> Result<Self, LockError> {
         let path = dir_path.join(name);
         let fd = rfs::openat(
             dir,
@@ -48,7 +53,9 @@ impl WriterLock {
             }
             let holder = read_holder(&mut file);
             match wait {
-                LockWait::NoWait => return Err(LockError::Held(StoreError::LockHeld { path, holder })),
+                LockWait::NoWait => {
+                    return Err(LockError::Held(StoreError::LockHeld { path, holder }));
+                }
                 LockWait::Wait(notify) => {
                     notify(&holder);
                     rfs::flock(file.as_fd(), FlockOperation::LockExclusive)
@@ -87,9 +94,15 @@ pub enum LockError {
 
 fn read_holder(file: &mut File) -> String {
     let mut s = String::new();
-    let _ = file.rewind().and_then(|_| file.take(4096).read_to_string(&mut s));
+    let _ = file
+        .rewind()
+        .and_then(|_| file.take(4096).read_to_string(&mut s));
     let s = s.trim();
-    if s.is_empty() { "another process (it has not said which yet)".into() } else { s.to_string() }
+    if s.is_empty() {
+        "another process (it has not said which yet)".into()
+    } else {
+        s.to_string()
+    }
 }
 
 fn describe_self() -> String {
@@ -98,7 +111,11 @@ fn describe_self() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    format!("pid {} ('{}', since unix time {since})", std::process::id(), cmd.join(" "))
+    format!(
+        "pid {} ('{}', since unix time {since})",
+        std::process::id(),
+        cmd.join(" ")
+    )
 }
 
 #[cfg(test)]
@@ -115,7 +132,10 @@ mod tests {
         // even within one process.
         let err = WriterLock::acquire(d.as_fd(), t.path(), "lock", LockWait::NoWait).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
         drop(held);
         WriterLock::acquire(d.as_fd(), t.path(), "lock", LockWait::NoWait).unwrap();
     }

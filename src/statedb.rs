@@ -105,7 +105,8 @@ fn now() -> i64 {
 impl StateDb {
     /// Opens (creating if needed) and migrates the database at `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let mut conn = Connection::open(path).with_context(|| format!("opening state database {}", path.display()))?;
+        let mut conn = Connection::open(path)
+            .with_context(|| format!("opening state database {}", path.display()))?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -119,7 +120,8 @@ impl StateDb {
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
             let tx = conn.transaction()?;
-            tx.execute_batch(sql).with_context(|| format!("migrating state database to version {}", i + 1))?;
+            tx.execute_batch(sql)
+                .with_context(|| format!("migrating state database to version {}", i + 1))?;
             tx.pragma_update(None, "user_version", i + 1)?;
             tx.commit()?;
         }
@@ -129,20 +131,24 @@ impl StateDb {
     /// Loads the cache rows of the given devices.
     pub fn load_inode_cache(&self, devs: &[u64]) -> Result<InodeCache> {
         let mut cache = InodeCache::default();
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT ino, mtime_ns, size, content FROM inode_cache WHERE dev = ?1")?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT ino, mtime_ns, size, content FROM inode_cache WHERE dev = ?1",
+        )?;
         for &dev in devs {
             let rows = stmt.query_map(params![dev as i64], |r| {
                 let ino: i64 = r.get(0)?;
                 let m: i64 = r.get(1)?;
                 let s: i64 = r.get(2)?;
-                let c: Vec<u8> = r.get(3)?;
+                // A malformed row is a miss, not an error: the cache only saves time.
+                let c = r
+                    .get_ref(3)?
+                    .as_blob()
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok());
                 Ok((ino as u64, m, s as u64, c))
             })?;
             for row in rows {
-                let (ino, m, s, c) = row?;
-                if let Ok(c) = <[u8; 32]>::try_from(c.as_slice()) {
+                if let (ino, m, s, Some(c)) = row? {
                     cache.map.insert((dev, ino), (m, s, c));
                 }
             }
@@ -158,7 +164,13 @@ impl StateDb {
                 "INSERT OR REPLACE INTO inode_cache (dev, ino, mtime_ns, size, content) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             for e in entries {
-                stmt.execute(params![e.dev as i64, e.ino as i64, e.mtime_ns, e.size as i64, &e.content[..]])?;
+                stmt.execute(params![
+                    e.dev as i64,
+                    e.ino as i64,
+                    e.mtime_ns,
+                    e.size as i64,
+                    &e.content[..]
+                ])?;
             }
         }
         tx.commit()?;
@@ -169,7 +181,8 @@ impl StateDb {
     pub fn forget_inodes(&mut self, inodes: &[(u64, u64)]) -> Result<()> {
         let tx = self.conn.transaction()?;
         {
-            let mut stmt = tx.prepare_cached("DELETE FROM inode_cache WHERE dev = ?1 AND ino = ?2")?;
+            let mut stmt =
+                tx.prepare_cached("DELETE FROM inode_cache WHERE dev = ?1 AND ino = ?2")?;
             for (dev, ino) in inodes {
                 stmt.execute(params![*dev as i64, *ino as i64])?;
             }
@@ -193,8 +206,10 @@ impl StateDb {
             Ok(()) => "ok".to_string(),
             Err(e) => e.clone(),
         };
-        self.conn
-            .execute("UPDATE transactions SET finished = ?1, result = ?2 WHERE id = ?3", params![now(), text, id])?;
+        self.conn.execute(
+            "UPDATE transactions SET finished = ?1, result = ?2 WHERE id = ?3",
+            params![now(), text, id],
+        )?;
         Ok(())
     }
 
@@ -226,7 +241,13 @@ mod tests {
     fn cache_round_trip_and_mismatch() {
         let t = tempfile::tempdir().unwrap();
         let mut db = StateDb::open(&t.path().join("s.db")).unwrap();
-        let e = InodeEntry { dev: 5, ino: 9, mtime_ns: 100, size: 3, content: [4; 32] };
+        let e = InodeEntry {
+            dev: 5,
+            ino: 9,
+            mtime_ns: 100,
+            size: 3,
+            content: [4; 32],
+        };
         db.store_inode_cache(&[e]).unwrap();
         let db = StateDb::open(&t.path().join("s.db")).unwrap(); // reopen: migrations are idempotent
         let c = db.load_inode_cache(&[5]).unwrap();

@@ -1,1 +1,152 @@
+//! The `arbor` command line: argument definitions and printing, nothing else.
+//!
+//! Each subcommand parses its arguments, calls one library function and prints the
+//! typed result, as text or, with `--json`, as JSON. This is the one module allowed to
+//! print.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod output;
+mod repo_cmds;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, CommandFactory, Parser, Subcommand};
+
+use crate::lock::LockWait;
+
+const EXIT_CODES: &str = "\
+Exit status:
+  0  success
+  1  failure (for fsck: problems were found); the reason is printed on stderr
+  2  the command line could not be parsed";
+
+/// Image-based, transactional updates for Debian-family systems.
+#[derive(Parser, Debug)]
+#[command(name = "arbor", version, about, after_long_help = EXIT_CODES)]
+pub struct Cli {
+    /// The physical root holding arbor/repo, the deployments and /boot.
+    #[arg(
+        long,
+        global = true,
+        env = "ARBOR_SYSROOT",
+        default_value = "/",
+        value_name = "DIR"
+    )]
+    pub sysroot: PathBuf,
+    /// The object store (default: SYSROOT/arbor/repo).
+    #[arg(long, global = true, env = "ARBOR_REPO", value_name = "DIR")]
+    pub repo: Option<PathBuf>,
+    /// Fail at once, naming the holder, when another writer holds the lock (default:
+    /// say who holds it and wait).
+    #[arg(long, global = true)]
+    pub no_wait: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `--json`, shared by every command that reports.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct OutputArgs {
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create an empty object store.
+    Init(OutputArgs),
+    /// Commit a directory tree to a branch.
+    Commit(repo_cmds::CommitArgs),
+    /// Check a commit out into a new directory.
+    Checkout(repo_cmds::CheckoutArgs),
+    /// Show the history of a branch or commit.
+    Log(repo_cmds::LogArgs),
+    /// Show one commit.
+    Show(repo_cmds::RevArgs),
+    /// List a path inside a commit.
+    Ls(repo_cmds::LsArgs),
+    /// Print a file inside a commit.
+    Cat(repo_cmds::CatArgs),
+    /// List what changed between two commits.
+    Diff(repo_cmds::DiffArgs),
+    /// List the refs.
+    Refs(repo_cmds::RefsArgs),
+    /// Rehash every object and walk every ref; exit 1 if anything is wrong.
+    Fsck(OutputArgs),
+    /// Delete objects that no ref reaches.
+    Prune(repo_cmds::PruneArgs),
+    /// Write the man pages into DIR (used to keep man/ current).
+    #[command(hide = true)]
+    GenerateMan {
+        /// Where to write them.
+        dir: PathBuf,
+    },
+}
+
+impl Cli {
+    /// The repository this invocation works on.
+    pub fn repo_path(&self) -> PathBuf {
+        self.repo
+            .clone()
+            .unwrap_or_else(|| self.sysroot.join("arbor/repo"))
+    }
+}
+
+fn announce_wait(holder: &str) {
+    eprintln!("arbor: waiting for the lock held by {holder}");
+}
+
+/// How writers wait for the lock, from `--no-wait`.
+pub fn lock_wait(cli: &Cli) -> LockWait<'static> {
+    if cli.no_wait {
+        LockWait::NoWait
+    } else {
+        LockWait::Wait(&announce_wait)
+    }
+}
+
+/// Parses the process arguments and runs the command; the whole of `main`.
+pub fn run_from_env() -> i32 {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+/// Runs one parsed command; returns the exit code.
+pub fn run(cli: &Cli) -> Result<i32> {
+    match &cli.command {
+        Command::GenerateMan { dir } => generate_man(dir).map(|_| 0),
+        _ => repo_cmds::run(cli),
+    }
+}
+
+/// Writes `arbor.1` and one `arbor-<command>.1` per visible subcommand.
+pub fn generate_man(dir: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let cmd = Cli::command();
+    let write = |name: &str, c: clap::Command| -> Result<()> {
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(c).render(&mut buf)?;
+        std::fs::write(dir.join(format!("{name}.1")), buf)?;
+        Ok(())
+    };
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("arbor-{}", sub.get_name());
+        write(
+            &name,
+            sub.clone()
+                .name(name.clone())
+                .version(cmd.get_version().unwrap_or_default().to_string()),
+        )?;
+    }
+    write("arbor", cmd)
+}

@@ -26,7 +26,10 @@ pub struct RepoConfig {
 
 impl Default for RepoConfig {
     fn default() -> Self {
-        RepoConfig { format_version: FORMAT_VERSION, state_db: "state.db".into() }
+        RepoConfig {
+            format_version: FORMAT_VERSION,
+            state_db: "state.db".into(),
+        }
     }
 }
 
@@ -41,7 +44,10 @@ impl RepoConfig {
 
     /// Parses the file, refusing unknown versions and modes.
     pub fn parse(text: &str) -> Result<Self> {
-        let mut cfg = RepoConfig { format_version: 0, ..Default::default() };
+        let mut cfg = RepoConfig {
+            format_version: 0,
+            ..Default::default()
+        };
         let mut section = String::new();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -58,9 +64,13 @@ impl RepoConfig {
             let (k, v) = (k.trim(), v.trim());
             match (section.as_str(), k) {
                 ("core", "format-version") => {
-                    cfg.format_version = v.parse().map_err(|_| anyhow::anyhow!("line {}: bad format-version", n + 1))?
+                    cfg.format_version = v
+                        .parse()
+                        .map_err(|_| anyhow::anyhow!("line {}: bad format-version", n + 1))?
                 }
-                ("core", "mode") if v != "bare" => bail!("mode '{v}' is not supported (only 'bare')"),
+                ("core", "mode") if v != "bare" => {
+                    bail!("mode '{v}' is not supported (only 'bare')")
+                }
                 ("core", "state-db") => {
                     if v.is_empty() || v.starts_with('/') {
                         bail!("state-db must be a relative path");
@@ -86,7 +96,10 @@ mod tests {
 
     #[test]
     fn round_trip_and_refusals() {
-        let c = RepoConfig { state_db: "../state.db".into(), ..Default::default() };
+        let c = RepoConfig {
+            state_db: "../state.db".into(),
+            ..Default::default()
+        };
         assert_eq!(RepoConfig::parse(&c.to_text()).unwrap(), c);
         assert!(RepoConfig::parse("[core]\nformat-version = 2\n").is_err());
         assert!(RepoConfig::parse("[core]\nformat-version = 1\nmode = archive\n").is_err());

@@ -269,7 +269,12 @@ impl<'a> Reader<'a> {
             }
             pairs.push((k, v));
         }
-        Ok(Meta { mode, uid, gid, xattrs: Xattrs(pairs) })
+        Ok(Meta {
+            mode,
+            uid,
+            gid,
+            xattrs: Xattrs(pairs),
+        })
     }
     fn finish(self) -> Result<(), DecodeError> {
         match self.0.len() {
@@ -292,7 +297,9 @@ pub fn check_name(name: &[u8]) -> Result<(), DecodeError> {
         return Err(invalid(format!("file name '{shown}' contains '/' or NUL")));
     }
     if name.len() > NAME_MAX {
-        return Err(invalid(format!("file name '{shown}' is longer than {NAME_MAX} bytes")));
+        return Err(invalid(format!(
+            "file name '{shown}' is longer than {NAME_MAX} bytes"
+        )));
     }
     Ok(())
 }
@@ -390,7 +397,10 @@ impl DirTree {
             if files.last().is_some_and(|p| p.name >= name) {
                 return Err(invalid("file entries not sorted or not unique"));
             }
-            files.push(FileEntry { name, file: r.id()? });
+            files.push(FileEntry {
+                name,
+                file: r.id()?,
+            });
         }
         let nd = r.count(usize::MAX, 68, "directory entry")?;
         let mut dirs: Vec<DirEntry> = Vec::with_capacity(nd);
@@ -448,7 +458,10 @@ impl Commit {
 
     /// Looks up one metadata value.
     pub fn metadata_value(&self, key: &str) -> Option<&str> {
-        self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.metadata
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Strict inverse of [`Commit::encode`].
@@ -475,7 +488,15 @@ impl Commit {
             metadata.push((k, v));
         }
         r.finish()?;
-        Ok(Commit { root_tree, root_meta, parent, timestamp, subject, body, metadata })
+        Ok(Commit {
+            root_tree,
+            root_meta,
+            parent,
+            timestamp,
+            subject,
+            body,
+            metadata,
+        })
     }
 }
 
@@ -484,26 +505,49 @@ mod tests {
     use super::*;
 
     fn meta(mode: u32) -> Meta {
-        Meta { mode, uid: 0, gid: 0, xattrs: Xattrs::default() }
+        Meta {
+            mode,
+            uid: 0,
+            gid: 0,
+            xattrs: Xattrs::default(),
+        }
     }
 
     #[test]
     fn round_trips() {
         let fh = FileHeader {
             meta: Meta {
-                xattrs: Xattrs::new(vec![(b"user.b".to_vec(), b"2".to_vec()), (b"user.a".to_vec(), vec![])]),
+                xattrs: Xattrs::new(vec![
+                    (b"user.b".to_vec(), b"2".to_vec()),
+                    (b"user.a".to_vec(), vec![]),
+                ]),
                 ..meta(S_IFREG | 0o4755)
             },
-            body: FileBody::Regular { size: 5, content: [7; 32] },
+            body: FileBody::Regular {
+                size: 5,
+                content: [7; 32],
+            },
         };
         assert_eq!(FileHeader::decode(&fh.encode()).unwrap(), fh);
-        let link = FileHeader { meta: meta(S_IFLNK | 0o777), body: FileBody::Symlink { target: b"../x".to_vec() } };
+        let link = FileHeader {
+            meta: meta(S_IFLNK | 0o777),
+            body: FileBody::Symlink {
+                target: b"../x".to_vec(),
+            },
+        };
         assert_eq!(FileHeader::decode(&link.encode()).unwrap(), link);
         let m = meta(S_IFDIR | 0o755);
         assert_eq!(Meta::decode_dirmeta(&m.encode_dirmeta()).unwrap(), m);
         let t = DirTree {
-            files: vec![FileEntry { name: b"a".to_vec(), file: ObjectId([1; 32]) }],
-            dirs: vec![DirEntry { name: b"b".to_vec(), tree: ObjectId([2; 32]), meta: ObjectId([3; 32]) }],
+            files: vec![FileEntry {
+                name: b"a".to_vec(),
+                file: ObjectId([1; 32]),
+            }],
+            dirs: vec![DirEntry {
+                name: b"b".to_vec(),
+                tree: ObjectId([2; 32]),
+                meta: ObjectId([3; 32]),
+            }],
         };
         assert_eq!(DirTree::decode(&t.encode()).unwrap(), t);
         let c = Commit {
@@ -513,13 +557,23 @@ mod tests {
             timestamp: -5,
             subject: "s".into(),
             body: String::new(),
-            metadata: Commit::new_metadata(vec![("version".into(), "1".into()), ("a".into(), "b".into())]),
+            metadata: Commit::new_metadata(vec![
+                ("version".into(), "1".into()),
+                ("a".into(), "b".into()),
+            ]),
         };
         assert_eq!(Commit::decode(&c.encode()).unwrap(), c);
     }
 
     fn tree_with_name(name: &[u8]) -> Vec<u8> {
-        DirTree { files: vec![FileEntry { name: name.to_vec(), file: ObjectId([1; 32]) }], dirs: vec![] }.encode()
+        DirTree {
+            files: vec![FileEntry {
+                name: name.to_vec(),
+                file: ObjectId([1; 32]),
+            }],
+            dirs: vec![],
+        }
+        .encode()
     }
 
     #[test]
@@ -532,21 +586,39 @@ mod tests {
 
     #[test]
     fn unsorted_duplicate_and_trailing_are_refused() {
-        let f = |n: &[u8]| FileEntry { name: n.to_vec(), file: ObjectId([1; 32]) };
-        let unsorted = DirTree { files: vec![f(b"b"), f(b"a")], dirs: vec![] }.encode();
+        let f = |n: &[u8]| FileEntry {
+            name: n.to_vec(),
+            file: ObjectId([1; 32]),
+        };
+        let unsorted = DirTree {
+            files: vec![f(b"b"), f(b"a")],
+            dirs: vec![],
+        }
+        .encode();
         assert!(DirTree::decode(&unsorted).is_err());
-        let dup = DirTree { files: vec![f(b"a"), f(b"a")], dirs: vec![] }.encode();
+        let dup = DirTree {
+            files: vec![f(b"a"), f(b"a")],
+            dirs: vec![],
+        }
+        .encode();
         assert!(DirTree::decode(&dup).is_err());
         let both = DirTree {
             files: vec![f(b"a")],
-            dirs: vec![DirEntry { name: b"a".to_vec(), tree: ObjectId([0; 32]), meta: ObjectId([0; 32]) }],
+            dirs: vec![DirEntry {
+                name: b"a".to_vec(),
+                tree: ObjectId([0; 32]),
+                meta: ObjectId([0; 32]),
+            }],
         };
         assert!(DirTree::decode(&both.encode()).is_err());
         let mut trailing = tree_with_name(b"ok");
         trailing.push(0);
         assert_eq!(DirTree::decode(&trailing), Err(DecodeError::Trailing(1)));
         let whole = tree_with_name(b"ok");
-        assert_eq!(DirTree::decode(&whole[..whole.len() - 1]), Err(DecodeError::Truncated));
+        assert_eq!(
+            DirTree::decode(&whole[..whole.len() - 1]),
+            Err(DecodeError::Truncated)
+        );
         assert!(DirTree::decode(&whole[..20]).is_err());
     }
 
@@ -559,11 +631,25 @@ mod tests {
 
     #[test]
     fn bad_modes_are_refused() {
-        let dev = FileHeader { meta: meta(0o020644), body: FileBody::Regular { size: 0, content: [0; 32] } };
+        let dev = FileHeader {
+            meta: meta(0o020644),
+            body: FileBody::Regular {
+                size: 0,
+                content: [0; 32],
+            },
+        };
         assert!(FileHeader::decode(&dev.encode()).is_err());
-        let odd_link = FileHeader { meta: meta(S_IFLNK | 0o755), body: FileBody::Symlink { target: b"x".to_vec() } };
+        let odd_link = FileHeader {
+            meta: meta(S_IFLNK | 0o755),
+            body: FileBody::Symlink {
+                target: b"x".to_vec(),
+            },
+        };
         assert!(FileHeader::decode(&odd_link.encode()).is_err());
         assert!(Meta::decode_dirmeta(&meta(S_IFREG | 0o644).encode_dirmeta()).is_err());
-        assert!(matches!(Meta::decode_dirmeta(&FileHeader::encode(&dev)), Err(DecodeError::Tag(_))));
+        assert!(matches!(
+            Meta::decode_dirmeta(&FileHeader::encode(&dev)),
+            Err(DecodeError::Tag(_))
+        ));
     }
 }

@@ -10,6 +10,7 @@ pub mod encoding;
 pub mod fsck;
 pub mod object;
 pub mod prune;
+pub mod reach;
 pub mod refs;
 pub mod transaction;
 
@@ -44,7 +45,9 @@ pub enum StoreError {
         kind: ObjectKind,
     },
     /// An object's bytes do not hash to its name, or do not decode.
-    #[error("object {id} ({kind}) is corrupt: {detail}; run 'arbor fsck' to list every damaged object")]
+    #[error(
+        "object {id} ({kind}) is corrupt: {detail}; run 'arbor fsck' to list every damaged object"
+    )]
     Corrupt {
         /// The damaged object.
         id: ObjectId,
@@ -62,7 +65,9 @@ pub enum StoreError {
         holder: String,
     },
     /// The disk or quota filled up; nothing was published.
-    #[error("no space left on the device while {doing}; nothing was changed: free some space and retry")]
+    #[error(
+        "no space left on the device while {doing}; nothing was changed: free some space and retry"
+    )]
     NoSpace {
         /// What was being written.
         doing: String,
@@ -85,9 +90,13 @@ impl Repo {
         match std::fs::create_dir(path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                let mut entries = std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))?;
+                let mut entries = std::fs::read_dir(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
                 if entries.next().is_some() {
-                    anyhow::bail!("{} exists and is not empty; choose a new folder", path.display());
+                    anyhow::bail!(
+                        "{} exists and is not empty; choose a new folder",
+                        path.display()
+                    );
                 }
             }
             Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
@@ -127,7 +136,12 @@ impl Repo {
             .with_context(|| format!("reading {}/config", path.display()))?;
         let objects = fsutil::open_dir_at(root.as_fd(), b"objects")
             .with_context(|| format!("opening {}/objects", path.display()))?;
-        Ok(Repo { path: path.to_path_buf(), root, objects, config })
+        Ok(Repo {
+            path: path.to_path_buf(),
+            root,
+            objects,
+            config,
+        })
     }
 
     /// The repository's folder.
@@ -157,13 +171,22 @@ impl Repo {
 
     /// True when the object is in the store.
     pub fn has_object(&self, id: &ObjectId, kind: ObjectKind) -> bool {
-        rfs::statat(&self.objects, id.relative_path(kind), AtFlags::SYMLINK_NOFOLLOW).is_ok()
+        rfs::statat(
+            &self.objects,
+            id.relative_path(kind),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .is_ok()
     }
 
     /// `lstat` of a stored object.
     pub fn stat_object(&self, id: &ObjectId, kind: ObjectKind) -> Result<rfs::Stat, StoreError> {
-        rfs::statat(&self.objects, id.relative_path(kind), AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|_| StoreError::Missing { id: *id, kind })
+        rfs::statat(
+            &self.objects,
+            id.relative_path(kind),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|_| StoreError::Missing { id: *id, kind })
     }
 
     /// Reads a dirtree, dirmeta or commit object and checks that it hashes to `id`.
@@ -174,11 +197,21 @@ impl Repo {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(StoreError::Missing { id: *id, kind });
             }
-            Err(e) => return Err(StoreError::Corrupt { id: *id, kind, detail: e.to_string() }),
+            Err(e) => {
+                return Err(StoreError::Corrupt {
+                    id: *id,
+                    kind,
+                    detail: e.to_string(),
+                });
+            }
         };
         let got = ObjectId::of(&bytes);
         if got != *id {
-            return Err(StoreError::Corrupt { id: *id, kind, detail: format!("its content hashes to {got}") });
+            return Err(StoreError::Corrupt {
+                id: *id,
+                kind,
+                detail: format!("its content hashes to {got}"),
+            });
         }
         Ok(bytes)
     }
@@ -190,7 +223,11 @@ impl Repo {
         f: fn(&[u8]) -> Result<T, encoding::DecodeError>,
     ) -> Result<T, StoreError> {
         let bytes = self.read_meta_object(id, kind)?;
-        f(&bytes).map_err(|e| StoreError::Corrupt { id: *id, kind, detail: e.to_string() })
+        f(&bytes).map_err(|e| StoreError::Corrupt {
+            id: *id,
+            kind,
+            detail: e.to_string(),
+        })
     }
 
     /// Loads and validates a commit.
@@ -217,13 +254,20 @@ impl Repo {
             Mode::empty(),
         )
         .map_err(|e| match e {
-            rustix::io::Errno::NOENT => StoreError::Missing { id: *id, kind: ObjectKind::File },
+            rustix::io::Errno::NOENT => StoreError::Missing {
+                id: *id,
+                kind: ObjectKind::File,
+            },
             rustix::io::Errno::LOOP => StoreError::Corrupt {
                 id: *id,
                 kind: ObjectKind::File,
                 detail: "it is a symlink, not a regular file".into(),
             },
-            e => StoreError::Corrupt { id: *id, kind: ObjectKind::File, detail: e.to_string() },
+            e => StoreError::Corrupt {
+                id: *id,
+                kind: ObjectKind::File,
+                detail: e.to_string(),
+            },
         })?;
         Ok(std::fs::File::from(fd))
     }
@@ -233,18 +277,36 @@ impl Repo {
     pub fn file_info(&self, id: &ObjectId) -> Result<FileInfo, StoreError> {
         let kind = ObjectKind::File;
         let st = self.stat_object(id, kind)?;
-        let corrupt = |e: io::Error| StoreError::Corrupt { id: *id, kind, detail: e.to_string() };
-        let (dir, name) = id.relative_path(kind).split_once('/').map(|(a, b)| (a.to_string(), b.to_string())).unwrap();
+        let corrupt = |e: io::Error| StoreError::Corrupt {
+            id: *id,
+            kind,
+            detail: e.to_string(),
+        };
+        let (dir, name) = id
+            .relative_path(kind)
+            .split_once('/')
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .unwrap();
         let dirfd = fsutil::open_dir_at(self.objects.as_fd(), dir.as_bytes()).map_err(corrupt)?;
         let xattrs = fsutil::read_xattrs_at(dirfd.as_fd(), name.as_bytes()).map_err(corrupt)?;
-        let meta = Meta { mode: st.st_mode, uid: st.st_uid, gid: st.st_gid, xattrs };
+        let meta = Meta {
+            mode: st.st_mode,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            xattrs,
+        };
         let target = if st.st_mode & encoding::S_IFMT == encoding::S_IFLNK {
-            let t = rfs::readlinkat(&dirfd, name.as_str(), Vec::new()).map_err(|e| corrupt(e.into()))?;
+            let t = rfs::readlinkat(&dirfd, name.as_str(), Vec::new())
+                .map_err(|e| corrupt(e.into()))?;
             Some(t.into_bytes())
         } else {
             None
         };
-        Ok(FileInfo { meta, size: st.st_size as u64, target })
+        Ok(FileInfo {
+            meta,
+            size: st.st_size as u64,
+            target,
+        })
     }
 }
 

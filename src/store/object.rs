@@ -20,7 +20,9 @@ impl ObjectId {
 
     /// Lowercase hex, the only spelling used on disk and in output.
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        let mut buf = [0u8; 64];
+        hex::encode_to_slice(self.0, &mut buf).expect("64 bytes hold 32 in hex");
+        String::from_utf8(buf.to_vec()).expect("hex is ASCII")
     }
 
     /// First 12 hex characters, for messages where the full id is noise.
@@ -30,8 +32,17 @@ impl ObjectId {
 
     /// Path of the object below `objects/`: `xx/yyyy….kind`.
     pub fn relative_path(&self, kind: ObjectKind) -> String {
-        let h = self.to_hex();
-        format!("{}/{}.{}", &h[..2], &h[2..], kind.extension())
+        let mut buf = [0u8; 64];
+        hex::encode_to_slice(self.0, &mut buf).expect("64 bytes hold 32 in hex");
+        let h = std::str::from_utf8(&buf).expect("hex is ASCII");
+        let ext = kind.extension();
+        let mut out = String::with_capacity(65 + 1 + ext.len());
+        out.push_str(&h[..2]);
+        out.push('/');
+        out.push_str(&h[2..]);
+        out.push('.');
+        out.push_str(ext);
+        out
     }
 }
 
@@ -62,7 +73,11 @@ impl FromStr for ObjectId {
     type Err = BadObjectId;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || BadObjectId(s.to_string());
-        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if s.len() != 64
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(bad());
         }
         let mut out = [0u8; 32];

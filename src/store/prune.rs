@@ -1,1 +1,92 @@
+//! Removing objects that nothing reaches.
 
+use std::collections::HashSet;
+
+use anyhow::{Result, bail};
+use rustix::fs::{self as rfs, AtFlags};
+use serde::Serialize;
+
+use super::reach::{self, Root};
+use super::{ObjectKind, Repo};
+use crate::lock::{LockError, LockWait, WriterLock};
+use crate::statedb::StateDb;
+
+/// What a prune removed, or would remove with `dry_run`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PruneReport {
+    /// Nothing was deleted.
+    pub dry_run: bool,
+    /// Objects reached by a ref or an extra root, kept.
+    pub objects_kept: u64,
+    /// Objects deleted (or to delete).
+    pub objects_removed: u64,
+    /// Their size on disk in bytes (file content shared with a checkout is not freed
+    /// until the checkout goes too).
+    pub bytes_removed: u64,
+}
+
+/// Deletes every object not reached by a ref or by `extra_roots` (deployments and pins
+/// pass theirs). Refuses to delete anything when part of the history cannot be read,
+/// since what lies below it would look unreachable.
+pub fn prune(
+    repo: &Repo,
+    extra_roots: &[Root],
+    dry_run: bool,
+    wait: LockWait<'_>,
+) -> Result<PruneReport> {
+    let lock =
+        WriterLock::acquire(repo.root_fd(), repo.path(), "lock", wait).map_err(|e| match e {
+            LockError::Held(s) => anyhow::Error::new(s),
+            e => anyhow::Error::new(e),
+        })?;
+    if !dry_run {
+        super::transaction::clean_tmp(repo)?;
+    }
+    let mut roots: Vec<Root> = repo
+        .list_refs()?
+        .into_iter()
+        .map(|(r, id)| Root {
+            label: r.to_string(),
+            commit: id,
+        })
+        .collect();
+    roots.extend_from_slice(extra_roots);
+    let walked = reach::walk(repo, &roots);
+    if let Some((id, kind, used_by, e)) = walked.unreadable.first() {
+        bail!(
+            "not pruning: {kind} object {id} used by {used_by} cannot be read ({e}); run 'arbor fsck'"
+        );
+    }
+    let keep: HashSet<_> = walked.objects.keys().copied().collect();
+    let (objects, _) = reach::list_objects(repo)?;
+    let stored = objects.len() as u64;
+    let mut report = PruneReport {
+        dry_run,
+        ..Default::default()
+    };
+    let mut forgotten = Vec::new();
+    // Commits first: a crash midway then leaves no commit whose tree is half gone.
+    let mut doomed: Vec<_> = objects.into_iter().filter(|o| !keep.contains(o)).collect();
+    doomed.sort_by_key(|(_, k)| *k != ObjectKind::Commit);
+    for (id, kind) in doomed {
+        let rel = id.relative_path(kind);
+        let Ok(st) = rfs::statat(repo.objects_fd(), rel.as_str(), AtFlags::SYMLINK_NOFOLLOW) else {
+            continue;
+        };
+        report.objects_removed += 1;
+        report.bytes_removed += st.st_size as u64;
+        if !dry_run {
+            rfs::unlinkat(repo.objects_fd(), rel.as_str(), AtFlags::empty())?;
+            if kind == ObjectKind::File {
+                forgotten.push((st.st_dev, st.st_ino));
+            }
+        }
+    }
+    report.objects_kept = stored - report.objects_removed;
+    if !forgotten.is_empty() {
+        // A freed inode number may be reused by a new file: drop its cache row.
+        StateDb::open(&repo.state_db_path())?.forget_inodes(&forgotten)?;
+    }
+    drop(lock);
+    Ok(report)
+}

@@ -45,7 +45,10 @@ impl RefName {
                 "'{s}' is not a valid ref name: use components of letters, digits, '.', '_', '-' separated by '/'"
             );
         }
-        Ok(RefName { remote: remote.map(str::to_string), name: name.to_string() })
+        Ok(RefName {
+            remote: remote.map(str::to_string),
+            name: name.to_string(),
+        })
     }
 
     /// Path below the repository (`refs/heads/…` or `refs/remotes/<r>/…`).
@@ -73,7 +76,10 @@ impl Repo {
         match fsutil::read_bounded_at(self.root_fd(), &rel, 1024) {
             Ok(b) => {
                 let text = String::from_utf8_lossy(&b);
-                let id = text.trim().parse().with_context(|| format!("ref {r} ({rel}) is damaged"))?;
+                let id = text
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("ref {r} ({rel}) is damaged"))?;
                 Ok(Some(id))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -84,13 +90,22 @@ impl Repo {
     /// Points `r` at `commit` (or deletes it), atomically and durably. The caller
     /// holds the writer lock (the `_lock` argument proves it) and has published and
     /// synced the objects the ref names.
-    pub fn write_ref(&self, _lock: &crate::lock::WriterLock, r: &RefName, commit: Option<&ObjectId>) -> Result<()> {
+    pub fn write_ref(
+        &self,
+        _lock: &crate::lock::WriterLock,
+        r: &RefName,
+        commit: Option<&ObjectId>,
+    ) -> Result<()> {
         let rel = r.relative_path();
         let (dir, leaf) = rel.rsplit_once('/').unwrap();
-        let dirfd = self.mkdir_p(dir).with_context(|| format!("creating {dir} for ref {r}"))?;
+        let dirfd = self
+            .mkdir_p(dir)
+            .with_context(|| format!("creating {dir} for ref {r}"))?;
         match commit {
-            Some(id) => fsutil::atomic_write(dirfd.as_fd(), leaf, format!("{id}\n").as_bytes(), 0o644)
-                .map_err(|e| super::write_error(e, || format!("writing ref {r}"))),
+            Some(id) => {
+                fsutil::atomic_write(dirfd.as_fd(), leaf, format!("{id}\n").as_bytes(), 0o644)
+                    .map_err(|e| super::write_error(e, || format!("writing ref {r}")))
+            }
             None => match rfs::unlinkat(&dirfd, leaf, rfs::AtFlags::empty()) {
                 Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(rfs::fsync(&dirfd)?),
                 Err(e) => Err(io::Error::from(e)).with_context(|| format!("deleting ref {r}")),
@@ -141,12 +156,19 @@ impl Repo {
             if name.starts_with('.') {
                 continue; // temporaries of atomic_write
             }
-            let full = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
+            let full = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}/{name}")
+            };
             if ft == rfs::FileType::Directory {
                 let sub = fsutil::open_dir_at(dir.as_fd(), name.as_bytes())?;
                 self.walk_refs(sub, full, remote, out)?;
             } else {
-                let r = RefName { remote: remote.map(str::to_string), name: full };
+                let r = RefName {
+                    remote: remote.map(str::to_string),
+                    name: full,
+                };
                 if let Some(id) = self.read_ref(&r)? {
                     out.push((r, id));
                 }
@@ -162,18 +184,26 @@ impl Repo {
         let ups = rev.len() - base.len();
         let mut id = if let Ok(id) = base.parse::<ObjectId>() {
             if !self.has_object(&id, ObjectKind::Commit) {
-                bail!("commit {id} is not in the repository {}", self.path().display());
+                bail!(
+                    "commit {id} is not in the repository {}",
+                    self.path().display()
+                );
             }
             id
         } else {
             let r = RefName::parse(base)?;
             self.read_ref(&r)?.with_context(|| {
-                format!("no ref or commit named '{base}' in {}; 'arbor refs' lists them", self.path().display())
+                format!(
+                    "no ref or commit named '{base}' in {}; 'arbor refs' lists them",
+                    self.path().display()
+                )
             })?
         };
         for _ in 0..ups {
             let c = self.load_commit(&id)?;
-            id = c.parent.with_context(|| format!("commit {} has no parent ('{rev}')", id.short()))?;
+            id = c
+                .parent
+                .with_context(|| format!("commit {} has no parent ('{rev}')", id.short()))?;
         }
         Ok(id)
     }
@@ -188,9 +218,14 @@ mod tests {
         for ok in ["a", "debian/bookworm/x86_64", "origin:stable", "a_b-c.d"] {
             RefName::parse(ok).unwrap();
         }
-        for bad in ["", "/a", "a/", "a//b", "../x", "a/../b", ".hidden", "a b", "x.lock", ":a", "r:"] {
+        for bad in [
+            "", "/a", "a/", "a//b", "../x", "a/../b", ".hidden", "a b", "x.lock", ":a", "r:",
+        ] {
             assert!(RefName::parse(bad).is_err(), "{bad}");
         }
-        assert_eq!(RefName::parse("o:x/y").unwrap().relative_path(), "refs/remotes/o/x/y");
+        assert_eq!(
+            RefName::parse("o:x/y").unwrap().relative_path(),
+            "refs/remotes/o/x/y"
+        );
     }
 }

@@ -28,6 +28,14 @@ use crate::lock::{LockError, LockWait, WriterLock};
 /// ones are streamed into a temporary while hashing.
 const SMALL_FILE: u64 = 4 << 20;
 
+/// Up to this many new objects, publishing fsyncs each instead of syncing the filesystem.
+const FEW_OBJECTS: usize = 64;
+
+fn is_symlink_at(dir: &OwnedFd, name: &str) -> bool {
+    rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+        .is_ok_and(|st| st.st_mode & 0o170000 == 0o120000)
+}
+
 /// A file object just stored (or found already stored).
 #[derive(Clone, Copy, Debug)]
 pub struct WrittenFile {
@@ -68,16 +76,24 @@ impl<'r> Transaction<'r> {
     /// Takes the writer lock, clears what crashed writers left in `tmp/`, and opens a
     /// fresh staging folder.
     pub fn begin(repo: &'r Repo, wait: LockWait<'_>) -> Result<Self> {
-        let lock = WriterLock::acquire(repo.root_fd(), repo.path(), "lock", wait).map_err(|e| match e {
-            LockError::Held(s) => anyhow::Error::new(s),
-            e => anyhow::Error::new(e),
-        })?;
+        let lock =
+            WriterLock::acquire(repo.root_fd(), repo.path(), "lock", wait).map_err(
+                |e| match e {
+                    LockError::Held(s) => anyhow::Error::new(s),
+                    e => anyhow::Error::new(e),
+                },
+            )?;
         clean_tmp(repo)?;
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         let staging_name = format!("staging-{}-{}", std::process::id(), nanos.as_nanos());
         let tmp = fsutil::open_dir_at(repo.root_fd(), b"tmp").context("opening tmp/")?;
-        rfs::mkdirat(&tmp, staging_name.as_str(), Mode::from_raw_mode(0o700))
-            .map_err(|e| write_error(e.into(), || format!("creating {}/tmp/{staging_name}", repo.path().display())))?;
+        rfs::mkdirat(&tmp, staging_name.as_str(), Mode::from_raw_mode(0o700)).map_err(|e| {
+            write_error(e.into(), || {
+                format!("creating {}/tmp/{staging_name}", repo.path().display())
+            })
+        })?;
         let staging = fsutil::open_dir_at(tmp.as_fd(), staging_name.as_bytes())?;
         Ok(Transaction {
             repo,
@@ -136,7 +152,9 @@ impl<'r> Transaction<'r> {
     }
 
     fn io_context(&self, e: io::Error) -> anyhow::Error {
-        write_error(e, || format!("writing objects into {}/tmp", self.repo.path().display()))
+        write_error(e, || {
+            format!("writing objects into {}/tmp", self.repo.path().display())
+        })
     }
 
     fn mark_staged(&self, id: ObjectId, kind: ObjectKind, bytes: u64) {
@@ -149,7 +167,9 @@ impl<'r> Transaction<'r> {
     pub fn write_meta(&self, kind: ObjectKind, bytes: &[u8]) -> Result<ObjectId> {
         let id = ObjectId::of(bytes);
         if self.claim(&id, kind) {
-            let mut f = self.create_staged(&Self::staged_name(&id, kind)).map_err(|e| self.io_context(e))?;
+            let mut f = self
+                .create_staged(&Self::staged_name(&id, kind))
+                .map_err(|e| self.io_context(e))?;
             f.write_all(bytes).map_err(|e| self.io_context(e))?;
             rfs::fchmod(&f, Mode::from_raw_mode(0o644))?;
             self.mark_staged(id, kind, 0);
@@ -159,11 +179,17 @@ impl<'r> Transaction<'r> {
 
     /// Stores a symlink with its owner and xattrs.
     pub fn write_symlink(&self, target: &[u8], meta: &Meta) -> Result<ObjectId> {
-        let header = FileHeader { meta: meta.clone(), body: FileBody::Symlink { target: target.to_vec() } };
+        let header = FileHeader {
+            meta: meta.clone(),
+            body: FileBody::Symlink {
+                target: target.to_vec(),
+            },
+        };
         let id = header.id();
         if self.claim(&id, ObjectKind::File) {
             let name = Self::staged_name(&id, ObjectKind::File);
-            rfs::symlinkat(target, &self.staging, name.as_str()).map_err(|e| self.io_context(e.into()))?;
+            rfs::symlinkat(target, &self.staging, name.as_str())
+                .map_err(|e| self.io_context(e.into()))?;
             fsutil::apply_meta_symlink_at(self.staging.as_fd(), name.as_bytes(), meta)
                 .map_err(|e| self.io_context(e))?;
             fsutil::zero_times_at(self.staging.as_fd(), name.as_bytes())?;
@@ -174,16 +200,32 @@ impl<'r> Transaction<'r> {
 
     /// Stores a regular file read from `src` with metadata `meta`, hashing while it
     /// reads. Returns what it stored; the content is whatever `src` held when read.
-    pub fn write_regular(&self, mut src: &File, size_hint: u64, meta: &Meta) -> Result<WrittenFile> {
+    pub fn write_regular(
+        &self,
+        mut src: &File,
+        size_hint: u64,
+        meta: &Meta,
+    ) -> Result<WrittenFile> {
         if size_hint > SMALL_FILE {
             return self.write_regular_streaming(src, meta);
         }
         let mut buf = Vec::with_capacity(size_hint as usize + 1);
         src.read_to_end(&mut buf)?;
         let content = *blake3::hash(&buf).as_bytes();
-        let header = FileHeader { meta: meta.clone(), body: FileBody::Regular { size: buf.len() as u64, content } };
+        let header = FileHeader {
+            meta: meta.clone(),
+            body: FileBody::Regular {
+                size: buf.len() as u64,
+                content,
+            },
+        };
         let id = header.id();
-        let mut written = WrittenFile { id, content, size: buf.len() as u64, new_object_inode: None };
+        let mut written = WrittenFile {
+            id,
+            content,
+            size: buf.len() as u64,
+            new_object_inode: None,
+        };
         if self.claim(&id, ObjectKind::File) {
             let name = Self::staged_name(&id, ObjectKind::File);
             let mut f = self.create_staged(&name).map_err(|e| self.io_context(e))?;
@@ -210,9 +252,17 @@ impl<'r> Transaction<'r> {
             size += n as u64;
         }
         let content = *hasher.finalize().as_bytes();
-        let header = FileHeader { meta: meta.clone(), body: FileBody::Regular { size, content } };
+        let header = FileHeader {
+            meta: meta.clone(),
+            body: FileBody::Regular { size, content },
+        };
         let id = header.id();
-        let mut written = WrittenFile { id, content, size, new_object_inode: None };
+        let mut written = WrittenFile {
+            id,
+            content,
+            size,
+            new_object_inode: None,
+        };
         if self.claim(&id, ObjectKind::File) {
             written.new_object_inode = Some(self.seal_regular(&f, meta)?);
             let name = Self::staged_name(&id, ObjectKind::File);
@@ -227,9 +277,19 @@ impl<'r> Transaction<'r> {
     /// Final owner, mode, xattrs and mtime 0 on a new file object; returns its inode.
     fn seal_regular(&self, f: &File, meta: &Meta) -> Result<(u64, u64)> {
         fsutil::apply_meta_fd(f.as_fd(), meta).map_err(|e| self.io_context(e))?;
-        let zero = rfs::Timespec { tv_sec: 0, tv_nsec: 0 };
-        rfs::futimens(f, &rfs::Timestamps { last_access: zero, last_modification: zero })?;
+        let zero = rfs::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        rfs::futimens(
+            f,
+            &rfs::Timestamps {
+                last_access: zero,
+                last_modification: zero,
+            },
+        )?;
         let st = rfs::fstat(f)?;
+        let _ = crate::sys::start_writeback(f.as_fd());
         Ok((st.st_dev, st.st_ino))
     }
 
@@ -238,19 +298,61 @@ impl<'r> Transaction<'r> {
     pub fn finish(mut self, refs: &[(RefName, Option<ObjectId>)]) -> Result<()> {
         let staged = std::mem::take(&mut *self.staged.lock().unwrap());
         if !staged.is_empty() {
-            fsutil::sync_filesystem(&self.staging).map_err(|e| self.io_context(e))?;
-            let objects = self.repo.objects_fd();
-            staged.par_iter().try_for_each(|(id, kind)| {
-                rfs::renameat(&self.staging, Self::staged_name(id, *kind), objects, id.relative_path(*kind))
-                    .with_context(|| format!("publishing object {id} ({kind})"))
-            })?;
-            fsutil::sync_filesystem(objects).context("syncing the repository")?;
+            let t = std::time::Instant::now();
+            self.publish(&staged)?;
+            tracing::debug!("published {} objects in {:?}", staged.len(), t.elapsed());
         }
         for (r, id) in refs {
             self.repo.write_ref(&self.lock, r, id.as_ref())?;
         }
         self.finished = true;
         self.remove_staging();
+        Ok(())
+    }
+
+    /// Syncs the staged objects, renames them into `objects/` and syncs the renames.
+    /// A few objects get an fsync each; many get one `syncfs`, which is far cheaper
+    /// than thousands of fsyncs but costs as much as whatever else is dirty on the
+    /// filesystem, so a small transaction does not pay it.
+    fn publish(&self, staged: &[(ObjectId, ObjectKind)]) -> Result<()> {
+        let few = staged.len() <= FEW_OBJECTS;
+        if few {
+            for (id, kind) in staged {
+                let name = Self::staged_name(id, *kind);
+                if *kind == ObjectKind::File && is_symlink_at(&self.staging, &name) {
+                    continue; // a symlink's target is written with its directory entry
+                }
+                let fd = rfs::openat(
+                    &self.staging,
+                    name.as_str(),
+                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?;
+                rfs::fsync(&fd).map_err(|e| self.io_context(e.into()))?;
+            }
+            rfs::fsync(&self.staging).map_err(|e| self.io_context(e.into()))?;
+        } else {
+            fsutil::sync_filesystem(&self.staging).map_err(|e| self.io_context(e))?;
+        }
+        let objects = self.repo.objects_fd();
+        staged.par_iter().try_for_each(|(id, kind)| {
+            rfs::renameat(
+                &self.staging,
+                Self::staged_name(id, *kind),
+                objects,
+                id.relative_path(*kind),
+            )
+            .with_context(|| format!("publishing object {id} ({kind})"))
+        })?;
+        if few {
+            let dirs: HashSet<u8> = staged.iter().map(|(id, _)| id.0[0]).collect();
+            for d in dirs {
+                let fd = fsutil::open_dir_at(objects, format!("{d:02x}").as_bytes())?;
+                rfs::fsync(&fd).context("syncing the repository")?;
+            }
+        } else {
+            fsutil::sync_filesystem(objects).context("syncing the repository")?;
+        }
         Ok(())
     }
 
@@ -270,7 +372,7 @@ impl Drop for Transaction<'_> {
 
 /// Removes everything in `tmp/`: under the writer lock, all of it belongs to writers
 /// that died. `remove_dir_all` does not follow symlinks.
-fn clean_tmp(repo: &Repo) -> Result<()> {
+pub(crate) fn clean_tmp(repo: &Repo) -> Result<()> {
     let tmp = repo.path().join("tmp");
     let dir = fsutil::open_dir(&tmp).with_context(|| format!("opening {}", tmp.display()))?;
     for (name, ft) in fsutil::list_dir(dir.as_fd())? {

@@ -1,0 +1,85 @@
+//! Text formatting shared by the subcommands.
+
+use serde::Serialize;
+
+use crate::inspect::CommitInfo;
+
+/// Prints a value as pretty JSON on stdout.
+pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// `YYYY-MM-DD HH:MM:SS +0000` for a Unix time (UTC; proleptic Gregorian).
+pub fn utc(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} +0000",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// A commit as `arbor log` and `arbor show` print it.
+pub fn print_commit(c: &CommitInfo) {
+    println!("commit {}", c.id);
+    if let Some(p) = &c.parent {
+        println!("Parent:  {p}");
+    }
+    println!("Date:    {}", utc(c.timestamp));
+    for (k, v) in &c.metadata {
+        println!("{:<8} {v}", format!("{k}:"));
+    }
+    println!();
+    for line in c.subject.lines().chain(c.body.lines()) {
+        println!("    {line}");
+    }
+    println!();
+}
+
+/// Bytes in a unit people read.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 +0000");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 +0000");
+        assert_eq!(utc(1_700_000_000), "2023-11-14 22:13:20 +0000");
+        assert_eq!(utc(-1), "1969-12-31 23:59:59 +0000");
+    }
+
+    #[test]
+    fn bytes() {
+        assert_eq!(human_bytes(10), "10 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+    }
+}

@@ -1,0 +1,374 @@
+//! Object store subcommands: init, commit, checkout, log, show, ls, cat, diff, refs,
+//! fsck, prune.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use super::output::{human_bytes, json, print_commit};
+use super::{Cli, Command, OutputArgs, lock_wait};
+use crate::checkout::{CheckoutMode, checkout};
+use crate::commit::{CommitOptions, commit_tree};
+use crate::diff::{ChangeKind, diff_commits};
+use crate::inspect;
+use crate::store::refs::RefName;
+use crate::store::{Repo, fsck, prune};
+
+/// `arbor commit`.
+#[derive(Args, Debug)]
+pub struct CommitArgs {
+    /// The branch to commit to (created if absent).
+    #[arg(short, long = "branch", value_name = "REF")]
+    pub branch: String,
+    /// One-line summary.
+    #[arg(short, long, default_value = "")]
+    pub subject: String,
+    /// Longer description.
+    #[arg(long, default_value = "")]
+    pub body: String,
+    /// Metadata, such as version=12.4 (repeatable).
+    #[arg(long = "metadata", value_name = "KEY=VALUE")]
+    pub metadata: Vec<String>,
+    /// Commit time in seconds since the epoch (default: $SOURCE_DATE_EPOCH, else now).
+    #[arg(long, value_name = "SECS")]
+    pub timestamp: Option<i64>,
+    /// Do not record the branch's current commit as parent.
+    #[arg(long)]
+    pub orphan: bool,
+    /// Leave out device nodes, sockets and fifos instead of failing.
+    #[arg(long)]
+    pub skip_special: bool,
+    /// Rehash every file even when the inode cache knows it unchanged.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// The directory tree to commit.
+    pub tree: PathBuf,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `arbor checkout`.
+#[derive(Args, Debug)]
+pub struct CheckoutArgs {
+    /// Hardlink every file to the store (fails across filesystems).
+    #[arg(long, conflicts_with = "copy")]
+    pub hardlink: bool,
+    /// Copy every file: the checkout shares no inode with the store.
+    #[arg(long)]
+    pub copy: bool,
+    /// Branch, remote:branch, or commit id (REV^ for its parent).
+    pub rev: String,
+    /// A new directory to create.
+    pub dest: PathBuf,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `arbor log`.
+#[derive(Args, Debug)]
+pub struct LogArgs {
+    /// Branch or commit.
+    pub rev: String,
+    /// Show at most N commits.
+    #[arg(short = 'n', long)]
+    pub max_count: Option<usize>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// A command that takes one revision.
+#[derive(Args, Debug)]
+pub struct RevArgs {
+    /// Branch or commit.
+    pub rev: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `arbor ls`.
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    /// List subdirectories too.
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
+    /// Branch or commit.
+    pub rev: String,
+    /// Path inside the commit.
+    #[arg(default_value = "/")]
+    pub path: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `arbor cat`.
+#[derive(Args, Debug)]
+pub struct CatArgs {
+    /// Branch or commit.
+    pub rev: String,
+    /// Path of a regular file inside the commit.
+    pub path: String,
+}
+
+/// `arbor diff`.
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    /// The older commit.
+    pub from: String,
+    /// The newer commit.
+    pub to: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `arbor refs`.
+#[derive(Args, Debug)]
+pub struct RefsArgs {
+    /// Delete this ref instead of listing (its commits stay until pruned).
+    #[arg(long, value_name = "REF")]
+    pub delete: Option<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `arbor prune`.
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// Report what would be deleted, delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+fn parse_metadata(pairs: &[String]) -> Result<Vec<(String, String)>> {
+    pairs
+        .iter()
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => bail!("--metadata '{p}': expected KEY=VALUE"),
+        })
+        .collect()
+}
+
+fn default_timestamp() -> Result<i64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(s) => s
+            .trim()
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH='{s}' is not a number of seconds")),
+        Err(_) => Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs() as i64),
+    }
+}
+
+/// Runs the store subcommands.
+pub fn run(cli: &Cli) -> Result<i32> {
+    let path = cli.repo_path();
+    if let Command::Init(out) = &cli.command {
+        let repo = Repo::init(&path)?;
+        if out.json {
+            json(&serde_json::json!({ "repo": repo.path() }))?;
+        } else {
+            println!(
+                "initialized an empty repository at {}",
+                repo.path().display()
+            );
+        }
+        return Ok(0);
+    }
+    let repo = Repo::open(&path)?;
+    match &cli.command {
+        Command::Commit(a) => {
+            let opts = CommitOptions {
+                branch: RefName::parse(&a.branch)?,
+                subject: a.subject.clone(),
+                body: a.body.clone(),
+                metadata: parse_metadata(&a.metadata)?,
+                timestamp: match a.timestamp {
+                    Some(t) => t,
+                    None => default_timestamp()?,
+                },
+                orphan: a.orphan,
+                skip_special: a.skip_special,
+                use_cache: !a.no_cache,
+            };
+            let r = commit_tree(&repo, &a.tree, &opts, lock_wait(cli))?;
+            if a.output.json {
+                return json(&r).map(|_| 0);
+            }
+            println!("{}", r.commit);
+            let s = &r.stats;
+            eprintln!(
+                "{} files, {} directories: {} hashed, {} unchanged (inode cache); {} new objects, {} written",
+                s.files,
+                s.dirs,
+                s.files_hashed,
+                s.files_from_cache,
+                s.objects_written,
+                human_bytes(s.bytes_written)
+            );
+            for p in &s.skipped_special {
+                eprintln!("skipped special file {p}");
+            }
+        }
+        Command::Checkout(a) => {
+            let mode = if a.copy {
+                CheckoutMode::Copy
+            } else if a.hardlink {
+                CheckoutMode::Hardlink
+            } else {
+                CheckoutMode::Auto
+            };
+            let id = repo.resolve_rev(&a.rev)?;
+            let r = checkout(&repo, &id, &a.dest, mode)?;
+            if a.output.json {
+                return json(&r).map(|_| 0);
+            }
+            if let Some(reason) = &r.copy_reason {
+                eprintln!("note: {reason}: copying files instead of hardlinking");
+            }
+            let how = if r.mode == CheckoutMode::Copy {
+                "copied"
+            } else {
+                "hardlinked"
+            };
+            println!(
+                "checked out {} into {} ({} files {how}, {} directories)",
+                r.commit,
+                r.dest.display(),
+                r.files,
+                r.dirs
+            );
+        }
+        Command::Log(a) => {
+            let entries = inspect::log(&repo, &repo.resolve_rev(&a.rev)?, a.max_count)?;
+            if a.output.json {
+                return json(&entries).map(|_| 0);
+            }
+            entries.iter().for_each(print_commit);
+        }
+        Command::Show(a) => {
+            let c = inspect::show_commit(&repo, &repo.resolve_rev(&a.rev)?)?;
+            if a.output.json {
+                return json(&c).map(|_| 0);
+            }
+            print_commit(&c);
+            println!("Tree:    {}\nMeta:    {}", c.root_tree, c.root_meta);
+        }
+        Command::Ls(a) => {
+            let entries = inspect::list(&repo, &repo.resolve_rev(&a.rev)?, &a.path, a.recursive)?;
+            if a.output.json {
+                return json(&entries).map(|_| 0);
+            }
+            for e in entries {
+                let target = e
+                    .target
+                    .as_ref()
+                    .map(|t| format!(" -> {t}"))
+                    .unwrap_or_default();
+                println!(
+                    "{}{:05o} {} {} {:>10} {}{target}",
+                    e.type_char(),
+                    e.mode & 0o7777,
+                    e.uid,
+                    e.gid,
+                    e.size,
+                    e.path
+                );
+            }
+        }
+        Command::Cat(a) => {
+            let mut f = inspect::open_content(&repo, &repo.resolve_rev(&a.rev)?, &a.path)?;
+            let mut out = std::io::stdout().lock();
+            std::io::copy(&mut f, &mut out).context("writing to stdout")?;
+            out.flush()?;
+        }
+        Command::Diff(a) => {
+            let (from, to) = (repo.resolve_rev(&a.from)?, repo.resolve_rev(&a.to)?);
+            let changes = diff_commits(&repo, &from, &to)?;
+            if a.output.json {
+                return json(&serde_json::json!({ "from": from, "to": to, "changes": changes }))
+                    .map(|_| 0);
+            }
+            for c in changes {
+                let tag = match c.change {
+                    ChangeKind::Added => 'A',
+                    ChangeKind::Removed => 'D',
+                    ChangeKind::Modified => 'M',
+                };
+                println!("{tag}    {}{}", c.path, if c.dir { "/" } else { "" });
+            }
+        }
+        Command::Refs(a) => {
+            if let Some(name) = &a.delete {
+                let r = RefName::parse(name)?;
+                if repo.read_ref(&r)?.is_none() {
+                    bail!("no ref named '{r}'");
+                }
+                let lock = crate::lock::WriterLock::acquire(
+                    repo.root_fd(),
+                    repo.path(),
+                    "lock",
+                    lock_wait(cli),
+                )?;
+                repo.write_ref(&lock, &r, None)?;
+                return Ok(0);
+            }
+            let refs = repo.list_refs()?;
+            if a.output.json {
+                let list: Vec<_> = refs
+                    .iter()
+                    .map(|(r, id)| serde_json::json!({ "ref": r.to_string(), "commit": id }))
+                    .collect();
+                return json(&list).map(|_| 0);
+            }
+            for (r, id) in refs {
+                println!("{r}\t{id}");
+            }
+        }
+        Command::Fsck(out) => {
+            let report = fsck::fsck(&repo)?;
+            if out.json {
+                json(&report)?;
+            } else {
+                for p in &report.problems {
+                    let used = p
+                        .used_by
+                        .as_ref()
+                        .map(|u| format!(" (used by {u})"))
+                        .unwrap_or_default();
+                    println!("{}: {}{used}", p.problem, p.detail);
+                }
+                println!(
+                    "checked {} objects and {} refs: {}",
+                    report.objects_checked,
+                    report.refs_checked,
+                    if report.is_clean() {
+                        "no problems".to_string()
+                    } else {
+                        format!("{} problems", report.problems.len())
+                    }
+                );
+            }
+            return Ok(if report.is_clean() { 0 } else { 1 });
+        }
+        Command::Prune(a) => {
+            let r = prune::prune(&repo, &[], a.dry_run, lock_wait(cli))?;
+            if a.output.json {
+                return json(&r).map(|_| 0);
+            }
+            let verb = if r.dry_run { "would remove" } else { "removed" };
+            println!(
+                "{verb} {} objects ({}), kept {}",
+                r.objects_removed,
+                human_bytes(r.bytes_removed),
+                r.objects_kept
+            );
+        }
+        Command::Init(_) | Command::GenerateMan { .. } => unreachable!("handled by the caller"),
+    }
+    Ok(0)
+}

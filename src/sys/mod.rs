@@ -1,0 +1,18 @@
+//! The only `unsafe` in arbor: system calls that rustix does not wrap.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+/// Starts writeback of a file's dirty pages without waiting for it
+/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`). Not a durability guarantee: the
+/// transaction's `syncfs` is. It lets the disk work while the next files are hashed,
+/// instead of all at once at the end.
+pub fn start_writeback(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain syscall on a borrowed, open fd; no memory is passed.
+    let r = unsafe { libc::sync_file_range(fd.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
