@@ -87,6 +87,10 @@ const OBJECT_DIRS_MODE: u32 = 0o755;
 impl Repo {
     /// Creates an empty repository at `path` (absent, or an empty folder).
     pub fn init(path: &Path) -> Result<Repo> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
         match std::fs::create_dir(path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {

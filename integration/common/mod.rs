@@ -1,0 +1,226 @@
+//! Helpers for the end-to-end tests: run the real `arbor` binary, find the corpus,
+//! describe trees with independent tools (find, getfattr) to compare them.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The binary under test.
+pub fn arbor_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_arbor")
+}
+
+/// Runs `arbor ARGS…` and returns its output, whatever the exit code.
+pub fn arbor(args: &[&str]) -> Output {
+    Command::new(arbor_bin())
+        .args(args)
+        .env_remove("ARBOR_REPO")
+        .output()
+        .expect("running arbor")
+}
+
+/// Runs `arbor ARGS…`, asserting success; returns stdout.
+pub fn arbor_ok(args: &[&str]) -> String {
+    let out = arbor(args);
+    assert!(
+        out.status.success(),
+        "arbor {args:?} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs `arbor ARGS…`, asserting failure; returns stderr.
+pub fn arbor_err(args: &[&str]) -> String {
+    let out = arbor(args);
+    assert!(!out.status.success(), "arbor {args:?} should have failed");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+/// A tree of the shared corpus; the suite is run after `make-trees.sh`, so a missing
+/// corpus is a broken setup, not a reason to skip.
+pub fn corpus(name: &str) -> PathBuf {
+    let base = std::env::var("ARBOR_CORPUS").unwrap_or_else(|_| "/var/tmp/arbor-corpus".into());
+    let p = Path::new(&base).join(name);
+    assert!(
+        Path::new(&base).join("READY").exists() && p.is_dir(),
+        "corpus tree {} missing: run scripts/test.sh (it builds ../shared/corpus first)",
+        p.display()
+    );
+    p
+}
+
+/// True when running as root; tests that need it say so and stop otherwise.
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// A scratch folder on the same filesystem as the corpus (so hardlinks work), removed
+/// at drop.
+pub fn scratch() -> tempfile::TempDir {
+    let base = std::env::var("ARBOR_TEST_TMP").unwrap_or_else(|_| "/var/tmp".into());
+    tempfile::Builder::new()
+        .prefix("arbor-test.")
+        .tempdir_in(base)
+        .unwrap()
+}
+
+/// Path as &str.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Every entry of a tree: relative path → "type mode uid gid size target content-hash
+/// xattrs", from `find -printf` and `getfattr`, tools independent of arbor.
+pub fn describe_tree(root: &Path) -> BTreeMap<String, String> {
+    let out = Command::new("find")
+        .arg(root)
+        .args(["-mindepth", "1", "-printf", "%P\\0%y %m %U %G %s %l\\0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let xattrs = xattrs_of(root);
+    let fields: Vec<&[u8]> = out.stdout.split(|b| *b == 0).collect();
+    let mut map = BTreeMap::new();
+    for pair in fields.chunks(2) {
+        let [path, info] = pair else { continue };
+        let path = String::from_utf8_lossy(path).into_owned();
+        let mut info = String::from_utf8_lossy(info).into_owned();
+        if info.starts_with("d ") {
+            // A directory's size is a property of the filesystem, not of the tree.
+            let mut parts: Vec<&str> = info.split(' ').collect();
+            parts[4] = "-";
+            info = parts.join(" ");
+        }
+        if info.starts_with("f ") {
+            let bytes = std::fs::read(root.join(&path)).unwrap();
+            info.push_str(&format!(" {}", blake3::hash(&bytes).to_hex()));
+        }
+        if let Some(x) = xattrs.get(&path) {
+            info.push_str(&format!(" {x}"));
+        }
+        map.insert(path, info);
+    }
+    map
+}
+
+fn xattrs_of(root: &Path) -> BTreeMap<String, String> {
+    let out = Command::new("getfattr")
+        .args(["-R", "-h", "-d", "-m", "-", "-e", "hex", "--absolute-names"])
+        .arg(root)
+        .output()
+        .expect("getfattr (package attr) is needed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let prefix = format!("{}/", root.display());
+    let mut map = BTreeMap::new();
+    for block in text.split("\n\n") {
+        let mut lines = block.lines();
+        let Some(file) = lines.next().and_then(|l| l.strip_prefix("# file: ")) else {
+            continue;
+        };
+        let Some(rel) = file.strip_prefix(&prefix) else {
+            continue;
+        };
+        let mut attrs: Vec<&str> = lines.collect();
+        attrs.sort();
+        map.insert(rel.to_string(), attrs.join(","));
+    }
+    map
+}
+
+/// Groups of paths that are one inode (regular files with more than one link).
+pub fn hardlink_groups(root: &Path) -> Vec<BTreeSet<String>> {
+    let out = Command::new("find")
+        .arg(root)
+        .args(["-type", "f", "-links", "+1", "-printf", "%i %P\\n"])
+        .output()
+        .unwrap();
+    let mut by_inode: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let (ino, path) = line.split_once(' ').unwrap();
+        by_inode
+            .entry(ino.to_string())
+            .or_default()
+            .insert(path.to_string());
+    }
+    by_inode.into_values().filter(|g| g.len() > 1).collect()
+}
+
+/// Inode of a path (not following symlinks).
+pub fn inode(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(p).unwrap().ino()
+}
+
+/// Number of objects stored in a repository.
+pub fn object_count(repo: &Path) -> usize {
+    walk_files(&repo.join("objects")).len()
+}
+
+/// All non-directory paths below `dir`.
+pub fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// A small tree with what a real OS tree has and the corpus lacks: file capabilities,
+/// user xattrs, setuid, odd owners, hardlinks, empty directories, dangling and
+/// absolute symlinks, a large file.
+pub fn make_feature_tree(root: &Path) {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let sh = |cmd: &str| {
+        let st = Command::new("sh")
+            .arg("-ec")
+            .arg(cmd)
+            .current_dir(root)
+            .status()
+            .unwrap();
+        assert!(st.success(), "{cmd}");
+    };
+    std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+    std::fs::create_dir_all(root.join("var/empty/deeper")).unwrap();
+    std::fs::create_dir_all(root.join("etc/ssl")).unwrap();
+    std::fs::write(root.join("usr/bin/ping"), b"\x7fELF fake ping").unwrap();
+    std::fs::write(root.join("usr/bin/su"), b"\x7fELF fake su").unwrap();
+    std::fs::write(root.join("usr/bin/perl"), b"\x7fELF fake perl").unwrap();
+    std::fs::hard_link(root.join("usr/bin/perl"), root.join("usr/bin/perl5.36.0")).unwrap();
+    std::fs::write(root.join("etc/ssl/key"), b"secret").unwrap();
+    std::fs::write(root.join("etc/empty-file"), b"").unwrap();
+    std::fs::write(root.join("usr/big"), vec![0x5au8; 9 << 20]).unwrap();
+    symlink("perl", root.join("usr/bin/perl-link")).unwrap();
+    symlink("/nonexistent/target", root.join("usr/bin/dangling")).unwrap();
+    symlink("../../etc", root.join("usr/bin/up")).unwrap();
+    std::fs::set_permissions(
+        root.join("usr/bin/su"),
+        std::fs::Permissions::from_mode(0o4755),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        root.join("etc/ssl/key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        root.join("var/empty"),
+        std::fs::Permissions::from_mode(0o1777),
+    )
+    .unwrap();
+    sh("chown 101:102 etc/ssl/key && chown -h 7:8 usr/bin/dangling && chown 5:6 var/empty/deeper");
+    sh(
+        "setcap cap_net_raw+ep usr/bin/ping && setfattr -n user.note -v hello etc/empty-file \
+        && setfattr -n user.dir -v tag var/empty",
+    );
+}
