@@ -718,6 +718,7 @@ mod tests {
     /// The vectors written in docs/format.md are what this code produces: a change to
     /// the encoding that forgets the spec (and the format version) fails here.
     #[test]
+    #[allow(clippy::print_stdout)] // ARBOR_PRINT_VECTORS prints them for the doc
     fn format_doc_test_vectors_match() {
         let doc = include_str!("../../docs/format.md");
         let mut documented = std::collections::BTreeMap::new();
