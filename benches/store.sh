@@ -33,8 +33,8 @@ ms() {
 }
 median() { sort -n "$W/$1" | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : int((a[NR/2]+a[NR/2+1])/2)}'; }
 
-ostree_commit() { ostree --repo="$W/ost" init --mode=bare; ms ostree_commit ostree --repo="$W/ost" commit -b bench --tree=dir="$TREE"; }
-arbor_commit() { "$ARBOR" --repo "$W/arb" init; ms arbor_commit "$ARBOR" --repo "$W/arb" commit -b bench "$TREE"; }
+ostree_commit() { ostree --repo="$W/ost" init --mode=bare >/dev/null; ms ostree_commit ostree --repo="$W/ost" commit -b bench --tree=dir="$TREE"; }
+arbor_commit() { "$ARBOR" --repo "$W/arb" init >/dev/null; ms arbor_commit "$ARBOR" --repo "$W/arb" commit -b bench "$TREE"; }
 
 for i in $(seq "$RUNS"); do
   rm -rf "$W"/ost "$W"/arb "$W"/co-*

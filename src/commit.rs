@@ -50,8 +50,10 @@ pub struct CommitOptions {
 /// What a commit did, for the user and for benchmarks.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct CommitStats {
-    /// Regular files and symlinks in the tree.
+    /// Regular files in the tree.
     pub files: u64,
+    /// Symlinks in the tree.
+    pub symlinks: u64,
     /// Directories in the tree (the root included).
     pub dirs: u64,
     /// Regular files read and hashed.
@@ -171,6 +173,7 @@ pub struct TreeWriter<'t, 'r> {
     new_rows: Mutex<Vec<InodeEntry>>,
     skipped: Mutex<Vec<String>>,
     files: AtomicU64,
+    symlinks: AtomicU64,
     dirs: AtomicU64,
     hashed: AtomicU64,
     from_cache: AtomicU64,
@@ -204,6 +207,7 @@ impl<'t, 'r> TreeWriter<'t, 'r> {
             new_rows: Mutex::new(Vec::new()),
             skipped: Mutex::new(Vec::new()),
             files: AtomicU64::new(0),
+            symlinks: AtomicU64::new(0),
             dirs: AtomicU64::new(0),
             hashed: AtomicU64::new(0),
             from_cache: AtomicU64::new(0),
@@ -217,6 +221,7 @@ impl<'t, 'r> TreeWriter<'t, 'r> {
         skipped.sort();
         let stats = CommitStats {
             files: self.files.into_inner(),
+            symlinks: self.symlinks.into_inner(),
             dirs: self.dirs.into_inner(),
             files_hashed: self.hashed.into_inner(),
             files_from_cache: self.from_cache.into_inner(),
@@ -284,7 +289,7 @@ impl<'t, 'r> TreeWriter<'t, 'r> {
                 Ok(Item::File(FileEntry { name, file }))
             }
             S_IFLNK => {
-                self.files.fetch_add(1, Ordering::Relaxed);
+                self.symlinks.fetch_add(1, Ordering::Relaxed);
                 let target = rfs::readlinkat(dir, name.as_slice(), Vec::new())
                     .with_context(|| format!("reading symlink {path}"))?
                     .into_bytes();
@@ -457,7 +462,7 @@ mod tests {
         let a = commit_tree(&r1, &src, &opts("x"), LockWait::NoWait).unwrap();
         let b = commit_tree(&r2, &src, &opts("x"), LockWait::NoWait).unwrap();
         assert_eq!(a.commit, b.commit);
-        assert_eq!(a.stats.files, 4);
+        assert_eq!((a.stats.files, a.stats.symlinks), (3, 1));
         assert_eq!(a.stats.dirs, 4);
         // A second commit onto the branch has the first as parent and, the files being
         // recent (racy), rehashes them; nothing new is written either way.

@@ -202,11 +202,13 @@ pub fn run(cli: &Cli) -> Result<i32> {
             println!("{}", r.commit);
             let s = &r.stats;
             eprintln!(
-                "{} files, {} directories: {} hashed, {} unchanged (inode cache); {} new objects, {} written",
+                "{} regular files ({} hashed, {} known unchanged from the inode cache), {} symlinks, {} directories; \
+                 {} new objects, {} written",
                 s.files,
-                s.dirs,
                 s.files_hashed,
                 s.files_from_cache,
+                s.symlinks,
+                s.dirs,
                 s.objects_written,
                 human_bytes(s.bytes_written)
             );

@@ -1,0 +1,73 @@
+//! The command line as a user meets it: man pages, usage errors, exit codes.
+
+mod common;
+
+use common::*;
+
+/// man/ is generated from the CLI definition; regenerate with
+/// `cargo run -- generate-man man` after changing an option.
+#[test]
+fn man_pages_are_current() {
+    let t = tempfile::tempdir().unwrap();
+    arbor_ok(&["generate-man", s(t.path())]);
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("man");
+    let mut fresh: Vec<_> = std::fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let mut checked_in: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    fresh.sort();
+    checked_in.sort();
+    assert_eq!(
+        fresh, checked_in,
+        "man/ lists other pages than the CLI has: run `cargo run -- generate-man man`"
+    );
+    for name in fresh {
+        let a = std::fs::read(t.path().join(&name)).unwrap();
+        let b = std::fs::read(dir.join(&name)).unwrap();
+        assert!(
+            a == b,
+            "man/{} is stale: run `cargo run -- generate-man man`",
+            name.to_string_lossy()
+        );
+    }
+}
+
+#[test]
+fn usage_errors_exit_2_and_failures_exit_1() {
+    assert_eq!(arbor(&["no-such-command"]).status.code(), Some(2));
+    let out = arbor(&["--repo", "/nonexistent/arbor-repo", "refs"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: ") && err.contains("/nonexistent/arbor-repo"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_ref_names_and_metadata_are_refused_clearly() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("repo");
+    arbor_ok(&["--repo", s(&repo), "init"]);
+    let err = arbor_err(&["--repo", s(&repo), "commit", "-b", "../escape", s(t.path())]);
+    assert!(err.contains("'../escape' is not a valid ref name"), "{err}");
+    let err = arbor_err(&[
+        "--repo",
+        s(&repo),
+        "commit",
+        "-b",
+        "ok",
+        "--metadata",
+        "novalue",
+        s(t.path()),
+    ]);
+    assert!(err.contains("expected KEY=VALUE"), "{err}");
+    let err = arbor_err(&["--repo", s(&repo), "log", "missing"]);
+    assert!(err.contains("no ref or commit named 'missing'"), "{err}");
+    let err = arbor_err(&["--repo", s(&repo), "init"]);
+    assert!(err.contains("not empty"), "{err}");
+}

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The full test suite: formatting, lints, unit tests, and the end-to-end tests on real
+# Debian trees. `ARBOR_TORTURE=1` adds the multi-minute torture runs (CI sets it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+cargo fmt --all -- --check
+cargo clippy --all-targets --quiet -- -D warnings
+cargo test --all-targets --quiet 2>&1
