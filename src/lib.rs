@@ -13,6 +13,7 @@ pub mod diff;
 pub mod fsutil;
 pub mod inspect;
 pub mod lock;
+pub mod ostree_interop;
 pub mod statedb;
 pub mod store;
 pub mod sys;

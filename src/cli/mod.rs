@@ -5,6 +5,7 @@
 //! print.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod interop_cmds;
 mod output;
 mod repo_cmds;
 
@@ -79,6 +80,9 @@ pub enum Command {
     Fsck(OutputArgs),
     /// Delete objects that no ref reaches.
     Prune(repo_cmds::PruneArgs),
+    /// Move commits between arbor and OSTree repositories.
+    #[command(subcommand)]
+    Ostree(interop_cmds::OstreeCommand),
     /// Write the man pages into DIR (used to keep man/ current).
     #[command(hide = true)]
     GenerateMan {
@@ -125,6 +129,7 @@ pub fn run_from_env() -> i32 {
 pub fn run(cli: &Cli) -> Result<i32> {
     match &cli.command {
         Command::GenerateMan { dir } => generate_man(dir).map(|_| 0),
+        Command::Ostree(cmd) => interop_cmds::run_ostree(cli, cmd),
         _ => repo_cmds::run(cli),
     }
 }

@@ -370,7 +370,9 @@ pub fn run(cli: &Cli) -> Result<i32> {
                 r.objects_kept
             );
         }
-        Command::Init(_) | Command::GenerateMan { .. } => unreachable!("handled by the caller"),
+        Command::Init(_) | Command::GenerateMan { .. } | Command::Ostree(_) => {
+            unreachable!("handled by the caller")
+        }
     }
     Ok(0)
 }

@@ -199,10 +199,11 @@ impl<'r> Transaction<'r> {
     }
 
     /// Stores a regular file read from `src` with metadata `meta`, hashing while it
-    /// reads. Returns what it stored; the content is whatever `src` held when read.
-    pub fn write_regular(
+    /// reads. Returns what it stored; the content is whatever `src` yielded, so the id
+    /// always matches the bytes written.
+    pub fn write_regular<R: Read>(
         &self,
-        mut src: &File,
+        mut src: R,
         size_hint: u64,
         meta: &Meta,
     ) -> Result<WrittenFile> {
@@ -236,7 +237,7 @@ impl<'r> Transaction<'r> {
         Ok(written)
     }
 
-    fn write_regular_streaming(&self, mut src: &File, meta: &Meta) -> Result<WrittenFile> {
+    fn write_regular_streaming<R: Read>(&self, mut src: R, meta: &Meta) -> Result<WrittenFile> {
         let tmp = format!("tmp-{}", self.tmp_counter.fetch_add(1, Ordering::Relaxed));
         let mut f = self.create_staged(&tmp).map_err(|e| self.io_context(e))?;
         let mut hasher = blake3::Hasher::new();
