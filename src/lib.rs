@@ -11,6 +11,7 @@ pub mod cli;
 pub mod commit;
 pub mod diff;
 pub mod fsutil;
+pub mod fuse;
 pub mod inspect;
 pub mod lock;
 pub mod ostree_interop;

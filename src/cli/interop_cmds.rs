@@ -87,3 +87,85 @@ pub fn run_ostree(cli: &Cli, cmd: &OstreeCommand) -> Result<i32> {
     }
     Ok(0)
 }
+
+/// `arbor mount`.
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    /// Branch or commit to show.
+    pub rev: String,
+    /// An existing, empty directory.
+    pub mountpoint: PathBuf,
+    /// Stay in the foreground until unmounted or interrupted (Ctrl-C unmounts).
+    #[arg(long)]
+    pub foreground: bool,
+}
+
+/// True when `path` is a mount point (a line of /proc/self/mountinfo names it).
+fn is_mounted(path: &std::path::Path) -> bool {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.to_string_lossy().replace(' ', "\\040");
+    text.lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+/// Runs `arbor mount`.
+pub fn run_mount(cli: &Cli, a: &MountArgs) -> Result<i32> {
+    let repo = Repo::open(&cli.repo_path())?;
+    let commit = repo.resolve_rev(&a.rev)?;
+    let mountpoint = a
+        .mountpoint
+        .canonicalize()
+        .with_context(|| format!("mount point {}", a.mountpoint.display()))?;
+    if a.foreground {
+        crate::fuse::serve(repo, &commit, &mountpoint, |fs| {
+            eprintln!(
+                "serving {} ({} inodes) on {}; unmount or press Ctrl-C to stop",
+                commit.short(),
+                fs.inode_count(),
+                mountpoint.display()
+            );
+        })?;
+        return Ok(0);
+    }
+    // Background: a detached copy of this command in the foreground; return once the
+    // filesystem is mounted, or report why it could not be.
+    use std::os::unix::process::CommandExt;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .arg("--repo")
+        .arg(repo.path())
+        .args(["mount", "--foreground"])
+        .arg(commit.to_hex())
+        .arg(&mountpoint)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .context("starting the FUSE server")?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        if is_mounted(&mountpoint) {
+            println!(
+                "mounted {} on {} (pid {})",
+                commit,
+                mountpoint.display(),
+                child.id()
+            );
+            return Ok(0);
+        }
+        if let Some(status) = child.try_wait()? {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            anyhow::bail!("the FUSE server exited ({status}): {}", err.trim());
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            anyhow::bail!("{} was not mounted within 300 s", mountpoint.display());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

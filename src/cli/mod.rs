@@ -83,6 +83,8 @@ pub enum Command {
     /// Move commits between arbor and OSTree repositories.
     #[command(subcommand)]
     Ostree(interop_cmds::OstreeCommand),
+    /// Mount a commit read-only with FUSE, straight from the store.
+    Mount(interop_cmds::MountArgs),
     /// Write the man pages into DIR (used to keep man/ current).
     #[command(hide = true)]
     GenerateMan {
@@ -130,6 +132,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
     match &cli.command {
         Command::GenerateMan { dir } => generate_man(dir).map(|_| 0),
         Command::Ostree(cmd) => interop_cmds::run_ostree(cli, cmd),
+        Command::Mount(a) => interop_cmds::run_mount(cli, a),
         _ => repo_cmds::run(cli),
     }
 }

@@ -370,7 +370,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
                 r.objects_kept
             );
         }
-        Command::Init(_) | Command::GenerateMan { .. } | Command::Ostree(_) => {
+        Command::Init(_) | Command::GenerateMan { .. } | Command::Ostree(_) | Command::Mount(_) => {
             unreachable!("handled by the caller")
         }
     }
