@@ -47,6 +47,16 @@ fn commit(repo: &str, branch: &str, tree: &Path) -> String {
     .to_string()
 }
 
+/// A scratch folder holding a feature tree at `src` committed to `branch` in `repo`.
+fn feature_repo(branch: &str) -> (tempfile::TempDir, std::path::PathBuf, String) {
+    let t = scratch();
+    let src = t.path().join("src");
+    make_feature_tree(&src);
+    let repo = init_repo(t.path());
+    commit(&repo, branch, &src);
+    (t, src, repo)
+}
+
 fn assert_same_tree(src: &Path, dest: &Path) {
     let (a, b) = (describe_tree(src), describe_tree(dest));
     assert_eq!(a.len(), b.len(), "entry counts differ");
@@ -90,11 +100,7 @@ fn root_corpus_a_round_trip_keeps_content_modes_owners_and_links() {
 #[test]
 fn root_xattrs_caps_setuid_owners_survive_hardlink_and_copy_checkouts() {
     require_root!();
-    let t = scratch();
-    let src = t.path().join("src");
-    make_feature_tree(&src);
-    let repo = init_repo(t.path());
-    commit(&repo, "features", &src);
+    let (t, src, repo) = feature_repo("features");
     for (mode, dest) in [("--hardlink", "co-link"), ("--copy", "co-copy")] {
         let dest = t.path().join(dest);
         arbor_ok(&["--repo", &repo, "checkout", mode, "features", s(&dest)]);
@@ -191,11 +197,7 @@ fn root_recommit_of_unchanged_tree_and_of_its_checkout_reads_no_file() {
 #[test]
 fn root_fsck_names_a_flipped_byte_and_a_deleted_object() {
     require_root!();
-    let t = scratch();
-    let src = t.path().join("src");
-    make_feature_tree(&src);
-    let repo = init_repo(t.path());
-    commit(&repo, "f", &src);
+    let (t, src, repo) = feature_repo("f");
     assert!(arbor_ok(&["--repo", &repo, "fsck"]).contains("no problems"));
     let object_of = |path: &str| -> ObjectId {
         json(&["--repo", &repo, "ls", "--json", "f", path])[0]["object"]
@@ -383,11 +385,7 @@ fn root_hostile_trees_are_refused_and_nothing_is_written_outside_dest() {
 #[test]
 fn root_bad_input_leaves_refs_and_store_unchanged() {
     require_root!();
-    let t = scratch();
-    let repo = init_repo(t.path());
-    let src = t.path().join("src");
-    make_feature_tree(&src);
-    commit(&repo, "b", &src);
+    let (t, src, repo) = feature_repo("b");
     let head = arbor_ok(&["--repo", &repo, "refs"]);
     let count = object_count(Path::new(&repo));
 
@@ -537,11 +535,7 @@ fn root_disk_full_during_commit_publishes_nothing() {
 #[test]
 fn root_checkout_onto_another_filesystem_copies_and_says_so() {
     require_root!();
-    let t = scratch();
-    let src = t.path().join("src");
-    make_feature_tree(&src);
-    let repo = init_repo(t.path());
-    commit(&repo, "f", &src);
+    let (t, src, repo) = feature_repo("f");
     let fs = Tmpfs::new("64m");
     let dest = fs.0.path().join("co");
     let out = arbor(&["--repo", &repo, "checkout", "f", s(&dest)]);

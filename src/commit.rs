@@ -23,7 +23,7 @@ use crate::store::encoding::{
     self, DirEntry, FileBody, FileEntry, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG,
 };
 use crate::store::refs::RefName;
-use crate::store::{Commit, DirTree, FileHeader, Meta, ObjectId, ObjectKind, Repo, Transaction};
+use crate::store::{Commit, DirTree, FileHeader, ObjectId, ObjectKind, Repo, Transaction};
 
 /// What to commit besides the tree.
 #[derive(Clone, Debug)]
@@ -240,12 +240,7 @@ impl<'t, 'r> TreeWriter<'t, 'r> {
         let st = rfs::fstat(&dir).with_context(|| format!("stat {shown}"))?;
         let xattrs = fsutil::read_xattrs_fd(dir.as_fd())
             .with_context(|| format!("reading xattrs of {shown}"))?;
-        let meta = Meta {
-            mode: st.st_mode,
-            uid: st.st_uid,
-            gid: st.st_gid,
-            xattrs,
-        };
+        let meta = fsutil::meta_from_stat(&st, xattrs);
         let names =
             fsutil::list_dir(dir.as_fd()).with_context(|| format!("reading directory {shown}"))?;
         let items: Vec<Item> = names
@@ -295,12 +290,7 @@ impl<'t, 'r> TreeWriter<'t, 'r> {
                     .into_bytes();
                 let xattrs = fsutil::read_xattrs_at(dir, &name)
                     .with_context(|| format!("reading xattrs of {path}"))?;
-                let meta = Meta {
-                    mode: st.st_mode,
-                    uid: st.st_uid,
-                    gid: st.st_gid,
-                    xattrs,
-                };
+                let meta = fsutil::meta_from_stat(&st, xattrs);
                 let file = self
                     .txn
                     .write_symlink(&target, &meta)
@@ -336,12 +326,7 @@ impl<'t, 'r> TreeWriter<'t, 'r> {
         };
         let xattrs = fsutil::read_xattrs_at(dir, name)
             .with_context(|| format!("reading xattrs of {path}"))?;
-        let meta = Meta {
-            mode: st.st_mode,
-            uid: st.st_uid,
-            gid: st.st_gid,
-            xattrs,
-        };
+        let meta = fsutil::meta_from_stat(st, xattrs);
         let id = FileHeader {
             meta,
             body: FileBody::Regular { size, content },
@@ -363,12 +348,7 @@ impl<'t, 'r> TreeWriter<'t, 'r> {
         }
         let xattrs = fsutil::read_xattrs_fd(file.as_fd())
             .with_context(|| format!("reading xattrs of {path}"))?;
-        let meta = Meta {
-            mode: st.st_mode,
-            uid: st.st_uid,
-            gid: st.st_gid,
-            xattrs,
-        };
+        let meta = fsutil::meta_from_stat(&st, xattrs);
         let (dev, ino, mtime, size) = (st.st_dev, st.st_ino, mtime_ns(&st), st.st_size as u64);
         let w = self
             .txn

@@ -66,80 +66,67 @@ fn diff_trees(
     }
     let (ta, tb) = (load(repo, a, path)?, load(repo, b, path)?);
     let child = |name: &[u8]| format!("{path}/{}", show(name));
-    // Files: merge the two sorted lists.
-    let (mut i, mut j) = (0, 0);
-    while i < ta.files.len() || j < tb.files.len() {
-        let order = match (ta.files.get(i), tb.files.get(j)) {
-            (Some(x), Some(y)) => x.name.cmp(&y.name),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            _ => std::cmp::Ordering::Greater,
-        };
-        match order {
-            std::cmp::Ordering::Less => {
-                out.push(Change {
-                    change: ChangeKind::Removed,
-                    path: child(&ta.files[i].name),
-                    dir: false,
-                });
-                i += 1;
+    let change = |change, path, dir| Change { change, path, dir };
+    for side in merge_sorted(&ta.files, &tb.files, |f| &f.name) {
+        match side {
+            Side::Old(f) => out.push(change(ChangeKind::Removed, child(&f.name), false)),
+            Side::New(f) => out.push(change(ChangeKind::Added, child(&f.name), false)),
+            Side::Both(x, y) if x.file != y.file => {
+                out.push(change(ChangeKind::Modified, child(&x.name), false))
             }
-            std::cmp::Ordering::Greater => {
-                out.push(Change {
-                    change: ChangeKind::Added,
-                    path: child(&tb.files[j].name),
-                    dir: false,
-                });
-                j += 1;
-            }
-            std::cmp::Ordering::Equal => {
-                if ta.files[i].file != tb.files[j].file {
-                    out.push(Change {
-                        change: ChangeKind::Modified,
-                        path: child(&ta.files[i].name),
-                        dir: false,
-                    });
-                }
-                i += 1;
-                j += 1;
-            }
+            Side::Both(..) => {}
         }
     }
-    // Directories: the same merge, recursing into the common ones.
-    let (mut i, mut j) = (0, 0);
-    while i < ta.dirs.len() || j < tb.dirs.len() {
-        let order = match (ta.dirs.get(i), tb.dirs.get(j)) {
-            (Some(x), Some(y)) => x.name.cmp(&y.name),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            _ => std::cmp::Ordering::Greater,
-        };
-        match order {
-            std::cmp::Ordering::Less => {
-                let d = &ta.dirs[i];
-                list_all(repo, &d.tree, &child(&d.name), ChangeKind::Removed, out)?;
-                i += 1;
-            }
-            std::cmp::Ordering::Greater => {
-                let d = &tb.dirs[j];
-                list_all(repo, &d.tree, &child(&d.name), ChangeKind::Added, out)?;
-                j += 1;
-            }
-            std::cmp::Ordering::Equal => {
-                let (x, y) = (&ta.dirs[i], &tb.dirs[j]);
+    for side in merge_sorted(&ta.dirs, &tb.dirs, |d| &d.name) {
+        match side {
+            Side::Old(d) => list_all(repo, &d.tree, &child(&d.name), ChangeKind::Removed, out)?,
+            Side::New(d) => list_all(repo, &d.tree, &child(&d.name), ChangeKind::Added, out)?,
+            Side::Both(x, y) => {
                 let p = child(&x.name);
                 if x.meta != y.meta {
-                    out.push(Change {
-                        change: ChangeKind::Modified,
-                        path: p.clone(),
-                        dir: true,
-                    });
+                    out.push(change(ChangeKind::Modified, p.clone(), true));
                 }
                 diff_trees(repo, &x.tree, &y.tree, &p, out)?;
-                i += 1;
-                j += 1;
             }
         }
     }
     Ok(())
+}
+
+/// Where an entry of two sorted lists is.
+enum Side<'a, T> {
+    Old(&'a T),
+    New(&'a T),
+    Both(&'a T, &'a T),
+}
+
+/// Walks two lists sorted by `key` together, pairing equal keys.
+fn merge_sorted<'a, T>(a: &'a [T], b: &'a [T], key: fn(&T) -> &Vec<u8>) -> Vec<Side<'a, T>> {
+    let (mut i, mut j) = (0, 0);
+    let mut out = Vec::with_capacity(a.len().max(b.len()));
+    while i < a.len() || j < b.len() {
+        let order = match (a.get(i), b.get(j)) {
+            (Some(x), Some(y)) => key(x).cmp(key(y)),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            _ => std::cmp::Ordering::Greater,
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                out.push(Side::Old(&a[i]));
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                out.push(Side::New(&b[j]));
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                out.push(Side::Both(&a[i], &b[j]));
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out
 }
 
 fn list_all(

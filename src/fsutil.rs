@@ -102,6 +102,16 @@ pub fn read_xattrs_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Xattrs> {
     read_xattrs_with(|b| rfs::llistxattr(&p, b), |n, b| rfs::lgetxattr(&p, n, b))
 }
 
+/// The metadata arbor records for an inode: its mode, owner and the given xattrs.
+pub fn meta_from_stat(st: &rfs::Stat, xattrs: Xattrs) -> Meta {
+    Meta {
+        mode: st.st_mode,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        xattrs,
+    }
+}
+
 /// Gives an open file or directory its final owner, mode and xattrs, in the only
 /// order that works: chown clears setuid bits and file capabilities, so it goes first.
 pub fn apply_meta_fd(fd: BorrowedFd<'_>, meta: &Meta) -> io::Result<()> {

@@ -293,12 +293,7 @@ impl Repo {
             .unwrap();
         let dirfd = fsutil::open_dir_at(self.objects.as_fd(), dir.as_bytes()).map_err(corrupt)?;
         let xattrs = fsutil::read_xattrs_at(dirfd.as_fd(), name.as_bytes()).map_err(corrupt)?;
-        let meta = Meta {
-            mode: st.st_mode,
-            uid: st.st_uid,
-            gid: st.st_gid,
-            xattrs,
-        };
+        let meta = fsutil::meta_from_stat(&st, xattrs);
         let target = if st.st_mode & encoding::S_IFMT == encoding::S_IFLNK {
             let t = rfs::readlinkat(&dirfd, name.as_str(), Vec::new())
                 .map_err(|e| corrupt(e.into()))?;
