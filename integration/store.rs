@@ -197,7 +197,7 @@ fn root_recommit_of_unchanged_tree_and_of_its_checkout_reads_no_file() {
 #[test]
 fn root_fsck_names_a_flipped_byte_and_a_deleted_object() {
     require_root!();
-    let (t, src, repo) = feature_repo("f");
+    let (_t, _src, repo) = feature_repo("f");
     assert!(arbor_ok(&["--repo", &repo, "fsck"]).contains("no problems"));
     let object_of = |path: &str| -> ObjectId {
         json(&["--repo", &repo, "ls", "--json", "f", path])[0]["object"]
@@ -535,7 +535,7 @@ fn root_disk_full_during_commit_publishes_nothing() {
 #[test]
 fn root_checkout_onto_another_filesystem_copies_and_says_so() {
     require_root!();
-    let (t, src, repo) = feature_repo("f");
+    let (_t, src, repo) = feature_repo("f");
     let fs = Tmpfs::new("64m");
     let dest = fs.0.path().join("co");
     let out = arbor(&["--repo", &repo, "checkout", "f", s(&dest)]);
