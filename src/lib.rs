@@ -6,10 +6,13 @@
 //! function here, and print the typed result. Nothing in here prints (see the
 //! `print_stdout` lint), except the [`cli`] module, which is the CLI's edge.
 
+pub mod boot;
 pub mod checkout;
 pub mod cli;
 pub mod commit;
+pub mod compose;
 pub mod diff;
+pub mod etc_merge;
 pub mod fsutil;
 pub mod fuse;
 pub mod inspect;
@@ -18,3 +21,4 @@ pub mod ostree_interop;
 pub mod statedb;
 pub mod store;
 pub mod sys;
+pub mod sysroot;

@@ -87,6 +87,12 @@ const OBJECT_DIRS_MODE: u32 = 0o755;
 impl Repo {
     /// Creates an empty repository at `path` (absent, or an empty folder).
     pub fn init(path: &Path) -> Result<Repo> {
+        Repo::init_with_config(path, &RepoConfig::default())
+    }
+
+    /// Creates an empty repository with the given settings (a sysroot's repository
+    /// shares the sysroot's state database).
+    pub fn init_with_config(path: &Path, config: &RepoConfig) -> Result<Repo> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("creating {}", parent.display()))?;
@@ -123,7 +129,6 @@ impl Repo {
         rfs::fsync(&objects)?;
         rfs::fsync(&refs)?;
         // The config is written last: a folder without it is not a repository yet.
-        let config = RepoConfig::default();
         fsutil::atomic_write(root.as_fd(), "config", config.to_text().as_bytes(), 0o644)
             .with_context(|| format!("writing {}/config", path.display()))?;
         Repo::open(path)

@@ -1,0 +1,202 @@
+//! Boot configuration: kernels in `boot/arbor/<os>-<bootcsum>/`, BLS entries in
+//! `boot/loader.N/entries/`, and the `boot/loader` symlink that chooses between the two
+//! entry sets.
+//!
+//! A new configuration is written completely into the entry set not in use, synced,
+//! and then selected by replacing `boot/loader` with one rename. A crash at any point
+//! leaves `boot/loader` naming either the old complete set or the new complete one.
+
+pub mod bls;
+
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use rustix::fs::{self as rfs, AtFlags};
+
+use crate::fsutil;
+use crate::store::write_error;
+pub use bls::BlsEntry;
+
+/// The kernel and initramfs of a deployment, as composed into
+/// `/usr/lib/modules/<kver>/{vmlinuz,initramfs.img}`.
+#[derive(Clone, Debug)]
+pub struct KernelFiles {
+    /// Kernel version (the modules folder's name).
+    pub kver: String,
+    /// The kernel image.
+    pub vmlinuz: PathBuf,
+    /// The initramfs, when the tree has one.
+    pub initramfs: Option<PathBuf>,
+}
+
+/// Finds the kernel of a deployed (or checked-out) tree.
+pub fn find_kernel(root: &Path) -> Result<KernelFiles> {
+    let modules = root.join("usr/lib/modules");
+    let mut found = Vec::new();
+    if let Ok(dir) = std::fs::read_dir(&modules) {
+        for e in dir.flatten() {
+            let v = e.path().join("vmlinuz");
+            if std::fs::symlink_metadata(&v).is_ok_and(|m| m.is_file()) {
+                found.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    found.sort();
+    let Some(kver) = found.pop() else {
+        bail!(
+            "the commit has no kernel (no /usr/lib/modules/<version>/vmlinuz); \
+             compose it from a tree with linux-image installed"
+        );
+    };
+    let dir = modules.join(&kver);
+    let initramfs = Some(dir.join("initramfs.img")).filter(|p| p.is_file());
+    Ok(KernelFiles {
+        kver,
+        vmlinuz: dir.join("vmlinuz"),
+        initramfs,
+    })
+}
+
+/// Where a kernel lives in `boot/`, as BLS paths (relative to the boot partition).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstalledKernel {
+    /// `/arbor/<os>-<bootcsum>/vmlinuz-<kver>`.
+    pub linux: String,
+    /// `/arbor/<os>-<bootcsum>/initramfs-<kver>.img`.
+    pub initrd: Option<String>,
+    /// The folder below `boot/arbor/`.
+    pub folder: String,
+}
+
+/// Copies a kernel (and initramfs) into `boot/arbor/<os>-<bootcsum>/` once per content:
+/// deployments with the same kernel share the folder. Written under a temporary name,
+/// synced and renamed, so the folder is complete whenever it exists.
+pub fn install_kernel(boot: &Path, os: &str, k: &KernelFiles) -> Result<InstalledKernel> {
+    let mut hasher = blake3::Hasher::new();
+    hasher
+        .update_mmap(&k.vmlinuz)
+        .with_context(|| format!("reading {}", k.vmlinuz.display()))?;
+    if let Some(i) = &k.initramfs {
+        hasher.update(b"\0initramfs\0");
+        hasher
+            .update_mmap(i)
+            .with_context(|| format!("reading {}", i.display()))?;
+    }
+    let bootcsum = hasher.finalize().to_hex();
+    let folder = format!("{os}-{bootcsum}");
+    let kernel_name = format!("vmlinuz-{}", k.kver);
+    let initrd_name = format!("initramfs-{}.img", k.kver);
+    let installed = InstalledKernel {
+        linux: format!("/arbor/{folder}/{kernel_name}"),
+        initrd: k
+            .initramfs
+            .as_ref()
+            .map(|_| format!("/arbor/{folder}/{initrd_name}")),
+        folder: folder.clone(),
+    };
+    let arbor = boot.join("arbor");
+    std::fs::create_dir_all(&arbor).with_context(|| format!("creating {}", arbor.display()))?;
+    if arbor.join(&folder).is_dir() {
+        return Ok(installed);
+    }
+    let tmp = arbor.join(format!(".{folder}.tmp"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir(&tmp)?;
+    let copy = |from: &Path, name: &str| -> Result<()> {
+        let to = tmp.join(name);
+        std::fs::copy(from, &to).map_err(|e| {
+            write_error(e, || {
+                format!("copying {} into {}", from.display(), to.display())
+            })
+        })?;
+        std::fs::File::open(&to)?.sync_all()?;
+        Ok(())
+    };
+    copy(&k.vmlinuz, &kernel_name)?;
+    if let Some(i) = &k.initramfs {
+        copy(i, &initrd_name)?;
+    }
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, arbor.join(&folder))?;
+    std::fs::File::open(&arbor)?.sync_all()?;
+    Ok(installed)
+}
+
+/// The entry set `boot/loader` points at (0 or 1), if any.
+pub fn current_loader(boot: &Path) -> Option<u8> {
+    match std::fs::read_link(boot.join("loader")).ok()?.to_str()? {
+        "loader.0" => Some(0),
+        "loader.1" => Some(1),
+        _ => None,
+    }
+}
+
+/// The entries of the current set, highest version (the default) first.
+pub fn read_entries(boot: &Path) -> Result<Vec<(String, BlsEntry)>> {
+    let Some(n) = current_loader(boot) else {
+        return Ok(Vec::new());
+    };
+    let dir = boot.join(format!("loader.{n}/entries"));
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".conf") || name.starts_with('.') {
+            continue;
+        }
+        let text = std::fs::read_to_string(e.path())?;
+        let entry =
+            BlsEntry::parse(&text).with_context(|| format!("boot entry {}", e.path().display()))?;
+        out.push((name, entry));
+    }
+    out.sort_by(|a, b| b.1.version.cmp(&a.1.version));
+    Ok(out)
+}
+
+/// File name of an entry: ordered like the entries, named for the OS.
+pub fn entry_file_name(entry: &BlsEntry, os: &str) -> String {
+    format!("arbor-{}-{os}.conf", entry.version)
+}
+
+/// Writes `entries` (with their file names) as the new boot configuration and selects
+/// it atomically; see the module comment for the order of writes.
+pub fn write_entries(boot: &Path, entries: &[(String, BlsEntry)]) -> Result<()> {
+    let next = match current_loader(boot) {
+        Some(0) => 1,
+        _ => 0,
+    };
+    let set = boot.join(format!("loader.{next}"));
+    // Whatever is there is a set no loader uses: an older one, or a crashed write.
+    if set.exists() {
+        std::fs::remove_dir_all(&set).with_context(|| format!("removing {}", set.display()))?;
+    }
+    let entries_dir = set.join("entries");
+    std::fs::create_dir_all(&entries_dir)
+        .map_err(|e| write_error(e, || format!("creating {}", entries_dir.display())))?;
+    let dirfd = fsutil::open_dir(&entries_dir)?;
+    for (name, entry) in entries {
+        fsutil::atomic_write(dirfd.as_fd(), name, entry.to_text().as_bytes(), 0o644)
+            .map_err(|e| write_error(e, || format!("writing boot entry {name}")))?;
+    }
+    rfs::fsync(&dirfd)?;
+    rfs::fsync(fsutil::open_dir(&set)?)?;
+    let bootfd = fsutil::open_dir(boot)?;
+    fsutil::sync_filesystem(&bootfd).context("syncing /boot")?;
+    let tmp = "loader.tmp";
+    let _ = rfs::unlinkat(&bootfd, tmp, AtFlags::empty());
+    rfs::symlinkat(format!("loader.{next}").as_str(), &bootfd, tmp)
+        .map_err(|e| write_error(e.into(), || "creating boot/loader.tmp".into()))?;
+    rfs::renameat(&bootfd, tmp, &bootfd, "loader").context("switching boot/loader")?;
+    rfs::fsync(&bootfd).context("syncing /boot")?;
+    Ok(())
+}
+
+/// Makes sure `boot/` exists (with an empty current entry set on first use).
+pub fn init_boot(boot: &Path) -> Result<()> {
+    std::fs::create_dir_all(boot.join("arbor"))?;
+    if current_loader(boot).is_none() {
+        write_entries(boot, &[])?;
+    }
+    Ok(())
+}

@@ -1,0 +1,295 @@
+//! The three-way merge of `/etc` at deploy (rules in `docs/etc-merge.md`).
+//!
+//! Inputs: the old default (`/usr/etc` of the deployment being left), the local state
+//! (its `/etc`), and the new default (`/usr/etc` of the new deployment, already copied
+//! to the new `/etc`). A path the user did not touch takes the new default; a path the
+//! user changed, added or retyped keeps the user's version (local wins); a path the user
+//! deleted stays deleted. Mode, owner, xattrs and symlink targets count as changes.
+//! Planning is pure ([`plan`]); [`apply`] carries a plan out.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
+use serde::Serialize;
+
+use crate::fsutil;
+use crate::store::encoding::{Meta, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
+
+/// One path of an `/etc` tree, as far as the merge compares it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EtcEntry {
+    /// A directory with its metadata.
+    Dir(Meta),
+    /// A regular file: metadata and BLAKE3 of its content.
+    File(Meta, [u8; 32]),
+    /// A symlink: metadata and target.
+    Symlink(Meta, Vec<u8>),
+}
+
+/// A tree: relative path ("ssh/sshd_config") → entry. Sorted, so parents come first.
+pub type EtcTree = BTreeMap<String, EtcEntry>;
+
+/// One step of a merge.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", content = "path", rename_all = "kebab-case")]
+pub enum EtcAction {
+    /// Put the local version of this path into the new `/etc`.
+    KeepLocal(String),
+    /// Remove this path from the new `/etc` (the user deleted it).
+    Remove(String),
+}
+
+/// Reads a tree (regular files, symlinks, directories; other types are ignored).
+pub fn scan(root: &Path) -> Result<EtcTree> {
+    let mut tree = EtcTree::new();
+    if !root.exists() {
+        return Ok(tree);
+    }
+    let fd = fsutil::open_dir(root).with_context(|| format!("opening {}", root.display()))?;
+    scan_dir(fd.as_fd(), "", &mut tree).with_context(|| format!("reading {}", root.display()))?;
+    Ok(tree)
+}
+
+fn scan_dir(dir: BorrowedFd<'_>, prefix: &str, tree: &mut EtcTree) -> Result<()> {
+    for (name, _) in fsutil::list_dir(dir)? {
+        let path = if prefix.is_empty() {
+            fsutil::show(&name)
+        } else {
+            format!("{prefix}/{}", fsutil::show(&name))
+        };
+        let st = rfs::statat(dir, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)?;
+        match st.st_mode & S_IFMT {
+            S_IFDIR => {
+                let sub = fsutil::open_dir_at(dir, &name)?;
+                let meta = fsutil::meta_from_stat(&st, fsutil::read_xattrs_fd(sub.as_fd())?);
+                tree.insert(path.clone(), EtcEntry::Dir(meta));
+                scan_dir(sub.as_fd(), &path, tree)?;
+            }
+            S_IFREG => {
+                let fd = rfs::openat(
+                    dir,
+                    name.as_slice(),
+                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?;
+                let mut f = std::fs::File::from(fd);
+                let meta = fsutil::meta_from_stat(&st, fsutil::read_xattrs_fd(f.as_fd())?);
+                let mut bytes = Vec::new();
+                f.read_to_end(&mut bytes)?;
+                tree.insert(path, EtcEntry::File(meta, *blake3::hash(&bytes).as_bytes()));
+            }
+            S_IFLNK => {
+                let target = rfs::readlinkat(dir, name.as_slice(), Vec::new())?.into_bytes();
+                let meta = fsutil::meta_from_stat(&st, fsutil::read_xattrs_at(dir, &name)?);
+                tree.insert(path, EtcEntry::Symlink(meta, target));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn under(path: &str, dir: &str) -> bool {
+    path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/'
+}
+
+/// The merge of `local` against `old_default`, in an order that can be applied as
+/// is (parents before children; nothing below a removed path).
+pub fn plan(old_default: &EtcTree, local: &EtcTree) -> Vec<EtcAction> {
+    let mut actions: Vec<EtcAction> = Vec::new();
+    let mut paths: Vec<&String> = old_default.keys().chain(local.keys()).collect();
+    paths.sort();
+    paths.dedup();
+    let mut removed: Option<&str> = None;
+    for path in paths {
+        if removed.is_some_and(|r| under(path, r)) {
+            continue;
+        }
+        match (old_default.get(path), local.get(path)) {
+            (Some(o), Some(l)) if o == l => {}
+            (_, Some(_)) => actions.push(EtcAction::KeepLocal(path.clone())),
+            (Some(_), None) => {
+                actions.push(EtcAction::Remove(path.clone()));
+                removed = Some(path);
+            }
+            (None, None) => {}
+        }
+    }
+    actions
+}
+
+fn remove_any(root: &Path, rel: &str) -> Result<()> {
+    let p = root.join(rel);
+    match std::fs::symlink_metadata(&p) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p)?,
+        Ok(_) => std::fs::remove_file(&p)?,
+        Err(_) => {}
+    }
+    Ok(())
+}
+
+/// Carries out `actions`, copying local versions from `local_root` into `new_root`.
+pub fn apply(
+    actions: &[EtcAction],
+    local: &EtcTree,
+    local_root: &Path,
+    new_root: &Path,
+) -> Result<()> {
+    for action in actions {
+        match action {
+            EtcAction::Remove(rel) => {
+                remove_any(new_root, rel).with_context(|| format!("removing /etc/{rel}"))?
+            }
+            EtcAction::KeepLocal(rel) => keep_local(local, local_root, new_root, rel)
+                .with_context(|| format!("keeping local /etc/{rel}"))?,
+        }
+    }
+    Ok(())
+}
+
+fn keep_local(local: &EtcTree, local_root: &Path, new_root: &Path, rel: &str) -> Result<()> {
+    // Parents the new default lacks are recreated as the user has them.
+    let mut parent = String::new();
+    for comp in rel
+        .split('/')
+        .collect::<Vec<_>>()
+        .split_last()
+        .map(|(_, p)| p.to_vec())
+        .unwrap_or_default()
+    {
+        parent = if parent.is_empty() {
+            comp.to_string()
+        } else {
+            format!("{parent}/{comp}")
+        };
+        if !std::fs::symlink_metadata(new_root.join(&parent)).is_ok_and(|m| m.is_dir()) {
+            remove_any(new_root, &parent)?;
+            if let Some(EtcEntry::Dir(m)) = local.get(&parent) {
+                make_dir(new_root, &parent, m)?;
+            }
+        }
+    }
+    let (dir_rel, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+    let dir = fsutil::open_dir(&new_root.join(dir_rel))?;
+    match &local[rel] {
+        EtcEntry::Dir(m) => {
+            if !std::fs::symlink_metadata(new_root.join(rel)).is_ok_and(|x| x.is_dir()) {
+                remove_any(new_root, rel)?;
+                make_dir(new_root, rel, m)?;
+            } else {
+                fsutil::apply_meta_fd(
+                    fsutil::open_dir_at(dir.as_fd(), name.as_bytes())?.as_fd(),
+                    m,
+                )?;
+            }
+        }
+        EtcEntry::File(m, _) => {
+            remove_any(new_root, rel)?;
+            let mut src = std::fs::File::from(rfs::open(
+                &local_root.join(rel),
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?);
+            let fd = rfs::openat(
+                &dir,
+                name,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )?;
+            let mut out = std::fs::File::from(fd);
+            std::io::copy(&mut src, &mut out)
+                .map_err(|e| crate::store::write_error(e, || format!("copying /etc/{rel}")))?;
+            fsutil::apply_meta_fd(out.as_fd(), m)?;
+        }
+        EtcEntry::Symlink(m, target) => {
+            remove_any(new_root, rel)?;
+            rfs::symlinkat(target.as_slice(), &dir, name)?;
+            fsutil::apply_meta_symlink_at(dir.as_fd(), name.as_bytes(), m)?;
+        }
+    }
+    Ok(())
+}
+
+fn make_dir(root: &Path, rel: &str, m: &Meta) -> Result<()> {
+    let (dir_rel, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+    let dir = fsutil::open_dir(&root.join(dir_rel))?;
+    rfs::mkdirat(&dir, name, Mode::from_raw_mode(0o700))?;
+    fsutil::apply_meta_fd(
+        fsutil::open_dir_at(dir.as_fd(), name.as_bytes())?.as_fd(),
+        m,
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::encoding::Xattrs;
+
+    fn meta(mode: u32) -> Meta {
+        Meta {
+            mode,
+            uid: 0,
+            gid: 0,
+            xattrs: Xattrs::default(),
+        }
+    }
+    fn file(c: u8) -> EtcEntry {
+        EtcEntry::File(meta(S_IFREG | 0o644), [c; 32])
+    }
+    fn tree(entries: &[(&str, EtcEntry)]) -> EtcTree {
+        entries
+            .iter()
+            .map(|(p, e)| (p.to_string(), e.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn untouched_takes_new_changed_keeps_local_deleted_stays_deleted() {
+        let dir = EtcEntry::Dir(meta(S_IFDIR | 0o755));
+        let old = tree(&[
+            ("a", file(1)),
+            ("b", file(2)),
+            ("d", dir.clone()),
+            ("d/x", file(3)),
+            ("gone", file(4)),
+        ]);
+        let local = tree(&[
+            ("a", file(1)),    // untouched
+            ("b", file(9)),    // edited
+            ("mine", file(5)), // added
+            (
+                "a2",
+                EtcEntry::Symlink(meta(S_IFLNK | 0o777), b"a".to_vec()),
+            ), // added symlink
+        ]);
+        use EtcAction::*;
+        assert_eq!(
+            plan(&old, &local),
+            vec![
+                KeepLocal("a2".into()),
+                KeepLocal("b".into()),
+                Remove("d".into()),
+                Remove("gone".into()),
+                KeepLocal("mine".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn mode_owner_and_type_changes_count() {
+        let old = tree(&[("f", file(1)), ("g", file(1)), ("h", file(1))]);
+        let mut owned = meta(S_IFREG | 0o644);
+        owned.uid = 1000;
+        let local = tree(&[
+            ("f", EtcEntry::File(meta(S_IFREG | 0o600), [1; 32])),
+            ("g", EtcEntry::File(owned, [1; 32])),
+            ("h", EtcEntry::Dir(meta(S_IFDIR | 0o755))),
+        ]);
+        assert_eq!(plan(&old, &local).len(), 3);
+    }
+}

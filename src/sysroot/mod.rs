@@ -1,0 +1,262 @@
+//! The sysroot: the physical root holding the repository, the deployments and `/boot`
+//! (`/` on a machine, any folder in tests). Layout (DESIGN §2):
+//!
+//! ```text
+//! arbor/repo/                                  object store (its state-db is ../state.db)
+//! arbor/state.db                               state database
+//! arbor/lock                                   one mutating transaction at a time
+//! arbor/deploy/<os>/deploy/<commit>.<serial>/  a deployment
+//! arbor/deploy/<os>/deploy/<commit>.<serial>.origin
+//! arbor/deploy/<os>/var/                       the stateroot's shared /var
+//! boot/loader -> loader.0 | loader.1           the current BLS entry set
+//! boot/arbor/<os>-<bootcsum>/                  kernels and initramfs images
+//! ```
+//!
+//! The boot entries say which deployments exist and in which order; a deployment folder
+//! that no entry names is a leftover (of a crash, or of an undeploy) for cleanup.
+
+pub mod origin;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use crate::boot::{self, BlsEntry};
+use crate::lock::{LockError, LockWait, WriterLock};
+use crate::statedb::StateDb;
+use crate::store::refs::RefName;
+use crate::store::{ObjectId, Repo, RepoConfig};
+pub use origin::Origin;
+
+/// An open sysroot.
+pub struct Sysroot {
+    path: PathBuf,
+    repo: Repo,
+}
+
+/// One deployment, as the boot entries and its origin file describe it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Deployment {
+    /// Position in the boot order: 0 boots by default.
+    pub index: usize,
+    /// The stateroot.
+    pub os: String,
+    /// The deployed commit.
+    pub commit: ObjectId,
+    /// Distinguishes deployments of one commit.
+    pub serial: u32,
+    /// What it tracks, and whether it is pinned.
+    pub origin: Origin,
+    /// Kernel arguments besides `arbor=`.
+    pub kargs: Vec<String>,
+    /// The commit's `version` metadata, if any.
+    pub version: Option<String>,
+    /// The commit's timestamp.
+    pub timestamp: i64,
+    /// True for the deployment running now.
+    pub booted: bool,
+    /// Its kernel, as its boot entry names it.
+    pub linux: String,
+    /// Its initramfs, as its boot entry names it.
+    pub initrd: Option<String>,
+}
+
+impl Deployment {
+    /// `<commit>.<serial>`, the folder's name.
+    pub fn dir_name(&self) -> String {
+        format!("{}.{}", self.commit, self.serial)
+    }
+
+    /// The value of `arbor=` on the kernel command line.
+    pub fn arbor_karg(&self) -> String {
+        format!("/arbor/deploy/{}/deploy/{}", self.os, self.dir_name())
+    }
+}
+
+/// Checks an OS (stateroot) name: one path component of safe characters.
+pub fn check_os_name(name: &str) -> Result<()> {
+    RefName::parse(name)?;
+    if name.contains('/') {
+        bail!("'{name}' is not a valid OS name: use letters, digits, '.', '_', '-'");
+    }
+    Ok(())
+}
+
+/// Parses `/arbor/deploy/<os>/deploy/<commit>.<serial>`.
+pub fn parse_arbor_karg(value: &str) -> Option<(String, ObjectId, u32)> {
+    let rest = value.strip_prefix("/arbor/deploy/")?;
+    let (os, rest) = rest.split_once("/deploy/")?;
+    let (commit, serial) = rest.split_once('.')?;
+    Some((os.to_string(), commit.parse().ok()?, serial.parse().ok()?))
+}
+
+impl Sysroot {
+    /// Creates the layout in `path` (which may exist): repository, state database,
+    /// `arbor/deploy`, and `boot/` with an empty entry set.
+    pub fn init_fs(path: &Path) -> Result<Sysroot> {
+        std::fs::create_dir_all(path.join("arbor/deploy"))
+            .with_context(|| format!("creating {}/arbor", path.display()))?;
+        let repo_path = path.join("arbor/repo");
+        if !repo_path.join("config").exists() {
+            let config = RepoConfig {
+                state_db: "../state.db".into(),
+                ..Default::default()
+            };
+            Repo::init_with_config(&repo_path, &config)?;
+        }
+        StateDb::open(&path.join("arbor/state.db"))?;
+        boot::init_boot(&path.join("boot"))?;
+        Sysroot::open(path)
+    }
+
+    /// Opens an initialized sysroot.
+    pub fn open(path: &Path) -> Result<Sysroot> {
+        if !path.join("arbor/repo/config").exists() {
+            bail!(
+                "{} is not an arbor sysroot; create one with 'arbor admin init-fs {}'",
+                path.display(),
+                path.display()
+            );
+        }
+        let repo = Repo::open(&path.join("arbor/repo"))?;
+        Ok(Sysroot {
+            path: path.to_path_buf(),
+            repo,
+        })
+    }
+
+    /// The sysroot folder.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Its object store.
+    pub fn repo(&self) -> &Repo {
+        &self.repo
+    }
+
+    /// `boot/`.
+    pub fn boot_dir(&self) -> PathBuf {
+        self.path.join("boot")
+    }
+
+    /// `arbor/deploy/<os>`, the stateroot.
+    pub fn stateroot(&self, os: &str) -> PathBuf {
+        self.path.join("arbor/deploy").join(os)
+    }
+
+    /// A deployment's folder.
+    pub fn deployment_path(&self, d: &Deployment) -> PathBuf {
+        self.stateroot(&d.os).join("deploy").join(d.dir_name())
+    }
+
+    /// The deployment's origin file, beside its folder.
+    pub fn origin_path(&self, d: &Deployment) -> PathBuf {
+        self.stateroot(&d.os)
+            .join("deploy")
+            .join(format!("{}.origin", d.dir_name()))
+    }
+
+    /// Creates a stateroot (`arbor/deploy/<os>/{deploy,var}`).
+    pub fn os_init(&self, os: &str) -> Result<()> {
+        check_os_name(os)?;
+        let root = self.stateroot(os);
+        for d in ["deploy", "var"] {
+            std::fs::create_dir_all(root.join(d))
+                .with_context(|| format!("creating {}/{d}", root.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Takes the sysroot lock: one mutating transaction at a time.
+    pub fn lock(&self, wait: LockWait<'_>) -> Result<WriterLock> {
+        let arbor = self.path.join("arbor");
+        let dir = crate::fsutil::open_dir(&arbor)?;
+        WriterLock::acquire(std::os::fd::AsFd::as_fd(&dir), &arbor, "lock", wait).map_err(|e| {
+            match e {
+                LockError::Held(s) => anyhow::Error::new(s),
+                e => anyhow::Error::new(e),
+            }
+        })
+    }
+
+    /// Makes `order` the boot configuration: one entry each, in that order (index 0
+    /// boots by default), written as a new entry set and selected atomically.
+    pub fn write_boot_order(&self, _lock: &WriterLock, order: &[Deployment]) -> Result<()> {
+        let entries: Vec<(String, BlsEntry)> = order
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let e = self.entry_for(d, i, order.len());
+                (boot::entry_file_name(&e, &d.os), e)
+            })
+            .collect();
+        boot::write_entries(&self.boot_dir(), &entries)
+    }
+
+    /// `(os, commit, serial)` of the running deployment: from `arbor=` on the kernel
+    /// command line, when this sysroot is the running system's (`/`).
+    pub fn booted_id(&self) -> Option<(String, ObjectId, u32)> {
+        if self.path != Path::new("/") {
+            return None;
+        }
+        let cmdline = std::fs::read_to_string("/proc/cmdline").ok()?;
+        cmdline
+            .split_whitespace()
+            .find_map(|a| a.strip_prefix("arbor="))
+            .and_then(parse_arbor_karg)
+    }
+
+    /// The deployments in boot order, read from the current boot entries.
+    pub fn deployments(&self) -> Result<Vec<Deployment>> {
+        let booted = self.booted_id();
+        let mut out = Vec::new();
+        for (name, entry) in boot::read_entries(&self.boot_dir())? {
+            let Some((os, commit, serial)) = entry.arbor_path().and_then(parse_arbor_karg) else {
+                continue; // not ours
+            };
+            let mut d = Deployment {
+                index: out.len(),
+                os,
+                commit,
+                serial,
+                origin: Origin::default(),
+                kargs: entry.user_kargs(),
+                version: None,
+                timestamp: 0,
+                booted: false,
+                linux: entry.linux.clone(),
+                initrd: entry.initrd.clone(),
+            };
+            d.booted = booted
+                .as_ref()
+                .is_some_and(|(o, c, s)| *o == d.os && *c == d.commit && *s == d.serial);
+            let origin_path = self.origin_path(&d);
+            d.origin = std::fs::read_to_string(&origin_path)
+                .with_context(|| format!("boot entry {name}: reading {}", origin_path.display()))
+                .and_then(|t| Origin::parse(&t))?;
+            if let Ok(c) = self.repo.load_commit(&d.commit) {
+                d.version = c.metadata_value("version").map(str::to_string);
+                d.timestamp = c.timestamp;
+            }
+            out.push(d);
+        }
+        Ok(out)
+    }
+
+    /// The entry a deployment gets at position `index` of `count`.
+    pub fn entry_for(&self, d: &Deployment, index: usize, count: usize) -> BlsEntry {
+        let version = d.version.as_deref().unwrap_or("");
+        let mut options = vec![format!("arbor={}", d.arbor_karg())];
+        options.extend(d.kargs.iter().cloned());
+        BlsEntry {
+            title: format!("{} {version} (arbor, {})", d.os, d.commit.short()).replace("  ", " "),
+            version: (count - index) as u32,
+            sort_key: format!("arbor-{}", d.os),
+            linux: d.linux.clone(),
+            initrd: d.initrd.clone(),
+            options,
+        }
+    }
+}
