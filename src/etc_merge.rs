@@ -190,7 +190,7 @@ fn keep_local(local: &EtcTree, local_root: &Path, new_root: &Path, rel: &str) ->
         EtcEntry::File(m, _) => {
             remove_any(new_root, rel)?;
             let mut src = std::fs::File::from(rfs::open(
-                &local_root.join(rel),
+                local_root.join(rel),
                 OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
             )?);

@@ -150,7 +150,7 @@ pub fn read_entries(boot: &Path) -> Result<Vec<(String, BlsEntry)>> {
             BlsEntry::parse(&text).with_context(|| format!("boot entry {}", e.path().display()))?;
         out.push((name, entry));
     }
-    out.sort_by(|a, b| b.1.version.cmp(&a.1.version));
+    out.sort_by_key(|e| std::cmp::Reverse(e.1.version));
     Ok(out)
 }
 
