@@ -25,6 +25,19 @@ command -v cargo >/dev/null || {
   exit 1
 }
 
+# bootctl (to check our boot entries with a real loader tool) ships in systemd-boot,
+# whose maintainer scripts may install a boot loader: take only the binary, from the
+# package matching the installed systemd (it links libsystemd-shared of that version).
+tools=/var/cache/arbor-tools
+if ! command -v bootctl >/dev/null && [[ ! -x $tools/bootctl ]]; then
+  version=$(dpkg-query -W -f='${Version}' systemd)
+  work=$(mktemp -d); chmod 755 "$work"
+  (cd "$work" && apt-get download -q "systemd-boot=$version" >/dev/null 2>&1) || {
+    echo "setup: cannot download systemd-boot=$version for bootctl" >&2; exit 1; }
+  dpkg-deb -x "$work"/systemd-boot_*.deb "$work/x"
+  mkdir -p "$tools" && cp "$work/x/usr/bin/bootctl" "$tools/bootctl" && rm -rf "$work"
+fi
+
 # The corpus: real Debian bookworm trees, built once and cached.
 shared=${ARBOR_SHARED:-$here/../shared}
 if [[ ${ARBOR_SKIP_CORPUS:-} != 1 ]]; then

@@ -352,7 +352,7 @@ impl<'t, 'r> TreeWriter<'t, 'r> {
         let (dev, ino, mtime, size) = (st.st_dev, st.st_ino, mtime_ns(&st), st.st_size as u64);
         let w = self
             .txn
-            .write_regular(&file, size, &meta)
+            .write_regular_file(&file, size, &meta)
             .with_context(|| format!("storing {path}"))?;
         self.hashed.fetch_add(1, Ordering::Relaxed);
         let mut rows = self.new_rows.lock().unwrap();

@@ -8,6 +8,7 @@
 mod interop_cmds;
 mod output;
 mod repo_cmds;
+mod sysroot_cmds;
 
 use std::path::PathBuf;
 
@@ -80,6 +81,24 @@ pub enum Command {
     Fsck(OutputArgs),
     /// Delete objects that no ref reaches.
     Prune(repo_cmds::PruneArgs),
+    /// Set up a sysroot and its stateroots.
+    #[command(subcommand)]
+    Admin(sysroot_cmds::AdminCommand),
+    /// Build image trees.
+    #[command(subcommand)]
+    Compose(sysroot_cmds::ComposeCommand),
+    /// Deploy a commit: it boots next; the current one becomes the rollback.
+    Deploy(sysroot_cmds::DeployArgs),
+    /// Show the deployments: booted, pending, rollback, pinned.
+    Status(OutputArgs),
+    /// Boot the rollback deployment next.
+    Rollback(OutputArgs),
+    /// Remove a deployment (never the booted one).
+    Undeploy(sysroot_cmds::IndexArgs),
+    /// Keep a deployment from being removed by later deploys (--unpin to undo).
+    Pin(sysroot_cmds::IndexArgs),
+    /// Remove unreferenced deployments and kernels, then prune the repository.
+    Cleanup(OutputArgs),
     /// Move commits between arbor and OSTree repositories.
     #[command(subcommand)]
     Ostree(interop_cmds::OstreeCommand),
@@ -133,6 +152,14 @@ pub fn run(cli: &Cli) -> Result<i32> {
         Command::GenerateMan { dir } => generate_man(dir).map(|_| 0),
         Command::Ostree(cmd) => interop_cmds::run_ostree(cli, cmd),
         Command::Mount(a) => interop_cmds::run_mount(cli, a),
+        Command::Admin(cmd) => sysroot_cmds::run_admin(cli, cmd),
+        Command::Compose(cmd) => sysroot_cmds::run_compose(cli, cmd),
+        Command::Deploy(_)
+        | Command::Status(_)
+        | Command::Rollback(_)
+        | Command::Undeploy(_)
+        | Command::Pin(_)
+        | Command::Cleanup(_) => sysroot_cmds::run(cli, &cli.command),
         _ => repo_cmds::run(cli),
     }
 }

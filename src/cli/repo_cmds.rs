@@ -152,7 +152,8 @@ fn parse_metadata(pairs: &[String]) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
-fn default_timestamp() -> Result<i64> {
+/// Commit time: `$SOURCE_DATE_EPOCH` when set (reproducible builds), else now.
+pub(super) fn default_timestamp() -> Result<i64> {
     match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(s) => s
             .trim()
@@ -370,9 +371,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
                 r.objects_kept
             );
         }
-        Command::Init(_) | Command::GenerateMan { .. } | Command::Ostree(_) | Command::Mount(_) => {
-            unreachable!("handled by the caller")
-        }
+        _ => unreachable!("handled by the caller"),
     }
     Ok(0)
 }

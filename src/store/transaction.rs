@@ -237,6 +237,51 @@ impl<'r> Transaction<'r> {
         Ok(written)
     }
 
+    /// Stores a regular file from an open file. A large file is hashed first (one
+    /// read pass), so that an object already stored costs neither a write nor disk
+    /// space; only a new one is read again while being written, and must hash the same.
+    pub fn write_regular_file(
+        &self,
+        file: &File,
+        size_hint: u64,
+        meta: &Meta,
+    ) -> Result<WrittenFile> {
+        if size_hint <= SMALL_FILE {
+            return self.write_regular(file, size_hint, meta);
+        }
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut size = 0u64;
+        loop {
+            let n = std::os::unix::fs::FileExt::read_at(file, &mut buf, size)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            size += n as u64;
+        }
+        let content = *hasher.finalize().as_bytes();
+        let id = FileHeader {
+            meta: meta.clone(),
+            body: FileBody::Regular { size, content },
+        }
+        .id();
+        if self.is_present(&id, ObjectKind::File) {
+            return Ok(WrittenFile {
+                id,
+                content,
+                size,
+                new_object_inode: None,
+            });
+        }
+        // The file offset is still 0: read_at does not move it.
+        let written = self.write_regular_streaming(file, meta)?;
+        if written.id != id {
+            anyhow::bail!("the file changed while being committed; commit again");
+        }
+        Ok(written)
+    }
+
     fn write_regular_streaming<R: Read>(&self, mut src: R, meta: &Meta) -> Result<WrittenFile> {
         let tmp = format!("tmp-{}", self.tmp_counter.fetch_add(1, Ordering::Relaxed));
         let mut f = self.create_staged(&tmp).map_err(|e| self.io_context(e))?;

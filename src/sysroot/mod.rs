@@ -196,12 +196,15 @@ impl Sysroot {
     }
 
     /// `(os, commit, serial)` of the running deployment: from `arbor=` on the kernel
-    /// command line, when this sysroot is the running system's (`/`).
+    /// command line, when this sysroot is the running system's (`/`). `ARBOR_CMDLINE`
+    /// names a file to read instead, for any sysroot: what a chroot, a test or the
+    /// initramfs uses to say which deployment runs.
     pub fn booted_id(&self) -> Option<(String, ObjectId, u32)> {
-        if self.path != Path::new("/") {
-            return None;
-        }
-        let cmdline = std::fs::read_to_string("/proc/cmdline").ok()?;
+        let cmdline = match std::env::var_os("ARBOR_CMDLINE") {
+            Some(file) => std::fs::read_to_string(file).ok()?,
+            None if self.path == Path::new("/") => std::fs::read_to_string("/proc/cmdline").ok()?,
+            None => return None,
+        };
         cmdline
             .split_whitespace()
             .find_map(|a| a.strip_prefix("arbor="))

@@ -1,0 +1,518 @@
+//! Sysroots and deployments through the real binary: compose, deploy, status,
+//! rollback, pin, undeploy, cleanup, the /etc merge, and a real loader tool reading
+//! our boot entries.
+
+mod common;
+
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: needs root (bare repositories store owners)");
+            return;
+        }
+    };
+}
+
+/// A sysroot with stateroot `debian`.
+fn sysroot(dir: &Path) -> String {
+    let s = dir.join("sysroot");
+    arbor_ok(&["admin", "init-fs", s.to_str().unwrap()]);
+    arbor_ok(&[
+        "--sysroot",
+        s.to_str().unwrap(),
+        "admin",
+        "os-init",
+        "debian",
+    ]);
+    s.to_str().unwrap().to_string()
+}
+
+/// A tiny Debian-shaped root filesystem with a (fake) kernel and /etc defaults.
+fn rootfs(dir: &Path, version: &str) -> PathBuf {
+    let r = dir.join(format!("rootfs-{version}"));
+    for d in [
+        "usr/bin",
+        "etc/ssh",
+        "etc/default",
+        "var/lib/dpkg",
+        "boot",
+        "home",
+        "root",
+    ] {
+        std::fs::create_dir_all(r.join(d)).unwrap();
+    }
+    std::fs::write(r.join("usr/bin/tool"), format!("tool {version}\n")).unwrap();
+    std::fs::write(r.join("etc/hostname"), "debian\n").unwrap();
+    std::fs::write(
+        r.join("etc/ssh/sshd_config"),
+        format!("# sshd defaults {version}\n"),
+    )
+    .unwrap();
+    std::fs::write(r.join("etc/default/grub"), "GRUB_TIMEOUT=5\n").unwrap();
+    std::fs::write(r.join("etc/motd"), format!("welcome to {version}\n")).unwrap();
+    std::fs::write(r.join("etc/untouched"), format!("default {version}\n")).unwrap();
+    symlink("/usr/share/zoneinfo/UTC", r.join("etc/localtime")).unwrap();
+    std::fs::write(r.join("var/lib/dpkg/status"), "Package: tool\n").unwrap();
+    std::fs::write(r.join("boot/vmlinuz-6.1.0-test"), "kernel image").unwrap();
+    std::fs::write(r.join("boot/initrd.img-6.1.0-test"), "initramfs image").unwrap();
+    r
+}
+
+fn compose(s: &str, tree: &Path, branch: &str, version: &str) {
+    arbor_ok(&[
+        "--sysroot",
+        s,
+        "compose",
+        "rootfs",
+        s_(tree),
+        "-b",
+        branch,
+        "--version",
+        version,
+    ]);
+}
+
+fn s_(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn status(s: &str) -> Vec<serde_json::Value> {
+    let v: serde_json::Value =
+        serde_json::from_str(&arbor_ok(&["--sysroot", s, "status", "--json"])).unwrap();
+    v["deployments"].as_array().unwrap().clone()
+}
+
+fn versions(s: &str) -> Vec<String> {
+    status(s)
+        .iter()
+        .map(|d| d["version"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn deployment_dir(s: &str, index: usize) -> PathBuf {
+    let d = &status(s)[index];
+    Path::new(s).join(format!(
+        "arbor/deploy/{}/deploy/{}.{}",
+        d["os"].as_str().unwrap(),
+        d["commit"].as_str().unwrap(),
+        d["serial"]
+    ))
+}
+
+#[test]
+fn root_deploy_a_then_b_rollback_pin_undeploy_cleanup_on_corpus() {
+    require_root!();
+    let t = scratch();
+    let s = sysroot(t.path());
+    compose(&s, &corpus("a"), "debian/a", "12.0");
+    compose(&s, &corpus("b"), "debian/b", "12.1");
+    arbor_ok(&["--sysroot", &s, "deploy", "debian/a"]);
+    arbor_ok(&["--sysroot", &s, "deploy", "debian/b"]);
+    let st = status(&s);
+    assert_eq!(versions(&s), ["12.1", "12.0"]);
+    assert_eq!(
+        (st[0]["pending"].as_bool(), st[1]["rollback"].as_bool()),
+        (Some(true), Some(true))
+    );
+    let text = arbor_ok(&["--sysroot", &s, "status"]);
+    assert!(
+        text.contains("0 pending") && text.contains("1 rollback"),
+        "{text}"
+    );
+    // The deployment is the composed tree: /etc from /usr/etc, /var empty, kernel in boot/.
+    let b = deployment_dir(&s, 0);
+    assert_eq!(
+        std::fs::read(b.join("etc/debian_version")).unwrap(),
+        std::fs::read(corpus("b").join("etc/debian_version")).unwrap()
+    );
+    assert!(b.join("usr/lib/arbor/dpkg/status").is_file());
+    assert_eq!(
+        std::fs::read_link(b.join("home")).unwrap(),
+        Path::new("var/home")
+    );
+    assert_ne!(
+        inode(&b.join("etc/hostname")),
+        inode(&b.join("usr/etc/hostname")),
+        "/etc must be a copy"
+    );
+
+    arbor_ok(&["--sysroot", &s, "rollback"]);
+    assert_eq!(versions(&s), ["12.0", "12.1"]);
+    arbor_ok(&["--sysroot", &s, "rollback"]);
+    assert_eq!(versions(&s), ["12.1", "12.0"]);
+
+    // A pinned deployment survives deploys that would otherwise drop it.
+    arbor_ok(&["--sysroot", &s, "pin", "1"]);
+    arbor_ok(&["--sysroot", &s, "deploy", "debian/b"]);
+    assert_eq!(versions(&s), ["12.1", "12.1", "12.0"]);
+    assert_eq!(status(&s)[2]["origin"]["pinned"], true);
+    arbor_ok(&["--sysroot", &s, "pin", "--unpin", "2"]);
+    let a_dir = deployment_dir(&s, 2);
+    arbor_ok(&["--sysroot", &s, "deploy", "debian/b"]);
+    assert_eq!(versions(&s), ["12.1", "12.1"]);
+    assert!(
+        !a_dir.exists(),
+        "an unpinned, dropped deployment is removed"
+    );
+
+    let err = arbor_err(&["--sysroot", &s, "undeploy", "5"]);
+    assert!(err.contains("no deployment 5"), "{err}");
+    arbor_ok(&["--sysroot", &s, "undeploy", "1"]);
+    assert_eq!(status(&s).len(), 1);
+
+    // cleanup prunes what neither a ref nor a deployment reaches.
+    arbor_ok(&["--sysroot", &s, "refs", "--delete", "debian/a"]);
+    let r: serde_json::Value =
+        serde_json::from_str(&arbor_ok(&["--sysroot", &s, "cleanup", "--json"])).unwrap();
+    assert!(r["prune"]["objects_removed"].as_u64().unwrap() > 100, "{r}");
+    assert!(arbor_ok(&["--sysroot", &s, "fsck"]).contains("no problems"));
+    assert!(deployment_dir(&s, 0).join("usr/bin/perl").is_file());
+}
+
+#[test]
+fn root_booted_deployment_is_kept_and_cannot_be_undeployed() {
+    require_root!();
+    let t = scratch();
+    let s = sysroot(t.path());
+    for v in ["1", "2", "3"] {
+        compose(&s, &rootfs(t.path(), v), &format!("os/{v}"), v);
+    }
+    arbor_ok(&["--sysroot", &s, "deploy", "os/1"]);
+    arbor_ok(&["--sysroot", &s, "deploy", "os/2"]);
+    // Say deployment 1 (version 1) is running.
+    let booted = status(&s)[1].clone();
+    let cmdline = t.path().join("cmdline");
+    std::fs::write(
+        &cmdline,
+        format!(
+            "quiet arbor=/arbor/deploy/debian/deploy/{}.{} rw\n",
+            booted["commit"].as_str().unwrap(),
+            booted["serial"]
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(arbor_bin())
+            .args(args)
+            .env("ARBOR_CMDLINE", &cmdline)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, text) = run(&["--sysroot", &s, "status"]);
+    assert!(
+        ok && text.contains("● 1 booted") && text.contains("0 pending"),
+        "{text}"
+    );
+    let (ok, text) = run(&["--sysroot", &s, "undeploy", "1"]);
+    assert!(!ok && text.contains("booted"), "{text}");
+    // A new deploy keeps the booted one (and drops the old pending 2).
+    let (ok, text) = run(&["--sysroot", &s, "deploy", "os/3"]);
+    assert!(ok, "{text}");
+    let out = Command::new(arbor_bin())
+        .args(["--sysroot", &s, "status", "--json"])
+        .env("ARBOR_CMDLINE", &cmdline)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = v["deployments"].as_array().unwrap();
+    let got: Vec<_> = list
+        .iter()
+        .map(|d| {
+            (
+                d["version"].as_str().unwrap(),
+                d["booted"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, [("3", false), ("1", true)]);
+    // Rollback with a pending deployment makes the booted one the default again.
+    let (ok, text) = run(&["--sysroot", &s, "rollback"]);
+    assert!(ok, "{text}");
+    assert_eq!(versions(&s), ["1", "3"]);
+}
+
+/// Deploys v1, lets `edit` change its /etc, deploys v2 (whose defaults differ), and
+/// returns the new deployment's /etc.
+fn merge_case(edit: impl FnOnce(&Path)) -> (tempfile::TempDir, PathBuf) {
+    let t = scratch();
+    let s = sysroot(t.path());
+    compose(&s, &rootfs(t.path(), "1"), "os", "1");
+    arbor_ok(&["--sysroot", &s, "deploy", "os"]);
+    edit(&deployment_dir(&s, 0).join("etc"));
+    compose(&s, &rootfs(t.path(), "2"), "os", "2");
+    arbor_ok(&["--sysroot", &s, "deploy", "os"]);
+    let etc = deployment_dir(&s, 0).join("etc");
+    (t, etc)
+}
+
+#[test]
+fn root_etc_merge_untouched_files_take_the_new_default() {
+    require_root!();
+    let (_t, etc) = merge_case(|_| {});
+    assert_eq!(
+        std::fs::read_to_string(etc.join("untouched")).unwrap(),
+        "default 2\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(etc.join("motd")).unwrap(),
+        "welcome to 2\n"
+    );
+}
+
+#[test]
+fn root_etc_merge_keeps_local_edit() {
+    require_root!();
+    let (_t, etc) = merge_case(|etc| std::fs::write(etc.join("motd"), "my motd\n").unwrap());
+    assert_eq!(
+        std::fs::read_to_string(etc.join("motd")).unwrap(),
+        "my motd\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(etc.join("untouched")).unwrap(),
+        "default 2\n"
+    );
+}
+
+#[test]
+fn root_etc_merge_keeps_local_deletion() {
+    require_root!();
+    let (_t, etc) = merge_case(|etc| std::fs::remove_file(etc.join("motd")).unwrap());
+    assert!(
+        !etc.join("motd").exists(),
+        "a file the user deleted came back"
+    );
+}
+
+#[test]
+fn root_etc_merge_keeps_local_addition_in_new_directory() {
+    require_root!();
+    let (_t, etc) = merge_case(|etc| {
+        std::fs::create_dir(etc.join("myapp")).unwrap();
+        std::fs::write(etc.join("myapp/config"), "x=1\n").unwrap();
+    });
+    assert_eq!(
+        std::fs::read_to_string(etc.join("myapp/config")).unwrap(),
+        "x=1\n"
+    );
+}
+
+#[test]
+fn root_etc_merge_counts_mode_and_owner_changes() {
+    require_root!();
+    let (_t, etc) = merge_case(|etc| {
+        std::fs::set_permissions(
+            etc.join("untouched"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        Command::new("chown")
+            .args(["123:456", s_(&etc.join("hostname"))])
+            .status()
+            .unwrap();
+    });
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(etc.join("untouched")).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o600);
+    assert_eq!(
+        std::fs::read_to_string(etc.join("untouched")).unwrap(),
+        "default 1\n",
+        "local version wins whole"
+    );
+    let h = std::fs::metadata(etc.join("hostname")).unwrap();
+    assert_eq!((h.uid(), h.gid()), (123, 456));
+}
+
+#[test]
+fn root_etc_merge_counts_symlink_changes() {
+    require_root!();
+    let (_t, etc) = merge_case(|etc| {
+        std::fs::remove_file(etc.join("localtime")).unwrap();
+        symlink("/usr/share/zoneinfo/Europe/Paris", etc.join("localtime")).unwrap();
+    });
+    assert_eq!(
+        std::fs::read_link(etc.join("localtime")).unwrap(),
+        Path::new("/usr/share/zoneinfo/Europe/Paris")
+    );
+}
+
+#[test]
+fn root_commit_without_kernel_is_refused_and_nothing_changes() {
+    require_root!();
+    let t = scratch();
+    let s = sysroot(t.path());
+    compose(&s, &rootfs(t.path(), "1"), "os", "1");
+    arbor_ok(&["--sysroot", &s, "deploy", "os"]);
+    let before = std::fs::read_link(Path::new(&s).join("boot/loader")).unwrap();
+    let nokernel = rootfs(t.path(), "2");
+    std::fs::remove_file(nokernel.join("boot/vmlinuz-6.1.0-test")).unwrap();
+    compose(&s, &nokernel, "os", "2");
+    let err = arbor_err(&["--sysroot", &s, "deploy", "os"]);
+    assert!(err.contains("has no kernel"), "{err}");
+    assert_eq!(
+        std::fs::read_link(Path::new(&s).join("boot/loader")).unwrap(),
+        before
+    );
+    assert_eq!(versions(&s), ["1"]);
+    let left: Vec<_> = std::fs::read_dir(Path::new(&s).join("arbor/deploy/debian/deploy"))
+        .unwrap()
+        .collect();
+    assert_eq!(left.len(), 2, "one deployment and its origin, no leftovers");
+}
+
+#[test]
+fn root_bootctl_reads_our_entries() {
+    require_root!();
+    let bootctl = [
+        "/var/cache/arbor-tools/bootctl",
+        "/usr/bin/bootctl",
+        "/bin/bootctl",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .expect("bootctl: scripts/setup.sh provides it");
+    let t = scratch();
+    let s = sysroot(t.path());
+    compose(&s, &rootfs(t.path(), "1"), "os/1", "1");
+    compose(&s, &rootfs(t.path(), "2"), "os/2", "2");
+    arbor_ok(&["--sysroot", &s, "deploy", "os/1", "--karg", "quiet"]);
+    arbor_ok(&["--sysroot", &s, "deploy", "os/2"]);
+    let boot = Path::new(&s).join("boot");
+    // bootctl wants the boot path to be a mount point.
+    assert!(
+        Command::new("mount")
+            .args(["--bind", s_(&boot), s_(&boot)])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = Command::new(bootctl)
+        .args([
+            &format!("--esp-path={}", boot.display()),
+            &format!("--boot-path={}", boot.display()),
+            "list",
+        ])
+        .env("SYSTEMD_RELAX_ESP_CHECKS", "1")
+        .env("SYSTEMD_RELAX_XBOOTLDR_CHECKS", "1")
+        .output()
+        .unwrap();
+    Command::new("umount").arg(&boot).status().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let default = text
+        .lines()
+        .find(|l| l.contains("(default)"))
+        .expect("a default entry");
+    assert!(default.contains("debian 2"), "{text}");
+    let d0 = &status(&s)[0];
+    assert!(
+        text.contains(&format!(
+            "arbor=/arbor/deploy/debian/deploy/{}.{} quiet",
+            d0["commit"].as_str().unwrap(),
+            d0["serial"]
+        )),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("type: Boot Loader Specification Type #1")
+            .count(),
+        2,
+        "{text}"
+    );
+}
+
+#[test]
+fn root_second_deploy_names_the_running_one() {
+    require_root!();
+    let t = scratch();
+    let s = sysroot(t.path());
+    compose(&s, &corpus("a"), "debian/a", "12.0");
+    let mut first = Command::new(arbor_bin())
+        .args(["--sysroot", &s, "deploy", "debian/a"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = Path::new(&s).join("arbor/lock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !std::fs::read_to_string(&lock)
+        .unwrap_or_default()
+        .contains("pid")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "first deploy never took the lock"
+        );
+    }
+    let err = arbor_err(&["--sysroot", &s, "--no-wait", "deploy", "debian/a"]);
+    assert!(first.wait().unwrap().success());
+    assert!(
+        err.contains(&format!("locked by pid {}", first.id())) && err.contains("deploy"),
+        "{err}"
+    );
+    assert_eq!(status(&s).len(), 1);
+}
+
+#[test]
+fn root_disk_full_during_deploy_leaves_boot_configuration_unchanged() {
+    require_root!();
+    let d = tempfile::tempdir().unwrap();
+    assert!(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=32m", "tmpfs", s_(d.path())])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let result = std::panic::catch_unwind(|| {
+        let s = sysroot(d.path());
+        // Source on the same tmpfs: staging is hardlinks. Then the 9 MiB file takes
+        // 9 in the source, 9 as an object, 9 in the first deployment's /etc copy, and
+        // the second deployment's copy does not fit in 32.
+        let tree = rootfs(d.path(), "1");
+        std::fs::write(tree.join("etc/big"), vec![1u8; 9 << 20]).unwrap();
+        compose(&s, &tree, "os", "1");
+        arbor_ok(&["--sysroot", &s, "deploy", "os"]);
+        let loader = std::fs::read_link(Path::new(&s).join("boot/loader")).unwrap();
+        let entries = std::fs::read_dir(Path::new(&s).join("boot/loader/entries"))
+            .unwrap()
+            .count();
+        std::fs::write(tree.join("etc/motd"), "v2\n").unwrap();
+        compose(&s, &tree, "os", "2");
+        let err = arbor_err(&["--sysroot", &s, "deploy", "os"]);
+        assert!(err.contains("no space left"), "{err}");
+        assert_eq!(
+            std::fs::read_link(Path::new(&s).join("boot/loader")).unwrap(),
+            loader
+        );
+        assert_eq!(
+            std::fs::read_dir(Path::new(&s).join("boot/loader/entries"))
+                .unwrap()
+                .count(),
+            entries
+        );
+        assert_eq!(versions(&s), ["1"]);
+        let names: Vec<String> =
+            std::fs::read_dir(Path::new(&s).join("arbor/deploy/debian/deploy"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+        assert_eq!(names.len(), 2, "no partial deployment left: {names:?}");
+    });
+    Command::new("umount").arg(d.path()).status().unwrap();
+    result.unwrap();
+}

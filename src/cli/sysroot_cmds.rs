@@ -1,0 +1,311 @@
+//! Sysroot subcommands: admin, compose rootfs, deploy, status, rollback, undeploy, pin,
+//! cleanup.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use super::output::{human_bytes, json, utc};
+use super::{Cli, OutputArgs, lock_wait};
+use crate::commit::CommitOptions;
+use crate::deploy::{self, DeployOptions};
+use crate::store::refs::RefName;
+use crate::store::{ObjectId, Repo};
+use crate::sysroot::{Deployment, Sysroot};
+
+/// `arbor admin …`.
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// Create the sysroot layout (repository, state database, deploy/, boot/) in DIR.
+    InitFs {
+        /// The sysroot to create (may exist).
+        dir: PathBuf,
+    },
+    /// Create a stateroot (an OS install with its own /var) in the sysroot.
+    OsInit {
+        /// Its name, such as debian.
+        name: String,
+    },
+}
+
+/// `arbor compose …`.
+#[derive(Subcommand, Debug)]
+pub enum ComposeCommand {
+    /// Turn a plain root filesystem into an image tree and commit it.
+    Rootfs(RootfsArgs),
+}
+
+/// `arbor compose rootfs`.
+#[derive(Args, Debug)]
+pub struct RootfsArgs {
+    /// The root filesystem (never modified).
+    pub src: PathBuf,
+    /// Branch to commit to.
+    #[arg(short, long = "branch", value_name = "REF")]
+    pub branch: String,
+    /// The image's version, recorded as commit metadata.
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Commit subject (default: "compose of SRC").
+    #[arg(short, long)]
+    pub subject: Option<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `arbor deploy`.
+#[derive(Args, Debug)]
+pub struct DeployArgs {
+    /// Branch or commit to deploy.
+    pub rev: String,
+    /// The stateroot (default: the only one).
+    #[arg(long, value_name = "NAME")]
+    pub os: Option<String>,
+    /// Kernel argument (repeatable); replaces the inherited ones.
+    #[arg(long = "karg", value_name = "K=V")]
+    pub kargs: Vec<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// A command on one deployment.
+#[derive(Args, Debug)]
+pub struct IndexArgs {
+    /// Position in `arbor status` (0 boots next).
+    pub index: usize,
+    /// Remove the pin instead (pin only).
+    #[arg(long)]
+    pub unpin: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+fn only_stateroot(sysroot: &Sysroot) -> Result<String> {
+    let mut names: Vec<String> = std::fs::read_dir(sysroot.path().join("arbor/deploy"))?
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    match names.len() {
+        1 => Ok(names.pop().unwrap()),
+        0 => bail!("no stateroot yet: create one with 'arbor admin os-init NAME'"),
+        _ => bail!(
+            "several stateroots ({}): choose one with --os",
+            names.join(", ")
+        ),
+    }
+}
+
+/// One row of `arbor status`.
+#[derive(Serialize)]
+struct StatusRow<'a> {
+    #[serde(flatten)]
+    deployment: &'a Deployment,
+    pending: bool,
+    rollback: bool,
+}
+
+/// Role words: pending = boots next but is not running; rollback = the entry after
+/// the running one (or after the pending one when nothing of ours is running).
+fn roles(list: &[Deployment]) -> Vec<(bool, bool)> {
+    let booted = list.iter().position(|d| d.booted);
+    list.iter()
+        .enumerate()
+        .map(|(i, _)| {
+            let pending = i == 0 && booted != Some(0);
+            let rollback = match booted {
+                Some(b) => i == b + 1,
+                None => i == 1,
+            };
+            (pending, rollback)
+        })
+        .collect()
+}
+
+fn print_status(list: &[Deployment]) {
+    if list.is_empty() {
+        println!("no deployments");
+        return;
+    }
+    for (d, (pending, rollback)) in list.iter().zip(roles(list)) {
+        let role = if d.booted {
+            "booted"
+        } else if pending {
+            "pending"
+        } else if rollback {
+            "rollback"
+        } else {
+            ""
+        };
+        let mark = if d.booted { '●' } else { ' ' };
+        println!(
+            "{mark} {} {role}{}",
+            d.index,
+            if d.origin.pinned { " (pinned)" } else { "" }
+        );
+        println!(
+            "    {} {}",
+            d.os,
+            d.version.as_deref().unwrap_or("(no version)")
+        );
+        println!("    Commit:    {}", d.commit);
+        println!("    Date:      {}", utc(d.timestamp));
+        println!("    Origin:    {}", d.origin.refspec);
+        if !d.kargs.is_empty() {
+            println!("    Kargs:     {}", d.kargs.join(" "));
+        }
+    }
+}
+
+/// Runs `arbor admin …`.
+pub fn run_admin(cli: &Cli, cmd: &AdminCommand) -> Result<i32> {
+    match cmd {
+        AdminCommand::InitFs { dir } => {
+            Sysroot::init_fs(dir)?;
+            println!("initialized sysroot {}", dir.display());
+        }
+        AdminCommand::OsInit { name } => {
+            Sysroot::open(&cli.sysroot)?.os_init(name)?;
+            println!("created stateroot {name}");
+        }
+    }
+    Ok(0)
+}
+
+/// Runs `arbor compose …`.
+pub fn run_compose(cli: &Cli, cmd: &ComposeCommand) -> Result<i32> {
+    let ComposeCommand::Rootfs(a) = cmd;
+    let repo = Repo::open(&cli.repo_path())?;
+    let mut metadata = Vec::new();
+    if let Some(v) = &a.version {
+        metadata.push(("version".to_string(), v.clone()));
+    }
+    let opts = CommitOptions {
+        branch: RefName::parse(&a.branch)?,
+        subject: a
+            .subject
+            .clone()
+            .unwrap_or_else(|| format!("compose of {}", a.src.display())),
+        body: String::new(),
+        metadata,
+        timestamp: super::repo_cmds::default_timestamp()?,
+        orphan: false,
+        skip_special: true,
+        use_cache: true,
+    };
+    let r = crate::compose::compose_rootfs(&repo, &a.src, &opts, lock_wait(cli))?;
+    if a.output.json {
+        return json(&r).map(|_| 0);
+    }
+    println!("{}", r.commit);
+    eprintln!(
+        "composed {} into {} ({} files, {} new objects, {})",
+        a.src.display(),
+        r.branch,
+        r.stats.files + r.stats.symlinks,
+        r.stats.objects_written,
+        human_bytes(r.stats.bytes_written)
+    );
+    Ok(0)
+}
+
+/// Runs the deployment commands.
+pub fn run(cli: &Cli, cmd: &super::Command) -> Result<i32> {
+    use super::Command as C;
+    let sysroot = Sysroot::open(&cli.sysroot)?;
+    let wait = lock_wait(cli);
+    let show = |out: &OutputArgs, list: &[Deployment]| -> Result<()> {
+        if out.json {
+            let rows: Vec<StatusRow> = list
+                .iter()
+                .zip(roles(list))
+                .map(|(d, (pending, rollback))| StatusRow {
+                    deployment: d,
+                    pending,
+                    rollback,
+                })
+                .collect();
+            json(&serde_json::json!({ "deployments": rows }))
+        } else {
+            print_status(list);
+            Ok(())
+        }
+    };
+    match cmd {
+        C::Deploy(a) => {
+            let os = match &a.os {
+                Some(os) => os.clone(),
+                None => only_stateroot(&sysroot)?,
+            };
+            let commit: ObjectId = sysroot.repo().resolve_rev(&a.rev)?;
+            let opts = DeployOptions {
+                os,
+                refspec: a.rev.clone(),
+                commit,
+                kargs: if a.kargs.is_empty() {
+                    None
+                } else {
+                    Some(a.kargs.clone())
+                },
+            };
+            let r = deploy::deploy(&sysroot, &opts, wait)?;
+            if a.output.json {
+                return json(&r).map(|_| 0);
+            }
+            println!(
+                "deployed {} as {}/{}",
+                r.deployment.commit,
+                r.deployment.os,
+                r.deployment.dir_name()
+            );
+            if !r.etc_actions.is_empty() {
+                eprintln!(
+                    "/etc: kept {} local changes from the previous deployment",
+                    r.etc_actions.len()
+                );
+            }
+            for d in &r.removed {
+                eprintln!("removed deployment {d}");
+            }
+            eprintln!("it boots next; 'arbor rollback' goes back");
+        }
+        C::Status(out) => show(out, &sysroot.deployments()?)?,
+        C::Rollback(out) => {
+            let list = deploy::rollback(&sysroot, wait)?;
+            show(out, &list)?;
+        }
+        C::Undeploy(a) => {
+            let d = deploy::undeploy(&sysroot, a.index, wait)?;
+            println!("removed deployment {} ({}/{})", a.index, d.os, d.dir_name());
+        }
+        C::Pin(a) => {
+            let d = deploy::pin(&sysroot, a.index, !a.unpin, wait)?;
+            println!(
+                "deployment {} is {}",
+                a.index,
+                if d.origin.pinned {
+                    "pinned"
+                } else {
+                    "no longer pinned"
+                }
+            );
+        }
+        C::Cleanup(out) => {
+            let r = deploy::cleanup(&sysroot, wait)?;
+            if out.json {
+                return json(&r).map(|_| 0);
+            }
+            println!(
+                "removed {} deployments, {} kernel folders, {} objects ({})",
+                r.deployments_removed.len(),
+                r.boot_folders_removed.len(),
+                r.prune.objects_removed,
+                human_bytes(r.prune.bytes_removed)
+            );
+        }
+        _ => unreachable!("not a deployment command"),
+    }
+    Ok(0)
+}

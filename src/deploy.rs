@@ -1,0 +1,371 @@
+//! Deployments: deploy, rollback, undeploy, pin and cleanup, each one transaction under
+//! the sysroot lock.
+//!
+//! Deploy writes the new deployment under a temporary name (hardlinked checkout, `/etc`
+//! made from `/usr/etc` and merged with the current one, origin file), syncs, renames it
+//! into place, installs its kernel, and only then switches the boot configuration in one
+//! rename (see [`crate::boot`]). A crash before the switch leaves the old configuration
+//! and a leftover folder that the next transaction removes; after it, the new one.
+
+use std::os::fd::AsFd;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use crate::boot;
+use crate::checkout::TreeCheckout;
+use crate::etc_merge;
+use crate::fsutil;
+use crate::inspect::{self, Node};
+use crate::lock::{LockWait, WriterLock};
+use crate::statedb::StateDb;
+use crate::store::ObjectId;
+use crate::store::prune::{self, PruneReport};
+use crate::store::reach::Root;
+use crate::sysroot::{Deployment, Origin, Sysroot};
+
+/// What to deploy.
+#[derive(Clone, Debug)]
+pub struct DeployOptions {
+    /// The stateroot.
+    pub os: String,
+    /// What the user asked for (a ref, or a commit id): recorded in the origin.
+    pub refspec: String,
+    /// The commit it resolved to.
+    pub commit: ObjectId,
+    /// Kernel arguments; `None` keeps those of the deployment merged from.
+    pub kargs: Option<Vec<String>>,
+}
+
+/// What a deploy did.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeployResult {
+    /// The new deployment (index 0: it boots next).
+    pub deployment: Deployment,
+    /// The `/etc` merge applied (what local state was carried over).
+    pub etc_actions: Vec<etc_merge::EtcAction>,
+    /// Deployments no longer in the boot order, removed.
+    pub removed: Vec<String>,
+}
+
+fn record<T>(sysroot: &Sysroot, kind: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let db = StateDb::open(&sysroot.path().join("arbor/state.db"))?;
+    let id = db.begin_transaction(kind, &std::env::args().collect::<Vec<_>>().join(" "))?;
+    let result = f();
+    let _ = db.end_transaction(
+        id,
+        &result.as_ref().map(|_| ()).map_err(|e| format!("{e:#}")),
+    );
+    result
+}
+
+/// The deployment whose `/etc` a new one merges with, and whose kargs it inherits: the
+/// booted one when it is of this stateroot, else this stateroot's first.
+fn merge_source<'a>(current: &'a [Deployment], os: &str) -> Option<&'a Deployment> {
+    current
+        .iter()
+        .find(|d| d.booted && d.os == os)
+        .or_else(|| current.iter().find(|d| d.os == os))
+}
+
+/// Deploys `opts.commit` as the new default boot entry.
+pub fn deploy(sysroot: &Sysroot, opts: &DeployOptions, wait: LockWait<'_>) -> Result<DeployResult> {
+    let lock = sysroot.lock(wait)?;
+    record(sysroot, "deploy", || deploy_locked(sysroot, &lock, opts))
+}
+
+fn deploy_locked(
+    sysroot: &Sysroot,
+    lock: &WriterLock,
+    opts: &DeployOptions,
+) -> Result<DeployResult> {
+    let repo = sysroot.repo();
+    let stateroot = sysroot.stateroot(&opts.os);
+    if !stateroot.join("deploy").is_dir() {
+        bail!(
+            "no stateroot '{}' in {}; create it with 'arbor admin os-init {}'",
+            opts.os,
+            sysroot.path().display(),
+            opts.os
+        );
+    }
+    remove_leftovers(sysroot)?;
+    let current = sysroot.deployments()?;
+    let commit = repo.load_commit(&opts.commit)?;
+    let Node::Dir(etc_tree, etc_meta) = inspect::lookup(repo, &opts.commit, "/usr/etc")
+        .context("the commit has no /usr/etc: compose it with 'arbor compose rootfs'")?
+    else {
+        bail!("/usr/etc in the commit is not a directory");
+    };
+    let deploy_dir = stateroot.join("deploy");
+    let serial = (0..)
+        .find(|s| !deploy_dir.join(format!("{}.{s}", opts.commit)).exists())
+        .unwrap();
+    let name = format!("{}.{serial}", opts.commit);
+    let tmp_name = format!(".{name}.tmp");
+    let tmp = deploy_dir.join(&tmp_name);
+    let deploy_fd = fsutil::open_dir(&deploy_dir)?;
+    let written = (|| -> Result<Vec<etc_merge::EtcAction>> {
+        TreeCheckout::new(repo, false).run(
+            deploy_fd.as_fd(),
+            tmp_name.as_bytes(),
+            &commit.root_tree,
+            &commit.root_meta,
+        )?;
+        boot::find_kernel(&tmp)?;
+        // /etc is a copy (it is edited in place), made from the new default.
+        let tmp_fd = fsutil::open_dir(&tmp)?;
+        if tmp.join("etc").exists() {
+            std::fs::remove_dir_all(tmp.join("etc"))?;
+        }
+        TreeCheckout::new(repo, true).run(tmp_fd.as_fd(), b"etc", &etc_tree, &etc_meta)?;
+        let mut actions = Vec::new();
+        if let Some(prev) = merge_source(&current, &opts.os) {
+            let prev_root = sysroot.deployment_path(prev);
+            let old_default = etc_merge::scan(&prev_root.join("usr/etc"))?;
+            let local = etc_merge::scan(&prev_root.join("etc"))?;
+            actions = etc_merge::plan(&old_default, &local);
+            etc_merge::apply(&actions, &local, &prev_root.join("etc"), &tmp.join("etc"))?;
+        }
+        fsutil::sync_filesystem(&tmp_fd).context("syncing the deployment")?;
+        Ok(actions)
+    })();
+    let etc_actions = match written {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    let origin = Origin {
+        refspec: opts.refspec.clone(),
+        pinned: false,
+    };
+    fsutil::atomic_write(
+        deploy_fd.as_fd(),
+        &format!("{name}.origin"),
+        origin.to_text().as_bytes(),
+        0o644,
+    )
+    .map_err(|e| crate::store::write_error(e, || format!("writing {name}.origin")))?;
+    std::fs::rename(&tmp, deploy_dir.join(&name))?;
+    rustix::fs::fsync(&deploy_fd)?;
+    let kernel = boot::find_kernel(&deploy_dir.join(&name))?;
+    let installed = boot::install_kernel(&sysroot.boot_dir(), &opts.os, &kernel)?;
+    let inherited = merge_source(&current, &opts.os)
+        .map(|d| d.kargs.clone())
+        .unwrap_or_default();
+    let new = Deployment {
+        index: 0,
+        os: opts.os.clone(),
+        commit: opts.commit,
+        serial,
+        origin,
+        kargs: opts.kargs.clone().unwrap_or(inherited),
+        version: commit.metadata_value("version").map(str::to_string),
+        timestamp: commit.timestamp,
+        booted: false,
+        linux: installed.linux,
+        initrd: installed.initrd,
+    };
+    let order = next_order(new.clone(), &current);
+    sysroot.write_boot_order(lock, &order)?;
+    let removed = remove_unlisted(sysroot, &order)?;
+    Ok(DeployResult {
+        deployment: new,
+        etc_actions,
+        removed,
+    })
+}
+
+/// The boot order after a deploy: the new deployment, then what must be kept (the
+/// booted one and its rollback, or without a booted one the previous default), then
+/// the pinned ones. Everything else is dropped, as `ostree admin deploy` does.
+pub fn next_order(new: Deployment, current: &[Deployment]) -> Vec<Deployment> {
+    let mut keep: Vec<&Deployment> = Vec::new();
+    match current.iter().position(|d| d.booted) {
+        Some(b) => {
+            keep.push(&current[b]);
+            keep.extend(current.get(b + 1));
+        }
+        None => keep.extend(current.first()),
+    }
+    keep.extend(current.iter().filter(|d| d.origin.pinned));
+    let mut order = vec![new];
+    for d in keep {
+        if !order
+            .iter()
+            .any(|o| o.os == d.os && o.commit == d.commit && o.serial == d.serial)
+        {
+            order.push(d.clone());
+        }
+    }
+    for (i, d) in order.iter_mut().enumerate() {
+        d.index = i;
+    }
+    order
+}
+
+/// Makes the rollback deployment the default: the one after the booted one (or, with
+/// nothing booted, the second), or the booted one again when another is pending.
+pub fn rollback(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<Vec<Deployment>> {
+    let lock = sysroot.lock(wait)?;
+    record(sysroot, "rollback", || {
+        let mut order = sysroot.deployments()?;
+        let target = match order.iter().position(|d| d.booted) {
+            Some(0) | None => 1,
+            Some(b) => b,
+        };
+        if target >= order.len() {
+            bail!("there is no deployment to roll back to ('arbor status' lists them)");
+        }
+        let d = order.remove(target);
+        order.insert(0, d);
+        sysroot.write_boot_order(&lock, &order)?;
+        sysroot.deployments()
+    })
+}
+
+/// Removes deployment `index` from the boot order and deletes it (never the booted one).
+pub fn undeploy(sysroot: &Sysroot, index: usize, wait: LockWait<'_>) -> Result<Deployment> {
+    let lock = sysroot.lock(wait)?;
+    record(sysroot, "undeploy", || {
+        let mut order = sysroot.deployments()?;
+        if index >= order.len() {
+            bail!(
+                "there is no deployment {index} ('arbor status' lists {})",
+                order.len()
+            );
+        }
+        if order[index].booted {
+            bail!("deployment {index} is the booted one and cannot be removed");
+        }
+        let d = order.remove(index);
+        sysroot.write_boot_order(&lock, &order)?;
+        remove_unlisted(sysroot, &order)?;
+        Ok(d)
+    })
+}
+
+/// Pins (or unpins) deployment `index`: pinned deployments are never removed by deploy.
+pub fn pin(
+    sysroot: &Sysroot,
+    index: usize,
+    pinned: bool,
+    wait: LockWait<'_>,
+) -> Result<Deployment> {
+    let _lock = sysroot.lock(wait)?;
+    let mut d = sysroot
+        .deployments()?
+        .into_iter()
+        .nth(index)
+        .with_context(|| format!("there is no deployment {index}"))?;
+    d.origin.pinned = pinned;
+    let path = sysroot.origin_path(&d);
+    let dir = fsutil::open_dir(path.parent().unwrap())?;
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    fsutil::atomic_write(dir.as_fd(), &name, d.origin.to_text().as_bytes(), 0o644)?;
+    Ok(d)
+}
+
+/// What cleanup removed.
+#[derive(Clone, Debug, Serialize)]
+pub struct CleanupResult {
+    /// Deployment folders no boot entry names.
+    pub deployments_removed: Vec<String>,
+    /// Kernel folders in `boot/arbor` no entry uses.
+    pub boot_folders_removed: Vec<String>,
+    /// The prune of the repository that followed.
+    pub prune: PruneReport,
+}
+
+/// Removes unreferenced deployments and boot folders, then prunes the repository
+/// (refs and deployed commits are kept).
+pub fn cleanup(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<CleanupResult> {
+    let lock = sysroot.lock(wait)?;
+    record(sysroot, "cleanup", || {
+        remove_leftovers(sysroot)?;
+        let order = sysroot.deployments()?;
+        let deployments_removed = remove_unlisted(sysroot, &order)?;
+        let used: Vec<String> = order
+            .iter()
+            .filter_map(|d| d.linux.split('/').nth(2).map(str::to_string))
+            .collect();
+        let mut boot_folders_removed = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(sysroot.boot_dir().join("arbor")) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !used.contains(&name) {
+                    std::fs::remove_dir_all(e.path())?;
+                    boot_folders_removed.push(name);
+                }
+            }
+        }
+        drop(lock);
+        let roots: Vec<Root> = order
+            .iter()
+            .map(|d| Root {
+                label: format!("deployment {}", d.index),
+                commit: d.commit,
+            })
+            .collect();
+        let prune = prune::prune(sysroot.repo(), &roots, false, LockWait::NoWait)?;
+        Ok(CleanupResult {
+            deployments_removed,
+            boot_folders_removed,
+            prune,
+        })
+    })
+}
+
+/// Removes what crashed transactions left: temporary deployment folders.
+fn remove_leftovers(sysroot: &Sysroot) -> Result<()> {
+    for os in list_stateroots(sysroot)? {
+        let dir = sysroot.stateroot(&os).join("deploy");
+        for e in std::fs::read_dir(&dir)?.flatten() {
+            if e.file_name().to_string_lossy().starts_with('.') {
+                let p = e.path();
+                if e.file_type()?.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                }
+                .with_context(|| format!("removing leftover {}", p.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn list_stateroots(sysroot: &Sysroot) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(sysroot.path().join("arbor/deploy"))?.flatten() {
+        if e.file_type()?.is_dir() {
+            out.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes deployment folders (and origins) that `order` does not list.
+fn remove_unlisted(sysroot: &Sysroot, order: &[Deployment]) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for os in list_stateroots(sysroot)? {
+        let dir = sysroot.stateroot(&os).join("deploy");
+        for e in std::fs::read_dir(&dir)?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let base = name.strip_suffix(".origin").unwrap_or(&name);
+            if name.starts_with('.') || order.iter().any(|d| d.os == os && d.dir_name() == base) {
+                continue;
+            }
+            let p = e.path();
+            if e.file_type()?.is_dir() {
+                std::fs::remove_dir_all(&p)?;
+                removed.push(format!("{os}/{name}"));
+            } else {
+                std::fs::remove_file(&p)?;
+            }
+        }
+    }
+    Ok(removed)
+}
