@@ -47,3 +47,31 @@ run "$arbor" --repo "$repo" refs --delete scratch
 run "$arbor" --repo "$repo" prune --dry-run
 run "$arbor" --repo "$repo" prune
 run "$arbor" --repo "$repo" refs
+
+sysroot=$work/sysroot
+step "A sysroot (a machine's physical root, here a folder) with one stateroot"
+run "$arbor" admin init-fs "$sysroot"
+run "$arbor" --sysroot "$sysroot" admin os-init debian
+
+step "Compose both trees into images (kernel in /usr/lib/modules, /usr/etc, empty /var)"
+run "$arbor" --sysroot "$sysroot" compose rootfs "$corpus/a" -b debian/stable --version 12.0
+run "$arbor" --sysroot "$sysroot" compose rootfs "$corpus/b" -b debian/stable --version 12.1
+
+step "Deploy 12.0, then change its /etc as an administrator would"
+run "$arbor" --sysroot "$sysroot" deploy debian/stable^ --karg quiet
+deployment=$(ls -d "$sysroot"/arbor/deploy/debian/deploy/*.0 | head -1)
+echo "demo-host" > "$deployment/etc/hostname"
+echo "\$ echo demo-host > <deployment>/etc/hostname"
+
+step "Deploy 12.1: the local /etc change is carried over, 12.0 stays as the rollback"
+run "$arbor" --sysroot "$sysroot" deploy debian/stable
+run "$arbor" --sysroot "$sysroot" status
+new=$("$arbor" --sysroot "$sysroot" status --json | python3 -c 'import json,sys; d=json.load(sys.stdin)["deployments"][0]; print(d["commit"]+"."+str(d["serial"]))')
+run cat "$sysroot/arbor/deploy/debian/deploy/$new/etc/hostname"
+
+step "The boot entries a loader reads (boot/loader is switched by one rename)"
+run ls -l "$sysroot/boot"
+run cat "$sysroot"/boot/loader/entries/*.conf
+
+step "Roll back: 12.0 boots next"
+run "$arbor" --sysroot "$sysroot" rollback

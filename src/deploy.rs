@@ -29,8 +29,10 @@ use crate::sysroot::{Deployment, Origin, Sysroot};
 pub struct DeployOptions {
     /// The stateroot.
     pub os: String,
-    /// What the user asked for (a ref, or a commit id): recorded in the origin.
+    /// What the deployment tracks (a ref, or a commit id): recorded in the origin.
     pub refspec: String,
+    /// Set when the commit is not the tip of `refspec` (an older commit of it).
+    pub override_commit: Option<ObjectId>,
     /// The commit it resolved to.
     pub commit: ObjectId,
     /// Kernel arguments; `None` keeps those of the deployment merged from.
@@ -139,6 +141,7 @@ fn deploy_locked(
     };
     let origin = Origin {
         refspec: opts.refspec.clone(),
+        override_commit: opts.override_commit.map(|c| c.to_hex()),
         pinned: false,
     };
     fsutil::atomic_write(

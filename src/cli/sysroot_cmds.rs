@@ -152,7 +152,14 @@ fn print_status(list: &[Deployment]) {
         );
         println!("    Commit:    {}", d.commit);
         println!("    Date:      {}", utc(d.timestamp));
-        println!("    Origin:    {}", d.origin.refspec);
+        match &d.origin.override_commit {
+            Some(c) => println!(
+                "    Origin:    {} (held at {})",
+                d.origin.refspec,
+                &c[..12.min(c.len())]
+            ),
+            None => println!("    Origin:    {}", d.origin.refspec),
+        }
         if !d.kargs.is_empty() {
             println!("    Kargs:     {}", d.kargs.join(" "));
         }
@@ -240,9 +247,12 @@ pub fn run(cli: &Cli, cmd: &super::Command) -> Result<i32> {
                 None => only_stateroot(&sysroot)?,
             };
             let commit: ObjectId = sysroot.repo().resolve_rev(&a.rev)?;
+            // `REF^…` deploys an older commit of REF: track REF, hold that commit.
+            let base = a.rev.trim_end_matches('^');
             let opts = DeployOptions {
                 os,
-                refspec: a.rev.clone(),
+                refspec: base.to_string(),
+                override_commit: (base != a.rev).then_some(commit),
                 commit,
                 kargs: if a.kargs.is_empty() {
                     None

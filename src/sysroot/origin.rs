@@ -3,6 +3,7 @@
 //! ```text
 //! [origin]
 //! refspec=debian/bookworm/x86_64
+//! override-commit=<commit id>     (only when an older commit of the ref was deployed)
 //!
 //! [arbor]
 //! pinned=true
@@ -16,6 +17,9 @@ use serde::Serialize;
 pub struct Origin {
     /// The ref it tracks (upgrades follow it), or the commit id it was deployed from.
     pub refspec: String,
+    /// Set when an older commit of the ref was deployed (`REF^`), as rpm-ostree's
+    /// `override-commit`: the deployment holds this commit, not the ref's tip.
+    pub override_commit: Option<String>,
     /// Pinned deployments are never removed by deploy or cleanup.
     pub pinned: bool,
 }
@@ -24,6 +28,9 @@ impl Origin {
     /// The file's text.
     pub fn to_text(&self) -> String {
         let mut s = format!("[origin]\nrefspec={}\n", self.refspec);
+        if let Some(c) = &self.override_commit {
+            s.push_str(&format!("override-commit={c}\n"));
+        }
         if self.pinned {
             s.push_str("\n[arbor]\npinned=true\n");
         }
@@ -47,6 +54,7 @@ impl Origin {
             };
             match (section, k.trim()) {
                 ("origin", "refspec") => o.refspec = v.trim().to_string(),
+                ("origin", "override-commit") => o.override_commit = Some(v.trim().to_string()),
                 ("arbor", "pinned") => o.pinned = v.trim() == "true",
                 _ => {}
             }
@@ -67,6 +75,7 @@ mod tests {
         for pinned in [false, true] {
             let o = Origin {
                 refspec: "debian/a".into(),
+                override_commit: pinned.then(|| "ab".to_string()),
                 pinned,
             };
             assert_eq!(Origin::parse(&o.to_text()).unwrap(), o);
