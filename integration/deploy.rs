@@ -516,3 +516,146 @@ fn root_disk_full_during_deploy_leaves_boot_configuration_unchanged() {
     Command::new("umount").arg(d.path()).status().unwrap();
     result.unwrap();
 }
+
+/// Runs `arbor` with `cmdline` as the kernel command line of the "running" system.
+fn arbor_booted(cmdline: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(arbor_bin())
+        .args(args)
+        .env("ARBOR_CMDLINE", cmdline)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+fn entry_names(s: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(Path::new(s).join("boot/loader/entries"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// One simulated boot: the loader picks an entry, the system runs its health checks.
+fn boot(s: &str, cmdline: &Path) -> (String, bool) {
+    arbor_ok(&["--sysroot", s, "boot-select", "--cmdline-out", s_(cmdline)]);
+    let booted = std::fs::read_to_string(cmdline).unwrap();
+    let (healthy, _) = arbor_booted(cmdline, &["--sysroot", s, "health-check", "--timeout", "5"]);
+    (booted, healthy)
+}
+
+#[test]
+fn root_failing_health_check_runs_out_of_tries_and_falls_back() {
+    require_root!();
+    let t = scratch();
+    let s = sysroot(t.path());
+    let cmdline = t.path().join("cmdline");
+    compose(&s, &rootfs(t.path(), "1"), "os", "1");
+    arbor_ok(&["--sysroot", &s, "deploy", "os"]);
+    assert_eq!(entry_names(&s), ["arbor-1-debian+3.conf"]);
+    let (first, healthy) = boot(&s, &cmdline);
+    assert!(healthy, "no checks: healthy");
+    assert_eq!(
+        entry_names(&s),
+        ["arbor-1-debian.conf"],
+        "a good boot drops the counter"
+    );
+
+    // Version 2 ships a health check that fails.
+    let v2 = rootfs(t.path(), "2");
+    std::fs::create_dir_all(v2.join("etc/arbor/health.d")).unwrap();
+    std::fs::write(
+        v2.join("etc/arbor/health.d/10-network"),
+        "#!/bin/sh\necho 'no network'\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        v2.join("etc/arbor/health.d/10-network"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    compose(&s, &v2, "os", "2");
+    arbor_ok(&["--sysroot", &s, "deploy", "os"]);
+    assert_eq!(
+        entry_names(&s),
+        ["arbor-1-debian.conf", "arbor-2-debian+3.conf"]
+    );
+    for (i, left) in [(1, 2), (2, 1), (3, 0)] {
+        let (booted, healthy) = boot(&s, &cmdline);
+        assert_ne!(booted, first, "boot {i} should try version 2");
+        assert!(!healthy);
+        let want = format!("arbor-2-debian+{left}-{i}.conf");
+        assert!(
+            entry_names(&s).contains(&want),
+            "after boot {i}: {:?}",
+            entry_names(&s)
+        );
+    }
+    let (ok, text) = arbor_booted(&cmdline, &["--sysroot", &s, "health-check"]);
+    assert!(
+        !ok && text.contains("FAIL 10-network") && text.contains("no network"),
+        "{text}"
+    );
+    // Out of tries: the loader boots version 1 again, and says so in the history.
+    let (booted, healthy) = boot(&s, &cmdline);
+    assert_eq!(booted, first, "fell back to version 1");
+    assert!(healthy);
+    let db = arbor::statedb::StateDb::open(&Path::new(&s).join("arbor/state.db")).unwrap();
+    let h = db.history(50).unwrap();
+    assert!(
+        h.iter().any(|e| e.kind == "rollback (automatic)"
+            && e.result
+                .as_deref()
+                .unwrap_or("")
+                .contains("ran out of tries")),
+        "{h:?}"
+    );
+    assert!(
+        h.iter().any(|e| e.kind == "health-check"
+            && e.result.as_deref().unwrap_or("").contains("10-network"))
+    );
+}
+
+#[test]
+fn root_passing_health_check_marks_the_boot_good_and_slow_checks_time_out() {
+    require_root!();
+    let t = scratch();
+    let s = sysroot(t.path());
+    let cmdline = t.path().join("cmdline");
+    let v = rootfs(t.path(), "1");
+    std::fs::create_dir_all(v.join("etc/arbor/health.d")).unwrap();
+    std::fs::write(v.join("etc/arbor/health.d/ok"), "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(
+        v.join("etc/arbor/health.d/ok"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(
+        v.join("etc/arbor/health.d/README"),
+        "not executable: ignored\n",
+    )
+    .unwrap();
+    compose(&s, &v, "os", "1");
+    arbor_ok(&["--sysroot", &s, "deploy", "os"]);
+    let (_, healthy) = boot(&s, &cmdline);
+    assert!(healthy);
+    assert_eq!(entry_names(&s), ["arbor-1-debian.conf"]);
+    // A check that hangs is killed at the timeout and fails.
+    let d = deployment_dir(&s, 0);
+    std::fs::write(d.join("etc/arbor/health.d/hang"), "#!/bin/sh\nsleep 30\n").unwrap();
+    std::fs::set_permissions(
+        d.join("etc/arbor/health.d/hang"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let start = std::time::Instant::now();
+    let (ok, text) = arbor_booted(
+        &cmdline,
+        &["--sysroot", &s, "health-check", "--timeout", "1"],
+    );
+    assert!(!ok && text.contains("killed after 1 s"), "{text}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(10));
+}

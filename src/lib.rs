@@ -16,6 +16,7 @@ pub mod diff;
 pub mod etc_merge;
 pub mod fsutil;
 pub mod fuse;
+pub mod health;
 pub mod inspect;
 pub mod lock;
 pub mod ostree_interop;

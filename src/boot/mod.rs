@@ -154,9 +154,50 @@ pub fn read_entries(boot: &Path) -> Result<Vec<(String, BlsEntry)>> {
     Ok(out)
 }
 
-/// File name of an entry: ordered like the entries, named for the OS.
-pub fn entry_file_name(entry: &BlsEntry, os: &str) -> String {
-    format!("arbor-{}-{os}.conf", entry.version)
+/// Boot counting state of an entry, from its file name (systemd-boot's scheme:
+/// `name+LEFT[-DONE].conf`; no suffix means the entry is known good).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Tries {
+    /// Boots left before the loader gives up on the entry.
+    pub left: u32,
+    /// Boots already tried.
+    pub done: u32,
+}
+
+/// Tries of a new deployment's entry.
+pub const NEW_ENTRY_TRIES: Tries = Tries { left: 3, done: 0 };
+
+/// Splits `arbor-2-debian+2-1.conf` into its base name and counter.
+pub fn parse_counter(file_name: &str) -> (String, Option<Tries>) {
+    let stem = file_name.strip_suffix(".conf").unwrap_or(file_name);
+    if let Some((base, counter)) = stem.rsplit_once('+') {
+        let (left, done) = counter.split_once('-').unwrap_or((counter, "0"));
+        if let (Ok(left), Ok(done)) = (left.parse(), done.parse()) {
+            return (base.to_string(), Some(Tries { left, done }));
+        }
+    }
+    (stem.to_string(), None)
+}
+
+/// File name of an entry: ordered like the entries, named for the OS, with its counter.
+pub fn entry_file_name(entry: &BlsEntry, os: &str, tries: Option<Tries>) -> String {
+    let base = format!("arbor-{}-{os}", entry.version);
+    match tries {
+        None => format!("{base}.conf"),
+        Some(Tries { left, done: 0 }) => format!("{base}+{left}.conf"),
+        Some(Tries { left, done }) => format!("{base}+{left}-{done}.conf"),
+    }
+}
+
+/// Renames an entry of the current set (what a loader does when it counts a boot, and
+/// what boot-complete does to mark it good), durably.
+pub fn rename_entry(boot: &Path, from: &str, to: &str) -> Result<()> {
+    let n = current_loader(boot).context("no boot entries")?;
+    let dir = fsutil::open_dir(&boot.join(format!("loader.{n}/entries")))?;
+    rfs::renameat(&dir, from, &dir, to)
+        .with_context(|| format!("renaming boot entry {from} to {to}"))?;
+    rfs::fsync(&dir)?;
+    Ok(())
 }
 
 /// Writes `entries` (with their file names) as the new boot configuration and selects

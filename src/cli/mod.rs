@@ -20,7 +20,8 @@ use crate::lock::LockWait;
 const EXIT_CODES: &str = "\
 Exit status:
   0  success
-  1  failure (for fsck: problems were found); the reason is printed on stderr
+  1  failure (fsck: problems were found; health-check: a check failed); the reason is
+     printed on stderr
   2  the command line could not be parsed";
 
 /// Image-based, transactional updates for Debian-family systems.
@@ -97,6 +98,14 @@ pub enum Command {
     Undeploy(sysroot_cmds::IndexArgs),
     /// Keep a deployment from being removed by later deploys (--unpin to undo).
     Pin(sysroot_cmds::IndexArgs),
+    /// Show or edit the kernel arguments of the default deployment.
+    Kargs(sysroot_cmds::KargsArgs),
+    /// Compute what a systemd-boot-style loader boots next, consuming one try.
+    BootSelect(sysroot_cmds::BootSelectArgs),
+    /// Mark the booted deployment good (remove its boot-counting suffix).
+    BootComplete(OutputArgs),
+    /// Run /etc/arbor/health.d/*; all pass: mark the boot good; exit 1 otherwise.
+    HealthCheck(sysroot_cmds::HealthCheckArgs),
     /// Remove unreferenced deployments and kernels, then prune the repository.
     Cleanup(OutputArgs),
     /// Move commits between arbor and OSTree repositories.
@@ -159,6 +168,10 @@ pub fn run(cli: &Cli) -> Result<i32> {
         | Command::Rollback(_)
         | Command::Undeploy(_)
         | Command::Pin(_)
+        | Command::Kargs(_)
+        | Command::BootSelect(_)
+        | Command::BootComplete(_)
+        | Command::HealthCheck(_)
         | Command::Cleanup(_) => sysroot_cmds::run(cli, &cli.command),
         _ => repo_cmds::run(cli),
     }

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
@@ -66,6 +66,42 @@ pub struct DeployArgs {
     /// Kernel argument (repeatable); replaces the inherited ones.
     #[arg(long = "karg", value_name = "K=V")]
     pub kargs: Vec<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `arbor kargs`.
+#[derive(Args, Debug)]
+pub struct KargsArgs {
+    /// Add KEY=VALUE (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub append: Vec<String>,
+    /// Remove KEY=VALUE, or every KEY (repeatable).
+    #[arg(long, value_name = "KEY[=VALUE]")]
+    pub delete: Vec<String>,
+    /// KEY=NEW replaces every KEY; KEY=OLD=NEW replaces one value (repeatable).
+    #[arg(long, value_name = "KEY=[OLD=]NEW")]
+    pub replace: Vec<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `arbor boot-select`.
+#[derive(Args, Debug)]
+pub struct BootSelectArgs {
+    /// Also write the chosen kernel command line to FILE (for ARBOR_CMDLINE).
+    #[arg(long, value_name = "FILE")]
+    pub cmdline_out: Option<PathBuf>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `arbor health-check`.
+#[derive(Args, Debug)]
+pub struct HealthCheckArgs {
+    /// Seconds each check may take before it is killed and counts as failed.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -162,6 +198,12 @@ fn print_status(list: &[Deployment]) {
         }
         if !d.kargs.is_empty() {
             println!("    Kargs:     {}", d.kargs.join(" "));
+        }
+        if let Some(t) = d.tries {
+            println!(
+                "    Boot:      not yet marked good; {} tries left ({} used)",
+                t.left, t.done
+            );
         }
     }
 }
@@ -282,6 +324,83 @@ pub fn run(cli: &Cli, cmd: &super::Command) -> Result<i32> {
             eprintln!("it boots next; 'arbor rollback' goes back");
         }
         C::Status(out) => show(out, &sysroot.deployments()?)?,
+        C::BootSelect(a) => {
+            let sel = crate::health::boot_select(&sysroot, wait)?;
+            if let Some(f) = &a.cmdline_out {
+                std::fs::write(f, format!("{}\n", sel.cmdline))
+                    .with_context(|| format!("writing {}", f.display()))?;
+            }
+            if a.output.json {
+                return json(&sel).map(|_| 0);
+            }
+            for s in &sel.skipped {
+                eprintln!("skipped {s}: no tries left");
+            }
+            println!("{}", sel.cmdline);
+        }
+        C::BootComplete(_) => {
+            let d = crate::health::boot_complete(&sysroot, wait)?;
+            println!("deployment {} ({}) is marked good", d.index, d.dir_name());
+        }
+        C::HealthCheck(a) => {
+            let r = crate::health::health_check(
+                &sysroot,
+                std::time::Duration::from_secs(a.timeout),
+                wait,
+            )?;
+            if a.output.json {
+                json(&r)?;
+            } else {
+                for c in &r.checks {
+                    println!(
+                        "{} {}: {}",
+                        if c.passed { "ok  " } else { "FAIL" },
+                        c.name,
+                        c.detail
+                    );
+                    if !c.passed && !c.output.is_empty() {
+                        for l in c.output.lines() {
+                            println!("     | {l}");
+                        }
+                    }
+                }
+                println!(
+                    "{}",
+                    if r.passed {
+                        "healthy: the boot is marked good"
+                    } else {
+                        "unhealthy: the boot was not marked good"
+                    }
+                );
+            }
+            return Ok(if r.passed { 0 } else { 1 });
+        }
+        C::Kargs(a) => {
+            let edits: Vec<deploy::KargEdit> = a
+                .append
+                .iter()
+                .map(|x| deploy::KargEdit::Append(x.clone()))
+                .chain(a.delete.iter().map(|x| deploy::KargEdit::Delete(x.clone())))
+                .chain(
+                    a.replace
+                        .iter()
+                        .map(|x| deploy::KargEdit::Replace(x.clone())),
+                )
+                .collect();
+            let kargs = if edits.is_empty() {
+                sysroot
+                    .deployments()?
+                    .first()
+                    .map(|d| d.kargs.clone())
+                    .unwrap_or_default()
+            } else {
+                deploy::kargs(&sysroot, &edits, wait)?
+            };
+            if a.output.json {
+                return json(&kargs).map(|_| 0);
+            }
+            println!("{}", kargs.join(" "));
+        }
         C::Rollback(out) => {
             let list = deploy::rollback(&sysroot, wait)?;
             show(out, &list)?;

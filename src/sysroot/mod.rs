@@ -60,6 +60,11 @@ pub struct Deployment {
     pub linux: String,
     /// Its initramfs, as its boot entry names it.
     pub initrd: Option<String>,
+    /// Boot counting: `None` once the deployment booted well.
+    pub tries: Option<boot::Tries>,
+    /// Its entry's file name in the current set.
+    #[serde(skip)]
+    pub entry_file: String,
 }
 
 impl Deployment {
@@ -189,7 +194,7 @@ impl Sysroot {
             .enumerate()
             .map(|(i, d)| {
                 let e = self.entry_for(d, i, order.len());
-                (boot::entry_file_name(&e, &d.os), e)
+                (boot::entry_file_name(&e, &d.os, d.tries), e)
             })
             .collect();
         boot::write_entries(&self.boot_dir(), &entries)
@@ -231,6 +236,8 @@ impl Sysroot {
                 booted: false,
                 linux: entry.linux.clone(),
                 initrd: entry.initrd.clone(),
+                tries: boot::parse_counter(&name).1,
+                entry_file: name.clone(),
             };
             d.booted = booted
                 .as_ref()
