@@ -659,3 +659,130 @@ fn root_passing_health_check_marks_the_boot_good_and_slow_checks_time_out() {
     assert!(!ok && text.contains("killed after 1 s"), "{text}");
     assert!(start.elapsed() < std::time::Duration::from_secs(10));
 }
+
+#[test]
+fn root_kargs_edit_the_default_entry_and_are_inherited() {
+    require_root!();
+    let t = scratch();
+    let s = sysroot(t.path());
+    compose(&s, &rootfs(t.path(), "1"), "os", "1");
+    arbor_ok(&[
+        "--sysroot",
+        &s,
+        "deploy",
+        "os",
+        "--karg",
+        "quiet",
+        "--karg",
+        "console=tty0",
+    ]);
+    assert_eq!(
+        arbor_ok(&["--sysroot", &s, "kargs"]).trim(),
+        "quiet console=tty0"
+    );
+    arbor_ok(&[
+        "--sysroot",
+        &s,
+        "kargs",
+        "--append",
+        "debug",
+        "--replace",
+        "console=tty0=ttyS0",
+        "--delete",
+        "quiet",
+    ]);
+    assert_eq!(
+        arbor_ok(&["--sysroot", &s, "kargs"]).trim(),
+        "console=ttyS0 debug"
+    );
+    let entry = std::fs::read_dir(Path::new(&s).join("boot/loader/entries"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let text = std::fs::read_to_string(entry).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("options arbor=") && l.ends_with(" console=ttyS0 debug")),
+        "{text}"
+    );
+    let err = arbor_err(&["--sysroot", &s, "kargs", "--delete", "nosuch"]);
+    assert!(err.contains("no kernel argument 'nosuch'"), "{err}");
+    compose(&s, &rootfs(t.path(), "2"), "os", "2");
+    arbor_ok(&["--sysroot", &s, "deploy", "os"]);
+    assert_eq!(
+        status(&s)[0]["kargs"],
+        serde_json::json!(["console=ttyS0", "debug"])
+    );
+}
+
+#[test]
+fn root_prepare_root_assembles_the_deployment_in_a_mount_namespace() {
+    require_root!();
+    let t = scratch();
+    let s = sysroot(t.path());
+    compose(&s, &rootfs(t.path(), "1"), "os", "1");
+    arbor_ok(&["--sysroot", &s, "deploy", "os"]);
+    let cmdline = t.path().join("cmdline");
+    arbor_ok(&[
+        "--sysroot",
+        &s,
+        "boot-select",
+        "--cmdline-out",
+        s_(&cmdline),
+    ]);
+    let target = t.path().join("target");
+    std::fs::create_dir(&target).unwrap();
+    // Everything happens in a private mount namespace that ends with the shell.
+    let script = format!(
+        r#"set -e
+{arbor} --sysroot {s} prepare-root --cmdline {cmdline} --target {target}
+test "$(cat {target}/usr/bin/tool)" = "tool 1"
+if touch {target}/usr/bin/new 2>/dev/null; then echo "usr is writable"; exit 1; fi
+echo edited > {target}/etc/motd
+echo state > {target}/var/marker
+test -d {target}/sysroot/arbor/repo
+findmnt -no OPTIONS {target}/usr | grep -q '^ro'
+echo assembled"#,
+        arbor = arbor_bin(),
+        cmdline = s_(&cmdline),
+        target = s_(&target),
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && text.contains("assembled"), "{text}");
+    // /etc was the deployment's own, /var the stateroot's; nothing stays mounted.
+    assert_eq!(
+        std::fs::read_to_string(deployment_dir(&s, 0).join("etc/motd")).unwrap(),
+        "edited\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(Path::new(&s).join("arbor/deploy/debian/var/marker")).unwrap(),
+        "state\n"
+    );
+    assert!(
+        std::fs::read_dir(&target).unwrap().next().is_none(),
+        "the target is empty outside the namespace"
+    );
+    // A command line naming no deployment, or a path trick, is refused.
+    std::fs::write(
+        &cmdline,
+        "arbor=/arbor/deploy/debian/deploy/../../../../etc",
+    )
+    .unwrap();
+    let err = arbor_err(&[
+        "--sysroot",
+        &s,
+        "prepare-root",
+        "--cmdline",
+        s_(&cmdline),
+        "--target",
+        s_(&target),
+    ]);
+    assert!(err.contains("does not name a deployment"), "{err}");
+}

@@ -198,8 +198,9 @@ pub fn postprocess(root: &Path) -> Result<()> {
     let tmpfiles = usr.join("lib/tmpfiles.d");
     std::fs::create_dir_all(&tmpfiles)?;
     std::fs::write(tmpfiles.join("arbor.conf"), TMPFILES)?;
-    // API filesystems and scratch space are mounted or created at boot.
-    for d in ["dev", "proc", "sys", "run", "tmp"] {
+    // API filesystems and scratch space are mounted or created at boot; /sysroot is
+    // where prepare-root mounts the physical root.
+    for d in ["dev", "proc", "sys", "run", "tmp", "sysroot"] {
         let p = root.join(d);
         if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
             empty_dir(&p)?;

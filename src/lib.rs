@@ -20,6 +20,7 @@ pub mod health;
 pub mod inspect;
 pub mod lock;
 pub mod ostree_interop;
+pub mod prepare_root;
 pub mod statedb;
 pub mod store;
 pub mod sys;

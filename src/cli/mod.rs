@@ -106,6 +106,8 @@ pub enum Command {
     BootComplete(OutputArgs),
     /// Run /etc/arbor/health.d/*; all pass: mark the boot good; exit 1 otherwise.
     HealthCheck(sysroot_cmds::HealthCheckArgs),
+    /// Assemble a deployment's root at a target, as the initramfs does at boot.
+    PrepareRoot(sysroot_cmds::PrepareRootArgs),
     /// Remove unreferenced deployments and kernels, then prune the repository.
     Cleanup(OutputArgs),
     /// Move commits between arbor and OSTree repositories.
@@ -162,6 +164,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
         Command::Ostree(cmd) => interop_cmds::run_ostree(cli, cmd),
         Command::Mount(a) => interop_cmds::run_mount(cli, a),
         Command::Admin(cmd) => sysroot_cmds::run_admin(cli, cmd),
+        Command::PrepareRoot(a) => sysroot_cmds::run_prepare_root(cli, a),
         Command::Compose(cmd) => sysroot_cmds::run_compose(cli, cmd),
         Command::Deploy(_)
         | Command::Status(_)

@@ -106,6 +106,19 @@ pub struct HealthCheckArgs {
     pub output: OutputArgs,
 }
 
+/// `arbor prepare-root`.
+#[derive(Args, Debug)]
+pub struct PrepareRootArgs {
+    /// The kernel command line to read arbor= from (at boot: /proc/cmdline).
+    #[arg(long, value_name = "FILE", default_value = "/proc/cmdline")]
+    pub cmdline: PathBuf,
+    /// Where to assemble the root.
+    #[arg(long, value_name = "DIR")]
+    pub target: PathBuf,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
 /// A command on one deployment.
 #[derive(Args, Debug)]
 pub struct IndexArgs {
@@ -256,6 +269,22 @@ pub fn run_compose(cli: &Cli, cmd: &ComposeCommand) -> Result<i32> {
         r.stats.files + r.stats.symlinks,
         r.stats.objects_written,
         human_bytes(r.stats.bytes_written)
+    );
+    Ok(0)
+}
+
+/// Runs `arbor prepare-root` (no sysroot lock: it runs before anything else at boot).
+pub fn run_prepare_root(cli: &Cli, a: &PrepareRootArgs) -> Result<i32> {
+    let cmdline = std::fs::read_to_string(&a.cmdline)
+        .with_context(|| format!("reading {}", a.cmdline.display()))?;
+    let r = crate::prepare_root::prepare_root(&cli.sysroot, &cmdline, &a.target)?;
+    if a.output.json {
+        return json(&r).map(|_| 0);
+    }
+    println!(
+        "assembled {} at {}",
+        r.deployment.display(),
+        a.target.display()
     );
     Ok(0)
 }

@@ -1,0 +1,79 @@
+//! Assembling the root filesystem of a deployment, as the initramfs does at boot.
+//!
+//! From `arbor=/arbor/deploy/<os>/deploy/<commit>.<serial>` on the kernel command line:
+//! the deployment is bind-mounted at the target, its `/usr` made read-only, `/etc`
+//! left writable, the stateroot's `/var` bound onto `/var`, and the physical root
+//! bound at `/sysroot`. Tested against a folder inside a private mount namespace; the
+//! initramfs-tools scripts in `initramfs-tools/` run it at boot.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use rustix::mount::{self, MountFlags, UnmountFlags};
+use serde::Serialize;
+
+use crate::sysroot::{check_os_name, parse_arbor_karg};
+
+/// What prepare-root mounted, in order.
+#[derive(Clone, Debug, Serialize)]
+pub struct PreparedRoot {
+    /// The deployment that now forms the root.
+    pub deployment: PathBuf,
+    /// Mount points made, first to last.
+    pub mounts: Vec<PathBuf>,
+}
+
+/// Reads `arbor=` from a kernel command line and checks it names a deployment of
+/// `sysroot` (no path tricks: the value must parse as our own layout).
+pub fn deployment_from_cmdline(sysroot: &Path, cmdline: &str) -> Result<PathBuf> {
+    let value = cmdline
+        .split_whitespace()
+        .find_map(|a| a.strip_prefix("arbor="))
+        .context("no arbor= on the kernel command line")?;
+    let (os, commit, serial) = parse_arbor_karg(value)
+        .with_context(|| format!("arbor={value} does not name a deployment"))?;
+    check_os_name(&os)?;
+    let path = sysroot.join(format!("arbor/deploy/{os}/deploy/{commit}.{serial}"));
+    if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+        bail!("arbor={value}: no such deployment in {}", sysroot.display());
+    }
+    Ok(path)
+}
+
+fn bind(from: &Path, to: &Path, done: &mut Vec<PathBuf>) -> Result<()> {
+    if !std::fs::symlink_metadata(to).is_ok_and(|m| m.is_dir()) {
+        bail!("{} is not a directory to mount on", to.display());
+    }
+    mount::mount_bind(from, to)
+        .with_context(|| format!("binding {} on {}", from.display(), to.display()))?;
+    done.push(to.to_path_buf());
+    Ok(())
+}
+
+/// Mounts the root of the deployment named by `cmdline` at `target`. On failure, what
+/// was mounted is unmounted again.
+pub fn prepare_root(sysroot: &Path, cmdline: &str, target: &Path) -> Result<PreparedRoot> {
+    let deployment = deployment_from_cmdline(sysroot, cmdline)?;
+    let stateroot = deployment
+        .parent()
+        .and_then(Path::parent)
+        .context("deployment path")?;
+    let mut mounts = Vec::new();
+    let result = (|| -> Result<()> {
+        bind(&deployment, target, &mut mounts)?;
+        let usr = target.join("usr");
+        bind(&usr, &usr, &mut mounts)?;
+        mount::mount_remount(&usr, MountFlags::BIND | MountFlags::RDONLY, "")
+            .with_context(|| format!("making {} read-only", usr.display()))?;
+        bind(&stateroot.join("var"), &target.join("var"), &mut mounts)?;
+        bind(sysroot, &target.join("sysroot"), &mut mounts)?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        for m in mounts.iter().rev() {
+            let _ = mount::unmount(m, UnmountFlags::DETACH);
+        }
+        return Err(e);
+    }
+    Ok(PreparedRoot { deployment, mounts })
+}
