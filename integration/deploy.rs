@@ -786,3 +786,34 @@ echo assembled"#,
     ]);
     assert!(err.contains("does not name a deployment"), "{err}");
 }
+
+#[test]
+fn root_staged_deploy_is_finalized_with_etc_edits_made_after_staging() {
+    require_root!();
+    let t = scratch();
+    let s = sysroot(t.path());
+    compose(&s, &rootfs(t.path(), "1"), "os", "1");
+    arbor_ok(&["--sysroot", &s, "deploy", "os"]);
+    let entries = entry_names(&s);
+    compose(&s, &rootfs(t.path(), "2"), "os", "2");
+    let out = arbor_ok(&["--sysroot", &s, "deploy", "--stage", "os"]);
+    assert!(out.contains("staged"), "{out}");
+    assert_eq!(entry_names(&s), entries, "staging writes no boot entry");
+    let st: serde_json::Value =
+        serde_json::from_str(&arbor_ok(&["--sysroot", &s, "status", "--json"])).unwrap();
+    assert_eq!(st["staged"]["version"], "2");
+    assert!(arbor_ok(&["--sysroot", &s, "status"]).contains("staged (finalized at shutdown)"));
+    // The administrator edits /etc after staging; cleanup must not touch the stage.
+    std::fs::write(deployment_dir(&s, 0).join("etc/motd"), "late edit\n").unwrap();
+    arbor_ok(&["--sysroot", &s, "cleanup"]);
+    assert!(arbor_ok(&["--sysroot", &s, "finalize-staged"]).contains("finalized"));
+    assert_eq!(versions(&s), ["2", "1"]);
+    assert_eq!(
+        std::fs::read_to_string(deployment_dir(&s, 0).join("etc/motd")).unwrap(),
+        "late edit\n"
+    );
+    let st: serde_json::Value =
+        serde_json::from_str(&arbor_ok(&["--sysroot", &s, "status", "--json"])).unwrap();
+    assert!(st["staged"].is_null());
+    assert!(arbor_ok(&["--sysroot", &s, "finalize-staged"]).contains("nothing staged"));
+}

@@ -8,6 +8,7 @@
 //! and a leftover folder that the next transaction removes; after it, the new one.
 
 use std::os::fd::AsFd;
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
@@ -37,6 +38,8 @@ pub struct DeployOptions {
     pub commit: ObjectId,
     /// Kernel arguments; `None` keeps those of the deployment merged from.
     pub kargs: Option<Vec<String>>,
+    /// Prepare now, switch boot entries at shutdown (`finalize-staged`).
+    pub stage: bool,
 }
 
 /// What a deploy did.
@@ -92,6 +95,8 @@ fn deploy_locked(
         );
     }
     remove_leftovers(sysroot)?;
+    // A new deploy replaces a deployment staged earlier.
+    sysroot.set_staged(lock, None)?;
     let current = sysroot.deployments()?;
     let commit = repo.load_commit(&opts.commit)?;
     let Node::Dir(etc_tree, etc_meta) = inspect::lookup(repo, &opts.commit, "/usr/etc")
@@ -121,14 +126,12 @@ fn deploy_locked(
             std::fs::remove_dir_all(tmp.join("etc"))?;
         }
         TreeCheckout::new(repo, true).run(tmp_fd.as_fd(), b"etc", &etc_tree, &etc_meta)?;
-        let mut actions = Vec::new();
-        if let Some(prev) = merge_source(&current, &opts.os) {
-            let prev_root = sysroot.deployment_path(prev);
-            let old_default = etc_merge::scan(&prev_root.join("usr/etc"))?;
-            let local = etc_merge::scan(&prev_root.join("etc"))?;
-            actions = etc_merge::plan(&old_default, &local);
-            etc_merge::apply(&actions, &local, &prev_root.join("etc"), &tmp.join("etc"))?;
-        }
+        // A staged deployment merges /etc when it is finalized, to catch later edits.
+        let actions = if opts.stage {
+            Vec::new()
+        } else {
+            merge_etc(sysroot, &current, &opts.os, &tmp.join("etc"))?
+        };
         fsutil::sync_filesystem(&tmp_fd).context("syncing the deployment")?;
         Ok(actions)
     })();
@@ -173,6 +176,15 @@ fn deploy_locked(
         tries: Some(boot::NEW_ENTRY_TRIES),
         entry_file: String::new(),
     };
+    if opts.stage {
+        sysroot.set_staged(lock, Some(&new))?;
+        let removed = remove_unlisted(sysroot, &current)?;
+        return Ok(DeployResult {
+            deployment: new,
+            etc_actions,
+            removed,
+        });
+    }
     let order = next_order(new.clone(), &current);
     sysroot.write_boot_order(lock, &order)?;
     let removed = remove_unlisted(sysroot, &order)?;
@@ -180,6 +192,55 @@ fn deploy_locked(
         deployment: new,
         etc_actions,
         removed,
+    })
+}
+
+/// Merges the local /etc of the stateroot's merge source into `new_etc`.
+fn merge_etc(
+    sysroot: &Sysroot,
+    current: &[Deployment],
+    os: &str,
+    new_etc: &Path,
+) -> Result<Vec<etc_merge::EtcAction>> {
+    let Some(prev) = merge_source(current, os) else {
+        return Ok(Vec::new());
+    };
+    let prev_root = sysroot.deployment_path(prev);
+    let old_default = etc_merge::scan(&prev_root.join("usr/etc"))?;
+    let local = etc_merge::scan(&prev_root.join("etc"))?;
+    let actions = etc_merge::plan(&old_default, &local);
+    etc_merge::apply(&actions, &local, &prev_root.join("etc"), new_etc)?;
+    Ok(actions)
+}
+
+/// Finalizes the staged deployment (run at shutdown): merges /etc as it is now, then
+/// makes it the default boot entry. Does nothing when nothing is staged.
+pub fn finalize_staged(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<Option<DeployResult>> {
+    let lock = sysroot.lock(wait)?;
+    record(sysroot, "finalize-staged", || {
+        let Some(new) = sysroot.staged()? else {
+            return Ok(None);
+        };
+        let current = sysroot.deployments()?;
+        let root = sysroot.deployment_path(&new);
+        if !root.is_dir() {
+            sysroot.set_staged(&lock, None)?;
+            bail!(
+                "the staged deployment {} is gone; deploy again",
+                new.dir_name()
+            );
+        }
+        let etc_actions = merge_etc(sysroot, &current, &new.os, &root.join("etc"))?;
+        fsutil::sync_filesystem(fsutil::open_dir(&root)?).context("syncing the deployment")?;
+        let order = next_order(new.clone(), &current);
+        sysroot.write_boot_order(&lock, &order)?;
+        sysroot.set_staged(&lock, None)?;
+        let removed = remove_unlisted(sysroot, &order)?;
+        Ok(Some(DeployResult {
+            deployment: new,
+            etc_actions,
+            removed,
+        }))
     })
 }
 
@@ -352,8 +413,11 @@ fn list_stateroots(sysroot: &Sysroot) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// Deletes deployment folders (and origins) that `order` does not list.
+/// Deletes deployment folders (and origins) that neither `order` nor the staged record
+/// names.
 fn remove_unlisted(sysroot: &Sysroot, order: &[Deployment]) -> Result<Vec<String>> {
+    let staged = sysroot.staged()?;
+    let order: Vec<&Deployment> = order.iter().chain(staged.as_ref()).collect();
     let mut removed = Vec::new();
     for os in list_stateroots(sysroot)? {
         let dir = sysroot.stateroot(&os).join("deploy");

@@ -156,7 +156,7 @@ pub fn read_entries(boot: &Path) -> Result<Vec<(String, BlsEntry)>> {
 
 /// Boot counting state of an entry, from its file name (systemd-boot's scheme:
 /// `name+LEFT[-DONE].conf`; no suffix means the entry is known good).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Tries {
     /// Boots left before the loader gives up on the entry.
     pub left: u32,

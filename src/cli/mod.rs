@@ -100,6 +100,8 @@ pub enum Command {
     Pin(sysroot_cmds::IndexArgs),
     /// Show or edit the kernel arguments of the default deployment.
     Kargs(sysroot_cmds::KargsArgs),
+    /// Make the staged deployment the default boot entry (run at shutdown).
+    FinalizeStaged(OutputArgs),
     /// Compute what a systemd-boot-style loader boots next, consuming one try.
     BootSelect(sysroot_cmds::BootSelectArgs),
     /// Mark the booted deployment good (remove its boot-counting suffix).
@@ -172,6 +174,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
         | Command::Undeploy(_)
         | Command::Pin(_)
         | Command::Kargs(_)
+        | Command::FinalizeStaged(_)
         | Command::BootSelect(_)
         | Command::BootComplete(_)
         | Command::HealthCheck(_)

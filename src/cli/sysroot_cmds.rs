@@ -66,6 +66,9 @@ pub struct DeployArgs {
     /// Kernel argument (repeatable); replaces the inherited ones.
     #[arg(long = "karg", value_name = "K=V")]
     pub kargs: Vec<String>,
+    /// Prepare it now; write the boot entries at shutdown (finalize-staged).
+    #[arg(long)]
+    pub stage: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -330,17 +333,25 @@ pub fn run(cli: &Cli, cmd: &super::Command) -> Result<i32> {
                 } else {
                     Some(a.kargs.clone())
                 },
+                stage: a.stage,
             };
             let r = deploy::deploy(&sysroot, &opts, wait)?;
             if a.output.json {
                 return json(&r).map(|_| 0);
             }
+            let verb = if a.stage { "staged" } else { "deployed" };
             println!(
-                "deployed {} as {}/{}",
+                "{verb} {} as {}/{}",
                 r.deployment.commit,
                 r.deployment.os,
                 r.deployment.dir_name()
             );
+            if a.stage {
+                eprintln!(
+                    "it becomes the default boot entry at shutdown ('arbor finalize-staged')"
+                );
+                return Ok(0);
+            }
             if !r.etc_actions.is_empty() {
                 eprintln!(
                     "/etc: kept {} local changes from the previous deployment",
@@ -352,7 +363,41 @@ pub fn run(cli: &Cli, cmd: &super::Command) -> Result<i32> {
             }
             eprintln!("it boots next; 'arbor rollback' goes back");
         }
-        C::Status(out) => show(out, &sysroot.deployments()?)?,
+        C::Status(out) => {
+            let list = sysroot.deployments()?;
+            let staged = sysroot.staged()?;
+            if out.json {
+                let rows: Vec<StatusRow> = list
+                    .iter()
+                    .zip(roles(&list))
+                    .map(|(d, (pending, rollback))| StatusRow {
+                        deployment: d,
+                        pending,
+                        rollback,
+                    })
+                    .collect();
+                return json(&serde_json::json!({ "staged": staged, "deployments": rows }))
+                    .map(|_| 0);
+            }
+            if let Some(d) = &staged {
+                println!("  staged (finalized at shutdown)");
+                println!(
+                    "    {} {}",
+                    d.os,
+                    d.version.as_deref().unwrap_or("(no version)")
+                );
+                println!("    Commit:    {}", d.commit);
+            }
+            print_status(&list);
+        }
+        C::FinalizeStaged(_) => match deploy::finalize_staged(&sysroot, wait)? {
+            Some(r) => println!(
+                "finalized {}/{}: it boots next",
+                r.deployment.os,
+                r.deployment.dir_name()
+            ),
+            None => println!("nothing staged"),
+        },
         C::BootSelect(a) => {
             let sel = crate::health::boot_select(&sysroot, wait)?;
             if let Some(f) = &a.cmdline_out {

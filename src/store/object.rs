@@ -64,6 +64,13 @@ impl Serialize for ObjectId {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for ObjectId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Why a string is not an object id.
 #[derive(Debug, thiserror::Error)]
 #[error("'{0}' is not an object id (expected 64 lowercase hex characters)")]

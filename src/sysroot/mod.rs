@@ -20,7 +20,7 @@ pub mod origin;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::boot::{self, BlsEntry};
 use crate::lock::{LockError, LockWait, WriterLock};
@@ -36,7 +36,7 @@ pub struct Sysroot {
 }
 
 /// One deployment, as the boot entries and its origin file describe it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Deployment {
     /// Position in the boot order: 0 boots by default.
     pub index: usize,
@@ -65,6 +65,13 @@ pub struct Deployment {
     /// Its entry's file name in the current set.
     #[serde(skip)]
     pub entry_file: String,
+}
+
+impl Deployment {
+    /// True when both name the same deployment folder.
+    pub fn same(&self, other: &Deployment) -> bool {
+        self.os == other.os && self.commit == other.commit && self.serial == other.serial
+    }
 }
 
 impl Deployment {
@@ -161,6 +168,48 @@ impl Sysroot {
         self.stateroot(&d.os)
             .join("deploy")
             .join(format!("{}.origin", d.dir_name()))
+    }
+
+    /// Where a staged deployment is recorded until it is finalized: under `run/`, so
+    /// on a real system (tmpfs `/run`) a stage that was never finalized is forgotten
+    /// at the next boot, and its folder is removed as a leftover.
+    pub fn staged_path(&self) -> PathBuf {
+        self.path.join("run/arbor/staged-deployment")
+    }
+
+    /// The staged deployment, if one waits to be finalized.
+    pub fn staged(&self) -> Result<Option<Deployment>> {
+        match std::fs::read_to_string(self.staged_path()) {
+            Ok(text) => Ok(Some(
+                serde_json::from_str(&text).context("reading the staged deployment record")?,
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).context("reading the staged deployment record"),
+        }
+    }
+
+    /// Records `d` as staged (atomically), or clears the record.
+    pub fn set_staged(&self, _lock: &WriterLock, d: Option<&Deployment>) -> Result<()> {
+        let path = self.staged_path();
+        let dir = path.parent().unwrap();
+        match d {
+            Some(d) => {
+                std::fs::create_dir_all(dir)?;
+                let fd = crate::fsutil::open_dir(dir)?;
+                crate::fsutil::atomic_write(
+                    std::os::fd::AsFd::as_fd(&fd),
+                    "staged-deployment",
+                    serde_json::to_string(d)?.as_bytes(),
+                    0o644,
+                )?;
+            }
+            None => match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).context("removing the staged deployment record"),
+            },
+        }
+        Ok(())
     }
 
     /// Creates a stateroot (`arbor/deploy/<os>/{deploy,var}`).

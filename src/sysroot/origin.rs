@@ -10,10 +10,10 @@
 //! ```
 
 use anyhow::{Result, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What a deployment was made from and how it is kept.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Origin {
     /// The ref it tracks (upgrades follow it), or the commit id it was deployed from.
     pub refspec: String,
