@@ -71,3 +71,31 @@ fn bad_ref_names_and_metadata_are_refused_clearly() {
     let err = arbor_err(&["--repo", s(&repo), "init"]);
     assert!(err.contains("not empty"), "{err}");
 }
+
+/// The units in systemd/ pass `systemd-analyze verify` (with /usr/bin/arbor pointed at
+/// the binary under test, which verify requires to exist).
+#[test]
+fn systemd_units_verify() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
+    let mut units = Vec::new();
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let e = e.unwrap();
+        let text = std::fs::read_to_string(e.path())
+            .unwrap()
+            .replace("/usr/bin/arbor", arbor_bin());
+        let out = t.path().join(e.file_name());
+        std::fs::write(&out, text).unwrap();
+        units.push(out);
+    }
+    assert!(units.len() >= 3);
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .args(&units)
+        .output()
+        .expect("systemd-analyze (package systemd) is needed");
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Complaints about other units already on this machine are not ours to fix.
+    let ours: Vec<&str> = err.lines().filter(|l| l.contains("arbor")).collect();
+    assert!(out.status.success() && ours.is_empty(), "{err}");
+}

@@ -176,7 +176,7 @@ fn run_check(path: &Path, timeout: Duration) -> Result<CheckResult> {
 /// The health.d folder of the booted system: `/etc/arbor/health.d`, inside the booted
 /// deployment when the sysroot is a folder.
 fn health_dir(sysroot: &Sysroot, d: &Deployment) -> PathBuf {
-    if sysroot.path() == Path::new("/") {
+    if sysroot.is_running_system() {
         PathBuf::from("/etc/arbor/health.d")
     } else {
         sysroot.deployment_path(d).join("etc/arbor/health.d")

@@ -33,6 +33,8 @@ pub use origin::Origin;
 pub struct Sysroot {
     path: PathBuf,
     repo: Repo,
+    /// Opened as `/`: the running system's own sysroot.
+    running: bool,
 }
 
 /// One deployment, as the boot entries and its origin file describe it.
@@ -122,8 +124,18 @@ impl Sysroot {
         Sysroot::open(path)
     }
 
-    /// Opens an initialized sysroot.
+    /// Opens an initialized sysroot. `/` means the running system's: on a booted
+    /// arbor system `/` is the deployment and the physical root is at `/sysroot`.
     pub fn open(path: &Path) -> Result<Sysroot> {
+        let running = path == Path::new("/");
+        let path = if running
+            && !path.join("arbor/repo/config").exists()
+            && Path::new("/sysroot/arbor/repo/config").exists()
+        {
+            Path::new("/sysroot")
+        } else {
+            path
+        };
         if !path.join("arbor/repo/config").exists() {
             bail!(
                 "{} is not an arbor sysroot; create one with 'arbor admin init-fs {}'",
@@ -135,6 +147,7 @@ impl Sysroot {
         Ok(Sysroot {
             path: path.to_path_buf(),
             repo,
+            running,
         })
     }
 
@@ -174,7 +187,17 @@ impl Sysroot {
     /// on a real system (tmpfs `/run`) a stage that was never finalized is forgotten
     /// at the next boot, and its folder is removed as a leftover.
     pub fn staged_path(&self) -> PathBuf {
-        self.path.join("run/arbor/staged-deployment")
+        let run = if self.running {
+            Path::new("/")
+        } else {
+            &self.path
+        };
+        run.join("run/arbor/staged-deployment")
+    }
+
+    /// True when this is the running system's sysroot (opened as `/`).
+    pub fn is_running_system(&self) -> bool {
+        self.running
     }
 
     /// The staged deployment, if one waits to be finalized.
@@ -256,7 +279,7 @@ impl Sysroot {
     pub fn booted_id(&self) -> Option<(String, ObjectId, u32)> {
         let cmdline = match std::env::var_os("ARBOR_CMDLINE") {
             Some(file) => std::fs::read_to_string(file).ok()?,
-            None if self.path == Path::new("/") => std::fs::read_to_string("/proc/cmdline").ok()?,
+            None if self.running => std::fs::read_to_string("/proc/cmdline").ok()?,
             None => return None,
         };
         cmdline
