@@ -817,3 +817,64 @@ fn root_staged_deploy_is_finalized_with_etc_edits_made_after_staging() {
     assert!(st["staged"].is_null());
     assert!(arbor_ok(&["--sysroot", &s, "finalize-staged"]).contains("nothing staged"));
 }
+
+#[test]
+fn root_grub_fragment_lists_deployments_and_passes_grub_script_check() {
+    require_root!();
+    let t = scratch();
+    let s = sysroot(t.path());
+    compose(&s, &rootfs(t.path(), "1"), "os/1", "1");
+    compose(&s, &rootfs(t.path(), "2"), "os/2", "2");
+    arbor_ok(&[
+        "--sysroot",
+        &s,
+        "deploy",
+        "os/1",
+        "--karg",
+        "quiet",
+        "--karg",
+        "console=ttyS0,115200",
+    ]);
+    arbor_ok(&["--sysroot", &s, "deploy", "os/2"]);
+    let cfg = arbor_ok(&["--sysroot", &s, "grub-config", "--boot-prefix", "/boot"]);
+    assert_eq!(cfg.matches("menuentry ").count(), 2, "{cfg}");
+    assert!(
+        cfg.find("debian 2").unwrap() < cfg.find("debian 1").unwrap(),
+        "boot order: {cfg}"
+    );
+    let d0 = &status(&s)[0];
+    assert!(
+        cfg.contains(&format!(
+            "'arbor=/arbor/deploy/debian/deploy/{}.{}'",
+            d0["commit"].as_str().unwrap(),
+            d0["serial"]
+        )),
+        "{cfg}"
+    );
+    assert!(
+        cfg.contains("\tlinux '/boot/arbor/debian-")
+            && cfg.contains("\tinitrd '/boot/arbor/debian-"),
+        "{cfg}"
+    );
+    let file = t.path().join("arbor.cfg");
+    std::fs::write(&file, &cfg).unwrap();
+    let out = Command::new("grub-script-check")
+        .arg(&file)
+        .output()
+        .expect("grub-script-check (package grub-common)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // grub-script-check does fail on broken input (so the check above means something).
+    std::fs::write(&file, cfg.replace("}\n", "")).unwrap();
+    assert!(
+        !Command::new("grub-script-check")
+            .arg(&file)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+}

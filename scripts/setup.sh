@@ -8,7 +8,7 @@ PACKAGES=(
   # build: the bundled SQLite needs a C compiler; libostree/glib/fuse for interop and FUSE
   gcc pkg-config libostree-dev libglib2.0-dev libfuse3-dev
   # tests and benchmarks: real tools users have
-  ostree fuse3 attr libcap2-bin util-linux debootstrap zstd hyperfine findutils
+  ostree fuse3 attr libcap2-bin util-linux debootstrap zstd hyperfine findutils grub-common
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

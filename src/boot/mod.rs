@@ -7,6 +7,7 @@
 //! leaves `boot/loader` naming either the old complete set or the new complete one.
 
 pub mod bls;
+pub mod grub;
 
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};

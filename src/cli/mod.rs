@@ -100,6 +100,8 @@ pub enum Command {
     Pin(sysroot_cmds::IndexArgs),
     /// Show or edit the kernel arguments of the default deployment.
     Kargs(sysroot_cmds::KargsArgs),
+    /// Print a GRUB menu fragment of the deployments (for loaders without BLS).
+    GrubConfig(sysroot_cmds::GrubConfigArgs),
     /// Make the staged deployment the default boot entry (run at shutdown).
     FinalizeStaged(OutputArgs),
     /// Compute what a systemd-boot-style loader boots next, consuming one try.
@@ -175,6 +177,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
         | Command::Pin(_)
         | Command::Kargs(_)
         | Command::FinalizeStaged(_)
+        | Command::GrubConfig(_)
         | Command::BootSelect(_)
         | Command::BootComplete(_)
         | Command::HealthCheck(_)

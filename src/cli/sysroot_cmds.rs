@@ -122,6 +122,14 @@ pub struct PrepareRootArgs {
     pub output: OutputArgs,
 }
 
+/// `arbor grub-config`.
+#[derive(Args, Debug)]
+pub struct GrubConfigArgs {
+    /// Prefix for paths under /boot ("/boot" when /boot is not its own partition).
+    #[arg(long, default_value = "")]
+    pub boot_prefix: String,
+}
+
 /// A command on one deployment.
 #[derive(Args, Debug)]
 pub struct IndexArgs {
@@ -390,6 +398,10 @@ pub fn run(cli: &Cli, cmd: &super::Command) -> Result<i32> {
             }
             print_status(&list);
         }
+        C::GrubConfig(a) => print!(
+            "{}",
+            crate::boot::grub::fragment(&sysroot.deployments()?, &a.boot_prefix)
+        ),
         C::FinalizeStaged(_) => match deploy::finalize_staged(&sysroot, wait)? {
             Some(r) => println!(
                 "finalized {}/{}: it boots next",
