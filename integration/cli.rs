@@ -1,4 +1,5 @@
 //! The command line as a user meets it: man pages, usage errors, exit codes.
+#![allow(clippy::print_stderr, clippy::print_stdout)] // tests may say why they skip
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Sysroots and deployments through the real binary: compose, deploy, status,
 //! rollback, pin, undeploy, cleanup, the /etc merge, and a real loader tool reading
 //! our boot entries.
+#![allow(clippy::print_stderr, clippy::print_stdout)] // tests may say why they skip
 
 mod common;
 
@@ -926,4 +927,123 @@ fn root_initramfs_script_assembles_the_root_over_the_physical_root() {
         out.status.success() && text.contains("booted-root-ok"),
         "{text}"
     );
+}
+
+/// Checks what must hold after any crash: fsck passes, status works, `boot/loader`
+/// names a complete entry set whose every entry names a complete deployment and an
+/// existing kernel.
+fn assert_consistent(s: &str, when: &str) {
+    let fsck = arbor(&["--sysroot", s, "fsck"]);
+    assert!(
+        fsck.status.success(),
+        "{when}: fsck: {}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+    let list = status(s);
+    assert!(!list.is_empty(), "{when}: no deployments");
+    let boot = Path::new(s).join("boot");
+    let set = std::fs::read_link(boot.join("loader")).unwrap();
+    assert!(
+        set == Path::new("loader.0") || set == Path::new("loader.1"),
+        "{when}: loader -> {set:?}"
+    );
+    let entries: Vec<_> = std::fs::read_dir(boot.join(&set).join("entries"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(
+        entries.len(),
+        list.len(),
+        "{when}: entries and deployments differ"
+    );
+    for e in entries {
+        let text = std::fs::read_to_string(&e).unwrap();
+        let linux = text
+            .lines()
+            .find_map(|l| l.strip_prefix("linux "))
+            .unwrap_or_else(|| panic!("{when}: {e:?} has no linux"));
+        assert!(
+            boot.join(linux.trim_start_matches('/')).is_file(),
+            "{when}: kernel {linux} missing"
+        );
+        let arbor = text
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("arbor="))
+            .unwrap();
+        let dir = Path::new(s).join(arbor.trim_start_matches('/'));
+        assert!(
+            dir.join("usr/bin").is_dir() && dir.join("etc/hostname").is_file(),
+            "{when}: {dir:?} incomplete"
+        );
+        assert!(
+            Path::new(&format!("{}.origin", dir.display())).is_file(),
+            "{when}: {dir:?} has no origin"
+        );
+    }
+}
+
+/// 100 SIGKILLs of `arbor deploy` at random moments. Minutes long: runs with
+/// ARBOR_TORTURE=1 (CI sets it).
+#[test]
+fn root_torture_sigkill_during_deploy_leaves_a_bootable_sysroot() {
+    require_root!();
+    if std::env::var_os("ARBOR_TORTURE").is_none() {
+        eprintln!("skipped: a torture run; set ARBOR_TORTURE=1");
+        return;
+    }
+    let t = scratch();
+    let s = sysroot(t.path());
+    // A real tree with a kernel: corpus `small` (hardlinked, not modified) plus one.
+    for v in ["1", "2"] {
+        let tree = t.path().join(format!("tree-{v}"));
+        assert!(
+            Command::new("cp")
+                .args(["-al", s_(&corpus("small")), s_(&tree)])
+                .status()
+                .unwrap()
+                .success()
+        );
+        std::fs::write(
+            tree.join(format!("boot/vmlinuz-6.1.0-{v}")),
+            format!("kernel {v}"),
+        )
+        .unwrap();
+        std::fs::remove_file(tree.join("etc/hostname")).ok();
+        std::fs::write(tree.join("etc/hostname"), format!("host{v}\n")).unwrap();
+        compose(&s, &tree, &format!("os/{v}"), v);
+    }
+    arbor_ok(&["--sysroot", &s, "deploy", "os/1"]);
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("torture seed {seed}");
+    let mut killed = 0;
+    for round in 0..100 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let branch = if round % 2 == 0 { "os/2" } else { "os/1" };
+        let mut child = Command::new(arbor_bin())
+            .args(["--sysroot", &s, "deploy", branch])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_micros(seed % 400_000));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            killed += 1;
+        }
+        child.wait().unwrap();
+        assert_consistent(&s, &format!("round {round} (seed {seed})"));
+    }
+    eprintln!("{killed} of 100 deploys were killed midway");
+    assert!(
+        killed > 30,
+        "only {killed} of 100 deploys were interrupted: the delays are off"
+    );
+    arbor_ok(&["--sysroot", &s, "deploy", "os/2"]);
+    assert_consistent(&s, "after the last deploy");
 }

@@ -1,5 +1,6 @@
 //! OSTree interop through real libostree and the `ostree` tool, and the FUSE view of a
 //! commit through the kernel, on corpus tree `a` and on a tree with xattrs and caps.
+#![allow(clippy::print_stderr, clippy::print_stdout)] // tests may say why they skip
 
 mod common;
 

@@ -3,6 +3,7 @@
 //!
 //! Bare repositories store owners, so these tests need root (CI is root); each one
 //! says so in its name and stops with a message otherwise.
+#![allow(clippy::print_stderr, clippy::print_stdout)] // tests may say why they skip
 
 mod common;
 

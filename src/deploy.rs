@@ -429,7 +429,7 @@ fn remove_unlisted(sysroot: &Sysroot, order: &[Deployment]) -> Result<Vec<String
             }
             let p = e.path();
             if e.file_type()?.is_dir() {
-                std::fs::remove_dir_all(&p)?;
+                fsutil::remove_tree(&p)?;
                 removed.push(format!("{os}/{name}"));
             } else {
                 std::fs::remove_file(&p)?;

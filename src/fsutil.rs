@@ -204,6 +204,21 @@ pub fn read_bounded_at(dir: BorrowedFd<'_>, name: &str, max: u64) -> io::Result<
     Ok(out)
 }
 
+/// Removes a directory tree, subdirectories in parallel. Symlinks are removed, never
+/// followed (`read_dir` file types do not follow them).
+pub fn remove_tree(path: &std::path::Path) -> io::Result<()> {
+    use rayon::prelude::*;
+    let entries: Vec<std::fs::DirEntry> = std::fs::read_dir(path)?.collect::<io::Result<_>>()?;
+    entries.par_iter().try_for_each(|e| {
+        if e.file_type()?.is_dir() {
+            remove_tree(&e.path())
+        } else {
+            std::fs::remove_file(e.path())
+        }
+    })?;
+    std::fs::remove_dir(path)
+}
+
 /// Bytes of a path, for messages: lossy but never panics.
 pub fn show(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -239,6 +254,21 @@ mod tests {
             .map(|n| n.0)
             .collect();
         assert_eq!(names, vec![b"x".to_vec()], "no temporary left behind");
+    }
+
+    #[test]
+    fn remove_tree_removes_links_not_their_targets() {
+        let t = tempfile::tempdir().unwrap();
+        let keep = t.path().join("keep");
+        std::fs::create_dir(&keep).unwrap();
+        std::fs::write(keep.join("f"), b"x").unwrap();
+        let doomed = t.path().join("doomed");
+        std::fs::create_dir_all(doomed.join("a/b")).unwrap();
+        std::fs::write(doomed.join("a/b/f"), b"x").unwrap();
+        std::os::unix::fs::symlink(&keep, doomed.join("a/link")).unwrap();
+        remove_tree(&doomed).unwrap();
+        assert!(!doomed.exists());
+        assert!(keep.join("f").exists(), "followed a symlink");
     }
 
     #[test]
