@@ -10,6 +10,7 @@
 # third deploy on, each also removes its oldest deployment, as both do by default.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 TREE=${1:-${ARBOR_CORPUS:-/var/tmp/arbor-corpus}/a}
 RUNS=${2:-7}
 cargo build --release --quiet
@@ -26,15 +27,6 @@ ostree admin init-fs "$W/ost" >/dev/null
 ostree admin os-init debian --sysroot="$W/ost" >/dev/null
 "$ARBOR" --sysroot "$W/arb" ostree export bench --ostree-repo "$W/ost/ostree/repo" -b bench >/dev/null 2>&1
 
-ms() {
-  local name=$1; shift
-  sync; sleep 1
-  local t0 t1
-  t0=$(date +%s%N)
-  "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }
-  t1=$(date +%s%N)
-  echo $(((t1 - t0) / 1000000)) >> "$W/$name"
-}
 for i in $(seq "$RUNS"); do
   if (( i % 2 )); then
     ms ostree ostree admin deploy --sysroot="$W/ost" --os=debian bench
@@ -44,7 +36,6 @@ for i in $(seq "$RUNS"); do
     ms ostree ostree admin deploy --sysroot="$W/ost" --os=debian bench
   fi
 done
-median() { sort -n "$W/$1" | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : int((a[NR/2]+a[NR/2+1])/2)}'; }
 o=$(median ostree); a=$(median arbor)
 cat <<OUT
 tree: $TREE; deploy, median of $RUNS runs, ms

@@ -9,6 +9,7 @@
 # files at all when its archive is /dev/null). Prints medians and the ratio (goal <= 3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 TREE=${1:-${ARBOR_CORPUS:-/var/tmp/arbor-corpus}/a}
 RUNS=${2:-5}
 cargo build --release --quiet
@@ -34,7 +35,6 @@ for i in $(seq "$RUNS"); do
   if (( i % 2 )); then tar_ms "$W/co" >> "$W/t-co"; tar_ms "$W/mnt" >> "$W/t-mnt"
   else tar_ms "$W/mnt" >> "$W/t-mnt"; tar_ms "$W/co" >> "$W/t-co"; fi
 done
-median() { sort -n "$1" | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : int((a[NR/2]+a[NR/2+1])/2)}'; }
 co=$(median "$W/t-co"); mnt=$(median "$W/t-mnt")
 cat <<OUT
 tree: $TREE; tar c, median of $RUNS warm runs, ms

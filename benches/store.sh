@@ -13,6 +13,7 @@
 # Needs root (bare repositories store owners). Work folder: $BENCH_DIR or /var/tmp.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 TREE=${1:-${ARBOR_CORPUS:-/var/tmp/arbor-corpus}/a}
 RUNS=${2:-5}
 [[ -d $TREE ]] || { echo "no tree at $TREE; run ../shared/corpus/make-trees.sh" >&2; exit 1; }
@@ -21,17 +22,6 @@ ARBOR=$PWD/target/release/arbor
 W=$(mktemp -d "${BENCH_DIR:-/var/tmp}/arbor-bench.XXXXXX")
 trap 'rm -rf "$W"' EXIT
 
-# ms NAME CMD...: runs CMD after a sync and a settle, appends its wall time to $W/NAME.
-ms() {
-  local name=$1; shift
-  sync; sleep 1
-  local t0 t1
-  t0=$(date +%s%N)
-  "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }
-  t1=$(date +%s%N)
-  echo $(((t1 - t0) / 1000000)) >> "$W/$name"
-}
-median() { sort -n "$W/$1" | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : int((a[NR/2]+a[NR/2+1])/2)}'; }
 
 ostree_commit() { ostree --repo="$W/ost" init --mode=bare >/dev/null; ms ostree_commit ostree --repo="$W/ost" commit -b bench --tree=dir="$TREE"; }
 arbor_commit() { "$ARBOR" --repo "$W/arb" init >/dev/null; ms arbor_commit "$ARBOR" --repo "$W/arb" commit -b bench "$TREE"; }
@@ -48,7 +38,6 @@ done
 
 oc=$(median ostree_commit); ac=$(median arbor_commit); rc=$(median arbor_recommit)
 ok=$(median ostree_checkout); ak=$(median arbor_checkout); cp=$(median cp_al)
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / (b > 0 ? b : 1) }'; }
 cat <<EOF
 tree: $TREE ($(find "$TREE" | wc -l) entries, $(du -sh "$TREE" | cut -f1)); median of $RUNS runs, ms
   ostree commit            $oc

@@ -3,6 +3,7 @@
 //! our boot entries.
 #![allow(clippy::print_stderr, clippy::print_stdout)] // tests may say why they skip
 
+#[macro_use]
 mod common;
 
 use std::os::unix::fs::{PermissionsExt, symlink};
@@ -10,15 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root (bare repositories store owners)");
-            return;
-        }
-    };
-}
 
 /// A sysroot with stateroot `debian`.
 fn sysroot(dir: &Path) -> String {

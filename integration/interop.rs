@@ -2,6 +2,7 @@
 //! commit through the kernel, on corpus tree `a` and on a tree with xattrs and caps.
 #![allow(clippy::print_stderr, clippy::print_stdout)] // tests may say why they skip
 
+#[macro_use]
 mod common;
 
 use std::path::Path;
@@ -9,15 +10,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root (bare repositories, FUSE mounts)");
-            return;
-        }
-    };
-}
 
 fn ostree(args: &[&str]) -> String {
     let out = Command::new("ostree")

@@ -5,6 +5,7 @@
 //! says so in its name and stops with a message otherwise.
 #![allow(clippy::print_stderr, clippy::print_stdout)] // tests may say why they skip
 
+#[macro_use]
 mod common;
 
 use std::path::Path;
@@ -13,15 +14,6 @@ use std::process::Command;
 use arbor::store::encoding::{DirEntry, DirTree, FileEntry};
 use arbor::store::{Commit, ObjectId, ObjectKind};
 use common::*;
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root (bare repositories store owners)");
-            return;
-        }
-    };
-}
 
 fn json(args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&arbor_ok(args)).unwrap()

@@ -6,6 +6,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// Stops a test that needs root (bare repositories store owners; mounts) with a
+/// message saying so.
+#[allow(unused_macros)] // not every test file needs root
+macro_rules! require_root {
+    () => {
+        if !$crate::common::is_root() {
+            eprintln!("skipped: needs root (bare repositories store owners, mounts)");
+            return;
+        }
+    };
+}
+
 /// The binary under test.
 pub fn arbor_bin() -> &'static str {
     env!("CARGO_BIN_EXE_arbor")
