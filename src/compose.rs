@@ -112,102 +112,120 @@ fn stage_dir(src: BorrowedFd<'_>, dest: BorrowedFd<'_>, link: bool, path: &str) 
     Ok(())
 }
 
-fn empty_dir(path: &Path) -> Result<()> {
-    if let Ok(entries) = std::fs::read_dir(path) {
-        for e in entries {
-            let e = e?;
-            if e.file_type()?.is_dir() {
-                std::fs::remove_dir_all(e.path())?;
-            } else {
-                std::fs::remove_file(e.path())?;
-            }
-        }
+/// Moves the regular file `from` of `src` (if there is one) to `dest/to`.
+fn move_file(src: BorrowedFd<'_>, from: &str, dest: BorrowedFd<'_>, to: &str) -> Result<()> {
+    if fsutil::kind_at(src, from)? == Some(rfs::FileType::RegularFile) {
+        rfs::renameat(src, from, dest, to).with_context(|| format!("moving {from}"))?;
     }
     Ok(())
 }
 
-fn remove_path(p: &Path) -> Result<()> {
-    match std::fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(p)?,
-        Ok(_) => std::fs::remove_file(p)?,
-        Err(_) => {}
+/// Makes `name` below `dir` an empty real directory, whatever was there (a symlink in
+/// an outside tree is replaced, never followed).
+fn fresh_dir(dir: BorrowedFd<'_>, name: &str, mode: u32) -> Result<()> {
+    match fsutil::kind_at(dir, name)? {
+        Some(rfs::FileType::Directory) => {
+            fsutil::empty_dir_at(fsutil::open_dir_at(dir, name.as_bytes())?.as_fd())?
+        }
+        other => {
+            if other.is_some() {
+                fsutil::remove_at(dir, name.as_bytes())?;
+            }
+            rfs::mkdirat(dir, name, Mode::from_raw_mode(0o755))?;
+            rfs::chmodat(dir, name, Mode::from_raw_mode(mode), AtFlags::empty())?;
+        }
     }
     Ok(())
 }
 
 /// Reshapes a staged root filesystem in place (DESIGN §2, "What a committed tree looks
-/// like"); see `docs/compose.md` for each step.
-pub fn postprocess(root: &Path) -> Result<()> {
-    let usr = root.join("usr");
-    if !usr.is_dir() {
-        bail!("{} has no /usr: not a root filesystem", root.display());
+/// like"); see `docs/compose.md` for each step. The tree comes from outside, so every
+/// step works through directory fds and no symlink in it is ever followed.
+pub fn postprocess(root_path: &Path) -> Result<()> {
+    let root =
+        fsutil::open_dir(root_path).with_context(|| format!("opening {}", root_path.display()))?;
+    let root = root.as_fd();
+    let usr = fsutil::open_beneath(root, "usr").with_context(|| {
+        format!(
+            "{} has no /usr directory (a symlink does not count)",
+            root_path.display()
+        )
+    })?;
+    if fsutil::kind_at(usr.as_fd(), "etc")?.is_some() {
+        bail!(
+            "{} already has /usr/etc: is it composed already?",
+            root_path.display()
+        );
     }
     // Kernel and initramfs into /usr/lib/modules/<kver>/.
-    let boot = root.join("boot");
-    if let Ok(entries) = std::fs::read_dir(&boot) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
+    if fsutil::kind_at(root, "boot")? == Some(rfs::FileType::Directory) {
+        let boot = fsutil::open_dir_at(root, b"boot")?;
+        for (name, _) in fsutil::list_dir(boot.as_fd())? {
+            let name = fsutil::show(&name);
             let Some(kver) = name.strip_prefix("vmlinuz-") else {
                 continue;
             };
-            let dir = usr.join("lib/modules").join(kver);
-            std::fs::create_dir_all(&dir)?;
-            std::fs::rename(e.path(), dir.join("vmlinuz"))?;
+            if fsutil::kind_at(boot.as_fd(), &name)? != Some(rfs::FileType::RegularFile) {
+                continue;
+            }
+            crate::store::encoding::check_name(kver.as_bytes())
+                .with_context(|| format!("kernel {name}"))?;
+            let modules = fsutil::mkdir_p_beneath(root, &format!("usr/lib/modules/{kver}"))
+                .with_context(|| {
+                    format!("creating /usr/lib/modules/{kver} (no symlinks allowed on the way)")
+                })?;
+            move_file(boot.as_fd(), &name, modules.as_fd(), "vmlinuz")?;
             for (from, to) in [
                 ("initrd.img-", "initramfs.img"),
                 ("config-", "config"),
                 ("System.map-", "System.map"),
             ] {
-                let p = boot.join(format!("{from}{kver}"));
-                if p.exists() {
-                    std::fs::rename(&p, dir.join(to))?;
-                }
+                move_file(boot.as_fd(), &format!("{from}{kver}"), modules.as_fd(), to)?;
             }
         }
     }
-    empty_dir(&boot)?;
+    fresh_dir(root, "boot", 0o755)?;
     for link in ["vmlinuz", "vmlinuz.old", "initrd.img", "initrd.img.old"] {
-        let p = root.join(link);
-        if std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
-            std::fs::remove_file(&p)?;
+        if fsutil::kind_at(root, link)? == Some(rfs::FileType::Symlink) {
+            rfs::unlinkat(root, link, AtFlags::empty())?;
         }
     }
     // The default /etc lives in /usr/etc; a deployment's /etc is made from it.
-    if usr.join("etc").exists() {
-        bail!(
-            "{} already has /usr/etc: is it composed already?",
-            root.display()
-        );
-    }
-    if root.join("etc").is_dir() {
-        std::fs::rename(root.join("etc"), usr.join("etc"))?;
+    match fsutil::kind_at(root, "etc")? {
+        Some(rfs::FileType::Directory) => {
+            rfs::renameat(root, "etc", &usr, "etc").context("moving /etc to /usr/etc")?
+        }
+        None => {}
+        Some(_) => bail!("{}/etc is not a directory", root_path.display()),
     }
     // The package database moves into /usr; /var is empty in an image.
-    let dpkg = root.join("var/lib/dpkg");
-    if dpkg.is_dir() {
-        std::fs::create_dir_all(usr.join("lib/arbor"))?;
-        std::fs::rename(&dpkg, usr.join("lib/arbor/dpkg"))?;
+    if let Ok(var_lib) = fsutil::open_beneath(root, "var/lib") {
+        if fsutil::kind_at(var_lib.as_fd(), "dpkg")? == Some(rfs::FileType::Directory) {
+            let arbor = fsutil::mkdir_p_beneath(root, "usr/lib/arbor")?;
+            rfs::renameat(&var_lib, "dpkg", &arbor, "dpkg").context("moving /var/lib/dpkg")?;
+        }
     }
-    std::fs::create_dir_all(root.join("var"))?;
-    empty_dir(&root.join("var"))?;
-    for (dir, target) in VAR_LINKS {
-        let p = root.join(dir);
-        remove_path(&p)?;
-        std::os::unix::fs::symlink(target, &p)?;
+    fresh_dir(root, "var", 0o755)?;
+    for (path, target) in VAR_LINKS {
+        let (parent, leaf) = path.rsplit_once('/').unwrap_or(("", path));
+        let dir = fsutil::open_beneath(root, parent)?;
+        fsutil::remove_at(dir.as_fd(), leaf.as_bytes())?;
+        rfs::symlinkat(*target, &dir, leaf)?;
     }
-    let tmpfiles = usr.join("lib/tmpfiles.d");
-    std::fs::create_dir_all(&tmpfiles)?;
-    std::fs::write(tmpfiles.join("arbor.conf"), TMPFILES)?;
+    let tmpfiles = fsutil::mkdir_p_beneath(root, "usr/lib/tmpfiles.d")?;
+    fsutil::remove_at(tmpfiles.as_fd(), b"arbor.conf")?;
+    fsutil::atomic_write(tmpfiles.as_fd(), "arbor.conf", TMPFILES.as_bytes(), 0o644)?;
     // API filesystems and scratch space are mounted or created at boot; /sysroot is
     // where prepare-root mounts the physical root.
-    for d in ["dev", "proc", "sys", "run", "tmp", "sysroot"] {
-        let p = root.join(d);
-        if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
-            empty_dir(&p)?;
-        } else {
-            remove_path(&p)?;
-            std::fs::create_dir(&p)?;
-        }
+    for (d, mode) in [
+        ("dev", 0o755),
+        ("proc", 0o555),
+        ("sys", 0o555),
+        ("run", 0o755),
+        ("tmp", 0o1777),
+        ("sysroot", 0o755),
+    ] {
+        fresh_dir(root, d, mode)?;
     }
     Ok(())
 }
@@ -278,5 +296,43 @@ mod tests {
             Path::new("../var/usrlocal")
         );
         assert!(postprocess(r).is_err(), "composing twice is refused");
+    }
+
+    /// A hostile source tree whose /var, /boot and /usr/lib point outside must not
+    /// make compose touch anything outside the staging tree.
+    #[test]
+    fn postprocess_never_follows_symlinks_out_of_the_tree() {
+        let t = tempfile::tempdir().unwrap();
+        let outside = t.path().join("host");
+        std::fs::create_dir_all(outside.join("boot")).unwrap();
+        std::fs::write(outside.join("precious"), "keep").unwrap();
+        std::fs::write(outside.join("boot/vmlinuz-6.1.0-host"), "host kernel").unwrap();
+        let r = t.path().join("root");
+        std::fs::create_dir_all(r.join("usr/bin")).unwrap();
+        std::fs::create_dir_all(r.join("etc")).unwrap();
+        std::os::unix::fs::symlink(&outside, r.join("var")).unwrap();
+        std::os::unix::fs::symlink(outside.join("boot"), r.join("boot")).unwrap();
+        std::os::unix::fs::symlink(&outside, r.join("tmp")).unwrap();
+        postprocess(&r).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(outside.join("precious")).unwrap(),
+            "keep"
+        );
+        assert!(
+            outside.join("boot/vmlinuz-6.1.0-host").exists(),
+            "moved a host kernel"
+        );
+        assert!(
+            std::fs::symlink_metadata(r.join("var")).unwrap().is_dir(),
+            "/var replaced by a real directory"
+        );
+        // A symlinked /usr/lib cannot be written through either.
+        let r2 = t.path().join("root2");
+        std::fs::create_dir_all(r2.join("usr")).unwrap();
+        std::fs::create_dir_all(r2.join("boot")).unwrap();
+        std::fs::write(r2.join("boot/vmlinuz-1"), "k").unwrap();
+        std::os::unix::fs::symlink(&outside, r2.join("usr/lib")).unwrap();
+        assert!(postprocess(&r2).is_err());
+        assert!(!outside.join("modules").exists(), "wrote through a symlink");
     }
 }

@@ -41,6 +41,70 @@ pub fn open_dir(path: &std::path::Path) -> io::Result<OwnedFd> {
     )?)
 }
 
+/// Opens the directory `rel` below `root` with no symlink anywhere on the way and no
+/// way out (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`): how arbor walks
+/// into trees that come from outside.
+pub fn open_beneath(root: BorrowedFd<'_>, rel: &str) -> io::Result<OwnedFd> {
+    let rel = if rel.is_empty() { "." } else { rel };
+    Ok(rfs::openat2(
+        root,
+        rel,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        rfs::ResolveFlags::BENEATH | rfs::ResolveFlags::NO_SYMLINKS,
+    )?)
+}
+
+/// Creates (as needed) and opens `rel` below `root`, refusing symlinks on the way.
+pub fn mkdir_p_beneath(root: BorrowedFd<'_>, rel: &str) -> io::Result<OwnedFd> {
+    let mut dir = open_beneath(root, "")?;
+    for comp in rel.split('/').filter(|c| !c.is_empty()) {
+        if comp == ".." || comp == "." {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("'{rel}' is not a plain relative path"),
+            ));
+        }
+        match rfs::mkdirat(&dir, comp, Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+        dir = open_beneath(dir.as_fd(), comp)?;
+    }
+    Ok(dir)
+}
+
+/// Removes everything inside an open directory, never following a symlink.
+pub fn empty_dir_at(dir: BorrowedFd<'_>) -> io::Result<()> {
+    for (name, _) in list_dir(dir)? {
+        remove_at(dir, &name)?;
+    }
+    Ok(())
+}
+
+/// Removes the entry `name` of `dir` (a directory with its contents), never following
+/// a symlink. A missing entry is not an error.
+pub fn remove_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    match rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Err(rustix::io::Errno::NOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+        Ok(st) if st.st_mode & 0o170000 == 0o040000 => {
+            empty_dir_at(open_dir_at(dir, name)?.as_fd())?;
+            Ok(rfs::unlinkat(dir, name, AtFlags::REMOVEDIR)?)
+        }
+        Ok(_) => Ok(rfs::unlinkat(dir, name, AtFlags::empty())?),
+    }
+}
+
+/// What an entry is, without following a symlink: `None` when absent.
+pub fn kind_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<Option<rfs::FileType>> {
+    match rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(rfs::FileType::from_raw_mode(st.st_mode))),
+        Err(rustix::io::Errno::NOENT) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The names in a directory, without `.` and `..`, with the type getdents reports.
 pub fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, rfs::FileType)>> {
     let mut out = Vec::new();
@@ -269,6 +333,30 @@ mod tests {
         remove_tree(&doomed).unwrap();
         assert!(!doomed.exists());
         assert!(keep.join("f").exists(), "followed a symlink");
+    }
+
+    #[test]
+    fn beneath_helpers_refuse_symlinks_and_never_follow_them() {
+        let t = tempfile::tempdir().unwrap();
+        let outside = t.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("precious"), b"x").unwrap();
+        let root = t.path().join("root");
+        std::fs::create_dir_all(root.join("real")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
+        let fd = open_dir(&root).unwrap();
+        assert!(open_beneath(fd.as_fd(), "link").is_err());
+        assert!(open_beneath(fd.as_fd(), "real/../../outside").is_err());
+        assert!(mkdir_p_beneath(fd.as_fd(), "link/sub").is_err());
+        assert!(!outside.join("sub").exists());
+        mkdir_p_beneath(fd.as_fd(), "real/a/b").unwrap();
+        assert!(root.join("real/a/b").is_dir());
+        empty_dir_at(fd.as_fd()).unwrap();
+        assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
+        assert!(
+            outside.join("precious").exists(),
+            "followed a symlink while emptying"
+        );
     }
 
     #[test]

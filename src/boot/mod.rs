@@ -12,7 +12,7 @@ pub mod grub;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use rustix::fs::{self as rfs, AtFlags};
 
 use crate::fsutil;
@@ -31,27 +31,35 @@ pub struct KernelFiles {
     pub initramfs: Option<PathBuf>,
 }
 
-/// Finds the kernel of a deployed (or checked-out) tree.
+/// Finds the kernel of a deployed (or checked-out) tree. Symlinks are not followed:
+/// a tree whose `/usr/lib/modules` points elsewhere has no kernel.
 pub fn find_kernel(root: &Path) -> Result<KernelFiles> {
-    let modules = root.join("usr/lib/modules");
+    let none = || {
+        anyhow::anyhow!(
+            "the commit has no kernel (no /usr/lib/modules/<version>/vmlinuz); \
+             compose it from a tree with linux-image installed"
+        )
+    };
+    let rootfd = fsutil::open_dir(root).with_context(|| format!("opening {}", root.display()))?;
+    let Ok(modules) = fsutil::open_beneath(rootfd.as_fd(), "usr/lib/modules") else {
+        return Err(none());
+    };
     let mut found = Vec::new();
-    if let Ok(dir) = std::fs::read_dir(&modules) {
-        for e in dir.flatten() {
-            let v = e.path().join("vmlinuz");
-            if std::fs::symlink_metadata(&v).is_ok_and(|m| m.is_file()) {
-                found.push(e.file_name().to_string_lossy().into_owned());
+    for (name, _) in fsutil::list_dir(modules.as_fd())? {
+        let kver = fsutil::show(&name);
+        if let Ok(dir) = fsutil::open_beneath(modules.as_fd(), &kver) {
+            if fsutil::kind_at(dir.as_fd(), "vmlinuz")? == Some(rfs::FileType::RegularFile) {
+                found.push(kver);
             }
         }
     }
     found.sort();
-    let Some(kver) = found.pop() else {
-        bail!(
-            "the commit has no kernel (no /usr/lib/modules/<version>/vmlinuz); \
-             compose it from a tree with linux-image installed"
-        );
-    };
-    let dir = modules.join(&kver);
-    let initramfs = Some(dir.join("initramfs.img")).filter(|p| p.is_file());
+    let kver = found.pop().ok_or_else(none)?;
+    let dir = root.join("usr/lib/modules").join(&kver);
+    let kdir = fsutil::open_beneath(rootfd.as_fd(), &format!("usr/lib/modules/{kver}"))?;
+    let initramfs = (fsutil::kind_at(kdir.as_fd(), "initramfs.img")?
+        == Some(rfs::FileType::RegularFile))
+    .then(|| dir.join("initramfs.img"));
     Ok(KernelFiles {
         kver,
         vmlinuz: dir.join("vmlinuz"),
