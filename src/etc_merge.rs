@@ -122,14 +122,25 @@ pub fn plan(old_default: &EtcTree, local: &EtcTree) -> Vec<EtcAction> {
     actions
 }
 
+/// Removes `rel` below `root` (recursively). When an ancestor of `rel` is missing or
+/// a symlink, the path is not in this tree and nothing is removed: a symlink in the
+/// new default is never followed.
 fn remove_any(root: &Path, rel: &str) -> Result<()> {
-    let p = root.join(rel);
-    match std::fs::symlink_metadata(&p) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p)?,
-        Ok(_) => std::fs::remove_file(&p)?,
-        Err(_) => {}
+    let (dir_rel, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+    let rootfd = fsutil::open_dir(root)?;
+    match fsutil::open_beneath(rootfd.as_fd(), dir_rel) {
+        Ok(dir) => Ok(fsutil::remove_at(dir.as_fd(), name.as_bytes())?),
+        Err(_) => Ok(()),
     }
-    Ok(())
+}
+
+/// Opens the parent of `rel` below `root`, refusing symlinks on the way.
+fn parent_beneath(root: &Path, rel: &str) -> Result<(std::os::fd::OwnedFd, String)> {
+    let (dir_rel, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+    let rootfd = fsutil::open_dir(root)?;
+    let dir = fsutil::open_beneath(rootfd.as_fd(), dir_rel)
+        .with_context(|| format!("opening /etc/{dir_rel}"))?;
+    Ok((dir, name.to_string()))
 }
 
 /// Carries out `actions`, copying local versions from `local_root` into `new_root`.
@@ -173,8 +184,8 @@ fn keep_local(local: &EtcTree, local_root: &Path, new_root: &Path, rel: &str) ->
             }
         }
     }
-    let (dir_rel, name) = rel.rsplit_once('/').unwrap_or(("", rel));
-    let dir = fsutil::open_dir(&new_root.join(dir_rel))?;
+    let (dir, name) = parent_beneath(new_root, rel)?;
+    let name = name.as_str();
     match &local[rel] {
         EtcEntry::Dir(m) => {
             if !std::fs::symlink_metadata(new_root.join(rel)).is_ok_and(|x| x.is_dir()) {
@@ -215,8 +226,8 @@ fn keep_local(local: &EtcTree, local_root: &Path, new_root: &Path, rel: &str) ->
 }
 
 fn make_dir(root: &Path, rel: &str, m: &Meta) -> Result<()> {
-    let (dir_rel, name) = rel.rsplit_once('/').unwrap_or(("", rel));
-    let dir = fsutil::open_dir(&root.join(dir_rel))?;
+    let (dir, name) = parent_beneath(root, rel)?;
+    let name = name.as_str();
     rfs::mkdirat(&dir, name, Mode::from_raw_mode(0o700))?;
     fsutil::apply_meta_fd(
         fsutil::open_dir_at(dir.as_fd(), name.as_bytes())?.as_fd(),
@@ -278,6 +289,35 @@ mod tests {
                 KeepLocal("mine".into())
             ]
         );
+    }
+
+    /// A new default that turns a directory into a symlink pointing outside must not
+    /// make the merge delete or write through it.
+    #[test]
+    fn apply_never_follows_symlinks_in_the_new_default() {
+        let t = tempfile::tempdir().unwrap();
+        let outside = t.path().join("host");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("b"), "keep").unwrap();
+        let new = t.path().join("new");
+        std::fs::create_dir(&new).unwrap();
+        std::os::unix::fs::symlink(&outside, new.join("a")).unwrap();
+        let local_root = t.path().join("local");
+        std::fs::create_dir_all(local_root.join("a")).unwrap();
+        std::fs::write(local_root.join("a/c"), "mine").unwrap();
+        let dir = EtcEntry::Dir(meta(S_IFDIR | 0o755));
+        let old = tree(&[("a", dir.clone()), ("a/b", file(1))]);
+        let local = scan(&local_root).unwrap();
+        let actions = plan(&old, &local);
+        assert!(actions.contains(&EtcAction::Remove("a/b".into())));
+        apply(&actions, &local, &local_root, &new).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(outside.join("b")).unwrap(),
+            "keep",
+            "deleted through a symlink"
+        );
+        assert!(!outside.join("c").exists(), "wrote through a symlink");
+        assert_eq!(std::fs::read_to_string(new.join("a/c")).unwrap(), "mine");
     }
 
     #[test]
