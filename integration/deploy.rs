@@ -1024,12 +1024,24 @@ fn root_torture_sigkill_during_deploy_leaves_a_bootable_sysroot() {
             .spawn()
             .unwrap();
         std::thread::sleep(std::time::Duration::from_micros(seed % 400_000));
-        if child.try_wait().unwrap().is_none() {
+        let interrupted = child.try_wait().unwrap().is_none();
+        if interrupted {
             child.kill().unwrap();
             killed += 1;
         }
         child.wait().unwrap();
-        assert_consistent(&s, &format!("round {round} (seed {seed})"));
+        let when = format!("round {round} (seed {seed})");
+        assert_consistent(&s, &when);
+        if interrupted {
+            // The next deploy after a crash succeeds (and cleans what the crash left).
+            let out = arbor(&["--sysroot", &s, "deploy", branch]);
+            assert!(
+                out.status.success(),
+                "{when}: deploy after the kill: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_consistent(&s, &format!("{when}, after the next deploy"));
+        }
     }
     eprintln!("{killed} of 100 deploys were killed midway");
     assert!(
