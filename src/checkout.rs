@@ -12,8 +12,8 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use anyhow::{Context, Result, bail};
 use rayon::prelude::*;
@@ -21,6 +21,7 @@ use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
 use serde::Serialize;
 
 use crate::fsutil::{self, show};
+use crate::progress::Progress;
 use crate::store::encoding::{FileEntry, S_IFLNK, S_IFMT};
 use crate::store::{Meta, ObjectId, ObjectKind, Repo, StoreError};
 
@@ -53,13 +54,14 @@ pub struct CheckoutResult {
     pub dirs: u64,
 }
 
-/// Checks out `commit` into `dest`, which must not exist yet. On failure the partial
-/// `dest` is removed.
+/// Checks out `commit` into `dest`, which must not exist yet (counting files and
+/// directories into `progress`). On failure the partial `dest` is removed.
 pub fn checkout(
     repo: &Repo,
     commit: &ObjectId,
     dest: &Path,
     mode: CheckoutMode,
+    progress: Option<Arc<Progress>>,
 ) -> Result<CheckoutResult> {
     let c = repo.load_commit(commit)?;
     let name = dest
@@ -93,7 +95,8 @@ pub fn checkout(
         (_, true) => (false, None),
     };
     loop {
-        let writer = TreeCheckout::new(repo, use_copy);
+        let mut writer = TreeCheckout::new(repo, use_copy);
+        writer.progress = progress.clone();
         let result = writer.run(
             parent.as_fd(),
             name.as_encoded_bytes(),
@@ -139,6 +142,8 @@ pub struct TreeCheckout<'r> {
     repo: &'r Repo,
     copy: bool,
     dirmetas: RwLock<HashMap<ObjectId, Meta>>,
+    /// Bumped per file and directory written, when someone watches.
+    pub progress: Option<Arc<Progress>>,
     files: AtomicU64,
     dirs: AtomicU64,
     saw_exdev: AtomicBool,
@@ -151,6 +156,7 @@ impl<'r> TreeCheckout<'r> {
             repo,
             copy,
             dirmetas: RwLock::new(HashMap::new()),
+            progress: None,
             files: AtomicU64::new(0),
             dirs: AtomicU64::new(0),
             saw_exdev: AtomicBool::new(false),

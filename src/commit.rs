@@ -8,8 +8,8 @@
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail};
 use rayon::prelude::*;
@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::fsutil::{self, show};
 use crate::lock::LockWait;
+use crate::progress::Progress;
 use crate::statedb::{InodeCache, InodeEntry, StateDb};
 use crate::store::encoding::{
     self, DirEntry, FileBody, FileEntry, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG,
@@ -45,6 +46,8 @@ pub struct CommitOptions {
     pub skip_special: bool,
     /// Use the inode cache (off only for measurements and paranoia).
     pub use_cache: bool,
+    /// Counts entries and bytes as they are committed, for a progress display.
+    pub progress: Option<Arc<Progress>>,
 }
 
 /// What a commit did, for the user and for benchmarks.
@@ -138,7 +141,8 @@ fn commit_in(
     } else {
         repo.read_ref(&opts.branch)?
     };
-    let walker = TreeWriter::new(txn, &cache, opts.skip_special);
+    let mut walker = TreeWriter::new(txn, &cache, opts.skip_special);
+    walker.progress = opts.progress.clone();
     let (root_tree, root_meta) = walker.write_dir(root, "")?;
     let commit = Commit {
         root_tree,
@@ -172,6 +176,8 @@ pub struct TreeWriter<'t, 'r> {
     racy_after_ns: i64,
     new_rows: Mutex<Vec<InodeEntry>>,
     skipped: Mutex<Vec<String>>,
+    /// Bumped per entry and per content byte, when someone watches.
+    pub progress: Option<Arc<Progress>>,
     files: AtomicU64,
     symlinks: AtomicU64,
     dirs: AtomicU64,
@@ -206,6 +212,7 @@ impl<'t, 'r> TreeWriter<'t, 'r> {
             racy_after_ns: now.as_nanos() as i64 - 2_000_000_000,
             new_rows: Mutex::new(Vec::new()),
             skipped: Mutex::new(Vec::new()),
+            progress: None,
             files: AtomicU64::new(0),
             symlinks: AtomicU64::new(0),
             dirs: AtomicU64::new(0),
@@ -264,6 +271,9 @@ impl<'t, 'r> TreeWriter<'t, 'r> {
     }
 
     fn write_entry(&self, dir: BorrowedFd<'_>, name: Vec<u8>, parent: &str) -> Result<Item> {
+        if let Some(p) = &self.progress {
+            p.add_items(1);
+        }
         let path = join(parent, &name);
         encoding::check_name(&name).with_context(|| format!("cannot commit {path}"))?;
         let st = rfs::statat(dir, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
@@ -355,6 +365,9 @@ impl<'t, 'r> TreeWriter<'t, 'r> {
             .write_regular_file(&file, size, &meta)
             .with_context(|| format!("storing {path}"))?;
         self.hashed.fetch_add(1, Ordering::Relaxed);
+        if let Some(p) = &self.progress {
+            p.add_bytes(w.size);
+        }
         let mut rows = self.new_rows.lock().unwrap();
         if mtime < self.racy_after_ns && w.size == size {
             rows.push(InodeEntry {
@@ -415,6 +428,7 @@ mod tests {
             orphan: false,
             skip_special: false,
             use_cache: true,
+            progress: None,
         }
     }
 

@@ -187,6 +187,7 @@ mod tests {
             orphan: false,
             skip_special: false,
             use_cache: true,
+            progress: None,
         };
         let a = commit_tree(&repo, &src, &opts, LockWait::NoWait)
             .unwrap()

@@ -49,6 +49,47 @@ pub fn print_commit(c: &CommitInfo) {
     println!();
 }
 
+/// Runs `f` with a progress counter, drawing a spinner with its counts on stderr while
+/// it runs when stderr is a terminal; otherwise `f` gets no counter and nothing is
+/// drawn (the result lines printed afterwards are the plain output).
+pub fn with_progress<T>(
+    what: &str,
+    f: impl FnOnce(Option<std::sync::Arc<crate::progress::Progress>>) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return f(None);
+    }
+    let progress = std::sync::Arc::new(crate::progress::Progress::default());
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+            .expect("valid template"),
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let drawer = {
+        let (progress, bar, stop, what) = (
+            progress.clone(),
+            bar.clone(),
+            stop.clone(),
+            what.to_string(),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (items, bytes) = progress.get();
+                bar.set_message(format!("{what}: {items} entries, {}", human_bytes(bytes)));
+                bar.tick();
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        })
+    };
+    let result = f(Some(progress));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = drawer.join();
+    bar.finish_and_clear();
+    result
+}
+
 /// Bytes in a unit people read.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -195,8 +195,16 @@ pub fn run(cli: &Cli) -> Result<i32> {
                 orphan: a.orphan,
                 skip_special: a.skip_special,
                 use_cache: !a.no_cache,
+                progress: None,
             };
-            let r = commit_tree(&repo, &a.tree, &opts, lock_wait(cli))?;
+            let r = super::output::with_progress("committing", |progress| {
+                commit_tree(
+                    &repo,
+                    &a.tree,
+                    &CommitOptions { progress, ..opts },
+                    lock_wait(cli),
+                )
+            })?;
             if a.output.json {
                 return json(&r).map(|_| 0);
             }
@@ -226,7 +234,9 @@ pub fn run(cli: &Cli) -> Result<i32> {
                 CheckoutMode::Auto
             };
             let id = repo.resolve_rev(&a.rev)?;
-            let r = checkout(&repo, &id, &a.dest, mode)?;
+            let r = super::output::with_progress("checking out", |p| {
+                checkout(&repo, &id, &a.dest, mode, p)
+            })?;
             if a.output.json {
                 return json(&r).map(|_| 0);
             }

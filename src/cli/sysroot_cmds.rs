@@ -267,8 +267,16 @@ pub fn run_compose(cli: &Cli, cmd: &ComposeCommand) -> Result<i32> {
         orphan: false,
         skip_special: true,
         use_cache: true,
+        progress: None,
     };
-    let r = crate::compose::compose_rootfs(&repo, &a.src, &opts, lock_wait(cli))?;
+    let r = super::output::with_progress("composing", |progress| {
+        crate::compose::compose_rootfs(
+            &repo,
+            &a.src,
+            &CommitOptions { progress, ..opts },
+            lock_wait(cli),
+        )
+    })?;
     if a.output.json {
         return json(&r).map(|_| 0);
     }
