@@ -434,23 +434,10 @@ fn root_second_deploy_names_the_running_one() {
     let t = scratch();
     let s = sysroot(t.path());
     compose(&s, &corpus("a"), "debian/a", "12.0");
-    let mut first = Command::new(arbor_bin())
-        .args(["--sysroot", &s, "deploy", "debian/a"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let lock = Path::new(&s).join("arbor/lock");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !std::fs::read_to_string(&lock)
-        .unwrap_or_default()
-        .contains("pid")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "first deploy never took the lock"
-        );
-    }
+    let mut first = spawn_lock_holder(
+        &["--sysroot", &s, "deploy", "debian/a"],
+        &Path::new(&s).join("arbor/lock"),
+    );
     let err = arbor_err(&["--sysroot", &s, "--no-wait", "deploy", "debian/a"]);
     assert!(first.wait().unwrap().success());
     assert!(

@@ -551,24 +551,10 @@ fn root_second_writer_waits_or_names_the_holder() {
     require_root!();
     let t = scratch();
     let repo = init_repo(t.path());
-    let mut first = Command::new(arbor_bin())
-        .args(["--repo", &repo, "commit", "-b", "a", s(&corpus("a"))])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let lock = Path::new(&repo).join("lock");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !std::fs::read_to_string(&lock)
-        .unwrap_or_default()
-        .contains("pid")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "first writer never took the lock"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    let mut first = spawn_lock_holder(
+        &["--repo", &repo, "commit", "-b", "a", s(&corpus("a"))],
+        &Path::new(&repo).join("lock"),
+    );
     let small = t.path().join("small");
     std::fs::create_dir(&small).unwrap();
     let err = arbor_err(&["--repo", &repo, "--no-wait", "commit", "-b", "b", s(&small)]);

@@ -5,7 +5,8 @@
 //! made from `/usr/etc` and merged with the current one, origin file), syncs, renames it
 //! into place, installs its kernel, and only then switches the boot configuration in one
 //! rename (see [`crate::boot`]). A crash before the switch leaves the old configuration
-//! and a leftover folder that the next transaction removes; after it, the new one.
+//! and a leftover folder that the next transaction removes; after it, the new one. A
+//! staged deploy stops before the merge and the switch; `finalize_staged` does both.
 
 use std::os::fd::AsFd;
 use std::path::Path;
@@ -19,7 +20,6 @@ use crate::etc_merge;
 use crate::fsutil;
 use crate::inspect::{self, Node};
 use crate::lock::{LockWait, WriterLock};
-use crate::statedb::StateDb;
 use crate::store::ObjectId;
 use crate::store::prune::{self, PruneReport};
 use crate::store::reach::Root;
@@ -53,17 +53,6 @@ pub struct DeployResult {
     pub removed: Vec<String>,
 }
 
-fn record<T>(sysroot: &Sysroot, kind: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    let db = StateDb::open(&sysroot.path().join("arbor/state.db"))?;
-    let id = db.begin_transaction(kind, &std::env::args().collect::<Vec<_>>().join(" "))?;
-    let result = f();
-    let _ = db.end_transaction(
-        id,
-        &result.as_ref().map(|_| ()).map_err(|e| format!("{e:#}")),
-    );
-    result
-}
-
 /// The deployment whose `/etc` a new one merges with, and whose kargs it inherits: the
 /// booted one when it is of this stateroot, else this stateroot's first.
 fn merge_source<'a>(current: &'a [Deployment], os: &str) -> Option<&'a Deployment> {
@@ -76,7 +65,7 @@ fn merge_source<'a>(current: &'a [Deployment], os: &str) -> Option<&'a Deploymen
 /// Deploys `opts.commit` as the new default boot entry.
 pub fn deploy(sysroot: &Sysroot, opts: &DeployOptions, wait: LockWait<'_>) -> Result<DeployResult> {
     let lock = sysroot.lock(wait)?;
-    record(sysroot, "deploy", || deploy_locked(sysroot, &lock, opts))
+    sysroot.record("deploy", || deploy_locked(sysroot, &lock, opts))
 }
 
 fn deploy_locked(
@@ -112,14 +101,14 @@ fn deploy_locked(
     let tmp_name = format!(".{name}.tmp");
     let tmp = deploy_dir.join(&tmp_name);
     let deploy_fd = fsutil::open_dir(&deploy_dir)?;
-    let written = (|| -> Result<Vec<etc_merge::EtcAction>> {
+    let written = (|| -> Result<(Vec<etc_merge::EtcAction>, boot::KernelFiles)> {
         TreeCheckout::new(repo, false).run(
             deploy_fd.as_fd(),
             tmp_name.as_bytes(),
             &commit.root_tree,
             &commit.root_meta,
         )?;
-        boot::find_kernel(&tmp)?;
+        let kernel = boot::find_kernel(&tmp)?;
         // /etc is a copy (it is edited in place), made from the new default.
         let tmp_fd = fsutil::open_dir(&tmp)?;
         if tmp.join("etc").exists() {
@@ -133,9 +122,9 @@ fn deploy_locked(
             merge_etc(sysroot, &current, &opts.os, &tmp.join("etc"))?
         };
         fsutil::sync_filesystem(&tmp_fd).context("syncing the deployment")?;
-        Ok(actions)
+        Ok((actions, kernel))
     })();
-    let etc_actions = match written {
+    let (etc_actions, kernel) = match written {
         Ok(a) => a,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
@@ -156,8 +145,9 @@ fn deploy_locked(
     .map_err(|e| crate::store::write_error(e, || format!("writing {name}.origin")))?;
     std::fs::rename(&tmp, deploy_dir.join(&name))?;
     rustix::fs::fsync(&deploy_fd)?;
-    let kernel = boot::find_kernel(&deploy_dir.join(&name))?;
-    let installed = boot::install_kernel(&sysroot.boot_dir(), &opts.os, &kernel)?;
+    let kernel = kernel.moved(&tmp, &deploy_dir.join(&name));
+    let bootcsum = kernel_checksum(repo, &opts.commit, &kernel)?;
+    let installed = boot::install_kernel(&sysroot.boot_dir(), &opts.os, &kernel, &bootcsum)?;
     let inherited = merge_source(&current, &opts.os)
         .map(|d| d.kargs.clone())
         .unwrap_or_default();
@@ -195,6 +185,30 @@ fn deploy_locked(
     })
 }
 
+/// Names a kernel + initramfs by content without reading them: the commit already has
+/// both as file objects, whose ids hash their content (and metadata).
+fn kernel_checksum(
+    repo: &crate::store::Repo,
+    commit: &ObjectId,
+    k: &boot::KernelFiles,
+) -> Result<String> {
+    let id = |name: &str| -> Result<Option<ObjectId>> {
+        match inspect::lookup(repo, commit, &format!("/usr/lib/modules/{}/{name}", k.kver)) {
+            Ok(Node::File(id)) => Ok(Some(id)),
+            Ok(Node::Dir(..)) => bail!("/usr/lib/modules/{}/{name} is a directory", k.kver),
+            Err(_) => Ok(None),
+        }
+    };
+    let mut h = blake3::Hasher::new();
+    h.update(&id("vmlinuz")?.context("the commit's kernel vanished")?.0);
+    if k.initramfs.is_some() {
+        if let Some(i) = id("initramfs.img")? {
+            h.update(&i.0);
+        }
+    }
+    Ok(h.finalize().to_hex().to_string())
+}
+
 /// Merges the local /etc of the stateroot's merge source into `new_etc`.
 fn merge_etc(
     sysroot: &Sysroot,
@@ -217,7 +231,7 @@ fn merge_etc(
 /// makes it the default boot entry. Does nothing when nothing is staged.
 pub fn finalize_staged(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<Option<DeployResult>> {
     let lock = sysroot.lock(wait)?;
-    record(sysroot, "finalize-staged", || {
+    sysroot.record("finalize-staged", || {
         let Some(new) = sysroot.staged()? else {
             return Ok(None);
         };
@@ -276,7 +290,7 @@ pub fn next_order(new: Deployment, current: &[Deployment]) -> Vec<Deployment> {
 /// nothing booted, the second), or the booted one again when another is pending.
 pub fn rollback(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<Vec<Deployment>> {
     let lock = sysroot.lock(wait)?;
-    record(sysroot, "rollback", || {
+    sysroot.record("rollback", || {
         let mut order = sysroot.deployments()?;
         let target = match order.iter().position(|d| d.booted) {
             Some(0) | None => 1,
@@ -295,7 +309,7 @@ pub fn rollback(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<Vec<Deployment>
 /// Removes deployment `index` from the boot order and deletes it (never the booted one).
 pub fn undeploy(sysroot: &Sysroot, index: usize, wait: LockWait<'_>) -> Result<Deployment> {
     let lock = sysroot.lock(wait)?;
-    record(sysroot, "undeploy", || {
+    sysroot.record("undeploy", || {
         let mut order = sysroot.deployments()?;
         if index >= order.len() {
             bail!(
@@ -349,7 +363,7 @@ pub struct CleanupResult {
 /// (refs and deployed commits are kept).
 pub fn cleanup(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<CleanupResult> {
     let lock = sysroot.lock(wait)?;
-    record(sysroot, "cleanup", || {
+    sysroot.record("cleanup", || {
         remove_leftovers(sysroot)?;
         let order = sysroot.deployments()?;
         let deployments_removed = remove_unlisted(sysroot, &order)?;
@@ -503,7 +517,7 @@ pub fn edit_kargs(kargs: &[String], edits: &[KargEdit]) -> Result<Vec<String>> {
 /// boot configuration. Returns the new arguments.
 pub fn kargs(sysroot: &Sysroot, edits: &[KargEdit], wait: LockWait<'_>) -> Result<Vec<String>> {
     let lock = sysroot.lock(wait)?;
-    record(sysroot, "kargs", || {
+    sysroot.record("kargs", || {
         let mut order = sysroot.deployments()?;
         let first = order.first_mut().context("there is no deployment")?;
         first.kargs = edit_kargs(&first.kargs, edits)?;

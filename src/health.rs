@@ -16,7 +16,6 @@ use serde::Serialize;
 
 use crate::boot::{self, Tries};
 use crate::lock::LockWait;
-use crate::statedb::StateDb;
 use crate::sysroot::{Deployment, Sysroot};
 
 /// What the loader would boot now.
@@ -30,15 +29,6 @@ pub struct BootSelection {
     pub tries_after: Option<Tries>,
     /// Entries skipped because they ran out of tries: an automatic rollback.
     pub skipped: Vec<String>,
-}
-
-fn history(sysroot: &Sysroot, kind: &str, result: &Result<(), String>) {
-    if let Ok(db) = StateDb::open(&sysroot.path().join("arbor/state.db")) {
-        if let Ok(id) = db.begin_transaction(kind, &std::env::args().collect::<Vec<_>>().join(" "))
-        {
-            let _ = db.end_transaction(id, result);
-        }
-    }
 }
 
 /// Chooses the entry a systemd-boot-style loader boots next and consumes one of its
@@ -77,7 +67,7 @@ pub fn boot_select(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<BootSelectio
             d.index,
             d.dir_name()
         );
-        history(sysroot, "rollback (automatic)", &Err(msg));
+        sysroot.note("rollback (automatic)", &Err(msg));
     }
     let mut options = vec![format!("arbor={}", d.arbor_karg())];
     options.extend(d.kargs.iter().cloned());
@@ -98,7 +88,7 @@ pub fn boot_complete(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<Deployment
         let (base, _) = boot::parse_counter(&d.entry_file);
         boot::rename_entry(&sysroot.boot_dir(), &d.entry_file, &format!("{base}.conf"))?;
     }
-    history(sysroot, "boot-complete", &Ok(()));
+    sysroot.note("boot-complete", &Ok(()));
     Ok(d)
 }
 
@@ -224,8 +214,7 @@ pub fn health_check(
         .filter(|c| !c.passed)
         .map(|c| format!("{}: {}", c.name, c.detail))
         .collect();
-    history(
-        sysroot,
+    sysroot.note(
         "health-check",
         &if passed {
             Ok(())

@@ -64,6 +64,29 @@ pub fn corpus(name: &str) -> PathBuf {
     p
 }
 
+/// Starts `arbor ARGS…` in the background and returns once it holds the lock file
+/// `lock` (the holder writes its pid there right after taking it).
+pub fn spawn_lock_holder(args: &[&str], lock: &Path) -> std::process::Child {
+    let child = Command::new(arbor_bin())
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !std::fs::read_to_string(lock)
+        .unwrap_or_default()
+        .contains("pid")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "arbor {args:?} never took {}",
+            lock.display()
+        );
+    }
+    child
+}
+
 /// True when running as root; tests that need it say so and stop otherwise.
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()

@@ -67,6 +67,22 @@ pub fn find_kernel(root: &Path) -> Result<KernelFiles> {
     })
 }
 
+impl KernelFiles {
+    /// The same files after their tree moved from `from` to `to`.
+    pub fn moved(&self, from: &Path, to: &Path) -> KernelFiles {
+        let re = |p: &Path| {
+            p.strip_prefix(from)
+                .map(|rel| to.join(rel))
+                .unwrap_or_else(|_| p.to_path_buf())
+        };
+        KernelFiles {
+            kver: self.kver.clone(),
+            vmlinuz: re(&self.vmlinuz),
+            initramfs: self.initramfs.as_deref().map(re),
+        }
+    }
+}
+
 /// Where a kernel lives in `boot/`, as BLS paths (relative to the boot partition).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InstalledKernel {
@@ -79,20 +95,15 @@ pub struct InstalledKernel {
 }
 
 /// Copies a kernel (and initramfs) into `boot/arbor/<os>-<bootcsum>/` once per content:
-/// deployments with the same kernel share the folder. Written under a temporary name,
-/// synced and renamed, so the folder is complete whenever it exists.
-pub fn install_kernel(boot: &Path, os: &str, k: &KernelFiles) -> Result<InstalledKernel> {
-    let mut hasher = blake3::Hasher::new();
-    hasher
-        .update_mmap(&k.vmlinuz)
-        .with_context(|| format!("reading {}", k.vmlinuz.display()))?;
-    if let Some(i) = &k.initramfs {
-        hasher.update(b"\0initramfs\0");
-        hasher
-            .update_mmap(i)
-            .with_context(|| format!("reading {}", i.display()))?;
-    }
-    let bootcsum = hasher.finalize().to_hex();
+/// deployments with the same kernel share the folder. `bootcsum` names that content
+/// (the caller knows it from the commit without reading the files). Written under a
+/// temporary name, synced and renamed, so the folder is complete whenever it exists.
+pub fn install_kernel(
+    boot: &Path,
+    os: &str,
+    k: &KernelFiles,
+    bootcsum: &str,
+) -> Result<InstalledKernel> {
     let folder = format!("{os}-{bootcsum}");
     let kernel_name = format!("vmlinuz-{}", k.kver);
     let initrd_name = format!("initramfs-{}.img", k.kver);

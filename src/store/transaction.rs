@@ -1,9 +1,9 @@
 //! Writing objects: one transaction under the repository's writer lock.
 //!
 //! Crash safety without an fsync per object: new objects are written, unsynced, into a
-//! private staging folder `tmp/staging-…`. [`Transaction::finish`] then syncs the
-//! filesystem once, renames every staged object into `objects/`, syncs again and only
-//! then writes refs. So an object in `objects/` always has durable content, a ref
+//! private staging folder `tmp/staging-…`. [`Transaction::finish`] then syncs them
+//! (one `syncfs`, or an fsync each for a few objects), renames every staged object into
+//! `objects/`, syncs again and only then writes refs. So an object in `objects/` always has durable content, a ref
 //! never names an object that could vanish in a power cut, and a crash at any point
 //! leaves nothing but garbage in `tmp/`, which the next writer removes.
 

@@ -258,6 +258,25 @@ impl Sysroot {
         })
     }
 
+    /// Runs one mutating operation, recording it (who, what, result) in the history of
+    /// the state database.
+    pub fn record<T>(&self, kind: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let db = StateDb::open(&self.path.join("arbor/state.db"))?;
+        let id = db.begin_transaction(kind, &std::env::args().collect::<Vec<_>>().join(" "))?;
+        let result = f();
+        let _ = db.end_transaction(
+            id,
+            &result.as_ref().map(|_| ()).map_err(|e| format!("{e:#}")),
+        );
+        result
+    }
+
+    /// Records an event that happened rather than an operation run (a failed health
+    /// check, an automatic rollback); best effort, as it only informs.
+    pub fn note(&self, kind: &str, result: &Result<(), String>) {
+        let _ = self.record(kind, || result.clone().map_err(anyhow::Error::msg));
+    }
+
     /// Makes `order` the boot configuration: one entry each, in that order (index 0
     /// boots by default), written as a new entry set and selected atomically.
     pub fn write_boot_order(&self, _lock: &WriterLock, order: &[Deployment]) -> Result<()> {
