@@ -73,8 +73,8 @@ fn bad_ref_names_and_metadata_are_refused_clearly() {
     assert!(err.contains("not empty"), "{err}");
 }
 
-/// The units in systemd/ pass `systemd-analyze verify` (with /usr/bin/arbor pointed at
-/// the binary under test, which verify requires to exist).
+/// The units in systemd/ pass `systemd-analyze verify` (with /usr/bin/arbor and arbord
+/// pointed at the binaries under test, which verify requires to exist).
 #[test]
 fn systemd_units_verify() {
     let t = tempfile::tempdir().unwrap();
@@ -84,6 +84,7 @@ fn systemd_units_verify() {
         let e = e.unwrap();
         let text = std::fs::read_to_string(e.path())
             .unwrap()
+            .replace("/usr/bin/arbord", common::bus::arbord_bin())
             .replace("/usr/bin/arbor", arbor_bin());
         let out = t.path().join(e.file_name());
         std::fs::write(&out, text).unwrap();

@@ -12,80 +12,8 @@ use std::process::Command;
 
 use common::*;
 
-/// A sysroot with stateroot `debian`.
-fn sysroot(dir: &Path) -> String {
-    let s = dir.join("sysroot");
-    arbor_ok(&["admin", "init-fs", s.to_str().unwrap()]);
-    arbor_ok(&[
-        "--sysroot",
-        s.to_str().unwrap(),
-        "admin",
-        "os-init",
-        "debian",
-    ]);
-    s.to_str().unwrap().to_string()
-}
-
-/// A tiny Debian-shaped root filesystem with a (fake) kernel and /etc defaults.
-fn rootfs(dir: &Path, version: &str) -> PathBuf {
-    let r = dir.join(format!("rootfs-{version}"));
-    for d in [
-        "usr/bin",
-        "etc/ssh",
-        "etc/default",
-        "var/lib/dpkg",
-        "boot",
-        "home",
-        "root",
-    ] {
-        std::fs::create_dir_all(r.join(d)).unwrap();
-    }
-    std::fs::write(r.join("usr/bin/tool"), format!("tool {version}\n")).unwrap();
-    std::fs::write(r.join("etc/hostname"), "debian\n").unwrap();
-    std::fs::write(
-        r.join("etc/ssh/sshd_config"),
-        format!("# sshd defaults {version}\n"),
-    )
-    .unwrap();
-    std::fs::write(r.join("etc/default/grub"), "GRUB_TIMEOUT=5\n").unwrap();
-    std::fs::write(r.join("etc/motd"), format!("welcome to {version}\n")).unwrap();
-    std::fs::write(r.join("etc/untouched"), format!("default {version}\n")).unwrap();
-    symlink("/usr/share/zoneinfo/UTC", r.join("etc/localtime")).unwrap();
-    std::fs::write(r.join("var/lib/dpkg/status"), "Package: tool\n").unwrap();
-    std::fs::write(r.join("boot/vmlinuz-6.1.0-test"), "kernel image").unwrap();
-    std::fs::write(r.join("boot/initrd.img-6.1.0-test"), "initramfs image").unwrap();
-    r
-}
-
-fn compose(s: &str, tree: &Path, branch: &str, version: &str) {
-    arbor_ok(&[
-        "--sysroot",
-        s,
-        "compose",
-        "rootfs",
-        s_(tree),
-        "-b",
-        branch,
-        "--version",
-        version,
-    ]);
-}
-
 fn s_(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-fn status(s: &str) -> Vec<serde_json::Value> {
-    let v: serde_json::Value =
-        serde_json::from_str(&arbor_ok(&["--sysroot", s, "status", "--json"])).unwrap();
-    v["deployments"].as_array().unwrap().clone()
-}
-
-fn versions(s: &str) -> Vec<String> {
-    status(s)
-        .iter()
-        .map(|d| d["version"].as_str().unwrap().to_string())
-        .collect()
 }
 
 fn deployment_dir(s: &str, index: usize) -> PathBuf {

@@ -21,7 +21,7 @@ use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
 use serde::Serialize;
 
 use crate::fsutil::{self, show};
-use crate::progress::Progress;
+use crate::progress::{Observer, Progress, checkpoint};
 use crate::store::encoding::{FileEntry, S_IFLNK, S_IFMT};
 use crate::store::{Meta, ObjectId, ObjectKind, Repo, StoreError};
 
@@ -144,6 +144,9 @@ pub struct TreeCheckout<'r> {
     dirmetas: RwLock<HashMap<ObjectId, Meta>>,
     /// Bumped per file and directory written, when someone watches.
     pub progress: Option<Arc<Progress>>,
+    /// Asked between directories; when it says stop, the checkout fails with
+    /// [`Cancelled`] (and the caller removes what was written).
+    pub observer: Option<&'r dyn Observer>,
     files: AtomicU64,
     dirs: AtomicU64,
     saw_exdev: AtomicBool,
@@ -157,6 +160,7 @@ impl<'r> TreeCheckout<'r> {
             copy,
             dirmetas: RwLock::new(HashMap::new()),
             progress: None,
+            observer: None,
             files: AtomicU64::new(0),
             dirs: AtomicU64::new(0),
             saw_exdev: AtomicBool::new(false),
@@ -208,6 +212,9 @@ impl<'r> TreeCheckout<'r> {
     }
 
     fn fill_dir(&self, fd: BorrowedFd<'_>, tree: &ObjectId, path: &str) -> Result<()> {
+        if let Some(obs) = self.observer {
+            checkpoint(obs)?;
+        }
         let shown = if path.is_empty() { "/" } else { path };
         let t = self
             .repo

@@ -98,8 +98,11 @@ pub fn commit_tree(
         .with_context(|| format!("opening the tree to commit, {}", src.display()))?;
     let mut db = StateDb::open(&repo.state_db_path())?;
     let txn = Transaction::begin(repo, wait)?;
-    let history =
-        db.begin_transaction("commit", &std::env::args().collect::<Vec<_>>().join(" "))?;
+    let history = db.begin_transaction(
+        "commit",
+        &std::env::args().collect::<Vec<_>>().join(" "),
+        rustix::process::getuid().as_raw(),
+    )?;
     let started = std::time::Instant::now();
     let result = commit_in(&txn, &db, root, opts);
     tracing::debug!("wrote the tree in {:?}", started.elapsed());

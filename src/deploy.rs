@@ -20,6 +20,7 @@ use crate::etc_merge;
 use crate::fsutil;
 use crate::inspect::{self, Node};
 use crate::lock::{LockWait, WriterLock};
+use crate::progress::{Observer, Unobserved, checkpoint};
 use crate::store::ObjectId;
 use crate::store::prune::{self, PruneReport};
 use crate::store::reach::Root;
@@ -40,6 +41,33 @@ pub struct DeployOptions {
     pub kargs: Option<Vec<String>>,
     /// Prepare now, switch boot entries at shutdown (`finalize-staged`).
     pub stage: bool,
+}
+
+impl DeployOptions {
+    /// Options to deploy `rev` (a ref, a commit id, or `REF^…` for an older commit of
+    /// REF, tracked as REF and held at that commit), as `arbor deploy` takes them.
+    pub fn for_rev(
+        sysroot: &Sysroot,
+        rev: &str,
+        os: Option<&str>,
+        kargs: Vec<String>,
+        stage: bool,
+    ) -> Result<DeployOptions> {
+        let os = match os {
+            Some(os) => os.to_string(),
+            None => sysroot.default_os()?,
+        };
+        let commit = sysroot.repo().resolve_rev(rev)?;
+        let base = rev.trim_end_matches('^');
+        Ok(DeployOptions {
+            os,
+            refspec: base.to_string(),
+            override_commit: (base != rev).then_some(commit),
+            commit,
+            kargs: (!kargs.is_empty()).then_some(kargs),
+            stage,
+        })
+    }
 }
 
 /// What a deploy did.
@@ -65,13 +93,20 @@ fn merge_source<'a>(current: &'a [Deployment], os: &str) -> Option<&'a Deploymen
 /// Deploys `opts.commit` as the new default boot entry.
 pub fn deploy(sysroot: &Sysroot, opts: &DeployOptions, wait: LockWait<'_>) -> Result<DeployResult> {
     let lock = sysroot.lock(wait)?;
-    sysroot.record("deploy", || deploy_locked(sysroot, &lock, opts))
+    sysroot.record("deploy", || deploy_held(sysroot, &lock, opts, &Unobserved))
 }
 
-fn deploy_locked(
+/// [`deploy`] with the sysroot lock already held, reporting its steps to `obs`.
+///
+/// The daemon takes the lock when a call arrives (so a busy sysroot is an immediate
+/// error naming the holder) and runs this in a worker. `obs` may cancel it until the
+/// deployment is written; after that it runs to the end, since stopping between the
+/// kernel install and the boot switch would only leave more to clean up.
+pub fn deploy_held(
     sysroot: &Sysroot,
     lock: &WriterLock,
     opts: &DeployOptions,
+    obs: &dyn Observer,
 ) -> Result<DeployResult> {
     let repo = sysroot.repo();
     let stateroot = sysroot.stateroot(&opts.os);
@@ -102,13 +137,21 @@ fn deploy_locked(
     let tmp = deploy_dir.join(&tmp_name);
     let deploy_fd = fsutil::open_dir(&deploy_dir)?;
     let written = (|| -> Result<(Vec<etc_merge::EtcAction>, boot::KernelFiles)> {
-        TreeCheckout::new(repo, false).run(
+        checkpoint(obs)?;
+        obs.task_begin("checkout");
+        obs.percent("checking out the tree", 0);
+        let mut files = TreeCheckout::new(repo, false);
+        files.observer = Some(obs);
+        files.run(
             deploy_fd.as_fd(),
             tmp_name.as_bytes(),
             &commit.root_tree,
             &commit.root_meta,
         )?;
+        obs.task_end("checkout");
         let kernel = boot::find_kernel(&tmp)?;
+        obs.task_begin("etc");
+        obs.percent("merging /etc", 60);
         // /etc is a copy (it is edited in place), made from the new default.
         let tmp_fd = fsutil::open_dir(&tmp)?;
         if tmp.join("etc").exists() {
@@ -121,7 +164,11 @@ fn deploy_locked(
         } else {
             merge_etc(sysroot, &current, &opts.os, &tmp.join("etc"))?
         };
+        obs.task_end("etc");
+        obs.percent("syncing", 70);
         fsutil::sync_filesystem(&tmp_fd).context("syncing the deployment")?;
+        // The last point where stopping leaves nothing behind.
+        checkpoint(obs)?;
         Ok((actions, kernel))
     })();
     let (etc_actions, kernel) = match written {
@@ -146,6 +193,8 @@ fn deploy_locked(
     std::fs::rename(&tmp, deploy_dir.join(&name))?;
     rustix::fs::fsync(&deploy_fd)?;
     let kernel = kernel.moved(&tmp, &deploy_dir.join(&name));
+    obs.task_begin("kernel");
+    obs.percent("installing the kernel", 80);
     let bootcsum = kernel_checksum(repo, &opts.commit, &kernel)?;
     let installed = boot::install_kernel(&sysroot.boot_dir(), &opts.os, &kernel, &bootcsum)?;
     let inherited = merge_source(&current, &opts.os)
@@ -175,9 +224,14 @@ fn deploy_locked(
             removed,
         });
     }
+    obs.task_end("kernel");
+    obs.task_begin("boot-entries");
+    obs.percent("writing the boot entries", 90);
     let order = next_order(new.clone(), &current);
     sysroot.write_boot_order(lock, &order)?;
+    obs.task_end("boot-entries");
     let removed = remove_unlisted(sysroot, &order)?;
+    obs.percent("done", 100);
     Ok(DeployResult {
         deployment: new,
         etc_actions,
@@ -290,20 +344,23 @@ pub fn next_order(new: Deployment, current: &[Deployment]) -> Vec<Deployment> {
 /// nothing booted, the second), or the booted one again when another is pending.
 pub fn rollback(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<Vec<Deployment>> {
     let lock = sysroot.lock(wait)?;
-    sysroot.record("rollback", || {
-        let mut order = sysroot.deployments()?;
-        let target = match order.iter().position(|d| d.booted) {
-            Some(0) | None => 1,
-            Some(b) => b,
-        };
-        if target >= order.len() {
-            bail!("there is no deployment to roll back to ('arbor status' lists them)");
-        }
-        let d = order.remove(target);
-        order.insert(0, d);
-        sysroot.write_boot_order(&lock, &order)?;
-        sysroot.deployments()
-    })
+    sysroot.record("rollback", || rollback_held(sysroot, &lock))
+}
+
+/// [`rollback`] with the sysroot lock already held.
+pub fn rollback_held(sysroot: &Sysroot, lock: &WriterLock) -> Result<Vec<Deployment>> {
+    let mut order = sysroot.deployments()?;
+    let target = match order.iter().position(|d| d.booted) {
+        Some(0) | None => 1,
+        Some(b) => b,
+    };
+    if target >= order.len() {
+        bail!("there is no deployment to roll back to ('arbor status' lists them)");
+    }
+    let d = order.remove(target);
+    order.insert(0, d);
+    sysroot.write_boot_order(lock, &order)?;
+    sysroot.deployments()
 }
 
 /// Removes deployment `index` from the boot order and deletes it (never the booted one).
@@ -363,38 +420,40 @@ pub struct CleanupResult {
 /// (refs and deployed commits are kept).
 pub fn cleanup(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<CleanupResult> {
     let lock = sysroot.lock(wait)?;
-    sysroot.record("cleanup", || {
-        remove_leftovers(sysroot)?;
-        let order = sysroot.deployments()?;
-        let deployments_removed = remove_unlisted(sysroot, &order)?;
-        let used: Vec<String> = order
-            .iter()
-            .filter_map(|d| d.linux.split('/').nth(2).map(str::to_string))
-            .collect();
-        let mut boot_folders_removed = Vec::new();
-        if let Ok(entries) = std::fs::read_dir(sysroot.boot_dir().join("arbor")) {
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if !used.contains(&name) {
-                    std::fs::remove_dir_all(e.path())?;
-                    boot_folders_removed.push(name);
-                }
+    sysroot.record("cleanup", || cleanup_held(sysroot, &lock))
+}
+
+/// [`cleanup`] with the sysroot lock already held.
+pub fn cleanup_held(sysroot: &Sysroot, _lock: &WriterLock) -> Result<CleanupResult> {
+    remove_leftovers(sysroot)?;
+    let order = sysroot.deployments()?;
+    let deployments_removed = remove_unlisted(sysroot, &order)?;
+    let used: Vec<String> = order
+        .iter()
+        .filter_map(|d| d.linux.split('/').nth(2).map(str::to_string))
+        .collect();
+    let mut boot_folders_removed = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(sysroot.boot_dir().join("arbor")) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !used.contains(&name) {
+                std::fs::remove_dir_all(e.path())?;
+                boot_folders_removed.push(name);
             }
         }
-        drop(lock);
-        let roots: Vec<Root> = order
-            .iter()
-            .map(|d| Root {
-                label: format!("deployment {}", d.index),
-                commit: d.commit,
-            })
-            .collect();
-        let prune = prune::prune(sysroot.repo(), &roots, false, LockWait::NoWait)?;
-        Ok(CleanupResult {
-            deployments_removed,
-            boot_folders_removed,
-            prune,
+    }
+    let roots: Vec<Root> = order
+        .iter()
+        .map(|d| Root {
+            label: format!("deployment {}", d.index),
+            commit: d.commit,
         })
+        .collect();
+    let prune = prune::prune(sysroot.repo(), &roots, false, LockWait::NoWait)?;
+    Ok(CleanupResult {
+        deployments_removed,
+        boot_folders_removed,
+        prune,
     })
 }
 
@@ -517,14 +576,17 @@ pub fn edit_kargs(kargs: &[String], edits: &[KargEdit]) -> Result<Vec<String>> {
 /// boot configuration. Returns the new arguments.
 pub fn kargs(sysroot: &Sysroot, edits: &[KargEdit], wait: LockWait<'_>) -> Result<Vec<String>> {
     let lock = sysroot.lock(wait)?;
-    sysroot.record("kargs", || {
-        let mut order = sysroot.deployments()?;
-        let first = order.first_mut().context("there is no deployment")?;
-        first.kargs = edit_kargs(&first.kargs, edits)?;
-        let new = first.kargs.clone();
-        sysroot.write_boot_order(&lock, &order)?;
-        Ok(new)
-    })
+    sysroot.record("kargs", || kargs_held(sysroot, &lock, edits))
+}
+
+/// [`kargs`] with the sysroot lock already held.
+pub fn kargs_held(sysroot: &Sysroot, lock: &WriterLock, edits: &[KargEdit]) -> Result<Vec<String>> {
+    let mut order = sysroot.deployments()?;
+    let first = order.first_mut().context("there is no deployment")?;
+    first.kargs = edit_kargs(&first.kargs, edits)?;
+    let new = first.kargs.clone();
+    sysroot.write_boot_order(lock, &order)?;
+    Ok(new)
 }
 
 #[cfg(test)]

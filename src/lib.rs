@@ -11,6 +11,7 @@ pub mod checkout;
 pub mod cli;
 pub mod commit;
 pub mod compose;
+pub mod daemon;
 pub mod deploy;
 pub mod diff;
 pub mod etc_merge;

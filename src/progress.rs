@@ -31,3 +31,44 @@ impl Progress {
         )
     }
 }
+
+/// Follows a transaction as it runs, and may ask it to stop.
+///
+/// The CLI passes [`Unobserved`] (it prints the typed result at the end); the D-Bus
+/// daemon turns these calls into `TaskBegin`, `Message` and `PercentProgress` signals
+/// and answers [`Observer::cancelled`] from its `Cancel` method. Called from worker
+/// threads, so implementations must be `Sync`.
+pub trait Observer: Sync {
+    /// A named step begins.
+    fn task_begin(&self, _task: &str) {}
+    /// The step named last ends.
+    fn task_end(&self, _task: &str) {}
+    /// Something worth telling whoever follows.
+    fn message(&self, _text: &str) {}
+    /// Overall progress, 0 to 100, with what is being done.
+    fn percent(&self, _text: &str, _percent: u32) {}
+    /// True once someone asked the transaction to stop.
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// An observer that watches nothing and never cancels.
+pub struct Unobserved;
+
+impl Observer for Unobserved {}
+
+/// A transaction stopped at a safe point because it was asked to; nothing it did
+/// remains.
+#[derive(Debug, thiserror::Error)]
+#[error("cancelled before it changed anything")]
+pub struct Cancelled;
+
+/// Returns [`Cancelled`] when the observer asked to stop: called at safe points only.
+pub fn checkpoint(obs: &dyn Observer) -> Result<(), Cancelled> {
+    if obs.cancelled() {
+        Err(Cancelled)
+    } else {
+        Ok(())
+    }
+}

@@ -192,10 +192,10 @@ impl StateDb {
     }
 
     /// Records the start of a transaction; returns its id for [`StateDb::end_transaction`].
-    pub fn begin_transaction(&self, kind: &str, command: &str) -> Result<i64> {
+    pub fn begin_transaction(&self, kind: &str, command: &str, uid: u32) -> Result<i64> {
         self.conn.execute(
             "INSERT INTO transactions (kind, command, uid, started) VALUES (?1, ?2, ?3, ?4)",
-            params![kind, command, rustix::process::getuid().as_raw(), now()],
+            params![kind, command, uid, now()],
         )?;
         Ok(self.conn.last_insert_rowid())
     }
@@ -261,7 +261,7 @@ mod tests {
     fn history_records_results() {
         let t = tempfile::tempdir().unwrap();
         let db = StateDb::open(&t.path().join("s.db")).unwrap();
-        let id = db.begin_transaction("commit", "arbor commit x").unwrap();
+        let id = db.begin_transaction("commit", "arbor commit x", 0).unwrap();
         db.end_transaction(id, &Err("boom".into())).unwrap();
         let h = db.history(10).unwrap();
         assert_eq!(h.len(), 1);

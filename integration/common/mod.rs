@@ -2,7 +2,10 @@
 //! describe trees with independent tools (find, getfattr) to compare them.
 #![allow(dead_code)]
 
+pub mod bus;
+
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -258,4 +261,79 @@ pub fn make_feature_tree(root: &Path) {
         "setcap cap_net_raw+ep usr/bin/ping && setfattr -n user.note -v hello etc/empty-file \
         && setfattr -n user.dir -v tag var/empty",
     );
+}
+
+/// A sysroot in DIR/sysroot with stateroot `debian`.
+pub fn sysroot(dir: &Path) -> String {
+    let s = dir.join("sysroot");
+    arbor_ok(&["admin", "init-fs", s.to_str().unwrap()]);
+    arbor_ok(&[
+        "--sysroot",
+        s.to_str().unwrap(),
+        "admin",
+        "os-init",
+        "debian",
+    ]);
+    s.to_str().unwrap().to_string()
+}
+
+/// A tiny Debian-shaped root filesystem with a (fake) kernel and /etc defaults.
+pub fn rootfs(dir: &Path, version: &str) -> PathBuf {
+    let r = dir.join(format!("rootfs-{version}"));
+    for d in [
+        "usr/bin",
+        "etc/ssh",
+        "etc/default",
+        "var/lib/dpkg",
+        "boot",
+        "home",
+        "root",
+    ] {
+        std::fs::create_dir_all(r.join(d)).unwrap();
+    }
+    std::fs::write(r.join("usr/bin/tool"), format!("tool {version}\n")).unwrap();
+    std::fs::write(r.join("etc/hostname"), "debian\n").unwrap();
+    std::fs::write(
+        r.join("etc/ssh/sshd_config"),
+        format!("# sshd defaults {version}\n"),
+    )
+    .unwrap();
+    std::fs::write(r.join("etc/default/grub"), "GRUB_TIMEOUT=5\n").unwrap();
+    std::fs::write(r.join("etc/motd"), format!("welcome to {version}\n")).unwrap();
+    std::fs::write(r.join("etc/untouched"), format!("default {version}\n")).unwrap();
+    symlink("/usr/share/zoneinfo/UTC", r.join("etc/localtime")).unwrap();
+    std::fs::write(r.join("var/lib/dpkg/status"), "Package: tool\n").unwrap();
+    std::fs::write(r.join("boot/vmlinuz-6.1.0-test"), "kernel image").unwrap();
+    std::fs::write(r.join("boot/initrd.img-6.1.0-test"), "initramfs image").unwrap();
+    r
+}
+
+/// Composes TREE into BRANCH of sysroot S with a version.
+pub fn compose(sysroot: &str, tree: &Path, branch: &str, version: &str) {
+    arbor_ok(&[
+        "--sysroot",
+        sysroot,
+        "compose",
+        "rootfs",
+        s(tree),
+        "-b",
+        branch,
+        "--version",
+        version,
+    ]);
+}
+
+/// `arbor status --json`'s deployments.
+pub fn status(sysroot: &str) -> Vec<serde_json::Value> {
+    let v: serde_json::Value =
+        serde_json::from_str(&arbor_ok(&["--sysroot", sysroot, "status", "--json"])).unwrap();
+    v["deployments"].as_array().unwrap().clone()
+}
+
+/// The versions of the deployments, in boot order.
+pub fn versions(sysroot: &str) -> Vec<String> {
+    status(sysroot)
+        .iter()
+        .map(|d| d["version"].as_str().unwrap().to_string())
+        .collect()
 }

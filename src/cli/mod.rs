@@ -5,6 +5,7 @@
 //! print.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod arbord;
 mod interop_cmds;
 mod output;
 mod repo_cmds;
@@ -186,16 +187,18 @@ pub fn run(cli: &Cli) -> Result<i32> {
     }
 }
 
-/// Writes `arbor.1` and one `arbor-<command>.1` per visible subcommand.
+/// Writes `arbor.1`, one `arbor-<command>.1` per visible subcommand, and `arbord.8`.
 pub fn generate_man(dir: &std::path::Path) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let cmd = Cli::command();
-    let write = |name: &str, c: clap::Command| -> Result<()> {
+    let write_section = |name: &str, c: clap::Command, section: &str| -> Result<()> {
         let mut buf = Vec::new();
-        clap_mangen::Man::new(c).render(&mut buf)?;
-        std::fs::write(dir.join(format!("{name}.1")), buf)?;
+        clap_mangen::Man::new(c).section(section).render(&mut buf)?;
+        std::fs::write(dir.join(format!("{name}.{section}")), buf)?;
         Ok(())
     };
+    write_section("arbord", arbord::ArbordCli::command(), "8")?;
+    let write = |name: &str, c: clap::Command| write_section(name, c, "1");
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
         let name = format!("arbor-{}", sub.get_name());
         write(

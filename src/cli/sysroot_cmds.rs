@@ -3,16 +3,16 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use serde::Serialize;
 
 use super::output::{human_bytes, json, utc};
 use super::{Cli, OutputArgs, lock_wait};
 use crate::commit::CommitOptions;
 use crate::deploy::{self, DeployOptions};
+use crate::store::Repo;
 use crate::store::refs::RefName;
-use crate::store::{ObjectId, Repo};
+use crate::sysroot::status::{self, StatusRow};
 use crate::sysroot::{Deployment, Sysroot};
 
 /// `arbor admin …`.
@@ -142,54 +142,18 @@ pub struct IndexArgs {
     pub output: OutputArgs,
 }
 
-fn only_stateroot(sysroot: &Sysroot) -> Result<String> {
-    let mut names: Vec<String> = std::fs::read_dir(sysroot.path().join("arbor/deploy"))?
-        .flatten()
-        .filter(|e| e.path().is_dir())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    match names.len() {
-        1 => Ok(names.pop().unwrap()),
-        0 => bail!("no stateroot yet: create one with 'arbor admin os-init NAME'"),
-        _ => bail!(
-            "several stateroots ({}): choose one with --os",
-            names.join(", ")
-        ),
-    }
-}
-
-/// One row of `arbor status`.
-#[derive(Serialize)]
-struct StatusRow<'a> {
-    #[serde(flatten)]
-    deployment: &'a Deployment,
-    pending: bool,
-    rollback: bool,
-}
-
-/// Role words: pending = boots next but is not running; rollback = the entry after
-/// the running one (or after the pending one when nothing of ours is running).
-fn roles(list: &[Deployment]) -> Vec<(bool, bool)> {
-    let booted = list.iter().position(|d| d.booted);
-    list.iter()
-        .enumerate()
-        .map(|(i, _)| {
-            let pending = i == 0 && booted != Some(0);
-            let rollback = match booted {
-                Some(b) => i == b + 1,
-                None => i == 1,
-            };
-            (pending, rollback)
-        })
-        .collect()
-}
-
-fn print_status(list: &[Deployment]) {
+fn print_status(list: &[StatusRow]) {
     if list.is_empty() {
         println!("no deployments");
         return;
     }
-    for (d, (pending, rollback)) in list.iter().zip(roles(list)) {
+    for StatusRow {
+        deployment: d,
+        pending,
+        rollback,
+    } in list
+    {
+        let (pending, rollback) = (*pending, *rollback);
         let role = if d.booted {
             "booted"
         } else if pending {
@@ -313,44 +277,24 @@ pub fn run(cli: &Cli, cmd: &super::Command) -> Result<i32> {
     use super::Command as C;
     let sysroot = Sysroot::open(&cli.sysroot)?;
     let wait = lock_wait(cli);
-    let show = |out: &OutputArgs, list: &[Deployment]| -> Result<()> {
+    let show = |out: &OutputArgs, list: Vec<Deployment>| -> Result<()> {
+        let rows = status::with_roles(list);
         if out.json {
-            let rows: Vec<StatusRow> = list
-                .iter()
-                .zip(roles(list))
-                .map(|(d, (pending, rollback))| StatusRow {
-                    deployment: d,
-                    pending,
-                    rollback,
-                })
-                .collect();
             json(&serde_json::json!({ "deployments": rows }))
         } else {
-            print_status(list);
+            print_status(&rows);
             Ok(())
         }
     };
     match cmd {
         C::Deploy(a) => {
-            let os = match &a.os {
-                Some(os) => os.clone(),
-                None => only_stateroot(&sysroot)?,
-            };
-            let commit: ObjectId = sysroot.repo().resolve_rev(&a.rev)?;
-            // `REF^…` deploys an older commit of REF: track REF, hold that commit.
-            let base = a.rev.trim_end_matches('^');
-            let opts = DeployOptions {
-                os,
-                refspec: base.to_string(),
-                override_commit: (base != a.rev).then_some(commit),
-                commit,
-                kargs: if a.kargs.is_empty() {
-                    None
-                } else {
-                    Some(a.kargs.clone())
-                },
-                stage: a.stage,
-            };
+            let opts = DeployOptions::for_rev(
+                &sysroot,
+                &a.rev,
+                a.os.as_deref(),
+                a.kargs.clone(),
+                a.stage,
+            )?;
             let r = deploy::deploy(&sysroot, &opts, wait)?;
             if a.output.json {
                 return json(&r).map(|_| 0);
@@ -380,22 +324,11 @@ pub fn run(cli: &Cli, cmd: &super::Command) -> Result<i32> {
             eprintln!("it boots next; 'arbor rollback' goes back");
         }
         C::Status(out) => {
-            let list = sysroot.deployments()?;
-            let staged = sysroot.staged()?;
+            let st = status::status(&sysroot)?;
             if out.json {
-                let rows: Vec<StatusRow> = list
-                    .iter()
-                    .zip(roles(&list))
-                    .map(|(d, (pending, rollback))| StatusRow {
-                        deployment: d,
-                        pending,
-                        rollback,
-                    })
-                    .collect();
-                return json(&serde_json::json!({ "staged": staged, "deployments": rows }))
-                    .map(|_| 0);
+                return json(&st).map(|_| 0);
             }
-            if let Some(d) = &staged {
+            if let Some(d) = &st.staged {
                 println!("  staged (finalized at shutdown)");
                 println!(
                     "    {} {}",
@@ -404,7 +337,7 @@ pub fn run(cli: &Cli, cmd: &super::Command) -> Result<i32> {
                 );
                 println!("    Commit:    {}", d.commit);
             }
-            print_status(&list);
+            print_status(&st.deployments);
         }
         C::GrubConfig(a) => print!(
             "{}",
@@ -497,7 +430,7 @@ pub fn run(cli: &Cli, cmd: &super::Command) -> Result<i32> {
         }
         C::Rollback(out) => {
             let list = deploy::rollback(&sysroot, wait)?;
-            show(out, &list)?;
+            show(out, list)?;
         }
         C::Undeploy(a) => {
             let d = deploy::undeploy(&sysroot, a.index, wait)?;

@@ -16,6 +16,7 @@
 //! that no entry names is a leftover (of a crash, or of an undeploy) for cleanup.
 
 pub mod origin;
+pub mod status;
 
 use std::path::{Path, PathBuf};
 
@@ -246,6 +247,23 @@ impl Sysroot {
         Ok(())
     }
 
+    /// The stateroot to use when the user named none: the only one there is.
+    pub fn default_os(&self) -> Result<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.path.join("arbor/deploy"))?
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        match names.len() {
+            1 => Ok(names.pop().unwrap()),
+            0 => bail!("no stateroot yet: create one with 'arbor admin os-init NAME'"),
+            _ => bail!(
+                "several stateroots ({}): choose one with --os",
+                names.join(", ")
+            ),
+        }
+    }
+
     /// Takes the sysroot lock: one mutating transaction at a time.
     pub fn lock(&self, wait: LockWait<'_>) -> Result<WriterLock> {
         let arbor = self.path.join("arbor");
@@ -261,8 +279,21 @@ impl Sysroot {
     /// Runs one mutating operation, recording it (who, what, result) in the history of
     /// the state database.
     pub fn record<T>(&self, kind: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let command = std::env::args().collect::<Vec<_>>().join(" ");
+        self.record_as(kind, &command, rustix::process::getuid().as_raw(), f)
+    }
+
+    /// [`Sysroot::record`] with who asked said explicitly: the daemon names the D-Bus
+    /// caller and its uid rather than its own command line and root.
+    pub fn record_as<T>(
+        &self,
+        kind: &str,
+        command: &str,
+        uid: u32,
+        f: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
         let db = StateDb::open(&self.path.join("arbor/state.db"))?;
-        let id = db.begin_transaction(kind, &std::env::args().collect::<Vec<_>>().join(" "))?;
+        let id = db.begin_transaction(kind, command, uid)?;
         let result = f();
         let _ = db.end_transaction(
             id,

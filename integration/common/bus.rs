@@ -1,0 +1,239 @@
+//! A private `dbus-daemon` for the daemon tests: the system bus's default-deny policy,
+//! our real policy file included, and `arbord` activatable from a service file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The daemon under test.
+pub fn arbord_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_arbord")
+}
+
+/// A running private bus; killed (with any daemon it started) at drop.
+pub struct Bus {
+    /// Holds the socket, the config and the service file.
+    pub dir: tempfile::TempDir,
+    /// The bus address for clients.
+    pub address: String,
+    bus: Child,
+}
+
+impl Bus {
+    /// Starts a bus on which `arbord --sysroot SYSROOT --idle-exit IDLE` is activated
+    /// by the first call to org.arbor.Arbor1. `cmdline` names the "booted" deployment
+    /// (ARBOR_CMDLINE) for the activated daemon.
+    pub fn launch(sysroot: &str, idle: u64, cmdline: Option<&Path>) -> Bus {
+        let dir = tempfile::Builder::new()
+            .prefix("arbor-bus.")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        // Others (the `nobody` client) must reach the socket.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let services = dir.path().join("services");
+        std::fs::create_dir(&services).unwrap();
+        std::fs::write(
+            services.join("org.arbor.Arbor1.service"),
+            format!(
+                "[D-BUS Service]\nName=org.arbor.Arbor1\nExec={} --sysroot {sysroot} --idle-exit {idle}\nUser=root\n",
+                arbord_bin()
+            ),
+        )
+        .unwrap();
+        let socket = dir.path().join("bus.sock");
+        let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("dbus/org.arbor.Arbor1.conf");
+        let config = dir.path().join("bus.conf");
+        std::fs::write(
+            &config,
+            format!(
+                r#"<busconfig>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <servicedir>{services}</servicedir>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
+  </policy>
+  <include>{policy}</include>
+</busconfig>
+"#,
+                socket = socket.display(),
+                services = services.display(),
+                policy = policy.display(),
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new("dbus-daemon");
+        cmd.arg(format!("--config-file={}", config.display()))
+            .arg("--nofork")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .env("ARBOR_LOG", "info");
+        match cmdline {
+            Some(c) => cmd.env("ARBOR_CMDLINE", c),
+            None => cmd.env_remove("ARBOR_CMDLINE"),
+        };
+        let bus = cmd.spawn().expect("starting dbus-daemon");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "dbus-daemon never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Bus {
+            address: format!("unix:path={}", socket.display()),
+            dir,
+            bus,
+        }
+    }
+
+    /// Runs `busctl --address=… ARGS…`.
+    pub fn busctl(&self, args: &[&str]) -> Output {
+        Command::new("busctl")
+            .arg(format!("--address={}", self.address))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs busctl as `nobody` (uid 65534, no groups).
+    pub fn busctl_as_nobody(&self, args: &[&str]) -> Output {
+        Command::new("setpriv")
+            .args([
+                "--reuid=nobody",
+                "--regid=nogroup",
+                "--clear-groups",
+                "busctl",
+            ])
+            .arg(format!("--address={}", self.address))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `gdbus ARGS… --address …`.
+    pub fn gdbus(&self, args: &[&str]) -> Output {
+        Command::new("gdbus")
+            .args(args)
+            .args(["--address", &self.address])
+            .output()
+            .unwrap()
+    }
+
+    /// A property of ours as busctl's JSON (`{"type":…,"data":…}`).
+    pub fn property(&self, path: &str, iface: &str, name: &str) -> serde_json::Value {
+        let out = self.busctl(&[
+            "--json=short",
+            "get-property",
+            "org.arbor.Arbor1",
+            path,
+            iface,
+            name,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["data"].clone()
+    }
+
+    /// Calls a Sysroot method with busctl; returns the transaction path.
+    pub fn start(&self, args: &[&str]) -> Result<String, String> {
+        let mut all = vec![
+            "--json=short",
+            "call",
+            "org.arbor.Arbor1",
+            "/org/arbor/Arbor1",
+            "org.arbor.Arbor1.Sysroot",
+        ];
+        all.extend_from_slice(args);
+        let out = self.busctl(&all);
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        Ok(v["data"][0].as_str().unwrap().to_string())
+    }
+
+    /// Waits until transaction PATH is no longer running; returns (Success,
+    /// ErrorMessage).
+    pub fn wait(&self, path: &str) -> (bool, String) {
+        let t = "org.arbor.Arbor1.Transaction";
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while self.property(path, t, "Running") == serde_json::json!(true) {
+            assert!(Instant::now() < deadline, "{path} never finished");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (
+            self.property(path, t, "Success").as_bool().unwrap(),
+            self.property(path, t, "ErrorMessage")
+                .as_str()
+                .unwrap()
+                .to_string(),
+        )
+    }
+
+    /// True while someone owns org.arbor.Arbor1 (asked without activating it).
+    pub fn daemon_running(&self) -> bool {
+        let out = self.busctl(&[
+            "--json=short",
+            "call",
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            "NameHasOwner",
+            "s",
+            "org.arbor.Arbor1",
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["data"][0].as_bool().unwrap()
+    }
+
+    /// The pid of the daemon owning the name.
+    pub fn daemon_pid(&self) -> u32 {
+        let out = self.busctl(&[
+            "--json=short",
+            "call",
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            "GetConnectionUnixProcessID",
+            "s",
+            "org.arbor.Arbor1",
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["data"][0].as_u64().unwrap() as u32
+    }
+
+    /// The socket path, for clients that take a path.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("bus.sock")
+    }
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        if self.daemon_running() {
+            let _ = Command::new("kill")
+                .arg(self.daemon_pid().to_string())
+                .status();
+        }
+        let _ = self.bus.kill();
+        let _ = self.bus.wait();
+    }
+}

@@ -1,0 +1,497 @@
+//! The D-Bus daemon through real clients on a private `dbus-daemon`: busctl and gdbus
+//! read state and start transactions, a Rust client follows one to `Finished`, a
+//! non-root caller is refused, transactions exclude each other and the CLI, the daemon
+//! exits when idle and is activated again, and the interface file matches what the
+//! daemon says about itself.
+#![allow(clippy::print_stderr, clippy::print_stdout)]
+
+#[macro_use]
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::bus::Bus;
+use common::*;
+use zbus::zvariant::OwnedValue;
+
+const SYSROOT: &str = "org.arbor.Arbor1.Sysroot";
+const TXN: &str = "org.arbor.Arbor1.Transaction";
+const ROOT: &str = "/org/arbor/Arbor1";
+
+/// A sysroot with os/a (version 1) deployed and os/b (version 2) composed.
+fn two_versions(dir: &Path) -> String {
+    let s = sysroot(dir);
+    compose(&s, &rootfs(dir, "1"), "os/a", "1");
+    compose(&s, &rootfs(dir, "2"), "os/b", "2");
+    arbor_ok(&["--sysroot", &s, "deploy", "os/a"]);
+    s
+}
+
+/// [`two_versions`] served by a bus whose daemon exits after IDLE seconds. The bus
+/// comes first so that it (and the daemon) stop before the sysroot is removed.
+fn two_versions_on_a_bus(idle: u64) -> (Bus, String, tempfile::TempDir) {
+    let t = scratch();
+    let s = two_versions(t.path());
+    (Bus::launch(&s, idle, None), s, t)
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn root_busctl_and_gdbus_read_status_and_start_a_deploy() {
+    require_root!();
+    let (bus, s, _t) = two_versions_on_a_bus(60);
+    // The first call activates the daemon.
+    let deployments = bus.property(ROOT, SYSROOT, "Deployments");
+    assert_eq!(deployments.as_array().unwrap().len(), 1);
+    assert_eq!(deployments[0]["version"]["data"], "1");
+    assert_eq!(deployments[0]["origin"]["data"], "os/a");
+    let state = bus.property(ROOT, SYSROOT, "UpdateState");
+    assert_eq!(
+        state, "pending-reboot",
+        "nothing is booted in a folder sysroot"
+    );
+    // gdbus reads the same.
+    let pending = stdout(&bus.gdbus(&[
+        "call",
+        "--dest",
+        "org.arbor.Arbor1",
+        "--object-path",
+        ROOT,
+        "--method",
+        "org.freedesktop.DBus.Properties.Get",
+        SYSROOT,
+        "PendingDeployment",
+    ]));
+    assert!(pending.contains("'version': <'1'>"), "{pending}");
+
+    // gdbus starts a deploy; it returns the transaction at once and exits.
+    let out = stdout(&bus.gdbus(&[
+        "call",
+        "--dest",
+        "org.arbor.Arbor1",
+        "--object-path",
+        ROOT,
+        "--method",
+        "org.arbor.Arbor1.Sysroot.Deploy",
+        "os/b",
+        "{'kernel-args': <['quiet', 'console=ttyS0']>}",
+    ]));
+    let path = out
+        .split('\'')
+        .nth(1)
+        .expect("an object path in the reply")
+        .to_string();
+    assert!(path.starts_with("/org/arbor/Arbor1/Transaction/"), "{out}");
+    assert_eq!(bus.wait(&path), (true, String::new()));
+    let result: serde_json::Value =
+        serde_json::from_str(bus.property(&path, TXN, "Result").as_str().unwrap()).unwrap();
+    assert_eq!(result["deployment"]["version"], "2");
+    // The CLI sees what the daemon did, and the daemon's properties follow.
+    assert_eq!(versions(&s), ["2", "1"]);
+    assert_eq!(
+        status(&s)[0]["kargs"],
+        serde_json::json!(["quiet", "console=ttyS0"])
+    );
+    let deployments = bus.property(ROOT, SYSROOT, "Deployments");
+    assert_eq!(deployments[0]["version"]["data"], "2");
+    let last = bus.property(ROOT, SYSROOT, "LastTransaction");
+    assert_eq!(last["kind"]["data"], "deploy");
+    assert_eq!(last["result"]["data"], "ok");
+    assert!(
+        last["command"]["data"]
+            .as_str()
+            .unwrap()
+            .starts_with("D-Bus Deploy by :"),
+        "{last}"
+    );
+
+    // busctl starts a rollback; a bad argument is named.
+    let p = bus.start(&["Rollback", "a{sv}", "0"]).unwrap();
+    assert_eq!(bus.wait(&p), (true, String::new()));
+    assert_eq!(versions(&s), ["1", "2"]);
+    let err = bus.start(&["Deploy", "sa{sv}", "nosuch", "0"]).unwrap_err();
+    assert!(err.contains("no ref or commit named 'nosuch'"), "{err}");
+    let err = bus
+        .start(&["Deploy", "sa{sv}", "os/b", "1", "stage", "s", "yes"])
+        .unwrap_err();
+    assert!(err.contains("option 'stage' must be a boolean"), "{err}");
+    // A failing transaction reports why, and changes nothing.
+    let p = bus
+        .start(&["KernelArgs", "asasasa{sv}", "0", "1", "nosuch", "0", "0"])
+        .unwrap();
+    let (ok, msg) = bus.wait(&p);
+    assert!(
+        !ok && msg.contains("no kernel argument 'nosuch' to delete"),
+        "{msg}"
+    );
+    assert_eq!(versions(&s), ["1", "2"]);
+}
+
+/// One observed signal.
+#[derive(Debug, PartialEq)]
+enum Event {
+    TaskBegin(String),
+    TaskEnd(String),
+    Percent(u32),
+    SysrootChanged(Vec<String>),
+    Finished(bool, String),
+}
+
+#[test]
+fn root_rust_client_follows_progress_to_finished() {
+    require_root!();
+    let (bus, s, _t) = two_versions_on_a_bus(60);
+    let conn = zbus::blocking::connection::Builder::address(bus.address.as_str())
+        .unwrap()
+        .build()
+        .unwrap();
+    // Subscribe before calling, so no signal can be missed.
+    let rule = zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .build();
+    let signals = zbus::blocking::MessageIterator::for_match_rule(rule, &conn, Some(1024)).unwrap();
+    let reply = conn
+        .call_method(
+            Some("org.arbor.Arbor1"),
+            ROOT,
+            Some(SYSROOT),
+            "Deploy",
+            &("os/b", HashMap::<String, OwnedValue>::new()),
+        )
+        .unwrap();
+    let path: zbus::zvariant::OwnedObjectPath = reply.body().deserialize().unwrap();
+    let path = path.to_string();
+    let (tx, rx) = mpsc::channel();
+    let watched = path.clone();
+    std::thread::spawn(move || {
+        for m in signals {
+            let m = m.unwrap();
+            let h = m.header();
+            let (Some(member), Some(p)) = (h.member(), h.path()) else {
+                continue;
+            };
+            let e = match (p.as_str(), member.as_str()) {
+                (p, "TaskBegin") if p == watched => {
+                    Event::TaskBegin(m.body().deserialize().unwrap())
+                }
+                (p, "TaskEnd") if p == watched => Event::TaskEnd(m.body().deserialize().unwrap()),
+                (p, "PercentProgress") if p == watched => {
+                    let (_, pct): (String, u32) = m.body().deserialize().unwrap();
+                    Event::Percent(pct)
+                }
+                (p, "Finished") if p == watched => {
+                    let (ok, msg): (bool, String) = m.body().deserialize().unwrap();
+                    Event::Finished(ok, msg)
+                }
+                (ROOT, "PropertiesChanged") => {
+                    let (_, changed, _): (String, HashMap<String, OwnedValue>, Vec<String>) =
+                        m.body().deserialize().unwrap();
+                    let mut names: Vec<String> = changed.into_keys().collect();
+                    names.sort();
+                    Event::SysrootChanged(names)
+                }
+                _ => continue,
+            };
+            let done = matches!(e, Event::Finished(..));
+            if tx.send(e).is_err() || done {
+                return;
+            }
+        }
+    });
+    let mut events = Vec::new();
+    loop {
+        let e = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("the transaction never finished");
+        let done = matches!(e, Event::Finished(..));
+        events.push(e);
+        if done {
+            break;
+        }
+    }
+    assert_eq!(
+        events.first(),
+        Some(&Event::TaskBegin("checkout".into())),
+        "{events:?}"
+    );
+    assert_eq!(events.last(), Some(&Event::Finished(true, String::new())));
+    let percents: Vec<u32> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Percent(p) => Some(*p),
+            _ => None,
+        })
+        .collect();
+    assert!(percents.windows(2).all(|w| w[0] <= w[1]), "{percents:?}");
+    assert_eq!(percents.last(), Some(&100));
+    for task in ["checkout", "etc", "kernel", "boot-entries"] {
+        let b = events
+            .iter()
+            .position(|e| *e == Event::TaskBegin(task.into()));
+        let e = events
+            .iter()
+            .position(|e| *e == Event::TaskEnd(task.into()));
+        assert!(b.is_some() && b < e, "task {task}: {events:?}");
+    }
+    // The new state is announced before Finished, so a client reacting to Finished
+    // already has it.
+    let changed = events
+        .iter()
+        .position(
+            |e| matches!(e, Event::SysrootChanged(n) if n.contains(&"Deployments".to_string())),
+        )
+        .expect("Deployments changed");
+    assert!(changed < events.len() - 1);
+    assert_eq!(versions(&s), ["2", "1"]);
+}
+
+#[test]
+fn root_non_root_reads_status_but_gets_access_denied() {
+    require_root!();
+    let (bus, s, _t) = two_versions_on_a_bus(60);
+    let read = bus.busctl_as_nobody(&[
+        "--json=short",
+        "get-property",
+        "org.arbor.Arbor1",
+        ROOT,
+        SYSROOT,
+        "Deployments",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&read)).unwrap();
+    assert_eq!(v["data"][0]["version"]["data"], "1");
+    for call in [
+        vec!["Deploy", "sa{sv}", "os/b", "0"],
+        vec!["Rollback", "a{sv}", "0"],
+        vec!["Cleanup", "a{sv}", "0"],
+        vec!["KernelArgs", "asasasa{sv}", "1", "quiet", "0", "0", "0"],
+        vec!["Cancel"],
+    ] {
+        let mut args = vec!["call", "org.arbor.Arbor1", ROOT, SYSROOT];
+        args.extend(call.iter());
+        let out = bus.busctl_as_nobody(&args);
+        assert!(!out.status.success(), "{call:?} was allowed");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("Access denied"), "{call:?}: {err}");
+    }
+    // gdbus shows the daemon's reason.
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "gdbus",
+            "call",
+        ])
+        .args(["--address", &bus.address, "--dest", "org.arbor.Arbor1"])
+        .args([
+            "--object-path",
+            ROOT,
+            "--method",
+            "org.arbor.Arbor1.Sysroot.Deploy",
+        ])
+        .args(["os/b", "{}"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("org.freedesktop.DBus.Error.AccessDenied")
+            && err.contains("uid 65534 is not root"),
+        "{err}"
+    );
+    assert_eq!(versions(&s), ["1"], "nothing changed");
+}
+
+#[test]
+fn root_one_transaction_at_a_time_cli_and_daemon_exclude_each_other_and_cancel() {
+    require_root!();
+    let t = scratch();
+    let s = sysroot(t.path());
+    // A real tree, so a deploy lasts long enough to overlap with other calls.
+    compose(&s, &corpus("a"), "os/a", "a");
+    compose(&s, &rootfs(t.path(), "1"), "os/small", "1");
+    arbor_ok(&["--sysroot", &s, "deploy", "os/small"]);
+    let bus = Bus::launch(&s, 60, None);
+
+    let first = bus.start(&["Deploy", "sa{sv}", "os/a", "0"]).unwrap();
+    // busctl has exited: the transaction does not depend on its caller.
+    let err = bus.start(&["Deploy", "sa{sv}", "os/a", "0"]).unwrap_err();
+    assert!(
+        err.contains(&format!("transaction {first} (Deploy")),
+        "{err}"
+    );
+    let active = bus.property(ROOT, SYSROOT, "ActiveTransaction");
+    assert_eq!(active[0], "Deploy");
+    assert_eq!(active[2], first.as_str());
+    // The CLI waits for the daemon's lock, or names arbord with --no-wait.
+    let daemon = bus.daemon_pid();
+    let cli = arbor_err(&["--sysroot", &s, "--no-wait", "deploy", "os/small"]);
+    assert!(
+        cli.contains(&format!("pid {daemon}")) && cli.contains("arbord"),
+        "{cli}"
+    );
+    assert_eq!(bus.wait(&first), (true, String::new()));
+    assert_eq!(versions(&s), ["a", "1"]);
+
+    // A CLI transaction holds the lock: the daemon refuses at once, naming it.
+    let lock = Path::new(&s).join("arbor/lock");
+    let mut holder = spawn_lock_holder(&["--sysroot", &s, "deploy", "os/small"], &lock);
+    let err = bus.start(&["Deploy", "sa{sv}", "os/a", "0"]).unwrap_err();
+    assert!(
+        err.contains(&format!("pid {}", holder.id())) && err.contains("deploy os/small"),
+        "{err}"
+    );
+    assert!(holder.wait().unwrap().success());
+    assert_eq!(versions(&s), ["1", "a"]);
+
+    // Cancel stops a deploy at a safe point: nothing new, nothing left behind.
+    let before = status(&s);
+    let p = bus.start(&["Deploy", "sa{sv}", "os/a", "0"]).unwrap();
+    let out = bus.busctl(&["call", "org.arbor.Arbor1", &p, TXN, "Cancel"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (ok, msg) = bus.wait(&p);
+    assert!(!ok && msg.contains("cancelled"), "{ok} {msg}");
+    assert_eq!(status(&s), before);
+    let deploy_dir = Path::new(&s).join("arbor/deploy/debian/deploy");
+    let leftovers: Vec<_> = std::fs::read_dir(&deploy_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert!(
+        bus.property(ROOT, SYSROOT, "LastTransaction")["result"]["data"]
+            .as_str()
+            .unwrap()
+            .contains("cancelled")
+    );
+    arbor_ok(&["--sysroot", &s, "fsck"]);
+    // And the next one runs.
+    let p = bus.start(&["Deploy", "sa{sv}", "os/a", "0"]).unwrap();
+    assert_eq!(bus.wait(&p), (true, String::new()));
+}
+
+#[test]
+fn root_daemon_exits_when_idle_and_is_activated_again_with_its_state() {
+    require_root!();
+    let (bus, _s, _t) = two_versions_on_a_bus(2);
+    assert!(!bus.daemon_running(), "not started before the first call");
+    let p = bus.start(&["Deploy", "sa{sv}", "os/b", "0"]).unwrap();
+    assert_eq!(bus.wait(&p), (true, String::new()));
+    let first = bus.daemon_pid();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while bus.daemon_running() {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon never exited when idle"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Gone for real, not just off the bus (exited: no process, or a zombie until the
+    // bus daemon, its parent, reaps it).
+    let exited = || match std::fs::read_to_string(format!("/proc/{first}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .trim_start()
+            .starts_with('Z'),
+    };
+    while !exited() {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon left the bus but runs on"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The next call starts a new one, which reads the state left on disk.
+    let last = bus.property(ROOT, SYSROOT, "LastTransaction");
+    assert_ne!(bus.daemon_pid(), first);
+    assert_eq!(last["kind"]["data"], "deploy");
+    assert_eq!(last["result"]["data"], "ok");
+    assert_eq!(
+        bus.property(ROOT, SYSROOT, "Deployments")[0]["version"]["data"],
+        "2"
+    );
+}
+
+/// The `<interface>` blocks of an introspection document, named.
+fn interfaces(xml: &str) -> Vec<(String, String)> {
+    xml.split("<interface name=\"")
+        .skip(1)
+        .map(|rest| {
+            let name = rest.split('"').next().unwrap().to_string();
+            let body = rest.split("</interface>").next().unwrap();
+            (name, format!("<interface name=\"{body}</interface>"))
+        })
+        .collect()
+}
+
+#[test]
+fn root_interface_xml_equals_live_introspection() {
+    require_root!();
+    let (bus, _s, _t) = two_versions_on_a_bus(60);
+    let p = bus.start(&["Rollback", "a{sv}", "0"]).unwrap();
+    bus.wait(&p);
+    let introspect = |path: &str| {
+        let out = stdout(&bus.busctl(&[
+            "--json=short",
+            "call",
+            "org.arbor.Arbor1",
+            path,
+            "org.freedesktop.DBus.Introspectable",
+            "Introspect",
+        ]));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["data"][0].as_str().unwrap().to_string()
+    };
+    // Each interface once (an object's introspection may show its children's too).
+    let live: Vec<(String, String)> = interfaces(&introspect(ROOT))
+        .into_iter()
+        .chain(interfaces(&introspect(&p)))
+        .filter(|(n, _)| n.starts_with("org.arbor."))
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into_iter()
+        .collect();
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("dbus/org.arbor.Arbor1.xml");
+    if std::env::var_os("ARBOR_BLESS").is_some() {
+        let blocks: Vec<String> = live.iter().map(|(_, b)| format!("  {b}\n")).collect();
+        std::fs::write(
+            &file,
+            format!(
+                "<!DOCTYPE node PUBLIC \"-//freedesktop//DTD D-BUS Object Introspection 1.0//EN\"\n \"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd\">\n<!-- The interfaces of arbord (org.arbor.Arbor1). Checked against the running\n     daemon by integration/dbus.rs; regenerate with ARBOR_BLESS=1. -->\n<node>\n{}</node>\n",
+                blocks.join("")
+            ),
+        )
+        .unwrap();
+    }
+    let written = std::fs::read_to_string(&file).unwrap();
+    let mut expected = interfaces(&written);
+    expected.sort();
+    assert_eq!(
+        expected.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        [SYSROOT, TXN]
+    );
+    for ((name, want), (_, got)) in expected.iter().zip(&live) {
+        assert_eq!(
+            want, got,
+            "{name} differs from the live daemon: update dbus/org.arbor.Arbor1.xml \
+             (ARBOR_BLESS=1 cargo test --test dbus interface_xml)"
+        );
+    }
+}

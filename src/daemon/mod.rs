@@ -1,0 +1,138 @@
+//! `arbord`: the D-Bus face of the library, for settings panels and dashboards.
+//!
+//! Bus name `org.arbor.Arbor1`, root object `/org/arbor/Arbor1` with the
+//! `org.arbor.Arbor1.Sysroot` interface (state as properties, methods that start
+//! transactions); each transaction is an object `/org/arbor/Arbor1/Transaction/N` with
+//! the `org.arbor.Arbor1.Transaction` interface (progress signals, `Finished`). The
+//! interfaces are written down in `dbus/org.arbor.Arbor1.xml` and explained in
+//! `docs/dbus.md`.
+//!
+//! The daemon calls the same library functions as the CLI and takes the same sysroot
+//! lock, so the two exclude each other. It keeps no state of its own that matters: the
+//! deployments are on disk and the history is in the state database, so it may exit
+//! when idle and be started again by D-Bus activation at the next call.
+
+mod auth;
+mod error;
+mod sysroot_iface;
+mod transaction;
+mod values;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+pub use error::DaemonError;
+use sysroot_iface::SysrootIface;
+use transaction::Active;
+
+/// The well-known bus name.
+pub const BUS_NAME: &str = "org.arbor.Arbor1";
+/// The root object.
+pub const ROOT_PATH: &str = "/org/arbor/Arbor1";
+/// The sysroot interface's name.
+pub const SYSROOT_INTERFACE: &str = "org.arbor.Arbor1.Sysroot";
+/// The transaction interface's name.
+pub const TRANSACTION_INTERFACE: &str = "org.arbor.Arbor1.Transaction";
+
+/// How the daemon runs.
+#[derive(Clone, Debug)]
+pub struct DaemonOptions {
+    /// The sysroot it manages (`/` on a machine).
+    pub sysroot: PathBuf,
+    /// The bus to serve on. `None`: the bus that activated us (`DBUS_STARTER_ADDRESS`),
+    /// else the system bus.
+    pub bus_address: Option<String>,
+    /// Exit after this long without calls or a running transaction; `None` never exits.
+    pub idle_exit: Option<Duration>,
+}
+
+/// What the interfaces share: the sysroot, the running transaction, the idle clock.
+pub(crate) struct Shared {
+    sysroot: PathBuf,
+    conn: OnceLock<zbus::Connection>,
+    active: Mutex<Option<Active>>,
+    next_transaction: AtomicU64,
+    last_activity: Mutex<Instant>,
+}
+
+impl Shared {
+    /// Restarts the idle clock: called by every method and property read.
+    fn touch(&self) {
+        *self.last_activity.lock().unwrap() = Instant::now();
+    }
+
+    fn idle_for(&self) -> Option<Duration> {
+        if self.active.lock().unwrap().is_some() {
+            return None;
+        }
+        Some(self.last_activity.lock().unwrap().elapsed())
+    }
+
+    fn conn(&self) -> &zbus::Connection {
+        self.conn
+            .get()
+            .expect("the connection is set before serving")
+    }
+
+    fn next_path(&self) -> String {
+        let n = self.next_transaction.fetch_add(1, Ordering::Relaxed);
+        format!("{ROOT_PATH}/Transaction/{n}")
+    }
+}
+
+/// Serves the sysroot on the bus until idle (or forever without an idle limit).
+pub fn run(opts: &DaemonOptions) -> Result<()> {
+    // Fail early, with the path, rather than at the first call.
+    crate::sysroot::Sysroot::open(&opts.sysroot)?;
+    let shared = Arc::new(Shared {
+        sysroot: opts.sysroot.clone(),
+        conn: OnceLock::new(),
+        active: Mutex::new(None),
+        next_transaction: AtomicU64::new(1),
+        last_activity: Mutex::new(Instant::now()),
+    });
+    let address = opts
+        .bus_address
+        .clone()
+        .or_else(|| std::env::var("DBUS_STARTER_ADDRESS").ok());
+    let builder = match &address {
+        Some(a) => zbus::blocking::connection::Builder::address(a.as_str())
+            .with_context(|| format!("bus address {a}"))?,
+        None => zbus::blocking::connection::Builder::system()?,
+    };
+    let iface = SysrootIface::new(shared.clone());
+    let bus = address.as_deref().unwrap_or("the system bus");
+    let conn = builder
+        .serve_at(ROOT_PATH, iface)?
+        .build()
+        .with_context(|| format!("connecting to {bus}"))?;
+    let _ = shared.conn.set(conn.inner().clone());
+    // The name last: calls queued by activation arrive as soon as we own it.
+    conn.request_name(BUS_NAME)
+        .with_context(|| format!("taking the name {BUS_NAME} on {bus}"))?;
+    tracing::info!(sysroot = %opts.sysroot.display(), "serving {BUS_NAME}");
+    let mut seen = sysroot_iface::Fingerprint::read(&opts.sysroot);
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        // State changed by someone else (the CLI, a boot service): tell the watchers.
+        let now = sysroot_iface::Fingerprint::read(&opts.sysroot);
+        if now != seen {
+            seen = now;
+            sysroot_iface::announce_changes(&shared);
+        }
+        if let (Some(limit), Some(idle)) = (opts.idle_exit, shared.idle_for())
+            && idle >= limit
+        {
+            break;
+        }
+    }
+    tracing::info!("idle: exiting");
+    // Give the name up first, so the next call activates a new daemon instead of
+    // reaching this one as it goes.
+    conn.release_name(BUS_NAME)?;
+    Ok(())
+}

@@ -1,0 +1,378 @@
+//! The `org.arbor.Arbor1.Sysroot` interface on `/org/arbor/Arbor1`: the sysroot's state
+//! as properties, and the methods that start transactions.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use zbus::message::Header;
+use zbus::object_server::ObjectServer;
+use zbus::zvariant::{OwnedObjectPath, OwnedValue};
+use zbus::{fdo, interface};
+
+use super::transaction::{self, Job};
+use super::values::{self, Dict};
+use super::{DaemonError, ROOT_PATH, Shared, auth};
+use crate::deploy::{self, DeployOptions, KargEdit};
+use crate::statedb::{HistoryEntry, StateDb};
+use crate::sysroot::Sysroot;
+use crate::sysroot::status::{self, Status};
+
+/// What changes when the sysroot changes: every mutating transaction takes and releases
+/// `arbor/lock` (which rewrites it, staging included), and the boot switch replaces
+/// `boot/loader`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fingerprint(Vec<Option<(i64, i64, i64, u64)>>, Option<PathBuf>);
+
+impl Fingerprint {
+    /// Reads it: a few `stat` calls and one `readlink`.
+    pub fn read(sysroot: &Path) -> Fingerprint {
+        let stat = |p: &str| {
+            std::fs::symlink_metadata(sysroot.join(p))
+                .ok()
+                .map(|m| (m.mtime(), m.mtime_nsec(), m.ctime_nsec(), m.ino()))
+        };
+        Fingerprint(
+            vec![stat("arbor/lock"), stat("boot/loader")],
+            std::fs::read_link(sysroot.join("boot/loader")).ok(),
+        )
+    }
+}
+
+/// A read of the sysroot, reused until the fingerprint changes.
+struct Snapshot {
+    status: Status,
+    last: Option<HistoryEntry>,
+}
+
+/// The sysroot interface's object.
+pub struct SysrootIface {
+    shared: Arc<Shared>,
+    cache: Mutex<Option<(Fingerprint, Arc<Snapshot>)>>,
+}
+
+impl SysrootIface {
+    /// The interface over the daemon's shared state.
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        SysrootIface {
+            shared,
+            cache: Mutex::new(None),
+        }
+    }
+
+    fn snapshot(&self) -> fdo::Result<Arc<Snapshot>> {
+        self.shared.touch();
+        let fp = Fingerprint::read(&self.shared.sysroot);
+        let mut cache = self.cache.lock().unwrap();
+        if let Some((seen, snap)) = cache.as_ref()
+            && *seen == fp
+        {
+            return Ok(snap.clone());
+        }
+        let read = || -> anyhow::Result<Snapshot> {
+            let sysroot = Sysroot::open(&self.shared.sysroot)?;
+            let db = StateDb::open(&self.shared.sysroot.join("arbor/state.db"))?;
+            Ok(Snapshot {
+                status: status::status(&sysroot)?,
+                last: db.history(1)?.into_iter().next(),
+            })
+        };
+        let snap = Arc::new(read().map_err(|e| fdo::Error::Failed(format!("{e:#}")))?);
+        *cache = Some((fp, snap.clone()));
+        Ok(snap)
+    }
+
+    fn row_where(&self, pick: impl Fn(&Status) -> Option<Dict>) -> fdo::Result<Dict> {
+        Ok(pick(&self.snapshot()?.status).unwrap_or_default())
+    }
+
+    async fn begin(
+        &self,
+        hdr: &Header<'_>,
+        conn: &zbus::Connection,
+        server: &ObjectServer,
+        (method, action, kind): (&str, &str, &str),
+        job: Job,
+    ) -> Result<OwnedObjectPath, DaemonError> {
+        self.shared.touch();
+        let caller = auth::authorize(conn, hdr, action).await?;
+        transaction::start(&self.shared, server, method, kind, caller, job).await
+    }
+}
+
+/// Deployments, boot roles and the running transaction, and the methods that change
+/// them. Each method returns the path of a new transaction object at once.
+#[interface(name = "org.arbor.Arbor1.Sysroot")]
+impl SysrootIface {
+    /// Deploys REFSPEC (a ref, a commit id, or REF^ for an older commit of REF) as the
+    /// next boot. Options: "os" (s), "stage" (b), "kernel-args" (as, replaces the
+    /// inherited ones).
+    #[zbus(out_args("transaction"))]
+    async fn deploy(
+        &self,
+        refspec: &str,
+        options: HashMap<String, OwnedValue>,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(object_server)] server: &ObjectServer,
+    ) -> Result<OwnedObjectPath, DaemonError> {
+        let o = Options::parse(options, &["os", "stage", "kernel-args"])?;
+        let sysroot = Sysroot::open(&self.shared.sysroot).map_err(DaemonError::failed)?;
+        let opts = DeployOptions::for_rev(
+            &sysroot,
+            refspec,
+            o.string("os")?.as_deref(),
+            o.strings("kernel-args")?.unwrap_or_default(),
+            o.bool("stage")?.unwrap_or(false),
+        )
+        .map_err(|e| DaemonError::InvalidArgs(format!("{e:#}")))?;
+        let job: Job = Box::new(move |sysroot, lock, obs| {
+            let r = deploy::deploy_held(sysroot, lock, &opts, obs)?;
+            Ok(serde_json::to_value(r)?)
+        });
+        let what = ("Deploy", "org.arbor.Arbor1.deploy", "deploy");
+        self.begin(&hdr, conn, server, what, job).await
+    }
+
+    /// Makes the rollback deployment the next boot. No options yet.
+    #[zbus(out_args("transaction"))]
+    async fn rollback(
+        &self,
+        options: HashMap<String, OwnedValue>,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(object_server)] server: &ObjectServer,
+    ) -> Result<OwnedObjectPath, DaemonError> {
+        Options::parse(options, &[])?;
+        let job: Job = Box::new(|sysroot, lock, _| {
+            let order = deploy::rollback_held(sysroot, lock)?;
+            Ok(serde_json::to_value(status::with_roles(order))?)
+        });
+        let what = ("Rollback", "org.arbor.Arbor1.rollback", "rollback");
+        self.begin(&hdr, conn, server, what, job).await
+    }
+
+    /// Removes unreferenced deployments and kernels, then prunes the repository.
+    #[zbus(out_args("transaction"))]
+    async fn cleanup(
+        &self,
+        options: HashMap<String, OwnedValue>,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(object_server)] server: &ObjectServer,
+    ) -> Result<OwnedObjectPath, DaemonError> {
+        Options::parse(options, &[])?;
+        let job: Job = Box::new(|sysroot, lock, _| {
+            Ok(serde_json::to_value(deploy::cleanup_held(sysroot, lock)?)?)
+        });
+        let what = ("Cleanup", "org.arbor.Arbor1.cleanup", "cleanup");
+        self.begin(&hdr, conn, server, what, job).await
+    }
+
+    /// Edits the default deployment's kernel arguments as `arbor kargs` does: append
+    /// KEY=VALUE, delete KEY[=VALUE], replace KEY=[OLD=]NEW.
+    #[zbus(out_args("transaction"))]
+    #[allow(clippy::too_many_arguments)] // four D-Bus arguments, three injected by zbus
+    async fn kernel_args(
+        &self,
+        append: Vec<String>,
+        delete: Vec<String>,
+        replace: Vec<String>,
+        options: HashMap<String, OwnedValue>,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(object_server)] server: &ObjectServer,
+    ) -> Result<OwnedObjectPath, DaemonError> {
+        Options::parse(options, &[])?;
+        let edits: Vec<KargEdit> = append
+            .into_iter()
+            .map(KargEdit::Append)
+            .chain(delete.into_iter().map(KargEdit::Delete))
+            .chain(replace.into_iter().map(KargEdit::Replace))
+            .collect();
+        if edits.is_empty() {
+            return Err(DaemonError::InvalidArgs(
+                "no kernel argument to append, delete or replace".into(),
+            ));
+        }
+        let job: Job = Box::new(move |sysroot, lock, _| {
+            Ok(serde_json::to_value(deploy::kargs_held(
+                sysroot, lock, &edits,
+            )?)?)
+        });
+        let what = ("KernelArgs", "org.arbor.Arbor1.kernel-args", "kargs");
+        self.begin(&hdr, conn, server, what, job).await
+    }
+
+    /// Cancels the running transaction (see the transaction's own Cancel).
+    async fn cancel(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+    ) -> Result<(), DaemonError> {
+        self.shared.touch();
+        auth::authorize(conn, &hdr, "org.arbor.Arbor1.cancel").await?;
+        let active = self.shared.active.lock().unwrap();
+        let a = active
+            .as_ref()
+            .ok_or_else(|| DaemonError::Failed("no transaction is running".into()))?;
+        a.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The sysroot's path.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn path(&self) -> String {
+        self.shared.sysroot.display().to_string()
+    }
+
+    /// Every deployment in boot order (keys in docs/dbus.md).
+    #[zbus(property)]
+    fn deployments(&self) -> fdo::Result<Vec<Dict>> {
+        Ok(self
+            .snapshot()?
+            .status
+            .deployments
+            .iter()
+            .map(values::row)
+            .collect())
+    }
+
+    /// The running deployment; empty when none of ours runs.
+    #[zbus(property)]
+    fn booted_deployment(&self) -> fdo::Result<Dict> {
+        self.row_where(|s| s.booted().map(values::row))
+    }
+
+    /// The deployment that boots next when it is not the running one; else empty.
+    #[zbus(property)]
+    fn pending_deployment(&self) -> fdo::Result<Dict> {
+        self.row_where(|s| s.pending().map(values::row))
+    }
+
+    /// What Rollback would make the default; else empty.
+    #[zbus(property)]
+    fn rollback_deployment(&self) -> fdo::Result<Dict> {
+        self.row_where(|s| s.rollback().map(values::row))
+    }
+
+    /// The staged deployment (made the default at shutdown); else empty.
+    #[zbus(property)]
+    fn staged_deployment(&self) -> fdo::Result<Dict> {
+        self.row_where(|s| {
+            s.staged
+                .as_ref()
+                .map(|d| values::deployment(d, false, false, true))
+        })
+    }
+
+    /// idle, busy, staged (an update waits for shutdown) or pending-reboot (the next
+    /// boot runs another deployment).
+    #[zbus(property)]
+    fn update_state(&self) -> fdo::Result<String> {
+        let snap = self.snapshot()?;
+        let busy = self.shared.active.lock().unwrap().is_some();
+        Ok(if busy {
+            "busy"
+        } else if snap.status.staged.is_some() {
+            "staged"
+        } else if snap.status.pending().is_some() {
+            "pending-reboot"
+        } else {
+            "idle"
+        }
+        .into())
+    }
+
+    /// The running transaction: (method, initiator, object path); empty strings when
+    /// none runs.
+    #[zbus(property)]
+    fn active_transaction(&self) -> (String, String, String) {
+        self.shared.touch();
+        match self.shared.active.lock().unwrap().as_ref() {
+            Some(a) => (a.method.clone(), a.initiator.clone(), a.path.clone()),
+            None => Default::default(),
+        }
+    }
+
+    /// The last recorded transaction, by the CLI or the daemon (keys in docs/dbus.md);
+    /// read from the state database, so it survives restarts.
+    #[zbus(property)]
+    fn last_transaction(&self) -> fdo::Result<Dict> {
+        Ok(self
+            .snapshot()?
+            .last
+            .as_ref()
+            .map(values::history)
+            .unwrap_or_default())
+    }
+}
+
+/// Emits PropertiesChanged for everything the sysroot's state feeds.
+pub(crate) fn announce_changes(shared: &Shared) {
+    let conn = shared.conn().clone();
+    let r = zbus::block_on(async {
+        let iref = conn
+            .object_server()
+            .interface::<_, SysrootIface>(ROOT_PATH)
+            .await?;
+        let i = iref.get().await;
+        let e = iref.signal_emitter();
+        i.deployments_changed(e).await?;
+        i.booted_deployment_changed(e).await?;
+        i.pending_deployment_changed(e).await?;
+        i.rollback_deployment_changed(e).await?;
+        i.staged_deployment_changed(e).await?;
+        i.update_state_changed(e).await?;
+        i.active_transaction_changed(e).await?;
+        i.last_transaction_changed(e).await
+    });
+    if let Err(e) = r {
+        tracing::warn!("announcing changes: {e}");
+    }
+}
+
+/// A method's `a{sv}` options, checked against the keys it knows.
+struct Options(HashMap<String, OwnedValue>);
+
+impl Options {
+    fn parse(map: HashMap<String, OwnedValue>, known: &[&str]) -> Result<Self, DaemonError> {
+        if let Some(k) = map.keys().find(|k| !known.contains(&k.as_str())) {
+            return Err(DaemonError::InvalidArgs(format!(
+                "unknown option '{k}' (known: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
+        Ok(Options(map))
+    }
+
+    fn typed<T>(&self, key: &str, want: &str) -> Result<Option<T>, DaemonError>
+    where
+        T: TryFrom<OwnedValue>,
+    {
+        let Some(v) = self.0.get(key) else {
+            return Ok(None);
+        };
+        let v = v.try_clone().map_err(zbus::Error::from)?;
+        T::try_from(v)
+            .map(Some)
+            .map_err(|_| DaemonError::InvalidArgs(format!("option '{key}' must be {want}")))
+    }
+
+    fn string(&self, key: &str) -> Result<Option<String>, DaemonError> {
+        self.typed(key, "a string (s)")
+    }
+
+    fn bool(&self, key: &str) -> Result<Option<bool>, DaemonError> {
+        self.typed(key, "a boolean (b)")
+    }
+
+    fn strings(&self, key: &str) -> Result<Option<Vec<String>>, DaemonError> {
+        self.typed(key, "an array of strings (as)")
+    }
+}

@@ -1,0 +1,322 @@
+//! Transaction objects: one per started method, `/org/arbor/Arbor1/Transaction/N`.
+//!
+//! The method call returns the object's path at once; the work runs in a worker thread
+//! that holds the sysroot lock, so a client that disconnects does not stop it. Progress
+//! goes out as signals, and the outcome stays readable as properties (`Running`,
+//! `Success`, `ErrorMessage`, `Result`) for a client that subscribed late. Finished
+//! objects stay exported until the daemon exits.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Result;
+use zbus::object_server::{ObjectServer, SignalEmitter};
+use zbus::zvariant::OwnedObjectPath;
+use zbus::{interface, message::Header};
+
+use super::auth::{self, Caller};
+use super::{DaemonError, Shared, sysroot_iface};
+use crate::lock::{LockWait, WriterLock};
+use crate::progress::{Cancelled, Observer};
+use crate::store::StoreError;
+use crate::sysroot::Sysroot;
+
+/// The work of a transaction: runs with the lock held, returns its typed result as JSON.
+pub type Job = Box<
+    dyn FnOnce(&Sysroot, &WriterLock, &dyn Observer) -> Result<serde_json::Value> + Send + 'static,
+>;
+
+/// The running transaction, as `ActiveTransaction` shows it and `Busy` errors name it.
+pub(crate) struct Active {
+    pub method: String,
+    pub initiator: String,
+    pub path: String,
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl Active {
+    pub fn describe(&self) -> String {
+        format!(
+            "transaction {} ({}, started by {}) is running",
+            self.path, self.method, self.initiator
+        )
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    running: bool,
+    success: bool,
+    error: String,
+    percent: u32,
+    result: String,
+}
+
+/// The `org.arbor.Arbor1.Transaction` interface of one transaction.
+pub struct TransactionIface {
+    method: String,
+    caller: Caller,
+    state: Arc<Mutex<State>>,
+    cancel: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+}
+
+/// Progress, messages and cancellation of one transaction.
+#[interface(name = "org.arbor.Arbor1.Transaction")]
+impl TransactionIface {
+    /// Asks the transaction to stop at its next safe point; it then finishes with
+    /// success false. Past the last safe point it finishes normally.
+    async fn cancel(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+    ) -> Result<(), DaemonError> {
+        self.shared.touch();
+        let who = auth::caller(conn, &hdr).await?;
+        if who.bus_name != self.caller.bus_name {
+            auth::authorize(conn, &hdr, "org.arbor.Arbor1.cancel").await?;
+        }
+        self.cancel.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The method that started it (`Deploy`, `Rollback`, …).
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn method(&self) -> String {
+        self.method.clone()
+    }
+
+    /// Who started it: bus name, uid and pid.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn initiator(&self) -> String {
+        self.caller.describe()
+    }
+
+    /// True until it finished.
+    #[zbus(property)]
+    fn running(&self) -> bool {
+        self.state.lock().unwrap().running
+    }
+
+    /// Whether it finished well (false while running).
+    #[zbus(property)]
+    fn success(&self) -> bool {
+        self.state.lock().unwrap().success
+    }
+
+    /// Why it failed; empty otherwise.
+    #[zbus(property)]
+    fn error_message(&self) -> String {
+        self.state.lock().unwrap().error.clone()
+    }
+
+    /// Overall progress, 0 to 100.
+    #[zbus(property)]
+    fn percent(&self) -> u32 {
+        self.state.lock().unwrap().percent
+    }
+
+    /// What it did, as JSON (the same document `arbor … --json` prints); empty until
+    /// it succeeded.
+    #[zbus(property)]
+    fn result(&self) -> String {
+        self.state.lock().unwrap().result.clone()
+    }
+
+    /// Something worth telling the user.
+    #[zbus(signal)]
+    async fn message(emitter: &SignalEmitter<'_>, text: &str) -> zbus::Result<()>;
+
+    /// A named step begins (`checkout`, `etc`, `kernel`, `boot-entries`, …).
+    #[zbus(signal)]
+    async fn task_begin(emitter: &SignalEmitter<'_>, task: &str) -> zbus::Result<()>;
+
+    /// The step of that name ended.
+    #[zbus(signal)]
+    async fn task_end(emitter: &SignalEmitter<'_>, task: &str) -> zbus::Result<()>;
+
+    /// Overall progress with what is being done.
+    #[zbus(signal)]
+    async fn percent_progress(
+        emitter: &SignalEmitter<'_>,
+        text: &str,
+        percent: u32,
+    ) -> zbus::Result<()>;
+
+    /// Bytes and objects fetched so far of a download, and the totals.
+    #[zbus(signal)]
+    async fn download_progress(
+        emitter: &SignalEmitter<'_>,
+        bytes_done: u64,
+        bytes_total: u64,
+        objects_done: u32,
+        objects_total: u32,
+    ) -> zbus::Result<()>;
+
+    /// The end: whether it succeeded, and why not.
+    #[zbus(signal)]
+    async fn finished(
+        emitter: &SignalEmitter<'_>,
+        success: bool,
+        error_message: &str,
+    ) -> zbus::Result<()>;
+}
+
+/// Forwards the library's progress calls as signals of one transaction object.
+struct BusObserver {
+    emitter: SignalEmitter<'static>,
+    state: Arc<Mutex<State>>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl BusObserver {
+    /// Signals are best effort: a vanished client must not fail the transaction.
+    fn emit<F: std::future::Future<Output = zbus::Result<()>>>(&self, f: F) {
+        if let Err(e) = zbus::block_on(f) {
+            tracing::warn!("emitting a signal: {e}");
+        }
+    }
+}
+
+impl Observer for BusObserver {
+    fn task_begin(&self, task: &str) {
+        self.emit(TransactionIface::task_begin(&self.emitter, task));
+    }
+
+    fn task_end(&self, task: &str) {
+        self.emit(TransactionIface::task_end(&self.emitter, task));
+    }
+
+    fn message(&self, text: &str) {
+        self.emit(TransactionIface::message(&self.emitter, text));
+    }
+
+    fn percent(&self, text: &str, percent: u32) {
+        self.state.lock().unwrap().percent = percent;
+        self.emit(TransactionIface::percent_progress(
+            &self.emitter,
+            text,
+            percent,
+        ));
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+}
+
+/// Starts `job` as a new transaction object, or says who is busy.
+///
+/// The daemon's own slot is checked first, then the sysroot lock is taken here, in the
+/// call: a CLI transaction holding it makes this call fail at once, naming it.
+pub(crate) async fn start(
+    shared: &Arc<Shared>,
+    server: &ObjectServer,
+    method: &str,
+    kind: &str,
+    caller: Caller,
+    job: Job,
+) -> Result<OwnedObjectPath, DaemonError> {
+    let path = shared.next_path();
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let mut active = shared.active.lock().unwrap();
+        if let Some(a) = active.as_ref() {
+            return Err(DaemonError::Busy(a.describe()));
+        }
+        *active = Some(Active {
+            method: method.to_string(),
+            initiator: caller.describe(),
+            path: path.clone(),
+            cancel: cancel.clone(),
+        });
+    }
+    let taken = Sysroot::open(&shared.sysroot)
+        .and_then(|s| s.lock(LockWait::NoWait).map(|l| (s, l)))
+        .map_err(|e| {
+            if let Some(StoreError::LockHeld { .. }) = e.downcast_ref::<StoreError>() {
+                DaemonError::Busy(format!("{e:#}"))
+            } else {
+                DaemonError::failed(e)
+            }
+        });
+    let (sysroot, lock) = match taken {
+        Ok(t) => t,
+        Err(e) => {
+            *shared.active.lock().unwrap() = None;
+            return Err(e);
+        }
+    };
+    let state = Arc::new(Mutex::new(State {
+        running: true,
+        ..State::default()
+    }));
+    let iface = TransactionIface {
+        method: method.to_string(),
+        caller: caller.clone(),
+        state: state.clone(),
+        cancel: cancel.clone(),
+        shared: shared.clone(),
+    };
+    if let Err(e) = server.at(path.as_str(), iface).await {
+        *shared.active.lock().unwrap() = None;
+        return Err(e.into());
+    }
+    let object_path = OwnedObjectPath::try_from(path.clone()).map_err(zbus::Error::from)?;
+    let emitter = SignalEmitter::new(shared.conn(), path.clone())?.into_owned();
+    let obs = BusObserver {
+        emitter,
+        state,
+        cancel,
+    };
+    let shared = shared.clone();
+    let kind = kind.to_string();
+    let command = format!("D-Bus {method} by {}", caller.describe());
+    std::thread::spawn(move || {
+        let result = sysroot.record_as(&kind, &command, caller.uid, || job(&sysroot, &lock, &obs));
+        drop(lock);
+        finish(&shared, &obs, &path, result);
+    });
+    Ok(object_path)
+}
+
+/// Publishes the outcome: properties first, then the sysroot's new state, then
+/// `Finished`, so a client that reacts to `Finished` reads the new state.
+fn finish(shared: &Arc<Shared>, obs: &BusObserver, path: &str, result: Result<serde_json::Value>) {
+    let error = match &result {
+        Ok(_) => String::new(),
+        Err(e) if e.chain().any(|c| c.is::<Cancelled>()) => Cancelled.to_string(),
+        Err(e) => format!("{e:#}"),
+    };
+    {
+        let mut st = obs.state.lock().unwrap();
+        st.running = false;
+        st.success = result.is_ok();
+        st.error = error.clone();
+        if let Ok(v) = &result {
+            st.result = v.to_string();
+            st.percent = 100;
+        }
+    }
+    *shared.active.lock().unwrap() = None;
+    let conn = shared.conn().clone();
+    obs.emit(async {
+        let iref = conn
+            .object_server()
+            .interface::<_, TransactionIface>(path)
+            .await?;
+        let t = iref.get().await;
+        let e = iref.signal_emitter();
+        t.running_changed(e).await?;
+        t.success_changed(e).await?;
+        t.error_message_changed(e).await?;
+        t.percent_changed(e).await?;
+        t.result_changed(e).await
+    });
+    sysroot_iface::announce_changes(shared);
+    obs.emit(TransactionIface::finished(
+        &obs.emitter,
+        error.is_empty(),
+        &error,
+    ));
+}
