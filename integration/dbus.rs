@@ -313,6 +313,74 @@ fn root_non_root_reads_status_but_gets_access_denied() {
 }
 
 #[test]
+fn root_polkit_authorizes_a_non_root_caller_per_action() {
+    require_root!();
+    let (bus, s, _t) = two_versions_on_a_bus(60);
+    // The real polkitd, with a rule that lets nobody roll back and nothing else.
+    let _polkit = bus.polkitd(
+        r#"polkit.addRule(function(action, subject) {
+    if (action.id == "org.arbor.Arbor1.rollback" && subject.user == "nobody")
+        return polkit.Result.YES;
+    if (action.id.indexOf("org.arbor.Arbor1.") == 0)
+        return polkit.Result.NO;
+});"#,
+    );
+    arbor_ok(&["--sysroot", &s, "deploy", "os/b"]);
+    let out = bus.busctl_as_nobody(&[
+        "call",
+        "org.arbor.Arbor1",
+        ROOT,
+        SYSROOT,
+        "Rollback",
+        "a{sv}",
+        "0",
+    ]);
+    let path = stdout(&out).split('"').nth(1).unwrap().to_string();
+    assert_eq!(bus.wait(&path), (true, String::new()));
+    assert_eq!(versions(&s), ["1", "2"]);
+    let last = bus.property(ROOT, SYSROOT, "LastTransaction");
+    assert_eq!(
+        last["uid"]["data"], 65534,
+        "recorded as the caller, not as root"
+    );
+    let out = bus.busctl_as_nobody(&[
+        "call",
+        "org.arbor.Arbor1",
+        ROOT,
+        SYSROOT,
+        "Deploy",
+        "sa{sv}",
+        "os/b",
+        "0",
+    ]);
+    assert!(!out.status.success());
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "gdbus",
+            "call",
+        ])
+        .args(["--address", &bus.address, "--dest", "org.arbor.Arbor1"])
+        .args([
+            "--object-path",
+            ROOT,
+            "--method",
+            "org.arbor.Arbor1.Sysroot.Deploy",
+        ])
+        .args(["os/b", "{}"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not authorized for org.arbor.Arbor1.deploy (polkit said no)"),
+        "{err}"
+    );
+    assert_eq!(versions(&s), ["1", "2"]);
+}
+
+#[test]
 fn root_one_transaction_at_a_time_cli_and_daemon_exclude_each_other_and_cancel() {
     require_root!();
     let t = scratch();

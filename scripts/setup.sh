@@ -9,6 +9,8 @@ PACKAGES=(
   gcc pkg-config libostree-dev libglib2.0-dev libfuse3-dev
   # tests and benchmarks: real tools users have
   ostree fuse3 attr libcap2-bin util-linux debootstrap zstd hyperfine findutils grub-common
+  # the D-Bus daemon's tests: a private dbus-daemon, busctl (systemd), gdbus, polkitd
+  dbus-daemon systemd libglib2.0-bin polkitd
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -69,6 +69,10 @@ impl Bus {
     <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
     <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
   </policy>
+  <policy context="default">
+    <allow own="org.freedesktop.PolicyKit1"/>
+    <allow send_destination="org.freedesktop.PolicyKit1"/>
+  </policy>
   <include>{policy}</include>
 </busconfig>
 "#,
@@ -220,6 +224,52 @@ impl Bus {
         v["data"][0].as_u64().unwrap() as u32
     }
 
+    /// Starts the real polkitd on this bus, in a mount namespace where it sees only
+    /// our actions file and the given rules (JavaScript). Killed when dropped.
+    pub fn polkitd(&self, rules: &str) -> Polkitd {
+        let pk = self.dir.path().join("polkit");
+        let (actions, rules_dir) = (pk.join("actions"), pk.join("rules"));
+        std::fs::create_dir_all(&actions).unwrap();
+        std::fs::create_dir_all(&rules_dir).unwrap();
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("dbus/org.arbor.Arbor1.policy"),
+            actions.join("org.arbor.Arbor1.policy"),
+        )
+        .unwrap();
+        std::fs::write(rules_dir.join("50-test.rules"), rules).unwrap();
+        // polkitd runs as its own user: it must read them.
+        Command::new("chmod")
+            .args(["-R", "a+rX"])
+            .arg(&pk)
+            .status()
+            .unwrap();
+        let script = format!(
+            "mount --bind {a} /usr/share/polkit-1/actions && \
+             mount --bind {r} /etc/polkit-1/rules.d && \
+             mount --bind {r} /usr/share/polkit-1/rules.d && \
+             exec /usr/lib/polkit-1/polkitd --no-debug",
+            a = actions.display(),
+            r = rules_dir.display()
+        );
+        let child = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", &script])
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &self.address)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting polkitd (package polkitd)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = self.busctl(&["status", "org.freedesktop.PolicyKit1"]);
+            if out.status.success() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "polkitd never took its name");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Polkitd(child)
+    }
+
     /// The socket path, for clients that take a path.
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("bus.sock")
@@ -235,5 +285,15 @@ impl Drop for Bus {
         }
         let _ = self.bus.kill();
         let _ = self.bus.wait();
+    }
+}
+
+/// A running polkitd; killed at drop.
+pub struct Polkitd(Child);
+
+impl Drop for Polkitd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
