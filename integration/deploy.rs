@@ -16,16 +16,6 @@ fn s_(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-fn deployment_dir(s: &str, index: usize) -> PathBuf {
-    let d = &status(s)[index];
-    Path::new(s).join(format!(
-        "arbor/deploy/{}/deploy/{}.{}",
-        d["os"].as_str().unwrap(),
-        d["commit"].as_str().unwrap(),
-        d["serial"]
-    ))
-}
-
 #[test]
 fn root_deploy_a_then_b_rollback_pin_undeploy_cleanup_on_corpus() {
     require_root!();

@@ -11,6 +11,8 @@ PACKAGES=(
   ostree fuse3 attr libcap2-bin util-linux debootstrap zstd hyperfine findutils grub-common
   # the D-Bus daemon's tests: a private dbus-daemon, busctl (systemd), gdbus, polkitd
   dbus-daemon systemd libglib2.0-bin polkitd
+  # packages: composing trees from a package set, building test .debs
+  mmdebstrap
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

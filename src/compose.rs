@@ -230,7 +230,8 @@ pub fn postprocess(root_path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Composes the root filesystem at `src` into a commit on `opts.branch`.
+/// Composes the root filesystem at `src` into a commit on `opts.branch`, with its
+/// package list (from the dpkg database) in the metadata.
 pub fn compose_rootfs(
     repo: &Repo,
     src: &Path,
@@ -245,7 +246,15 @@ pub fn compose_rootfs(
     postprocess(&root)?;
     let mut opts = opts.clone();
     opts.skip_special = true;
-    commit_tree(repo, &root, &opts, wait)
+    let pkgs = crate::packages::tree_packages(&root)?;
+    if let Some(p) = &pkgs {
+        crate::packages::add_metadata(&mut opts.metadata, p);
+    }
+    let r = commit_tree(repo, &root, &opts, wait)?;
+    if let Some(p) = &pkgs {
+        crate::packages::remember(repo, &r.commit, p);
+    }
+    Ok(r)
 }
 
 #[cfg(test)]

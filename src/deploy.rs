@@ -24,6 +24,7 @@ use crate::progress::{Observer, Unobserved, checkpoint};
 use crate::store::ObjectId;
 use crate::store::prune::{self, PruneReport};
 use crate::store::reach::Root;
+use crate::sysroot::origin::Layers;
 use crate::sysroot::{Deployment, Origin, Sysroot};
 
 /// What to deploy.
@@ -35,8 +36,10 @@ pub struct DeployOptions {
     pub refspec: String,
     /// Set when the commit is not the tip of `refspec` (an older commit of it).
     pub override_commit: Option<ObjectId>,
-    /// The commit it resolved to.
+    /// The base commit it resolved to.
     pub commit: ObjectId,
+    /// Packages to layer on the base (built into a new commit by the deploy).
+    pub layers: Layers,
     /// Kernel arguments; `None` keeps those of the deployment merged from.
     pub kargs: Option<Vec<String>>,
     /// Prepare now, switch boot entries at shutdown (`finalize-staged`).
@@ -59,11 +62,17 @@ impl DeployOptions {
         };
         let commit = sysroot.repo().resolve_rev(rev)?;
         let base = rev.trim_end_matches('^');
+        // Layered packages follow the deployment to its new base, as with rpm-ostree.
+        let current = sysroot.deployments()?;
+        let layers = merge_source(&current, &os)
+            .map(|d| d.origin.layers.clone())
+            .unwrap_or_default();
         Ok(DeployOptions {
             os,
             refspec: base.to_string(),
             override_commit: (base != rev).then_some(commit),
             commit,
+            layers,
             kargs: (!kargs.is_empty()).then_some(kargs),
             stage,
         })
@@ -90,7 +99,7 @@ fn merge_source<'a>(current: &'a [Deployment], os: &str) -> Option<&'a Deploymen
         .or_else(|| current.iter().find(|d| d.os == os))
 }
 
-/// Deploys `opts.commit` as the new default boot entry.
+/// Deploys `opts.commit` (with `opts.layers` on it) as the new default boot entry.
 pub fn deploy(sysroot: &Sysroot, opts: &DeployOptions, wait: LockWait<'_>) -> Result<DeployResult> {
     let lock = sysroot.lock(wait)?;
     sysroot.record("deploy", || deploy_held(sysroot, &lock, opts, &Unobserved))
@@ -119,20 +128,23 @@ pub fn deploy_held(
         );
     }
     remove_leftovers(sysroot)?;
+    // Layered packages make a new commit out of the base.
+    let commit_id =
+        crate::packages::layer::build(sysroot, &opts.os, &opts.commit, &opts.layers, obs)?;
     // A new deploy replaces a deployment staged earlier.
     sysroot.set_staged(lock, None)?;
     let current = sysroot.deployments()?;
-    let commit = repo.load_commit(&opts.commit)?;
-    let Node::Dir(etc_tree, etc_meta) = inspect::lookup(repo, &opts.commit, "/usr/etc")
+    let commit = repo.load_commit(&commit_id)?;
+    let Node::Dir(etc_tree, etc_meta) = inspect::lookup(repo, &commit_id, "/usr/etc")
         .context("the commit has no /usr/etc: compose it with 'arbor compose rootfs'")?
     else {
         bail!("/usr/etc in the commit is not a directory");
     };
     let deploy_dir = stateroot.join("deploy");
     let serial = (0..)
-        .find(|s| !deploy_dir.join(format!("{}.{s}", opts.commit)).exists())
+        .find(|s| !deploy_dir.join(format!("{}.{s}", commit_id)).exists())
         .unwrap();
-    let name = format!("{}.{serial}", opts.commit);
+    let name = format!("{}.{serial}", commit_id);
     let tmp_name = format!(".{name}.tmp");
     let tmp = deploy_dir.join(&tmp_name);
     let deploy_fd = fsutil::open_dir(&deploy_dir)?;
@@ -182,6 +194,7 @@ pub fn deploy_held(
         refspec: opts.refspec.clone(),
         override_commit: opts.override_commit.map(|c| c.to_hex()),
         pinned: false,
+        layers: opts.layers.clone(),
     };
     fsutil::atomic_write(
         deploy_fd.as_fd(),
@@ -195,7 +208,7 @@ pub fn deploy_held(
     let kernel = kernel.moved(&tmp, &deploy_dir.join(&name));
     obs.task_begin("kernel");
     obs.percent("installing the kernel", 80);
-    let bootcsum = kernel_checksum(repo, &opts.commit, &kernel)?;
+    let bootcsum = kernel_checksum(repo, &commit_id, &kernel)?;
     let installed = boot::install_kernel(&sysroot.boot_dir(), &opts.os, &kernel, &bootcsum)?;
     let inherited = merge_source(&current, &opts.os)
         .map(|d| d.kargs.clone())
@@ -203,11 +216,12 @@ pub fn deploy_held(
     let new = Deployment {
         index: 0,
         os: opts.os.clone(),
-        commit: opts.commit,
+        commit: commit_id,
         serial,
         origin,
         kargs: opts.kargs.clone().unwrap_or(inherited),
         version: commit.metadata_value("version").map(str::to_string),
+        base: (commit_id != opts.commit).then_some(opts.commit),
         timestamp: commit.timestamp,
         booted: false,
         linux: installed.linux,

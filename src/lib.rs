@@ -21,6 +21,7 @@ pub mod health;
 pub mod inspect;
 pub mod lock;
 pub mod ostree_interop;
+pub mod packages;
 pub mod prepare_root;
 pub mod progress;
 pub mod statedb;

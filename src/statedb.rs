@@ -12,6 +12,8 @@ use anyhow::{Context, Result};
 use rusqlite::{Connection, params};
 use serde::Serialize;
 
+use crate::packages::dpkg::Package;
+
 /// Migrations in order; entry `i` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
     // 1: inode cache and transaction history.
@@ -28,6 +30,11 @@ const MIGRATIONS: &[&str] = &[
         started INTEGER NOT NULL,
         finished INTEGER,
         result TEXT);",
+    // 2: the package list of each commit, for `db list` and `db diff`.
+    "CREATE TABLE packages (
+        commit_id TEXT NOT NULL, name TEXT NOT NULL, arch TEXT NOT NULL,
+        version TEXT NOT NULL,
+        PRIMARY KEY (commit_id, name, arch)) WITHOUT ROWID;",
 ];
 
 /// An open state database.
@@ -211,6 +218,38 @@ impl StateDb {
             params![now(), text, id],
         )?;
         Ok(())
+    }
+
+    /// Records the installed packages of a commit (replacing what was recorded).
+    pub fn store_packages(&mut self, commit: &str, pkgs: &[Package]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM packages WHERE commit_id = ?1", params![commit])?;
+        {
+            let mut stmt = tx.prepare(
+                "INSERT INTO packages (commit_id, name, arch, version) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for p in pkgs {
+                stmt.execute(params![commit, p.name, p.arch, p.version])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The packages recorded for a commit; `None` when nothing was recorded.
+    pub fn packages(&self, commit: &str) -> Result<Option<Vec<Package>>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT name, arch, version FROM packages WHERE commit_id = ?1 ORDER BY name, arch",
+        )?;
+        let rows = stmt.query_map(params![commit], |r| {
+            Ok(Package {
+                name: r.get(0)?,
+                arch: r.get(1)?,
+                version: r.get(2)?,
+            })
+        })?;
+        let list: Vec<Package> = rows.collect::<Result<_, _>>()?;
+        Ok((!list.is_empty()).then_some(list))
     }
 
     /// The transaction history, newest first.

@@ -337,3 +337,14 @@ pub fn versions(sysroot: &str) -> Vec<String> {
         .map(|d| d["version"].as_str().unwrap().to_string())
         .collect()
 }
+
+/// The folder of deployment INDEX of sysroot S.
+pub fn deployment_dir(sysroot: &str, index: usize) -> PathBuf {
+    let d = &status(sysroot)[index];
+    Path::new(sysroot).join(format!(
+        "arbor/deploy/{}/deploy/{}.{}",
+        d["os"].as_str().unwrap(),
+        d["commit"].as_str().unwrap(),
+        d["serial"]
+    ))
+}

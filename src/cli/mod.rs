@@ -8,6 +8,7 @@
 pub mod arbord;
 mod interop_cmds;
 mod output;
+mod package_cmds;
 mod repo_cmds;
 mod sysroot_cmds;
 
@@ -115,6 +116,18 @@ pub enum Command {
     PrepareRoot(sysroot_cmds::PrepareRootArgs),
     /// Remove unreferenced deployments and kernels, then prune the repository.
     Cleanup(OutputArgs),
+    /// Layer packages (names, or local .deb files) on the deployment: a new deployment.
+    Install(package_cmds::PackagesArgs),
+    /// Remove layered packages: a new deployment.
+    Uninstall(package_cmds::PackagesArgs),
+    /// Remove or replace packages of the base image, or undo that: a new deployment.
+    #[command(subcommand)]
+    Override(package_cmds::OverrideCommand),
+    /// Deploy the tip of the tracked ref with the layered packages re-applied.
+    Upgrade(package_cmds::UpgradeArgs),
+    /// The package database of commits: list, diff.
+    #[command(subcommand)]
+    Db(package_cmds::DbCommand),
     /// Move commits between arbor and OSTree repositories.
     #[command(subcommand)]
     Ostree(interop_cmds::OstreeCommand),
@@ -167,6 +180,11 @@ pub fn run(cli: &Cli) -> Result<i32> {
     match &cli.command {
         Command::GenerateMan { dir } => generate_man(dir).map(|_| 0),
         Command::Ostree(cmd) => interop_cmds::run_ostree(cli, cmd),
+        Command::Db(cmd) => package_cmds::run_db(cli, cmd),
+        Command::Install(_)
+        | Command::Uninstall(_)
+        | Command::Override(_)
+        | Command::Upgrade(_) => package_cmds::run_layering(cli, &cli.command),
         Command::Mount(a) => interop_cmds::run_mount(cli, a),
         Command::Admin(cmd) => sysroot_cmds::run_admin(cli, cmd),
         Command::PrepareRoot(a) => sysroot_cmds::run_prepare_root(cli, a),

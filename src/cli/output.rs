@@ -106,6 +106,20 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// Prints a transaction's steps and messages on stderr as plain lines (`arbor: …`),
+/// so a long command says what it is doing, on a terminal or in a log.
+pub struct PrintSteps;
+
+impl crate::progress::Observer for PrintSteps {
+    fn task_begin(&self, task: &str) {
+        eprintln!("arbor: {task} …");
+    }
+
+    fn message(&self, text: &str) {
+        eprintln!("arbor: {text}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,6 +35,8 @@ pub enum AdminCommand {
 pub enum ComposeCommand {
     /// Turn a plain root filesystem into an image tree and commit it.
     Rootfs(RootfsArgs),
+    /// Build an image from a treefile (TOML) with mmdebstrap and apt, and commit it.
+    Tree(super::package_cmds::TreeArgs),
 }
 
 /// `arbor compose rootfs`.
@@ -184,6 +186,16 @@ fn print_status(list: &[StatusRow]) {
             ),
             None => println!("    Origin:    {}", d.origin.refspec),
         }
+        if let Some(b) = &d.base {
+            println!("    Base:      {b}");
+        }
+        let l = &d.origin.layers;
+        if !l.installed_names().is_empty() {
+            println!("    Layered:   {}", l.installed_names().join(" "));
+        }
+        if !l.remove.is_empty() {
+            println!("    Removed:   {}", l.remove.join(" "));
+        }
         if !d.kargs.is_empty() {
             println!("    Kargs:     {}", d.kargs.join(" "));
         }
@@ -213,7 +225,10 @@ pub fn run_admin(cli: &Cli, cmd: &AdminCommand) -> Result<i32> {
 
 /// Runs `arbor compose …`.
 pub fn run_compose(cli: &Cli, cmd: &ComposeCommand) -> Result<i32> {
-    let ComposeCommand::Rootfs(a) = cmd;
+    let a = match cmd {
+        ComposeCommand::Rootfs(a) => a,
+        ComposeCommand::Tree(a) => return super::package_cmds::run_compose_tree(cli, a),
+    };
     let repo = Repo::open(&cli.repo_path())?;
     let mut metadata = Vec::new();
     if let Some(v) = &a.version {

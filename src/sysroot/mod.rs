@@ -55,6 +55,8 @@ pub struct Deployment {
     pub kargs: Vec<String>,
     /// The commit's `version` metadata, if any.
     pub version: Option<String>,
+    /// For a layered deployment, the base commit its packages are layered on.
+    pub base: Option<ObjectId>,
     /// The commit's timestamp.
     pub timestamp: i64,
     /// True for the deployment running now.
@@ -354,6 +356,7 @@ impl Sysroot {
                 origin: Origin::default(),
                 kargs: entry.user_kargs(),
                 version: None,
+                base: None,
                 timestamp: 0,
                 booted: false,
                 linux: entry.linux.clone(),
@@ -370,6 +373,9 @@ impl Sysroot {
                 .and_then(|t| Origin::parse(&t))?;
             if let Ok(c) = self.repo.load_commit(&d.commit) {
                 d.version = c.metadata_value("version").map(str::to_string);
+                d.base = c
+                    .metadata_value(crate::packages::layer::BASE_KEY)
+                    .and_then(|h| h.parse().ok());
                 d.timestamp = c.timestamp;
             }
             out.push(d);

@@ -7,6 +7,14 @@
 //!
 //! [arbor]
 //! pinned=true
+//!
+//! [packages]                      (layered on the base: `arbor install`)
+//! requested=hello;cowsay
+//! requested-local=<blake3 of the .deb>:<package name>;…
+//!
+//! [overrides]                     (`arbor override remove|replace`)
+//! remove=nano;…
+//! replace-local=<blake3 of the .deb>:<package name>;…
 //! ```
 
 use anyhow::{Result, bail};
@@ -22,6 +30,78 @@ pub struct Origin {
     pub override_commit: Option<String>,
     /// Pinned deployments are never removed by deploy or cleanup.
     pub pinned: bool,
+    /// Packages layered on the base and base packages overridden.
+    #[serde(default)]
+    pub layers: Layers,
+}
+
+/// A local `.deb` kept in the sysroot (`arbor/debs/<id>.deb`) for re-layering.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct LocalDeb {
+    /// BLAKE3 of the file, hex: its name in `arbor/debs/`.
+    pub id: String,
+    /// The package it holds.
+    pub name: String,
+}
+
+/// What a deployment adds to, or takes from, its base commit; re-applied on each new
+/// base (upgrade, deploy).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layers {
+    /// Packages from the configured archive, by name.
+    pub packages: Vec<String>,
+    /// Local packages.
+    pub local: Vec<LocalDeb>,
+    /// Base packages removed.
+    pub remove: Vec<String>,
+    /// Base packages replaced by local ones.
+    pub replace: Vec<LocalDeb>,
+}
+
+impl Layers {
+    /// True when the deployment is its base commit as it is.
+    pub fn is_empty(&self) -> bool {
+        self.packages.is_empty()
+            && self.local.is_empty()
+            && self.remove.is_empty()
+            && self.replace.is_empty()
+    }
+
+    /// Every package the layer installs, by name.
+    pub fn installed_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.packages.clone();
+        v.extend(self.local.iter().map(|d| d.name.clone()));
+        v.extend(self.replace.iter().map(|d| d.name.clone()));
+        v
+    }
+}
+
+fn join_debs(debs: &[LocalDeb]) -> String {
+    debs.iter()
+        .map(|d| format!("{}:{}", d.id, d.name))
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+fn split_list(v: &str) -> Vec<String> {
+    v.split(';')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn split_debs(v: &str) -> Result<Vec<LocalDeb>> {
+    split_list(v)
+        .into_iter()
+        .map(|x| match x.split_once(':') {
+            Some((id, name)) => Ok(LocalDeb {
+                id: id.into(),
+                name: name.into(),
+            }),
+            None => bail!("origin: local package '{x}' is not <id>:<name>"),
+        })
+        .collect()
 }
 
 impl Origin {
@@ -33,6 +113,25 @@ impl Origin {
         }
         if self.pinned {
             s.push_str("\n[arbor]\npinned=true\n");
+        }
+        let l = &self.layers;
+        if !l.packages.is_empty() || !l.local.is_empty() {
+            s.push_str("\n[packages]\n");
+            if !l.packages.is_empty() {
+                s.push_str(&format!("requested={}\n", l.packages.join(";")));
+            }
+            if !l.local.is_empty() {
+                s.push_str(&format!("requested-local={}\n", join_debs(&l.local)));
+            }
+        }
+        if !l.remove.is_empty() || !l.replace.is_empty() {
+            s.push_str("\n[overrides]\n");
+            if !l.remove.is_empty() {
+                s.push_str(&format!("remove={}\n", l.remove.join(";")));
+            }
+            if !l.replace.is_empty() {
+                s.push_str(&format!("replace-local={}\n", join_debs(&l.replace)));
+            }
         }
         s
     }
@@ -56,6 +155,10 @@ impl Origin {
                 ("origin", "refspec") => o.refspec = v.trim().to_string(),
                 ("origin", "override-commit") => o.override_commit = Some(v.trim().to_string()),
                 ("arbor", "pinned") => o.pinned = v.trim() == "true",
+                ("packages", "requested") => o.layers.packages = split_list(v),
+                ("packages", "requested-local") => o.layers.local = split_debs(v)?,
+                ("overrides", "remove") => o.layers.remove = split_list(v),
+                ("overrides", "replace-local") => o.layers.replace = split_debs(v)?,
                 _ => {}
             }
         }
@@ -73,10 +176,20 @@ mod tests {
     #[test]
     fn round_trip() {
         for pinned in [false, true] {
+            let deb = LocalDeb {
+                id: "00ff".into(),
+                name: "hello".into(),
+            };
             let o = Origin {
                 refspec: "debian/a".into(),
                 override_commit: pinned.then(|| "ab".to_string()),
                 pinned,
+                layers: Layers {
+                    packages: vec!["cowsay".into(), "sl".into()],
+                    local: vec![deb.clone()],
+                    remove: vec!["nano".into()],
+                    replace: vec![deb],
+                },
             };
             assert_eq!(Origin::parse(&o.to_text()).unwrap(), o);
         }

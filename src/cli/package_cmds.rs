@@ -1,0 +1,275 @@
+//! Package subcommands: db, compose tree, install, uninstall, override.
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+
+use std::path::PathBuf;
+
+use super::output::{PrintSteps, human_bytes, json, with_progress};
+use super::{Cli, OutputArgs, lock_wait};
+use crate::deploy::DeployOptions;
+use crate::packages::layer::{self, LayerEdit};
+use crate::packages::treefile::Treefile;
+use crate::packages::{self, compose_tree, dpkg};
+use crate::store::Repo;
+use crate::store::refs::RefName;
+use crate::sysroot::Sysroot;
+
+/// `arbor db …`.
+#[derive(Subcommand, Debug)]
+pub enum DbCommand {
+    /// List the packages of a commit (default: the booted deployment, else the default).
+    List(DbListArgs),
+    /// Show the packages added, removed, upgraded and downgraded from A to B.
+    Diff(DbDiffArgs),
+}
+
+/// `arbor db list`.
+#[derive(Args, Debug)]
+pub struct DbListArgs {
+    /// A ref or commit.
+    pub rev: Option<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `arbor db diff`.
+#[derive(Args, Debug)]
+pub struct DbDiffArgs {
+    /// The older ref or commit.
+    pub from: String,
+    /// The newer ref or commit.
+    pub to: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `arbor compose tree`.
+#[derive(Args, Debug)]
+pub struct TreeArgs {
+    /// The treefile (docs/treefile.md).
+    pub treefile: PathBuf,
+    /// Branch to commit to.
+    #[arg(short, long = "branch", value_name = "REF")]
+    pub branch: String,
+    /// Where downloaded packages are kept between composes.
+    #[arg(long, value_name = "DIR", default_value = compose_tree::DEFAULT_CACHE)]
+    pub cache_dir: PathBuf,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Runs `arbor compose tree`.
+pub fn run_compose_tree(cli: &Cli, a: &TreeArgs) -> Result<i32> {
+    let tf = Treefile::load(&a.treefile)?;
+    let repo = Repo::open(&cli.repo_path())?;
+    let branch = RefName::parse(&a.branch)?;
+    let r = with_progress("committing", |progress| {
+        let opts = compose_tree::ComposeTreeOptions {
+            branch,
+            cache_dir: a.cache_dir.clone(),
+            progress,
+        };
+        compose_tree::compose_tree(&repo, &tf, &opts, &PrintSteps, lock_wait(cli))
+    })?;
+    if a.output.json {
+        return json(&r).map(|_| 0);
+    }
+    println!("{}", r.commit.commit);
+    eprintln!(
+        "composed {} into {}: {} packages, {} files, {} new objects ({})",
+        tf.name,
+        r.commit.branch,
+        r.packages,
+        r.commit.stats.files + r.commit.stats.symlinks,
+        r.commit.stats.objects_written,
+        human_bytes(r.commit.stats.bytes_written)
+    );
+    if !r.reproducible {
+        eprintln!(
+            "note: no SOURCE_DATE_EPOCH (environment or treefile): this build is not reproducible"
+        );
+    }
+    Ok(0)
+}
+
+/// `arbor install` / `arbor uninstall`.
+#[derive(Args, Debug)]
+pub struct PackagesArgs {
+    /// Package names; for install also local files (a path with '/' or ending in .deb).
+    #[arg(required = true, value_name = "PKG")]
+    pub packages: Vec<String>,
+    /// The stateroot (default: the only one).
+    #[arg(long, value_name = "NAME")]
+    pub os: Option<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `arbor override …`.
+#[derive(Subcommand, Debug)]
+pub enum OverrideCommand {
+    /// Remove base packages from the deployment (dpkg --purge).
+    Remove(PackagesArgs),
+    /// Replace base packages with local .deb files.
+    Replace(PackagesArgs),
+    /// Undo overrides of the named packages (all without names).
+    Reset(ResetArgs),
+}
+
+/// `arbor override reset`.
+#[derive(Args, Debug)]
+pub struct ResetArgs {
+    /// Packages whose override to drop; none: all.
+    pub packages: Vec<String>,
+    /// The stateroot (default: the only one).
+    #[arg(long, value_name = "NAME")]
+    pub os: Option<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `arbor upgrade`.
+#[derive(Args, Debug)]
+pub struct UpgradeArgs {
+    /// The stateroot (default: the only one).
+    #[arg(long, value_name = "NAME")]
+    pub os: Option<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+fn is_file_arg(a: &str) -> bool {
+    a.contains('/') || a.ends_with(".deb")
+}
+
+/// Deploys `opts` and reports it as `arbor deploy` does.
+fn deploy_layered(cli: &Cli, opts: &DeployOptions, out: &OutputArgs) -> Result<i32> {
+    let sysroot = Sysroot::open(&cli.sysroot)?;
+    let lock = sysroot.lock(lock_wait(cli))?;
+    let r = sysroot.record("deploy", || {
+        crate::deploy::deploy_held(&sysroot, &lock, opts, &PrintSteps)
+    })?;
+    if out.json {
+        return json(&r).map(|_| 0);
+    }
+    let l = &r.deployment.origin.layers;
+    println!("deployed {}/{}", r.deployment.os, r.deployment.dir_name());
+    if !l.is_empty() {
+        eprintln!(
+            "layered: {}; removed from the base: {}",
+            if l.installed_names().is_empty() {
+                "-".into()
+            } else {
+                l.installed_names().join(" ")
+            },
+            if l.remove.is_empty() {
+                "-".into()
+            } else {
+                l.remove.join(" ")
+            }
+        );
+    }
+    eprintln!("it boots next; 'arbor rollback' goes back");
+    Ok(0)
+}
+
+/// Runs install, uninstall, override and upgrade.
+pub fn run_layering(cli: &Cli, cmd: &super::Command) -> Result<i32> {
+    use super::Command as C;
+    let sysroot = Sysroot::open(&cli.sysroot)?;
+    let (edit, os, out) = match cmd {
+        C::Install(a) => {
+            let (files, names): (Vec<&String>, Vec<&String>) =
+                a.packages.iter().partition(|p| is_file_arg(p));
+            (
+                LayerEdit::Install {
+                    names: names.into_iter().cloned().collect(),
+                    files: files.into_iter().map(PathBuf::from).collect(),
+                },
+                &a.os,
+                &a.output,
+            )
+        }
+        C::Uninstall(a) => (LayerEdit::Uninstall(a.packages.clone()), &a.os, &a.output),
+        C::Override(OverrideCommand::Remove(a)) => {
+            (LayerEdit::Remove(a.packages.clone()), &a.os, &a.output)
+        }
+        C::Override(OverrideCommand::Replace(a)) => (
+            LayerEdit::Replace(a.packages.iter().map(PathBuf::from).collect()),
+            &a.os,
+            &a.output,
+        ),
+        C::Override(OverrideCommand::Reset(a)) => {
+            (LayerEdit::Reset(a.packages.clone()), &a.os, &a.output)
+        }
+        C::Upgrade(a) => {
+            return match layer::upgrade(&sysroot, a.os.as_deref())? {
+                Some(opts) => deploy_layered(cli, &opts, &a.output),
+                None => {
+                    println!("no upgrade: the deployment is at the tip of its ref");
+                    Ok(0)
+                }
+            };
+        }
+        _ => unreachable!("not a layering command"),
+    };
+    let opts = layer::edit(&sysroot, os.as_deref(), &edit)?;
+    deploy_layered(cli, &opts, out)
+}
+
+/// The commit a `db` command reads when none is named.
+fn default_commit(cli: &Cli) -> Result<String> {
+    let sysroot = Sysroot::open(&cli.sysroot)?;
+    let list = sysroot.deployments()?;
+    let d = list
+        .iter()
+        .find(|d| d.booted)
+        .or(list.first())
+        .ok_or_else(|| anyhow::anyhow!("no deployment: name a ref or commit"))?;
+    Ok(d.commit.to_hex())
+}
+
+/// Runs `arbor db …`.
+pub fn run_db(cli: &Cli, cmd: &DbCommand) -> Result<i32> {
+    let repo = Repo::open(&cli.repo_path())?;
+    match cmd {
+        DbCommand::List(a) => {
+            let rev = match &a.rev {
+                Some(r) => r.clone(),
+                None => default_commit(cli)?,
+            };
+            let list = packages::packages_of(&repo, &repo.resolve_rev(&rev)?)?;
+            if a.output.json {
+                return json(&list).map(|_| 0);
+            }
+            for p in &list {
+                println!("{} {} {}", p.name, p.arch, p.version);
+            }
+        }
+        DbCommand::Diff(a) => {
+            let from = packages::packages_of(&repo, &repo.resolve_rev(&a.from)?)?;
+            let to = packages::packages_of(&repo, &repo.resolve_rev(&a.to)?)?;
+            let d = dpkg::diff(&from, &to);
+            if a.output.json {
+                return json(&d).map(|_| 0);
+            }
+            for c in &d.upgraded {
+                println!("upgraded   {}:{} {} -> {}", c.name, c.arch, c.from, c.to);
+            }
+            for c in &d.downgraded {
+                println!("downgraded {}:{} {} -> {}", c.name, c.arch, c.from, c.to);
+            }
+            for p in &d.removed {
+                println!("removed    {} {}", p.key(), p.version);
+            }
+            for p in &d.added {
+                println!("added      {} {}", p.key(), p.version);
+            }
+            if d == dpkg::PackageDiff::default() {
+                println!("no package changes");
+            }
+        }
+    }
+    Ok(0)
+}
