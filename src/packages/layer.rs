@@ -154,7 +154,8 @@ pub fn build(
     ])
     .args(["sh", "-c", SCRIPT, "arbor-layer"])
     .args(["merged", "lower", "upper", "work", "debs"].map(|d| w.join(d)))
-    .arg(if layers.packages.is_empty() {
+    // Local packages may need dependencies from the archive too.
+    .arg(if install.is_empty() {
         "noupdate"
     } else {
         "update"

@@ -1,0 +1,376 @@
+//! Packages through the real binary with Debian's own tools: composing images from
+//! treefiles with mmdebstrap, layering with apt and dpkg on an overlay, and the package
+//! database of commits.
+#![allow(clippy::print_stderr, clippy::print_stdout)]
+
+#[macro_use]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+
+/// A bootable image: kernel, systemd, and a few small packages to play with.
+const SERVER: &str = r#"
+name = "server"
+version = "12.7"
+suite = "bookworm"
+packages = ["systemd-sysv", "linux-image-amd64", "initramfs-tools", "less"]
+units = ["systemd-networkd.service"]
+postprocess = ["echo 'built by arbor' > /etc/motd"]
+
+[etc]
+"hostname" = "server\n"
+"#;
+
+/// `arbor ARGS…` with a fixed SOURCE_DATE_EPOCH, so composes are reproducible.
+fn arbor_at_epoch(args: &[&str]) -> Output {
+    Command::new(arbor_bin())
+        .args(args)
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .env_remove("ARBOR_REPO")
+        .output()
+        .unwrap()
+}
+
+fn ok(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn err(out: Output, what: &str) -> String {
+    assert!(!out.status.success(), "{what} should have failed");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+fn treefile(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(format!("{name}.toml"));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// A local package whose postinst fails.
+fn failing_deb(dir: &Path) -> PathBuf {
+    let d = dir.join("fail-pkg");
+    std::fs::create_dir_all(d.join("DEBIAN")).unwrap();
+    std::fs::write(
+        d.join("DEBIAN/control"),
+        "Package: arbor-test-fail\nVersion: 1.0\nArchitecture: all\nMaintainer: arbor tests <t@example.org>\nDescription: fails to configure\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("DEBIAN/postinst"),
+        "#!/bin/sh\necho failing on purpose >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        d.join("DEBIAN/postinst"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let deb = dir.join("arbor-test-fail_1.0_all.deb");
+    let out = Command::new("dpkg-deb")
+        .args(["--build", "--root-owner-group"])
+        .arg(&d)
+        .arg(&deb)
+        .output()
+        .unwrap();
+    ok(out, "dpkg-deb --build");
+    deb
+}
+
+fn layers(s: &str) -> serde_json::Value {
+    status(s)[0]["origin"]["layers"].clone()
+}
+
+fn package_names(s: &str, rev: &str) -> Vec<String> {
+    let v: serde_json::Value =
+        serde_json::from_str(&arbor_ok(&["--sysroot", s, "db", "list", rev, "--json"])).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn commit_of(s: &str, index: usize) -> String {
+    status(s)[index]["commit"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn root_compose_deploy_layer_uninstall_override_and_upgrade() {
+    require_root!();
+    let t = scratch();
+    let s = sysroot(t.path());
+    let tf = treefile(t.path(), "server", SERVER);
+    let out = arbor_at_epoch(&["--sysroot", &s, "compose", "tree", s_(&tf), "-b", "server"]);
+    let base = ok(out, "compose tree").trim().to_string();
+    let pkgs = package_names(&s, "server");
+    for p in ["systemd", "linux-image-amd64", "less", "base-files"] {
+        assert!(pkgs.contains(&p.to_string()), "{p} missing from db list");
+    }
+    arbor_ok(&["--sysroot", &s, "deploy", "server"]);
+    assert_eq!(versions(&s), ["12.7"]);
+    let dep = deployment_dir(&s, 0);
+    assert_eq!(
+        std::fs::read_to_string(dep.join("etc/motd")).unwrap(),
+        "built by arbor\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dep.join("etc/hostname")).unwrap(),
+        "server\n"
+    );
+    assert!(
+        dep.join("etc/systemd/system/multi-user.target.wants/systemd-networkd.service")
+            .symlink_metadata()
+            .is_ok()
+    );
+    assert_eq!(std::fs::read(dep.join("usr/etc/machine-id")).unwrap(), b"");
+    assert!(
+        dep.join("usr/lib/modules").read_dir().unwrap().count() == 1,
+        "one kernel"
+    );
+    let base_usr = describe_tree(&dep.join("usr"));
+
+    // Layer an archive package and a local .deb from the corpus.
+    let sl = corpus("debs").join("sl_5.02-1+b1_amd64.deb");
+    arbor_ok(&["--sysroot", &s, "install", "hello", s_(&sl)]);
+    let layered = deployment_dir(&s, 0);
+    let hello = Command::new("chroot")
+        .arg(&layered)
+        .arg("/usr/bin/hello")
+        .output()
+        .unwrap();
+    assert_eq!(ok(hello, "hello in the layered root"), "Hello, world!\n");
+    assert!(layered.join("usr/games/sl").is_file());
+    assert_eq!(status(&s)[0]["base"], base.as_str());
+    assert_eq!(layers(&s)["packages"], serde_json::json!(["hello"]));
+    assert_eq!(layers(&s)["local"][0]["name"], "sl");
+    // The base deployment and the store are untouched.
+    let base_dep = deployment_dir(&s, 1);
+    assert!(!base_dep.join("usr/bin/hello").exists());
+    assert_eq!(describe_tree(&base_dep.join("usr")), base_usr);
+    arbor_ok(&["--sysroot", &s, "fsck"]);
+    let diff = arbor_ok(&["--sysroot", &s, "db", "diff", &base, &commit_of(&s, 0)]);
+    assert!(
+        diff.contains("added      hello:amd64") && diff.contains("added      sl:amd64"),
+        "{diff}"
+    );
+    let status_text = arbor_ok(&["--sysroot", &s, "status"]);
+    assert!(status_text.contains("Layered:   hello sl"), "{status_text}");
+
+    // Failures leave no new deployment and say why.
+    let before = status(&s);
+    let fail = failing_deb(t.path());
+    let e = arbor_err(&["--sysroot", &s, "install", s_(&fail)]);
+    assert!(
+        e.contains("post-installation script") && e.contains("exit status 1"),
+        "{e}"
+    );
+    let e = arbor_err(&["--sysroot", &s, "install", "nosuchpkg-arbor"]);
+    assert!(
+        e.contains("Unable to locate package nosuchpkg-arbor"),
+        "{e}"
+    );
+    let e = arbor_err(&["--sysroot", &s, "install", "hello"]);
+    assert!(e.contains("hello is already layered"), "{e}");
+    let e = arbor_err(&["--sysroot", &s, "uninstall", "less"]);
+    assert!(e.contains("less is not a layered package"), "{e}");
+    assert_eq!(status(&s), before);
+    let leftovers: Vec<_> = std::fs::read_dir(Path::new(&s).join("arbor/repo"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".layer-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // Uninstall: hello goes, sl stays.
+    arbor_ok(&["--sysroot", &s, "uninstall", "hello"]);
+    let d = deployment_dir(&s, 0);
+    assert!(!d.join("usr/bin/hello").exists() && d.join("usr/games/sl").is_file());
+    assert_eq!(layers(&s)["packages"], serde_json::json!([]));
+
+    // Override: remove a base package, then reset.
+    arbor_ok(&["--sysroot", &s, "override", "remove", "less"]);
+    assert!(!deployment_dir(&s, 0).join("usr/bin/less").exists());
+    assert!(!package_names(&s, &commit_of(&s, 0)).contains(&"less".to_string()));
+    assert!(arbor_ok(&["--sysroot", &s, "status"]).contains("Removed:   less"));
+    arbor_ok(&["--sysroot", &s, "override", "reset", "less"]);
+    assert!(deployment_dir(&s, 0).join("usr/bin/less").exists());
+
+    // The base moves: upgrade re-applies the layer on the new base.
+    let co = t.path().join("v2");
+    arbor_ok(&["--sysroot", &s, "checkout", "server", s_(&co), "--copy"]);
+    std::fs::write(co.join("usr/share/arbor-v2"), "second image\n").unwrap();
+    arbor_ok(&[
+        "--sysroot",
+        &s,
+        "commit",
+        "-b",
+        "server",
+        "--metadata",
+        "version=12.8",
+        s_(&co),
+    ]);
+    arbor_ok(&["--sysroot", &s, "upgrade"]);
+    assert_eq!(versions(&s)[0], "12.8");
+    let d = deployment_dir(&s, 0);
+    assert!(d.join("usr/share/arbor-v2").is_file() && d.join("usr/games/sl").is_file());
+    assert_eq!(layers(&s)["local"][0]["name"], "sl");
+    assert!(arbor_ok(&["--sysroot", &s, "upgrade"]).contains("no upgrade"));
+    arbor_ok(&["--sysroot", &s, "fsck"]);
+}
+
+#[test]
+fn root_compose_twice_gives_one_commit_and_failures_are_clear() {
+    require_root!();
+    let t = scratch();
+    let repo = t.path().join("repo");
+    arbor_ok(&["--repo", s_(&repo), "init"]);
+    let small = "name = \"small\"\nversion = \"1\"\nsuite = \"bookworm\"\npackages = [\"less\"]\n[etc]\n\"hostname\" = \"small\\n\"\n";
+    let tf = treefile(t.path(), "small", small);
+    let one = ok(
+        arbor_at_epoch(&["--repo", s_(&repo), "compose", "tree", s_(&tf), "-b", "one"]),
+        "compose",
+    );
+    let two = ok(
+        arbor_at_epoch(&["--repo", s_(&repo), "compose", "tree", s_(&tf), "-b", "two"]),
+        "compose",
+    );
+    assert_eq!(one, two, "the same package versions give the same commit");
+    let list = arbor_ok(&["--repo", s_(&repo), "db", "list", "one"]);
+    assert!(list.lines().any(|l| l.starts_with("less amd64 ")), "{list}");
+    let show: serde_json::Value =
+        serde_json::from_str(&arbor_ok(&["--repo", s_(&repo), "show", "one", "--json"])).unwrap();
+    assert_eq!(show["timestamp"], 1700000000, "{show}");
+
+    // An unknown package, a failing postprocess script, a bad field: clear errors, no ref.
+    let bad = treefile(
+        t.path(),
+        "bad",
+        &small.replace("\"less\"", "\"nosuchpkg-arbor\""),
+    );
+    let e = err(
+        arbor_at_epoch(&[
+            "--repo",
+            s_(&repo),
+            "compose",
+            "tree",
+            s_(&bad),
+            "-b",
+            "bad",
+        ]),
+        "compose",
+    );
+    assert!(
+        e.contains("nosuchpkg-arbor") && e.contains("mmdebstrap failed"),
+        "{e}"
+    );
+    let script = treefile(
+        t.path(),
+        "script",
+        &format!("postprocess = [\"echo broken >&2; exit 3\"]\n{small}"),
+    );
+    let e = err(
+        arbor_at_epoch(&[
+            "--repo",
+            s_(&repo),
+            "compose",
+            "tree",
+            s_(&script),
+            "-b",
+            "bad",
+        ]),
+        "compose",
+    );
+    assert!(
+        e.contains("postprocess script 1 failed") && e.contains("broken"),
+        "{e}"
+    );
+    let typo = treefile(t.path(), "typo", &small.replace("packages", "pakages"));
+    let e = err(
+        arbor_at_epoch(&[
+            "--repo",
+            s_(&repo),
+            "compose",
+            "tree",
+            s_(&typo),
+            "-b",
+            "bad",
+        ]),
+        "compose",
+    );
+    assert!(e.contains("pakages") && e.contains("typo.toml"), "{e}");
+    let refs = arbor_ok(&["--repo", s_(&repo), "refs"]);
+    assert!(!refs.contains("bad"), "{refs}");
+}
+
+#[test]
+fn root_db_diff_of_corpus_a_and_b_lists_the_point_update() {
+    require_root!();
+    let t = scratch();
+    let repo = t.path().join("repo");
+    arbor_ok(&["--repo", s_(&repo), "init"]);
+    for name in ["a", "b"] {
+        arbor_ok(&["--repo", s_(&repo), "commit", "-b", name, s_(&corpus(name))]);
+    }
+    let d: serde_json::Value = serde_json::from_str(&arbor_ok(&[
+        "--repo",
+        s_(&repo),
+        "db",
+        "diff",
+        "a",
+        "b",
+        "--json",
+    ]))
+    .unwrap();
+    let manifest = std::fs::read_to_string(corpus("a").parent().unwrap().join("MANIFEST")).unwrap();
+    let mut expected: Vec<&str> = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("upgraded:"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    expected.sort();
+    let mut upgraded: Vec<&str> = d["upgraded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    upgraded.sort();
+    assert_eq!(upgraded, expected);
+    for c in d["upgraded"].as_array().unwrap() {
+        assert_ne!(c["from"], c["to"]);
+        assert!(!c["from"].as_str().unwrap().is_empty());
+    }
+    assert_eq!(d["added"], serde_json::json!([]));
+    assert_eq!(d["removed"], serde_json::json!([]));
+    assert_eq!(d["downgraded"], serde_json::json!([]));
+    // `db list` agrees with dpkg's own view of the tree.
+    let dpkg = Command::new("dpkg-query")
+        .arg(format!(
+            "--admindir={}",
+            corpus("a").join("var/lib/dpkg").display()
+        ))
+        .args(["-W", "-f", "${db:Status-Status} ${Package}\n"])
+        .output()
+        .unwrap();
+    let installed = ok(dpkg, "dpkg-query")
+        .lines()
+        .filter(|l| l.starts_with("installed "))
+        .count();
+    let listed = arbor_ok(&["--repo", s_(&repo), "db", "list", "a"])
+        .lines()
+        .count();
+    assert_eq!(listed, installed);
+}
+
+fn s_(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
