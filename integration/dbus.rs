@@ -275,6 +275,9 @@ fn root_non_root_reads_status_but_gets_access_denied() {
         vec!["Rollback", "a{sv}", "0"],
         vec!["Cleanup", "a{sv}", "0"],
         vec!["KernelArgs", "asasasa{sv}", "1", "quiet", "0", "0", "0"],
+        vec!["Install", "asa{sv}", "1", "hello", "0"],
+        vec!["Uninstall", "asa{sv}", "1", "hello", "0"],
+        vec!["Upgrade", "a{sv}", "0"],
         vec!["Cancel"],
     ] {
         let mut args = vec!["call", "org.arbor.Arbor1", ROOT, SYSROOT];

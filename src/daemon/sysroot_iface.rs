@@ -15,6 +15,7 @@ use super::transaction::{self, Job};
 use super::values::{self, Dict};
 use super::{DaemonError, ROOT_PATH, Shared, auth};
 use crate::deploy::{self, DeployOptions, KargEdit};
+use crate::packages::layer::{self, LayerEdit};
 use crate::statedb::{HistoryEntry, StateDb};
 use crate::sysroot::Sysroot;
 use crate::sysroot::status::{self, Status};
@@ -81,6 +82,25 @@ impl SysrootIface {
         let snap = Arc::new(read().map_err(|e| fdo::Error::Failed(format!("{e:#}")))?);
         *cache = Some((fp, snap.clone()));
         Ok(snap)
+    }
+
+    /// Starts a layering transaction; the edit is checked when it runs, under the lock.
+    async fn layer(
+        &self,
+        edit: LayerEdit,
+        options: HashMap<String, OwnedValue>,
+        (hdr, conn, server): (&Header<'_>, &zbus::Connection, &ObjectServer),
+        what: (&str, &str, &str),
+    ) -> Result<OwnedObjectPath, DaemonError> {
+        let o = Options::parse(options, &["os"])?;
+        let os = o.string("os")?;
+        let job: Job = Box::new(move |sysroot, lock, obs| {
+            let opts = layer::edit(sysroot, os.as_deref(), &edit)?;
+            Ok(serde_json::to_value(deploy::deploy_held(
+                sysroot, lock, &opts, obs,
+            )?)?)
+        });
+        self.begin(hdr, conn, server, what, job).await
     }
 
     fn row_where(&self, pick: impl Fn(&Status) -> Option<Dict>) -> fdo::Result<Dict> {
@@ -150,6 +170,68 @@ impl SysrootIface {
             Ok(serde_json::to_value(status::with_roles(order))?)
         });
         let what = ("Rollback", "org.arbor.Arbor1.rollback", "rollback");
+        self.begin(&hdr, conn, server, what, job).await
+    }
+
+    /// Layers archive packages (by name) on the default deployment: a new deployment.
+    /// Options: "os" (s). Local files are for the CLI: the daemon would read them as
+    /// root on behalf of any authorized caller.
+    #[zbus(out_args("transaction"))]
+    async fn install(
+        &self,
+        packages: Vec<String>,
+        options: HashMap<String, OwnedValue>,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(object_server)] server: &ObjectServer,
+    ) -> Result<OwnedObjectPath, DaemonError> {
+        let edit = LayerEdit::Install {
+            names: packages,
+            files: Vec::new(),
+        };
+        let what = ("Install", "org.arbor.Arbor1.install", "install");
+        self.layer(edit, options, (&hdr, conn, server), what).await
+    }
+
+    /// Removes layered packages: a new deployment. Options: "os" (s).
+    #[zbus(out_args("transaction"))]
+    async fn uninstall(
+        &self,
+        packages: Vec<String>,
+        options: HashMap<String, OwnedValue>,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(object_server)] server: &ObjectServer,
+    ) -> Result<OwnedObjectPath, DaemonError> {
+        let what = ("Uninstall", "org.arbor.Arbor1.install", "uninstall");
+        let edit = LayerEdit::Uninstall(packages);
+        self.layer(edit, options, (&hdr, conn, server), what).await
+    }
+
+    /// Deploys the tip of the ref the default deployment tracks, layers re-applied.
+    /// The transaction's Result says `{"upgraded": false}` when there was nothing
+    /// new. Options: "os" (s).
+    #[zbus(out_args("transaction"))]
+    async fn upgrade(
+        &self,
+        options: HashMap<String, OwnedValue>,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(object_server)] server: &ObjectServer,
+    ) -> Result<OwnedObjectPath, DaemonError> {
+        let o = Options::parse(options, &["os"])?;
+        let os = o.string("os")?;
+        let job: Job =
+            Box::new(
+                move |sysroot, lock, obs| match layer::upgrade(sysroot, os.as_deref())? {
+                    None => Ok(serde_json::json!({ "upgraded": false })),
+                    Some(opts) => {
+                        let r = deploy::deploy_held(sysroot, lock, &opts, obs)?;
+                        Ok(serde_json::json!({ "upgraded": true, "deploy": r }))
+                    }
+                },
+            );
+        let what = ("Upgrade", "org.arbor.Arbor1.upgrade", "upgrade");
         self.begin(&hdr, conn, server, what, job).await
     }
 

@@ -176,6 +176,19 @@ source-date-epoch = 1700000000
     }
 
     #[test]
+    fn the_reference_images_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("containerfiles");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            if e.path().extension().is_some_and(|x| x == "toml") {
+                Treefile::load(&e.path()).unwrap();
+                n += 1;
+            }
+        }
+        assert!(n >= 2);
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let cases = [
             (
