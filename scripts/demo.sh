@@ -75,3 +75,13 @@ run cat "$sysroot"/boot/loader/entries/*.conf
 
 step "Roll back: 12.0 boots next"
 run "$arbor" --sysroot "$sysroot" rollback
+
+step "What the point update changed, package by package"
+run "$arbor" --sysroot "$sysroot" db diff debian/stable^ debian/stable
+
+step "Layer a package on the default deployment (apt on an overlay of it; the store is never written)"
+run "$arbor" --sysroot "$sysroot" install hello
+run "$arbor" --sysroot "$sysroot" status
+layered=$("$arbor" --sysroot "$sysroot" status --json | python3 -c 'import json,sys; d=json.load(sys.stdin)["deployments"][0]; print(d["commit"]+"."+str(d["serial"]))')
+run chroot "$sysroot/arbor/deploy/debian/deploy/$layered" /usr/bin/hello
+run "$arbor" --sysroot "$sysroot" fsck

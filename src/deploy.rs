@@ -222,6 +222,7 @@ pub fn deploy_held(
         kargs: opts.kargs.clone().unwrap_or(inherited),
         version: commit.metadata_value("version").map(str::to_string),
         base: (commit_id != opts.commit).then_some(opts.commit),
+        hotfix: false,
         timestamp: commit.timestamp,
         booted: false,
         linux: installed.linux,

@@ -1,8 +1,8 @@
 //! Assembling the root filesystem of a deployment, as the initramfs does at boot.
 //!
 //! From `arbor=/arbor/deploy/<os>/deploy/<commit>.<serial>` on the kernel command line:
-//! the deployment is bind-mounted at the target, its `/usr` made read-only, `/etc`
-//! left writable, the stateroot's `/var` bound onto `/var`, and the physical root
+//! the deployment is bind-mounted at the target, its `/usr` made read-only (with its
+//! kept hotfix overlay on top, if it has one), `/etc` left writable, the stateroot's `/var` bound onto `/var`, and the physical root
 //! bound at `/sysroot`. Tested against a folder inside a private mount namespace; the
 //! initramfs-tools scripts in `initramfs-tools/` run it at boot.
 
@@ -54,6 +54,16 @@ fn bind(from: &Path, to: &Path, done: &mut Vec<PathBuf>) -> Result<()> {
 /// was mounted is unmounted again.
 pub fn prepare_root(sysroot: &Path, cmdline: &str, target: &Path) -> Result<PreparedRoot> {
     let deployment = deployment_from_cmdline(sysroot, cmdline)?;
+    // A boot starts with an empty /run: the live state of the last boot is gone. For a
+    // folder sysroot, whose run folder is on disk, forget it here.
+    if sysroot != Path::new("/") {
+        for stale in ["run/arbor/live", "run/arbor/usroverlay"] {
+            let p = sysroot.join(stale);
+            if p.exists() {
+                crate::fsutil::remove_tree(&p)?;
+            }
+        }
+    }
     let stateroot = deployment
         .parent()
         .and_then(Path::parent)
@@ -65,6 +75,14 @@ pub fn prepare_root(sysroot: &Path, cmdline: &str, target: &Path) -> Result<Prep
         bind(&usr, &usr, &mut mounts)?;
         mount::mount_remount(&usr, MountFlags::BIND | MountFlags::RDONLY, "")
             .with_context(|| format!("making {} read-only", usr.display()))?;
+        // A kept hotfix (`usroverlay --hotfix`) of this deployment comes back.
+        if let Some(name) = deployment.file_name() {
+            let hotfix = stateroot.join("hotfix").join(name);
+            if hotfix.join("upper").is_dir() {
+                crate::live::mount_overlay(&usr, &hotfix.join("upper"), &hotfix.join("work"))?;
+                mounts.push(usr.clone());
+            }
+        }
         bind(&stateroot.join("var"), &target.join("var"), &mut mounts)?;
         bind(sysroot, &target.join("sysroot"), &mut mounts)?;
         Ok(())

@@ -7,6 +7,7 @@
 
 pub mod arbord;
 mod interop_cmds;
+mod live_cmds;
 mod output;
 mod package_cmds;
 mod repo_cmds;
@@ -125,6 +126,10 @@ pub enum Command {
     Override(package_cmds::OverrideCommand),
     /// Deploy the tip of the tracked ref with the layered packages re-applied.
     Upgrade(package_cmds::UpgradeArgs),
+    /// A writable overlay on /usr: transient, or a hotfix kept across reboots.
+    Usroverlay(live_cmds::UsrOverlayArgs),
+    /// Make the running system match the pending deployment without a reboot.
+    ApplyLive(live_cmds::ApplyLiveArgs),
     /// The package database of commits: list, diff.
     #[command(subcommand)]
     Db(package_cmds::DbCommand),
@@ -181,6 +186,8 @@ pub fn run(cli: &Cli) -> Result<i32> {
         Command::GenerateMan { dir } => generate_man(dir).map(|_| 0),
         Command::Ostree(cmd) => interop_cmds::run_ostree(cli, cmd),
         Command::Db(cmd) => package_cmds::run_db(cli, cmd),
+        Command::Usroverlay(a) => live_cmds::run_usroverlay(cli, a),
+        Command::ApplyLive(a) => live_cmds::run_apply_live(cli, a),
         Command::Install(_)
         | Command::Uninstall(_)
         | Command::Override(_)

@@ -189,6 +189,9 @@ fn print_status(list: &[StatusRow]) {
         if let Some(b) = &d.base {
             println!("    Base:      {b}");
         }
+        if d.hotfix {
+            println!("    Hotfix:    a kept /usr overlay ('arbor usroverlay --remove' drops it)");
+        }
         let l = &d.origin.layers;
         if !l.installed_names().is_empty() {
             println!("    Layered:   {}", l.installed_names().join(" "));
@@ -353,6 +356,9 @@ pub fn run(cli: &Cli, cmd: &super::Command) -> Result<i32> {
                 println!("    Commit:    {}", d.commit);
             }
             print_status(&st.deployments);
+            if let Some(c) = &st.live_commit {
+                println!("  live: /usr of the booted deployment shows {c} (apply-live)");
+            }
         }
         C::GrubConfig(a) => print!(
             "{}",

@@ -57,6 +57,9 @@ pub struct Deployment {
     pub version: Option<String>,
     /// For a layered deployment, the base commit its packages are layered on.
     pub base: Option<ObjectId>,
+    /// It has a kept `/usr` hotfix overlay (`usroverlay --hotfix`).
+    #[serde(default)]
+    pub hotfix: bool,
     /// The commit's timestamp.
     pub timestamp: i64,
     /// True for the deployment running now.
@@ -190,12 +193,23 @@ impl Sysroot {
     /// on a real system (tmpfs `/run`) a stage that was never finalized is forgotten
     /// at the next boot, and its folder is removed as a leftover.
     pub fn staged_path(&self) -> PathBuf {
-        let run = if self.running {
-            Path::new("/")
+        self.run_dir().join("arbor/staged-deployment")
+    }
+
+    /// State that must not survive a reboot: the real `/run` (a tmpfs) on a running
+    /// system, `run/` below the sysroot folder otherwise.
+    pub fn run_dir(&self) -> PathBuf {
+        if self.running {
+            PathBuf::from("/run")
         } else {
-            &self.path
-        };
-        run.join("run/arbor/staged-deployment")
+            self.path.join("run")
+        }
+    }
+
+    /// Where a deployment's kept `/usr` hotfix overlay lives (`usroverlay --hotfix`):
+    /// beside the deployment, so prepare-root mounts it again at every boot of it.
+    pub fn hotfix_dir(&self, d: &Deployment) -> PathBuf {
+        self.stateroot(&d.os).join("hotfix").join(d.dir_name())
     }
 
     /// True when this is the running system's sysroot (opened as `/`).
@@ -357,6 +371,7 @@ impl Sysroot {
                 kargs: entry.user_kargs(),
                 version: None,
                 base: None,
+                hotfix: false,
                 timestamp: 0,
                 booted: false,
                 linux: entry.linux.clone(),
@@ -367,6 +382,7 @@ impl Sysroot {
             d.booted = booted
                 .as_ref()
                 .is_some_and(|(o, c, s)| *o == d.os && *c == d.commit && *s == d.serial);
+            d.hotfix = self.hotfix_dir(&d).join("upper").is_dir();
             let origin_path = self.origin_path(&d);
             d.origin = std::fs::read_to_string(&origin_path)
                 .with_context(|| format!("boot entry {name}: reading {}", origin_path.display()))

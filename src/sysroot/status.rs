@@ -25,6 +25,8 @@ pub struct Status {
     pub staged: Option<Deployment>,
     /// In boot order.
     pub deployments: Vec<StatusRow>,
+    /// The commit `apply-live` made the running system's `/usr` show, if any.
+    pub live_commit: Option<String>,
 }
 
 impl Status {
@@ -63,8 +65,15 @@ pub fn with_roles(list: Vec<Deployment>) -> Vec<StatusRow> {
 
 /// Reads the status of `sysroot`.
 pub fn status(sysroot: &Sysroot) -> Result<Status> {
+    let deployments = with_roles(sysroot.deployments()?);
+    let booted = deployments.iter().find(|r| r.deployment.booted);
+    let live_commit = match (booted, crate::live::apply::LiveRecord::read(sysroot)?) {
+        (Some(b), Some(r)) if r.booted == b.deployment.dir_name() => Some(r.commit),
+        _ => None,
+    };
     Ok(Status {
         staged: sysroot.staged()?,
-        deployments: with_roles(sysroot.deployments()?),
+        deployments,
+        live_commit,
     })
 }

@@ -1,0 +1,685 @@
+//! `apply-live`: the running system shows the pending deployment's `/usr` (or the
+//! files of some packages) without a reboot.
+//!
+//! The difference between the booted and the pending commit goes into a fresh
+//! overlay upper layer, mounted on the live root's `/usr` over the booted
+//! deployment's own `/usr`. Added and changed files are copied from the pending
+//! deployment, never hardlinked, because a write in the live root must not reach the
+//! store. Removed files become whiteouts. `/etc` gets the three-way merge a deploy
+//! does. A reboot drops it all: the layer lives under the run folder. Booting the
+//! pending deployment gives the same files for real.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
+use serde::{Deserialize, Serialize};
+
+use super::{OverlayKind, UsrStatus, booted, live_dir, mount_overlay, usr_mount};
+use crate::diff::{ChangeKind, diff_commits};
+use crate::etc_merge;
+use crate::fsutil;
+use crate::inspect;
+use crate::lock::WriterLock;
+use crate::packages::dpkg::PackageDiff;
+use crate::sysroot::status;
+use crate::sysroot::{Deployment, Sysroot};
+
+/// What to apply.
+#[derive(Clone, Debug, Default)]
+pub struct ApplyOptions {
+    /// Only the files of these packages (and no `/etc` merge).
+    pub packages: Option<Vec<String>>,
+    /// Restart the units whose unit files or executables changed.
+    pub restart_services: bool,
+    /// Say what would happen; change nothing.
+    pub dry_run: bool,
+    /// Apply even what cannot be applied cleanly live.
+    pub force: bool,
+}
+
+/// What apply-live does (or, with `--dry-run`, would do).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LivePlan {
+    /// The running deployment's commit.
+    pub from: String,
+    /// The commit `/usr` will show.
+    pub to: String,
+    /// Paths below `/usr` that appear.
+    pub added: Vec<String>,
+    /// Paths below `/usr` whose content or metadata changes.
+    pub changed: Vec<String>,
+    /// Paths below `/usr` that go away.
+    pub removed: Vec<String>,
+    /// Package changes (of the named packages only, with `--packages`).
+    pub packages: PackageDiff,
+    /// Units whose unit file or executable changes.
+    pub services: Vec<String>,
+    /// `/etc` paths the merge changes in the live `/etc`.
+    pub etc_changed: Vec<String>,
+    /// Why it cannot be applied live without `--force` (kernel change, `/etc`
+    /// conflicts, removed files still open).
+    pub refusals: Vec<String>,
+}
+
+/// What apply-live did.
+#[derive(Clone, Debug, Serialize)]
+pub struct ApplyResult {
+    /// The plan it carried out.
+    pub plan: LivePlan,
+    /// False for a dry run.
+    pub applied: bool,
+    /// Units restarted through systemctl.
+    pub restarted: Vec<String>,
+}
+
+/// The record of the live state (`<run>/arbor/live/record.json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LiveRecord {
+    /// The running deployment (`<commit>.<serial>`) it was applied on.
+    pub booted: String,
+    /// The commit `/usr` shows.
+    pub commit: String,
+    /// The overlay's upper layer.
+    pub upper: PathBuf,
+}
+
+impl LiveRecord {
+    fn path(sysroot: &Sysroot) -> PathBuf {
+        live_dir(sysroot).join("record.json")
+    }
+
+    /// The record, when there is one.
+    pub fn read(sysroot: &Sysroot) -> Result<Option<LiveRecord>> {
+        match std::fs::read(Self::path(sysroot)) {
+            Ok(b) => Ok(Some(
+                serde_json::from_slice(&b).context("reading the live record")?,
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn write(&self, sysroot: &Sysroot) -> Result<()> {
+        let dir = fsutil::open_dir(&live_dir(sysroot))?;
+        fsutil::atomic_write(
+            dir.as_fd(),
+            "record.json",
+            &serde_json::to_vec(self)?,
+            0o644,
+        )?;
+        Ok(())
+    }
+}
+
+/// Paths in dpkg's lists are as the package ships them; on a merged-/usr system
+/// `/bin/ls` is `/usr/bin/ls`.
+fn usr_path(p: &str) -> String {
+    for top in ["/bin/", "/sbin/", "/lib/", "/lib32/", "/lib64/", "/libx32/"] {
+        if p.starts_with(top) {
+            return format!("/usr{p}");
+        }
+    }
+    p.to_string()
+}
+
+fn read_text(sysroot: &Sysroot, commit: &crate::store::ObjectId, path: &str) -> Option<String> {
+    let mut s = String::new();
+    inspect::open_content(sysroot.repo(), commit, path)
+        .ok()?
+        .take(16 << 20)
+        .read_to_string(&mut s)
+        .ok()?;
+    Some(s)
+}
+
+/// The files dpkg lists for `pkg` in a commit (any architecture).
+fn package_files(sysroot: &Sysroot, commit: &crate::store::ObjectId, pkg: &str) -> Vec<String> {
+    let info = "/usr/lib/arbor/dpkg/info";
+    let mut out = Vec::new();
+    if let Ok(list) = inspect::list(sysroot.repo(), commit, info, false) {
+        for e in list {
+            let name = e.path.rsplit('/').next().unwrap_or_default().to_string();
+            let base = name.strip_suffix(".list").unwrap_or("");
+            if base == pkg || base.split(':').next() == Some(pkg) && base.contains(':') {
+                if let Some(text) = read_text(sysroot, commit, &format!("{info}/{name}")) {
+                    out.extend(text.lines().map(usr_path));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Units in the target whose unit file changed, or whose `ExecStart=` program did.
+fn affected_units(
+    sysroot: &Sysroot,
+    to: &crate::store::ObjectId,
+    touched: &BTreeSet<String>,
+) -> Vec<String> {
+    let dir = "/usr/lib/systemd/system";
+    let mut units = BTreeSet::new();
+    let Ok(list) = inspect::list(sysroot.repo(), to, dir, false) else {
+        return Vec::new();
+    };
+    for e in list {
+        let name = e.path.rsplit('/').next().unwrap_or_default().to_string();
+        if !name.ends_with(".service") || name.contains('@') {
+            continue;
+        }
+        let path = format!("{dir}/{name}");
+        if touched.contains(&path) {
+            units.insert(name.clone());
+            continue;
+        }
+        let Some(text) = read_text(sysroot, to, &path) else {
+            continue;
+        };
+        for l in text.lines() {
+            let Some(cmd) = l.trim().strip_prefix("ExecStart=") else {
+                continue;
+            };
+            let prog = cmd.trim_start_matches(['-', '@', '+', '!', ':']);
+            let prog = prog.split_whitespace().next().unwrap_or_default();
+            if touched.contains(&usr_path(prog)) {
+                units.insert(name.clone());
+            }
+        }
+    }
+    units.into_iter().collect()
+}
+
+/// Removed paths some process still has open or mapped, found by (device, inode).
+fn open_elsewhere(root: &Path, removed: &[String]) -> Vec<String> {
+    let mut ids = std::collections::HashMap::new();
+    for p in removed {
+        if let Ok(m) = std::fs::symlink_metadata(root.join(p.trim_start_matches('/')))
+            && m.is_file()
+        {
+            ids.insert((m.dev(), m.ino()), p.clone());
+        }
+    }
+    let mut busy = BTreeSet::new();
+    if ids.is_empty() {
+        return Vec::new();
+    }
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    for p in procs.flatten() {
+        if !p
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
+            continue;
+        }
+        for sub in ["fd", "map_files"] {
+            let Ok(entries) = std::fs::read_dir(p.path().join(sub)) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if let Ok(m) = std::fs::metadata(e.path())
+                    && let Some(path) = ids.get(&(m.dev(), m.ino()))
+                {
+                    busy.insert(path.clone());
+                }
+            }
+        }
+    }
+    busy.into_iter().collect()
+}
+
+fn pending(sysroot: &Sysroot) -> Result<Deployment> {
+    status::status(sysroot)?
+        .pending()
+        .map(|r| r.deployment.clone())
+        .context("nothing is pending: deploy, upgrade or install first")
+}
+
+/// The /etc merge for the live root: (the new /etc as a plan, conflicts).
+struct EtcPlan {
+    actions: Vec<etc_merge::EtcAction>,
+    local: etc_merge::EtcTree,
+    changed: Vec<String>,
+    conflicts: Vec<String>,
+}
+
+fn plan_etc(sysroot: &Sysroot, from: &Deployment, to: &Deployment, root: &Path) -> Result<EtcPlan> {
+    let old_default = etc_merge::scan(&sysroot.deployment_path(from).join("usr/etc"))?;
+    let new_default = etc_merge::scan(&sysroot.deployment_path(to).join("usr/etc"))?;
+    let local = etc_merge::scan(&root.join("etc"))?;
+    let actions = etc_merge::plan(&old_default, &local);
+    let touched_locally: BTreeSet<&str> = actions
+        .iter()
+        .map(|a| match a {
+            etc_merge::EtcAction::KeepLocal(p) | etc_merge::EtcAction::Remove(p) => p.as_str(),
+        })
+        .collect();
+    let mut conflicts = Vec::new();
+    let mut changed = Vec::new();
+    let paths: BTreeSet<&String> = old_default.keys().chain(new_default.keys()).collect();
+    for p in paths {
+        if old_default.get(p) == new_default.get(p) {
+            continue;
+        }
+        if touched_locally.contains(p.as_str()) {
+            conflicts.push(format!("/etc/{p}"));
+        } else {
+            changed.push(format!("/etc/{p}"));
+        }
+    }
+    Ok(EtcPlan {
+        actions,
+        local,
+        changed,
+        conflicts,
+    })
+}
+
+/// Works out what apply-live would do, without changing anything.
+pub fn plan(sysroot: &Sysroot, root: &Path, opts: &ApplyOptions) -> Result<LivePlan> {
+    let from = booted(sysroot)?;
+    let to = pending(sysroot)?;
+    let repo = sysroot.repo();
+    let mut changes = diff_commits(repo, &from.commit, &to.commit)?;
+    let mut packages = crate::packages::dpkg::diff(
+        &crate::packages::packages_of(repo, &from.commit)?,
+        &crate::packages::packages_of(repo, &to.commit)?,
+    );
+    if let Some(names) = &opts.packages {
+        let known: BTreeSet<&str> = packages
+            .added
+            .iter()
+            .map(|p| p.name.as_str())
+            .chain(packages.removed.iter().map(|p| p.name.as_str()))
+            .chain(packages.upgraded.iter().map(|c| c.name.as_str()))
+            .chain(packages.downgraded.iter().map(|c| c.name.as_str()))
+            .collect();
+        if let Some(n) = names.iter().find(|n| !known.contains(n.as_str())) {
+            bail!("{n} does not change between the booted and the pending deployment");
+        }
+        let mut files = BTreeSet::new();
+        for n in names {
+            files.extend(package_files(sysroot, &from.commit, n));
+            files.extend(package_files(sysroot, &to.commit, n));
+        }
+        changes.retain(|c| files.contains(&c.path));
+        let keep = |n: &String| names.contains(n);
+        packages.added.retain(|p| keep(&p.name));
+        packages.removed.retain(|p| keep(&p.name));
+        packages.upgraded.retain(|c| keep(&c.name));
+        packages.downgraded.retain(|c| keep(&c.name));
+    }
+    let mut plan = LivePlan {
+        from: from.commit.to_hex(),
+        to: to.commit.to_hex(),
+        packages,
+        ..LivePlan::default()
+    };
+    let mut kernel = false;
+    for c in &changes {
+        if !c.path.starts_with("/usr/") || c.path.starts_with("/usr/etc/") {
+            continue;
+        }
+        if c.path.starts_with("/usr/lib/modules/")
+            && (c.path.ends_with("/vmlinuz") || c.path.ends_with("/initramfs.img"))
+        {
+            kernel = true;
+        }
+        match c.change {
+            ChangeKind::Added => plan.added.push(c.path.clone()),
+            ChangeKind::Modified => plan.changed.push(c.path.clone()),
+            ChangeKind::Removed => plan.removed.push(c.path.clone()),
+        }
+    }
+    let touched: BTreeSet<String> = plan
+        .added
+        .iter()
+        .chain(&plan.changed)
+        .chain(&plan.removed)
+        .cloned()
+        .collect();
+    plan.services = affected_units(sysroot, &to.commit, &touched);
+    if kernel {
+        plan.refusals
+            .push("the kernel or initramfs changes: only a reboot runs the new one".to_string());
+    }
+    if opts.packages.is_none() {
+        let etc = plan_etc(sysroot, &from, &to, root)?;
+        plan.etc_changed = etc.changed;
+        if !etc.conflicts.is_empty() {
+            plan.refusals.push(format!(
+                "/etc changed locally where the new default changed too: {}",
+                etc.conflicts.join(", ")
+            ));
+        }
+    }
+    let busy = open_elsewhere(root, &plan.removed);
+    if !busy.is_empty() {
+        plan.refusals
+            .push(format!("removed files are still open: {}", busy.join(", ")));
+    }
+    Ok(plan)
+}
+
+/// Makes the live root's `/usr` (and `/etc`) match the pending deployment.
+pub fn apply_live(
+    sysroot: &Sysroot,
+    _lock: &WriterLock,
+    root: &Path,
+    opts: &ApplyOptions,
+) -> Result<ApplyResult> {
+    let plan = plan(sysroot, root, opts)?;
+    if opts.dry_run {
+        return Ok(ApplyResult {
+            plan,
+            applied: false,
+            restarted: Vec::new(),
+        });
+    }
+    if !plan.refusals.is_empty() && !opts.force {
+        bail!(
+            "cannot apply live without --force:\n  {}",
+            plan.refusals.join("\n  ")
+        );
+    }
+    let from = booted(sysroot)?;
+    let to = pending(sysroot)?;
+    let usr = root.join("usr");
+    match usr_mount(&usr)? {
+        Some(m) if m.upper.starts_with(live_dir(sysroot)) => {
+            rustix::mount::unmount(&usr, rustix::mount::UnmountFlags::DETACH)
+                .context("unmounting the previous live layer")?;
+        }
+        Some(m) => bail!(
+            "/usr has a usroverlay (upper layer {}): 'arbor usroverlay --remove' first",
+            m.upper.display()
+        ),
+        None => {}
+    }
+    let base = live_dir(sysroot);
+    std::fs::create_dir_all(&base)?;
+    // Earlier layers are no longer mounted here: drop them.
+    for e in std::fs::read_dir(&base)?.flatten() {
+        if e.file_name().to_string_lossy().starts_with("layer-") {
+            fsutil::remove_tree(&e.path())?;
+        }
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos();
+    let dir = base.join(format!("layer-{nanos}"));
+    for sub in ["upper", "work"] {
+        std::fs::create_dir_all(dir.join(sub))?;
+    }
+    build_upper(
+        &sysroot.deployment_path(&to).join("usr"),
+        &usr,
+        &dir.join("upper"),
+        &plan,
+    )?;
+    if opts.packages.is_none() {
+        let etc = plan_etc(sysroot, &from, &to, root)?;
+        merge_etc_live(sysroot, &to, root, &etc, &dir)?;
+    }
+    mount_overlay(&usr, &dir.join("upper"), &dir.join("work"))?;
+    LiveRecord {
+        booted: from.dir_name(),
+        commit: to.commit.to_hex(),
+        upper: dir.join("upper"),
+    }
+    .write(sysroot)?;
+    let mut restarted = Vec::new();
+    let systemd_runs = root == Path::new("/") && Path::new("/run/systemd/system").is_dir();
+    if opts.restart_services && systemd_runs && !plan.services.is_empty() {
+        let ok = |args: &[&str]| {
+            std::process::Command::new("systemctl")
+                .args(args)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        ok(&["daemon-reload"]);
+        let mut args = vec!["try-restart"];
+        args.extend(plan.services.iter().map(String::as_str));
+        if !ok(&args) {
+            bail!("applied, but restarting {} failed", plan.services.join(" "));
+        }
+        restarted = plan.services.clone();
+    }
+    Ok(ApplyResult {
+        plan,
+        applied: true,
+        restarted,
+    })
+}
+
+/// Puts the plan's changes into an overlay upper layer: copies from the target's
+/// `/usr`, whiteouts for removals, directories with the metadata they get.
+fn build_upper(target_usr: &Path, live_usr: &Path, upper: &Path, plan: &LivePlan) -> Result<()> {
+    let src = fsutil::open_dir(target_usr)?;
+    let live = fsutil::open_dir(live_usr)?;
+    let up = fsutil::open_dir(upper)?;
+    let mut whited: Vec<String> = Vec::new();
+    let mut all: Vec<(&String, ChangeKind)> = plan
+        .added
+        .iter()
+        .map(|p| (p, ChangeKind::Added))
+        .chain(plan.changed.iter().map(|p| (p, ChangeKind::Modified)))
+        .chain(plan.removed.iter().map(|p| (p, ChangeKind::Removed)))
+        .collect();
+    all.sort();
+    for (path, kind) in all {
+        let rel = path.trim_start_matches("/usr/");
+        if whited.iter().any(|w| rel.starts_with(&format!("{w}/"))) {
+            continue; // below a removed directory
+        }
+        let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        let dir = ensure_parents(src.as_fd(), live.as_fd(), up.as_fd(), parent)
+            .with_context(|| format!("preparing {path}"))?;
+        let r = if kind == ChangeKind::Removed {
+            whited.push(rel.to_string());
+            fsutil::remove_at(dir.as_fd(), name.as_bytes())?;
+            rfs::mknodat(
+                &dir,
+                name,
+                FileType::CharacterDevice,
+                Mode::empty(),
+                rfs::makedev(0, 0),
+            )
+            .map_err(anyhow::Error::from)
+        } else {
+            copy_entry(src.as_fd(), rel, dir.as_fd(), name)
+        };
+        r.with_context(|| format!("putting {path} in the live layer"))?;
+    }
+    Ok(())
+}
+
+/// Opens (creating as needed) `rel` in the upper layer, each directory made with the
+/// metadata it has in the target, else in the live tree.
+fn ensure_parents(
+    src: BorrowedFd<'_>,
+    live: BorrowedFd<'_>,
+    upper: BorrowedFd<'_>,
+    rel: &str,
+) -> Result<rustix::fd::OwnedFd> {
+    let mut cur = rfs::openat(
+        upper,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut sofar = String::new();
+    for comp in rel.split('/').filter(|c| !c.is_empty()) {
+        sofar = if sofar.is_empty() {
+            comp.to_string()
+        } else {
+            format!("{sofar}/{comp}")
+        };
+        if fsutil::kind_at(cur.as_fd(), comp)?.is_none() {
+            let st = rfs::statat(src, sofar.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+                .or_else(|_| rfs::statat(live, sofar.as_str(), AtFlags::SYMLINK_NOFOLLOW))?;
+            rfs::mkdirat(&cur, comp, Mode::from_raw_mode(0o700))?;
+            let d = fsutil::open_dir_at(cur.as_fd(), comp.as_bytes())?;
+            let x = fsutil::read_xattrs_at(src, sofar.as_bytes()).unwrap_or_default();
+            fsutil::apply_meta_fd(d.as_fd(), &fsutil::meta_from_stat(&st, x))?;
+        }
+        cur = fsutil::open_dir_at(cur.as_fd(), comp.as_bytes())?;
+    }
+    Ok(cur)
+}
+
+/// Copies one entry of the target into the upper layer (a directory without its
+/// content: its children are entries of the plan themselves).
+fn copy_entry(src: BorrowedFd<'_>, rel: &str, dir: BorrowedFd<'_>, name: &str) -> Result<()> {
+    let st = rfs::statat(src, rel, AtFlags::SYMLINK_NOFOLLOW)?;
+    let xattrs = fsutil::read_xattrs_at(src, rel.as_bytes())?;
+    let meta = fsutil::meta_from_stat(&st, xattrs);
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::Directory => {
+            if fsutil::kind_at(dir, name)? != Some(FileType::Directory) {
+                fsutil::remove_at(dir, name.as_bytes())?;
+                rfs::mkdirat(dir, name, Mode::from_raw_mode(0o700))?;
+            }
+            let d = fsutil::open_dir_at(dir, name.as_bytes())?;
+            fsutil::apply_meta_fd(d.as_fd(), &meta)?;
+        }
+        FileType::Symlink => {
+            fsutil::remove_at(dir, name.as_bytes())?;
+            let target = rfs::readlinkat(src, rel, Vec::new())?;
+            rfs::symlinkat(target.as_c_str(), dir, name)?;
+            fsutil::apply_meta_symlink_at(dir, name.as_bytes(), &meta)?;
+        }
+        FileType::RegularFile => {
+            fsutil::remove_at(dir, name.as_bytes())?;
+            let from = rfs::openat(
+                src,
+                rel,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            let to = rfs::openat(
+                dir,
+                name,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )?;
+            let (mut from, mut to) = (std::fs::File::from(from), std::fs::File::from(to));
+            std::io::copy(&mut from, &mut to)?;
+            fsutil::apply_meta_fd(to.as_fd(), &meta)?;
+        }
+        other => bail!("{rel} is a {other:?}, which an image does not hold"),
+    }
+    Ok(())
+}
+
+/// Brings the live `/etc` to the merge of the pending deployment's defaults with the
+/// local changes: the merged tree is built beside the layer, then each differing
+/// entry is replaced in `/etc` by a rename.
+fn merge_etc_live(
+    sysroot: &Sysroot,
+    to: &Deployment,
+    root: &Path,
+    etc: &EtcPlan,
+    dir: &Path,
+) -> Result<()> {
+    let staged = dir.join("etc");
+    let c = sysroot.repo().load_commit(&to.commit)?;
+    let inspect::Node::Dir(tree, meta) = inspect::lookup(sysroot.repo(), &to.commit, "/usr/etc")?
+    else {
+        bail!("/usr/etc of the pending commit is not a directory");
+    };
+    let _ = c;
+    let dir_fd = fsutil::open_dir(dir)?;
+    crate::checkout::TreeCheckout::new(sysroot.repo(), true).run(
+        dir_fd.as_fd(),
+        b"etc",
+        &tree,
+        &meta,
+    )?;
+    let live_etc = root.join("etc");
+    etc_merge::apply(&etc.actions, &etc.local, &live_etc, &staged)?;
+    let merged = etc_merge::scan(&staged)?;
+    let live_fd = fsutil::open_dir(&live_etc)?;
+    let staged_fd = fsutil::open_dir(&staged)?;
+    // Parents first for additions; children first for removals.
+    for (rel, entry) in &merged {
+        if etc.local.get(rel) == Some(entry) {
+            continue;
+        }
+        let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        let lp = if parent.is_empty() {
+            fsutil::open_dir(&live_etc)?
+        } else {
+            fsutil::open_beneath(live_fd.as_fd(), parent)?
+        };
+        let sp = if parent.is_empty() {
+            fsutil::open_dir(&staged)?
+        } else {
+            fsutil::open_beneath(staged_fd.as_fd(), parent)?
+        };
+        match entry {
+            etc_merge::EtcEntry::Dir(m) => {
+                if fsutil::kind_at(lp.as_fd(), name)? != Some(FileType::Directory) {
+                    fsutil::remove_at(lp.as_fd(), name.as_bytes())?;
+                    rfs::mkdirat(&lp, name, Mode::from_raw_mode(0o700))?;
+                }
+                fsutil::apply_meta_fd(
+                    fsutil::open_dir_at(lp.as_fd(), name.as_bytes())?.as_fd(),
+                    m,
+                )?;
+            }
+            _ => {
+                fsutil::remove_at(lp.as_fd(), name.as_bytes())?;
+                rfs::renameat(&sp, name, &lp, name)
+                    .with_context(|| format!("replacing /etc/{rel}"))?;
+            }
+        }
+    }
+    let gone: Vec<&String> = etc
+        .local
+        .keys()
+        .filter(|k| !merged.contains_key(*k))
+        .collect();
+    for rel in gone.into_iter().rev() {
+        let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        let lp = if parent.is_empty() {
+            fsutil::open_dir(&live_etc)?
+        } else {
+            match fsutil::open_beneath(live_fd.as_fd(), parent) {
+                Ok(d) => d,
+                Err(_) => continue,
+            }
+        };
+        fsutil::remove_at(lp.as_fd(), name.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Returns the live root's `/usr` to the booted deployment: the live layer is
+/// unmounted and dropped. `/etc` keeps what the merge gave it: the next boot of either
+/// deployment merges it again anyway.
+pub fn reset(sysroot: &Sysroot, _lock: &WriterLock, root: &Path) -> Result<UsrStatus> {
+    let usr = root.join("usr");
+    match usr_mount(&usr)? {
+        Some(m) if m.upper.starts_with(live_dir(sysroot)) => {
+            rustix::mount::unmount(&usr, rustix::mount::UnmountFlags::DETACH)
+                .context("unmounting the live layer")?;
+        }
+        Some(_) => bail!("/usr has a usroverlay, not a live layer: 'arbor usroverlay --remove'"),
+        None => bail!("nothing is applied live on {}", usr.display()),
+    }
+    let dir = live_dir(sysroot);
+    if dir.exists() {
+        fsutil::remove_tree(&dir)?;
+    }
+    let st = super::status(sysroot, root)?;
+    debug_assert!(!matches!(st.overlay, Some((OverlayKind::Live, _))));
+    Ok(st)
+}

@@ -1,0 +1,232 @@
+//! Live changes through overlayfs (DESIGN §4): a writable `/usr` for hotfixes
+//! (`usroverlay`), and moving the running system to the pending deployment without a
+//! reboot (`apply-live`).
+//!
+//! Both mount an overlay on the live root's `/usr` whose lower layer is the running
+//! deployment's read-only `/usr`, so the deployment and the store below it are never
+//! written. Transient state lives under the sysroot's run folder (a tmpfs on a
+//! machine, so a reboot drops it); a hotfix lives beside its deployment and
+//! prepare-root mounts it again at each boot.
+
+pub mod apply;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use rustix::mount::{self, MountFlags, UnmountFlags};
+use serde::Serialize;
+
+use crate::sysroot::{Deployment, Sysroot};
+
+/// An overlay mounted on a `/usr`, as `/proc/self/mountinfo` describes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UsrMount {
+    /// Its upper layer (where writes go).
+    pub upper: PathBuf,
+}
+
+/// What the overlay on `/usr` is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OverlayKind {
+    /// `usroverlay`: writable until the next boot.
+    Transient,
+    /// `usroverlay --hotfix`: writable, and mounted again at every boot of this
+    /// deployment.
+    Hotfix,
+    /// `apply-live`: the difference to another commit.
+    Live,
+}
+
+/// The state of the live root's `/usr`.
+#[derive(Clone, Debug, Serialize)]
+pub struct UsrStatus {
+    /// The running deployment.
+    pub deployment: String,
+    /// The overlay on `/usr`, if any, and what it is.
+    pub overlay: Option<(OverlayKind, PathBuf)>,
+    /// The commit `/usr` shows when apply-live made it another than the deployment's.
+    pub live_commit: Option<String>,
+}
+
+/// Mounts an overlay on `usr` with `usr` itself (its current content) as the lower
+/// layer.
+pub fn mount_overlay(usr: &Path, upper: &Path, work: &Path) -> Result<()> {
+    for p in [usr, upper, work] {
+        let s = p.to_string_lossy();
+        if s.contains([',', ':', '\\']) {
+            bail!("{s}: overlayfs cannot take a path with ',' ':' or '\\\\'");
+        }
+    }
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        usr.display(),
+        upper.display(),
+        work.display()
+    );
+    let data = std::ffi::CString::new(data).context("an overlay option with a NUL byte")?;
+    mount::mount(
+        "overlay",
+        usr,
+        "overlay",
+        MountFlags::empty(),
+        data.as_c_str(),
+    )
+    .with_context(|| format!("mounting an overlay on {}", usr.display()))
+}
+
+/// Unescapes a mountinfo field (`\040` for a space, …).
+fn unescape(s: &str) -> String {
+    let mut out = Vec::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 4 <= b.len()
+            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 4])
+                .ok()
+                .and_then(|o| u8::from_str_radix(o, 8).ok())
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The overlay mounted on `usr` in this mount namespace (the topmost mount there).
+pub fn usr_mount(usr: &Path) -> Result<Option<UsrMount>> {
+    let usr = usr.canonicalize().unwrap_or_else(|_| usr.to_path_buf());
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mut found = None;
+    for line in info.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let fields: Vec<&str> = left.split(' ').collect();
+        if fields.len() < 5 || Path::new(&unescape(fields[4])) != usr {
+            continue;
+        }
+        let right: Vec<&str> = right.split(' ').collect();
+        found = Some(if right.first() == Some(&"overlay") {
+            let upper = right
+                .get(2)
+                .into_iter()
+                .flat_map(|o| o.split(','))
+                .find_map(|o| o.strip_prefix("upperdir="))
+                .map(|u| PathBuf::from(unescape(u)));
+            upper.map(|upper| UsrMount { upper })
+        } else {
+            None
+        });
+    }
+    Ok(found.flatten())
+}
+
+/// The running deployment; live changes need one.
+pub fn booted(sysroot: &Sysroot) -> Result<Deployment> {
+    sysroot
+        .deployments()?
+        .into_iter()
+        .find(|d| d.booted)
+        .context("no deployment of this sysroot is running (arbor= on the kernel command line)")
+}
+
+fn transient_dir(sysroot: &Sysroot, d: &Deployment) -> PathBuf {
+    sysroot
+        .run_dir()
+        .join("arbor/usroverlay")
+        .join(format!("{}-{}", d.os, d.dir_name()))
+}
+
+/// Where apply-live keeps its layer and its record.
+pub fn live_dir(sysroot: &Sysroot) -> PathBuf {
+    sysroot.run_dir().join("arbor/live")
+}
+
+fn kind_of(sysroot: &Sysroot, d: &Deployment, upper: &Path) -> OverlayKind {
+    if upper.starts_with(sysroot.hotfix_dir(d)) {
+        OverlayKind::Hotfix
+    } else if upper.starts_with(live_dir(sysroot)) {
+        OverlayKind::Live
+    } else {
+        OverlayKind::Transient
+    }
+}
+
+/// What `/usr` of the live root `root` is now.
+pub fn status(sysroot: &Sysroot, root: &Path) -> Result<UsrStatus> {
+    let d = booted(sysroot)?;
+    let overlay = usr_mount(&root.join("usr"))?.map(|m| (kind_of(sysroot, &d, &m.upper), m.upper));
+    let live_commit = match &overlay {
+        Some((OverlayKind::Live, _)) => apply::LiveRecord::read(sysroot)?
+            .filter(|r| r.booted == d.dir_name())
+            .map(|r| r.commit),
+        _ => None,
+    };
+    Ok(UsrStatus {
+        deployment: format!("{}/{}", d.os, d.dir_name()),
+        overlay,
+        live_commit,
+    })
+}
+
+/// Makes the live root's `/usr` writable through an overlay: until the next boot, or
+/// with `hotfix` for every boot of this deployment.
+pub fn usroverlay(sysroot: &Sysroot, root: &Path, hotfix: bool) -> Result<UsrStatus> {
+    let d = booted(sysroot)?;
+    let usr = root.join("usr");
+    if let Some(m) = usr_mount(&usr)? {
+        bail!(
+            "{} already has an overlay ({:?}, upper layer {}); 'arbor usroverlay --remove' first",
+            usr.display(),
+            kind_of(sysroot, &d, &m.upper),
+            m.upper.display()
+        );
+    }
+    let dir = if hotfix {
+        sysroot.hotfix_dir(&d)
+    } else {
+        transient_dir(sysroot, &d)
+    };
+    // A leftover of an earlier overlay of this kind starts over (a hotfix one is kept:
+    // it is what the hotfix is).
+    if !hotfix && dir.exists() {
+        crate::fsutil::remove_tree(&dir)?;
+    }
+    for sub in ["upper", "work"] {
+        std::fs::create_dir_all(dir.join(sub))
+            .with_context(|| format!("creating {}", dir.join(sub).display()))?;
+    }
+    mount_overlay(&usr, &dir.join("upper"), &dir.join("work"))?;
+    status(sysroot, root)
+}
+
+/// Unmounts the overlay on the live root's `/usr` and drops its layer (for a hotfix:
+/// it is not mounted at the next boot either). An apply-live layer is removed with
+/// `apply-live --reset` instead.
+pub fn usroverlay_remove(sysroot: &Sysroot, root: &Path) -> Result<UsrStatus> {
+    let d = booted(sysroot)?;
+    let usr = root.join("usr");
+    let hotfix = sysroot.hotfix_dir(&d);
+    match usr_mount(&usr)? {
+        Some(m) if kind_of(sysroot, &d, &m.upper) == OverlayKind::Live => {
+            bail!("/usr shows a live-applied commit: 'arbor apply-live --reset' removes it")
+        }
+        Some(_) => {
+            mount::unmount(&usr, UnmountFlags::DETACH)
+                .with_context(|| format!("unmounting the overlay on {}", usr.display()))?;
+        }
+        None if hotfix.exists() => {} // not mounted in this namespace, but kept for boot
+        None => bail!("{} has no overlay", usr.display()),
+    }
+    for dir in [hotfix, transient_dir(sysroot, &d)] {
+        if dir.exists() {
+            crate::fsutil::remove_tree(&dir)?;
+        }
+    }
+    status(sysroot, root)
+}
