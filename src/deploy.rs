@@ -501,8 +501,8 @@ fn list_stateroots(sysroot: &Sysroot) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// Deletes deployment folders (and origins) that neither `order` nor the staged record
-/// names.
+/// Deletes deployment folders (with their origins and hotfixes) that neither `order`
+/// nor the staged record names.
 fn remove_unlisted(sysroot: &Sysroot, order: &[Deployment]) -> Result<Vec<String>> {
     let staged = sysroot.staged()?;
     let order: Vec<&Deployment> = order.iter().chain(staged.as_ref()).collect();
@@ -519,6 +519,11 @@ fn remove_unlisted(sysroot: &Sysroot, order: &[Deployment]) -> Result<Vec<String
             if e.file_type()?.is_dir() {
                 fsutil::remove_tree(&p)?;
                 removed.push(format!("{os}/{name}"));
+                // Its kept /usr hotfix goes with it.
+                let hotfix = sysroot.stateroot(&os).join("hotfix").join(&name);
+                if hotfix.exists() {
+                    fsutil::remove_tree(&hotfix)?;
+                }
             } else {
                 std::fs::remove_file(&p)?;
             }
