@@ -278,6 +278,8 @@ fn root_non_root_reads_status_but_gets_access_denied() {
         vec!["Install", "asa{sv}", "1", "hello", "0"],
         vec!["Uninstall", "asa{sv}", "1", "hello", "0"],
         vec!["Upgrade", "a{sv}", "0"],
+        vec!["ApplyLive", "a{sv}", "1", "dry-run", "b", "true"],
+        vec!["UsrOverlay", "a{sv}", "0"],
         vec!["Cancel"],
     ] {
         let mut args = vec!["call", "org.arbor.Arbor1", ROOT, SYSROOT];

@@ -24,6 +24,9 @@ pub struct ArbordCli {
     /// The physical root it manages.
     #[arg(long, env = "ARBOR_SYSROOT", default_value = "/", value_name = "DIR")]
     pub sysroot: PathBuf,
+    /// The running system's root that ApplyLive and UsrOverlay change.
+    #[arg(long, default_value = "/", value_name = "DIR")]
+    pub root: PathBuf,
     /// Serve on this bus instead (default: the activating bus, else the system bus).
     #[arg(long, value_name = "ADDRESS")]
     pub bus_address: Option<String>,
@@ -37,6 +40,7 @@ pub fn run_from_env() -> i32 {
     let cli = ArbordCli::parse();
     let opts = DaemonOptions {
         sysroot: cli.sysroot,
+        root: cli.root,
         bus_address: cli.bus_address,
         idle_exit: (cli.idle_exit > 0).then(|| Duration::from_secs(cli.idle_exit)),
     };

@@ -43,6 +43,8 @@ pub const TRANSACTION_INTERFACE: &str = "org.arbor.Arbor1.Transaction";
 pub struct DaemonOptions {
     /// The sysroot it manages (`/` on a machine).
     pub sysroot: PathBuf,
+    /// The running system's root, which apply-live and usroverlay change (`/`).
+    pub root: PathBuf,
     /// The bus to serve on. `None`: the bus that activated us (`DBUS_STARTER_ADDRESS`),
     /// else the system bus.
     pub bus_address: Option<String>,
@@ -53,6 +55,7 @@ pub struct DaemonOptions {
 /// What the interfaces share: the sysroot, the running transaction, the idle clock.
 pub(crate) struct Shared {
     sysroot: PathBuf,
+    root: PathBuf,
     conn: OnceLock<zbus::Connection>,
     active: Mutex<Option<Active>>,
     next_transaction: AtomicU64,
@@ -90,6 +93,7 @@ pub fn run(opts: &DaemonOptions) -> Result<()> {
     crate::sysroot::Sysroot::open(&opts.sysroot)?;
     let shared = Arc::new(Shared {
         sysroot: opts.sysroot.clone(),
+        root: opts.root.clone(),
         conn: OnceLock::new(),
         active: Mutex::new(None),
         next_transaction: AtomicU64::new(1),

@@ -15,6 +15,10 @@ use super::transaction::{self, Job};
 use super::values::{self, Dict};
 use super::{DaemonError, ROOT_PATH, Shared, auth};
 use crate::deploy::{self, DeployOptions, KargEdit};
+use crate::live::{
+    self,
+    apply::{self, ApplyOptions},
+};
 use crate::packages::layer::{self, LayerEdit};
 use crate::statedb::{HistoryEntry, StateDb};
 use crate::sysroot::Sysroot;
@@ -232,6 +236,70 @@ impl SysrootIface {
                 },
             );
         let what = ("Upgrade", "org.arbor.Arbor1.upgrade", "upgrade");
+        self.begin(&hdr, conn, server, what, job).await
+    }
+
+    /// Makes the running system show the pending deployment without a reboot
+    /// (docs/live.md). Options: "packages" (as), "restart-services" (b), "dry-run"
+    /// (b), "force" (b), "reset" (b). The Result is the plan carried out.
+    #[zbus(out_args("transaction"))]
+    async fn apply_live(
+        &self,
+        options: HashMap<String, OwnedValue>,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(object_server)] server: &ObjectServer,
+    ) -> Result<OwnedObjectPath, DaemonError> {
+        let o = Options::parse(
+            options,
+            &["packages", "restart-services", "dry-run", "force", "reset"],
+        )?;
+        let reset = o.bool("reset")?.unwrap_or(false);
+        let opts = ApplyOptions {
+            packages: o.strings("packages")?,
+            restart_services: o.bool("restart-services")?.unwrap_or(false),
+            dry_run: o.bool("dry-run")?.unwrap_or(false),
+            force: o.bool("force")?.unwrap_or(false),
+        };
+        let root = self.shared.root.clone();
+        let job: Job = Box::new(move |sysroot, lock, _| {
+            if reset {
+                Ok(serde_json::to_value(apply::reset(sysroot, lock, &root)?)?)
+            } else {
+                Ok(serde_json::to_value(apply::apply_live(
+                    sysroot, lock, &root, &opts,
+                )?)?)
+            }
+        });
+        let what = ("ApplyLive", "org.arbor.Arbor1.apply-live", "apply-live");
+        self.begin(&hdr, conn, server, what, job).await
+    }
+
+    /// A writable overlay on the running system's /usr (docs/live.md). Options:
+    /// "hotfix" (b: keep it across reboots), "remove" (b: unmount and drop it).
+    #[zbus(out_args("transaction"))]
+    async fn usr_overlay(
+        &self,
+        options: HashMap<String, OwnedValue>,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(object_server)] server: &ObjectServer,
+    ) -> Result<OwnedObjectPath, DaemonError> {
+        let o = Options::parse(options, &["hotfix", "remove"])?;
+        let (hotfix, remove) = (
+            o.bool("hotfix")?.unwrap_or(false),
+            o.bool("remove")?.unwrap_or(false),
+        );
+        let root = self.shared.root.clone();
+        let job: Job = Box::new(move |sysroot, _, _| {
+            let st = if remove {
+                live::usroverlay_remove(sysroot, &root)?
+            } else {
+                live::usroverlay(sysroot, &root, hotfix)?
+            };
+            Ok(serde_json::to_value(st)?)
+        });
+        let what = ("UsrOverlay", "org.arbor.Arbor1.apply-live", "usroverlay");
         self.begin(&hdr, conn, server, what, job).await
     }
 
