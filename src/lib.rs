@@ -19,6 +19,7 @@ pub mod fsutil;
 pub mod fuse;
 pub mod health;
 pub mod inspect;
+pub mod kargs;
 pub mod live;
 pub mod lock;
 pub mod ostree_interop;

@@ -11,17 +11,17 @@
 
 use std::collections::BTreeSet;
 use std::io::Read;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
+use super::etc::{merge_etc_live, plan_etc};
+use super::upper::build_upper;
 use super::{OverlayKind, UsrStatus, booted, live_dir, mount_overlay, usr_mount};
 use crate::diff::{ChangeKind, diff_commits};
-use crate::etc_merge;
 use crate::fsutil;
 use crate::inspect;
 use crate::lock::WriterLock;
@@ -242,46 +242,6 @@ fn pending(sysroot: &Sysroot) -> Result<Deployment> {
         .context("nothing is pending: deploy, upgrade or install first")
 }
 
-/// The /etc merge for the live root: (the new /etc as a plan, conflicts).
-struct EtcPlan {
-    actions: Vec<etc_merge::EtcAction>,
-    local: etc_merge::EtcTree,
-    changed: Vec<String>,
-    conflicts: Vec<String>,
-}
-
-fn plan_etc(sysroot: &Sysroot, from: &Deployment, to: &Deployment, root: &Path) -> Result<EtcPlan> {
-    let old_default = etc_merge::scan(&sysroot.deployment_path(from).join("usr/etc"))?;
-    let new_default = etc_merge::scan(&sysroot.deployment_path(to).join("usr/etc"))?;
-    let local = etc_merge::scan(&root.join("etc"))?;
-    let actions = etc_merge::plan(&old_default, &local);
-    let touched_locally: BTreeSet<&str> = actions
-        .iter()
-        .map(|a| match a {
-            etc_merge::EtcAction::KeepLocal(p) | etc_merge::EtcAction::Remove(p) => p.as_str(),
-        })
-        .collect();
-    let mut conflicts = Vec::new();
-    let mut changed = Vec::new();
-    let paths: BTreeSet<&String> = old_default.keys().chain(new_default.keys()).collect();
-    for p in paths {
-        if old_default.get(p) == new_default.get(p) {
-            continue;
-        }
-        if touched_locally.contains(p.as_str()) {
-            conflicts.push(format!("/etc/{p}"));
-        } else {
-            changed.push(format!("/etc/{p}"));
-        }
-    }
-    Ok(EtcPlan {
-        actions,
-        local,
-        changed,
-        conflicts,
-    })
-}
-
 /// Works out what apply-live would do, without changing anything.
 pub fn plan(sysroot: &Sysroot, root: &Path, opts: &ApplyOptions) -> Result<LivePlan> {
     let from = booted(sysroot)?;
@@ -457,209 +417,6 @@ pub fn apply_live(
         applied: true,
         restarted,
     })
-}
-
-/// Puts the plan's changes into an overlay upper layer: copies from the target's
-/// `/usr`, whiteouts for removals, directories with the metadata they get.
-fn build_upper(target_usr: &Path, live_usr: &Path, upper: &Path, plan: &LivePlan) -> Result<()> {
-    let src = fsutil::open_dir(target_usr)?;
-    let live = fsutil::open_dir(live_usr)?;
-    let up = fsutil::open_dir(upper)?;
-    let mut whited: Vec<String> = Vec::new();
-    let mut all: Vec<(&String, ChangeKind)> = plan
-        .added
-        .iter()
-        .map(|p| (p, ChangeKind::Added))
-        .chain(plan.changed.iter().map(|p| (p, ChangeKind::Modified)))
-        .chain(plan.removed.iter().map(|p| (p, ChangeKind::Removed)))
-        .collect();
-    all.sort();
-    for (path, kind) in all {
-        let rel = path.trim_start_matches("/usr/");
-        if whited.iter().any(|w| rel.starts_with(&format!("{w}/"))) {
-            continue; // below a removed directory
-        }
-        let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
-        let dir = ensure_parents(src.as_fd(), live.as_fd(), up.as_fd(), parent)
-            .with_context(|| format!("preparing {path}"))?;
-        let r = if kind == ChangeKind::Removed {
-            whited.push(rel.to_string());
-            fsutil::remove_at(dir.as_fd(), name.as_bytes())?;
-            rfs::mknodat(
-                &dir,
-                name,
-                FileType::CharacterDevice,
-                Mode::empty(),
-                rfs::makedev(0, 0),
-            )
-            .map_err(anyhow::Error::from)
-        } else {
-            copy_entry(src.as_fd(), rel, dir.as_fd(), name)
-        };
-        r.with_context(|| format!("putting {path} in the live layer"))?;
-    }
-    Ok(())
-}
-
-/// Opens (creating as needed) `rel` in the upper layer, each directory made with the
-/// metadata it has in the target, else in the live tree.
-fn ensure_parents(
-    src: BorrowedFd<'_>,
-    live: BorrowedFd<'_>,
-    upper: BorrowedFd<'_>,
-    rel: &str,
-) -> Result<rustix::fd::OwnedFd> {
-    let mut cur = rfs::openat(
-        upper,
-        ".",
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    let mut sofar = String::new();
-    for comp in rel.split('/').filter(|c| !c.is_empty()) {
-        sofar = if sofar.is_empty() {
-            comp.to_string()
-        } else {
-            format!("{sofar}/{comp}")
-        };
-        if fsutil::kind_at(cur.as_fd(), comp)?.is_none() {
-            let st = rfs::statat(src, sofar.as_str(), AtFlags::SYMLINK_NOFOLLOW)
-                .or_else(|_| rfs::statat(live, sofar.as_str(), AtFlags::SYMLINK_NOFOLLOW))?;
-            rfs::mkdirat(&cur, comp, Mode::from_raw_mode(0o700))?;
-            let d = fsutil::open_dir_at(cur.as_fd(), comp.as_bytes())?;
-            let x = fsutil::read_xattrs_at(src, sofar.as_bytes()).unwrap_or_default();
-            fsutil::apply_meta_fd(d.as_fd(), &fsutil::meta_from_stat(&st, x))?;
-        }
-        cur = fsutil::open_dir_at(cur.as_fd(), comp.as_bytes())?;
-    }
-    Ok(cur)
-}
-
-/// Copies one entry of the target into the upper layer (a directory without its
-/// content: its children are entries of the plan themselves).
-fn copy_entry(src: BorrowedFd<'_>, rel: &str, dir: BorrowedFd<'_>, name: &str) -> Result<()> {
-    let st = rfs::statat(src, rel, AtFlags::SYMLINK_NOFOLLOW)?;
-    let xattrs = fsutil::read_xattrs_at(src, rel.as_bytes())?;
-    let meta = fsutil::meta_from_stat(&st, xattrs);
-    match FileType::from_raw_mode(st.st_mode) {
-        FileType::Directory => {
-            if fsutil::kind_at(dir, name)? != Some(FileType::Directory) {
-                fsutil::remove_at(dir, name.as_bytes())?;
-                rfs::mkdirat(dir, name, Mode::from_raw_mode(0o700))?;
-            }
-            let d = fsutil::open_dir_at(dir, name.as_bytes())?;
-            fsutil::apply_meta_fd(d.as_fd(), &meta)?;
-        }
-        FileType::Symlink => {
-            fsutil::remove_at(dir, name.as_bytes())?;
-            let target = rfs::readlinkat(src, rel, Vec::new())?;
-            rfs::symlinkat(target.as_c_str(), dir, name)?;
-            fsutil::apply_meta_symlink_at(dir, name.as_bytes(), &meta)?;
-        }
-        FileType::RegularFile => {
-            fsutil::remove_at(dir, name.as_bytes())?;
-            let from = rfs::openat(
-                src,
-                rel,
-                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )?;
-            let to = rfs::openat(
-                dir,
-                name,
-                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::from_raw_mode(0o600),
-            )?;
-            let (mut from, mut to) = (std::fs::File::from(from), std::fs::File::from(to));
-            std::io::copy(&mut from, &mut to)?;
-            fsutil::apply_meta_fd(to.as_fd(), &meta)?;
-        }
-        other => bail!("{rel} is a {other:?}, which an image does not hold"),
-    }
-    Ok(())
-}
-
-/// Brings the live `/etc` to the merge of the pending deployment's defaults with the
-/// local changes: the merged tree is built beside the layer, then each differing
-/// entry is replaced in `/etc` by a rename.
-fn merge_etc_live(
-    sysroot: &Sysroot,
-    to: &Deployment,
-    root: &Path,
-    etc: &EtcPlan,
-    dir: &Path,
-) -> Result<()> {
-    let staged = dir.join("etc");
-    let c = sysroot.repo().load_commit(&to.commit)?;
-    let inspect::Node::Dir(tree, meta) = inspect::lookup(sysroot.repo(), &to.commit, "/usr/etc")?
-    else {
-        bail!("/usr/etc of the pending commit is not a directory");
-    };
-    let _ = c;
-    let dir_fd = fsutil::open_dir(dir)?;
-    crate::checkout::TreeCheckout::new(sysroot.repo(), true).run(
-        dir_fd.as_fd(),
-        b"etc",
-        &tree,
-        &meta,
-    )?;
-    let live_etc = root.join("etc");
-    etc_merge::apply(&etc.actions, &etc.local, &live_etc, &staged)?;
-    let merged = etc_merge::scan(&staged)?;
-    let live_fd = fsutil::open_dir(&live_etc)?;
-    let staged_fd = fsutil::open_dir(&staged)?;
-    // Parents first for additions; children first for removals.
-    for (rel, entry) in &merged {
-        if etc.local.get(rel) == Some(entry) {
-            continue;
-        }
-        let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
-        let lp = if parent.is_empty() {
-            fsutil::open_dir(&live_etc)?
-        } else {
-            fsutil::open_beneath(live_fd.as_fd(), parent)?
-        };
-        let sp = if parent.is_empty() {
-            fsutil::open_dir(&staged)?
-        } else {
-            fsutil::open_beneath(staged_fd.as_fd(), parent)?
-        };
-        match entry {
-            etc_merge::EtcEntry::Dir(m) => {
-                if fsutil::kind_at(lp.as_fd(), name)? != Some(FileType::Directory) {
-                    fsutil::remove_at(lp.as_fd(), name.as_bytes())?;
-                    rfs::mkdirat(&lp, name, Mode::from_raw_mode(0o700))?;
-                }
-                fsutil::apply_meta_fd(
-                    fsutil::open_dir_at(lp.as_fd(), name.as_bytes())?.as_fd(),
-                    m,
-                )?;
-            }
-            _ => {
-                fsutil::remove_at(lp.as_fd(), name.as_bytes())?;
-                rfs::renameat(&sp, name, &lp, name)
-                    .with_context(|| format!("replacing /etc/{rel}"))?;
-            }
-        }
-    }
-    let gone: Vec<&String> = etc
-        .local
-        .keys()
-        .filter(|k| !merged.contains_key(*k))
-        .collect();
-    for rel in gone.into_iter().rev() {
-        let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
-        let lp = if parent.is_empty() {
-            fsutil::open_dir(&live_etc)?
-        } else {
-            match fsutil::open_beneath(live_fd.as_fd(), parent) {
-                Ok(d) => d,
-                Err(_) => continue,
-            }
-        };
-        fsutil::remove_at(lp.as_fd(), name.as_bytes())?;
-    }
-    Ok(())
 }
 
 /// Returns the live root's `/usr` to the booted deployment: the live layer is

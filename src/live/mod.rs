@@ -9,6 +9,8 @@
 //! prepare-root mounts it again at each boot.
 
 pub mod apply;
+mod etc;
+mod upper;
 
 use std::path::{Path, PathBuf};
 
