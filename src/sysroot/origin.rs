@@ -95,11 +95,19 @@ fn split_debs(v: &str) -> Result<Vec<LocalDeb>> {
     split_list(v)
         .into_iter()
         .map(|x| match x.split_once(':') {
-            Some((id, name)) => Ok(LocalDeb {
-                id: id.into(),
-                name: name.into(),
-            }),
-            None => bail!("origin: local package '{x}' is not <id>:<name>"),
+            // The id names a file and the name goes into a command line: both are
+            // checked, whoever wrote the origin.
+            Some((id, name))
+                if id.len() == 64
+                    && id.bytes().all(|b| b.is_ascii_hexdigit())
+                    && crate::packages::treefile::valid_package(name) =>
+            {
+                Ok(LocalDeb {
+                    id: id.into(),
+                    name: name.into(),
+                })
+            }
+            _ => bail!("origin: local package '{x}' is not <blake3 hex>:<package name>"),
         })
         .collect()
 }
@@ -177,7 +185,7 @@ mod tests {
     fn round_trip() {
         for pinned in [false, true] {
             let deb = LocalDeb {
-                id: "00ff".into(),
+                id: "0f".repeat(32),
                 name: "hello".into(),
             };
             let o = Origin {
@@ -194,5 +202,7 @@ mod tests {
             assert_eq!(Origin::parse(&o.to_text()).unwrap(), o);
         }
         assert!(Origin::parse("[origin]\n").is_err());
+        let traversal = "[origin]\nrefspec=a\n[packages]\nrequested-local=../../etc/passwd:x\n";
+        assert!(Origin::parse(traversal).is_err());
     }
 }
