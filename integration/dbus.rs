@@ -290,24 +290,7 @@ fn root_non_root_reads_status_but_gets_access_denied() {
         assert!(err.contains("Access denied"), "{call:?}: {err}");
     }
     // gdbus shows the daemon's reason.
-    let out = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            "gdbus",
-            "call",
-        ])
-        .args(["--address", &bus.address, "--dest", "org.arbor.Arbor1"])
-        .args([
-            "--object-path",
-            ROOT,
-            "--method",
-            "org.arbor.Arbor1.Sysroot.Deploy",
-        ])
-        .args(["os/b", "{}"])
-        .output()
-        .unwrap();
+    let out = bus.gdbus_call_as_nobody("Deploy", &["os/b", "{}"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("org.freedesktop.DBus.Error.AccessDenied")
@@ -359,24 +342,7 @@ fn root_polkit_authorizes_a_non_root_caller_per_action() {
         "0",
     ]);
     assert!(!out.status.success());
-    let out = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            "gdbus",
-            "call",
-        ])
-        .args(["--address", &bus.address, "--dest", "org.arbor.Arbor1"])
-        .args([
-            "--object-path",
-            ROOT,
-            "--method",
-            "org.arbor.Arbor1.Sysroot.Deploy",
-        ])
-        .args(["os/b", "{}"])
-        .output()
-        .unwrap();
+    let out = bus.gdbus_call_as_nobody("Deploy", &["os/b", "{}"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("not authorized for org.arbor.Arbor1.deploy (polkit said no)"),

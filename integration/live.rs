@@ -226,14 +226,7 @@ echo kernel-ok
     let plan: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(t.path().join("plan.json")).unwrap())
             .unwrap();
-    let manifest = std::fs::read_to_string(corpus("a").parent().unwrap().join("MANIFEST")).unwrap();
-    let mut expected: Vec<&str> = manifest
-        .lines()
-        .find_map(|l| l.strip_prefix("upgraded:"))
-        .unwrap()
-        .split_whitespace()
-        .collect();
-    expected.sort();
+    let expected = corpus_upgraded();
     let mut listed: Vec<&str> = plan["plan"]["packages"]["upgraded"]
         .as_array()
         .unwrap()

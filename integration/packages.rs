@@ -48,6 +48,12 @@ fn err(out: Output, what: &str) -> String {
     String::from_utf8(out.stderr).unwrap()
 }
 
+/// Composes a treefile into branch `bad` of REPO, which must fail; returns stderr.
+fn compose_fails(repo: &Path, tf: &Path) -> String {
+    let args = ["--repo", s_(repo), "compose", "tree", s_(tf), "-b", "bad"];
+    err(arbor_at_epoch(&args), "compose")
+}
+
 fn treefile(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(format!("{name}.toml"));
     std::fs::write(&p, text).unwrap();
@@ -255,18 +261,7 @@ fn root_compose_twice_gives_one_commit_and_failures_are_clear() {
         "bad",
         &small.replace("\"less\"", "\"nosuchpkg-arbor\""),
     );
-    let e = err(
-        arbor_at_epoch(&[
-            "--repo",
-            s_(&repo),
-            "compose",
-            "tree",
-            s_(&bad),
-            "-b",
-            "bad",
-        ]),
-        "compose",
-    );
+    let e = compose_fails(&repo, &bad);
     assert!(
         e.contains("nosuchpkg-arbor") && e.contains("mmdebstrap failed"),
         "{e}"
@@ -276,35 +271,13 @@ fn root_compose_twice_gives_one_commit_and_failures_are_clear() {
         "script",
         &format!("postprocess = [\"echo broken >&2; exit 3\"]\n{small}"),
     );
-    let e = err(
-        arbor_at_epoch(&[
-            "--repo",
-            s_(&repo),
-            "compose",
-            "tree",
-            s_(&script),
-            "-b",
-            "bad",
-        ]),
-        "compose",
-    );
+    let e = compose_fails(&repo, &script);
     assert!(
         e.contains("postprocess script 1 failed") && e.contains("broken"),
         "{e}"
     );
     let typo = treefile(t.path(), "typo", &small.replace("packages", "pakages"));
-    let e = err(
-        arbor_at_epoch(&[
-            "--repo",
-            s_(&repo),
-            "compose",
-            "tree",
-            s_(&typo),
-            "-b",
-            "bad",
-        ]),
-        "compose",
-    );
+    let e = compose_fails(&repo, &typo);
     assert!(e.contains("pakages") && e.contains("typo.toml"), "{e}");
     let refs = arbor_ok(&["--repo", s_(&repo), "refs"]);
     assert!(!refs.contains("bad"), "{refs}");
@@ -329,14 +302,7 @@ fn root_db_diff_of_corpus_a_and_b_lists_the_point_update() {
         "--json",
     ]))
     .unwrap();
-    let manifest = std::fs::read_to_string(corpus("a").parent().unwrap().join("MANIFEST")).unwrap();
-    let mut expected: Vec<&str> = manifest
-        .lines()
-        .find_map(|l| l.strip_prefix("upgraded:"))
-        .unwrap()
-        .split_whitespace()
-        .collect();
-    expected.sort();
+    let expected = corpus_upgraded();
     let mut upgraded: Vec<&str> = d["upgraded"]
         .as_array()
         .unwrap()

@@ -129,6 +129,24 @@ impl Bus {
             .unwrap()
     }
 
+    /// Calls a Sysroot method with gdbus as `nobody`; returns its output.
+    pub fn gdbus_call_as_nobody(&self, method: &str, args: &[&str]) -> Output {
+        Command::new("setpriv")
+            .args([
+                "--reuid=nobody",
+                "--regid=nogroup",
+                "--clear-groups",
+                "gdbus",
+                "call",
+            ])
+            .args(["--address", &self.address, "--dest", "org.arbor.Arbor1"])
+            .args(["--object-path", "/org/arbor/Arbor1", "--method"])
+            .arg(format!("org.arbor.Arbor1.Sysroot.{method}"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
     /// Runs `gdbus ARGS… --address …`.
     pub fn gdbus(&self, args: &[&str]) -> Output {
         Command::new("gdbus")

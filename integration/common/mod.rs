@@ -348,3 +348,17 @@ pub fn deployment_dir(sysroot: &str, index: usize) -> PathBuf {
         d["serial"]
     ))
 }
+
+/// The packages the corpus point update a → b upgraded, sorted (from its MANIFEST).
+pub fn corpus_upgraded() -> Vec<String> {
+    let manifest = std::fs::read_to_string(corpus("a").parent().unwrap().join("MANIFEST")).unwrap();
+    let mut names: Vec<String> = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("upgraded:"))
+        .expect("MANIFEST lists the upgraded packages")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    names
+}
