@@ -534,3 +534,34 @@ fn root_interface_xml_equals_live_introspection() {
         );
     }
 }
+
+#[test]
+fn root_only_the_last_finished_transactions_stay_exported() {
+    require_root!();
+    let (bus, s, _t) = two_versions_on_a_bus(60);
+    arbor_ok(&["--sysroot", &s, "deploy", "os/b"]);
+    let paths: Vec<String> = (0..18)
+        .map(|_| {
+            let p = bus.start(&["Rollback", "a{sv}", "0"]).unwrap();
+            assert_eq!(bus.wait(&p), (true, String::new()));
+            p
+        })
+        .collect();
+    let gone = bus.busctl(&[
+        "get-property",
+        "org.arbor.Arbor1",
+        &paths[0],
+        TXN,
+        "Success",
+    ]);
+    assert!(
+        !gone.status.success(),
+        "the oldest transaction is still exported"
+    );
+    assert_eq!(bus.property(&paths[17], TXN, "Success"), true);
+    assert_eq!(
+        bus.property(&paths[2], TXN, "Success"),
+        true,
+        "the last 16 stay"
+    );
+}

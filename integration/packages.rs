@@ -191,7 +191,7 @@ fn root_compose_deploy_layer_uninstall_override_and_upgrade() {
     let leftovers: Vec<_> = std::fs::read_dir(Path::new(&s).join("arbor/repo"))
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(".layer-"))
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".scratch-"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 

@@ -238,9 +238,7 @@ pub fn compose_rootfs(
     opts: &CommitOptions,
     wait: LockWait<'_>,
 ) -> Result<CommitResult> {
-    let staging = tempfile::Builder::new()
-        .prefix(".compose-")
-        .tempdir_in(repo.path())?;
+    let staging = crate::store::scratch::ScratchDir::new(repo.path(), "compose")?;
     let root = staging.path().join("root");
     stage_tree(src, &root)?;
     postprocess(&root)?;

@@ -473,8 +473,10 @@ pub fn cleanup_held(sysroot: &Sysroot, _lock: &WriterLock) -> Result<CleanupResu
     })
 }
 
-/// Removes what crashed transactions left: temporary deployment folders.
+/// Removes what crashed transactions left: temporary deployment folders, and scratch
+/// folders of composes and layering nobody uses any more.
 fn remove_leftovers(sysroot: &Sysroot) -> Result<()> {
+    crate::store::scratch::remove_stale(sysroot.repo().path())?;
     for os in list_stateroots(sysroot)? {
         let dir = sysroot.stateroot(&os).join("deploy");
         for e in std::fs::read_dir(&dir)?.flatten() {

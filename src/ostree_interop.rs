@@ -284,9 +284,7 @@ pub fn export(
     let dest = open_ostree(ostree_path)?;
     let c = repo.load_commit(commit)?;
     // A hardlinked checkout beside the store (same filesystem), read by libostree.
-    let tmp = tempfile::Builder::new()
-        .prefix(".export-")
-        .tempdir_in(repo.path())?;
+    let tmp = crate::store::scratch::ScratchDir::new(repo.path(), "export")?;
     let tmp_fd = fsutil::open_dir(tmp.path())?;
     TreeCheckout::new(repo, false).run(tmp_fd.as_fd(), b"root", &c.root_tree, &c.root_meta)?;
     let parent = dest.resolve_rev(ostree_ref, true)?.map(|p| p.to_string());

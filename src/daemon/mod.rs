@@ -58,6 +58,8 @@ pub(crate) struct Shared {
     root: PathBuf,
     conn: OnceLock<zbus::Connection>,
     active: Mutex<Option<Active>>,
+    /// Finished transaction objects, oldest first; only the last few stay exported.
+    finished: Mutex<std::collections::VecDeque<String>>,
     next_transaction: AtomicU64,
     last_activity: Mutex<Instant>,
 }
@@ -96,6 +98,7 @@ pub fn run(opts: &DaemonOptions) -> Result<()> {
         root: opts.root.clone(),
         conn: OnceLock::new(),
         active: Mutex::new(None),
+        finished: Mutex::new(std::collections::VecDeque::new()),
         next_transaction: AtomicU64::new(1),
         last_activity: Mutex::new(Instant::now()),
     });

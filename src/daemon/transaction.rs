@@ -3,8 +3,8 @@
 //! The method call returns the object's path at once; the work runs in a worker thread
 //! that holds the sysroot lock, so a client that disconnects does not stop it. Progress
 //! goes out as signals, and the outcome stays readable as properties (`Running`,
-//! `Success`, `ErrorMessage`, `Result`) for a client that subscribed late. Finished
-//! objects stay exported until the daemon exits.
+//! `Success`, `ErrorMessage`, `Result`) for a client that subscribed late. The last
+//! [`KEEP_FINISHED`] finished objects stay exported; older ones are removed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,6 +20,9 @@ use crate::lock::{LockWait, WriterLock};
 use crate::progress::{Cancelled, Observer};
 use crate::store::StoreError;
 use crate::sysroot::Sysroot;
+
+/// How many finished transaction objects stay readable.
+pub const KEEP_FINISHED: usize = 16;
 
 /// The work of a transaction: runs with the lock held, returns its typed result as JSON.
 pub type Job = Box<
@@ -319,4 +322,18 @@ fn finish(shared: &Arc<Shared>, obs: &BusObserver, path: &str, result: Result<se
         error.is_empty(),
         &error,
     ));
+    let old: Vec<String> = {
+        let mut f = shared.finished.lock().unwrap();
+        f.push_back(path.to_string());
+        let excess = f.len().saturating_sub(KEEP_FINISHED);
+        f.drain(..excess).collect()
+    };
+    for p in old {
+        obs.emit(async {
+            conn.object_server()
+                .remove::<TransactionIface, _>(p.as_str())
+                .await
+                .map(|_| ())
+        });
+    }
 }

@@ -182,9 +182,7 @@ pub fn compose_tree(
             cache.display()
         );
     }
-    let work = tempfile::Builder::new()
-        .prefix(".compose-tree-")
-        .tempdir_in(repo.path())?;
+    let work = crate::store::scratch::ScratchDir::new(repo.path(), "compose-tree")?;
     let root = work.path().join("root");
 
     obs.task_begin("mmdebstrap");

@@ -92,9 +92,7 @@ pub fn build(
     }
     let repo = sysroot.repo();
     let base_commit = repo.load_commit(base)?;
-    let work = tempfile::Builder::new()
-        .prefix(".layer-")
-        .tempdir_in(repo.path())?;
+    let work = crate::store::scratch::ScratchDir::new(repo.path(), "layer")?;
     let w = work.path();
     let work_fd = fsutil::open_dir(w)?;
     obs.task_begin("checkout-base");

@@ -12,6 +12,7 @@ pub mod object;
 pub mod prune;
 pub mod reach;
 pub mod refs;
+pub mod scratch;
 pub mod transaction;
 
 mod config;
