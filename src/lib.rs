@@ -12,6 +12,7 @@ pub mod cli;
 pub mod commit;
 pub mod compose;
 pub mod daemon;
+pub mod delta;
 pub mod deploy;
 pub mod diff;
 pub mod etc_merge;

@@ -6,6 +6,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod arbord;
+mod delta_cmds;
 mod interop_cmds;
 mod live_cmds;
 mod output;
@@ -130,6 +131,9 @@ pub enum Command {
     Usroverlay(live_cmds::UsrOverlayArgs),
     /// Make the running system match the pending deployment without a reboot.
     ApplyLive(live_cmds::ApplyLiveArgs),
+    /// Static deltas between commits: create, apply, stats.
+    #[command(subcommand)]
+    Delta(delta_cmds::DeltaCommand),
     /// The package database of commits: list, diff.
     #[command(subcommand)]
     Db(package_cmds::DbCommand),
@@ -186,6 +190,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
         Command::GenerateMan { dir } => generate_man(dir).map(|_| 0),
         Command::Ostree(cmd) => interop_cmds::run_ostree(cli, cmd),
         Command::Db(cmd) => package_cmds::run_db(cli, cmd),
+        Command::Delta(cmd) => delta_cmds::run(cli, cmd),
         Command::Usroverlay(a) => live_cmds::run_usroverlay(cli, a),
         Command::ApplyLive(a) => live_cmds::run_apply_live(cli, a),
         Command::Install(_)

@@ -69,6 +69,24 @@ pub fn walk(repo: &Repo, roots: &[Root]) -> Reach {
     reach
 }
 
+/// The objects of one commit: the commit and its tree, not its history (what a delta
+/// or a fetch of that commit needs).
+pub fn walk_commit(repo: &Repo, commit: &ObjectId) -> Reach {
+    let mut reach = Reach::default();
+    let label = commit.short();
+    reach.mark(*commit, ObjectKind::Commit, || label.clone());
+    match repo.load_commit(commit) {
+        Ok(c) => {
+            reach.mark(c.root_meta, ObjectKind::DirMeta, || format!("{label}:/"));
+            walk_tree(repo, &mut reach, c.root_tree, &label, "");
+        }
+        Err(e) => reach
+            .unreadable
+            .push((*commit, ObjectKind::Commit, label.clone(), e)),
+    }
+    reach
+}
+
 fn walk_tree(repo: &Repo, reach: &mut Reach, tree: ObjectId, label: &str, path: &str) {
     let here = || format!("{label}:{}", if path.is_empty() { "/" } else { path });
     if !reach.mark(tree, ObjectKind::DirTree, here) {
