@@ -13,6 +13,8 @@ PACKAGES=(
   dbus-daemon systemd libglib2.0-bin polkitd
   # packages: composing trees from a package set, building test .debs
   mmdebstrap
+  # remote updates: a real web server serving published repositories
+  nginx-light
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

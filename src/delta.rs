@@ -21,10 +21,10 @@ use zstd::zstd_safe::{CCtx, CParameter, DCtx, DParameter};
 
 use crate::fsutil;
 use crate::lock::LockWait;
-use crate::store::encoding::{Commit, DirTree, FileBody, FileHeader};
-use crate::store::reach;
+use crate::store::encoding::{Commit, DirTree};
 use crate::store::transaction::Transaction;
 use crate::store::{ObjectId, ObjectKind, Repo};
+use crate::store::{reach, wire};
 
 const MAGIC: &[u8; 12] = b"ARBORDELTA\0\x01";
 /// Level for objects compressed on their own.
@@ -89,7 +89,7 @@ impl DeltaStats {
     }
 }
 
-fn compress(data: &[u8], level: i32, prefix: Option<&[u8]>) -> Result<Vec<u8>> {
+pub(crate) fn compress(data: &[u8], level: i32, prefix: Option<&[u8]>) -> Result<Vec<u8>> {
     let mut cctx = CCtx::create();
     let window = |n: usize| (usize::BITS - n.max(1 << 10).leading_zeros()).clamp(10, 30);
     let span = data.len() + prefix.map_or(0, <[u8]>::len);
@@ -107,7 +107,7 @@ fn compress(data: &[u8], level: i32, prefix: Option<&[u8]>) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-fn decompress(data: &[u8], raw_len: u64, prefix: Option<&[u8]>) -> Result<Vec<u8>> {
+pub(crate) fn decompress(data: &[u8], raw_len: u64, prefix: Option<&[u8]>) -> Result<Vec<u8>> {
     let mut dctx = DCtx::create();
     dctx.set_parameter(DParameter::WindowLogMax(31))
         .map_err(|e| anyhow::anyhow!("zstd: {e}"))?;
@@ -193,30 +193,10 @@ fn record_for(
     base: Option<ObjectId>,
     measure_full: bool,
 ) -> Result<(Record, u64)> {
-    let (meta, payload) = match kind {
-        ObjectKind::File => {
-            let info = repo.file_info(&id)?;
-            let payload = match &info.target {
-                Some(t) => t.clone(),
-                None => read_all(repo, &id)?,
-            };
-            // The object's header (metadata and content digest, or target): it hashes
-            // to the object's id, which apply checks before anything else.
-            let body = match &info.target {
-                Some(t) => FileBody::Symlink { target: t.clone() },
-                None => FileBody::Regular {
-                    size: payload.len() as u64,
-                    content: *blake3::hash(&payload).as_bytes(),
-                },
-            };
-            let header = FileHeader {
-                meta: info.meta,
-                body,
-            };
-            (header.encode(), payload)
-        }
-        _ => (Vec::new(), repo.read_meta_object(&id, kind)?),
-    };
+    let wire::Parts {
+        header: meta,
+        payload,
+    } = wire::parts(repo, &id, kind)?;
     let mut rec = Record {
         kind,
         id,
@@ -459,30 +439,11 @@ pub fn apply(repo: &Repo, delta: &Path, wait: LockWait<'_>) -> Result<ApplyResul
             _ => decompress(&data, raw_len, old.as_deref())
                 .with_context(|| format!("record {i} ({kind} {id})"))?,
         };
-        let written = match kind {
-            ObjectKind::File => {
-                let header = FileHeader::decode(&meta).context("a file object's header")?;
-                ensure!(
-                    header.id() == id,
-                    "record {i}: the file header does not hash to {id}: the delta is corrupt or forged"
-                );
-                match header.body {
-                    FileBody::Symlink { .. } => txn.write_symlink(&payload, &header.meta)?,
-                    FileBody::Regular { .. } => {
-                        txn.write_regular(&payload[..], raw_len, &header.meta)?.id
-                    }
-                }
-            }
-            _ => {
-                let id = txn.write_meta(kind, &payload)?;
-                metas.insert(id, payload);
-                id
-            }
-        };
-        ensure!(
-            written == id,
-            "record {i}: the {kind} object does not hash to {id}: the delta is corrupt or forged"
-        );
+        if let Some(bytes) = wire::write_verified(&txn, kind, &id, &meta, &payload)
+            .with_context(|| format!("record {i}"))?
+        {
+            metas.insert(id, bytes);
+        }
     }
     let mut tail = [0u8; 1];
     ensure!(

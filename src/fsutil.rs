@@ -247,6 +247,19 @@ pub fn atomic_write(dir: BorrowedFd<'_>, name: &str, bytes: &[u8], mode: u32) ->
     result
 }
 
+/// [`atomic_write`] by path: the parent folder must exist.
+pub fn write_file_atomic(path: &std::path::Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+    atomic_write(open_dir(dir)?.as_fd(), name, bytes, mode)
+}
+
 /// Reads a whole small file below `dir`, refusing anything larger than `max` bytes.
 pub fn read_bounded_at(dir: BorrowedFd<'_>, name: &str, max: u64) -> io::Result<Vec<u8>> {
     use std::io::Read;

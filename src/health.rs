@@ -208,6 +208,7 @@ pub fn health_check(
     if passed {
         boot_complete(sysroot, wait)?;
     }
+    crate::update::state::note_health(sysroot, &report.deployment, passed);
     let failed: Vec<String> = report
         .checks
         .iter()

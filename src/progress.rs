@@ -47,6 +47,8 @@ pub trait Observer: Sync {
     fn message(&self, _text: &str) {}
     /// Overall progress, 0 to 100, with what is being done.
     fn percent(&self, _text: &str, _percent: u32) {}
+    /// Bytes downloaded so far of the total this transaction fetches.
+    fn download(&self, _done: u64, _total: u64) {}
     /// True once someone asked the transaction to stop.
     fn cancelled(&self) -> bool {
         false

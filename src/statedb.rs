@@ -35,6 +35,13 @@ const MIGRATIONS: &[&str] = &[
         commit_id TEXT NOT NULL, name TEXT NOT NULL, arch TEXT NOT NULL,
         version TEXT NOT NULL,
         PRIMARY KEY (commit_id, name, arch)) WITHOUT ROWID;",
+    // 3: remote updates: the persisted update state and resumable downloads.
+    "CREATE TABLE update_state (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        record TEXT NOT NULL);
+     CREATE TABLE downloads (
+        blake3 TEXT PRIMARY KEY, url TEXT NOT NULL, path TEXT NOT NULL,
+        size INTEGER NOT NULL, started INTEGER NOT NULL);",
 ];
 
 /// An open state database.
@@ -250,6 +257,53 @@ impl StateDb {
         })?;
         let list: Vec<Package> = rows.collect::<Result<_, _>>()?;
         Ok((!list.is_empty()).then_some(list))
+    }
+
+    /// The persisted update state (JSON of `update::UpdateRecord`), if any.
+    pub fn update_record(&self) -> Result<Option<String>> {
+        use rusqlite::OptionalExtension;
+        Ok(self
+            .conn
+            .query_row("SELECT record FROM update_state WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Replaces the persisted update state.
+    pub fn set_update_record(&self, json: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO update_state (id, record) VALUES (1, ?1)",
+            params![json],
+        )?;
+        Ok(())
+    }
+
+    /// Records a download in progress (it resumes from its file on the next run).
+    pub fn download_started(&self, blake3: &str, url: &str, path: &Path, size: u64) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO downloads (blake3, url, path, size, started) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![blake3, url, path.to_string_lossy(), size as i64, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets a finished download.
+    pub fn download_finished(&self, blake3: &str) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM downloads WHERE blake3 = ?1", params![blake3])?;
+        Ok(())
+    }
+
+    /// Downloads in progress: (url, partial file, size).
+    pub fn downloads(&self) -> Result<Vec<(String, String, u64)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT url, path, size FROM downloads ORDER BY started")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// The transaction history, newest first.

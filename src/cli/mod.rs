@@ -11,6 +11,7 @@ mod interop_cmds;
 mod live_cmds;
 mod output;
 mod package_cmds;
+mod remote_cmds;
 mod repo_cmds;
 mod sysroot_cmds;
 
@@ -93,6 +94,7 @@ pub enum Command {
     #[command(subcommand)]
     Compose(sysroot_cmds::ComposeCommand),
     /// Deploy a commit: it boots next; the current one becomes the rollback.
+    #[command(disable_version_flag = true)]
     Deploy(sysroot_cmds::DeployArgs),
     /// Show the deployments: booted, pending, rollback, pinned.
     Status(OutputArgs),
@@ -131,6 +133,21 @@ pub enum Command {
     Usroverlay(live_cmds::UsrOverlayArgs),
     /// Make the running system match the pending deployment without a reboot.
     ApplyLive(live_cmds::ApplyLiveArgs),
+    /// Publish versions to a folder served over HTTP (TUF-signed).
+    #[command(subcommand)]
+    Publish(remote_cmds::PublishCommand),
+    /// Published repositories this sysroot updates from.
+    #[command(subcommand)]
+    Remote(remote_cmds::RemoteCommand),
+    /// Follow another channel (CHANNEL, or REMOTE:CHANNEL): fetch and stage its version.
+    #[command(disable_version_flag = true)]
+    Rebase(sysroot_cmds::RebaseArgs),
+    /// Show where the update is (checking, downloading, staged, testing, ...).
+    UpdateStatus(OutputArgs),
+    /// Check, download or stage as /etc/arbor/arbor.toml says (the timer runs this).
+    AutoUpdate(remote_cmds::AutoUpdateArgs),
+    /// The transaction history: who did what, when, and how it ended.
+    History(remote_cmds::HistoryArgs),
     /// Static deltas between commits: create, apply, stats.
     #[command(subcommand)]
     Delta(delta_cmds::DeltaCommand),
@@ -191,6 +208,12 @@ pub fn run(cli: &Cli) -> Result<i32> {
         Command::Ostree(cmd) => interop_cmds::run_ostree(cli, cmd),
         Command::Db(cmd) => package_cmds::run_db(cli, cmd),
         Command::Delta(cmd) => delta_cmds::run(cli, cmd),
+        Command::Publish(cmd) => remote_cmds::run_publish(cli, cmd),
+        Command::Remote(cmd) => remote_cmds::run_remote(cli, cmd),
+        Command::Rebase(a) => sysroot_cmds::run_rebase(cli, a),
+        Command::UpdateStatus(o) => remote_cmds::run_update_status(cli, o),
+        Command::AutoUpdate(a) => remote_cmds::run_auto_update(cli, a),
+        Command::History(a) => remote_cmds::run_history(cli, a),
         Command::Usroverlay(a) => live_cmds::run_usroverlay(cli, a),
         Command::ApplyLive(a) => live_cmds::run_apply_live(cli, a),
         Command::Install(_)

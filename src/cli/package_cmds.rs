@@ -135,6 +135,19 @@ pub struct UpgradeArgs {
     /// The stateroot (default: the only one).
     #[arg(long, value_name = "NAME")]
     pub os: Option<String>,
+    /// Only look: report the version offered and how it would be fetched.
+    #[arg(long, conflicts_with = "download_only")]
+    pub check: bool,
+    /// Download and verify, but do not deploy.
+    #[arg(long)]
+    pub download_only: bool,
+    /// Print the candidates (full fetch, delta chains) with their sizes and this
+    /// device's phase; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Ignore phased rollout: take the newest version.
+    #[arg(long)]
+    pub phase_override: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -204,6 +217,27 @@ pub fn run_layering(cli: &Cli, cmd: &super::Command) -> Result<i32> {
             (LayerEdit::Reset(a.packages.clone()), &a.os, &a.output)
         }
         C::Upgrade(a) => {
+            if crate::update::follows_remote(&sysroot, a.os.as_deref()) {
+                let opts = crate::update::UpdateOptions {
+                    os: a.os.clone(),
+                    phase_override: a.phase_override,
+                    dry_run: a.dry_run,
+                    ..Default::default()
+                };
+                let action = if a.check {
+                    crate::update::Action::Check
+                } else if a.download_only {
+                    crate::update::Action::Download
+                } else {
+                    crate::update::Action::Stage
+                };
+                return super::remote_cmds::run_update(cli, &opts, action, &a.output);
+            }
+            if a.check || a.download_only || a.dry_run || a.phase_override {
+                anyhow::bail!(
+                    "--check, --download-only, --dry-run and --phase-override are for deployments that follow a remote channel"
+                );
+            }
             return match layer::upgrade(&sysroot, a.os.as_deref())? {
                 Some(opts) => deploy_layered(cli, &opts, &a.output),
                 None => {

@@ -60,8 +60,16 @@ pub struct RootfsArgs {
 /// `arbor deploy`.
 #[derive(Args, Debug)]
 pub struct DeployArgs {
-    /// Branch or commit to deploy.
-    pub rev: String,
+    /// Branch or commit to deploy; REMOTE:CHANNEL fetches from a remote (default with
+    /// --version: the channel the deployment follows).
+    #[arg(required_unless_present = "target_version")]
+    pub rev: Option<String>,
+    /// Deploy this version of the remote channel (fetched and verified first).
+    #[arg(long = "version", id = "target_version", value_name = "VERSION")]
+    pub version: Option<String>,
+    /// Ignore phased rollout: take the newest version of the channel.
+    #[arg(long)]
+    pub phase_override: bool,
     /// The stateroot (default: the only one).
     #[arg(long, value_name = "NAME")]
     pub os: Option<String>,
@@ -73,6 +81,36 @@ pub struct DeployArgs {
     pub stage: bool,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+/// `arbor rebase`.
+#[derive(Args, Debug)]
+pub struct RebaseArgs {
+    /// CHANNEL of the remote followed now, or REMOTE:CHANNEL.
+    pub channel: String,
+    /// A specific version of that channel (default: the newest offered).
+    #[arg(long = "version", id = "target_version", value_name = "VERSION")]
+    pub version: Option<String>,
+    /// The stateroot (default: the only one).
+    #[arg(long, value_name = "NAME")]
+    pub os: Option<String>,
+    /// Ignore phased rollout.
+    #[arg(long)]
+    pub phase_override: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Runs `arbor rebase`.
+pub fn run_rebase(cli: &Cli, a: &RebaseArgs) -> Result<i32> {
+    let opts = crate::update::UpdateOptions {
+        os: a.os.clone(),
+        version: a.version.clone(),
+        rebase: Some(a.channel.clone()),
+        phase_override: a.phase_override,
+        ..Default::default()
+    };
+    super::remote_cmds::run_update(cli, &opts, crate::update::Action::Stage, &a.output)
 }
 
 /// `arbor kargs`.
@@ -306,13 +344,28 @@ pub fn run(cli: &Cli, cmd: &super::Command) -> Result<i32> {
     };
     match cmd {
         C::Deploy(a) => {
-            let opts = DeployOptions::for_rev(
-                &sysroot,
-                &a.rev,
-                a.os.as_deref(),
-                a.kargs.clone(),
-                a.stage,
-            )?;
+            let remote_spec = a.rev.as_deref().filter(|r| {
+                crate::remote::split_refspec(r)
+                    .is_some_and(|(name, _)| crate::remote::Remote::open(&sysroot, name).is_ok())
+            });
+            if a.version.is_some() || remote_spec.is_some() {
+                let opts = crate::update::UpdateOptions {
+                    os: a.os.clone(),
+                    version: a.version.clone(),
+                    rebase: remote_spec.map(str::to_string),
+                    phase_override: a.phase_override,
+                    ..Default::default()
+                };
+                return super::remote_cmds::run_update(
+                    cli,
+                    &opts,
+                    crate::update::Action::Stage,
+                    &a.output,
+                );
+            }
+            let rev = a.rev.as_deref().unwrap_or_default();
+            let opts =
+                DeployOptions::for_rev(&sysroot, rev, a.os.as_deref(), a.kargs.clone(), a.stage)?;
             let r = deploy::deploy(&sysroot, &opts, wait)?;
             if a.output.json {
                 return json(&r).map(|_| 0);

@@ -23,6 +23,7 @@ use crate::packages::layer::{self, LayerEdit};
 use crate::statedb::{HistoryEntry, StateDb};
 use crate::sysroot::Sysroot;
 use crate::sysroot::status::{self, Status};
+use crate::update::Action;
 
 /// What changes when the sysroot changes: every mutating transaction takes and releases
 /// `arbor/lock` (which rewrites it, staging included), and the boot switch replaces
@@ -212,9 +213,11 @@ impl SysrootIface {
         self.layer(edit, options, (&hdr, conn, server), what).await
     }
 
-    /// Deploys the tip of the ref the default deployment tracks, layers re-applied.
-    /// The transaction's Result says `{"upgraded": false}` when there was nothing
-    /// new. Options: "os" (s).
+    /// Deploys the tip of the ref the default deployment tracks, layers re-applied; for
+    /// a deployment following a remote channel, checks, downloads (DownloadProgress)
+    /// and stages the version offered to this device. The transaction's Result says
+    /// `{"upgraded": false}` when there was nothing new. Options: "os" (s), "check"
+    /// (b), "download-only" (b), "phase-override" (b).
     #[zbus(out_args("transaction"))]
     async fn upgrade(
         &self,
@@ -223,18 +226,34 @@ impl SysrootIface {
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(object_server)] server: &ObjectServer,
     ) -> Result<OwnedObjectPath, DaemonError> {
-        let o = Options::parse(options, &["os"])?;
+        let o = Options::parse(options, &["os", "check", "download-only", "phase-override"])?;
         let os = o.string("os")?;
-        let job: Job =
-            Box::new(
-                move |sysroot, lock, obs| match layer::upgrade(sysroot, os.as_deref())? {
-                    None => Ok(serde_json::json!({ "upgraded": false })),
-                    Some(opts) => {
-                        let r = deploy::deploy_held(sysroot, lock, &opts, obs)?;
-                        Ok(serde_json::json!({ "upgraded": true, "deploy": r }))
-                    }
-                },
-            );
+        let action = if o.bool("check")?.unwrap_or(false) {
+            Action::Check
+        } else if o.bool("download-only")?.unwrap_or(false) {
+            Action::Download
+        } else {
+            Action::Stage
+        };
+        let phase_override = o.bool("phase-override")?.unwrap_or(false);
+        let job: Job = Box::new(move |sysroot, lock, obs| {
+            if crate::update::follows_remote(sysroot, os.as_deref()) {
+                let opts = crate::update::UpdateOptions {
+                    os: os.clone(),
+                    phase_override,
+                    ..Default::default()
+                };
+                let r = crate::update::run(sysroot, lock, &opts, action, obs)?;
+                return Ok(serde_json::json!({ "upgraded": r.deployment.is_some(), "update": r }));
+            }
+            match layer::upgrade(sysroot, os.as_deref())? {
+                None => Ok(serde_json::json!({ "upgraded": false })),
+                Some(opts) => {
+                    let r = deploy::deploy_held(sysroot, lock, &opts, obs)?;
+                    Ok(serde_json::json!({ "upgraded": true, "deploy": r }))
+                }
+            }
+        });
         let what = ("Upgrade", "org.arbor.Arbor1.upgrade", "upgrade");
         self.begin(&hdr, conn, server, what, job).await
     }
@@ -433,6 +452,23 @@ impl SysrootIface {
             "idle"
         }
         .into())
+    }
+
+    /// The persisted update state machine (docs/remote.md), as `arbor update-status
+    /// --json` prints it: state (idle, checking, downloading, verifying, staging,
+    /// staged, testing, active, rolling-back, failed), remote, channel, available,
+    /// version, bytes_done, bytes_total, error, last_check.
+    #[zbus(property)]
+    fn update_status(&self) -> fdo::Result<String> {
+        self.shared.touch();
+        let read = || -> anyhow::Result<String> {
+            let sysroot = Sysroot::open(&self.shared.sysroot)?;
+            let rec = crate::update::state::current(&sysroot)?;
+            let mut v = serde_json::to_value(&rec)?;
+            v["state"] = rec.state.name().into();
+            Ok(v.to_string())
+        };
+        read().map_err(|e| fdo::Error::Failed(format!("{e:#}")))
     }
 
     /// The running transaction: (method, initiator, object path); empty strings when

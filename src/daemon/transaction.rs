@@ -170,6 +170,8 @@ struct BusObserver {
     emitter: SignalEmitter<'static>,
     state: Arc<Mutex<State>>,
     cancel: Arc<AtomicBool>,
+    /// When DownloadProgress was last sent: at most four a second.
+    last_download: Mutex<Option<std::time::Instant>>,
 }
 
 impl BusObserver {
@@ -200,6 +202,24 @@ impl Observer for BusObserver {
             &self.emitter,
             text,
             percent,
+        ));
+    }
+
+    fn download(&self, done: u64, total: u64) {
+        {
+            let mut last = self.last_download.lock().unwrap();
+            if last.is_some_and(|t| t.elapsed().as_millis() < 250) && done < total {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        // Objects are not counted separately: bytes are what a user waits for.
+        self.emit(TransactionIface::download_progress(
+            &self.emitter,
+            done,
+            total,
+            0,
+            0,
         ));
     }
 
@@ -271,6 +291,7 @@ pub(crate) async fn start(
         emitter,
         state,
         cancel,
+        last_download: Mutex::new(None),
     };
     let shared = shared.clone();
     let kind = kind.to_string();

@@ -225,7 +225,7 @@ pub enum LayerEdit {
 }
 
 /// The deployment new layers start from: the one that boots next in the stateroot.
-fn default_deployment(sysroot: &Sysroot, os: &str) -> Result<crate::sysroot::Deployment> {
+pub fn default_deployment(sysroot: &Sysroot, os: &str) -> Result<crate::sysroot::Deployment> {
     sysroot
         .deployments()?
         .into_iter()

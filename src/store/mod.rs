@@ -14,6 +14,7 @@ pub mod reach;
 pub mod refs;
 pub mod scratch;
 pub mod transaction;
+pub mod wire;
 
 mod config;
 

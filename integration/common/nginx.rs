@@ -1,0 +1,129 @@
+//! A real nginx serving a folder on 127.0.0.1, for the remote-update tests: its access
+//! log says what a client fetched, and it can be stopped and started mid-test.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A running nginx; stopped at drop.
+pub struct Nginx {
+    conf: PathBuf,
+    dir: PathBuf,
+    /// `http://127.0.0.1:PORT/`.
+    pub url: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Nginx {
+    /// Serves `root` from a new nginx whose files live in `dir`. `slow_deltas` limits
+    /// each delta download to that many bytes a second (to interrupt one mid-way).
+    pub fn start(root: &Path, dir: &Path, slow_deltas: Option<u32>) -> Nginx {
+        std::fs::create_dir_all(dir).unwrap();
+        let port = free_port();
+        let limit = slow_deltas
+            .map(|r| format!("location ~ /deltas/ {{ limit_rate {r}; }}"))
+            .unwrap_or_default();
+        let d = dir.display();
+        let conf = dir.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+                 events {{ worker_connections 256; }}\n\
+                 http {{\n default_type application/octet-stream;\n access_log {d}/access.log;\n\
+                 client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
+                 server {{ listen 127.0.0.1:{port}; root {}; {limit} }}\n}}\n",
+                root.display()
+            ),
+        )
+        .unwrap();
+        let n = Nginx {
+            conf,
+            dir: dir.to_path_buf(),
+            url: format!("http://127.0.0.1:{port}/"),
+        };
+        n.resume();
+        n
+    }
+
+    /// Starts it (again).
+    pub fn resume(&self) {
+        let out = Command::new("nginx")
+            .arg("-c")
+            .arg(&self.conf)
+            .output()
+            .expect("nginx is needed (scripts/setup.sh installs nginx-light)");
+        assert!(
+            out.status.success(),
+            "nginx: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let addr = self
+            .url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(&addr).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("nginx did not start listening on {addr}");
+    }
+
+    /// Stops it, waiting until the port is closed.
+    pub fn stop(&self) {
+        let _ = Command::new("nginx")
+            .arg("-c")
+            .arg(&self.conf)
+            .args(["-s", "stop"])
+            .output();
+        let addr = self
+            .url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(&addr).is_err() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// The access log as (path, status, bytes sent) lines.
+    pub fn requests(&self) -> Vec<(String, u16, u64)> {
+        std::fs::read_to_string(self.dir.join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                // ... "GET /path HTTP/1.1" status bytes ...
+                let i = f.iter().position(|x| *x == "\"GET")?;
+                Some((
+                    f[i + 1].to_string(),
+                    f[i + 3].parse().ok()?,
+                    f[i + 4].parse().ok()?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Forgets the requests logged so far.
+    pub fn clear_log(&self) {
+        std::fs::write(self.dir.join("access.log"), "").unwrap();
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,457 @@
+//! Remote updates end to end: a published folder served by a real nginx, clients that
+//! deploy from it, upgrade through deltas, follow phased rollouts, resume interrupted
+//! downloads, boot the result, and refuse every kind of hostile server.
+
+#[macro_use]
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::nginx::Nginx;
+use common::{corpus, s, scratch};
+
+const MACHINE: &str = "5f1e0c9a2b7d4e3f8a6b1c0d9e8f7a6b";
+
+/// Runs arbor as a client machine with a fixed machine id.
+fn run(args: &[&str]) -> Output {
+    Command::new(common::arbor_bin())
+        .args(args)
+        .env_remove("ARBOR_REPO")
+        .env("ARBOR_MACHINE_ID", MACHINE)
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "arbor {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn err(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(!out.status.success(), "arbor {args:?} should have failed");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+fn json(args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&ok(args)).unwrap()
+}
+
+/// A client sysroot with remote `origin` added.
+fn client(dir: &Path, url: &str, root_json: &Path) -> String {
+    let sys = dir.to_str().unwrap().to_string();
+    ok(&["admin", "init-fs", &sys]);
+    ok(&["--sysroot", &sys, "admin", "os-init", "debian"]);
+    ok(&[
+        "--sysroot",
+        &sys,
+        "remote",
+        "add",
+        "origin",
+        url,
+        "--trust",
+        s(root_json),
+    ]);
+    sys
+}
+
+/// Publishes REF of repository `b` as VERSION of channel stable in folder `p`.
+fn publish(b: &str, p: &str, version: &str, rev: &str, extra: &[&str]) {
+    let mut args = vec![
+        "--repo",
+        b,
+        "publish",
+        "add",
+        p,
+        "--channel",
+        "stable",
+        "--version",
+        version,
+        "--ref",
+        rev,
+    ];
+    args.extend_from_slice(extra);
+    ok(&args);
+}
+
+fn offered(sys: &str) -> Option<String> {
+    let v = json(&["--sysroot", sys, "upgrade", "--check", "--json"]);
+    v["offered"]["version"].as_str().map(str::to_string)
+}
+
+fn device_phase(sys: &str, version: &str) -> u8 {
+    let v = json(&[
+        "--sysroot",
+        sys,
+        "upgrade",
+        "--dry-run",
+        "--phase-override",
+        "--json",
+    ]);
+    let c = v["considered"].as_array().unwrap();
+    let _ = version;
+    c[0]["device_phase"].as_u64().unwrap() as u8
+}
+
+#[test]
+fn publish_phase_resume_upgrade_through_a_delta_and_boot_it() {
+    require_root!();
+    let t = scratch();
+    let build = t.path().join("build");
+    let b = s(&build);
+    let srv = t.path().join("srv");
+    let pubdir = srv.join("pub");
+    let p = s(&pubdir);
+    ok(&["--repo", b, "init"]);
+    for (tree, branch, v) in [
+        ("a", "os/stable", "1"),
+        ("b", "os/stable", "2"),
+        ("b", "os/next", "3"),
+    ] {
+        ok(&[
+            "--repo",
+            b,
+            "compose",
+            "rootfs",
+            s(&corpus(tree)),
+            "-b",
+            branch,
+            "--version",
+            v,
+        ]);
+    }
+    ok(&["publish", "init", p]);
+    publish(b, p, "1", "os/stable^", &[]);
+    // Deltas come at 400 KB/s, so one can be interrupted half-way.
+    let nginx = Nginx::start(&srv, &t.path().join("nginx"), Some(400_000));
+    let url = format!("{}pub", nginx.url);
+    let sys = client(
+        &t.path().join("client"),
+        &url,
+        &pubdir.join("metadata/1.root.json"),
+    );
+
+    // A fresh machine installs version 1: a full fetch, every object verified.
+    let out = ok(&["--sysroot", &sys, "deploy", "origin:stable"]);
+    assert!(out.contains("by full"), "{out}");
+    assert_eq!(common::versions(&sys), ["1"]);
+    assert!(offered(&sys).is_none(), "nothing newer yet");
+
+    // Phased rollout: at 0% nothing is offered; just below and just above this
+    // device's phase decides; 100% offers it to everyone.
+    publish(b, p, "2", "os/stable", &["--phase", "0"]);
+    assert!(offered(&sys).is_none(), "a 0% version is offered to nobody");
+    let p2 = device_phase(&sys, "2");
+    ok(&[
+        "publish",
+        "phase",
+        p,
+        "--channel",
+        "stable",
+        "--version",
+        "2",
+        &p2.to_string(),
+    ]);
+    assert!(offered(&sys).is_none(), "phase {p2} is not below {p2}%");
+    ok(&[
+        "publish",
+        "phase",
+        p,
+        "--channel",
+        "stable",
+        "--version",
+        "2",
+        &(p2 + 1).to_string(),
+    ]);
+    assert_eq!(offered(&sys).as_deref(), Some("2"));
+
+    // Version 3 rolls out to a share this device is not in: it gets version 2.
+    publish(
+        b,
+        p,
+        "3",
+        "os/next",
+        &["--phase", "0", "--deltas-from", "2"],
+    );
+    let p3 = device_phase(&sys, "3");
+    ok(&[
+        "publish",
+        "phase",
+        p,
+        "--channel",
+        "stable",
+        "--version",
+        "3",
+        &p3.to_string(),
+    ]);
+    let plan = json(&["--sysroot", &sys, "upgrade", "--dry-run", "--json"]);
+    assert_eq!(plan["offered"]["version"], "2", "{plan:#}");
+    assert_eq!(plan["considered"][0]["offered"], false);
+    let cands = plan["plan"]["candidates"].as_array().unwrap();
+    assert_eq!(
+        cands[0]["kind"], "deltas",
+        "the delta is the cheapest: {plan:#}"
+    );
+    let delta_size = cands[0]["bytes"].as_u64().unwrap();
+    let full = cands.iter().find(|c| c["kind"] == "full").unwrap();
+    assert!(delta_size * 3 < full["bytes"].as_u64().unwrap(), "{plan:#}");
+    let text = ok(&["--sysroot", &sys, "upgrade", "--dry-run"]);
+    assert!(
+        text.contains("this device's phase") && text.contains("* deltas"),
+        "{text}"
+    );
+
+    // Kill the client half-way through the delta: the next run resumes it.
+    nginx.clear_log();
+    let mut child = Command::new(common::arbor_bin())
+        .args(["--sysroot", &sys, "upgrade"])
+        .env("ARBOR_MACHINE_ID", MACHINE)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let downloads = Path::new(&sys).join("arbor/remotes/origin/downloads");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let partial: u64 = std::fs::read_dir(&downloads)
+            .map(|d| d.flatten().map(|e| e.metadata().unwrap().len()).sum())
+            .unwrap_or(0);
+        if partial > delta_size / 4 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the delta download never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let st = json(&["--sysroot", &sys, "update-status", "--json"]);
+    assert_eq!(st["state"], "downloading", "{st:#}");
+    assert_eq!(st["downloads"].as_array().unwrap().len(), 1, "{st:#}");
+    let out = ok(&["--sysroot", &sys, "upgrade"]);
+    assert!(out.contains("by deltas") && out.contains("staged"), "{out}");
+    let reqs = nginx.requests();
+    let delta_reqs: Vec<_> = reqs.iter().filter(|r| r.0.contains("/deltas/")).collect();
+    assert!(
+        delta_reqs.iter().any(|r| r.1 == 206),
+        "no Range request: {delta_reqs:?}"
+    );
+    let sent: u64 = delta_reqs.iter().map(|r| r.2).sum();
+    assert!(
+        sent <= delta_size + 65536,
+        "the resumed download fetched {sent} bytes of a {delta_size}-byte delta again"
+    );
+    assert!(
+        !reqs.iter().any(|r| r.0.contains("/objects/")),
+        "no object was needed"
+    );
+    let st = json(&["--sysroot", &sys, "update-status", "--json"]);
+    assert_eq!(st["state"], "staged");
+    assert_eq!(st["version"], "2");
+    assert!(st["downloads"].as_array().unwrap().is_empty());
+
+    // The reboot walk: finalize at shutdown, the loader picks it, health checks pass.
+    ok(&["--sysroot", &sys, "finalize-staged"]);
+    let cmdline = t.path().join("cmdline");
+    ok(&[
+        "--sysroot",
+        &sys,
+        "boot-select",
+        "--cmdline-out",
+        s(&cmdline),
+    ]);
+    let booted = |args: &[&str]| {
+        let out = Command::new(common::arbor_bin())
+            .args(args)
+            .env("ARBOR_CMDLINE", &cmdline)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let st: serde_json::Value =
+        serde_json::from_str(&booted(&["--sysroot", &sys, "update-status", "--json"])).unwrap();
+    assert_eq!(st["state"], "testing", "{st:#}");
+    booted(&["--sysroot", &sys, "health-check", "--timeout", "5"]);
+    let st: serde_json::Value =
+        serde_json::from_str(&booted(&["--sysroot", &sys, "update-status", "--json"])).unwrap();
+    assert_eq!(st["state"], "active", "{st:#}");
+    assert_eq!(common::versions(&sys)[0], "2");
+    let history = ok(&["--sysroot", &sys, "history"]);
+    assert!(
+        history.contains("upgrade") && history.contains("health-check"),
+        "{history}"
+    );
+    // The store is whole.
+    ok(&["--sysroot", &sys, "fsck"]);
+}
+
+fn restore(path: &Path, bytes: &[u8]) {
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn hostile_servers_are_refused_and_nothing_is_deployed() {
+    require_root!();
+    let t = scratch();
+    let build = t.path().join("build");
+    let b = s(&build);
+    let srv = t.path().join("srv");
+    let pubdir = srv.join("pub");
+    let p = s(&pubdir);
+    ok(&["--repo", b, "init"]);
+    ok(&[
+        "--repo",
+        b,
+        "commit",
+        "-b",
+        "os/stable",
+        s(&corpus("small")),
+    ]);
+    ok(&["publish", "init", p]);
+    publish(b, p, "1", "os/stable", &[]);
+    let nginx = Nginx::start(&srv, &t.path().join("nginx"), None);
+    let url = format!("{}pub", nginx.url);
+    let root_json = pubdir.join("metadata/1.root.json");
+    let sys = client(&t.path().join("client"), &url, &root_json);
+    let nothing_deployed = |sys: &str| {
+        assert!(common::status(sys).is_empty());
+        let refs = ok(&["--sysroot", sys, "refs"]);
+        assert!(!refs.contains("origin"), "{refs}");
+    };
+
+    // A tampered object: the largest packed file gets one byte flipped.
+    let mut objects: Vec<_> = common::walk_files(&pubdir.join("objects"))
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "file"))
+        .collect();
+    objects.sort_by_key(|f| std::fs::metadata(f).unwrap().len());
+    let victim = objects.last().unwrap().clone();
+    let good = std::fs::read(&victim).unwrap();
+    let mut bad = good.clone();
+    let at = bad.len() - 10;
+    bad[at] ^= 0x40;
+    restore(&victim, &bad);
+    let e = err(&["--sysroot", &sys, "deploy", "origin:stable"]);
+    assert!(e.contains("corrupt") || e.contains("forged"), "{e}");
+    nothing_deployed(&sys);
+
+    // Endless data: the same object with bytes added.
+    let mut long = good.clone();
+    long.extend_from_slice(&[0; 4096]);
+    restore(&victim, &long);
+    let e = err(&["--sysroot", &sys, "deploy", "origin:stable"]);
+    assert!(e.contains("more than"), "{e}");
+    restore(&victim, &good);
+    nothing_deployed(&sys);
+
+    // Offline.
+    nginx.stop();
+    let e = err(&["--sysroot", &sys, "deploy", "origin:stable"]);
+    assert!(e.contains("offline"), "{e}");
+    nothing_deployed(&sys);
+    nginx.resume();
+
+    // A full disk stops before anything is downloaded.
+    let small = t.path().join("tiny");
+    std::fs::create_dir_all(&small).unwrap();
+    assert!(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=40m", "tmpfs", s(&small)])
+            .status()
+            .unwrap()
+            .success()
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(small.clone());
+    let tiny = client(&small.join("sys"), &url, &root_json);
+    nginx.clear_log();
+    let e = err(&["--sysroot", &tiny, "deploy", "origin:stable"]);
+    assert!(e.contains("nothing was downloaded"), "{e}");
+    assert!(!nginx.requests().iter().any(|r| r.0.contains("/objects/")));
+    let st = json(&["--sysroot", &tiny, "update-status", "--json"]);
+    assert_eq!(st["state"], "failed");
+
+    // The metadata attacks, each checked by reading the channel through TUF.
+    let meta = pubdir.join("metadata");
+    let show = ["--sysroot", &sys, "remote", "show", "origin", "stable"];
+    ok(&show);
+    let ts = meta.join("timestamp.json");
+    let ts_good = std::fs::read(&ts).unwrap();
+
+    // Signed with another key.
+    let other = srv.join("other");
+    ok(&["publish", "init", s(&other)]);
+    publish(b, s(&other), "1", "os/stable", &[]);
+    restore(
+        &ts,
+        &std::fs::read(other.join("metadata/timestamp.json")).unwrap(),
+    );
+    let e = err(&show);
+    assert!(e.contains("ignature"), "{e}");
+    restore(&ts, &ts_good);
+    ok(&show);
+
+    // Rollback: once the client saw a newer timestamp, the older one is refused.
+    ok(&["publish", "refresh", p]);
+    ok(&show);
+    restore(&ts, &ts_good);
+    let e = err(&show);
+    assert!(e.contains("version") || e.contains("older"), "{e}");
+    ok(&["publish", "refresh", p]);
+    ok(&show);
+
+    // Mix and match: a targets file that is not the one the snapshot names.
+    let mut versions: Vec<u64> = std::fs::read_dir(&meta)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_suffix(".targets.json")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    versions.sort();
+    let newest = meta.join(format!("{}.targets.json", versions.last().unwrap()));
+    let targets_good = std::fs::read(&newest).unwrap();
+    let older = std::fs::read(meta.join(format!("{}.targets.json", versions[0]))).unwrap();
+    restore(&newest, &older);
+    let e = err(&show);
+    assert!(e.contains("targets"), "{e}");
+    restore(&newest, &targets_good);
+    ok(&show);
+
+    // Endless metadata.
+    let ts_now = std::fs::read(&ts).unwrap();
+    restore(&ts, &vec![b' '; 40 << 20]);
+    let e = err(&show);
+    assert!(e.contains("more than"), "{e}");
+    restore(&ts, &ts_now);
+    ok(&show);
+
+    // Freeze: a timestamp that expired is refused.
+    ok(&["publish", "refresh", p, "--timestamp-expires", "1s"]);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let e = err(&show);
+    assert!(e.contains("xpired"), "{e}");
+    nothing_deployed(&sys);
+}

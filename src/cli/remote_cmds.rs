@@ -1,0 +1,541 @@
+//! `arbor publish`, `arbor remote`, and the update commands that follow a remote
+//! channel: `upgrade`, `deploy REMOTE:CHANNEL`/`--version`, `rebase`, `update-status`,
+//! `auto-update`, `history`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+
+use super::output::{PrintSteps, human_bytes, json, utc};
+use super::{Cli, OutputArgs, lock_wait};
+use crate::progress::Observer;
+use crate::publish::{self, AddOptions, Expiry, Publisher, parse_duration};
+use crate::remote::Remote;
+use crate::statedb::StateDb;
+use crate::store::Repo;
+use crate::sysroot::Sysroot;
+use crate::update::{self, Action, Policy, UpdateOptions, UpdateResult};
+
+/// `arbor publish …`.
+#[derive(Subcommand, Debug)]
+pub enum PublishCommand {
+    /// Create a published folder and its signing keys.
+    Init(PublishDirArgs),
+    /// Publish a commit as a new version of a channel (objects, manifest, deltas, signed index).
+    #[command(disable_version_flag = true)]
+    Add(PublishAddArgs),
+    /// Change the rollout percentage of a published version.
+    #[command(disable_version_flag = true)]
+    Phase(PublishPhaseArgs),
+    /// Sign the metadata again with fresh expiry dates (run from cron before the
+    /// timestamp expires).
+    Refresh(PublishDirArgs),
+    /// Replace one role's key (root, targets, snapshot, timestamp); a new root names it.
+    RotateKey(PublishRotateArgs),
+    /// Print a channel's index as published.
+    Show(PublishShowArgs),
+}
+
+/// The published folder, its keys and expiry dates.
+#[derive(Args, Debug)]
+pub struct PublishDirArgs {
+    /// The folder to serve over HTTP.
+    pub dir: PathBuf,
+    /// The private keys (default: DIR.keys beside it; never inside DIR).
+    #[arg(long, value_name = "DIR")]
+    pub keys: Option<PathBuf>,
+    /// Validity of the timestamp (e.g. 7d, 12h, 30s): how long devices trust that
+    /// nothing newer was published.
+    #[arg(long, value_name = "DURATION", default_value = "7d")]
+    pub timestamp_expires: String,
+    /// Validity of the snapshot.
+    #[arg(long, value_name = "DURATION", default_value = "30d")]
+    pub snapshot_expires: String,
+    /// Validity of the targets (channel indexes).
+    #[arg(long, value_name = "DURATION", default_value = "90d")]
+    pub targets_expires: String,
+    /// Validity of the root metadata (init, rotate-key).
+    #[arg(long, value_name = "DURATION", default_value = "365d")]
+    pub root_expires: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `arbor publish add`.
+#[derive(Args, Debug)]
+pub struct PublishAddArgs {
+    #[command(flatten)]
+    pub dir: PublishDirArgs,
+    /// The channel.
+    #[arg(long)]
+    pub channel: String,
+    /// The version's name (unique in the channel).
+    #[arg(long = "version", id = "target_version")]
+    pub version: String,
+    /// The ref or commit to publish (from --repo, or the sysroot's repository).
+    #[arg(long = "ref", value_name = "REF")]
+    pub rev: String,
+    /// A security or otherwise urgent update (installed by the critical_install policy).
+    #[arg(long)]
+    pub critical: bool,
+    /// Offer it to this percentage of devices (phased rollout).
+    #[arg(long, value_name = "PCT", default_value_t = 100)]
+    pub phase: u8,
+    /// Make static deltas from the N previous versions of the channel.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub deltas_from: usize,
+    /// Where the release notes are (a URL).
+    #[arg(long, value_name = "URL")]
+    pub release_notes: Option<String>,
+}
+
+/// `arbor publish phase`.
+#[derive(Args, Debug)]
+pub struct PublishPhaseArgs {
+    #[command(flatten)]
+    pub dir: PublishDirArgs,
+    /// The channel.
+    #[arg(long)]
+    pub channel: String,
+    /// The version.
+    #[arg(long = "version", id = "target_version")]
+    pub version: String,
+    /// The new percentage.
+    pub percent: u8,
+}
+
+/// `arbor publish rotate-key`.
+#[derive(Args, Debug)]
+pub struct PublishRotateArgs {
+    #[command(flatten)]
+    pub dir: PublishDirArgs,
+    /// root, targets, snapshot or timestamp.
+    pub role: String,
+}
+
+/// `arbor publish show`.
+#[derive(Args, Debug)]
+pub struct PublishShowArgs {
+    /// The published folder.
+    pub dir: PathBuf,
+    /// The channel.
+    pub channel: String,
+}
+
+fn publisher(a: &PublishDirArgs) -> Result<Publisher> {
+    let keys = a.keys.clone().unwrap_or_else(|| {
+        let mut s = a.dir.clone().into_os_string();
+        s.push(".keys");
+        PathBuf::from(s)
+    });
+    Ok(Publisher {
+        dir: a.dir.clone(),
+        keys,
+        expiry: Expiry {
+            root: parse_duration(&a.root_expires)?,
+            targets: parse_duration(&a.targets_expires)?,
+            snapshot: parse_duration(&a.snapshot_expires)?,
+            timestamp: parse_duration(&a.timestamp_expires)?,
+        },
+    })
+}
+
+/// Runs `arbor publish …`.
+pub fn run_publish(cli: &Cli, cmd: &PublishCommand) -> Result<i32> {
+    match cmd {
+        PublishCommand::Init(a) => {
+            let r = publisher(a)?.init()?;
+            if a.output.json {
+                return json(&r).map(|_| 0);
+            }
+            println!("published folder {} ready", a.dir.display());
+            println!("trust anchor for clients: {}", r.root.display());
+            println!(
+                "private keys: {} (keep them off the server)",
+                r.keys.display()
+            );
+        }
+        PublishCommand::Add(a) => {
+            let repo = Repo::open(&cli.repo_path())?;
+            let opts = AddOptions {
+                channel: a.channel.clone(),
+                version: a.version.clone(),
+                commit: repo.resolve_rev(&a.rev)?,
+                critical: a.critical,
+                phase: a.phase,
+                deltas_from: a.deltas_from,
+                release_notes: a.release_notes.clone(),
+            };
+            let r = publisher(&a.dir)?.add(&repo, &opts)?;
+            if a.dir.output.json {
+                return json(&r).map(|_| 0);
+            }
+            println!(
+                "published {} {} = {} ({} new objects, {} in all, phase {}%{})",
+                a.channel,
+                a.version,
+                r.entry.commit,
+                r.objects_written,
+                human_bytes(r.entry.full_bytes),
+                r.entry.phase,
+                if r.entry.critical { ", critical" } else { "" }
+            );
+            for d in &r.entry.deltas {
+                println!(
+                    "delta from {}: {}",
+                    d.from.short(),
+                    human_bytes(d.file.size)
+                );
+            }
+        }
+        PublishCommand::Phase(a) => {
+            let v = publisher(&a.dir)?.set_phase(&a.channel, &a.version, a.percent)?;
+            println!(
+                "{} {} now offered to {}% of devices",
+                a.channel, v.version, v.phase
+            );
+        }
+        PublishCommand::Refresh(a) => {
+            publisher(a)?.sign(None)?;
+            println!("metadata of {} signed again", a.dir.display());
+        }
+        PublishCommand::RotateKey(a) => {
+            let role = publish::keys::parse_role(&a.role)?;
+            let v = publisher(&a.dir)?.rotate(role)?;
+            println!("new {} key; root metadata version {v} names it", a.role);
+        }
+        PublishCommand::Show(a) => {
+            let p = Publisher {
+                dir: a.dir.clone(),
+                keys: PathBuf::new(),
+                expiry: Expiry::default(),
+            };
+            json(&p.channel(&a.channel)?)?;
+        }
+    }
+    Ok(0)
+}
+
+/// `arbor remote …`.
+#[derive(Subcommand, Debug)]
+pub enum RemoteCommand {
+    /// Add a published repository, trusting the given TUF root metadata.
+    Add(RemoteAddArgs),
+    /// List the remotes.
+    List(OutputArgs),
+    /// Remove a remote (the commits it brought stay until cleanup).
+    Remove {
+        /// Its name.
+        name: String,
+    },
+    /// Print a channel's verified index.
+    Show {
+        /// The remote.
+        name: String,
+        /// The channel.
+        channel: String,
+    },
+}
+
+/// `arbor remote add`.
+#[derive(Args, Debug)]
+pub struct RemoteAddArgs {
+    /// A name for it.
+    pub name: String,
+    /// The published folder's URL.
+    pub url: String,
+    /// Its TUF root metadata (from the publisher; `1.root.json` of `publish init`).
+    #[arg(long, value_name = "ROOT.JSON")]
+    pub trust: PathBuf,
+    /// Do not contact the remote now.
+    #[arg(long)]
+    pub no_verify: bool,
+}
+
+/// Runs `arbor remote …`.
+pub fn run_remote(cli: &Cli, cmd: &RemoteCommand) -> Result<i32> {
+    let sysroot = Sysroot::open(&cli.sysroot)?;
+    match cmd {
+        RemoteCommand::Add(a) => {
+            let r = Remote::add(&sysroot, &a.name, &a.url, &a.trust, a.no_verify)?;
+            println!("remote {} at {} added", r.name, r.url);
+        }
+        RemoteCommand::List(o) => {
+            let list = Remote::list(&sysroot)?;
+            if o.json {
+                let v: Vec<_> = list
+                    .iter()
+                    .map(|r| serde_json::json!({"name": r.name, "url": r.url}))
+                    .collect();
+                return json(&v).map(|_| 0);
+            }
+            for r in list {
+                println!("{}\t{}", r.name, r.url);
+            }
+        }
+        RemoteCommand::Remove { name } => {
+            let _lock = sysroot.lock(lock_wait(cli))?;
+            Remote::remove(&sysroot, name)?;
+            println!("remote {name} removed");
+        }
+        RemoteCommand::Show { name, channel } => {
+            json(&Remote::open(&sysroot, name)?.channel(channel)?)?;
+        }
+    }
+    Ok(0)
+}
+
+/// Step messages, and a download bar when stderr is a terminal.
+struct Term {
+    steps: PrintSteps,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Term {
+    fn new() -> Term {
+        use std::io::IsTerminal;
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = indicatif::ProgressBar::new(0);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} downloading {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .unwrap(),
+            );
+            b
+        });
+        Term {
+            steps: PrintSteps,
+            bar,
+        }
+    }
+}
+
+impl Observer for Term {
+    fn task_begin(&self, task: &str) {
+        self.steps.task_begin(task)
+    }
+    fn message(&self, text: &str) {
+        self.steps.message(text)
+    }
+    fn download(&self, done: u64, total: u64) {
+        if let Some(b) = &self.bar {
+            b.set_length(total);
+            b.set_position(done);
+            if done >= total {
+                b.finish_and_clear();
+            }
+        }
+    }
+}
+
+/// Prints an update's result as text.
+fn print_update(r: &UpdateResult, action: Action, dry_run: bool) {
+    for c in &r.considered {
+        println!(
+            "version {:<12} rollout {:>3}%  this device's phase {:>2}  {}",
+            c.version,
+            c.phase,
+            c.device_phase,
+            if c.offered { "offered" } else { "not yet" }
+        );
+    }
+    let Some(v) = &r.offered else {
+        println!(
+            "no update: {}:{} has nothing newer for this device",
+            r.remote, r.channel
+        );
+        return;
+    };
+    println!(
+        "update: {} {} ({}){}",
+        r.channel,
+        v.version,
+        v.commit.short(),
+        if v.critical { " critical" } else { "" }
+    );
+    if let Some(p) = &r.plan {
+        if p.present {
+            println!("already in the repository: nothing to download");
+        }
+        for (i, c) in p.candidates.iter().enumerate() {
+            let how = match &c.from {
+                Some(from) => format!("{} delta(s) from {}", c.deltas.len(), from.short()),
+                None => format!("full fetch of {} objects", p.missing_objects),
+            };
+            println!(
+                "{} {:<7} {:>10}  {how}",
+                if i == 0 { "*" } else { " " },
+                c.kind,
+                human_bytes(c.bytes)
+            );
+        }
+    }
+    if dry_run {
+        return;
+    }
+    if let Some(f) = &r.fetched {
+        println!(
+            "fetched {} by {} ({} transferred)",
+            f.commit,
+            f.method,
+            human_bytes(f.bytes)
+        );
+    }
+    match (action, &r.deployment) {
+        (_, Some(d)) if r.current.is_none() => println!("deployed {d}: it boots next"),
+        (_, Some(d)) => println!("staged {d}: it runs after the next reboot"),
+        (Action::Download, _) => println!("downloaded; 'arbor upgrade' stages it"),
+        _ => {}
+    }
+}
+
+/// `arbor upgrade` for a deployment that follows a remote channel, `deploy
+/// REMOTE:CHANNEL`, `deploy --version`, and `rebase`.
+pub fn run_update(
+    cli: &Cli,
+    opts: &UpdateOptions,
+    action: Action,
+    output: &OutputArgs,
+) -> Result<i32> {
+    let sysroot = Sysroot::open(&cli.sysroot)?;
+    let lock = sysroot.lock(lock_wait(cli))?;
+    let term = Term::new();
+    let kind = match action {
+        Action::Check => "check",
+        Action::Download => "download",
+        Action::Stage => "upgrade",
+    };
+    let r = if opts.dry_run || action == Action::Check {
+        update::run(&sysroot, &lock, opts, action, &term)?
+    } else {
+        sysroot.record(kind, || update::run(&sysroot, &lock, opts, action, &term))?
+    };
+    if output.json {
+        return json(&r).map(|_| 0);
+    }
+    print_update(&r, action, opts.dry_run);
+    Ok(0)
+}
+
+/// `arbor auto-update`.
+#[derive(Args, Debug)]
+pub struct AutoUpdateArgs {
+    /// The policy file (default /etc/arbor/arbor.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Check now and act now, whatever the interval and the preferred time say.
+    #[arg(long)]
+    pub now: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Runs `arbor auto-update`.
+pub fn run_auto_update(cli: &Cli, a: &AutoUpdateArgs) -> Result<i32> {
+    let policy = Policy::load(a.config.as_deref())?;
+    let sysroot = Sysroot::open(&cli.sysroot)?;
+    let lock = sysroot.lock(lock_wait(cli))?;
+    let r = sysroot.record("auto-update", || {
+        update::auto_update(&sysroot, &lock, &policy, a.now, &PrintSteps)
+    })?;
+    if a.output.json {
+        return json(&r).map(|_| 0);
+    }
+    if let Some(why) = &r.skipped {
+        println!("{why}");
+        if r.offered.is_none() {
+            return Ok(0);
+        }
+    }
+    let action = match (&r.offered, &r.skipped) {
+        (Some(v), None) => policy.action(v.critical),
+        _ => Action::Check,
+    };
+    print_update(&r, action, false);
+    Ok(0)
+}
+
+/// Runs `arbor update-status`.
+pub fn run_update_status(cli: &Cli, o: &OutputArgs) -> Result<i32> {
+    let sysroot = Sysroot::open(&cli.sysroot)?;
+    let rec = update::state::current(&sysroot)?;
+    let db = StateDb::open(&sysroot.path().join("arbor/state.db"))?;
+    let downloads = db.downloads()?;
+    if o.json {
+        let mut v = serde_json::to_value(&rec)?;
+        v["state"] = rec.state.name().into();
+        v["downloads"] = serde_json::to_value(
+            downloads
+                .iter()
+                .map(
+                    |(url, path, size)| serde_json::json!({"url": url, "path": path, "size": size}),
+                )
+                .collect::<Vec<_>>(),
+        )?;
+        return json(&v).map(|_| 0);
+    }
+    println!("state:     {}", rec.state.name());
+    if let (Some(r), Some(c)) = (&rec.remote, &rec.channel) {
+        println!("following: {r}:{c}");
+    }
+    if let Some(t) = rec.last_check {
+        println!("checked:   {}", utc(t));
+    }
+    if let Some(v) = &rec.available {
+        println!(
+            "available: {v}{}",
+            if rec.critical { " (critical)" } else { "" }
+        );
+    }
+    if let Some(v) = &rec.version {
+        println!("version:   {v} ({})", rec.commit.as_deref().unwrap_or("?"));
+    }
+    if rec.bytes_total > 0 {
+        println!(
+            "download:  {} of {}",
+            human_bytes(rec.bytes_done),
+            human_bytes(rec.bytes_total)
+        );
+    }
+    for (url, _, size) in &downloads {
+        println!("partial:   {url} ({})", human_bytes(*size));
+    }
+    if let Some(e) = &rec.error {
+        println!("error:     {e}");
+    }
+    Ok(0)
+}
+
+/// `arbor history`.
+#[derive(Args, Debug)]
+pub struct HistoryArgs {
+    /// How many entries (newest first).
+    #[arg(short = 'n', long, default_value_t = 50)]
+    pub limit: usize,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Runs `arbor history`.
+pub fn run_history(cli: &Cli, a: &HistoryArgs) -> Result<i32> {
+    let sysroot = Sysroot::open(&cli.sysroot)?;
+    let db = StateDb::open(&sysroot.path().join("arbor/state.db"))?;
+    let list = db.history(a.limit)?;
+    if a.output.json {
+        return json(&list).map(|_| 0);
+    }
+    for e in list {
+        println!(
+            "{:>5}  {}  {:<13} uid {:<5} {}  {}",
+            e.id,
+            utc(e.started),
+            e.kind,
+            e.uid,
+            e.result.as_deref().unwrap_or("running or interrupted"),
+            e.command
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,290 @@
+//! Fetching a published version into the store: choose the path (full, or a chain of
+//! deltas, fewest bytes), check disk space, then download and verify.
+//!
+//! Full fetches run in parallel (bounded) and publish objects in chunks, each made
+//! durable before the next starts, so an interrupted fetch keeps what arrived: the next
+//! run finds those objects stored and does not fetch them again. The commit object
+//! comes in the last chunk, so a stored commit means a complete one. Deltas download to
+//! `downloads/<blake3>.part` and resume with Range requests.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, Result, bail, ensure};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::Remote;
+use super::http::Http;
+use super::index::{Candidate, ChannelIndex, VersionEntry, delta_chains};
+use super::pack::{self, Manifest, ManifestEntry};
+use crate::lock::LockWait;
+use crate::progress::{Observer, checkpoint};
+use crate::statedb::StateDb;
+use crate::store::transaction::Transaction;
+use crate::store::{ObjectId, ObjectKind, Repo, StoreError};
+
+/// Parallel downloads at once.
+const PARALLEL: usize = 8;
+/// A chunk of a full fetch: made durable as one.
+const CHUNK_OBJECTS: usize = 256;
+const CHUNK_BYTES: u64 = 16 << 20;
+/// Free space kept beyond what a fetch needs.
+const SPACE_MARGIN: u64 = 64 << 20;
+
+/// How a version would be fetched, and the alternatives.
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    /// The version.
+    pub version: String,
+    /// Its commit.
+    pub commit: ObjectId,
+    /// Every way considered, the chosen one first.
+    pub candidates: Vec<Candidate>,
+    /// Objects a full fetch would transfer.
+    pub missing_objects: u64,
+    /// Bytes the chosen way writes into the store (for the disk-space check).
+    pub needs_bytes: u64,
+    /// Already in the store: nothing to fetch.
+    pub present: bool,
+    #[serde(skip)]
+    missing: Vec<ManifestEntry>,
+}
+
+impl Plan {
+    /// The chosen way.
+    pub fn chosen(&self) -> Option<&Candidate> {
+        self.candidates.first()
+    }
+}
+
+/// Reads (or downloads and caches) the verified manifest of a version.
+fn manifest(remote: &Remote, http: &Http, v: &VersionEntry) -> Result<Manifest> {
+    let cache = remote.dir.join("cache");
+    std::fs::create_dir_all(&cache)?;
+    let path = cache.join(format!("{}.manifest", v.manifest.blake3));
+    let bytes = match std::fs::read(&path) {
+        Ok(b) if blake3::hash(&b).to_hex().as_str() == v.manifest.blake3 => b,
+        _ => {
+            let b = http.get_bounded(&v.manifest.path, v.manifest.size)?;
+            ensure!(
+                blake3::hash(&b).to_hex().as_str() == v.manifest.blake3,
+                "{}: not the manifest the signed index names (corrupt or tampered)",
+                v.manifest.path
+            );
+            crate::fsutil::write_file_atomic(&path, &b, 0o644)?;
+            b
+        }
+    };
+    let m = Manifest::decode(&bytes)?;
+    ensure!(
+        m.commit == v.commit,
+        "the manifest of version {} is for another commit",
+        v.version
+    );
+    Ok(m)
+}
+
+/// Works out every way to fetch version `v` and picks the one with the fewest bytes.
+pub fn plan(repo: &Repo, remote: &Remote, idx: &ChannelIndex, v: &VersionEntry) -> Result<Plan> {
+    let mut plan = Plan {
+        version: v.version.clone(),
+        commit: v.commit,
+        candidates: Vec::new(),
+        missing_objects: 0,
+        needs_bytes: 0,
+        present: repo.has_object(&v.commit, ObjectKind::Commit),
+        missing: Vec::new(),
+    };
+    if plan.present {
+        return Ok(plan);
+    }
+    let http = remote.http()?;
+    let m = manifest(remote, &http, v)?;
+    plan.missing = m
+        .entries
+        .into_iter()
+        .filter(|e| !repo.has_object(&e.id, e.kind))
+        .collect();
+    plan.missing_objects = plan.missing.len() as u64;
+    let full = Candidate {
+        kind: "full".into(),
+        from: None,
+        deltas: Vec::new(),
+        bytes: plan.missing.iter().map(|e| e.packed).sum(),
+    };
+    let full_raw: u64 = plan.missing.iter().map(|e| e.raw).sum();
+    plan.candidates = delta_chains(idx, &v.commit, |c| repo.has_object(c, ObjectKind::Commit));
+    plan.candidates.push(full);
+    plan.candidates.sort_by_key(|c| c.bytes);
+    let chosen = &plan.candidates[0];
+    plan.needs_bytes = if chosen.kind == "full" {
+        full_raw
+    } else {
+        // The delta files while they download, plus what they write (at most).
+        chosen.bytes + chosen.deltas.iter().map(|d| d.raw_bytes).max().unwrap_or(0)
+    };
+    Ok(plan)
+}
+
+/// Fails, before anything is downloaded, when the store's filesystem lacks the room.
+pub fn check_space(repo: &Repo, needs: u64) -> Result<()> {
+    let st = rustix::fs::fstatvfs(repo.root_fd()).context("statvfs of the repository")?;
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    if free < needs.saturating_add(SPACE_MARGIN) {
+        return Err(StoreError::NoSpace {
+            doing: format!(
+                "fetching needs {} MiB and {} has {} MiB free; nothing was downloaded",
+                (needs + SPACE_MARGIN).div_ceil(1 << 20),
+                repo.path().display(),
+                free >> 20
+            ),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// What a fetch did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FetchResult {
+    /// The commit now complete in the store.
+    pub commit: String,
+    /// `full`, `deltas`, or `present`.
+    pub method: String,
+    /// Bytes transferred by this run.
+    pub bytes: u64,
+    /// Objects or deltas fetched by this run.
+    pub items: u64,
+}
+
+/// Executes a plan: afterwards the commit is complete in the store.
+pub fn execute(
+    repo: &Repo,
+    remote: &Remote,
+    db: &StateDb,
+    plan: &Plan,
+    obs: &dyn Observer,
+) -> Result<FetchResult> {
+    let Some(chosen) = plan.chosen().filter(|_| !plan.present) else {
+        return Ok(FetchResult {
+            commit: plan.commit.to_hex(),
+            method: "present".into(),
+            ..FetchResult::default()
+        });
+    };
+    check_space(repo, plan.needs_bytes)?;
+    let http = remote.http()?;
+    let result = if chosen.kind == "full" {
+        fetch_full(repo, &http, &plan.missing, chosen.bytes, obs)?
+    } else {
+        fetch_deltas(repo, remote, &http, db, chosen, obs)?
+    };
+    ensure!(
+        repo.has_object(&plan.commit, ObjectKind::Commit),
+        "the fetch ended without commit {}",
+        plan.commit
+    );
+    Ok(FetchResult {
+        commit: plan.commit.to_hex(),
+        ..result
+    })
+}
+
+fn fetch_full(
+    repo: &Repo,
+    http: &Http,
+    missing: &[ManifestEntry],
+    total: u64,
+    obs: &dyn Observer,
+) -> Result<FetchResult> {
+    let done = AtomicU64::new(0);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(PARALLEL)
+        .build()?;
+    let mut start = 0;
+    let mut items = 0;
+    while start < missing.len() {
+        checkpoint(obs)?;
+        let mut end = start;
+        let mut bytes = 0;
+        while end < missing.len() && end - start < CHUNK_OBJECTS && bytes < CHUNK_BYTES {
+            bytes += missing[end].packed;
+            end += 1;
+        }
+        let txn = Transaction::begin(repo, LockWait::Wait(&|_| {}))?;
+        let chunk = &missing[start..end];
+        pool.install(|| {
+            chunk.par_iter().try_for_each(|e| {
+                if txn.is_present(&e.id, e.kind) {
+                    return Ok(());
+                }
+                let data = http.get_bounded(&e.path(), e.packed)?;
+                ensure!(
+                    data.len() as u64 == e.packed,
+                    "{}: {} bytes where the manifest says {}",
+                    e.path(),
+                    data.len(),
+                    e.packed
+                );
+                pack::unpack(&txn, e, &data)?;
+                let d = done.fetch_add(data.len() as u64, Ordering::Relaxed) + data.len() as u64;
+                obs.download(d, total);
+                anyhow::Ok(())
+            })
+        })?;
+        txn.finish(&[])?;
+        items += chunk.len() as u64;
+        start = end;
+    }
+    Ok(FetchResult {
+        method: "full".into(),
+        bytes: done.into_inner(),
+        items,
+        ..FetchResult::default()
+    })
+}
+
+/// The partial-download file of a delta.
+fn part_path(remote: &Remote, blake3: &str) -> PathBuf {
+    remote.dir.join("downloads").join(format!("{blake3}.part"))
+}
+
+fn fetch_deltas(
+    repo: &Repo,
+    remote: &Remote,
+    http: &Http,
+    db: &StateDb,
+    chain: &Candidate,
+    obs: &dyn Observer,
+) -> Result<FetchResult> {
+    std::fs::create_dir_all(remote.dir.join("downloads"))?;
+    let total = chain.bytes;
+    let mut before = 0;
+    let mut transferred = 0;
+    for d in &chain.deltas {
+        checkpoint(obs)?;
+        if !repo.has_object(&d.from, ObjectKind::Commit) {
+            bail!(
+                "delta {} needs commit {}, which is not stored",
+                d.file.path,
+                d.from
+            );
+        }
+        let part = part_path(remote, &d.file.blake3);
+        let url = http.url(&d.file.path)?.to_string();
+        db.download_started(&d.file.blake3, &url, &part, d.file.size)?;
+        transferred += http.download(&d.file, &part, &|have| obs.download(before + have, total))?;
+        crate::delta::apply(repo, &part, LockWait::Wait(&|_| {}))
+            .with_context(|| format!("applying {}", d.file.path))?;
+        let _ = std::fs::remove_file(&part);
+        db.download_finished(&d.file.blake3)?;
+        before += d.file.size;
+    }
+    Ok(FetchResult {
+        method: "deltas".into(),
+        bytes: transferred,
+        items: chain.deltas.len() as u64,
+        ..FetchResult::default()
+    })
+}

@@ -1,0 +1,235 @@
+//! HTTP for remotes: every read bounded by a size the caller trusts, downloads that
+//! resume with Range requests, and errors that say what went wrong in words a user can
+//! act on (offline, not found, too large).
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use thiserror::Error;
+use url::Url;
+
+use super::index::FileRef;
+
+/// Why a fetch failed, where a caller must tell the cases apart.
+#[derive(Debug, Error)]
+pub enum FetchError {
+    /// The server could not be reached at all.
+    #[error("cannot reach {url}: {detail} (offline?)")]
+    Offline {
+        /// What was asked for.
+        url: String,
+        /// The transport's words.
+        detail: String,
+    },
+    /// The server has no such file.
+    #[error("{url}: not found on the server")]
+    NotFound {
+        /// What was asked for.
+        url: String,
+    },
+    /// The server sent more than the trusted size.
+    #[error("{url}: the server sent more than the {limit} bytes expected: refusing it")]
+    TooLarge {
+        /// What was asked for.
+        url: String,
+        /// The most that was allowed.
+        limit: u64,
+    },
+    /// Any other HTTP status.
+    #[error("{url}: HTTP status {code}")]
+    Status {
+        /// What was asked for.
+        url: String,
+        /// The status.
+        code: u16,
+    },
+    /// The transfer broke off.
+    #[error("{url}: the transfer broke off: {detail}")]
+    Broken {
+        /// What was asked for.
+        url: String,
+        /// The transport's words.
+        detail: String,
+    },
+}
+
+/// A client for one remote's base URL.
+#[derive(Clone)]
+pub struct Http {
+    agent: ureq::Agent,
+    base: Url,
+}
+
+fn classify(url: &str, e: ureq::Error) -> FetchError {
+    match e {
+        ureq::Error::StatusCode(404) => FetchError::NotFound { url: url.into() },
+        ureq::Error::StatusCode(code) => FetchError::Status {
+            url: url.into(),
+            code,
+        },
+        ureq::Error::Io(ref io) if io.kind() != std::io::ErrorKind::ConnectionRefused => {
+            FetchError::Broken {
+                url: url.into(),
+                detail: e.to_string(),
+            }
+        }
+        e => FetchError::Offline {
+            url: url.into(),
+            detail: e.to_string(),
+        },
+    }
+}
+
+impl Http {
+    /// A client for the repository at `base` (a folder URL; a missing trailing `/` is
+    /// added so relative paths land inside it).
+    pub fn new(base: &str) -> Result<Http> {
+        let mut base = base.to_string();
+        if !base.ends_with('/') {
+            base.push('/');
+        }
+        let base = Url::parse(&base).with_context(|| format!("'{base}' is not a URL"))?;
+        anyhow::ensure!(
+            matches!(base.scheme(), "http" | "https"),
+            "remote URL {base}: only http and https are supported"
+        );
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(15)))
+            .timeout_recv_response(Some(Duration::from_secs(60)))
+            .timeout_per_read(Some(Duration::from_secs(60)))
+            .user_agent(concat!("arbor/", env!("CARGO_PKG_VERSION")))
+            .build();
+        Ok(Http {
+            agent: config.into(),
+            base,
+        })
+    }
+
+    /// The URL of a path inside the repository.
+    pub fn url(&self, rel: &str) -> Result<Url> {
+        self.base
+            .join(rel)
+            .with_context(|| format!("joining {rel} to {}", self.base))
+    }
+
+    fn get(
+        &self,
+        url: &Url,
+        range_from: Option<u64>,
+    ) -> Result<ureq::http::Response<ureq::Body>, FetchError> {
+        let mut req = self.agent.get(url.as_str());
+        if let Some(from) = range_from {
+            req = req.header("Range", format!("bytes={from}-"));
+        }
+        let resp = req.call().map_err(|e| classify(url.as_str(), e))?;
+        match resp.status().as_u16() {
+            200 | 206 => Ok(resp),
+            code => Err(classify(url.as_str(), ureq::Error::StatusCode(code))),
+        }
+    }
+
+    /// Fetches a whole file of at most `max` bytes.
+    pub fn get_bounded(&self, rel: &str, max: u64) -> Result<Vec<u8>, FetchError> {
+        let url = self.url(rel).map_err(|e| FetchError::NotFound {
+            url: format!("{rel} ({e})"),
+        })?;
+        self.get_url_bounded(&url, max)
+    }
+
+    /// [`Http::get_bounded`] for a full URL.
+    pub fn get_url_bounded(&self, url: &Url, max: u64) -> Result<Vec<u8>, FetchError> {
+        let resp = self.get(url, None)?;
+        let mut out = Vec::new();
+        resp.into_body()
+            .into_reader()
+            .take(max + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| FetchError::Broken {
+                url: url.to_string(),
+                detail: e.to_string(),
+            })?;
+        if out.len() as u64 > max {
+            return Err(FetchError::TooLarge {
+                url: url.to_string(),
+                limit: max,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Downloads `file` into `part`, resuming from what `part` already holds (a Range
+    /// request), never reading past the signed size, and checks its BLAKE3 at the end.
+    /// `progress` gets the bytes received so far, resumed bytes included. Returns the
+    /// bytes this call transferred.
+    pub fn download(&self, file: &FileRef, part: &Path, progress: &dyn Fn(u64)) -> Result<u64> {
+        let url = self.url(&file.path)?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(part)
+            .with_context(|| format!("opening {}", part.display()))?;
+        let mut have = f.metadata()?.len();
+        if have > file.size {
+            f.set_len(0)?;
+            have = 0;
+        }
+        let mut transferred = 0;
+        if have < file.size {
+            let resp = self.get(&url, (have > 0).then_some(have))?;
+            if resp.status().as_u16() == 200 && have > 0 {
+                // The server ignored the Range: start over.
+                f.set_len(0)?;
+                have = 0;
+            }
+            f.seek(SeekFrom::Start(have))?;
+            let mut body = resp.into_body().into_reader().take(file.size - have + 1);
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = body.read(&mut buf).map_err(|e| FetchError::Broken {
+                    url: url.to_string(),
+                    detail: e.to_string(),
+                })?;
+                if n == 0 {
+                    break;
+                }
+                if have + n as u64 > file.size {
+                    return Err(FetchError::TooLarge {
+                        url: url.to_string(),
+                        limit: file.size,
+                    }
+                    .into());
+                }
+                f.write_all(&buf[..n]).map_err(|e| {
+                    crate::store::write_error(e, || format!("writing {}", part.display()))
+                })?;
+                have += n as u64;
+                transferred += n as u64;
+                progress(have);
+            }
+        }
+        anyhow::ensure!(
+            have == file.size,
+            FetchError::Broken {
+                url: url.to_string(),
+                detail: format!("{have} of {} bytes arrived", file.size),
+            }
+        );
+        f.sync_all()?;
+        f.seek(SeekFrom::Start(0))?;
+        let mut hasher = blake3::Hasher::new();
+        std::io::copy(&mut f, &mut hasher)?;
+        if hasher.finalize().to_hex().as_str() != file.blake3 {
+            drop(f);
+            let _ = std::fs::remove_file(part);
+            anyhow::bail!(
+                "{url}: its BLAKE3 is not the one the signed index gives: corrupt or tampered (discarded)"
+            );
+        }
+        Ok(transferred)
+    }
+}

@@ -1,0 +1,375 @@
+//! Updates from a remote channel: check, download, verify, stage (docs/remote.md).
+//! `arbor upgrade`, `deploy --version`, `rebase`, `auto-update` and the daemon's
+//! Upgrade all run [`run`]; each step moves the persisted [`state::State`].
+
+pub mod policy;
+pub mod state;
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use crate::deploy::{DeployOptions, deploy_held};
+use crate::lock::{LockWait, WriterLock};
+use crate::packages::layer::{base_of, default_deployment};
+use crate::progress::Observer;
+use crate::remote::fetch::{self, FetchResult, Plan};
+use crate::remote::index::{Considered, VersionEntry, choose, device_phase};
+use crate::remote::{self, Remote, split_refspec};
+use crate::statedb::StateDb;
+use crate::store::refs::RefName;
+use crate::store::transaction::Transaction;
+use crate::store::{ObjectId, ObjectKind, Repo, reach};
+use crate::sysroot::Sysroot;
+pub use policy::{Action, Policy};
+use state::{State, UpdateRecord, enter};
+
+/// What to update to and how far to go.
+#[derive(Clone, Debug, Default)]
+pub struct UpdateOptions {
+    /// The stateroot (default: the only one).
+    pub os: Option<String>,
+    /// A specific version (no phasing: asked for by name).
+    pub version: Option<String>,
+    /// Switch to this channel: `channel` (same remote) or `remote:channel`.
+    pub rebase: Option<String>,
+    /// Ignore phased rollout.
+    pub phase_override: bool,
+    /// Only compute and report the plan (`--dry-run`): nothing fetched or persisted.
+    pub dry_run: bool,
+}
+
+/// What an update run found and did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct UpdateResult {
+    /// The remote.
+    pub remote: String,
+    /// The channel.
+    pub channel: String,
+    /// The commit running (the base of the default deployment), if any.
+    pub current: Option<ObjectId>,
+    /// The versions considered, newest first, with this device's phase for each.
+    pub considered: Vec<Considered>,
+    /// The version offered (None: up to date).
+    pub offered: Option<VersionEntry>,
+    /// How it would be (or was) fetched.
+    pub plan: Option<Plan>,
+    /// What the fetch did.
+    pub fetched: Option<FetchResult>,
+    /// The staged deployment.
+    pub deployment: Option<String>,
+    /// The update state afterwards.
+    pub state: String,
+    /// Why `auto-update` did nothing (not due, waiting for the preferred time).
+    pub skipped: Option<String>,
+}
+
+/// Where updates come from for this sysroot: (remote, channel, current base commit,
+/// layers source).
+fn source(
+    sysroot: &Sysroot,
+    os: &str,
+    rebase: Option<&str>,
+) -> Result<(String, String, Option<crate::sysroot::Deployment>)> {
+    // A staged deployment is what runs next, whatever the boot entries say yet.
+    let current = match sysroot.staged()? {
+        Some(d) if d.os == os => Some(d),
+        _ => default_deployment(sysroot, os).ok(),
+    };
+    let tracked = current.as_ref().and_then(|d| {
+        split_refspec(&d.origin.refspec).map(|(r, c)| (r.to_string(), c.to_string()))
+    });
+    let (remote, channel) = match (rebase, tracked) {
+        (Some(spec), tracked) => match split_refspec(spec) {
+            Some((r, c)) => (r.to_string(), c.to_string()),
+            None => match tracked {
+                Some((r, _)) => (r, spec.to_string()),
+                None => bail!("name the remote too: 'arbor rebase REMOTE:{spec}'"),
+            },
+        },
+        (None, Some(t)) => t,
+        (None, None) => match &current {
+            Some(d) => bail!(
+                "the deployment follows the local ref '{}', not a remote channel ('arbor rebase REMOTE:CHANNEL')",
+                d.origin.refspec
+            ),
+            None => bail!("stateroot {os} has no deployment: 'arbor deploy REMOTE:CHANNEL' first"),
+        },
+    };
+    Ok((remote, channel, current))
+}
+
+/// True when the default deployment follows a configured remote's channel (so
+/// `upgrade` fetches from it rather than moving to a local ref's tip).
+pub fn follows_remote(sysroot: &Sysroot, os: Option<&str>) -> bool {
+    let os = match os {
+        Some(o) => o.to_string(),
+        None => match sysroot.default_os() {
+            Ok(o) => o,
+            Err(_) => return false,
+        },
+    };
+    let next = match sysroot.staged() {
+        Ok(Some(d)) if d.os == os => Some(d),
+        _ => default_deployment(sysroot, &os).ok(),
+    };
+    next.is_some_and(|d| {
+        split_refspec(&d.origin.refspec).is_some_and(|(r, _)| Remote::open(sysroot, r).is_ok())
+    })
+}
+
+/// Passes progress on, and keeps the persisted byte count current (once a second).
+struct Recording<'a> {
+    inner: &'a dyn Observer,
+    sysroot: &'a Sysroot,
+    rec: &'a Mutex<UpdateRecord>,
+    last: Mutex<Instant>,
+}
+
+impl Observer for Recording<'_> {
+    fn task_begin(&self, t: &str) {
+        self.inner.task_begin(t)
+    }
+    fn task_end(&self, t: &str) {
+        self.inner.task_end(t)
+    }
+    fn message(&self, t: &str) {
+        self.inner.message(t)
+    }
+    fn percent(&self, t: &str, p: u32) {
+        self.inner.percent(t, p)
+    }
+    fn cancelled(&self) -> bool {
+        self.inner.cancelled()
+    }
+    fn download(&self, done: u64, total: u64) {
+        self.inner.download(done, total);
+        let mut last = self.last.lock().unwrap();
+        if last.elapsed().as_millis() >= 1000 || done == total {
+            *last = Instant::now();
+            let mut r = self.rec.lock().unwrap();
+            r.bytes_done = done;
+            let _ = state::save(self.sysroot, &mut r);
+        }
+    }
+}
+
+/// Checks the commit and everything it reaches is stored.
+fn verify_complete(repo: &Repo, commit: &ObjectId) -> Result<()> {
+    let r = reach::walk_commit(repo, commit);
+    if let Some((id, kind, at, e)) = r.unreadable.first() {
+        bail!("the fetched commit is incomplete: {kind} {id} at {at}: {e}");
+    }
+    for ((id, kind), at) in &r.objects {
+        if *kind == ObjectKind::File && !repo.has_object(id, *kind) {
+            bail!("the fetched commit is incomplete: file {id} at {at} is missing");
+        }
+    }
+    Ok(())
+}
+
+/// Runs an update as far as `action` says, under the sysroot lock the caller holds.
+pub fn run(
+    sysroot: &Sysroot,
+    lock: &WriterLock,
+    opts: &UpdateOptions,
+    action: Action,
+    obs: &dyn Observer,
+) -> Result<UpdateResult> {
+    let os = match &opts.os {
+        Some(o) => o.clone(),
+        None => sysroot.default_os()?,
+    };
+    let (remote_name, channel, current_d) = source(sysroot, &os, opts.rebase.as_deref())?;
+    let remote = Remote::open(sysroot, &remote_name)?;
+    let repo = sysroot.repo();
+    let current = match &current_d {
+        Some(d) => Some(base_of(repo, &d.commit)?),
+        None => None,
+    };
+    let mut result = UpdateResult {
+        remote: remote_name.clone(),
+        channel: channel.clone(),
+        current,
+        ..UpdateResult::default()
+    };
+    let mut rec = state::stored(sysroot)?;
+    let persist = !opts.dry_run;
+    let step = |rec: &mut UpdateRecord, s: State| -> Result<()> {
+        if persist {
+            enter(sysroot, rec, s)
+        } else {
+            Ok(())
+        }
+    };
+    rec.remote = Some(remote_name.clone());
+    rec.channel = Some(channel.clone());
+    step(&mut rec, State::Checking)?;
+    let outcome = (|| -> Result<()> {
+        obs.task_begin("check");
+        let idx = remote.channel(&channel)?;
+        let machine = remote::machine_id()?;
+        let offered = match &opts.version {
+            Some(v) => {
+                let e = idx.version(v)?;
+                result.considered.push(Considered {
+                    version: v.clone(),
+                    device_phase: device_phase(&machine, &channel, v),
+                    phase: e.phase,
+                    offered: true,
+                });
+                (current != Some(e.commit) || opts.rebase.is_some()).then_some(e)
+            }
+            None => {
+                let same_channel = opts.rebase.is_none();
+                let (v, considered) = choose(
+                    &idx,
+                    current.as_ref().filter(|_| same_channel),
+                    &machine,
+                    opts.phase_override,
+                );
+                result.considered = considered;
+                v.filter(|v| Some(v.commit) != current || !same_channel)
+            }
+        };
+        obs.task_end("check");
+        rec.last_check = Some(chrono::Utc::now().timestamp());
+        rec.available = offered.map(|v| v.version.clone());
+        rec.critical = offered.is_some_and(|v| v.critical);
+        result.offered = offered.cloned();
+        let Some(target) = offered else {
+            return step(&mut rec, State::Idle);
+        };
+        let plan = fetch::plan(repo, &remote, &idx, target)?;
+        result.plan = Some(plan.clone());
+        if opts.dry_run || action == Action::Check {
+            return step(&mut rec, State::Idle);
+        }
+        rec.version = Some(target.version.clone());
+        rec.commit = Some(target.commit.to_hex());
+        rec.deployment = None;
+        rec.bytes_total = plan.chosen().map_or(0, |c| c.bytes);
+        rec.bytes_done = 0;
+        step(&mut rec, State::Downloading)?;
+        obs.task_begin("download");
+        let shared = Mutex::new(rec.clone());
+        let recording = Recording {
+            inner: obs,
+            sysroot,
+            rec: &shared,
+            last: Mutex::new(Instant::now()),
+        };
+        let db = StateDb::open(&sysroot.path().join("arbor/state.db"))?;
+        result.fetched = Some(fetch::execute(repo, &remote, &db, &plan, &recording)?);
+        rec = shared.into_inner().unwrap();
+        obs.task_end("download");
+        step(&mut rec, State::Verifying)?;
+        verify_complete(repo, &target.commit)?;
+        let refname = RefName::parse(&format!("{remote_name}:{channel}"))?;
+        Transaction::begin(repo, LockWait::Wait(&|_| {}))?
+            .finish(&[(refname, Some(target.commit))])
+            .context("recording the channel's ref")?;
+        if action == Action::Download {
+            return step(&mut rec, State::Idle);
+        }
+        step(&mut rec, State::Staging)?;
+        let d_opts = DeployOptions {
+            os: os.clone(),
+            refspec: format!("{remote_name}:{channel}"),
+            override_commit: None,
+            commit: target.commit,
+            layers: current_d
+                .as_ref()
+                .map(|d| d.origin.layers.clone())
+                .unwrap_or_default(),
+            kargs: None,
+            stage: current_d.is_some(),
+        };
+        let r = deploy_held(sysroot, lock, &d_opts, obs)?;
+        let name = r.deployment.dir_name();
+        result.deployment = Some(name.clone());
+        rec.deployment = Some(name);
+        // A first deployment has nothing to stage behind: it is simply the default.
+        step(&mut rec, State::Staged)
+    })();
+    if let Err(e) = &outcome
+        && persist
+    {
+        rec.error = Some(format!("{e:#}"));
+        let _ = enter(sysroot, &mut rec, State::Failed);
+    }
+    outcome?;
+    result.state = rec.state.name().into();
+    Ok(result)
+}
+
+/// True when local time is in the hour that starts at `preferred` (`HH:MM`).
+fn in_window(preferred: &str) -> bool {
+    use chrono::Timelike;
+    let Some((h, m)) = preferred.split_once(':') else {
+        return true;
+    };
+    let (Ok(h), Ok(m)) = (h.parse::<i64>(), m.parse::<i64>()) else {
+        return true;
+    };
+    let now = chrono::Local::now();
+    let minutes = i64::from(now.hour()) * 60 + i64::from(now.minute());
+    (minutes - (h * 60 + m)).rem_euclid(24 * 60) < 60
+}
+
+/// `arbor auto-update`: what the timer runs (hourly). Checks when `check_interval`
+/// has passed since the last check (or `force`), then downloads or stages as the
+/// policy says: critical versions at once, others in the hour after `preferred_time`.
+pub fn auto_update(
+    sysroot: &Sysroot,
+    lock: &WriterLock,
+    policy: &Policy,
+    force: bool,
+    obs: &dyn Observer,
+) -> Result<UpdateResult> {
+    let interval = crate::publish::parse_duration(&policy.check_interval)?;
+    let rec = state::stored(sysroot)?;
+    let now = chrono::Utc::now().timestamp();
+    if !force
+        && rec
+            .last_check
+            .is_some_and(|t| now - t < interval.num_seconds())
+    {
+        return Ok(UpdateResult {
+            skipped: Some(format!(
+                "not due: checked less than {} ago",
+                policy.check_interval
+            )),
+            state: rec.state.name().into(),
+            ..UpdateResult::default()
+        });
+    }
+    let opts = UpdateOptions::default();
+    let mut checked = run(sysroot, lock, &opts, Action::Check, obs)?;
+    let Some(v) = &checked.offered else {
+        return Ok(checked);
+    };
+    if policy.notify_available {
+        obs.message(&format!(
+            "version {} is available on {}:{}{}",
+            v.version,
+            checked.remote,
+            checked.channel,
+            if v.critical { " (critical)" } else { "" }
+        ));
+    }
+    let action = policy.action(v.critical);
+    if action == Action::Check {
+        return Ok(checked);
+    }
+    if !force && !v.critical && !in_window(&policy.preferred_time) {
+        checked.skipped = Some(format!(
+            "version {} waits for the preferred time {}",
+            v.version, policy.preferred_time
+        ));
+        return Ok(checked);
+    }
+    run(sysroot, lock, &opts, action, obs)
+}

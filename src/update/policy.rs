@@ -1,0 +1,133 @@
+//! Update policies: `/etc/arbor/arbor.toml` (docs/remote.md). Every key is optional;
+//! a missing file means the defaults.
+//!
+//! ```toml
+//! check_interval = "24h"    # how often the timer checks
+//! auto_download = true      # fetch an offered version in the background
+//! auto_install = false      # also stage it (it runs after the next reboot)
+//! critical_install = true   # stage critical versions even without auto_install
+//! notify_available = true   # log (and signal over D-Bus) that a version is available
+//! preferred_time = "03:00"  # when the timer runs (local time, HH:MM)
+//! channel = "stable"        # the channel `arbor rebase` uses when none is named
+//! ```
+
+use std::path::Path;
+
+use anyhow::{Context, Result, ensure};
+use serde::{Deserialize, Serialize};
+
+/// Where the policies are read from, unless `ARBOR_CONFIG` names another file.
+pub const CONFIG_PATH: &str = "/etc/arbor/arbor.toml";
+
+/// The update policies.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Policy {
+    /// Interval between checks, as `30m`, `24h`, `7d`.
+    pub check_interval: String,
+    /// Download offered versions automatically.
+    pub auto_download: bool,
+    /// Stage downloaded versions automatically.
+    pub auto_install: bool,
+    /// Stage critical versions even when `auto_install` is off.
+    pub critical_install: bool,
+    /// Say when a version is available.
+    pub notify_available: bool,
+    /// Local time of day for automatic runs, `HH:MM`.
+    pub preferred_time: String,
+    /// The default channel.
+    pub channel: String,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            check_interval: "24h".into(),
+            auto_download: true,
+            auto_install: false,
+            critical_install: true,
+            notify_available: true,
+            preferred_time: "03:00".into(),
+            channel: "stable".into(),
+        }
+    }
+}
+
+impl Policy {
+    /// Reads the policy file (defaults when it does not exist) and checks its values.
+    pub fn load(path: Option<&Path>) -> Result<Policy> {
+        let env = std::env::var_os("ARBOR_CONFIG");
+        let path = path
+            .map(Path::to_path_buf)
+            .or(env.map(Into::into))
+            .unwrap_or_else(|| CONFIG_PATH.into());
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Policy::default()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let p: Policy = toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+        p.check().with_context(|| format!("{}", path.display()))?;
+        Ok(p)
+    }
+
+    fn check(&self) -> Result<()> {
+        crate::publish::parse_duration(&self.check_interval).context("check_interval")?;
+        let ok = self.preferred_time.split_once(':').is_some_and(|(h, m)| {
+            h.parse::<u8>().is_ok_and(|h| h < 24)
+                && m.len() == 2
+                && m.parse::<u8>().is_ok_and(|m| m < 60)
+        });
+        ensure!(ok, "preferred_time '{}' is not HH:MM", self.preferred_time);
+        ensure!(
+            crate::remote::index::valid_channel(&self.channel),
+            "channel '{}' is not a channel name",
+            self.channel
+        );
+        Ok(())
+    }
+
+    /// What `arbor auto-update` does with an offered version.
+    pub fn action(&self, critical: bool) -> Action {
+        if self.auto_install || (critical && self.critical_install) {
+            Action::Stage
+        } else if self.auto_download {
+            Action::Download
+        } else {
+            Action::Check
+        }
+    }
+}
+
+/// How far an update goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Action {
+    /// Only look.
+    Check,
+    /// Fetch and verify, do not deploy.
+    Download,
+    /// Fetch, verify and stage the deployment.
+    Stage,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_bad_values_are_named() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("arbor.toml");
+        assert_eq!(Policy::load(Some(&p)).unwrap(), Policy::default());
+        std::fs::write(&p, "auto_install = true\npreferred_time = \"04:30\"\n").unwrap();
+        let pol = Policy::load(Some(&p)).unwrap();
+        assert!(pol.auto_install && pol.preferred_time == "04:30");
+        assert_eq!(pol.action(false), Action::Stage);
+        assert_eq!(Policy::default().action(false), Action::Download);
+        assert_eq!(Policy::default().action(true), Action::Stage);
+        std::fs::write(&p, "preferred_time = \"25:00\"\n").unwrap();
+        assert!(format!("{:#}", Policy::load(Some(&p)).unwrap_err()).contains("preferred_time"));
+        std::fs::write(&p, "auto_instal = true\n").unwrap();
+        assert!(format!("{:#}", Policy::load(Some(&p)).unwrap_err()).contains("auto_instal"));
+    }
+}

@@ -1,0 +1,183 @@
+//! The persisted update state machine (docs/remote.md):
+//!
+//! ```text
+//! Idle → Checking → Downloading → Verifying → Staging → Staged
+//!   ─(reboot)→ Testing ─(health ok)→ Active
+//!                      └(health fails)→ RollingBack ─(boots the old one)→ Failed
+//! any step ─(error)→ Failed
+//! ```
+//! Kept in the state database so `update-status` and the daemon tell the same story
+//! after a restart or a reboot. The boot-time states are also reconciled from the boot
+//! entries whenever the state is read, since the boot itself writes nothing.
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use crate::statedb::StateDb;
+use crate::sysroot::Sysroot;
+
+/// Where an update is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum State {
+    /// Nothing under way.
+    #[default]
+    Idle,
+    /// Reading the remote's signed metadata.
+    Checking,
+    /// Fetching objects or deltas.
+    Downloading,
+    /// Checking that the fetched commit is complete.
+    Verifying,
+    /// Making the new deployment.
+    Staging,
+    /// Deployed; it becomes the default at shutdown and runs after the reboot.
+    Staged,
+    /// Booted into the new version, which has not yet proved healthy.
+    Testing,
+    /// The new version runs and passed its health checks.
+    Active,
+    /// The new version failed its health checks; the loader falls back to the old one.
+    RollingBack,
+    /// The last attempt failed (see `error`).
+    Failed,
+}
+
+impl State {
+    /// The name shown to users and over D-Bus.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Idle => "idle",
+            State::Checking => "checking",
+            State::Downloading => "downloading",
+            State::Verifying => "verifying",
+            State::Staging => "staging",
+            State::Staged => "staged",
+            State::Testing => "testing",
+            State::Active => "active",
+            State::RollingBack => "rolling-back",
+            State::Failed => "failed",
+        }
+    }
+}
+
+/// The persisted record.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateRecord {
+    /// Where the update is.
+    pub state: State,
+    /// The remote and channel followed.
+    pub remote: Option<String>,
+    /// The channel.
+    pub channel: Option<String>,
+    /// The newest version offered to this device at the last check.
+    pub available: Option<String>,
+    /// It is critical.
+    #[serde(default)]
+    pub critical: bool,
+    /// The version being (or last) installed.
+    pub version: Option<String>,
+    /// Its commit.
+    pub commit: Option<String>,
+    /// The deployment made for it (`<commit>.<serial>`).
+    pub deployment: Option<String>,
+    /// Download progress.
+    pub bytes_done: u64,
+    /// Download size.
+    pub bytes_total: u64,
+    /// The error of the last failure.
+    pub error: Option<String>,
+    /// Unix time of the last successful check.
+    pub last_check: Option<i64>,
+    /// Unix time of the last change.
+    pub changed: i64,
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn db(sysroot: &Sysroot) -> Result<StateDb> {
+    StateDb::open(&sysroot.path().join("arbor/state.db"))
+}
+
+/// Reads the stored record as it is.
+pub fn stored(sysroot: &Sysroot) -> Result<UpdateRecord> {
+    Ok(match db(sysroot)?.update_record()? {
+        Some(json) => serde_json::from_str(&json).unwrap_or_default(),
+        None => UpdateRecord::default(),
+    })
+}
+
+/// Writes a record.
+pub fn save(sysroot: &Sysroot, rec: &mut UpdateRecord) -> Result<()> {
+    rec.changed = now();
+    db(sysroot)?.set_update_record(&serde_json::to_string(rec)?)
+}
+
+/// Moves the record to `state` (clearing the error unless failing) and saves it.
+pub fn enter(sysroot: &Sysroot, rec: &mut UpdateRecord, state: State) -> Result<()> {
+    rec.state = state;
+    if state != State::Failed {
+        rec.error = None;
+    }
+    save(sysroot, rec)
+}
+
+/// The record, with the boot-time states brought up to date from the boot entries.
+pub fn current(sysroot: &Sysroot) -> Result<UpdateRecord> {
+    let mut rec = stored(sysroot)?;
+    let Some(target) = rec.deployment.clone() else {
+        return Ok(rec);
+    };
+    if !matches!(
+        rec.state,
+        State::Staged | State::Testing | State::RollingBack
+    ) {
+        return Ok(rec);
+    }
+    let list = sysroot.deployments()?;
+    let Some(booted) = list.iter().find(|d| d.booted) else {
+        return Ok(rec);
+    };
+    let next = if booted.dir_name() == target {
+        if booted.tries.is_some() && rec.state != State::RollingBack {
+            State::Testing
+        } else if booted.tries.is_some() {
+            State::RollingBack
+        } else {
+            State::Active
+        }
+    } else if matches!(rec.state, State::Testing | State::RollingBack) {
+        rec.error = Some(format!(
+            "version {} did not boot well; the previous deployment runs again",
+            rec.version.as_deref().unwrap_or("?")
+        ));
+        State::Failed
+    } else {
+        rec.state
+    };
+    if next != rec.state {
+        rec.state = next;
+        save(sysroot, &mut rec)?;
+    }
+    Ok(rec)
+}
+
+/// Called by the health check: the update's deployment passed (Active) or failed
+/// (RollingBack). Best effort: the health check's own result stands regardless.
+pub fn note_health(sysroot: &Sysroot, booted: &str, passed: bool) {
+    let Ok(mut rec) = stored(sysroot) else {
+        return;
+    };
+    if rec.deployment.as_deref() != Some(booted)
+        || !matches!(rec.state, State::Staged | State::Testing)
+    {
+        return;
+    }
+    let state = if passed {
+        State::Active
+    } else {
+        State::RollingBack
+    };
+    let _ = enter(sysroot, &mut rec, state);
+}
