@@ -448,6 +448,20 @@ fn hostile_servers_are_refused_and_nothing_is_deployed() {
     restore(&ts, &ts_now);
     ok(&show);
 
+    // Key rotation: a new root, signed by the old and the new root key, is followed;
+    // metadata signed by a retired timestamp key is then refused.
+    let ts_before = std::fs::read(&ts).unwrap();
+    ok(&["publish", "rotate-key", p, "timestamp"]);
+    ok(&["publish", "rotate-key", p, "root"]);
+    ok(&show);
+    assert!(meta.join("3.root.json").exists());
+    let ts_rotated = std::fs::read(&ts).unwrap();
+    restore(&ts, &ts_before);
+    let e = err(&show);
+    assert!(e.contains("ignature") || e.contains("version"), "{e}");
+    restore(&ts, &ts_rotated);
+    ok(&show);
+
     // Freeze: a timestamp that expired is refused.
     ok(&["publish", "refresh", p, "--timestamp-expires", "1s"]);
     std::thread::sleep(std::time::Duration::from_secs(2));

@@ -228,7 +228,17 @@ impl Publisher {
     /// Signs new targets, snapshot and timestamp metadata, with `change` (a channel and
     /// its new index) applied, and publishes them timestamp last.
     pub fn sign(&self, change: Option<&ChannelIndex>) -> Result<()> {
-        let (_, root_path) = self.latest_root()?;
+        self.sign_under(change, None)
+    }
+
+    /// [`Publisher::sign`], with `new_root` (a root not yet published) as the root
+    /// that signs: the current metadata is read under the current root, and the new
+    /// root is published with the rest.
+    fn sign_under(&self, change: Option<&ChannelIndex>, new_root: Option<&Path>) -> Result<()> {
+        let root_path = match new_root {
+            Some(p) => p.to_path_buf(),
+            None => self.latest_root()?.1,
+        };
         let staging = tempfile::Builder::new()
             .prefix(".staging-")
             .tempdir_in(&self.dir)?;
@@ -398,15 +408,18 @@ impl Publisher {
         std::fs::rename(&old, &retired)?;
         keys::generate(&self.keys, role)?;
         let next = version + 1;
-        let path = self.metadata().join(format!("{next}.root.json"));
+        let staging = tempfile::Builder::new()
+            .prefix(".rotate-")
+            .tempdir_in(&self.dir)?;
+        let path = staging.path().join(format!("{next}.root.json"));
         runtime()?.block_on(async {
             let root = keys::make_root(&self.keys, next, now() + self.expiry.root).await?;
             let old_root = (role == RoleType::Root).then_some(retired.as_path());
             let bytes = keys::sign_root(&self.keys, root, old_root).await?;
-            fsutil::write_file_atomic(&path, &bytes, 0o644)?;
+            std::fs::write(&path, &bytes)?;
             anyhow::Ok(())
         })?;
-        self.sign(None)?;
+        self.sign_under(None, Some(&path))?;
         Ok(next)
     }
 
