@@ -5,7 +5,7 @@
 #[macro_use]
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::nginx::Nginx;
@@ -95,20 +95,24 @@ fn device_phase(sys: &str, version: &str) -> u8 {
         "--json",
     ]);
     let c = v["considered"].as_array().unwrap();
-    let _ = version;
-    c[0]["device_phase"].as_u64().unwrap() as u8
+    let entry = c.iter().find(|x| x["version"] == version).unwrap();
+    entry["device_phase"].as_u64().unwrap() as u8
+}
+
+/// A build repository and the folder nginx will serve (`srv/pub`), both empty.
+fn server(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let build = dir.join("build");
+    ok(&["--repo", s(&build), "init"]);
+    let srv = dir.join("srv");
+    (build, srv.clone(), srv.join("pub"))
 }
 
 #[test]
 fn publish_phase_resume_upgrade_through_a_delta_and_boot_it() {
     require_root!();
     let t = scratch();
-    let build = t.path().join("build");
-    let b = s(&build);
-    let srv = t.path().join("srv");
-    let pubdir = srv.join("pub");
-    let p = s(&pubdir);
-    ok(&["--repo", b, "init"]);
+    let (build, srv, pubdir) = server(t.path());
+    let (b, p) = (s(&build), s(&pubdir));
     for (tree, branch, v) in [
         ("a", "os/stable", "1"),
         ("b", "os/stable", "2"),
@@ -306,12 +310,8 @@ fn restore(path: &Path, bytes: &[u8]) {
 fn hostile_servers_are_refused_and_nothing_is_deployed() {
     require_root!();
     let t = scratch();
-    let build = t.path().join("build");
-    let b = s(&build);
-    let srv = t.path().join("srv");
-    let pubdir = srv.join("pub");
-    let p = s(&pubdir);
-    ok(&["--repo", b, "init"]);
+    let (build, srv, pubdir) = server(t.path());
+    let (b, p) = (s(&build), s(&pubdir));
     ok(&[
         "--repo",
         b,

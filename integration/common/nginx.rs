@@ -52,50 +52,42 @@ impl Nginx {
         n
     }
 
-    /// Starts it (again).
-    pub fn resume(&self) {
-        let out = Command::new("nginx")
+    fn nginx(&self, extra: &[&str]) -> std::process::Output {
+        Command::new("nginx")
             .arg("-c")
             .arg(&self.conf)
+            .args(extra)
             .output()
-            .expect("nginx is needed (scripts/setup.sh installs nginx-light)");
+            .expect("nginx is needed (scripts/setup.sh installs nginx-light)")
+    }
+
+    /// Waits (up to 5 s) until the port is open (or closed); true when it got there.
+    fn wait_listening(&self, open: bool) -> bool {
+        let addr = self.url.trim_start_matches("http://").trim_end_matches('/');
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(addr).is_ok() == open {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// Starts it (again).
+    pub fn resume(&self) {
+        let out = self.nginx(&[]);
         assert!(
             out.status.success(),
             "nginx: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let addr = self
-            .url
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_string();
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(&addr).is_ok() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        panic!("nginx did not start listening on {addr}");
+        assert!(self.wait_listening(true), "nginx did not start listening");
     }
 
     /// Stops it, waiting until the port is closed.
     pub fn stop(&self) {
-        let _ = Command::new("nginx")
-            .arg("-c")
-            .arg(&self.conf)
-            .args(["-s", "stop"])
-            .output();
-        let addr = self
-            .url
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_string();
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(&addr).is_err() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        let _ = self.nginx(&["-s", "stop"]);
+        self.wait_listening(false);
     }
 
     /// The access log as (path, status, bytes sent) lines.

@@ -465,7 +465,6 @@ pub fn run_update_status(cli: &Cli, o: &OutputArgs) -> Result<i32> {
     let downloads = db.downloads()?;
     if o.json {
         let mut v = serde_json::to_value(&rec)?;
-        v["state"] = rec.state.name().into();
         v["downloads"] = serde_json::to_value(
             downloads
                 .iter()

@@ -344,10 +344,10 @@ pub fn run(cli: &Cli, cmd: &super::Command) -> Result<i32> {
     };
     match cmd {
         C::Deploy(a) => {
-            let remote_spec = a.rev.as_deref().filter(|r| {
-                crate::remote::split_refspec(r)
-                    .is_some_and(|(name, _)| crate::remote::Remote::open(&sysroot, name).is_ok())
-            });
+            let remote_spec = a
+                .rev
+                .as_deref()
+                .filter(|r| crate::remote::configured_refspec(&sysroot, r).is_some());
             if a.version.is_some() || remote_spec.is_some() {
                 let opts = crate::update::UpdateOptions {
                     os: a.os.clone(),

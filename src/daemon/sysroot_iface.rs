@@ -464,8 +464,7 @@ impl SysrootIface {
         let read = || -> anyhow::Result<String> {
             let sysroot = Sysroot::open(&self.shared.sysroot)?;
             let rec = crate::update::state::current(&sysroot)?;
-            let mut v = serde_json::to_value(&rec)?;
-            v["state"] = rec.state.name().into();
+            let v = serde_json::to_value(&rec)?;
             Ok(v.to_string())
         };
         read().map_err(|e| fdo::Error::Failed(format!("{e:#}")))

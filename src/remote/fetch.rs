@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::Remote;
 use super::http::Http;
-use super::index::{Candidate, ChannelIndex, VersionEntry, delta_chains};
+use super::index::{Candidate, ChannelIndex, Method, VersionEntry, delta_chains};
 use super::pack::{self, Manifest, ManifestEntry};
 use crate::lock::LockWait;
 use crate::progress::{Observer, checkpoint};
@@ -108,7 +108,7 @@ pub fn plan(repo: &Repo, remote: &Remote, idx: &ChannelIndex, v: &VersionEntry) 
         .collect();
     plan.missing_objects = plan.missing.len() as u64;
     let full = Candidate {
-        kind: "full".into(),
+        kind: Method::Full,
         from: None,
         deltas: Vec::new(),
         bytes: plan.missing.iter().map(|e| e.packed).sum(),
@@ -118,7 +118,7 @@ pub fn plan(repo: &Repo, remote: &Remote, idx: &ChannelIndex, v: &VersionEntry) 
     plan.candidates.push(full);
     plan.candidates.sort_by_key(|c| c.bytes);
     let chosen = &plan.candidates[0];
-    plan.needs_bytes = if chosen.kind == "full" {
+    plan.needs_bytes = if chosen.kind == Method::Full {
         full_raw
     } else {
         // The delta files while they download, plus what they write (at most).
@@ -150,8 +150,8 @@ pub fn check_space(repo: &Repo, needs: u64) -> Result<()> {
 pub struct FetchResult {
     /// The commit now complete in the store.
     pub commit: String,
-    /// `full`, `deltas`, or `present`.
-    pub method: String,
+    /// How it fetched.
+    pub method: Method,
     /// Bytes transferred by this run.
     pub bytes: u64,
     /// Objects or deltas fetched by this run.
@@ -169,13 +169,13 @@ pub fn execute(
     let Some(chosen) = plan.chosen().filter(|_| !plan.present) else {
         return Ok(FetchResult {
             commit: plan.commit.to_hex(),
-            method: "present".into(),
+            method: Method::Present,
             ..FetchResult::default()
         });
     };
     check_space(repo, plan.needs_bytes)?;
     let http = remote.http()?;
-    let result = if chosen.kind == "full" {
+    let result = if chosen.kind == Method::Full {
         fetch_full(repo, &http, &plan.missing, chosen.bytes, obs)?
     } else {
         fetch_deltas(repo, remote, &http, db, chosen, obs)?
@@ -238,7 +238,7 @@ fn fetch_full(
         start = end;
     }
     Ok(FetchResult {
-        method: "full".into(),
+        method: Method::Full,
         bytes: done.into_inner(),
         items,
         ..FetchResult::default()
@@ -282,7 +282,7 @@ fn fetch_deltas(
         before += d.file.size;
     }
     Ok(FetchResult {
-        method: "deltas".into(),
+        method: Method::Deltas,
         bytes: transferred,
         items: chain.deltas.len() as u64,
         ..FetchResult::default()

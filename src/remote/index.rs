@@ -202,11 +202,35 @@ pub fn choose<'a>(
     (None, considered)
 }
 
+/// How a candidate fetches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Every missing object on its own.
+    Full,
+    /// A chain of static deltas.
+    Deltas,
+    /// Nothing to fetch: the commit is stored.
+    #[default]
+    Present,
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `pad` so that `{:<7}` aligns it.
+        f.pad(match self {
+            Method::Full => "full",
+            Method::Deltas => "deltas",
+            Method::Present => "present",
+        })
+    }
+}
+
 /// One way to fetch a version.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Candidate {
-    /// `full`, or `deltas`.
-    pub kind: String,
+    /// Full fetch or deltas.
+    pub kind: Method,
     /// The commit a delta chain starts from.
     pub from: Option<ObjectId>,
     /// The deltas, in the order they apply.
@@ -261,7 +285,7 @@ pub fn delta_chains(
                 at = *to;
             }
             Candidate {
-                kind: "deltas".into(),
+                kind: Method::Deltas,
                 from: Some(*start),
                 deltas,
                 bytes: *bytes,

@@ -50,6 +50,12 @@ pub fn split_refspec(refspec: &str) -> Option<(&str, &str)> {
         .filter(|(r, c)| valid_name(r) && valid_channel(c))
 }
 
+/// [`split_refspec`], only when the remote is configured in `sysroot`: then the
+/// refspec means "fetch from it"; otherwise it is a local ref that looks alike.
+pub fn configured_refspec<'a>(sysroot: &Sysroot, refspec: &'a str) -> Option<(&'a str, &'a str)> {
+    split_refspec(refspec).filter(|(r, _)| Remote::open(sysroot, r).is_ok())
+}
+
 /// The ref a remote channel's commits land in.
 pub fn channel_ref(remote: &str, channel: &str) -> String {
     format!("remotes/{remote}/{channel}")
@@ -76,7 +82,8 @@ impl Remote {
         http::Http::new(url)?;
         let root =
             std::fs::read(root_json).with_context(|| format!("reading {}", root_json.display()))?;
-        crate::publish::keys::read_root(root_json)?;
+        serde_json::from_slice::<tough::schema::Signed<tough::schema::Root>>(&root)
+            .with_context(|| format!("{} is not TUF root metadata", root_json.display()))?;
         let remote = Remote {
             name: name.into(),
             url: url.into(),

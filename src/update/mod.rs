@@ -61,7 +61,7 @@ pub struct UpdateResult {
     /// The staged deployment.
     pub deployment: Option<String>,
     /// The update state afterwards.
-    pub state: String,
+    pub state: State,
     /// Why `auto-update` did nothing (not due, waiting for the preferred time).
     pub skipped: Option<String>,
 }
@@ -73,11 +73,7 @@ fn source(
     os: &str,
     rebase: Option<&str>,
 ) -> Result<(String, String, Option<crate::sysroot::Deployment>)> {
-    // A staged deployment is what runs next, whatever the boot entries say yet.
-    let current = match sysroot.staged()? {
-        Some(d) if d.os == os => Some(d),
-        _ => default_deployment(sysroot, os).ok(),
-    };
+    let current = next_deployment(sysroot, os)?;
     let tracked = current.as_ref().and_then(|d| {
         split_refspec(&d.origin.refspec).map(|(r, c)| (r.to_string(), c.to_string()))
     });
@@ -101,7 +97,16 @@ fn source(
     Ok((remote, channel, current))
 }
 
-/// True when the default deployment follows a configured remote's channel (so
+/// The deployment that runs next in stateroot `os`: the staged one (whatever the boot
+/// entries say yet), else the default.
+fn next_deployment(sysroot: &Sysroot, os: &str) -> Result<Option<crate::sysroot::Deployment>> {
+    Ok(match sysroot.staged()? {
+        Some(d) if d.os == os => Some(d),
+        _ => default_deployment(sysroot, os).ok(),
+    })
+}
+
+/// True when the deployment that runs next follows a configured remote's channel (so
 /// `upgrade` fetches from it rather than moving to a local ref's tip).
 pub fn follows_remote(sysroot: &Sysroot, os: Option<&str>) -> bool {
     let os = match os {
@@ -111,13 +116,8 @@ pub fn follows_remote(sysroot: &Sysroot, os: Option<&str>) -> bool {
             Err(_) => return false,
         },
     };
-    let next = match sysroot.staged() {
-        Ok(Some(d)) if d.os == os => Some(d),
-        _ => default_deployment(sysroot, &os).ok(),
-    };
-    next.is_some_and(|d| {
-        split_refspec(&d.origin.refspec).is_some_and(|(r, _)| Remote::open(sysroot, r).is_ok())
-    })
+    matches!(next_deployment(sysroot, &os), Ok(Some(d))
+        if remote::configured_refspec(sysroot, &d.origin.refspec).is_some())
 }
 
 /// Passes progress on, and keeps the persisted byte count current (once a second).
@@ -301,7 +301,7 @@ pub fn run(
         let _ = enter(sysroot, &mut rec, State::Failed);
     }
     outcome?;
-    result.state = rec.state.name().into();
+    result.state = rec.state;
     Ok(result)
 }
 
@@ -342,7 +342,7 @@ pub fn auto_update(
                 "not due: checked less than {} ago",
                 policy.check_interval
             )),
-            state: rec.state.name().into(),
+            state: rec.state,
             ..UpdateResult::default()
         });
     }

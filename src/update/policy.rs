@@ -6,7 +6,7 @@
 //! auto_download = true      # fetch an offered version in the background
 //! auto_install = false      # also stage it (it runs after the next reboot)
 //! critical_install = true   # stage critical versions even without auto_install
-//! notify_available = true   # log (and signal over D-Bus) that a version is available
+//! notify_available = true   # say that a version is available (in auto-update's output)
 //! preferred_time = "03:00"  # when the timer runs (local time, HH:MM)
 //! channel = "stable"        # the channel `arbor rebase` uses when none is named
 //! ```

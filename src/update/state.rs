@@ -18,6 +18,7 @@ use crate::sysroot::Sysroot;
 
 /// Where an update is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum State {
     /// Nothing under way.
     #[default]
