@@ -43,7 +43,12 @@ pub enum EtcAction {
     Remove(String),
 }
 
-/// Reads a tree (regular files, symlinks, directories; other types are ignored).
+/// Names arbor gives entries it is swapping into a live `/etc` (`crate::live::swap`):
+/// never part of the tree, whoever scans it, even if a crash left one behind.
+pub const TEMP_PREFIX: &str = ".arbor-live.";
+
+/// Reads a tree (regular files, symlinks, directories; other types are ignored, and so
+/// are arbor's own temporaries, [`TEMP_PREFIX`]).
 pub fn scan(root: &Path) -> Result<EtcTree> {
     let mut tree = EtcTree::new();
     if !root.exists() {
@@ -56,6 +61,9 @@ pub fn scan(root: &Path) -> Result<EtcTree> {
 
 fn scan_dir(dir: BorrowedFd<'_>, prefix: &str, tree: &mut EtcTree) -> Result<()> {
     for (name, _) in fsutil::list_dir(dir)? {
+        if name.starts_with(TEMP_PREFIX.as_bytes()) {
+            continue;
+        }
         let path = if prefix.is_empty() {
             fsutil::show(&name)
         } else {
@@ -237,11 +245,13 @@ fn make_dir(root: &Path, rel: &str, m: &Meta) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
+    //! Small `/etc` trees for the tests of the merge and of the live switch.
     use super::*;
     use crate::store::encoding::Xattrs;
 
-    fn meta(mode: u32) -> Meta {
+    /// Root-owned metadata with this mode.
+    pub fn meta(mode: u32) -> Meta {
         Meta {
             mode,
             uid: 0,
@@ -249,15 +259,27 @@ mod tests {
             xattrs: Xattrs::default(),
         }
     }
-    fn file(c: u8) -> EtcEntry {
+    /// A 0644 file whose content hash is `[c; 32]`.
+    pub fn file(c: u8) -> EtcEntry {
         EtcEntry::File(meta(S_IFREG | 0o644), [c; 32])
     }
-    fn tree(entries: &[(&str, EtcEntry)]) -> EtcTree {
+    /// A directory with this mode.
+    pub fn dir(mode: u32) -> EtcEntry {
+        EtcEntry::Dir(meta(S_IFDIR | mode))
+    }
+    /// A tree of these entries.
+    pub fn tree(entries: &[(&str, EtcEntry)]) -> EtcTree {
         entries
             .iter()
             .map(|(p, e)| (p.to_string(), e.clone()))
             .collect()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::*;
+    use super::*;
 
     #[test]
     fn untouched_takes_new_changed_keeps_local_deleted_stays_deleted() {

@@ -296,6 +296,61 @@ pub fn remove_tree(path: &std::path::Path) -> io::Result<()> {
     std::fs::remove_dir(path)
 }
 
+/// Copies the entry `name` of `src` to `dst_name` in `dst` with its mode, owner and
+/// xattrs: a file's bytes, a symlink's target, or a directory with everything below it.
+/// Never follows a symlink; `dst_name` must not exist. Other file types are refused:
+/// trees arbor copies hold none.
+pub fn copy_entry_at(
+    src: BorrowedFd<'_>,
+    name: &str,
+    dst: BorrowedFd<'_>,
+    dst_name: &str,
+) -> io::Result<()> {
+    let st = rfs::statat(src, name, AtFlags::SYMLINK_NOFOLLOW)?;
+    let meta = meta_from_stat(&st, read_xattrs_at(src, name.as_bytes())?);
+    match rfs::FileType::from_raw_mode(st.st_mode) {
+        rfs::FileType::Directory => {
+            rfs::mkdirat(dst, dst_name, Mode::from_raw_mode(0o700))?;
+            let from = open_dir_at(src, name.as_bytes())?;
+            let to = open_dir_at(dst, dst_name.as_bytes())?;
+            for (child, _) in list_dir(from.as_fd())? {
+                let child = std::str::from_utf8(&child).map_err(|_| {
+                    io::Error::new(io::ErrorKind::InvalidData, "a name that is not UTF-8")
+                })?;
+                copy_entry_at(from.as_fd(), child, to.as_fd(), child)?;
+            }
+            // Last, so a read-only mode cannot get in the way of filling it.
+            apply_meta_fd(to.as_fd(), &meta)
+        }
+        rfs::FileType::Symlink => {
+            let target = rfs::readlinkat(src, name, Vec::new())?;
+            rfs::symlinkat(target.as_c_str(), dst, dst_name)?;
+            apply_meta_symlink_at(dst, dst_name.as_bytes(), &meta)
+        }
+        rfs::FileType::RegularFile => {
+            let from = rfs::openat(
+                src,
+                name,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            let to = rfs::openat(
+                dst,
+                dst_name,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )?;
+            let (mut from, mut to) = (std::fs::File::from(from), std::fs::File::from(to));
+            io::copy(&mut from, &mut to)?;
+            apply_meta_fd(to.as_fd(), &meta)
+        }
+        other => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{name} is a {other:?}, which arbor does not copy"),
+        )),
+    }
+}
+
 /// Bytes of a path, for messages: lossy but never panics.
 pub fn show(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

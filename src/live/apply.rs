@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use super::etc::{merge_etc_live, plan_etc};
+use super::etc::{plan_etc, prepare_etc_live};
 use super::upper::build_upper;
 use super::{OverlayKind, UsrStatus, booted, live_dir, mount_overlay, usr_mount};
 use crate::diff::{ChangeKind, diff_commits};
@@ -384,10 +384,15 @@ pub fn apply_live(
         &dir.join("upper"),
         &plan,
     )?;
-    if opts.packages.is_none() {
-        let etc = plan_etc(sysroot, &from, &to, root)?;
-        merge_etc_live(sysroot, &to, root, &etc, &dir)?;
-    }
+    // Everything that can fail for want of space or rights happens before the
+    // overlay is mounted; the /etc entries then switch by renames beside themselves.
+    let etc_swap = match opts.packages {
+        None => {
+            let etc = plan_etc(sysroot, &from, &to, root)?;
+            Some(prepare_etc_live(sysroot, &to, root, &etc, &dir)?)
+        }
+        Some(_) => None,
+    };
     mount_overlay(&usr, &dir.join("upper"), &dir.join("work"))?;
     LiveRecord {
         booted: from.dir_name(),
@@ -395,6 +400,10 @@ pub fn apply_live(
         upper: dir.join("upper"),
     }
     .write(sysroot)?;
+    if let Some(swap) = etc_swap {
+        swap.commit()
+            .context("/usr shows the pending deployment, but /etc was not fully merged")?;
+    }
     let mut restarted = Vec::new();
     let systemd_runs = root == Path::new("/") && Path::new("/run/systemd/system").is_dir();
     if opts.restart_services && systemd_runs && !plan.services.is_empty() {

@@ -5,9 +5,9 @@ use std::collections::BTreeSet;
 use std::os::fd::AsFd;
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
-use rustix::fs::{self as rfs, FileType, Mode};
+use anyhow::{Result, bail};
 
+use super::swap;
 use crate::etc_merge;
 use crate::fsutil;
 use crate::inspect;
@@ -15,12 +15,19 @@ use crate::sysroot::{Deployment, Sysroot};
 
 /// The /etc merge for the live root: (the new /etc as a plan, conflicts).
 pub struct EtcPlan {
+    /// What the local state carries into the merge.
     pub actions: Vec<etc_merge::EtcAction>,
+    /// The live `/etc` as it was scanned.
     pub local: etc_merge::EtcTree,
+    /// Paths whose default changes and that take the new default.
     pub changed: Vec<String>,
+    /// Paths whose default changes where the live `/etc` changed too (and does not
+    /// already hold the new default).
     pub conflicts: Vec<String>,
 }
 
+/// Plans the live `/etc` merge: the booted deployment's defaults against the pending
+/// one's, with the live `/etc` as the local state.
 pub fn plan_etc(
     sysroot: &Sysroot,
     from: &Deployment,
@@ -31,6 +38,24 @@ pub fn plan_etc(
     let new_default = etc_merge::scan(&sysroot.deployment_path(to).join("usr/etc"))?;
     let local = etc_merge::scan(&root.join("etc"))?;
     let actions = etc_merge::plan(&old_default, &local);
+    let (changed, conflicts) = classify(&old_default, &new_default, &local, &actions);
+    Ok(EtcPlan {
+        actions,
+        local,
+        changed,
+        conflicts,
+    })
+}
+
+/// Splits the paths whose default changes into those the merge can take (changed) and
+/// those the administrator changed too (conflicts). A local version that already is
+/// the new default is no conflict: an earlier, interrupted apply-live put it there.
+fn classify(
+    old_default: &etc_merge::EtcTree,
+    new_default: &etc_merge::EtcTree,
+    local: &etc_merge::EtcTree,
+    actions: &[etc_merge::EtcAction],
+) -> (Vec<String>, Vec<String>) {
     let touched_locally: BTreeSet<&str> = actions
         .iter()
         .map(|a| match a {
@@ -44,31 +69,32 @@ pub fn plan_etc(
         if old_default.get(p) == new_default.get(p) {
             continue;
         }
-        if touched_locally.contains(p.as_str()) {
+        if touched_locally.contains(p.as_str()) && local.get(p) != new_default.get(p) {
             conflicts.push(format!("/etc/{p}"));
         } else {
             changed.push(format!("/etc/{p}"));
         }
     }
-    Ok(EtcPlan {
-        actions,
-        local,
-        changed,
-        conflicts,
-    })
+    (changed, conflicts)
 }
 
-/// Brings the live `/etc` to the merge of the pending deployment's defaults with the
-/// local changes: the merged tree is built beside the layer, then each differing
-/// entry is replaced in `/etc` by a rename.
-pub fn merge_etc_live(
+/// The live `/etc` merge, written beside the live entries and ready to be switched in
+/// (see [`swap`]): nothing visible has changed until [`swap::Swap::commit`].
+pub fn prepare_etc_live(
     sysroot: &Sysroot,
     to: &Deployment,
     root: &Path,
     etc: &EtcPlan,
     dir: &Path,
-) -> Result<()> {
+) -> Result<swap::Swap> {
+    let live_etc = root.join("etc");
+    // What an interrupted run left must not be taken for local files.
+    swap::remove_temporaries(&live_etc)?;
+    // The merged tree is built in the layer's folder (the run folder: another mount).
     let staged = dir.join("etc");
+    if staged.exists() {
+        fsutil::remove_tree(&staged)?;
+    }
     let inspect::Node::Dir(tree, meta) = inspect::lookup(sysroot.repo(), &to.commit, "/usr/etc")?
     else {
         bail!("/usr/etc of the pending commit is not a directory");
@@ -80,61 +106,31 @@ pub fn merge_etc_live(
         &tree,
         &meta,
     )?;
-    let live_etc = root.join("etc");
     etc_merge::apply(&etc.actions, &etc.local, &live_etc, &staged)?;
     let merged = etc_merge::scan(&staged)?;
-    let live_fd = fsutil::open_dir(&live_etc)?;
-    let staged_fd = fsutil::open_dir(&staged)?;
-    // Parents first for additions; children first for removals.
-    for (rel, entry) in &merged {
-        if etc.local.get(rel) == Some(entry) {
-            continue;
-        }
-        let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
-        let lp = if parent.is_empty() {
-            fsutil::open_dir(&live_etc)?
-        } else {
-            fsutil::open_beneath(live_fd.as_fd(), parent)?
-        };
-        let sp = if parent.is_empty() {
-            fsutil::open_dir(&staged)?
-        } else {
-            fsutil::open_beneath(staged_fd.as_fd(), parent)?
-        };
-        match entry {
-            etc_merge::EtcEntry::Dir(m) => {
-                if fsutil::kind_at(lp.as_fd(), name)? != Some(FileType::Directory) {
-                    fsutil::remove_at(lp.as_fd(), name.as_bytes())?;
-                    rfs::mkdirat(&lp, name, Mode::from_raw_mode(0o700))?;
-                }
-                fsutil::apply_meta_fd(
-                    fsutil::open_dir_at(lp.as_fd(), name.as_bytes())?.as_fd(),
-                    m,
-                )?;
-            }
-            _ => {
-                fsutil::remove_at(lp.as_fd(), name.as_bytes())?;
-                rfs::renameat(&sp, name, &lp, name)
-                    .with_context(|| format!("replacing /etc/{rel}"))?;
-            }
-        }
+    let steps = swap::plan(&etc.local, &merged);
+    swap::Swap::prepare(&live_etc, &staged, steps, "/etc")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::etc_merge::EtcTree;
+    use crate::etc_merge::testing::file;
+
+    fn tree(entries: &[(&str, u8)]) -> EtcTree {
+        entries.iter().map(|(p, c)| (p.to_string(), file(*c))).collect()
     }
-    let gone: Vec<&String> = etc
-        .local
-        .keys()
-        .filter(|k| !merged.contains_key(*k))
-        .collect();
-    for rel in gone.into_iter().rev() {
-        let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
-        let lp = if parent.is_empty() {
-            fsutil::open_dir(&live_etc)?
-        } else {
-            match fsutil::open_beneath(live_fd.as_fd(), parent) {
-                Ok(d) => d,
-                Err(_) => continue,
-            }
-        };
-        fsutil::remove_at(lp.as_fd(), name.as_bytes())?;
+
+    #[test]
+    fn a_local_file_that_already_is_the_new_default_is_no_conflict() {
+        let old = tree(&[("a", 1), ("b", 1), ("c", 1)]);
+        let new = tree(&[("a", 2), ("b", 2), ("c", 2)]);
+        // a: untouched; b: already the new default (an interrupted run); c: edited.
+        let local = tree(&[("a", 1), ("b", 2), ("c", 9)]);
+        let actions = etc_merge::plan(&old, &local);
+        let (changed, conflicts) = classify(&old, &new, &local, &actions);
+        assert_eq!(changed, ["/etc/a", "/etc/b"]);
+        assert_eq!(conflicts, ["/etc/c"]);
     }
-    Ok(())
 }

@@ -10,6 +10,7 @@
 
 pub mod apply;
 mod etc;
+pub mod swap;
 mod upper;
 
 use std::path::{Path, PathBuf};

@@ -96,40 +96,19 @@ fn ensure_parents(
 /// content: its children are entries of the plan themselves).
 fn copy_entry(src: BorrowedFd<'_>, rel: &str, dir: BorrowedFd<'_>, name: &str) -> Result<()> {
     let st = rfs::statat(src, rel, AtFlags::SYMLINK_NOFOLLOW)?;
-    let xattrs = fsutil::read_xattrs_at(src, rel.as_bytes())?;
-    let meta = fsutil::meta_from_stat(&st, xattrs);
     match FileType::from_raw_mode(st.st_mode) {
         FileType::Directory => {
+            let xattrs = fsutil::read_xattrs_at(src, rel.as_bytes())?;
             if fsutil::kind_at(dir, name)? != Some(FileType::Directory) {
                 fsutil::remove_at(dir, name.as_bytes())?;
                 rfs::mkdirat(dir, name, Mode::from_raw_mode(0o700))?;
             }
             let d = fsutil::open_dir_at(dir, name.as_bytes())?;
-            fsutil::apply_meta_fd(d.as_fd(), &meta)?;
+            fsutil::apply_meta_fd(d.as_fd(), &fsutil::meta_from_stat(&st, xattrs))?;
         }
-        FileType::Symlink => {
+        FileType::Symlink | FileType::RegularFile => {
             fsutil::remove_at(dir, name.as_bytes())?;
-            let target = rfs::readlinkat(src, rel, Vec::new())?;
-            rfs::symlinkat(target.as_c_str(), dir, name)?;
-            fsutil::apply_meta_symlink_at(dir, name.as_bytes(), &meta)?;
-        }
-        FileType::RegularFile => {
-            fsutil::remove_at(dir, name.as_bytes())?;
-            let from = rfs::openat(
-                src,
-                rel,
-                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )?;
-            let to = rfs::openat(
-                dir,
-                name,
-                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::from_raw_mode(0o600),
-            )?;
-            let (mut from, mut to) = (std::fs::File::from(from), std::fs::File::from(to));
-            std::io::copy(&mut from, &mut to)?;
-            fsutil::apply_meta_fd(to.as_fd(), &meta)?;
+            fsutil::copy_entry_at(src, rel, dir, name)?;
         }
         other => bail!("{rel} is a {other:?}, which an image does not hold"),
     }
