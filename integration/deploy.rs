@@ -777,55 +777,6 @@ fn root_grub_fragment_lists_deployments_and_passes_grub_script_check() {
     );
 }
 
-/// The initramfs-tools local-bottom script, run as written except for what only exists
-/// inside an initramfs: it assembles the deployment over the mounted physical root.
-#[test]
-fn root_initramfs_script_assembles_the_root_over_the_physical_root() {
-    require_root!();
-    let t = scratch();
-    let s = sysroot(t.path());
-    compose(&s, &rootfs(t.path(), "1"), "os", "1");
-    arbor_ok(&["--sysroot", &s, "deploy", "os", "--karg", "rw"]);
-    let cmdline = t.path().join("cmdline");
-    arbor_ok(&[
-        "--sysroot",
-        &s,
-        "boot-select",
-        "--cmdline-out",
-        s_(&cmdline),
-    ]);
-    let script = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("initramfs-tools/scripts/local-bottom/arbor"),
-    )
-    .unwrap();
-    let (rootmnt, assembled) = (t.path().join("root"), t.path().join("arbor-root"));
-    std::fs::create_dir(&rootmnt).unwrap();
-    let script = script
-        .replace(
-            ". /scripts/functions",
-            "panic() { echo \"panic: $*\"; exit 1; }",
-        )
-        .replace("/proc/cmdline", s_(&cmdline))
-        .replace("/usr/bin/arbor", arbor_bin())
-        .replace("/arbor-root", s_(&assembled));
-    let test = format!(
-        "set -e\nmount --bind {s} {root}\nrootmnt={root}\nexport rootmnt\nsh -c '{body}'\n\
-         test \"$(cat {root}/usr/bin/tool)\" = 'tool 1'\ntest -d {root}/sysroot/arbor/repo\necho booted-root-ok",
-        root = s_(&rootmnt),
-        body = script.replace('\'', "'\\''"),
-    );
-    let out = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", &test])
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && text.contains("booted-root-ok"),
-        "{text}"
-    );
-}
-
 /// Checks what must hold after any crash: fsck passes, status works, `boot/loader`
 /// names a complete entry set whose every entry names a complete deployment and an
 /// existing kernel.

@@ -3,7 +3,7 @@
 //! From `arbor=/arbor/deploy/<os>/deploy/<commit>.<serial>` on the kernel command line:
 //! the deployment is bind-mounted at the target, its `/usr` made read-only (with its
 //! kept hotfix overlay on top, if it has one), `/etc` left writable, the stateroot's `/var` bound onto `/var`, and the physical root
-//! bound at `/sysroot`. Tested against a folder inside a private mount namespace; the
+//! bound at `/sysroot`; a read-only physical root is first made writable. Tested against a folder inside a private mount namespace; the
 //! initramfs-tools scripts in `initramfs-tools/` run it at boot.
 
 use std::path::{Path, PathBuf};
@@ -63,6 +63,15 @@ pub fn prepare_root(sysroot: &Path, cmdline: &str, target: &Path) -> Result<Prep
                 crate::fsutil::remove_tree(&p)?;
             }
         }
+    }
+    // The deployment's /etc is edited in place, so the physical root must be writable
+    // whether or not `rw` was on the command line (Debian's initramfs mounts it
+    // read-only by default). Only a read-only one is remounted.
+    let vfs = rustix::fs::statvfs(sysroot)
+        .with_context(|| format!("reading the mount flags of {}", sysroot.display()))?;
+    if vfs.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY) {
+        mount::mount_remount(sysroot, MountFlags::empty(), "")
+            .with_context(|| format!("mounting {} read-write", sysroot.display()))?;
     }
     let stateroot = deployment
         .parent()

@@ -11,6 +11,7 @@ mod interop_cmds;
 mod live_cmds;
 mod output;
 mod package_cmds;
+pub mod prepare_root;
 mod remote_cmds;
 mod repo_cmds;
 mod sysroot_cmds;
@@ -222,7 +223,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
         | Command::Upgrade(_) => package_cmds::run_layering(cli, &cli.command),
         Command::Mount(a) => interop_cmds::run_mount(cli, a),
         Command::Admin(cmd) => sysroot_cmds::run_admin(cli, cmd),
-        Command::PrepareRoot(a) => sysroot_cmds::run_prepare_root(cli, a),
+        Command::PrepareRoot(a) => sysroot_cmds::run_prepare_root(&cli.sysroot, a),
         Command::Compose(cmd) => sysroot_cmds::run_compose(cli, cmd),
         Command::Deploy(_)
         | Command::Status(_)
@@ -240,7 +241,8 @@ pub fn run(cli: &Cli) -> Result<i32> {
     }
 }
 
-/// Writes `arbor.1`, one `arbor-<command>.1` per visible subcommand, and `arbord.8`.
+/// Writes `arbor.1`, one `arbor-<command>.1` per visible subcommand, `arbord.8` and
+/// `arbor-prepare-root.8`.
 pub fn generate_man(dir: &std::path::Path) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let cmd = Cli::command();
@@ -251,6 +253,11 @@ pub fn generate_man(dir: &std::path::Path) -> Result<()> {
         Ok(())
     };
     write_section("arbord", arbord::ArbordCli::command(), "8")?;
+    write_section(
+        "arbor-prepare-root",
+        prepare_root::PrepareRootCli::command(),
+        "8",
+    )?;
     let write = |name: &str, c: clap::Command| write_section(name, c, "1");
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
         let name = format!("arbor-{}", sub.get_name());

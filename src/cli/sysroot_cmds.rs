@@ -313,10 +313,10 @@ pub fn run_compose(cli: &Cli, cmd: &ComposeCommand) -> Result<i32> {
 }
 
 /// Runs `arbor prepare-root` (no sysroot lock: it runs before anything else at boot).
-pub fn run_prepare_root(cli: &Cli, a: &PrepareRootArgs) -> Result<i32> {
+pub fn run_prepare_root(sysroot: &std::path::Path, a: &PrepareRootArgs) -> Result<i32> {
     let cmdline = std::fs::read_to_string(&a.cmdline)
         .with_context(|| format!("reading {}", a.cmdline.display()))?;
-    let r = crate::prepare_root::prepare_root(&cli.sysroot, &cmdline, &a.target)?;
+    let r = crate::prepare_root::prepare_root(sysroot, &cmdline, &a.target)?;
     if a.output.json {
         return json(&r).map(|_| 0);
     }

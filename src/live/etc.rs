@@ -119,7 +119,10 @@ mod tests {
     use crate::etc_merge::testing::file;
 
     fn tree(entries: &[(&str, u8)]) -> EtcTree {
-        entries.iter().map(|(p, c)| (p.to_string(), file(*c))).collect()
+        entries
+            .iter()
+            .map(|(p, c)| (p.to_string(), file(*c)))
+            .collect()
     }
 
     #[test]
