@@ -86,6 +86,26 @@ pub struct CommitResult {
     pub stats: CommitStats,
 }
 
+/// `$SOURCE_DATE_EPOCH`, when set: the time reproducible builds put on what they make.
+pub fn source_date_epoch() -> Result<Option<i64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(s) => Ok(Some(s.trim().parse().with_context(|| {
+            format!("SOURCE_DATE_EPOCH='{s}' is not a number of seconds")
+        })?)),
+        Err(_) => Ok(None),
+    }
+}
+
+/// A commit's time when the caller gives none: `$SOURCE_DATE_EPOCH`, else now.
+pub fn default_timestamp() -> Result<i64> {
+    match source_date_epoch()? {
+        Some(t) => Ok(t),
+        None => Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs() as i64),
+    }
+}
+
 /// Commits the tree at `src` to `opts.branch`; on any error nothing is published and
 /// the branch is unchanged.
 pub fn commit_tree(

@@ -241,6 +241,20 @@ pub fn compose_rootfs(
     let staging = crate::store::scratch::ScratchDir::new(repo.path(), "compose")?;
     let root = staging.path().join("root");
     stage_tree(src, &root)?;
+    compose_staged(repo, &root, opts, wait)
+}
+
+/// Shapes a staged tree that arbor owns (built in a scratch folder of the repository,
+/// whose files may be hardlinks of stored objects: it is only renamed, removed and
+/// added to, never written in place) and commits it with its package list: the rules
+/// every compose shares, whatever the tree came from.
+pub fn compose_staged(
+    repo: &Repo,
+    root: &Path,
+    opts: &CommitOptions,
+    wait: LockWait<'_>,
+) -> Result<CommitResult> {
+    let root = root.to_path_buf();
     postprocess(&root)?;
     let mut opts = opts.clone();
     opts.skip_special = true;

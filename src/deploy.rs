@@ -223,6 +223,9 @@ pub fn deploy_held(
         kargs: opts.kargs.clone().unwrap_or(inherited),
         version: commit.metadata_value("version").map(str::to_string),
         base: (commit_id != opts.commit).then_some(opts.commit),
+        image: commit
+            .metadata_value(crate::image::DIGEST_KEY)
+            .map(str::to_string),
         hotfix: false,
         timestamp: commit.timestamp,
         booted: false,

@@ -19,6 +19,7 @@ pub mod etc_merge;
 pub mod fsutil;
 pub mod fuse;
 pub mod health;
+pub mod image;
 pub mod inspect;
 pub mod kargs;
 pub mod live;

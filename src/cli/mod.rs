@@ -7,6 +7,7 @@
 
 pub mod arbord;
 mod delta_cmds;
+mod image_cmds;
 mod interop_cmds;
 mod live_cmds;
 mod output;

@@ -152,19 +152,6 @@ fn parse_metadata(pairs: &[String]) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
-/// Commit time: `$SOURCE_DATE_EPOCH` when set (reproducible builds), else now.
-pub(super) fn default_timestamp() -> Result<i64> {
-    match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(s) => s
-            .trim()
-            .parse()
-            .with_context(|| format!("SOURCE_DATE_EPOCH='{s}' is not a number of seconds")),
-        Err(_) => Ok(std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs() as i64),
-    }
-}
-
 /// Runs the store subcommands.
 pub fn run(cli: &Cli) -> Result<i32> {
     let path = cli.repo_path();
@@ -190,7 +177,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
                 metadata: parse_metadata(&a.metadata)?,
                 timestamp: match a.timestamp {
                     Some(t) => t,
-                    None => default_timestamp()?,
+                    None => crate::commit::default_timestamp()?,
                 },
                 orphan: a.orphan,
                 skip_special: a.skip_special,

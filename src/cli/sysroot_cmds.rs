@@ -37,6 +37,8 @@ pub enum ComposeCommand {
     Rootfs(RootfsArgs),
     /// Build an image from a treefile (TOML) with mmdebstrap and apt, and commit it.
     Tree(super::package_cmds::TreeArgs),
+    /// Commit an OCI container image (built from a Containerfile, say).
+    Image(super::image_cmds::ImageArgs),
 }
 
 /// `arbor compose rootfs`.
@@ -215,6 +217,9 @@ fn print_status(list: &[StatusRow]) {
             d.version.as_deref().unwrap_or("(no version)")
         );
         println!("    Commit:    {}", d.commit);
+        if let Some(image) = &d.image {
+            println!("    Image:     {image}");
+        }
         println!("    Date:      {}", utc(d.timestamp));
         match &d.origin.override_commit {
             Some(c) => println!(
@@ -269,6 +274,7 @@ pub fn run_compose(cli: &Cli, cmd: &ComposeCommand) -> Result<i32> {
     let a = match cmd {
         ComposeCommand::Rootfs(a) => a,
         ComposeCommand::Tree(a) => return super::package_cmds::run_compose_tree(cli, a),
+        ComposeCommand::Image(a) => return super::image_cmds::run_compose_image(cli, a),
     };
     let repo = Repo::open(&cli.repo_path())?;
     let mut metadata = Vec::new();
@@ -283,7 +289,7 @@ pub fn run_compose(cli: &Cli, cmd: &ComposeCommand) -> Result<i32> {
             .unwrap_or_else(|| format!("compose of {}", a.src.display())),
         body: String::new(),
         metadata,
-        timestamp: super::repo_cmds::default_timestamp()?,
+        timestamp: crate::commit::default_timestamp()?,
         orphan: false,
         skip_special: true,
         use_cache: true,

@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -318,6 +318,24 @@ impl<'r> Transaction<'r> {
             rfs::unlinkat(&self.staging, tmp.as_str(), AtFlags::empty())?;
         }
         Ok(written)
+    }
+
+    /// Hardlinks the stored (or staged) file object `id` as `name` in `dir`: how an
+    /// image import lays out its tree from the objects it just wrote, so the tree's
+    /// files are the objects themselves. Nothing may ever write through such a link.
+    pub fn link_file(&self, id: &ObjectId, dir: BorrowedFd<'_>, name: &[u8]) -> Result<()> {
+        let staged = Self::staged_name(id, ObjectKind::File);
+        match rfs::linkat(&self.staging, staged.as_str(), dir, name, AtFlags::empty()) {
+            Err(rustix::io::Errno::NOENT) => rfs::linkat(
+                self.repo.objects_fd(),
+                id.relative_path(ObjectKind::File),
+                dir,
+                name,
+                AtFlags::empty(),
+            )
+            .with_context(|| format!("linking object {id}")),
+            r => r.with_context(|| format!("linking object {id}")),
+        }
     }
 
     /// Final owner, mode, xattrs and mtime 0 on a new file object; returns its inode.

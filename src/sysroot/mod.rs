@@ -57,6 +57,9 @@ pub struct Deployment {
     pub version: Option<String>,
     /// For a layered deployment, the base commit its packages are layered on.
     pub base: Option<ObjectId>,
+    /// The manifest digest of the container image it was imported from, if any.
+    #[serde(default)]
+    pub image: Option<String>,
     /// It has a kept `/usr` hotfix overlay (`usroverlay --hotfix`).
     #[serde(default)]
     pub hotfix: bool,
@@ -371,6 +374,7 @@ impl Sysroot {
                 kargs: entry.user_kargs(),
                 version: None,
                 base: None,
+                image: None,
                 hotfix: false,
                 timestamp: 0,
                 booted: false,
@@ -393,6 +397,9 @@ impl Sysroot {
                     .metadata_value(crate::packages::layer::BASE_KEY)
                     .and_then(|h| h.parse().ok());
                 d.timestamp = c.timestamp;
+                d.image = c
+                    .metadata_value(crate::image::DIGEST_KEY)
+                    .map(str::to_string);
             }
             out.push(d);
         }

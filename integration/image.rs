@@ -1,0 +1,407 @@
+//! `arbor compose image`: OCI layouts built here, byte by byte, with the layer features
+//! real images use (whiteouts, opaque directories, hardlinks, xattrs, owners, gzip and
+//! zstd) and the hostile ones an attacker would try.
+#![allow(clippy::print_stderr, clippy::print_stdout)]
+
+#[macro_use]
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use common::*;
+use sha2::Digest;
+
+/// How a layer blob is stored.
+#[derive(Clone, Copy)]
+enum Packing {
+    Plain,
+    Gzip,
+    Zstd,
+}
+
+fn sha256(b: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(b)))
+}
+
+/// A tar built entry by entry; `raw` entries bypass the tar crate's own checks so a
+/// test can write the names an attacker would.
+struct Layer(tar::Builder<Vec<u8>>);
+
+impl Layer {
+    fn new() -> Layer {
+        Layer(tar::Builder::new(Vec::new()))
+    }
+    fn header(kind: tar::EntryType, mode: u32, uid: u64, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(uid);
+        h.set_gid(uid);
+        h.set_size(size);
+        h.set_mtime(1_700_000_000);
+        h
+    }
+    fn dir(mut self, path: &str, mode: u32) -> Layer {
+        let mut h = Self::header(tar::EntryType::Directory, mode, 0, 0);
+        self.0.append_data(&mut h, path, &[][..]).unwrap();
+        self
+    }
+    fn file(mut self, path: &str, mode: u32, uid: u64, body: &[u8]) -> Layer {
+        let mut h = Self::header(tar::EntryType::Regular, mode, uid, body.len() as u64);
+        self.0.append_data(&mut h, path, body).unwrap();
+        self
+    }
+    fn xattr_file(mut self, path: &str, xattrs: &[(&str, &[u8])], body: &[u8]) -> Layer {
+        let pax: Vec<(String, &[u8])> = xattrs
+            .iter()
+            .map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v))
+            .collect();
+        self.0
+            .append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), *v)))
+            .unwrap();
+        self.file(path, 0o644, 0, body)
+    }
+    fn link(mut self, kind: tar::EntryType, path: &str, target: &str) -> Layer {
+        let mut h = Self::header(kind, 0o777, 0, 0);
+        self.0.append_link(&mut h, path, target).unwrap();
+        self
+    }
+    /// An entry whose name (and link target) are written as given, unchecked.
+    fn raw(mut self, kind: tar::EntryType, name: &[u8], target: &[u8], body: &[u8]) -> Layer {
+        let mut h = Self::header(kind, 0o644, 0, body.len() as u64);
+        let old = h.as_old_mut();
+        old.name[..name.len()].copy_from_slice(name);
+        old.linkname[..target.len()].copy_from_slice(target);
+        h.set_cksum();
+        self.0.append(&h, body).unwrap();
+        self
+    }
+    fn bytes(self) -> Vec<u8> {
+        self.0.into_inner().unwrap()
+    }
+}
+
+/// Writes an OCI layout of `layers` (bottom first) tagged `latest`; returns the
+/// manifest digest.
+fn layout(dir: &Path, layers: Vec<(Vec<u8>, Packing)>) -> String {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8]| -> (String, usize) {
+        let d = sha256(bytes);
+        std::fs::write(blobs.join(&d[7..]), bytes).unwrap();
+        (d, bytes.len())
+    };
+    let mut descs = Vec::new();
+    let mut diff_ids = Vec::new();
+    for (tar, packing) in layers {
+        diff_ids.push(sha256(&tar));
+        let (blob, media) = match packing {
+            Packing::Plain => (tar, "application/vnd.oci.image.layer.v1.tar"),
+            Packing::Gzip => {
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                e.write_all(&tar).unwrap();
+                (
+                    e.finish().unwrap(),
+                    "application/vnd.oci.image.layer.v1.tar+gzip",
+                )
+            }
+            Packing::Zstd => (
+                zstd::encode_all(&tar[..], 3).unwrap(),
+                "application/vnd.oci.image.layer.v1.tar+zstd",
+            ),
+        };
+        let (digest, size) = put(&blob);
+        descs.push(serde_json::json!({"mediaType": media, "digest": digest, "size": size}));
+    }
+    let config = serde_json::json!({
+        "created": "2024-01-02T03:04:05Z",
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Labels": {"org.opencontainers.image.version": "7.1"}},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    });
+    let (cdigest, csize) = put(&serde_json::to_vec(&config).unwrap());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cdigest, "size": csize},
+        "layers": descs,
+    });
+    let (mdigest, msize) = put(&serde_json::to_vec(&manifest).unwrap());
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": mdigest, "size": msize,
+            "annotations": {"org.opencontainers.image.ref.name": "latest"},
+        }],
+    });
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    mdigest
+}
+
+/// The smallest tree compose accepts: /usr and /etc.
+fn base_layer() -> Layer {
+    Layer::new()
+        .dir("usr", 0o755)
+        .dir("usr/bin", 0o755)
+        .dir("etc", 0o755)
+        .file("etc/hostname", 0o644, 0, b"image\n")
+}
+
+fn import(sr: &str, image: &str, branch: &str) -> std::process::Output {
+    arbor(&["--sysroot", sr, "compose", "image", image, "-b", branch])
+}
+
+#[test]
+fn root_image_import_applies_layers_whiteouts_hardlinks_and_xattrs() {
+    require_root!();
+    let t = scratch();
+    let sr = sysroot(t.path());
+    let one = base_layer()
+        .file("usr/bin/tool", 0o755, 0, b"tool 1")
+        .link(tar::EntryType::Link, "usr/bin/tool-again", "usr/bin/tool")
+        .file("usr/bin/su", 0o4755, 0, b"setuid")
+        .file("etc/owned", 0o600, 1000, b"secret")
+        .xattr_file(
+            "usr/bin/ping",
+            &[("user.note", b"hello"), ("trusted.overlay.opaque", b"y")],
+            b"ping",
+        )
+        .file("etc/gone", 0o644, 0, b"removed by layer 2")
+        .dir("usr/share", 0o755)
+        .dir("usr/share/d", 0o755)
+        .file("usr/share/d/old", 0o644, 0, b"hidden by layer 2")
+        .link(tar::EntryType::Symlink, "usr/bin/link", "tool")
+        .bytes();
+    let two = Layer::new()
+        .file("etc/.wh.gone", 0o644, 0, b"")
+        .dir("usr/share/d", 0o750)
+        .file("usr/share/d/.wh..wh..opq", 0o644, 0, b"")
+        .file("usr/share/d/new", 0o644, 0, b"from layer 2")
+        .file("usr/bin/tool", 0o755, 0, b"tool 2")
+        .bytes();
+    let three = Layer::new().file("usr/bin/three", 0o700, 0, b"3").bytes();
+    let img = t.path().join("img");
+    let digest = layout(
+        &img,
+        vec![
+            (one, Packing::Plain),
+            (two, Packing::Gzip),
+            (three, Packing::Zstd),
+        ],
+    );
+    let out = import(&sr, &format!("oci:{}:latest", s(&img)), "img");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let co = t.path().join("co");
+    arbor_ok(&["--sysroot", &sr, "checkout", "img", s(&co)]);
+    let read = |p: &str| std::fs::read_to_string(co.join(p)).unwrap();
+    assert_eq!(read("usr/bin/tool"), "tool 2");
+    // The hardlink was to layer 1's file, which layer 2 replaced: it keeps "tool 1".
+    assert_eq!(read("usr/bin/tool-again"), "tool 1");
+    assert_eq!(read("usr/bin/three"), "3");
+    assert_eq!(read("usr/share/d/new"), "from layer 2");
+    assert!(
+        !co.join("usr/share/d/old").exists(),
+        "opaque directory kept a lower entry"
+    );
+    assert!(!co.join("usr/etc/gone").exists(), "whiteout ignored");
+    assert_eq!(
+        read("usr/etc/hostname"),
+        "image\n",
+        "compose rules: /etc is /usr/etc"
+    );
+    let meta = |p: &str| std::fs::symlink_metadata(co.join(p)).unwrap();
+    assert_eq!(meta("usr/bin/su").mode() & 0o7777, 0o4755);
+    assert_eq!(
+        (
+            meta("usr/etc/owned").uid(),
+            meta("usr/etc/owned").mode() & 0o777
+        ),
+        (1000, 0o600)
+    );
+    assert_eq!(meta("usr/share/d").mode() & 0o777, 0o750);
+    assert_eq!(
+        std::fs::read_link(co.join("usr/bin/link")).unwrap(),
+        Path::new("tool")
+    );
+    let x = std::process::Command::new("getfattr")
+        .args(["-d", "-m", "-", "--absolute-names"])
+        .arg(co.join("usr/bin/ping"))
+        .output()
+        .unwrap();
+    let x = String::from_utf8_lossy(&x.stdout);
+    assert!(x.contains("user.note=\"hello\""), "{x}");
+    assert!(!x.contains("trusted.overlay"), "{x}");
+    // The commit says where it came from, and status shows it once deployed.
+    let show = arbor_ok(&["--sysroot", &sr, "show", "img"]);
+    assert!(
+        show.contains(&format!("arbor.image.digest: {digest}")),
+        "{show}"
+    );
+    assert!(show.contains("version: 7.1"), "{show}");
+    arbor_ok(&["--sysroot", &sr, "fsck"]);
+}
+
+#[test]
+fn root_image_import_is_reproducible_across_repositories_and_transports() {
+    require_root!();
+    let t = scratch();
+    let img = t.path().join("img");
+    layout(
+        &img,
+        vec![
+            (
+                base_layer().file("usr/bin/a", 0o755, 0, b"a").bytes(),
+                Packing::Gzip,
+            ),
+            (
+                Layer::new().file("usr/bin/b", 0o755, 0, b"b").bytes(),
+                Packing::Zstd,
+            ),
+        ],
+    );
+    let archive = t.path().join("img.tar");
+    let st = std::process::Command::new("tar")
+        .args(["-C", s(&img), "-cf", s(&archive), "."])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut ids = Vec::new();
+    for (n, src) in [
+        format!("oci:{}", s(&img)),
+        format!("oci:{}:latest", s(&img)),
+        format!("oci-archive:{}", s(&archive)),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let dir = t.path().join(format!("r{n}"));
+        std::fs::create_dir(&dir).unwrap();
+        let sr = sysroot(&dir);
+        let out = import(&sr, src, "img");
+        assert!(
+            out.status.success(),
+            "{src}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ids.push(String::from_utf8(out.stdout).unwrap());
+        // Again into the same repository: the same commit, nothing new written.
+        let again = import(&sr, src, "img2");
+        assert_eq!(String::from_utf8(again.stdout).unwrap(), ids[n]);
+    }
+    assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
+}
+
+/// Imports a one-layer image whose layer is `bad` and checks it is refused with
+/// `message`, with no branch and no object left behind.
+fn refused(bad: Layer, message: &str) {
+    let t = scratch();
+    let sr = sysroot(t.path());
+    let img = t.path().join("img");
+    layout(&img, vec![(bad.bytes(), Packing::Gzip)]);
+    let repo = Path::new(&sr).join("arbor/repo");
+    let before = object_count(&repo);
+    let out = import(&sr, &format!("oci:{}", s(&img)), "img");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "accepted a layer that should fail with {message}"
+    );
+    assert!(err.contains(message), "expected '{message}' in:\n{err}");
+    assert_eq!(object_count(&repo), before, "objects were stored: {err}");
+    assert!(!repo.join("refs/heads/img").exists());
+}
+
+#[test]
+fn root_image_import_refuses_hostile_names_and_links() {
+    require_root!();
+    let r = tar::EntryType::Regular;
+    refused(
+        base_layer().raw(r, b"../escape", b"", b"x"),
+        "not a plain relative path",
+    );
+    refused(
+        base_layer().raw(r, b"/etc/passwd", b"", b"x"),
+        "is absolute",
+    );
+    refused(
+        base_layer().raw(r, b"usr//bin/x", b"", b"x"),
+        "not a plain relative path",
+    );
+    refused(
+        base_layer().raw(r, b"etc/.wh..", b"", b""),
+        "names no entry",
+    );
+    // A symlink to outside, then a file through it.
+    refused(
+        base_layer()
+            .link(tar::EntryType::Symlink, "usr/lib", "/tmp")
+            .file("usr/lib/planted", 0o644, 0, b"x"),
+        "a symlink or a file is in the way",
+    );
+    refused(
+        base_layer().raw(
+            tar::EntryType::Link,
+            b"usr/bin/shadow",
+            b"../../etc/shadow",
+            b"",
+        ),
+        "target is refused",
+    );
+    refused(
+        base_layer().raw(tar::EntryType::Link, b"usr/bin/shadow", b"etc/shadow", b""),
+        "is not a file of the image",
+    );
+}
+
+#[test]
+fn root_image_import_refuses_tampered_blobs_and_bombs() {
+    require_root!();
+    // A layer whose bytes do not match its digest (same size).
+    let t = scratch();
+    let sr = sysroot(t.path());
+    let img = t.path().join("img");
+    layout(&img, vec![(base_layer().bytes(), Packing::Plain)]);
+    let manifest_index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(img.join("index.json")).unwrap()).unwrap();
+    let mdigest = manifest_index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(img.join("blobs/sha256").join(&mdigest[7..])).unwrap(),
+    )
+    .unwrap();
+    let layer = img
+        .join("blobs/sha256")
+        .join(&manifest["layers"][0]["digest"].as_str().unwrap()[7..]);
+    let mut bytes = std::fs::read(&layer).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 1;
+    std::fs::write(&layer, &bytes).unwrap();
+    let out = import(&sr, &format!("oci:{}", s(&img)), "img");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("tampered"), "{err}");
+    // One byte more than declared.
+    bytes[at] ^= 1;
+    bytes.extend_from_slice(b"!");
+    std::fs::write(&layer, &bytes).unwrap();
+    let out = import(&sr, &format!("oci:{}", s(&img)), "img");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("not the"), "{err}");
+    assert!(!Path::new(&sr).join("arbor/repo/refs/heads/img").exists());
+    // A gzip bomb: 256 MiB of zeros in one file, a few hundred KiB compressed.
+    let zeros = vec![0u8; 256 << 20];
+    refused(
+        base_layer().file("usr/bin/bomb", 0o644, 0, &zeros),
+        "unpacks to more than",
+    );
+}
