@@ -190,6 +190,14 @@ pub fn postprocess(root_path: &Path) -> Result<()> {
             rfs::unlinkat(root, link, AtFlags::empty())?;
         }
     }
+    // A machine's identity is made at its first boot (systemd fills an empty
+    // machine-id), never shipped in an image that many machines deploy.
+    if let Ok(etc) = fsutil::open_beneath(root, "etc") {
+        if fsutil::kind_at(etc.as_fd(), "machine-id")? == Some(rfs::FileType::RegularFile) {
+            fsutil::remove_at(etc.as_fd(), b"machine-id")?;
+            fsutil::atomic_write(etc.as_fd(), "machine-id", b"", 0o444)?;
+        }
+    }
     // The default /etc lives in /usr/etc; a deployment's /etc is made from it.
     match fsutil::kind_at(root, "etc")? {
         Some(rfs::FileType::Directory) => {
@@ -291,6 +299,11 @@ mod tests {
             std::fs::create_dir_all(r.join(d)).unwrap();
         }
         std::fs::write(r.join("etc/hostname"), "debian\n").unwrap();
+        std::fs::write(
+            r.join("etc/machine-id"),
+            "00f2b0dcf7e540c691c7c398acce4879\n",
+        )
+        .unwrap();
         std::fs::write(r.join("var/lib/dpkg/status"), "Package: x\n").unwrap();
         std::fs::write(r.join("var/log/x.log"), "log").unwrap();
         std::fs::write(r.join("boot/vmlinuz-6.1.0-1-amd64"), "kernel").unwrap();
@@ -305,6 +318,7 @@ mod tests {
             b"debian\n"
         );
         assert!(!r.join("etc").exists() && !r.join("vmlinuz").exists());
+        assert_eq!(std::fs::read(r.join("usr/etc/machine-id")).unwrap(), b"");
         assert!(r.join("usr/lib/arbor/dpkg/status").is_file());
         assert_eq!(std::fs::read_dir(r.join("var")).unwrap().count(), 0);
         assert_eq!(std::fs::read_dir(r.join("boot")).unwrap().count(), 0);

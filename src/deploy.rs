@@ -210,7 +210,12 @@ pub fn deploy_held(
     obs.task_begin("kernel");
     obs.percent("installing the kernel", 80);
     let bootcsum = kernel_checksum(repo, &commit_id, &kernel)?;
-    let installed = boot::install_kernel(&sysroot.boot_dir(), &opts.os, &kernel, &bootcsum)?;
+    let installed = boot::install_kernel(
+        sysroot.entry_store().kernels_root(),
+        &opts.os,
+        &kernel,
+        &bootcsum,
+    )?;
     let inherited = merge_source(&current, &opts.os)
         .map(|d| d.kargs.clone())
         .unwrap_or_default();
@@ -452,7 +457,8 @@ pub fn cleanup_held(sysroot: &Sysroot, _lock: &WriterLock) -> Result<CleanupResu
         .filter_map(|d| d.linux.split('/').nth(2).map(str::to_string))
         .collect();
     let mut boot_folders_removed = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(sysroot.boot_dir().join("arbor")) {
+    let kernels = sysroot.entry_store().kernels_root().join("arbor");
+    if let Ok(entries) = std::fs::read_dir(&kernels) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if !used.contains(&name) {

@@ -58,7 +58,7 @@ pub fn boot_select(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<BootSelectio
         } else {
             format!("{base}+{}-{}.conf", after.left, after.done)
         };
-        boot::rename_entry(&sysroot.boot_dir(), &d.entry_file, &new_name)?;
+        sysroot.entry_store().rename(&d.entry_file, &new_name)?;
     }
     if !skipped.is_empty() {
         let msg = format!(
@@ -86,7 +86,9 @@ pub fn boot_complete(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<Deployment
     let d = booted(sysroot)?;
     if d.tries.is_some() {
         let (base, _) = boot::parse_counter(&d.entry_file);
-        boot::rename_entry(&sysroot.boot_dir(), &d.entry_file, &format!("{base}.conf"))?;
+        sysroot
+            .entry_store()
+            .rename(&d.entry_file, &format!("{base}.conf"))?;
     }
     sysroot.note("boot-complete", &Ok(()));
     Ok(d)

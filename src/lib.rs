@@ -21,6 +21,7 @@ pub mod fuse;
 pub mod health;
 pub mod image;
 pub mod inspect;
+pub mod install;
 pub mod kargs;
 pub mod live;
 pub mod lock;

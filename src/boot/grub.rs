@@ -4,7 +4,38 @@
 //! list as the BLS entries; `grub/15_arbor` runs `arbor grub-config` from `update-grub`.
 //! GRUB has no boot counting of its own, so the `+N` tries of BLS entries do not apply.
 
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
 use crate::sysroot::Deployment;
+
+/// What precedes the entries in the `grub.cfg` arbor owns: the first entry boots by
+/// default, and the menu shows on the serial line as well as the screen.
+const CONFIG_HEADER: &str = "\
+# Written by arbor with every change of the boot entries: edits here are lost.
+set default=0
+set timeout=3
+serial --unit=0 --speed=115200
+terminal_input console serial
+terminal_output console serial
+insmod part_gpt
+insmod ext2
+";
+
+/// Writes `boot/grub/grub.cfg` of a sysroot whose GRUB (installed by `install
+/// to-disk --bootloader grub`) reads its configuration from the root file system:
+/// one entry per deployment, in boot order, paths under `/boot`. Atomic (temporary,
+/// fsync, rename), so GRUB reads the old list or the new.
+pub fn write_config(boot: &Path, deployments: &[Deployment]) -> Result<()> {
+    let dir = boot.join("grub");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let text = format!("{CONFIG_HEADER}{}", fragment(deployments, "/boot"));
+    let fd = crate::fsutil::open_dir(&dir)?;
+    crate::fsutil::atomic_write(fd.as_fd(), "grub.cfg", text.as_bytes(), 0o644)
+        .with_context(|| format!("writing {}/grub.cfg", dir.display()))
+}
 
 /// Quotes a word for GRUB's shell-like script language (single quotes; a single quote
 /// inside is written `'\''`).

@@ -7,6 +7,8 @@
 //! leaves `boot/loader` naming either the old complete set or the new complete one.
 
 pub mod bls;
+pub mod config;
+pub mod esp;
 pub mod grub;
 
 use std::os::fd::AsFd;
@@ -18,6 +20,43 @@ use rustix::fs::{self as rfs, AtFlags};
 use crate::fsutil;
 use crate::store::write_error;
 pub use bls::BlsEntry;
+pub use config::{BootConfig, Loader};
+
+/// Where a sysroot's boot entries are, resolved: the reads and renames that do not
+/// depend on a whole new order go through this.
+#[derive(Clone, Debug)]
+pub enum EntryStore {
+    /// `boot/loader -> loader.N` in this `boot/` folder.
+    Symlinked(PathBuf),
+    /// `loader/entries/` on this mounted (or staged) ESP.
+    Esp(PathBuf),
+}
+
+impl EntryStore {
+    /// The entries, the default first.
+    pub fn read(&self) -> Result<Vec<(String, BlsEntry)>> {
+        match self {
+            EntryStore::Symlinked(boot) => read_entries(boot),
+            EntryStore::Esp(esp) => esp::read_entries(esp),
+        }
+    }
+
+    /// Renames one entry file (boot counting, marking a boot good).
+    pub fn rename(&self, from: &str, to: &str) -> Result<()> {
+        match self {
+            EntryStore::Symlinked(boot) => rename_entry(boot, from, to),
+            EntryStore::Esp(esp) => esp::rename_entry(esp, from, to),
+        }
+    }
+
+    /// The partition root the entries' `linux` and `initrd` paths are relative to, and
+    /// below which kernels live in `arbor/`.
+    pub fn kernels_root(&self) -> &Path {
+        match self {
+            EntryStore::Symlinked(p) | EntryStore::Esp(p) => p,
+        }
+    }
+}
 
 /// The kernel and initramfs of a deployment, as composed into
 /// `/usr/lib/modules/<kver>/{vmlinuz,initramfs.img}`.

@@ -1,7 +1,10 @@
-//! `arbor compose image`: committing an OCI image (parse and print only).
+//! `arbor compose image` and `arbor install to-disk`: container images in, bootable
+//! disks out (parse and print only).
+
+use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::Args;
+use clap::{Args, Subcommand};
 
 use super::output::{human_bytes, json};
 use super::{Cli, OutputArgs, lock_wait};
@@ -53,6 +56,104 @@ pub fn run_compose_image(cli: &Cli, a: &ImageArgs) -> Result<i32> {
         r.commit.branch,
         r.commit.stats.objects_written,
         human_bytes(r.commit.stats.bytes_written)
+    );
+    Ok(0)
+}
+
+/// `arbor install`: packages to layer, or `to-disk`.
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct InstallArgs {
+    /// Write a bootable disk instead of layering packages.
+    #[command(subcommand)]
+    pub target: Option<InstallTarget>,
+    #[command(flatten)]
+    pub packages: super::package_cmds::PackagesArgs,
+}
+
+/// What `arbor install` can write besides packages.
+#[derive(Subcommand, Debug)]
+pub enum InstallTarget {
+    /// Make a bootable disk (GPT, ESP, ext4 root) from a commit or a container image.
+    ToDisk(ToDiskArgs),
+}
+
+/// `arbor install to-disk`.
+#[derive(Args, Debug)]
+pub struct ToDiskArgs {
+    /// A block device, or a disk image file (with --via-loopback).
+    pub target: PathBuf,
+    /// What to deploy: a branch or commit of the repository (--repo), or an image
+    /// (oci:DIR[:TAG], oci-archive:FILE[:TAG], containers-storage:NAME).
+    #[arg(long, value_name = "REF|TRANSPORT:REF")]
+    pub source: String,
+    /// The boot loader.
+    #[arg(long, value_enum, default_value = "systemd-boot")]
+    pub bootloader: crate::boot::Loader,
+    /// A kernel argument (repeatable; root= and rw are added).
+    #[arg(long = "karg", value_name = "ARG")]
+    pub kargs: Vec<String>,
+    /// Create (or resize) the image file to this size (4G, 8GiB, ...).
+    #[arg(long, value_name = "N", value_parser = parse_size)]
+    pub size: Option<u64>,
+    /// The target is an image file: reach it through a loop device.
+    #[arg(long)]
+    pub via_loopback: bool,
+    /// Erase a target that already holds a partition table.
+    #[arg(long)]
+    pub wipe: bool,
+    /// The stateroot's name.
+    #[arg(long, default_value = "debian", value_name = "NAME")]
+    pub os: String,
+    /// The branch the deployment follows (default: the REF, or OS/image).
+    #[arg(long, value_name = "REF")]
+    pub branch: Option<String>,
+    /// The root file system's label.
+    #[arg(long, default_value = "arbor-root")]
+    pub label: String,
+    /// The ESP's size.
+    #[arg(long, default_value = "512MiB", value_parser = parse_size)]
+    pub esp_size: u64,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    parse_size::Config::new()
+        .with_binary()
+        .parse_size(s)
+        .map_err(|e| format!("'{s}' is not a size: {e}"))
+}
+
+/// Runs `arbor install to-disk`.
+pub fn run_to_disk(cli: &Cli, a: &ToDiskArgs) -> Result<i32> {
+    let opts = crate::install::InstallOptions {
+        target: a.target.clone(),
+        source: crate::install::InstallSource::parse(&a.source, &cli.repo_path()),
+        bootloader: a.bootloader,
+        kargs: a.kargs.clone(),
+        size: a.size,
+        wipe: a.wipe,
+        via_loopback: a.via_loopback,
+        os: a.os.clone(),
+        branch: a.branch.clone(),
+        label: a.label.clone(),
+        esp_size: a.esp_size,
+    };
+    let r = crate::install::install_to_disk(&opts)?;
+    if a.output.json {
+        return json(&r).map(|_| 0);
+    }
+    println!(
+        "installed {} {} on {} ({:?}): ESP {} ({}), root {} ({})",
+        r.deployment.os,
+        r.deployment.dir_name(),
+        r.target.display(),
+        r.bootloader,
+        human_bytes(r.esp.size),
+        r.esp.uuid,
+        human_bytes(r.root.size),
+        r.root.uuid
     );
     Ok(0)
 }

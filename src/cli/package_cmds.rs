@@ -192,7 +192,7 @@ pub fn run_layering(cli: &Cli, cmd: &super::Command) -> Result<i32> {
     use super::Command as C;
     let sysroot = Sysroot::open(&cli.sysroot)?;
     let (edit, os, out) = match cmd {
-        C::Install(a) => {
+        C::Install(super::image_cmds::InstallArgs { packages: a, .. }) => {
             let (files, names): (Vec<&String>, Vec<&String>) =
                 a.packages.iter().partition(|p| is_file_arg(p));
             (

@@ -6,6 +6,7 @@
 //! 0, so a checkout is a tree of hardlinks to it. Objects are immutable: nothing here
 //! opens a stored object for writing. Writes go through a [`Transaction`].
 
+pub mod copy;
 pub mod encoding;
 pub mod fsck;
 pub mod object;

@@ -36,6 +36,10 @@ pub struct Sysroot {
     repo: Repo,
     /// Opened as `/`: the running system's own sysroot.
     running: bool,
+    /// Which loader reads the entries, and where the ESP is.
+    boot: boot::BootConfig,
+    /// The ESP's folder when it is not where `boot` says (an installer stages it).
+    esp_override: Option<PathBuf>,
 }
 
 /// One deployment, as the boot entries and its origin file describe it.
@@ -153,11 +157,44 @@ impl Sysroot {
             );
         }
         let repo = Repo::open(&path.join("arbor/repo"))?;
+        let boot = boot::BootConfig::read(path)?;
         Ok(Sysroot {
             path: path.to_path_buf(),
             repo,
             running,
+            boot,
+            esp_override: None,
         })
+    }
+
+    /// The same sysroot with its ESP at `dir` for now: how `install to-disk` writes the
+    /// ESP's content into a folder before it copies it onto the FAT partition.
+    pub fn with_esp_dir(mut self, dir: &Path) -> Sysroot {
+        self.esp_override = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Which loader reads the entries.
+    pub fn loader(&self) -> boot::Loader {
+        self.boot.loader
+    }
+
+    /// The ESP's folder: where the running system mounts it, or the same path below
+    /// a folder sysroot.
+    pub fn esp_dir(&self) -> PathBuf {
+        match &self.esp_override {
+            Some(d) => d.clone(),
+            None if self.running => PathBuf::from(&self.boot.esp),
+            None => self.path.join(self.boot.esp.trim_start_matches('/')),
+        }
+    }
+
+    /// Where the boot entries are.
+    pub fn entry_store(&self) -> boot::EntryStore {
+        match self.boot.loader {
+            boot::Loader::SystemdBoot => boot::EntryStore::Esp(self.esp_dir()),
+            boot::Loader::Bls | boot::Loader::Grub => boot::EntryStore::Symlinked(self.boot_dir()),
+        }
     }
 
     /// The sysroot folder.
@@ -330,6 +367,14 @@ impl Sysroot {
     /// Makes `order` the boot configuration: one entry each, in that order (index 0
     /// boots by default), written as a new entry set and selected atomically.
     pub fn write_boot_order(&self, _lock: &WriterLock, order: &[Deployment]) -> Result<()> {
+        if self.boot.loader == boot::Loader::SystemdBoot {
+            let wanted: Vec<_> = order
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (self.entry_for(d, i, order.len()), d.tries, d.os.clone()))
+                .collect();
+            return boot::esp::write_entries(&self.esp_dir(), &wanted);
+        }
         let entries: Vec<(String, BlsEntry)> = order
             .iter()
             .enumerate()
@@ -338,7 +383,11 @@ impl Sysroot {
                 (boot::entry_file_name(&e, &d.os, d.tries), e)
             })
             .collect();
-        boot::write_entries(&self.boot_dir(), &entries)
+        boot::write_entries(&self.boot_dir(), &entries)?;
+        if self.boot.loader == boot::Loader::Grub {
+            boot::grub::write_config(&self.boot_dir(), order)?;
+        }
+        Ok(())
     }
 
     /// `(os, commit, serial)` of the running deployment: from `arbor=` on the kernel
@@ -361,7 +410,7 @@ impl Sysroot {
     pub fn deployments(&self) -> Result<Vec<Deployment>> {
         let booted = self.booted_id();
         let mut out = Vec::new();
-        for (name, entry) in boot::read_entries(&self.boot_dir())? {
+        for (name, entry) in self.entry_store().read()? {
             let Some((os, commit, serial)) = entry.arbor_path().and_then(parse_arbor_karg) else {
                 continue; // not ours
             };
