@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Builds the test images from the Containerfiles here, offline, into podman's storage:
+# localhost/arbor-base, localhost/arbor-update and localhost/arbor-broken.
+#
+#   containerfiles/build.sh [IMAGE...]        default: base update broken
+#
+# The base image's root comes from corpus a as a tarball (FROM scratch + ADD), and it
+# installs arbor from its Debian package (scripts/build-deb.sh) with the packages the
+# corpus lacks, downloaded once by scripts/setup.sh into $ARBOR_IMAGES/debs. podman's
+# layer cache makes a rebuild with unchanged inputs quick.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+CORPUS=${ARBOR_CORPUS:-/var/tmp/arbor-corpus}
+IMAGES=${ARBOR_IMAGES:-/var/tmp/arbor-images}
+names=("$@")
+((${#names[@]})) || names=(base update broken)
+deb=${ARBOR_DEB:-$(bash "$root/scripts/build-deb.sh")}
+[[ -f $IMAGES/debs/READY ]] || { echo "build.sh: run scripts/setup.sh first ($IMAGES/debs)" >&2; exit 1; }
+if [[ ! -f $IMAGES/rootfs-a.tar || $CORPUS/READY -nt $IMAGES/rootfs-a.tar ]]; then
+  tar --xattrs --xattrs-include='*' --numeric-owner -C "$CORPUS/a" -cf "$IMAGES/rootfs-a.tar.tmp" .
+  mv "$IMAGES/rootfs-a.tar.tmp" "$IMAGES/rootfs-a.tar"
+fi
+for name in "${names[@]}"; do
+  ctx=$IMAGES/context-$name
+  rm -rf "$ctx"
+  cp -a "$here/$name" "$ctx"
+  case $name in
+    base)
+      ln "$IMAGES/rootfs-a.tar" "$ctx/rootfs.tar"
+      mkdir "$ctx/debs"
+      cp "$IMAGES"/debs/*.deb "$deb" "$ctx/debs/"
+      cp "$here"/base/* "$ctx/" ;;
+    update)
+      cp "$CORPUS"/debs/hello_*.deb "$ctx/hello.deb" ;;
+  esac
+  # chroot isolation: RUN steps need no OCI runtime or cgroups (build hosts and CI
+  # machines often have neither in a usable state). It shares the caller's network,
+  # so the build runs in a network namespace of its own: no network at all.
+  unshare --net podman build --quiet --pull=never --format oci --isolation=chroot \
+    -t "localhost/arbor-$name:latest" -f "$ctx/Containerfile" "$ctx" >/dev/null
+  rm -rf "$ctx"
+  echo "localhost/arbor-$name:latest"
+done
