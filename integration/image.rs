@@ -405,3 +405,105 @@ fn root_image_import_refuses_tampered_blobs_and_bombs() {
         "unpacks to more than",
     );
 }
+
+/// Builds the images of `containerfiles/` (offline, with podman) and returns their
+/// names; the Debian package comes from `$ARBOR_DEB` or is built.
+fn build_containerfiles() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("containerfiles/build.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "containerfiles/build.sh failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn root_containerfile_images_build_offline_and_import_with_arbor_inside() {
+    require_root!();
+    build_containerfiles();
+    let t = scratch();
+    let sr = sysroot(t.path());
+    for name in ["base", "update", "broken"] {
+        let out = import(
+            &sr,
+            &format!("containers-storage:localhost/arbor-{name}"),
+            name,
+        );
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let cat = |branch: &str, path: &str| arbor_ok(&["--sysroot", &sr, "cat", branch, path]);
+    // base: arbor from its package, the initramfs rebuilt with arbor's hook, the loader
+    // for install to-disk, the health check, the demo service enabled.
+    let ls = arbor_ok(&["--sysroot", &sr, "ls", "base", "/usr/lib/modules"]);
+    let kver = ls
+        .lines()
+        .find_map(|l| {
+            l.split_once("/usr/lib/modules/")
+                .map(|(_, k)| k.trim().to_string())
+        })
+        .expect("a kernel in the image");
+    let initramfs = t.path().join("initramfs.img");
+    let bytes = std::process::Command::new(arbor_bin())
+        .args([
+            "--sysroot",
+            &sr,
+            "cat",
+            "base",
+            &format!("/usr/lib/modules/{kver}/initramfs.img"),
+        ])
+        .output()
+        .unwrap()
+        .stdout;
+    std::fs::write(&initramfs, bytes).unwrap();
+    let listed = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("zcat {} | cpio -t 2>/dev/null", s(&initramfs)))
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains("usr/lib/arbor/arbor-prepare-root"),
+        "hook missing from the initramfs"
+    );
+    assert!(listed.contains("scripts/local-bottom/arbor"));
+    for path in [
+        "/usr/bin/arbor",
+        "/usr/bin/arbord",
+        "/usr/lib/systemd/boot/efi/systemd-bootx64.efi",
+        "/usr/share/dbus-1/system-services/org.arbor.Arbor1.service",
+        "/usr/etc/systemd/system/multi-user.target.wants/arbor-demo.service",
+        "/usr/etc/systemd/system/multi-user.target.wants/arbor-health-check.service",
+    ] {
+        arbor_ok(&["--sysroot", &sr, "ls", "base", path]);
+    }
+    assert!(cat("base", "/usr/etc/arbor/health.d/10-required").contains("is-active"));
+    // update: a package added, a configuration default and the service's program changed.
+    let diff = arbor_ok(&["--sysroot", &sr, "diff", "base", "update"]);
+    for change in [
+        "A    /usr/bin/hello",
+        "M    /usr/libexec/arbor-demo/demo-server",
+        "M    /usr/etc/arbor-demo.conf",
+    ] {
+        assert!(diff.contains(change), "{change} not in:\n{diff}");
+    }
+    let db = arbor_ok(&["--sysroot", &sr, "db", "diff", "base", "update"]);
+    assert!(db.contains("hello"), "{db}");
+    assert!(cat("update", "/usr/libexec/arbor-demo/demo-server").contains("demo-server 2"));
+    // broken: the required check fails.
+    assert!(cat("broken", "/usr/etc/arbor/health.d/10-required").contains("exit 1"));
+    // Deployed, status names the image it came from.
+    arbor_ok(&["--sysroot", &sr, "deploy", "update"]);
+    let st = status(&sr);
+    assert!(
+        st[0]["image"].as_str().unwrap().starts_with("sha256:"),
+        "{st:?}"
+    );
+}

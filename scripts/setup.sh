@@ -15,6 +15,12 @@ PACKAGES=(
   mmdebstrap
   # remote updates: a real web server serving published repositories
   nginx-light
+  # images and disks: the Debian package and lintian, podman and skopeo for
+  # Containerfiles, partitioning and file systems, GRUB's EFI modules
+  debhelper dpkg-dev lintian podman skopeo fdisk dosfstools mtools e2fsprogs cpio
+  grub-efi-amd64-bin
+  # the VM boot loop: qemu under TCG with UEFI firmware
+  qemu-system-x86 ovmf
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -44,6 +50,24 @@ if ! command -v bootctl >/dev/null && [[ ! -x $tools/bootctl ]]; then
   mkdir -p "$tools" && cp "$work/x/usr/bin/bootctl" "$tools/bootctl" && rm -rf "$work"
 fi
 
+# Packages the test images install on top of the corpus (arbor's run-time libraries,
+# polkitd, systemd-boot's EFI binary), downloaded once so that image builds run
+# offline: apt works out what corpus a lacks from the corpus's own dpkg status.
+images=${ARBOR_IMAGES:-/var/tmp/arbor-images}
+corpus_dir=${ARBOR_CORPUS:-/var/tmp/arbor-corpus}
+fetch_image_debs() {
+  [[ -f $images/debs/READY ]] && return
+  rm -rf "$images/debs.tmp" && mkdir -p "$images/debs.tmp/partial"
+  apt-get install --download-only -y -q --no-install-recommends \
+    -o Dir::State::status="$corpus_dir/a/var/lib/dpkg/status" \
+    -o Dir::Cache::archives="$images/debs.tmp" \
+    libostree-1-1 libglib2.0-0 polkitd systemd-boot-efi >/dev/null ||
+    { echo "setup: downloading the packages the test images need failed" >&2; exit 1; }
+  rm -rf "$images/debs.tmp/partial" "$images/debs.tmp/lock"
+  touch "$images/debs.tmp/READY"
+  rm -rf "$images/debs" && mv "$images/debs.tmp" "$images/debs"
+}
+
 # The corpus: real Debian bookworm trees, built once and cached.
 shared=${ARBOR_SHARED:-$here/../shared}
 if [[ ${ARBOR_SKIP_CORPUS:-} != 1 ]]; then
@@ -52,4 +76,5 @@ if [[ ${ARBOR_SKIP_CORPUS:-} != 1 ]]; then
     exit 1
   }
   bash "$shared/corpus/make-trees.sh" >/dev/null
+  fetch_image_debs
 fi

@@ -6,4 +6,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
-cargo test --all-targets --quiet 2>&1
+# The Debian package, checked by lintian; the image and VM tests install it.
+deb=$(bash scripts/build-deb.sh)
+ARBOR_DEB=$deb cargo test --all-targets --quiet 2>&1
