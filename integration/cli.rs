@@ -82,6 +82,9 @@ fn systemd_units_verify() {
     let mut units = Vec::new();
     for e in std::fs::read_dir(&dir).unwrap() {
         let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            continue; // drop-ins for other units (systemd-bless-boot.service.d)
+        }
         let text = std::fs::read_to_string(e.path())
             .unwrap()
             .replace("/usr/bin/arbord", common::bus::arbord_bin())

@@ -501,6 +501,14 @@ fn root_failing_health_check_runs_out_of_tries_and_falls_back() {
     let (booted, healthy) = boot(&s, &cmdline);
     assert_eq!(booted, first, "fell back to version 1");
     assert!(healthy);
+    // The booted system settled the fallback: version 1 is the default again, the
+    // failed version 2 stays below it with no tries left.
+    assert_eq!(versions(&s), ["1", "2"]);
+    assert_eq!(
+        entry_names(&s),
+        ["arbor-1-debian+0-3.conf", "arbor-2-debian.conf"],
+        "entry 2 (the default) is version 1, entry 1 the failed version 2"
+    );
     let db = arbor::statedb::StateDb::open(&Path::new(&s).join("arbor/state.db")).unwrap();
     let h = db.history(50).unwrap();
     assert!(

@@ -33,7 +33,8 @@ pub struct BootSelection {
 
 /// Chooses the entry a systemd-boot-style loader boots next and consumes one of its
 /// tries: the first entry in boot order with tries left (or none counted); entries out
-/// of tries are skipped, and if all are, the first is booted anyway.
+/// of tries are skipped, and if all are, the first is booted anyway. (What the booted
+/// system then makes of a fallback is [`settle_fallback`]'s, as on a real machine.)
 pub fn boot_select(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<BootSelection> {
     let _lock = sysroot.lock(wait)?;
     let list = sysroot.deployments()?;
@@ -60,15 +61,6 @@ pub fn boot_select(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<BootSelectio
         };
         sysroot.entry_store().rename(&d.entry_file, &new_name)?;
     }
-    if !skipped.is_empty() {
-        let msg = format!(
-            "automatic rollback: {} ran out of tries; booting deployment {} ({})",
-            skipped.join(", "),
-            d.index,
-            d.dir_name()
-        );
-        sysroot.note("rollback (automatic)", &Err(msg));
-    }
     let mut options = vec![format!("arbor={}", d.arbor_karg())];
     options.extend(d.kargs.iter().cloned());
     Ok(BootSelection {
@@ -77,6 +69,53 @@ pub fn boot_select(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<BootSelectio
         tries_after,
         skipped,
     })
+}
+
+/// After the loader fell back (every entry before the booted one ran out of tries), makes
+/// the booted deployment the default again and records the automatic rollback, as
+/// greenboot runs `rpm-ostree rollback`: the loader then boots it without skipping a
+/// dead entry first, and the failed deployment stays below it. Returns the message
+/// when there was a fallback to settle.
+pub fn settle_fallback(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<Option<String>> {
+    let lock = sysroot.lock(wait)?;
+    let mut order = sysroot.deployments()?;
+    let Some(b) = order.iter().position(|d| d.booted) else {
+        return Ok(None);
+    };
+    // A deployment made default by a deploy or rollback still has tries left: only
+    // entries the loader gave up on mean a fallback.
+    if b == 0
+        || !order[..b]
+            .iter()
+            .all(|d| d.tries.is_some_and(|t| t.left == 0))
+    {
+        return Ok(None);
+    }
+    let failed: Vec<String> = order[..b]
+        .iter()
+        .map(|d| {
+            format!(
+                "{} ({})",
+                d.version.as_deref().unwrap_or("no version"),
+                d.dir_name()
+            )
+        })
+        .collect();
+    let booted = order.remove(b);
+    let msg = format!(
+        "automatic rollback: {} ran out of tries; the loader booted {} ({}) again, which is \
+         the default again",
+        failed.join(", "),
+        booted.version.as_deref().unwrap_or("no version"),
+        booted.dir_name()
+    );
+    order.insert(0, booted);
+    for (i, d) in order.iter_mut().enumerate() {
+        d.index = i;
+    }
+    sysroot.write_boot_order(&lock, &order)?;
+    sysroot.note("rollback (automatic)", &Err(msg.clone()));
+    Ok(Some(msg))
 }
 
 /// Marks the booted deployment's entry good: its tries suffix is removed, so the loader
@@ -175,6 +214,28 @@ fn health_dir(sysroot: &Sysroot, d: &Deployment) -> PathBuf {
     }
 }
 
+/// On the running system, waits (up to `limit`) until systemd has finished starting
+/// it: the checks judge the booted system, not one still coming up. Returns at once
+/// elsewhere (a folder sysroot, no systemd). The wait ends in any state but
+/// "initializing" and "starting": "degraded" (a unit failed) is for the checks to judge.
+pub fn wait_for_startup(sysroot: &Sysroot, limit: Duration) {
+    if !sysroot.is_running_system() || !Path::new("/run/systemd/system").is_dir() {
+        return;
+    }
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        let state = Command::new("systemctl")
+            .arg("is-system-running")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        if !matches!(state.as_str(), "initializing" | "starting") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// Runs every executable in health.d (in name order, each within `timeout`). All pass:
 /// the boot is marked good. One fails: the result is recorded, the entry keeps
 /// counting down and the loader will fall back once it runs out of tries.
@@ -183,6 +244,7 @@ pub fn health_check(
     timeout: Duration,
     wait: LockWait<'_>,
 ) -> Result<HealthReport> {
+    settle_fallback(sysroot, wait)?;
     let d = booted(sysroot)?;
     let dir = health_dir(sysroot, &d);
     let mut paths: Vec<PathBuf> = match std::fs::read_dir(&dir) {
@@ -210,13 +272,21 @@ pub fn health_check(
     if passed {
         boot_complete(sysroot, wait)?;
     }
-    crate::update::state::note_health(sysroot, &report.deployment, passed);
     let failed: Vec<String> = report
         .checks
         .iter()
         .filter(|c| !c.passed)
         .map(|c| format!("{}: {}", c.name, c.detail))
         .collect();
+    crate::update::state::note_health(
+        sysroot,
+        &report.deployment,
+        if passed {
+            Ok(())
+        } else {
+            Err(failed.join("; "))
+        },
+    );
     sysroot.note(
         "health-check",
         &if passed {

@@ -111,6 +111,16 @@ pub struct ToDiskArgs {
     /// The root file system's label.
     #[arg(long, default_value = "arbor-root")]
     pub label: String,
+    /// Configure this remote on the disk (NAME=URL; with --trust).
+    #[arg(long, value_name = "NAME=URL", requires = "trust")]
+    pub remote: Option<String>,
+    /// The remote's TUF root (its 1.root.json, or a later one).
+    #[arg(long, value_name = "ROOT.json", requires = "remote")]
+    pub trust: Option<PathBuf>,
+    /// The remote channel the deployment follows, so that `arbor upgrade` fetches from
+    /// it (REMOTE:CHANNEL; --source must be a version of it).
+    #[arg(long, value_name = "REMOTE:CHANNEL")]
+    pub follow: Option<String>,
     /// The ESP's size.
     #[arg(long, default_value = "512MiB", value_parser = parse_size)]
     pub esp_size: u64,
@@ -137,6 +147,17 @@ pub fn run_to_disk(cli: &Cli, a: &ToDiskArgs) -> Result<i32> {
         via_loopback: a.via_loopback,
         os: a.os.clone(),
         branch: a.branch.clone(),
+        remote: match &a.remote {
+            Some(r) => {
+                let (name, url) = r
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("--remote {r}: expected NAME=URL"))?;
+                Some((name.to_string(), url.to_string()))
+            }
+            None => None,
+        },
+        trust: a.trust.clone(),
+        follow: a.follow.clone(),
         label: a.label.clone(),
         esp_size: a.esp_size,
     };

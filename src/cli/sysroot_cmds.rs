@@ -147,6 +147,10 @@ pub struct HealthCheckArgs {
     /// Seconds each check may take before it is killed and counts as failed.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
+    /// On a running system, first wait up to this many seconds for systemd to finish
+    /// starting the system (what arbor-health-check.service does at boot).
+    #[arg(long, value_name = "SECONDS")]
+    pub wait_for_startup: Option<u64>,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -322,14 +326,16 @@ pub fn run_compose(cli: &Cli, cmd: &ComposeCommand) -> Result<i32> {
 pub fn run_prepare_root(sysroot: &std::path::Path, a: &PrepareRootArgs) -> Result<i32> {
     let cmdline = std::fs::read_to_string(&a.cmdline)
         .with_context(|| format!("reading {}", a.cmdline.display()))?;
+    let started = std::time::Instant::now();
     let r = crate::prepare_root::prepare_root(sysroot, &cmdline, &a.target)?;
     if a.output.json {
         return json(&r).map(|_| 0);
     }
     println!(
-        "assembled {} at {}",
+        "assembled {} at {} in {:.1} ms",
         r.deployment.display(),
-        a.target.display()
+        a.target.display(),
+        started.elapsed().as_secs_f64() * 1000.0
     );
     Ok(0)
 }
@@ -450,6 +456,9 @@ pub fn run(cli: &Cli, cmd: &super::Command) -> Result<i32> {
             println!("deployment {} ({}) is marked good", d.index, d.dir_name());
         }
         C::HealthCheck(a) => {
+            if let Some(secs) = a.wait_for_startup {
+                crate::health::wait_for_startup(&sysroot, std::time::Duration::from_secs(secs));
+            }
             let r = crate::health::health_check(
                 &sysroot,
                 std::time::Duration::from_secs(a.timeout),

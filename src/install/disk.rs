@@ -308,6 +308,19 @@ pub fn fill_esp(dev: &Path, dir: &Path) -> Result<()> {
         .args(&names)
         .arg("::/")
         .env("MTOOLS_SKIP_CHECK", "1"))?;
+    run(Command::new("blockdev").arg("--flushbufs").arg(dev))?;
+    // Read back what the firmware will look for first.
+    let listed = run(Command::new("mdir")
+        .args(["-b", "-i"])
+        .arg(dev)
+        .arg("::/EFI/BOOT")
+        .env("MTOOLS_SKIP_CHECK", "1"))?;
+    if !listed.contains("BOOTX64.EFI") {
+        bail!(
+            "the ESP on {} lacks EFI/BOOT/BOOTX64.EFI after copying",
+            dev.display()
+        );
+    }
     Ok(())
 }
 

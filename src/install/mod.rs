@@ -79,6 +79,13 @@ pub struct InstallOptions {
     pub os: String,
     /// The branch the deployment follows.
     pub branch: Option<String>,
+    /// A remote to configure on the disk (name, URL), trusting `trust` (a TUF root).
+    pub remote: Option<(String, String)>,
+    /// The TUF root of `remote`.
+    pub trust: Option<PathBuf>,
+    /// `REMOTE:CHANNEL` the deployment follows, so `arbor upgrade` fetches from there;
+    /// the source commit must be (a version of) that channel.
+    pub follow: Option<String>,
     /// The root file system's label.
     pub label: String,
     /// The ESP's size in bytes.
@@ -109,8 +116,14 @@ impl Drop for Mounted {
     }
 }
 
-/// The branch a commit source is followed on: the ref given, or `installed`.
+/// The branch a commit source is followed on: the ref given, the remote channel's
+/// ref, or `installed`.
 fn branch_for(opts: &InstallOptions) -> Result<RefName> {
+    if let Some(follow) = &opts.follow {
+        let (remote, channel) = crate::remote::split_refspec(follow)
+            .with_context(|| format!("--follow {follow}: expected REMOTE:CHANNEL"))?;
+        return RefName::parse(&crate::remote::channel_ref(remote, channel));
+    }
     let name = match (&opts.branch, &opts.source) {
         (Some(b), _) => b.clone(),
         (None, InstallSource::Commit { rev, .. })
@@ -162,6 +175,15 @@ pub fn install_to_disk(opts: &InstallOptions) -> Result<InstallReport> {
     }
     .write(&mnt)?;
     let sysroot = Sysroot::open(&mnt)?.with_esp_dir(&esp_dir);
+    if let Some((name, url)) = &opts.remote {
+        let trust = opts
+            .trust
+            .as_deref()
+            .context("--remote needs --trust ROOT.json (the remote's TUF root)")?;
+        // Not reachable from here, perhaps (a URL of the machine's own world): it is
+        // verified at the first fetch, as `remote add --offline` does.
+        crate::remote::Remote::add(&sysroot, name, url, trust, true)?;
+    }
     let commit = match &opts.source {
         InstallSource::Commit { repo, rev } => {
             let src = Repo::open(repo)?;
@@ -191,7 +213,7 @@ pub fn install_to_disk(opts: &InstallOptions) -> Result<InstallReport> {
     kargs.extend(opts.kargs.iter().cloned());
     let deploy = DeployOptions {
         os: opts.os.clone(),
-        refspec: branch.to_string(),
+        refspec: opts.follow.clone().unwrap_or_else(|| branch.to_string()),
         override_commit: None,
         commit,
         layers: Default::default(),

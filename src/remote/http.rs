@@ -55,6 +55,41 @@ pub enum FetchError {
     },
 }
 
+/// An answer being read: its status (200, or 206 for a range) and its body.
+struct Fetched {
+    status: u16,
+    body: Box<dyn Read + Send>,
+}
+
+/// A `file://` URL as a fetch: a missing file is `NotFound`, like a 404.
+fn open_file(url: &Url, range_from: Option<u64>) -> Result<Fetched, FetchError> {
+    let not_found = || FetchError::NotFound {
+        url: url.to_string(),
+    };
+    let path = url.to_file_path().map_err(|_| not_found())?;
+    let mut f = std::fs::File::open(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => not_found(),
+        _ => FetchError::Broken {
+            url: url.to_string(),
+            detail: e.to_string(),
+        },
+    })?;
+    if !f.metadata().map(|m| m.is_file()).unwrap_or(false) {
+        return Err(not_found());
+    }
+    if let Some(from) = range_from {
+        f.seek(SeekFrom::Start(from))
+            .map_err(|e| FetchError::Broken {
+                url: url.to_string(),
+                detail: e.to_string(),
+            })?;
+    }
+    Ok(Fetched {
+        status: if range_from.is_some() { 206 } else { 200 },
+        body: Box::new(f),
+    })
+}
+
 /// A client for one remote's base URL.
 #[derive(Clone)]
 pub struct Http {
@@ -92,8 +127,8 @@ impl Http {
         }
         let base = Url::parse(&base).with_context(|| format!("'{base}' is not a URL"))?;
         anyhow::ensure!(
-            matches!(base.scheme(), "http" | "https"),
-            "remote URL {base}: only http and https are supported"
+            matches!(base.scheme(), "http" | "https" | "file"),
+            "remote URL {base}: only http, https and file are supported"
         );
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -115,18 +150,23 @@ impl Http {
             .with_context(|| format!("joining {rel} to {}", self.base))
     }
 
-    fn get(
-        &self,
-        url: &Url,
-        range_from: Option<u64>,
-    ) -> Result<ureq::http::Response<ureq::Body>, FetchError> {
+    /// Opens `url` (from byte `range_from`): over HTTP, or a local file for a
+    /// `file://` remote (a published folder on a USB stick or a shared folder), which
+    /// then goes through the same bounds and checks as a download.
+    fn get(&self, url: &Url, range_from: Option<u64>) -> Result<Fetched, FetchError> {
+        if url.scheme() == "file" {
+            return open_file(url, range_from);
+        }
         let mut req = self.agent.get(url.as_str());
         if let Some(from) = range_from {
             req = req.header("Range", format!("bytes={from}-"));
         }
         let resp = req.call().map_err(|e| classify(url.as_str(), e))?;
         match resp.status().as_u16() {
-            200 | 206 => Ok(resp),
+            code @ (200 | 206) => Ok(Fetched {
+                status: code,
+                body: Box::new(resp.into_body().into_reader()),
+            }),
             code => Err(classify(url.as_str(), ureq::Error::StatusCode(code))),
         }
     }
@@ -143,8 +183,7 @@ impl Http {
     pub fn get_url_bounded(&self, url: &Url, max: u64) -> Result<Vec<u8>, FetchError> {
         let resp = self.get(url, None)?;
         let mut out = Vec::new();
-        resp.into_body()
-            .into_reader()
+        resp.body
             .take(max + 1)
             .read_to_end(&mut out)
             .map_err(|e| FetchError::Broken {
@@ -181,13 +220,13 @@ impl Http {
         let mut transferred = 0;
         if have < file.size {
             let resp = self.get(&url, (have > 0).then_some(have))?;
-            if resp.status().as_u16() == 200 && have > 0 {
+            if resp.status == 200 && have > 0 {
                 // The server ignored the Range: start over.
                 f.set_len(0)?;
                 have = 0;
             }
             f.seek(SeekFrom::Start(have))?;
-            let mut body = resp.into_body().into_reader().take(file.size - have + 1);
+            let mut body = resp.body.take(file.size - have + 1);
             let mut buf = vec![0u8; 1 << 20];
             loop {
                 let n = body.read(&mut buf).map_err(|e| FetchError::Broken {

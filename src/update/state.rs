@@ -149,8 +149,13 @@ pub fn current(sysroot: &Sysroot) -> Result<UpdateRecord> {
             State::Active
         }
     } else if matches!(rec.state, State::Testing | State::RollingBack) {
+        let why = rec
+            .error
+            .take()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default();
         rec.error = Some(format!(
-            "version {} did not boot well; the previous deployment runs again",
+            "version {} did not boot well{why}; the previous deployment runs again",
             rec.version.as_deref().unwrap_or("?")
         ));
         State::Failed
@@ -166,19 +171,27 @@ pub fn current(sysroot: &Sysroot) -> Result<UpdateRecord> {
 
 /// Called by the health check: the update's deployment passed (Active) or failed
 /// (RollingBack). Best effort: the health check's own result stands regardless.
-pub fn note_health(sysroot: &Sysroot, booted: &str, passed: bool) {
+pub fn note_health(sysroot: &Sysroot, booted: &str, result: Result<(), String>) {
     let Ok(mut rec) = stored(sysroot) else {
         return;
     };
     if rec.deployment.as_deref() != Some(booted)
-        || !matches!(rec.state, State::Staged | State::Testing)
+        || !matches!(
+            rec.state,
+            State::Staged | State::Testing | State::RollingBack
+        )
     {
         return;
     }
-    let state = if passed {
-        State::Active
-    } else {
-        State::RollingBack
-    };
-    let _ = enter(sysroot, &mut rec, state);
+    match result {
+        Ok(()) => {
+            let _ = enter(sysroot, &mut rec, State::Active);
+        }
+        Err(failed) => {
+            // Kept, so that the failure after the fallback says which check failed.
+            rec.state = State::RollingBack;
+            rec.error = Some(format!("health check failed: {failed}"));
+            let _ = save(sysroot, &mut rec);
+        }
+    }
 }
