@@ -213,6 +213,12 @@ pub fn postprocess(root_path: &Path) -> Result<()> {
             rfs::renameat(&var_lib, "dpkg", &arbor, "dpkg").context("moving /var/lib/dpkg")?;
         }
     }
+    // What packages put in /var comes back at every boot, as tmpfiles.d lines (as
+    // rpm-ostree does): directories with their owner and mode, and symlinks.
+    let var_lines = match fsutil::open_beneath(root, "var") {
+        Ok(var) => var_tmpfiles(var.as_fd(), "/var")?,
+        Err(_) => String::new(),
+    };
     fresh_dir(root, "var", 0o755)?;
     for (path, target) in VAR_LINKS {
         let (parent, leaf) = path.rsplit_once('/').unwrap_or(("", path));
@@ -223,6 +229,13 @@ pub fn postprocess(root_path: &Path) -> Result<()> {
     let tmpfiles = fsutil::mkdir_p_beneath(root, "usr/lib/tmpfiles.d")?;
     fsutil::remove_at(tmpfiles.as_fd(), b"arbor.conf")?;
     fsutil::atomic_write(tmpfiles.as_fd(), "arbor.conf", TMPFILES.as_bytes(), 0o644)?;
+    fsutil::remove_at(tmpfiles.as_fd(), b"arbor-var.conf")?;
+    if !var_lines.is_empty() {
+        let text = format!(
+            "# Written by arbor compose: what the image's packages had in /var, made at boot.\n{var_lines}"
+        );
+        fsutil::atomic_write(tmpfiles.as_fd(), "arbor-var.conf", text.as_bytes(), 0o644)?;
+    }
     // API filesystems and scratch space are mounted or created at boot; /sysroot is
     // where prepare-root mounts the physical root.
     for (d, mode) in [
@@ -236,6 +249,47 @@ pub fn postprocess(root_path: &Path) -> Result<()> {
         fresh_dir(root, d, mode)?;
     }
     Ok(())
+}
+
+/// tmpfiles.d lines for the directories and symlinks below `/var` (regular files are
+/// state, not image: they are left out), parents first. Names tmpfiles cannot quote
+/// (white space, non-UTF-8) are left out too.
+fn var_tmpfiles(dir: BorrowedFd<'_>, path: &str) -> Result<String> {
+    let mut out = String::new();
+    let mut names = fsutil::list_dir(dir)?;
+    names.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, _) in names {
+        let Ok(name) = std::str::from_utf8(&name) else {
+            continue;
+        };
+        let p = format!("{path}/{name}");
+        if p.contains(char::is_whitespace) || p == "/var/lib/dpkg" || p == "/var/tmp" {
+            continue; // /var/tmp is systemd's own; dpkg's database lives in /usr
+        }
+        let st = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+        match st.st_mode & S_IFMT {
+            S_IFDIR => {
+                out.push_str(&format!(
+                    "d {p} {:04o} {} {} -\n",
+                    st.st_mode & 0o7777,
+                    st.st_uid,
+                    st.st_gid
+                ));
+                let sub = fsutil::open_dir_at(dir, name.as_bytes())?;
+                out.push_str(&var_tmpfiles(sub.as_fd(), &p)?);
+            }
+            S_IFLNK => {
+                let target = rfs::readlinkat(dir, name, Vec::new())?;
+                if let Ok(t) = target.to_str()
+                    && !t.contains(char::is_whitespace)
+                {
+                    out.push_str(&format!("L {p} - - - - {t}\n"));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
 }
 
 /// Composes the root filesystem at `src` into a commit on `opts.branch`, with its
@@ -321,6 +375,12 @@ mod tests {
         assert_eq!(std::fs::read(r.join("usr/etc/machine-id")).unwrap(), b"");
         assert!(r.join("usr/lib/arbor/dpkg/status").is_file());
         assert_eq!(std::fs::read_dir(r.join("var")).unwrap().count(), 0);
+        let var = std::fs::read_to_string(r.join("usr/lib/tmpfiles.d/arbor-var.conf")).unwrap();
+        assert!(var.contains("d /var/log 0755 0 0 -\n"), "{var}");
+        assert!(
+            !var.contains("x.log") && !var.contains("/var/lib/dpkg"),
+            "{var}"
+        );
         assert_eq!(std::fs::read_dir(r.join("boot")).unwrap().count(), 0);
         assert_eq!(
             std::fs::read_link(r.join("home")).unwrap(),

@@ -461,7 +461,7 @@ pub fn run_auto_update(cli: &Cli, a: &AutoUpdateArgs) -> Result<i32> {
 pub fn run_update_status(cli: &Cli, o: &OutputArgs) -> Result<i32> {
     let sysroot = Sysroot::open(&cli.sysroot)?;
     let rec = update::state::current(&sysroot)?;
-    let db = StateDb::open(&sysroot.path().join("arbor/state.db"))?;
+    let db = StateDb::open(&sysroot.state_db_path())?;
     let downloads = db.downloads()?;
     if o.json {
         let mut v = serde_json::to_value(&rec)?;
@@ -520,7 +520,7 @@ pub struct HistoryArgs {
 /// Runs `arbor history`.
 pub fn run_history(cli: &Cli, a: &HistoryArgs) -> Result<i32> {
     let sysroot = Sysroot::open(&cli.sysroot)?;
-    let db = StateDb::open(&sysroot.path().join("arbor/state.db"))?;
+    let db = StateDb::open(&sysroot.state_db_path())?;
     let list = db.history(a.limit)?;
     if a.output.json {
         return json(&list).map(|_| 0);

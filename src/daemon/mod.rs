@@ -55,6 +55,10 @@ pub struct DaemonOptions {
 /// What the interfaces share: the sysroot, the running transaction, the idle clock.
 pub(crate) struct Shared {
     sysroot: PathBuf,
+    /// What the status cache watches for changes: the lock file (every transaction
+    /// writes it), and the boot entries' folder and selector, as resolved once at
+    /// start (`/` is opened as `/sysroot`, and systemd-boot's entries are on the ESP).
+    watched: Vec<PathBuf>,
     root: PathBuf,
     conn: OnceLock<zbus::Connection>,
     active: Mutex<Option<Active>>,
@@ -92,9 +96,16 @@ impl Shared {
 /// Serves the sysroot on the bus until idle (or forever without an idle limit).
 pub fn run(opts: &DaemonOptions) -> Result<()> {
     // Fail early, with the path, rather than at the first call.
-    crate::sysroot::Sysroot::open(&opts.sysroot)?;
+    let opened = crate::sysroot::Sysroot::open(&opts.sysroot)?;
+    let entries = opened.entry_store();
+    let watched = vec![
+        opened.path().join("arbor/lock"),
+        opened.boot_dir().join("loader"),
+        entries.kernels_root().join("loader/entries"),
+    ];
     let shared = Arc::new(Shared {
         sysroot: opts.sysroot.clone(),
+        watched,
         root: opts.root.clone(),
         conn: OnceLock::new(),
         active: Mutex::new(None),
@@ -122,11 +133,11 @@ pub fn run(opts: &DaemonOptions) -> Result<()> {
     conn.request_name(BUS_NAME)
         .with_context(|| format!("taking the name {BUS_NAME} on {bus}"))?;
     tracing::info!(sysroot = %opts.sysroot.display(), "serving {BUS_NAME}");
-    let mut seen = sysroot_iface::Fingerprint::read(&opts.sysroot);
+    let mut seen = sysroot_iface::Fingerprint::read(&shared.watched);
     loop {
         std::thread::sleep(Duration::from_millis(500));
         // State changed by someone else (the CLI, a boot service): tell the watchers.
-        let now = sysroot_iface::Fingerprint::read(&opts.sysroot);
+        let now = sysroot_iface::Fingerprint::read(&shared.watched);
         if now != seen {
             seen = now;
             sysroot_iface::announce_changes(&shared);

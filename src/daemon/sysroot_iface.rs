@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use zbus::message::Header;
@@ -32,16 +32,17 @@ use crate::update::Action;
 pub struct Fingerprint(Vec<Option<(i64, i64, i64, u64)>>, Option<PathBuf>);
 
 impl Fingerprint {
-    /// Reads it: a few `stat` calls and one `readlink`.
-    pub fn read(sysroot: &Path) -> Fingerprint {
-        let stat = |p: &str| {
-            std::fs::symlink_metadata(sysroot.join(p))
+    /// Reads it: a `stat` per watched path and one `readlink` of the last-but-one (the
+    /// `boot/loader` selector, when there is one).
+    pub fn read(watched: &[PathBuf]) -> Fingerprint {
+        let stat = |p: &PathBuf| {
+            std::fs::symlink_metadata(p)
                 .ok()
                 .map(|m| (m.mtime(), m.mtime_nsec(), m.ctime_nsec(), m.ino()))
         };
         Fingerprint(
-            vec![stat("arbor/lock"), stat("boot/loader")],
-            std::fs::read_link(sysroot.join("boot/loader")).ok(),
+            watched.iter().map(stat).collect(),
+            watched.get(1).and_then(|p| std::fs::read_link(p).ok()),
         )
     }
 }
@@ -69,7 +70,7 @@ impl SysrootIface {
 
     fn snapshot(&self) -> fdo::Result<Arc<Snapshot>> {
         self.shared.touch();
-        let fp = Fingerprint::read(&self.shared.sysroot);
+        let fp = Fingerprint::read(&self.shared.watched);
         let mut cache = self.cache.lock().unwrap();
         if let Some((seen, snap)) = cache.as_ref()
             && *seen == fp
@@ -78,7 +79,7 @@ impl SysrootIface {
         }
         let read = || -> anyhow::Result<Snapshot> {
             let sysroot = Sysroot::open(&self.shared.sysroot)?;
-            let db = StateDb::open(&self.shared.sysroot.join("arbor/state.db"))?;
+            let db = StateDb::open(&sysroot.state_db_path())?;
             Ok(Snapshot {
                 status: status::status(&sysroot)?,
                 last: db.history(1)?.into_iter().next(),
@@ -124,6 +125,21 @@ impl SysrootIface {
         let caller = auth::authorize(conn, hdr, action).await?;
         transaction::start(&self.shared, server, method, kind, caller, job).await
     }
+
+    /// [`Self::begin`] for a method that must read the system to check its arguments:
+    /// the caller is authorized first, so nobody learns anything (which refs exist)
+    /// from a call they may not make.
+    async fn begin_checked(
+        &self,
+        (hdr, conn, server): (&Header<'_>, &zbus::Connection, &ObjectServer),
+        (method, action, kind): (&str, &str, &str),
+        check: impl FnOnce() -> Result<Job, DaemonError>,
+    ) -> Result<OwnedObjectPath, DaemonError> {
+        self.shared.touch();
+        let caller = auth::authorize(conn, hdr, action).await?;
+        let job = check()?;
+        transaction::start(&self.shared, server, method, kind, caller, job).await
+    }
 }
 
 /// Deployments, boot roles and the running transaction, and the methods that change
@@ -143,21 +159,24 @@ impl SysrootIface {
         #[zbus(object_server)] server: &ObjectServer,
     ) -> Result<OwnedObjectPath, DaemonError> {
         let o = Options::parse(options, &["os", "stage", "kernel-args"])?;
-        let sysroot = Sysroot::open(&self.shared.sysroot).map_err(DaemonError::failed)?;
-        let opts = DeployOptions::for_rev(
-            &sysroot,
-            refspec,
-            o.string("os")?.as_deref(),
-            o.strings("kernel-args")?.unwrap_or_default(),
-            o.bool("stage")?.unwrap_or(false),
-        )
-        .map_err(|e| DaemonError::InvalidArgs(format!("{e:#}")))?;
-        let job: Job = Box::new(move |sysroot, lock, obs| {
-            let r = deploy::deploy_held(sysroot, lock, &opts, obs)?;
-            Ok(serde_json::to_value(r)?)
-        });
         let what = ("Deploy", "org.arbor.Arbor1.deploy", "deploy");
-        self.begin(&hdr, conn, server, what, job).await
+        let shared = self.shared.clone();
+        self.begin_checked((&hdr, conn, server), what, move || {
+            let sysroot = Sysroot::open(&shared.sysroot).map_err(DaemonError::failed)?;
+            let opts = DeployOptions::for_rev(
+                &sysroot,
+                refspec,
+                o.string("os")?.as_deref(),
+                o.strings("kernel-args")?.unwrap_or_default(),
+                o.bool("stage")?.unwrap_or(false),
+            )
+            .map_err(|e| DaemonError::InvalidArgs(format!("{e:#}")))?;
+            Ok(Box::new(move |sysroot, lock, obs| {
+                let r = deploy::deploy_held(sysroot, lock, &opts, obs)?;
+                Ok(serde_json::to_value(r)?)
+            }))
+        })
+        .await
     }
 
     /// Makes the rollback deployment the next boot. No options yet.

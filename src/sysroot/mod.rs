@@ -207,6 +207,12 @@ impl Sysroot {
         &self.repo
     }
 
+    /// The state database (history, update state, package lists, inode cache): the
+    /// one place its path is worked out, from the repository's configuration.
+    pub fn state_db_path(&self) -> PathBuf {
+        self.repo.state_db_path()
+    }
+
     /// `boot/`.
     pub fn boot_dir(&self) -> PathBuf {
         self.path.join("boot")
@@ -348,7 +354,7 @@ impl Sysroot {
         uid: u32,
         f: impl FnOnce() -> Result<T>,
     ) -> Result<T> {
-        let db = StateDb::open(&self.path.join("arbor/state.db"))?;
+        let db = StateDb::open(&self.state_db_path())?;
         let id = db.begin_transaction(kind, command, uid)?;
         let result = f();
         let _ = db.end_transaction(

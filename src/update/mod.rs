@@ -261,7 +261,7 @@ pub fn run(
             rec: &shared,
             last: Mutex::new(Instant::now()),
         };
-        let db = StateDb::open(&sysroot.path().join("arbor/state.db"))?;
+        let db = StateDb::open(&sysroot.state_db_path())?;
         result.fetched = Some(fetch::execute(repo, &remote, &db, &plan, &recording)?);
         rec = shared.into_inner().unwrap();
         obs.task_end("download");

@@ -98,7 +98,7 @@ fn now() -> i64 {
 }
 
 fn db(sysroot: &Sysroot) -> Result<StateDb> {
-    StateDb::open(&sysroot.path().join("arbor/state.db"))
+    StateDb::open(&sysroot.state_db_path())
 }
 
 /// Reads the stored record as it is.
