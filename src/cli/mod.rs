@@ -175,7 +175,7 @@ impl Cli {
     pub fn repo_path(&self) -> PathBuf {
         self.repo
             .clone()
-            .unwrap_or_else(|| self.sysroot.join("arbor/repo"))
+            .unwrap_or_else(|| crate::sysroot::physical_root(&self.sysroot).join("arbor/repo"))
     }
 }
 

@@ -235,10 +235,12 @@ fn open_elsewhere(root: &Path, removed: &[String]) -> Vec<String> {
     busy.into_iter().collect()
 }
 
+/// The deployment apply-live brings the running system to: the staged one, else the
+/// pending one.
 fn pending(sysroot: &Sysroot) -> Result<Deployment> {
     status::status(sysroot)?
-        .pending()
-        .map(|r| r.deployment.clone())
+        .next()
+        .cloned()
         .context("nothing is pending: deploy, upgrade or install first")
 }
 

@@ -110,6 +110,19 @@ pub fn check_os_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Where the sysroot named `path` really is: on a booted arbor system `/` is the
+/// deployment and the physical root is at `/sysroot`.
+pub fn physical_root(path: &Path) -> PathBuf {
+    if path == Path::new("/")
+        && !path.join("arbor/repo/config").exists()
+        && Path::new("/sysroot/arbor/repo/config").exists()
+    {
+        PathBuf::from("/sysroot")
+    } else {
+        path.to_path_buf()
+    }
+}
+
 /// Parses `/arbor/deploy/<os>/deploy/<commit>.<serial>`.
 pub fn parse_arbor_karg(value: &str) -> Option<(String, ObjectId, u32)> {
     let rest = value.strip_prefix("/arbor/deploy/")?;
@@ -141,14 +154,8 @@ impl Sysroot {
     /// arbor system `/` is the deployment and the physical root is at `/sysroot`.
     pub fn open(path: &Path) -> Result<Sysroot> {
         let running = path == Path::new("/");
-        let path = if running
-            && !path.join("arbor/repo/config").exists()
-            && Path::new("/sysroot/arbor/repo/config").exists()
-        {
-            Path::new("/sysroot")
-        } else {
-            path
-        };
+        let path = physical_root(path);
+        let path = path.as_path();
         if !path.join("arbor/repo/config").exists() {
             bail!(
                 "{} is not an arbor sysroot; create one with 'arbor admin init-fs {}'",

@@ -40,6 +40,14 @@ impl Status {
         self.deployments.iter().find(|r| r.pending)
     }
 
+    /// What runs after the next reboot when it is not the running deployment: the
+    /// staged one (its entry is written at shutdown), else the pending one.
+    pub fn next(&self) -> Option<&Deployment> {
+        self.staged
+            .as_ref()
+            .or_else(|| self.pending().map(|r| &r.deployment))
+    }
+
     /// The rollback target.
     pub fn rollback(&self) -> Option<&StatusRow> {
         self.deployments.iter().find(|r| r.rollback)
