@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The full test suite: formatting, lints, unit tests, and the end-to-end tests on real
-# Debian trees. `ARBOR_TORTURE=1` adds the multi-minute torture runs (CI sets it).
+# Debian trees. `ARBOR_TORTURE=1` adds the multi-minute torture runs and `ARBOR_VM=1`
+# the VM boot loop (qemu, about 16 minutes); CI sets both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -9,3 +10,6 @@ cargo clippy --all-targets --quiet -- -D warnings
 # The Debian package, checked by lintian; the image and VM tests install it.
 deb=$(bash scripts/build-deb.sh)
 ARBOR_DEB=$deb cargo test --all-targets --quiet 2>&1
+if [[ ${ARBOR_VM:-} == 1 ]]; then
+  ARBOR_DEB=$deb cargo test --test vm --quiet -- --ignored --test-threads=1 2>&1
+fi
