@@ -12,7 +12,24 @@ use anyhow::{Context, Result};
 use rusqlite::{Connection, params};
 use serde::Serialize;
 
-use crate::packages::dpkg::Package;
+/// One installed package, as the state database keeps package lists (defined here,
+/// below the package code, so the store layer imports nothing above it).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Package {
+    /// Its name.
+    pub name: String,
+    /// Its architecture (`amd64`, `all`, …).
+    pub arch: String,
+    /// Its version, as dpkg writes it.
+    pub version: String,
+}
+
+impl Package {
+    /// `name:arch`, how dpkg names a package across architectures.
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.name, self.arch)
+    }
+}
 
 /// Migrations in order; entry `i` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::{Args, Subcommand};
+use clap::Args;
 
 use super::output::{human_bytes, json};
 use super::{Cli, OutputArgs, lock_wait};
@@ -58,24 +58,6 @@ pub fn run_compose_image(cli: &Cli, a: &ImageArgs) -> Result<i32> {
         human_bytes(r.commit.stats.bytes_written)
     );
     Ok(0)
-}
-
-/// `arbor install`: packages to layer, or `to-disk`.
-#[derive(Args, Debug)]
-#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
-pub struct InstallArgs {
-    /// Write a bootable disk instead of layering packages.
-    #[command(subcommand)]
-    pub target: Option<InstallTarget>,
-    #[command(flatten)]
-    pub packages: super::package_cmds::PackagesArgs,
-}
-
-/// What `arbor install` can write besides packages.
-#[derive(Subcommand, Debug)]
-pub enum InstallTarget {
-    /// Make a bootable disk (GPT, ESP, ext4 root) from a commit or a container image.
-    ToDisk(ToDiskArgs),
 }
 
 /// `arbor install to-disk`.

@@ -124,7 +124,7 @@ pub enum Command {
     Cleanup(OutputArgs),
     /// Layer packages (names, or local .deb files) on the deployment: a new deployment.
     /// `arbor install to-disk` writes a bootable disk instead.
-    Install(image_cmds::InstallArgs),
+    Install(package_cmds::InstallArgs),
     /// Remove layered packages: a new deployment.
     Uninstall(package_cmds::PackagesArgs),
     /// Remove or replace packages of the base image, or undo that: a new deployment.
@@ -219,8 +219,8 @@ pub fn run(cli: &Cli) -> Result<i32> {
         Command::History(a) => remote_cmds::run_history(cli, a),
         Command::Usroverlay(a) => live_cmds::run_usroverlay(cli, a),
         Command::ApplyLive(a) => live_cmds::run_apply_live(cli, a),
-        Command::Install(image_cmds::InstallArgs {
-            target: Some(image_cmds::InstallTarget::ToDisk(a)),
+        Command::Install(package_cmds::InstallArgs {
+            target: Some(package_cmds::InstallTarget::ToDisk(a)),
             ..
         }) => image_cmds::run_to_disk(cli, a),
         Command::Install(_)

@@ -7,13 +7,13 @@ use std::path::PathBuf;
 
 use super::output::{PrintSteps, human_bytes, json, with_progress};
 use super::{Cli, OutputArgs, lock_wait};
-use crate::deploy::DeployOptions;
 use crate::packages::layer::{self, LayerEdit};
 use crate::packages::treefile::Treefile;
 use crate::packages::{self, compose_tree, dpkg};
 use crate::store::Repo;
 use crate::store::refs::RefName;
 use crate::sysroot::Sysroot;
+use crate::sysroot::deploy::DeployOptions;
 
 /// `arbor db …`.
 #[derive(Subcommand, Debug)]
@@ -106,6 +106,24 @@ pub struct PackagesArgs {
     pub output: OutputArgs,
 }
 
+/// `arbor install`: packages to layer, or `to-disk`.
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct InstallArgs {
+    /// Write a bootable disk instead of layering packages.
+    #[command(subcommand)]
+    pub target: Option<InstallTarget>,
+    #[command(flatten)]
+    pub packages: PackagesArgs,
+}
+
+/// What `arbor install` can write besides packages.
+#[derive(Subcommand, Debug)]
+pub enum InstallTarget {
+    /// Make a bootable disk (GPT, ESP, ext4 root) from a commit or a container image.
+    ToDisk(super::image_cmds::ToDiskArgs),
+}
+
 /// `arbor override …`.
 #[derive(Subcommand, Debug)]
 pub enum OverrideCommand {
@@ -161,7 +179,7 @@ fn deploy_layered(cli: &Cli, opts: &DeployOptions, out: &OutputArgs) -> Result<i
     let sysroot = Sysroot::open(&cli.sysroot)?;
     let lock = sysroot.lock(lock_wait(cli))?;
     let r = sysroot.record("deploy", || {
-        crate::deploy::deploy_held(&sysroot, &lock, opts, &PrintSteps)
+        crate::sysroot::deploy::deploy_held(&sysroot, &lock, opts, &PrintSteps)
     })?;
     if out.json {
         return json(&r).map(|_| 0);
@@ -192,7 +210,7 @@ pub fn run_layering(cli: &Cli, cmd: &super::Command) -> Result<i32> {
     use super::Command as C;
     let sysroot = Sysroot::open(&cli.sysroot)?;
     let (edit, os, out) = match cmd {
-        C::Install(super::image_cmds::InstallArgs { packages: a, .. }) => {
+        C::Install(InstallArgs { packages: a, .. }) => {
             let (files, names): (Vec<&String>, Vec<&String>) =
                 a.packages.iter().partition(|p| is_file_arg(p));
             (

@@ -9,9 +9,9 @@ use clap::{Args, Subcommand};
 use super::output::{human_bytes, json, utc};
 use super::{Cli, OutputArgs, lock_wait};
 use crate::commit::CommitOptions;
-use crate::deploy::{self, DeployOptions};
 use crate::store::Repo;
 use crate::store::refs::RefName;
+use crate::sysroot::deploy::{self, DeployOptions};
 use crate::sysroot::status::{self, StatusRow};
 use crate::sysroot::{Deployment, Sysroot};
 
@@ -327,7 +327,7 @@ pub fn run_prepare_root(sysroot: &std::path::Path, a: &PrepareRootArgs) -> Resul
     let cmdline = std::fs::read_to_string(&a.cmdline)
         .with_context(|| format!("reading {}", a.cmdline.display()))?;
     let started = std::time::Instant::now();
-    let r = crate::prepare_root::prepare_root(sysroot, &cmdline, &a.target)?;
+    let r = crate::sysroot::prepare_root::prepare_root(sysroot, &cmdline, &a.target)?;
     if a.output.json {
         return json(&r).map(|_| 0);
     }
@@ -438,7 +438,7 @@ pub fn run(cli: &Cli, cmd: &super::Command) -> Result<i32> {
             None => println!("nothing staged"),
         },
         C::BootSelect(a) => {
-            let sel = crate::health::boot_select(&sysroot, wait)?;
+            let sel = crate::boot::health::boot_select(&sysroot, wait)?;
             if let Some(f) = &a.cmdline_out {
                 std::fs::write(f, format!("{}\n", sel.cmdline))
                     .with_context(|| format!("writing {}", f.display()))?;
@@ -452,14 +452,17 @@ pub fn run(cli: &Cli, cmd: &super::Command) -> Result<i32> {
             println!("{}", sel.cmdline);
         }
         C::BootComplete(_) => {
-            let d = crate::health::boot_complete(&sysroot, wait)?;
+            let d = crate::boot::health::boot_complete(&sysroot, wait)?;
             println!("deployment {} ({}) is marked good", d.index, d.dir_name());
         }
         C::HealthCheck(a) => {
             if let Some(secs) = a.wait_for_startup {
-                crate::health::wait_for_startup(&sysroot, std::time::Duration::from_secs(secs));
+                crate::boot::health::wait_for_startup(
+                    &sysroot,
+                    std::time::Duration::from_secs(secs),
+                );
             }
-            let r = crate::health::health_check(
+            let r = crate::boot::health::health_check(
                 &sysroot,
                 std::time::Duration::from_secs(a.timeout),
                 wait,

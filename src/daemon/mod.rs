@@ -140,7 +140,7 @@ pub fn run(opts: &DaemonOptions) -> Result<()> {
         let now = sysroot_iface::Fingerprint::read(&shared.watched);
         if now != seen {
             seen = now;
-            sysroot_iface::announce_changes(&shared);
+            announce_changes(&shared);
         }
         if let (Some(limit), Some(idle)) = (opts.idle_exit, shared.idle_for())
             && idle >= limit
@@ -153,4 +153,28 @@ pub fn run(opts: &DaemonOptions) -> Result<()> {
     // reaching this one as it goes.
     conn.release_name(BUS_NAME)?;
     Ok(())
+}
+
+/// Emits PropertiesChanged for everything the sysroot's state feeds.
+pub(crate) fn announce_changes(shared: &Shared) {
+    let conn = shared.conn().clone();
+    let r = zbus::block_on(async {
+        let iref = conn
+            .object_server()
+            .interface::<_, SysrootIface>(ROOT_PATH)
+            .await?;
+        let i = iref.get().await;
+        let e = iref.signal_emitter();
+        i.deployments_changed(e).await?;
+        i.booted_deployment_changed(e).await?;
+        i.pending_deployment_changed(e).await?;
+        i.rollback_deployment_changed(e).await?;
+        i.staged_deployment_changed(e).await?;
+        i.update_state_changed(e).await?;
+        i.active_transaction_changed(e).await?;
+        i.last_transaction_changed(e).await
+    });
+    if let Err(e) = r {
+        tracing::warn!("announcing changes: {e}");
+    }
 }

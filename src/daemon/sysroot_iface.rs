@@ -13,8 +13,7 @@ use zbus::{fdo, interface};
 
 use super::transaction::{self, Job};
 use super::values::{self, Dict};
-use super::{DaemonError, ROOT_PATH, Shared, auth};
-use crate::deploy::{self, DeployOptions, KargEdit};
+use super::{DaemonError, Shared, auth};
 use crate::live::{
     self,
     apply::{self, ApplyOptions},
@@ -22,6 +21,7 @@ use crate::live::{
 use crate::packages::layer::{self, LayerEdit};
 use crate::statedb::{HistoryEntry, StateDb};
 use crate::sysroot::Sysroot;
+use crate::sysroot::deploy::{self, DeployOptions, KargEdit};
 use crate::sysroot::status::{self, Status};
 use crate::update::Action;
 
@@ -510,30 +510,6 @@ impl SysrootIface {
             .as_ref()
             .map(values::history)
             .unwrap_or_default())
-    }
-}
-
-/// Emits PropertiesChanged for everything the sysroot's state feeds.
-pub(crate) fn announce_changes(shared: &Shared) {
-    let conn = shared.conn().clone();
-    let r = zbus::block_on(async {
-        let iref = conn
-            .object_server()
-            .interface::<_, SysrootIface>(ROOT_PATH)
-            .await?;
-        let i = iref.get().await;
-        let e = iref.signal_emitter();
-        i.deployments_changed(e).await?;
-        i.booted_deployment_changed(e).await?;
-        i.pending_deployment_changed(e).await?;
-        i.rollback_deployment_changed(e).await?;
-        i.staged_deployment_changed(e).await?;
-        i.update_state_changed(e).await?;
-        i.active_transaction_changed(e).await?;
-        i.last_transaction_changed(e).await
-    });
-    if let Err(e) = r {
-        tracing::warn!("announcing changes: {e}");
     }
 }
 

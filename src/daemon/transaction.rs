@@ -15,7 +15,7 @@ use zbus::zvariant::OwnedObjectPath;
 use zbus::{interface, message::Header};
 
 use super::auth::{self, Caller};
-use super::{DaemonError, Shared, sysroot_iface};
+use super::{DaemonError, Shared, announce_changes};
 use crate::lock::{LockWait, WriterLock};
 use crate::progress::{Cancelled, Observer};
 use crate::store::StoreError;
@@ -337,7 +337,7 @@ fn finish(shared: &Arc<Shared>, obs: &BusObserver, path: &str, result: Result<se
         t.percent_changed(e).await?;
         t.result_changed(e).await
     });
-    sysroot_iface::announce_changes(shared);
+    announce_changes(shared);
     obs.emit(TransactionIface::finished(
         &obs.emitter,
         error.is_empty(),

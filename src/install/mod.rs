@@ -21,12 +21,12 @@ use rustix::mount::{self, MountFlags, UnmountFlags};
 use serde::Serialize;
 
 use crate::boot::{BootConfig, Loader};
-use crate::deploy::{DeployOptions, deploy_held};
 use crate::image::{ImageOptions, ImageSource, compose_image};
 use crate::lock::LockWait;
 use crate::progress::Unobserved;
 use crate::store::Repo;
 use crate::store::refs::RefName;
+use crate::sysroot::deploy::{DeployOptions, deploy_held};
 use crate::sysroot::{Deployment, Sysroot};
 use disk::{Loop, Partition};
 

@@ -11,15 +11,15 @@
 
 use std::collections::BTreeSet;
 use std::io::Read;
-use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::etc::{plan_etc, prepare_etc_live};
-use super::upper::build_upper;
+use super::record::LiveRecord;
+use super::upper::{UpperChanges, build_upper};
 use super::{OverlayKind, UsrStatus, booted, live_dir, mount_overlay, usr_mount};
 use crate::diff::{ChangeKind, diff_commits};
 use crate::fsutil;
@@ -75,45 +75,6 @@ pub struct ApplyResult {
     pub applied: bool,
     /// Units restarted through systemctl.
     pub restarted: Vec<String>,
-}
-
-/// The record of the live state (`<run>/arbor/live/record.json`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct LiveRecord {
-    /// The running deployment (`<commit>.<serial>`) it was applied on.
-    pub booted: String,
-    /// The commit `/usr` shows.
-    pub commit: String,
-    /// The overlay's upper layer.
-    pub upper: PathBuf,
-}
-
-impl LiveRecord {
-    fn path(sysroot: &Sysroot) -> PathBuf {
-        live_dir(sysroot).join("record.json")
-    }
-
-    /// The record, when there is one.
-    pub fn read(sysroot: &Sysroot) -> Result<Option<LiveRecord>> {
-        match std::fs::read(Self::path(sysroot)) {
-            Ok(b) => Ok(Some(
-                serde_json::from_slice(&b).context("reading the live record")?,
-            )),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    fn write(&self, sysroot: &Sysroot) -> Result<()> {
-        let dir = fsutil::open_dir(&live_dir(sysroot))?;
-        fsutil::atomic_write(
-            dir.as_fd(),
-            "record.json",
-            &serde_json::to_vec(self)?,
-            0o644,
-        )?;
-        Ok(())
-    }
 }
 
 /// Paths in dpkg's lists are as the package ships them; on a merged-/usr system
@@ -384,7 +345,11 @@ pub fn apply_live(
         &sysroot.deployment_path(&to).join("usr"),
         &usr,
         &dir.join("upper"),
-        &plan,
+        &UpperChanges {
+            added: &plan.added,
+            changed: &plan.changed,
+            removed: &plan.removed,
+        },
     )?;
     // Everything that can fail for want of space or rights happens before the
     // overlay is mounted; the /etc entries then switch by renames beside themselves.

@@ -10,6 +10,7 @@
 
 pub mod apply;
 mod etc;
+pub mod record;
 pub mod swap;
 mod upper;
 
@@ -165,7 +166,7 @@ pub fn status(sysroot: &Sysroot, root: &Path) -> Result<UsrStatus> {
     let d = booted(sysroot)?;
     let overlay = usr_mount(&root.join("usr"))?.map(|m| (kind_of(sysroot, &d, &m.upper), m.upper));
     let live_commit = match &overlay {
-        Some((OverlayKind::Live, _)) => apply::LiveRecord::read(sysroot)?
+        Some((OverlayKind::Live, _)) => record::LiveRecord::read(sysroot)?
             .filter(|r| r.booted == d.dir_name())
             .map(|r| r.commit),
         _ => None,

@@ -7,17 +7,26 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
 
-use super::apply::LivePlan;
 use crate::diff::ChangeKind;
 use crate::fsutil;
 
-/// Puts the plan's changes into an overlay upper layer: copies from the target's
-/// `/usr`, whiteouts for removals, directories with the metadata they get.
+/// The paths below `/usr` that a live layer changes, by kind of change.
+pub struct UpperChanges<'p> {
+    /// Paths that appear.
+    pub added: &'p [String],
+    /// Paths whose content or metadata changes.
+    pub changed: &'p [String],
+    /// Paths that go away.
+    pub removed: &'p [String],
+}
+
+/// Puts the changes into an overlay upper layer: copies from the target's `/usr`,
+/// whiteouts for removals, directories with the metadata they get.
 pub fn build_upper(
     target_usr: &Path,
     live_usr: &Path,
     upper: &Path,
-    plan: &LivePlan,
+    plan: &UpperChanges<'_>,
 ) -> Result<()> {
     let src = fsutil::open_dir(target_usr)?;
     let live = fsutil::open_dir(live_usr)?;

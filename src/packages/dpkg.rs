@@ -11,23 +11,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-/// One installed package.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct Package {
-    /// Its name.
-    pub name: String,
-    /// Its architecture (`amd64`, `all`, …).
-    pub arch: String,
-    /// Its version, as dpkg writes it.
-    pub version: String,
-}
-
-impl Package {
-    /// `name:arch`, how dpkg names a package across architectures.
-    pub fn key(&self) -> String {
-        format!("{}:{}", self.name, self.arch)
-    }
-}
+pub use crate::statedb::Package;
 
 /// The installed packages in a dpkg `status` file, sorted by name and architecture.
 ///

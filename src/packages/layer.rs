@@ -25,8 +25,7 @@ use crate::store::{ObjectId, Repo};
 use crate::sysroot::Sysroot;
 use crate::sysroot::origin::{Layers, LocalDeb};
 
-/// Commit metadata naming the base a layered commit was built on.
-pub const BASE_KEY: &str = "arbor.base";
+pub use crate::sysroot::BASE_KEY;
 
 const SCRIPT: &str = include_str!("layer.sh");
 
@@ -239,7 +238,7 @@ pub fn edit(
     sysroot: &Sysroot,
     os: Option<&str>,
     change: &LayerEdit,
-) -> Result<crate::deploy::DeployOptions> {
+) -> Result<crate::sysroot::plan::DeployOptions> {
     let os = match os {
         Some(o) => o.to_string(),
         None => sysroot.default_os()?,
@@ -335,7 +334,7 @@ pub fn edit(
     layers.local.sort();
     layers.remove.sort();
     layers.replace.sort();
-    Ok(crate::deploy::DeployOptions {
+    Ok(crate::sysroot::plan::DeployOptions {
         os,
         refspec: d.origin.refspec.clone(),
         override_commit: d.origin.override_commit.as_ref().map(|_| base),
@@ -351,7 +350,7 @@ pub fn edit(
 pub fn upgrade(
     sysroot: &Sysroot,
     os: Option<&str>,
-) -> Result<Option<crate::deploy::DeployOptions>> {
+) -> Result<Option<crate::sysroot::plan::DeployOptions>> {
     let os = match os {
         Some(o) => o.to_string(),
         None => sysroot.default_os()?,
@@ -370,7 +369,7 @@ pub fn upgrade(
     if tip == base_of(repo, &d.commit)? {
         return Ok(None);
     }
-    Ok(Some(crate::deploy::DeployOptions {
+    Ok(Some(crate::sysroot::plan::DeployOptions {
         os,
         refspec: d.origin.refspec.clone(),
         override_commit: None,

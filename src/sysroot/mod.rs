@@ -15,7 +15,11 @@
 //! The boot entries say which deployments exist and in which order; a deployment folder
 //! that no entry names is a leftover (of a crash, or of an undeploy) for cleanup.
 
+pub mod deploy;
+pub mod kargs;
 pub mod origin;
+pub mod plan;
+pub mod prepare_root;
 pub mod status;
 
 use std::path::{Path, PathBuf};
@@ -29,6 +33,9 @@ use crate::statedb::StateDb;
 use crate::store::refs::RefName;
 use crate::store::{ObjectId, Repo, RepoConfig};
 pub use origin::Origin;
+
+/// Commit metadata naming the base a layered commit was built on.
+pub const BASE_KEY: &str = "arbor.base";
 
 /// An open sysroot.
 pub struct Sysroot {
@@ -455,9 +462,7 @@ impl Sysroot {
                 .and_then(|t| Origin::parse(&t))?;
             if let Ok(c) = self.repo.load_commit(&d.commit) {
                 d.version = c.metadata_value("version").map(str::to_string);
-                d.base = c
-                    .metadata_value(crate::packages::layer::BASE_KEY)
-                    .and_then(|h| h.parse().ok());
+                d.base = c.metadata_value(BASE_KEY).and_then(|h| h.parse().ok());
                 d.timestamp = c.timestamp;
                 d.image = c
                     .metadata_value(crate::image::DIGEST_KEY)

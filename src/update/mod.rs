@@ -11,7 +11,6 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use crate::deploy::{DeployOptions, deploy_held};
 use crate::lock::{LockWait, WriterLock};
 use crate::packages::layer::{base_of, default_deployment};
 use crate::progress::Observer;
@@ -23,6 +22,7 @@ use crate::store::refs::RefName;
 use crate::store::transaction::Transaction;
 use crate::store::{ObjectId, ObjectKind, Repo, reach};
 use crate::sysroot::Sysroot;
+use crate::sysroot::deploy::{DeployOptions, deploy_held};
 pub use policy::{Action, Policy};
 use state::{State, UpdateRecord, enter};
 

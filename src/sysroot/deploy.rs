@@ -19,66 +19,15 @@ use crate::checkout::TreeCheckout;
 use crate::etc_merge;
 use crate::fsutil;
 use crate::inspect::{self, Node};
-pub use crate::kargs::{KargEdit, edit_kargs, kargs, kargs_held};
 use crate::lock::{LockWait, WriterLock};
 use crate::progress::{Observer, Unobserved, checkpoint};
 use crate::store::ObjectId;
 use crate::store::prune::{self, PruneReport};
 use crate::store::reach::Root;
-use crate::sysroot::origin::Layers;
+pub use crate::sysroot::kargs::{KargEdit, edit_kargs, kargs, kargs_held};
+use crate::sysroot::plan::rollback_order;
+pub use crate::sysroot::plan::{DeployOptions, merge_source, next_order};
 use crate::sysroot::{Deployment, Origin, Sysroot};
-
-/// What to deploy.
-#[derive(Clone, Debug)]
-pub struct DeployOptions {
-    /// The stateroot.
-    pub os: String,
-    /// What the deployment tracks (a ref, or a commit id): recorded in the origin.
-    pub refspec: String,
-    /// Set when the commit is not the tip of `refspec` (an older commit of it).
-    pub override_commit: Option<ObjectId>,
-    /// The base commit it resolved to.
-    pub commit: ObjectId,
-    /// Packages to layer on the base (built into a new commit by the deploy).
-    pub layers: Layers,
-    /// Kernel arguments; `None` keeps those of the deployment merged from.
-    pub kargs: Option<Vec<String>>,
-    /// Prepare now, switch boot entries at shutdown (`finalize-staged`).
-    pub stage: bool,
-}
-
-impl DeployOptions {
-    /// Options to deploy `rev` (a ref, a commit id, or `REF^…` for an older commit of
-    /// REF, tracked as REF and held at that commit), as `arbor deploy` takes them.
-    pub fn for_rev(
-        sysroot: &Sysroot,
-        rev: &str,
-        os: Option<&str>,
-        kargs: Vec<String>,
-        stage: bool,
-    ) -> Result<DeployOptions> {
-        let os = match os {
-            Some(os) => os.to_string(),
-            None => sysroot.default_os()?,
-        };
-        let commit = sysroot.repo().resolve_rev(rev)?;
-        let base = rev.trim_end_matches('^');
-        // Layered packages follow the deployment to its new base, as with rpm-ostree.
-        let current = sysroot.deployments()?;
-        let layers = merge_source(&current, &os)
-            .map(|d| d.origin.layers.clone())
-            .unwrap_or_default();
-        Ok(DeployOptions {
-            os,
-            refspec: base.to_string(),
-            override_commit: (base != rev).then_some(commit),
-            commit,
-            layers,
-            kargs: (!kargs.is_empty()).then_some(kargs),
-            stage,
-        })
-    }
-}
 
 /// What a deploy did.
 #[derive(Clone, Debug, Serialize)]
@@ -89,15 +38,6 @@ pub struct DeployResult {
     pub etc_actions: Vec<etc_merge::EtcAction>,
     /// Deployments no longer in the boot order, removed.
     pub removed: Vec<String>,
-}
-
-/// The deployment whose `/etc` a new one merges with, and whose kargs it inherits: the
-/// booted one when it is of this stateroot, else this stateroot's first.
-fn merge_source<'a>(current: &'a [Deployment], os: &str) -> Option<&'a Deployment> {
-    current
-        .iter()
-        .find(|d| d.booted && d.os == os)
-        .or_else(|| current.iter().find(|d| d.os == os))
 }
 
 /// Deploys `opts.commit` (with `opts.layers` on it) as the new default boot entry.
@@ -336,34 +276,6 @@ pub fn finalize_staged(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<Option<D
     })
 }
 
-/// The boot order after a deploy: the new deployment, then what must be kept (the
-/// booted one and its rollback, or without a booted one the previous default), then
-/// the pinned ones. Everything else is dropped, as `ostree admin deploy` does.
-pub fn next_order(new: Deployment, current: &[Deployment]) -> Vec<Deployment> {
-    let mut keep: Vec<&Deployment> = Vec::new();
-    match current.iter().position(|d| d.booted) {
-        Some(b) => {
-            keep.push(&current[b]);
-            keep.extend(current.get(b + 1));
-        }
-        None => keep.extend(current.first()),
-    }
-    keep.extend(current.iter().filter(|d| d.origin.pinned));
-    let mut order = vec![new];
-    for d in keep {
-        if !order
-            .iter()
-            .any(|o| o.os == d.os && o.commit == d.commit && o.serial == d.serial)
-        {
-            order.push(d.clone());
-        }
-    }
-    for (i, d) in order.iter_mut().enumerate() {
-        d.index = i;
-    }
-    order
-}
-
 /// Makes the rollback deployment the default: the one after the booted one (or, with
 /// nothing booted, the second), or the booted one again when another is pending.
 pub fn rollback(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<Vec<Deployment>> {
@@ -373,16 +285,8 @@ pub fn rollback(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<Vec<Deployment>
 
 /// [`rollback`] with the sysroot lock already held.
 pub fn rollback_held(sysroot: &Sysroot, lock: &WriterLock) -> Result<Vec<Deployment>> {
-    let mut order = sysroot.deployments()?;
-    let target = match order.iter().position(|d| d.booted) {
-        Some(0) | None => 1,
-        Some(b) => b,
-    };
-    if target >= order.len() {
-        bail!("there is no deployment to roll back to ('arbor status' lists them)");
-    }
-    let d = order.remove(target);
-    order.insert(0, d);
+    let order = rollback_order(sysroot.deployments()?)
+        .context("there is no deployment to roll back to ('arbor status' lists them)")?;
     sysroot.write_boot_order(lock, &order)?;
     sysroot.deployments()
 }
