@@ -499,6 +499,29 @@ fn root_interface_xml_equals_live_introspection() {
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         v["data"][0].as_str().unwrap().to_string()
     };
+    // Clients parse it as XML (dbus-python does, with expat): `--` in a doc comment
+    // once made it malformed, so every method call from such a client failed.
+    for doc in [introspect(ROOT), introspect(&p)] {
+        let mut parse = std::process::Command::new("/usr/bin/python3")
+            .args([
+                "-c",
+                "import sys, xml.dom.minidom; xml.dom.minidom.parseString(sys.stdin.read())",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        parse
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(doc.as_bytes())
+            .unwrap();
+        assert!(
+            parse.wait().unwrap().success(),
+            "not well-formed XML:\n{doc}"
+        );
+    }
     // Each interface once (an object's introspection may show its children's too).
     let live: Vec<(String, String)> = interfaces(&introspect(ROOT))
         .into_iter()

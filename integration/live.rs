@@ -11,41 +11,6 @@ use std::process::Command;
 
 use common::*;
 
-/// Writes the kernel command line that boots deployment 0 (`ARBOR_CMDLINE`).
-fn boot_first(sysroot: &str, dir: &Path) -> String {
-    let cmdline = dir.join("cmdline");
-    arbor_ok(&[
-        "--sysroot",
-        sysroot,
-        "boot-select",
-        "--cmdline-out",
-        s(&cmdline),
-    ]);
-    s(&cmdline).to_string()
-}
-
-/// Runs a shell script in a private mount namespace, with `A` = arbor on the sysroot
-/// (booted as `cmdline` says) and `T` = an empty folder to assemble the root in.
-/// Returns the output; fails the test when the script fails.
-fn in_namespace(sysroot: &str, cmdline: &str, dir: &Path, script: &str) -> String {
-    let target = dir.join("target");
-    std::fs::create_dir_all(&target).unwrap();
-    let out = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(format!(
-            "set -eu\nA='{} --sysroot {sysroot}'\nT={}\nboot() {{ $A prepare-root --cmdline {cmdline} --target $T >/dev/null; }}\nreboot() {{ umount -R $T; boot; }}\n{script}",
-            arbor_bin(),
-            s(&target)
-        ))
-        .env("ARBOR_CMDLINE", cmdline)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "the script failed:\n{text}");
-    text
-}
-
 #[test]
 fn root_usroverlay_transient_goes_at_reboot_and_hotfix_stays() {
     require_root!();

@@ -208,9 +208,13 @@ pub struct TreeWriter<'t, 'r> {
     from_cache: AtomicU64,
 }
 
-enum Item {
+/// What [`TreeWriter::write_entry`] made of one directory entry.
+pub enum Item {
+    /// A regular file or symlink, stored.
     File(FileEntry),
+    /// A directory, stored with everything below it.
     Dir(DirEntry),
+    /// A special file left out (`skip_special`).
     Skipped,
 }
 
@@ -242,6 +246,11 @@ impl<'t, 'r> TreeWriter<'t, 'r> {
             hashed: AtomicU64::new(0),
             from_cache: AtomicU64::new(0),
         }
+    }
+
+    /// The transaction it writes into.
+    pub fn txn(&self) -> &'t Transaction<'r> {
+        self.txn
     }
 
     /// Counters and the inode cache rows worth saving.
@@ -293,7 +302,9 @@ impl<'t, 'r> TreeWriter<'t, 'r> {
         Ok((tree_id, meta_id))
     }
 
-    fn write_entry(&self, dir: BorrowedFd<'_>, name: Vec<u8>, parent: &str) -> Result<Item> {
+    /// Writes the entry `name` of `dir` (shown below `parent`): a file, a symlink, or a
+    /// directory with everything below it. How a caller edits one path of a tree.
+    pub fn write_entry(&self, dir: BorrowedFd<'_>, name: Vec<u8>, parent: &str) -> Result<Item> {
         if let Some(p) = &self.progress {
             p.add_items(1);
         }

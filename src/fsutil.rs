@@ -351,6 +351,29 @@ pub fn copy_entry_at(
     }
 }
 
+/// The prefix of the xattrs overlayfs keeps for itself in an upper layer (opaque
+/// directories, redirects): never part of a tree arbor records.
+pub const OVERLAY_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
+
+/// True when `dir/name` is an overlayfs whiteout (a character device 0:0): the upper
+/// layer's way of saying the lower entry was deleted.
+pub fn is_overlay_whiteout(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<bool> {
+    let st = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+    Ok(
+        rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::CharacterDevice
+            && st.st_rdev == 0,
+    )
+}
+
+/// True when the directory `dir/name` of an overlayfs upper layer is opaque
+/// (`trusted.overlay.opaque=y`): it hides everything below it in the lower layer.
+pub fn is_overlay_opaque(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<bool> {
+    let x = read_xattrs_at(dir, name)?;
+    Ok(x.pairs().iter().any(|(k, v)| {
+        k == b"trusted.overlay.opaque" && v.as_slice() == b"y" || k == b"trusted.overlay.redirect"
+    }))
+}
+
 /// Bytes of a path, for messages: lossy but never panics.
 pub fn show(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

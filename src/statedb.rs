@@ -59,6 +59,8 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE downloads (
         blake3 TEXT PRIMARY KEY, url TEXT NOT NULL, path TEXT NOT NULL,
         size INTEGER NOT NULL, started INTEGER NOT NULL);",
+    // 4: what an operation touched (the paths `usroverlay --add` wrote, ...).
+    "ALTER TABLE transactions ADD COLUMN detail TEXT;",
 ];
 
 /// An open state database.
@@ -124,6 +126,8 @@ pub struct HistoryEntry {
     pub finished: Option<i64>,
     /// "ok", or the error.
     pub result: Option<String>,
+    /// What it touched, when the operation says (`usroverlay --add` lists its paths).
+    pub detail: Option<String>,
 }
 
 fn now() -> i64 {
@@ -231,6 +235,15 @@ impl StateDb {
         Ok(self.conn.last_insert_rowid())
     }
 
+    /// Records what a transaction touched, beside its command line.
+    pub fn set_transaction_detail(&self, id: i64, detail: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE transactions SET detail = ?1 WHERE id = ?2",
+            params![detail, id],
+        )?;
+        Ok(())
+    }
+
     /// Records how a transaction ended.
     pub fn end_transaction(&self, id: i64, result: &Result<(), String>) -> Result<()> {
         let text = match result {
@@ -326,7 +339,7 @@ impl StateDb {
     /// The transaction history, newest first.
     pub fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, kind, command, uid, started, finished, result FROM transactions ORDER BY id DESC LIMIT ?1",
+            "SELECT id, kind, command, uid, started, finished, result, detail FROM transactions ORDER BY id DESC LIMIT ?1",
         )?;
         let rows = stmt.query_map(params![limit as i64], |r| {
             Ok(HistoryEntry {
@@ -337,6 +350,7 @@ impl StateDb {
                 started: r.get(4)?,
                 finished: r.get(5)?,
                 result: r.get(6)?,
+                detail: r.get(7)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -376,5 +390,13 @@ mod tests {
         let h = db.history(10).unwrap();
         assert_eq!(h.len(), 1);
         assert_eq!(h[0].result.as_deref(), Some("boom"));
+        assert_eq!(h[0].detail, None);
+        let id = db
+            .begin_transaction("usroverlay", "arbor usroverlay", 0)
+            .unwrap();
+        db.set_transaction_detail(id, "added /usr/bin/x").unwrap();
+        db.end_transaction(id, &Ok(())).unwrap();
+        let h = db.history(1).unwrap();
+        assert_eq!(h[0].detail.as_deref(), Some("added /usr/bin/x"));
     }
 }

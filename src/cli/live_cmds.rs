@@ -7,26 +7,107 @@ use clap::Args;
 
 use super::output::json;
 use super::{Cli, OutputArgs, lock_wait};
-use crate::live::{self, OverlayKind, UsrStatus, apply};
+use crate::live::changes::ChangeKind;
+use crate::live::request::OverlayListing;
+use crate::live::{
+    self, OverlayKind, UsrOverlayOutcome, UsrOverlayRequest, UsrStatus, apply, overlay,
+};
+use crate::progress::Unobserved;
 use crate::sysroot::Sysroot;
 
-/// `arbor usroverlay`.
+/// The workflow `arbor usroverlay --help` and its man page describe.
+pub const USROVERLAY_HELP: &str = "\
+A live fix, from test to deployment:
+  arbor usroverlay --hotfix --name CVE-2026-1234   writable /usr, kept across reboots
+  arbor usroverlay --add ./fixed-libfoo.so:/usr/lib/x86_64-linux-gnu/libfoo.so.1
+  arbor usroverlay --list                          what the overlay changed (A/M/D)
+  arbor usroverlay --commit -m 'libfoo fix'        a commit on the booted one, deployed
+                                                   for the next boot; the overlay is
+                                                   dropped at that boot
+  arbor rollback                                   back to the deployment without it
+
+The deployment below the overlay is never written. --add writes each file beside its
+destination and renames it into place, and refuses destinations outside /usr or
+through a symlink that leaves /usr. Every change is recorded in 'arbor history'.";
+
+/// `arbor usroverlay`: one action (`--create` when none is given).
 #[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("action").multiple(false))]
 pub struct UsrOverlayArgs {
-    /// Keep it across reboots of this deployment (mounted again by prepare-root).
-    #[arg(long, conflicts_with_all = ["status", "remove"])]
-    pub hotfix: bool,
+    /// Mount a writable overlay on /usr (the default action).
+    #[arg(long, group = "action")]
+    pub create: bool,
     /// Show what is on /usr.
-    #[arg(long, conflicts_with = "remove")]
+    #[arg(long, group = "action")]
     pub status: bool,
+    /// List every path the overlay changed: added, modified, deleted.
+    #[arg(long, group = "action")]
+    pub list: bool,
+    /// Copy files or folders into /usr (DEST defaults to SRC read from /, so
+    /// `usr/bin/x` lands in /usr/bin/x); makes an overlay if there is none.
+    #[arg(long, group = "action", value_name = "SRC[:DEST]", num_args = 1..)]
+    pub add: Vec<String>,
+    /// Turn the overlay into a commit on the booted one and deploy it for the next boot.
+    #[arg(long, group = "action")]
+    pub commit: bool,
     /// Unmount the overlay and drop its changes.
-    #[arg(long)]
+    #[arg(long, group = "action")]
     pub remove: bool,
+    /// Keep the overlay across reboots of this deployment (mounted again by
+    /// prepare-root); with --create or --add.
+    #[arg(long, conflicts_with_all = ["status", "list", "commit", "remove"])]
+    pub hotfix: bool,
+    /// A label for the overlay, shown by status, --list and the history; alone, it
+    /// renames the mounted overlay.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["status", "list", "commit", "remove"])]
+    pub name: Option<String>,
+    /// The commit's subject, with --commit.
+    #[arg(short, long, value_name = "MESSAGE", requires = "commit")]
+    pub message: Option<String>,
+    /// With --list: the deployment whose kept hotfix to list, by index or commit prefix.
+    #[arg(long, value_name = "N|COMMIT", requires = "list")]
+    pub deployment: Option<String>,
     /// The running system's root (a prepare-root target in tests and chroots).
     #[arg(long, value_name = "DIR", default_value = "/")]
     pub root: PathBuf,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+impl UsrOverlayArgs {
+    /// The library request these arguments make.
+    fn request(&self) -> Result<UsrOverlayRequest> {
+        Ok(if self.status {
+            UsrOverlayRequest::Status
+        } else if self.list {
+            UsrOverlayRequest::List {
+                deployment: self.deployment.clone(),
+            }
+        } else if !self.add.is_empty() {
+            UsrOverlayRequest::Add {
+                items: self
+                    .add
+                    .iter()
+                    .map(|a| overlay::parse_add(a))
+                    .collect::<Result<_>>()?,
+                hotfix: self.hotfix,
+                name: self.name.clone(),
+            }
+        } else if self.commit {
+            UsrOverlayRequest::Commit {
+                message: self.message.clone(),
+            }
+        } else if self.remove {
+            UsrOverlayRequest::Remove
+        } else if let (false, false, Some(n)) = (self.create, self.hotfix, &self.name) {
+            UsrOverlayRequest::Name(n.clone())
+        } else {
+            UsrOverlayRequest::Create {
+                hotfix: self.hotfix,
+                name: self.name.clone(),
+            }
+        })
+    }
 }
 
 /// `arbor apply-live`.
@@ -55,6 +136,11 @@ pub struct ApplyLiveArgs {
 }
 
 fn print_usr(s: &UsrStatus) {
+    let label = s
+        .name
+        .as_deref()
+        .map(|n| format!(" '{n}'"))
+        .unwrap_or_default();
     match &s.overlay {
         None => println!("/usr of {} is the deployment's, read-only", s.deployment),
         Some((kind, upper)) => {
@@ -64,10 +150,13 @@ fn print_usr(s: &UsrStatus) {
                 OverlayKind::Live => "the live-applied commit",
             };
             println!(
-                "/usr of {} has {what} (upper layer {})",
+                "/usr of {} has {what}{label} (upper layer {})",
                 s.deployment,
                 upper.display()
             );
+            if let Some(c) = &s.committed {
+                println!("committed as {c}: the next boot runs it, and this overlay is dropped");
+            }
             if let Some(c) = &s.live_commit {
                 println!("live commit: {c}");
             }
@@ -75,25 +164,76 @@ fn print_usr(s: &UsrStatus) {
     }
 }
 
+fn print_listing(l: &OverlayListing) {
+    let kind = match l.kind {
+        OverlayKind::Transient => "transient overlay",
+        OverlayKind::Hotfix => "hotfix",
+        OverlayKind::Live => "live-applied layer",
+    };
+    let label = l
+        .name
+        .as_deref()
+        .map(|n| format!(" '{n}'"))
+        .unwrap_or_default();
+    let mounted = if l.mounted { "" } else { ", not mounted here" };
+    println!(
+        "{kind}{label} on {}{mounted}: {} changed paths",
+        l.deployment,
+        l.changes.len()
+    );
+    for c in &l.changes {
+        let mark = match c.change {
+            ChangeKind::Added => 'A',
+            ChangeKind::Modified => 'M',
+            ChangeKind::Deleted => 'D',
+        };
+        let what = if c.what.is_empty() {
+            String::new()
+        } else {
+            format!("  ({})", c.what.join(", "))
+        };
+        println!(
+            "{mark} {:<7} {:04o} {:>10}  {}{what}",
+            format!("{:?}", c.entry_type).to_lowercase(),
+            c.mode,
+            c.size,
+            c.path
+        );
+    }
+}
+
 /// Runs `arbor usroverlay`.
 pub fn run_usroverlay(cli: &Cli, a: &UsrOverlayArgs) -> Result<i32> {
     let sysroot = Sysroot::open(&cli.sysroot)?;
-    let st = if a.status {
-        live::status(&sysroot, &a.root)?
-    } else {
-        let _lock = sysroot.lock(lock_wait(cli))?;
+    let req = a.request()?;
+    let out = if req.writes() {
+        let lock = sysroot.lock(lock_wait(cli))?;
         sysroot.record("usroverlay", || {
-            if a.remove {
-                live::usroverlay_remove(&sysroot, &a.root)
-            } else {
-                live::usroverlay(&sysroot, &a.root, a.hotfix)
-            }
+            live::request::run(&sysroot, Some(&lock), &a.root, &req, &Unobserved)
         })?
+    } else {
+        live::request::run(&sysroot, None, &a.root, &req, &Unobserved)?
     };
     if a.output.json {
-        return json(&st).map(|_| 0);
+        return json(&out).map(|_| 0);
     }
-    print_usr(&st);
+    match &out {
+        UsrOverlayOutcome::Status(st) => print_usr(st),
+        UsrOverlayOutcome::List(l) => print_listing(l),
+        UsrOverlayOutcome::Committed(c) => {
+            println!(
+                "committed {} changed paths of /usr as {} (on {})",
+                c.changes.len(),
+                c.commit,
+                c.from.short()
+            );
+            println!(
+                "deployed as {}/{}: it boots next; the overlay is dropped at that boot",
+                c.deploy.deployment.os,
+                c.deploy.deployment.dir_name()
+            );
+        }
+    }
     Ok(0)
 }
 

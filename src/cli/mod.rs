@@ -133,6 +133,7 @@ pub enum Command {
     /// Deploy the tip of the tracked ref with the layered packages re-applied.
     Upgrade(package_cmds::UpgradeArgs),
     /// A writable overlay on /usr: transient, or a hotfix kept across reboots.
+    #[command(after_long_help = live_cmds::USROVERLAY_HELP)]
     Usroverlay(live_cmds::UsrOverlayArgs),
     /// Make the running system match the pending deployment without a reboot.
     ApplyLive(live_cmds::ApplyLiveArgs),

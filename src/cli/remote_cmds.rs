@@ -535,6 +535,9 @@ pub fn run_history(cli: &Cli, a: &HistoryArgs) -> Result<i32> {
             e.result.as_deref().unwrap_or("running or interrupted"),
             e.command
         );
+        if let Some(d) = &e.detail {
+            println!("       {d}");
+        }
     }
     Ok(0)
 }

@@ -237,7 +237,14 @@ fn print_status(list: &[StatusRow]) {
             println!("    Base:      {b}");
         }
         if d.hotfix {
-            println!("    Hotfix:    a kept /usr overlay ('arbor usroverlay --remove' drops it)");
+            let name = d
+                .hotfix_name
+                .as_deref()
+                .map(|n| format!("'{n}', "))
+                .unwrap_or_default();
+            println!(
+                "    Hotfix:    {name}a kept /usr overlay ('arbor usroverlay --list' shows it)"
+            );
         }
         let l = &d.origin.layers;
         if !l.installed_names().is_empty() {

@@ -14,6 +14,7 @@
 
 mod auth;
 mod error;
+mod options;
 mod sysroot_iface;
 mod transaction;
 mod values;

@@ -11,6 +11,7 @@ use zbus::object_server::ObjectServer;
 use zbus::zvariant::{OwnedObjectPath, OwnedValue};
 use zbus::{fdo, interface};
 
+use super::options::{self, Options};
 use super::transaction::{self, Job};
 use super::values::{self, Dict};
 use super::{DaemonError, Shared, auth};
@@ -313,8 +314,11 @@ impl SysrootIface {
         self.begin(&hdr, conn, server, what, job).await
     }
 
-    /// A writable overlay on the running system's /usr (docs/live.md). Options:
-    /// "hotfix" (b: keep it across reboots), "remove" (b: unmount and drop it).
+    /// A writable overlay on the running system's /usr, and what `arbor usroverlay`
+    /// does with it (docs/live.md). Options: "hotfix" (b: kept across reboots), "name"
+    /// (s: its label), "add" (a{sh}: destination path below /usr → an open file to copy
+    /// there), "commit" (b: make it a commit and deploy it) with "message" (s), and
+    /// "remove" (b: unmount and drop it).
     #[zbus(out_args("transaction"))]
     async fn usr_overlay(
         &self,
@@ -323,22 +327,43 @@ impl SysrootIface {
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(object_server)] server: &ObjectServer,
     ) -> Result<OwnedObjectPath, DaemonError> {
-        let o = Options::parse(options, &["hotfix", "remove"])?;
-        let (hotfix, remove) = (
-            o.bool("hotfix")?.unwrap_or(false),
-            o.bool("remove")?.unwrap_or(false),
-        );
-        let root = self.shared.root.clone();
-        let job: Job = Box::new(move |sysroot, _, _| {
-            let st = if remove {
-                live::usroverlay_remove(sysroot, &root)?
-            } else {
-                live::usroverlay(sysroot, &root, hotfix)?
-            };
-            Ok(serde_json::to_value(st)?)
-        });
+        let o = Options::parse(options, options::USROVERLAY_OPTIONS)?;
         let what = ("UsrOverlay", "org.arbor.Arbor1.apply-live", "usroverlay");
-        self.begin(&hdr, conn, server, what, job).await
+        let (shared, root) = (self.shared.clone(), self.shared.root.clone());
+        self.begin_checked((&hdr, conn, server), what, move || {
+            let sysroot = Sysroot::open(&shared.sysroot).map_err(DaemonError::failed)?;
+            // Files passed by descriptor are copied here; it goes with the job.
+            let run = sysroot.run_dir().join("arbor");
+            std::fs::create_dir_all(&run).map_err(|e| DaemonError::failed(e.into()))?;
+            let staging = tempfile::Builder::new()
+                .prefix("dbus-add.")
+                .tempdir_in(&run)
+                .map_err(|e| DaemonError::failed(e.into()))?;
+            let req = options::usroverlay_request(&o, staging.path())?;
+            Ok(Box::new(move |sysroot, lock, obs| {
+                let out = live::request::run(sysroot, Some(lock), &root, &req, obs)?;
+                drop(staging);
+                Ok(serde_json::to_value(out)?)
+            }))
+        })
+        .await
+    }
+
+    /// What an overlay changed, the JSON document `arbor usroverlay` lists it as: the
+    /// booted deployment's, or with "deployment" (s: index or commit prefix) another
+    /// deployment's kept hotfix. It only reads, so any caller may ask.
+    #[zbus(out_args("listing"))]
+    async fn list_usr_overlay(
+        &self,
+        options: HashMap<String, OwnedValue>,
+    ) -> Result<String, DaemonError> {
+        let o = Options::parse(options, &["deployment"])?;
+        self.shared.touch();
+        let sysroot = Sysroot::open(&self.shared.sysroot).map_err(DaemonError::failed)?;
+        let which = o.string("deployment")?;
+        let listing = live::request::list(&sysroot, &self.shared.root, which.as_deref())
+            .map_err(DaemonError::failed)?;
+        serde_json::to_string(&listing).map_err(|e| DaemonError::failed(e.into()))
     }
 
     /// Removes unreferenced deployments and kernels, then prunes the repository.
@@ -473,8 +498,8 @@ impl SysrootIface {
         .into())
     }
 
-    /// The persisted update state machine (docs/remote.md), as `arbor update-status
-    /// --json` prints it: state (idle, checking, downloading, verifying, staging,
+    /// The persisted update state machine (docs/remote.md), as `arbor update-status`
+    /// prints it in JSON: state (idle, checking, downloading, verifying, staging,
     /// staged, testing, active, rolling-back, failed), remote, channel, available,
     /// version, bytes_done, bytes_total, error, last_check.
     #[zbus(property)]
@@ -510,49 +535,5 @@ impl SysrootIface {
             .as_ref()
             .map(values::history)
             .unwrap_or_default())
-    }
-}
-
-/// A method's `a{sv}` options, checked against the keys it knows.
-struct Options(HashMap<String, OwnedValue>);
-
-impl Options {
-    fn parse(map: HashMap<String, OwnedValue>, known: &[&str]) -> Result<Self, DaemonError> {
-        if let Some(k) = map.keys().find(|k| !known.contains(&k.as_str())) {
-            return Err(DaemonError::InvalidArgs(format!(
-                "unknown option '{k}' (known: {})",
-                if known.is_empty() {
-                    "none".to_string()
-                } else {
-                    known.join(", ")
-                }
-            )));
-        }
-        Ok(Options(map))
-    }
-
-    fn typed<T>(&self, key: &str, want: &str) -> Result<Option<T>, DaemonError>
-    where
-        T: TryFrom<OwnedValue>,
-    {
-        let Some(v) = self.0.get(key) else {
-            return Ok(None);
-        };
-        let v = v.try_clone().map_err(zbus::Error::from)?;
-        T::try_from(v)
-            .map(Some)
-            .map_err(|_| DaemonError::InvalidArgs(format!("option '{key}' must be {want}")))
-    }
-
-    fn string(&self, key: &str) -> Result<Option<String>, DaemonError> {
-        self.typed(key, "a string (s)")
-    }
-
-    fn bool(&self, key: &str) -> Result<Option<bool>, DaemonError> {
-        self.typed(key, "a boolean (b)")
-    }
-
-    fn strings(&self, key: &str) -> Result<Option<Vec<String>>, DaemonError> {
-        self.typed(key, "an array of strings (as)")
     }
 }

@@ -119,7 +119,7 @@ impl TransactionIface {
         self.state.lock().unwrap().percent
     }
 
-    /// What it did, as JSON (the same document `arbor … --json` prints); empty until
+    /// What it did, as JSON (the same document the CLI prints in JSON); empty until
     /// it succeeded.
     #[zbus(property)]
     fn result(&self) -> String {

@@ -219,6 +219,7 @@ pub fn install_to_disk(opts: &InstallOptions) -> Result<InstallReport> {
         layers: Default::default(),
         kargs: Some(kargs),
         stage: false,
+        layers_built: false,
     };
     let lock = sysroot.lock(LockWait::NoWait)?;
     let deployed = sysroot.record("install", || {

@@ -9,8 +9,12 @@
 //! prepare-root mounts it again at each boot.
 
 pub mod apply;
+pub mod changes;
 mod etc;
+pub mod hotfix_commit;
+pub mod overlay;
 pub mod record;
+pub mod request;
 pub mod swap;
 mod upper;
 
@@ -21,6 +25,8 @@ use rustix::mount::{self, MountFlags, UnmountFlags};
 use serde::Serialize;
 
 use crate::sysroot::{Deployment, Sysroot};
+
+pub use request::{UsrOverlayOutcome, UsrOverlayRequest};
 
 /// An overlay mounted on a `/usr`, as `/proc/self/mountinfo` describes it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -51,6 +57,10 @@ pub struct UsrStatus {
     pub overlay: Option<(OverlayKind, PathBuf)>,
     /// The commit `/usr` shows when apply-live made it another than the deployment's.
     pub live_commit: Option<String>,
+    /// The overlay's label (`--name`).
+    pub name: Option<String>,
+    /// The commit `--commit` made of the overlay, deployed for the next boot.
+    pub committed: Option<crate::store::ObjectId>,
 }
 
 /// Mounts an overlay on `usr` with `usr` itself (its current content) as the lower
@@ -171,16 +181,32 @@ pub fn status(sysroot: &Sysroot, root: &Path) -> Result<UsrStatus> {
             .map(|r| r.commit),
         _ => None,
     };
+    let info = match &overlay {
+        Some((OverlayKind::Transient | OverlayKind::Hotfix, upper)) => {
+            overlay::OverlayInfo::read(upper.parent().unwrap_or(upper))?
+        }
+        _ => overlay::OverlayInfo::default(),
+    };
     Ok(UsrStatus {
         deployment: format!("{}/{}", d.os, d.dir_name()),
         overlay,
         live_commit,
+        name: info.name,
+        committed: info.committed,
     })
 }
 
 /// Makes the live root's `/usr` writable through an overlay: until the next boot, or
-/// with `hotfix` for every boot of this deployment.
-pub fn usroverlay(sysroot: &Sysroot, root: &Path, hotfix: bool) -> Result<UsrStatus> {
+/// with `hotfix` for every boot of this deployment; `name` labels it.
+pub fn usroverlay(
+    sysroot: &Sysroot,
+    root: &Path,
+    hotfix: bool,
+    name: Option<&str>,
+) -> Result<UsrStatus> {
+    if let Some(n) = name {
+        overlay::check_name(n)?;
+    }
     let d = booted(sysroot)?;
     let usr = root.join("usr");
     if let Some(m) = usr_mount(&usr)? {
@@ -205,8 +231,80 @@ pub fn usroverlay(sysroot: &Sysroot, root: &Path, hotfix: bool) -> Result<UsrSta
         std::fs::create_dir_all(dir.join(sub))
             .with_context(|| format!("creating {}", dir.join(sub).display()))?;
     }
+    let mut info = overlay::OverlayInfo::read(&dir)?;
+    if info.created == 0 {
+        info.created = crate::commit::default_timestamp()?;
+    }
+    if let Some(n) = name {
+        info.name = Some(n.to_string());
+    }
+    info.write(&dir)?;
     mount_overlay(&usr, &dir.join("upper"), &dir.join("work"))?;
+    if let Some(n) = &info.name {
+        sysroot.set_history_detail(format!("name: {n}"));
+    }
     status(sysroot, root)
+}
+
+/// Labels the overlay on the live root's `/usr` (`usroverlay --name` alone), making
+/// a transient one when there is none.
+pub fn usroverlay_name(sysroot: &Sysroot, root: &Path, name: &str) -> Result<UsrStatus> {
+    overlay::check_name(name)?;
+    if usr_mount(&root.join("usr"))?.is_none() {
+        return usroverlay(sysroot, root, false, Some(name));
+    }
+    let found = overlay::find(sysroot, root, None)?;
+    if found.kind == OverlayKind::Live {
+        bail!("/usr shows a live-applied commit, which has no name");
+    }
+    let mut info = overlay::OverlayInfo::read(&found.dir)?;
+    info.name = Some(name.to_string());
+    info.write(&found.dir)?;
+    sysroot.set_history_detail(format!("name: {name}"));
+    status(sysroot, root)
+}
+
+/// Copies files and folders into the live root's `/usr` (`usroverlay --add`): each
+/// item is (source, path below `/usr`), see [`overlay::parse_add`]. Without an
+/// overlay one is made first (transient, or kept with `hotfix`).
+pub fn usroverlay_add(
+    sysroot: &Sysroot,
+    root: &Path,
+    items: &[(PathBuf, String)],
+    hotfix: bool,
+    name: Option<&str>,
+) -> Result<UsrStatus> {
+    let d = booted(sysroot)?;
+    match usr_mount(&root.join("usr"))? {
+        None => {
+            usroverlay(sysroot, root, hotfix, name)?;
+        }
+        Some(m) => {
+            let kind = kind_of(sysroot, &d, &m.upper);
+            if kind == OverlayKind::Live {
+                bail!(
+                    "/usr shows a live-applied commit; 'arbor apply-live --reset' before adding files"
+                );
+            }
+            if hotfix && kind != OverlayKind::Hotfix {
+                bail!(
+                    "/usr has a transient overlay; --hotfix asks for a kept one ('arbor usroverlay --remove' first)"
+                );
+            }
+            if let Some(n) = name {
+                usroverlay_name(sysroot, root, n)?;
+            }
+        }
+    }
+    let added = overlay::add(root, items)?;
+    let st = status(sysroot, root)?;
+    let label = st
+        .name
+        .as_deref()
+        .map(|n| format!(" ({n})"))
+        .unwrap_or_default();
+    sysroot.set_history_detail(format!("added{label}: {}", added.join(" ")));
+    Ok(st)
 }
 
 /// Unmounts the overlay on the live root's `/usr` and drops its layer (for a hotfix:

@@ -342,6 +342,7 @@ pub fn edit(
         layers,
         kargs: None,
         stage: false,
+        layers_built: false,
     })
 }
 
@@ -377,5 +378,6 @@ pub fn upgrade(
         layers: d.origin.layers.clone(),
         kargs: None,
         stage: false,
+        layers_built: false,
     }))
 }

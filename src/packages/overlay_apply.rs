@@ -17,7 +17,7 @@ use rustix::fs::{self as rfs, AtFlags, FileType};
 use crate::fsutil;
 use crate::store::encoding::Xattrs;
 
-const OVERLAY_XATTR: &[u8] = b"trusted.overlay.";
+use fsutil::{OVERLAY_XATTR_PREFIX as OVERLAY_XATTR, is_overlay_opaque as is_opaque};
 
 /// Applies `upper` onto `lower`; top-level names in `skip` are left out (mount points
 /// the build covered, and /etc, which was bound onto /usr/etc).
@@ -26,15 +26,7 @@ pub fn apply(upper: BorrowedFd<'_>, lower: BorrowedFd<'_>, skip: &[&str]) -> Res
 }
 
 fn is_whiteout(dir: BorrowedFd<'_>, name: &[u8]) -> Result<bool> {
-    let st = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
-    Ok(FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice && st.st_rdev == 0)
-}
-
-fn is_opaque(dir: BorrowedFd<'_>, name: &[u8]) -> Result<bool> {
-    let x = fsutil::read_xattrs_at(dir, name)?;
-    Ok(x.pairs()
-        .iter()
-        .any(|(k, v)| k == b"trusted.overlay.opaque" && v.as_slice() == b"y"))
+    Ok(fsutil::is_overlay_whiteout(dir, name)?)
 }
 
 fn apply_dir(

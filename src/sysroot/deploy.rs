@@ -70,8 +70,11 @@ pub fn deploy_held(
     }
     remove_leftovers(sysroot)?;
     // Layered packages make a new commit out of the base.
-    let commit_id =
-        crate::packages::layer::build(sysroot, &opts.os, &opts.commit, &opts.layers, obs)?;
+    let commit_id = if opts.layers_built {
+        opts.commit
+    } else {
+        crate::packages::layer::build(sysroot, &opts.os, &opts.commit, &opts.layers, obs)?
+    };
     // A new deploy replaces a deployment staged earlier.
     sysroot.set_staged(lock, None)?;
     let current = sysroot.deployments()?;
@@ -167,11 +170,14 @@ pub fn deploy_held(
         origin,
         kargs: opts.kargs.clone().unwrap_or(inherited),
         version: commit.metadata_value("version").map(str::to_string),
-        base: (commit_id != opts.commit).then_some(opts.commit),
+        base: commit
+            .metadata_value(crate::sysroot::BASE_KEY)
+            .and_then(|h| h.parse().ok()),
         image: commit
             .metadata_value(crate::image::DIGEST_KEY)
             .map(str::to_string),
         hotfix: false,
+        hotfix_name: None,
         timestamp: commit.timestamp,
         booted: false,
         linux: installed.linux,

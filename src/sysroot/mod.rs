@@ -16,6 +16,7 @@
 //! that no entry names is a leftover (of a crash, or of an undeploy) for cleanup.
 
 pub mod deploy;
+pub mod hotfix;
 pub mod kargs;
 pub mod origin;
 pub mod plan;
@@ -47,6 +48,9 @@ pub struct Sysroot {
     boot: boot::BootConfig,
     /// The ESP's folder when it is not where `boot` says (an installer stages it).
     esp_override: Option<PathBuf>,
+    /// What the running operation touched, for its history row (see
+    /// [`Sysroot::set_history_detail`]).
+    detail: std::sync::Mutex<Option<String>>,
 }
 
 /// One deployment, as the boot entries and its origin file describe it.
@@ -74,6 +78,9 @@ pub struct Deployment {
     /// It has a kept `/usr` hotfix overlay (`usroverlay --hotfix`).
     #[serde(default)]
     pub hotfix: bool,
+    /// The kept hotfix's label (`usroverlay --name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hotfix_name: Option<String>,
     /// The commit's timestamp.
     pub timestamp: i64,
     /// True for the deployment running now.
@@ -178,6 +185,7 @@ impl Sysroot {
             running,
             boot,
             esp_override: None,
+            detail: std::sync::Mutex::new(None),
         })
     }
 
@@ -370,12 +378,26 @@ impl Sysroot {
     ) -> Result<T> {
         let db = StateDb::open(&self.state_db_path())?;
         let id = db.begin_transaction(kind, command, uid)?;
+        self.take_history_detail();
         let result = f();
+        if let Some(detail) = self.take_history_detail() {
+            let _ = db.set_transaction_detail(id, &detail);
+        }
         let _ = db.end_transaction(
             id,
             &result.as_ref().map(|_| ()).map_err(|e| format!("{e:#}")),
         );
         result
+    }
+
+    /// Says what the operation being recorded touched (the paths `usroverlay --add`
+    /// wrote, ...): the operation knows it, and the CLI and the daemon record alike.
+    pub fn set_history_detail(&self, detail: String) {
+        *self.detail.lock().unwrap_or_else(|e| e.into_inner()) = Some(detail);
+    }
+
+    fn take_history_detail(&self) -> Option<String> {
+        self.detail.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// Records an event that happened rather than an operation run (a failed health
@@ -445,6 +467,7 @@ impl Sysroot {
                 base: None,
                 image: None,
                 hotfix: false,
+                hotfix_name: None,
                 timestamp: 0,
                 booted: false,
                 linux: entry.linux.clone(),
@@ -456,6 +479,11 @@ impl Sysroot {
                 .as_ref()
                 .is_some_and(|(o, c, s)| *o == d.os && *c == d.commit && *s == d.serial);
             d.hotfix = self.hotfix_dir(&d).join("upper").is_dir();
+            if d.hotfix {
+                d.hotfix_name = hotfix::OverlayInfo::read(&self.hotfix_dir(&d))
+                    .ok()
+                    .and_then(|i| i.name);
+            }
             let origin_path = self.origin_path(&d);
             d.origin = std::fs::read_to_string(&origin_path)
                 .with_context(|| format!("boot entry {name}: reading {}", origin_path.display()))

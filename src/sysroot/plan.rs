@@ -25,6 +25,9 @@ pub struct DeployOptions {
     pub kargs: Option<Vec<String>>,
     /// Prepare now, switch boot entries at shutdown (`finalize-staged`).
     pub stage: bool,
+    /// `commit` already holds `layers` (`usroverlay --commit` builds on the booted,
+    /// layered commit): the deploy records them in the origin but layers nothing.
+    pub layers_built: bool,
 }
 
 impl DeployOptions {
@@ -56,6 +59,7 @@ impl DeployOptions {
             layers,
             kargs: (!kargs.is_empty()).then_some(kargs),
             stage,
+            layers_built: false,
         })
     }
 }
@@ -136,6 +140,7 @@ mod tests {
             base: None,
             image: None,
             hotfix: false,
+            hotfix_name: None,
             timestamp: 0,
             booted,
             linux: String::new(),

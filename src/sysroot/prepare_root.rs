@@ -50,6 +50,25 @@ fn bind(from: &Path, to: &Path, done: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// Removes the hotfixes `usroverlay --commit` turned into a deployment: from this
+/// boot on, that deployment carries the fix, and the old one boots as it was.
+fn drop_committed_hotfixes(dir: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(()); // no hotfix was ever made
+    };
+    for e in entries {
+        let path = e?.path();
+        let committed = super::hotfix::OverlayInfo::read(&path)
+            .map(|i| i.committed.is_some())
+            .unwrap_or(false);
+        if committed {
+            crate::fsutil::remove_tree(&path)
+                .with_context(|| format!("removing the committed hotfix {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Mounts the root of the deployment named by `cmdline` at `target`. On failure, what
 /// was mounted is unmounted again.
 pub fn prepare_root(sysroot: &Path, cmdline: &str, target: &Path) -> Result<PreparedRoot> {
@@ -77,6 +96,7 @@ pub fn prepare_root(sysroot: &Path, cmdline: &str, target: &Path) -> Result<Prep
         .parent()
         .and_then(Path::parent)
         .context("deployment path")?;
+    drop_committed_hotfixes(&stateroot.join("hotfix"))?;
     let mut mounts = Vec::new();
     let result = (|| -> Result<()> {
         bind(&deployment, target, &mut mounts)?;

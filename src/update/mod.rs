@@ -286,6 +286,7 @@ pub fn run(
                 .unwrap_or_default(),
             kargs: None,
             stage: current_d.is_some(),
+            layers_built: false,
         };
         let r = deploy_held(sysroot, lock, &d_opts, obs)?;
         let name = r.deployment.dir_name();

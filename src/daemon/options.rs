@@ -1,0 +1,153 @@
+//! Reading a method's `a{sv}` options: unknown keys and wrong types are
+//! `InvalidArgs` naming the key, so a client learns its mistake from the reply.
+
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use zbus::zvariant::{Fd, OwnedValue};
+
+use super::DaemonError;
+use crate::live::{UsrOverlayRequest, overlay};
+
+/// A method's `a{sv}` options, checked against the keys it knows.
+pub struct Options(HashMap<String, OwnedValue>);
+
+impl Options {
+    /// Takes the options, refusing a key not in `known`.
+    pub fn parse(map: HashMap<String, OwnedValue>, known: &[&str]) -> Result<Self, DaemonError> {
+        if let Some(k) = map.keys().find(|k| !known.contains(&k.as_str())) {
+            return Err(DaemonError::InvalidArgs(format!(
+                "unknown option '{k}' (known: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
+        Ok(Options(map))
+    }
+
+    /// The value of `key` as a `T`, if given; `want` names the type for the error.
+    pub fn typed<T>(&self, key: &str, want: &str) -> Result<Option<T>, DaemonError>
+    where
+        T: TryFrom<OwnedValue>,
+    {
+        let Some(v) = self.0.get(key) else {
+            return Ok(None);
+        };
+        let v = v.try_clone().map_err(zbus::Error::from)?;
+        T::try_from(v)
+            .map(Some)
+            .map_err(|_| DaemonError::InvalidArgs(format!("option '{key}' must be {want}")))
+    }
+
+    /// A string option (`s`).
+    pub fn string(&self, key: &str) -> Result<Option<String>, DaemonError> {
+        self.typed(key, "a string (s)")
+    }
+
+    /// A boolean option (`b`).
+    pub fn bool(&self, key: &str) -> Result<Option<bool>, DaemonError> {
+        self.typed(key, "a boolean (b)")
+    }
+
+    /// A string array option (`as`).
+    pub fn strings(&self, key: &str) -> Result<Option<Vec<String>>, DaemonError> {
+        self.typed(key, "an array of strings (as)")
+    }
+
+    /// A map of names to file descriptors (`a{sh}`).
+    pub fn fds(&self, key: &str) -> Result<Option<HashMap<String, Fd<'static>>>, DaemonError> {
+        self.typed(key, "a map of paths to file descriptors (a{sh})")
+    }
+}
+
+/// The options `UsrOverlay` knows.
+pub const USROVERLAY_OPTIONS: &[&str] = &["hotfix", "remove", "name", "add", "commit", "message"];
+
+/// Turns `UsrOverlay`'s options into the library request. Files to add come as open
+/// file descriptors (`"add"`: `a{sh}`, destination path → fd), so the daemon reads
+/// only what the caller could open; they are copied into `staging` first, as regular
+/// files with their permission bits (set-id bits dropped) and owned by root.
+pub fn usroverlay_request(o: &Options, staging: &Path) -> Result<UsrOverlayRequest, DaemonError> {
+    let flag = |k| o.bool(k).map(|v| v.unwrap_or(false));
+    let (hotfix, remove, commit) = (flag("hotfix")?, flag("remove")?, flag("commit")?);
+    let name = o.string("name")?;
+    let message = o.string("message")?;
+    let add = o.fds("add")?;
+    let actions = [remove, commit, add.is_some()]
+        .iter()
+        .filter(|x| **x)
+        .count();
+    if actions > 1 {
+        return Err(DaemonError::InvalidArgs(
+            "give one of the options remove, commit, add".into(),
+        ));
+    }
+    if message.is_some() && !commit {
+        return Err(DaemonError::InvalidArgs(
+            "option 'message' goes with 'commit'".into(),
+        ));
+    }
+    if hotfix && (remove || commit) {
+        return Err(DaemonError::InvalidArgs(
+            "option 'hotfix' goes with creating or adding".into(),
+        ));
+    }
+    Ok(if remove {
+        UsrOverlayRequest::Remove
+    } else if commit {
+        UsrOverlayRequest::Commit { message }
+    } else if let Some(add) = add {
+        UsrOverlayRequest::Add {
+            items: stage_fds(add, staging)?,
+            hotfix,
+            name,
+        }
+    } else {
+        UsrOverlayRequest::Create { hotfix, name }
+    })
+}
+
+fn stage_fds(
+    add: HashMap<String, Fd<'static>>,
+    staging: &Path,
+) -> Result<Vec<(PathBuf, String)>, DaemonError> {
+    let invalid = DaemonError::InvalidArgs;
+    let mut items = Vec::new();
+    let mut add: Vec<_> = add.into_iter().collect();
+    add.sort_by(|a, b| a.0.cmp(&b.0));
+    for (i, (dest, fd)) in add.into_iter().enumerate() {
+        let (_, rel) =
+            overlay::parse_add(&format!("x:{dest}")).map_err(|e| invalid(format!("{e:#}")))?;
+        let st = rustix::fs::fstat(fd.as_fd())
+            .map_err(|e| DaemonError::failed(std::io::Error::from(e).into()))?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+            return Err(invalid(format!(
+                "'add' {dest}: the descriptor is not a regular file"
+            )));
+        }
+        let path = staging.join(i.to_string());
+        let copied = (|| -> std::io::Result<()> {
+            let dup = std::fs::File::from(fd.as_fd().try_clone_to_owned()?);
+            let mut from = std::io::BufReader::new(dup);
+            // Read from the start, whatever the caller's offset.
+            use std::io::Seek;
+            from.seek(std::io::SeekFrom::Start(0))?;
+            let mut to = std::fs::File::create(&path)?;
+            std::io::copy(&mut from, &mut to)?;
+            use std::os::unix::fs::PermissionsExt;
+            to.set_permissions(std::fs::Permissions::from_mode(st.st_mode & 0o777))?;
+            Ok(())
+        })();
+        copied.map_err(|e| {
+            DaemonError::failed(
+                anyhow::Error::new(e).context(format!("reading the file for {dest}")),
+            )
+        })?;
+        items.push((path, rel));
+    }
+    Ok(items)
+}
