@@ -379,6 +379,50 @@ test -d $T/usr/share/doc/hostname
 }
 
 #[test]
+fn root_usroverlay_commit_of_a_layered_deployment_keeps_its_layers() {
+    require_root!();
+    let t = scratch();
+    let sr = sysroot(t.path());
+    compose(&sr, &corpus("a"), "os/a", "a");
+    arbor_ok(&["--sysroot", &sr, "deploy", "os/a"]);
+    arbor_ok(&["--sysroot", &sr, "install", "hello"]);
+    let cmdline = boot_first(&sr, t.path());
+    in_namespace(
+        &sr,
+        &cmdline,
+        t.path(),
+        r#"
+boot
+test -x $T/usr/bin/hello
+$A usroverlay --name layered-fix --root $T
+echo fixed > $T/usr/share/fixnote
+$A usroverlay --commit --root $T
+"#,
+    );
+    let st = status(&sr);
+    assert_eq!(st[0]["origin"], st[1]["origin"]);
+    assert_eq!(
+        st[0]["origin"]["layers"]["packages"],
+        serde_json::json!(["hello"])
+    );
+    // Its base is the booted deployment's base, so an upgrade re-layers from there.
+    assert_eq!(st[0]["base"], st[1]["base"]);
+    assert_ne!(st[0]["commit"], st[1]["commit"]);
+    let new = deployment_dir(&sr, 0);
+    assert!(new.join("usr/bin/hello").exists());
+    assert_eq!(
+        std::fs::read_to_string(new.join("usr/share/fixnote")).unwrap(),
+        "fixed\n"
+    );
+    let h = arbor_ok(&["--sysroot", &sr, "history"]);
+    assert!(
+        h.contains("committed (layered-fix) 1 changed paths as"),
+        "{h}"
+    );
+    arbor_ok(&["--sysroot", &sr, "fsck"]);
+}
+
+#[test]
 fn root_daemon_adds_a_file_by_descriptor_and_lists_the_overlay() {
     require_root!();
     let t = scratch();

@@ -205,8 +205,13 @@ pub fn commit_overlay(
     let deploy = deploy_held(sysroot, lock, &opts, obs)?;
     info.committed = Some(id);
     info.write(&found.dir)?;
+    let label = info
+        .name
+        .as_deref()
+        .map(|n| format!(" ({n})"))
+        .unwrap_or_default();
     sysroot.set_history_detail(format!(
-        "committed {} changed paths as {}",
+        "committed{label} {} changed paths as {}",
         list.len(),
         id.short()
     ));
