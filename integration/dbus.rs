@@ -48,6 +48,7 @@ fn stdout(o: &std::process::Output) -> String {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_busctl_and_gdbus_read_status_and_start_a_deploy() {
     require_root!();
     let (bus, s, _t) = two_versions_on_a_bus(60);
@@ -55,7 +56,9 @@ fn root_busctl_and_gdbus_read_status_and_start_a_deploy() {
     let deployments = bus.property(ROOT, SYSROOT, "Deployments");
     assert_eq!(deployments.as_array().unwrap().len(), 1);
     assert_eq!(deployments[0]["version"]["data"], "1");
-    assert_eq!(deployments[0]["origin"]["data"], "os/a");
+    assert_eq!(deployments[0]["origin"]["data"]["refspec"]["data"], "os/a");
+    assert_eq!(deployments[0]["role"]["data"], "pending");
+    assert_eq!(deployments[0]["commit"]["data"], status(&s)[0]["commit"]);
     let state = bus.property(ROOT, SYSROOT, "UpdateState");
     assert_eq!(
         state, "pending-reboot",
@@ -149,6 +152,7 @@ enum Event {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_rust_client_follows_progress_to_finished() {
     require_root!();
     let (bus, s, _t) = two_versions_on_a_bus(60);
@@ -257,6 +261,7 @@ fn root_rust_client_follows_progress_to_finished() {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_non_root_reads_status_but_gets_access_denied() {
     require_root!();
     let (bus, s, _t) = two_versions_on_a_bus(60);
@@ -301,6 +306,7 @@ fn root_non_root_reads_status_but_gets_access_denied() {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_polkit_authorizes_a_non_root_caller_per_action() {
     require_root!();
     let (bus, s, _t) = two_versions_on_a_bus(60);
@@ -352,6 +358,7 @@ fn root_polkit_authorizes_a_non_root_caller_per_action() {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_one_transaction_at_a_time_cli_and_daemon_exclude_each_other_and_cancel() {
     require_root!();
     let t = scratch();
@@ -425,6 +432,7 @@ fn root_one_transaction_at_a_time_cli_and_daemon_exclude_each_other_and_cancel()
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_daemon_exits_when_idle_and_is_activated_again_with_its_state() {
     require_root!();
     let (bus, _s, _t) = two_versions_on_a_bus(2);
@@ -482,6 +490,7 @@ fn interfaces(xml: &str) -> Vec<(String, String)> {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_interface_xml_equals_live_introspection() {
     require_root!();
     let (bus, _s, _t) = two_versions_on_a_bus(60);
@@ -559,6 +568,7 @@ fn root_interface_xml_equals_live_introspection() {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_only_the_last_finished_transactions_stay_exported() {
     require_root!();
     let (bus, s, _t) = two_versions_on_a_bus(60);
@@ -587,4 +597,91 @@ fn root_only_the_last_finished_transactions_stay_exported() {
         true,
         "the last 16 stay"
     );
+}
+
+#[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+fn root_a_panicking_job_fails_its_transaction_and_the_daemon_carries_on() {
+    require_root!();
+    let t = scratch();
+    let s = two_versions(t.path());
+    let bus = Bus::launch_env(&s, 3, None, &[("ARBOR_FAILPOINTS", "ops-execute=panic")]);
+    let p = bus.start(&["Rollback", "a{sv}", "0"]).unwrap();
+    let (ok, msg) = bus.wait(&p);
+    assert!(
+        !ok && msg.contains("internal error") && msg.contains("failpoint ops-execute"),
+        "{msg}"
+    );
+    // Not stuck: nothing is active, and the next call gets a transaction, not Busy.
+    assert_eq!(
+        bus.property(ROOT, SYSROOT, "ActiveTransaction"),
+        serde_json::json!(["", "", ""])
+    );
+    let q = bus.start(&["Rollback", "a{sv}", "0"]).unwrap();
+    assert_ne!(p, q);
+    assert!(!bus.wait(&q).0);
+    // The history row ended as failed; nothing changed.
+    let last = bus.property(ROOT, SYSROOT, "LastTransaction");
+    assert_eq!(last["kind"]["data"], "rollback");
+    assert!(
+        last["result"]["data"]
+            .as_str()
+            .unwrap()
+            .contains("internal error"),
+        "{last}"
+    );
+    assert_eq!(versions(&s), ["1"]);
+    // And it still exits when idle.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while bus.daemon_running() {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon never exited after the panic"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+fn root_failed_transactions_name_their_case() {
+    require_root!();
+    let t = scratch();
+    let s = two_versions(t.path());
+    // Deployment 0 is "booted" for the daemon, so apply-live has something to compare.
+    let cmdline = t.path().join("cmdline");
+    arbor_ok(&[
+        "--sysroot",
+        &s,
+        "boot-select",
+        "--cmdline-out",
+        cmdline.to_str().unwrap(),
+    ]);
+    let bus = Bus::launch(&s, 60, Some(&cmdline));
+    let name = |path: &str| {
+        bus.property(path, TXN, "ErrorName")
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let p = bus
+        .start(&["Deploy", "sa{sv}", "os/b", "1", "os", "s", "nowhere"])
+        .unwrap();
+    let (ok, msg) = bus.wait(&p);
+    assert!(!ok && msg.contains("no stateroot 'nowhere'"), "{msg}");
+    assert_eq!(name(&p), "org.arbor.Arbor1.Error.NoStateroot");
+    let p = bus.start(&["ApplyLive", "a{sv}", "0"]).unwrap();
+    let (ok, msg) = bus.wait(&p);
+    assert!(!ok && msg.contains("nothing is pending"), "{msg}");
+    assert_eq!(name(&p), "org.arbor.Arbor1.Error.NothingPending");
+    let p = bus.start(&["Rollback", "a{sv}", "0"]).unwrap();
+    let (ok, msg) = bus.wait(&p);
+    assert!(
+        !ok && msg.contains("no deployment to roll back to"),
+        "{msg}"
+    );
+    assert_eq!(name(&p), "org.arbor.Arbor1.Error.NothingPending");
+    let p = bus.start(&["Deploy", "sa{sv}", "os/b", "0"]).unwrap();
+    assert_eq!(bus.wait(&p), (true, String::new()));
+    assert_eq!(name(&p), "");
 }

@@ -32,6 +32,7 @@ fn repo_with(dir: &Path, trees: &[&str]) -> String {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_delta_rebuilds_b_from_a_and_refuses_damage() {
     require_root!();
     let t = scratch();

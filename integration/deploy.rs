@@ -17,6 +17,7 @@ fn s_(p: &Path) -> &str {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_deploy_a_then_b_rollback_pin_undeploy_cleanup_on_corpus() {
     require_root!();
     let t = scratch();
@@ -87,6 +88,7 @@ fn root_deploy_a_then_b_rollback_pin_undeploy_cleanup_on_corpus() {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_booted_deployment_is_kept_and_cannot_be_undeployed() {
     require_root!();
     let t = scratch();
@@ -168,6 +170,7 @@ fn merge_case(edit: impl FnOnce(&Path)) -> (tempfile::TempDir, PathBuf) {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_etc_merge_untouched_files_take_the_new_default() {
     require_root!();
     let (_t, etc) = merge_case(|_| {});
@@ -182,6 +185,7 @@ fn root_etc_merge_untouched_files_take_the_new_default() {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_etc_merge_keeps_local_edit() {
     require_root!();
     let (_t, etc) = merge_case(|etc| std::fs::write(etc.join("motd"), "my motd\n").unwrap());
@@ -196,6 +200,7 @@ fn root_etc_merge_keeps_local_edit() {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_etc_merge_keeps_local_deletion() {
     require_root!();
     let (_t, etc) = merge_case(|etc| std::fs::remove_file(etc.join("motd")).unwrap());
@@ -206,6 +211,7 @@ fn root_etc_merge_keeps_local_deletion() {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_etc_merge_keeps_local_addition_in_new_directory() {
     require_root!();
     let (_t, etc) = merge_case(|etc| {
@@ -219,6 +225,7 @@ fn root_etc_merge_keeps_local_addition_in_new_directory() {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_etc_merge_counts_mode_and_owner_changes() {
     require_root!();
     let (_t, etc) = merge_case(|etc| {
@@ -245,6 +252,7 @@ fn root_etc_merge_counts_mode_and_owner_changes() {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_etc_merge_counts_symlink_changes() {
     require_root!();
     let (_t, etc) = merge_case(|etc| {
@@ -258,6 +266,7 @@ fn root_etc_merge_counts_symlink_changes() {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_commit_without_kernel_is_refused_and_nothing_changes() {
     require_root!();
     let t = scratch();
@@ -282,6 +291,7 @@ fn root_commit_without_kernel_is_refused_and_nothing_changes() {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_bootctl_reads_our_entries() {
     require_root!();
     let bootctl = [
@@ -347,6 +357,7 @@ fn root_bootctl_reads_our_entries() {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_second_deploy_names_the_running_one() {
     require_root!();
     let t = scratch();
@@ -366,6 +377,7 @@ fn root_second_deploy_names_the_running_one() {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_disk_full_during_deploy_leaves_boot_configuration_unchanged() {
     require_root!();
     let d = tempfile::tempdir().unwrap();
@@ -446,6 +458,7 @@ fn boot(s: &str, cmdline: &Path) -> (String, bool) {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_failing_health_check_runs_out_of_tries_and_falls_back() {
     require_root!();
     let t = scratch();
@@ -526,6 +539,7 @@ fn root_failing_health_check_runs_out_of_tries_and_falls_back() {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_passing_health_check_marks_the_boot_good_and_slow_checks_time_out() {
     require_root!();
     let t = scratch();
@@ -567,6 +581,7 @@ fn root_passing_health_check_marks_the_boot_good_and_slow_checks_time_out() {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_kargs_edit_the_default_entry_and_are_inherited() {
     require_root!();
     let t = scratch();
@@ -624,6 +639,7 @@ fn root_kargs_edit_the_default_entry_and_are_inherited() {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_prepare_root_assembles_the_deployment_in_a_mount_namespace() {
     require_root!();
     let t = scratch();
@@ -694,6 +710,7 @@ echo assembled"#,
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_staged_deploy_is_finalized_with_etc_edits_made_after_staging() {
     require_root!();
     let t = scratch();
@@ -725,6 +742,7 @@ fn root_staged_deploy_is_finalized_with_etc_edits_made_after_staging() {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_grub_fragment_lists_deployments_and_passes_grub_script_check() {
     require_root!();
     let t = scratch();
@@ -838,15 +856,12 @@ fn assert_consistent(s: &str, when: &str) {
     }
 }
 
-/// 100 SIGKILLs of `arbor deploy` at random moments. Minutes long: runs with
-/// ARBOR_TORTURE=1 (CI sets it).
+/// 100 SIGKILLs of `arbor deploy` at random moments. Minutes long: scripts/test.sh
+/// runs it with ARBOR_TORTURE=1 (CI sets it).
 #[test]
+#[ignore = "a torture run of minutes: scripts/test.sh runs it with ARBOR_TORTURE=1 (.ci/run)"]
 fn root_torture_sigkill_during_deploy_leaves_a_bootable_sysroot() {
     require_root!();
-    if std::env::var_os("ARBOR_TORTURE").is_none() {
-        eprintln!("skipped: a torture run; set ARBOR_TORTURE=1");
-        return;
-    }
     let t = scratch();
     let s = sysroot(t.path());
     // A real tree with a kernel: corpus `small` (hardlinked, not modified) plus one.

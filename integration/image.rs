@@ -157,6 +157,7 @@ fn import(sr: &str, image: &str, branch: &str) -> std::process::Output {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_image_import_applies_layers_whiteouts_hardlinks_and_xattrs() {
     require_root!();
     let t = scratch();
@@ -251,6 +252,7 @@ fn root_image_import_applies_layers_whiteouts_hardlinks_and_xattrs() {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_image_import_is_reproducible_across_repositories_and_transports() {
     require_root!();
     let t = scratch();
@@ -321,6 +323,7 @@ fn refused(bad: Layer, message: &str) {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_image_import_refuses_hostile_names_and_links() {
     require_root!();
     let r = tar::EntryType::Regular;
@@ -363,6 +366,7 @@ fn root_image_import_refuses_hostile_names_and_links() {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_image_import_refuses_tampered_blobs_and_bombs() {
     require_root!();
     // A layer whose bytes do not match its digest (same size).
@@ -422,6 +426,7 @@ fn build_containerfiles() {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_containerfile_images_build_offline_and_import_with_arbor_inside() {
     require_root!();
     build_containerfiles();

@@ -123,6 +123,7 @@ echo script-exited-$?
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_the_initramfs_has_no_busybox_and_no_full_arbor() {
     require_root!();
     let r = initramfs();
@@ -150,6 +151,7 @@ fn root_the_initramfs_has_no_busybox_and_no_full_arbor() {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_the_local_bottom_script_assembles_the_deployment() {
     require_root!();
     let t = scratch();
@@ -177,6 +179,7 @@ echo assembled
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_the_local_bottom_script_leaves_a_root_without_arbor_alone() {
     require_root!();
     let t = scratch();
@@ -194,6 +197,7 @@ fn root_the_local_bottom_script_leaves_a_root_without_arbor_alone() {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_the_local_bottom_script_stops_the_boot_when_it_cannot_tell_or_cannot_assemble() {
     require_root!();
     let t = scratch();

@@ -111,6 +111,7 @@ fn blkid(disk: &Path, offset: u64) -> String {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_install_to_disk_with_systemd_boot_makes_a_disk_bootctl_reads() {
     require_root!();
     let t = scratch();
@@ -193,6 +194,7 @@ fn root_install_to_disk_with_systemd_boot_makes_a_disk_bootctl_reads() {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_install_to_disk_with_grub_writes_its_efi_image_and_grub_cfg() {
     require_root!();
     let t = scratch();
@@ -236,6 +238,7 @@ fn root_install_to_disk_with_grub_writes_its_efi_image_and_grub_cfg() {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_install_to_disk_refuses_what_it_must_not_erase() {
     require_root!();
     let t = scratch();

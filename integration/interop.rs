@@ -106,12 +106,14 @@ fn export_checks_out_equal(tree: &Path) {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_export_of_corpus_a_passes_ostree_fsck_and_checks_out_equal() {
     require_root!();
     export_checks_out_equal(&corpus("a"));
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_export_keeps_xattrs_caps_and_owners() {
     require_root!();
     let t = scratch();
@@ -179,12 +181,14 @@ fn import_equals_commit(tree: &Path) {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_ostree_commit_of_corpus_a_imports_as_the_same_arbor_commit() {
     require_root!();
     import_equals_commit(&corpus("a"));
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_import_keeps_xattrs_caps_and_owners() {
     require_root!();
     let t = scratch();
@@ -210,6 +214,7 @@ fn mounted(p: &Path) -> bool {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_mount_of_corpus_a_matches_a_checkout_and_unmounts() {
     require_root!();
     let (t, repo) = setup(&corpus("a"));
@@ -254,6 +259,7 @@ fn root_mount_of_corpus_a_matches_a_checkout_and_unmounts() {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_mount_shows_xattrs_and_ctrl_c_unmounts() {
     require_root!();
     let t0 = scratch();

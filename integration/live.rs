@@ -12,6 +12,7 @@ use std::process::Command;
 use common::*;
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_usroverlay_transient_goes_at_reboot_and_hotfix_stays() {
     require_root!();
     let t = scratch();
@@ -146,6 +147,7 @@ fn boot_with_tmpfs_run(sr: &str) -> String {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_apply_live_merges_etc_defaults_across_mounts() {
     require_root!();
     let t = scratch();
@@ -211,6 +213,7 @@ fn neither_old_nor_new(
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_apply_live_that_fails_part_way_loses_nothing_and_runs_again() {
     require_root!();
     let t = scratch();
@@ -269,6 +272,7 @@ fn root_apply_live_that_fails_part_way_loses_nothing_and_runs_again() {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_apply_live_refuses_a_kernel_change_without_force() {
     require_root!();
     let t = scratch();
@@ -321,6 +325,7 @@ fn dpkg_versions(admindir: &Path) -> std::collections::BTreeMap<String, String> 
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_apply_live_of_the_point_update_a_to_b() {
     require_root!();
     let t = scratch();
@@ -403,6 +408,7 @@ echo reset-ok
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_apply_live_of_a_layered_package() {
     require_root!();
     let t = scratch();

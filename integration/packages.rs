@@ -109,6 +109,7 @@ fn commit_of(s: &str, index: usize) -> String {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_compose_deploy_layer_uninstall_override_and_upgrade() {
     require_root!();
     let t = scratch();
@@ -233,6 +234,7 @@ fn root_compose_deploy_layer_uninstall_override_and_upgrade() {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_compose_twice_gives_one_commit_and_failures_are_clear() {
     require_root!();
     let t = scratch();
@@ -284,6 +286,7 @@ fn root_compose_twice_gives_one_commit_and_failures_are_clear() {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_db_diff_of_corpus_a_and_b_lists_the_point_update() {
     require_root!();
     let t = scratch();

@@ -82,7 +82,9 @@ fn publish(b: &str, p: &str, version: &str, rev: &str, extra: &[&str]) {
 
 fn offered(sys: &str) -> Option<String> {
     let v = json(&["--sysroot", sys, "upgrade", "--check", "--json"]);
-    v["offered"]["version"].as_str().map(str::to_string)
+    v["update"]["offered"]["version"]
+        .as_str()
+        .map(str::to_string)
 }
 
 fn device_phase(sys: &str, version: &str) -> u8 {
@@ -94,7 +96,7 @@ fn device_phase(sys: &str, version: &str) -> u8 {
         "--phase-override",
         "--json",
     ]);
-    let c = v["considered"].as_array().unwrap();
+    let c = v["update"]["considered"].as_array().unwrap();
     let entry = c.iter().find(|x| x["version"] == version).unwrap();
     entry["device_phase"].as_u64().unwrap() as u8
 }
@@ -108,6 +110,7 @@ fn server(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn publish_phase_resume_upgrade_through_a_delta_and_boot_it() {
     require_root!();
     let t = scratch();
@@ -195,6 +198,8 @@ fn publish_phase_resume_upgrade_through_a_delta_and_boot_it() {
         &p3.to_string(),
     ]);
     let plan = json(&["--sysroot", &sys, "upgrade", "--dry-run", "--json"]);
+    assert_eq!(plan["upgraded"], false, "a dry run changes nothing");
+    let plan = &plan["update"];
     assert_eq!(plan["offered"]["version"], "2", "{plan:#}");
     assert_eq!(plan["considered"][0]["offered"], false);
     let cands = plan["plan"]["candidates"].as_array().unwrap();
@@ -307,6 +312,7 @@ fn restore(path: &Path, bytes: &[u8]) {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn hostile_servers_are_refused_and_nothing_is_deployed() {
     require_root!();
     let t = scratch();
@@ -468,4 +474,67 @@ fn hostile_servers_are_refused_and_nothing_is_deployed() {
     let e = err(&show);
     assert!(e.contains("xpired"), "{e}");
     nothing_deployed(&sys);
+}
+
+/// The daemon's Deploy("origin:stable") fetches from the remote as `arbor deploy
+/// origin:stable` does: same commit, same version, same origin, same kind of result.
+#[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+fn root_the_daemon_deploys_a_remote_channel_as_the_cli_does() {
+    require_root!();
+    let t = scratch();
+    let (build, srv, pubdir) = server(t.path());
+    let (b, p) = (s(&build), s(&pubdir));
+    let tree = common::rootfs(t.path(), "1");
+    ok(&[
+        "--repo",
+        b,
+        "compose",
+        "rootfs",
+        s(&tree),
+        "-b",
+        "os/stable",
+        "--version",
+        "1",
+    ]);
+    ok(&["publish", "init", p]);
+    publish(b, p, "1", "os/stable", &[]);
+    let nginx = Nginx::start(&srv, &t.path().join("nginx"), None);
+    let url = format!("{}pub", nginx.url);
+    let root_json = pubdir.join("metadata/1.root.json");
+    let by_cli = client(&t.path().join("cli"), &url, &root_json);
+    let by_bus = client(&t.path().join("bus"), &url, &root_json);
+
+    let cli: serde_json::Value = json(&["--sysroot", &by_cli, "deploy", "origin:stable", "--json"]);
+    let bus = common::bus::Bus::launch_env(&by_bus, 60, None, &[("ARBOR_MACHINE_ID", MACHINE)]);
+    let path = bus
+        .start(&["Deploy", "sa{sv}", "origin:stable", "0"])
+        .unwrap();
+    assert_eq!(bus.wait(&path), (true, String::new()));
+    let daemon: serde_json::Value = serde_json::from_str(
+        bus.property(&path, "org.arbor.Arbor1.Transaction", "Result")
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    for key in ["remote", "channel", "offered", "state"] {
+        assert_eq!(cli[key], daemon[key], "{key}: {cli:#} vs {daemon:#}");
+    }
+    assert_eq!(cli["fetched"]["method"], daemon["fetched"]["method"]);
+    assert_eq!(daemon["offered"]["version"], "1");
+    let (a, d) = (common::status(&by_cli), common::status(&by_bus));
+    for key in ["commit", "version", "origin"] {
+        assert_eq!(a[0][key], d[0][key], "{key}");
+    }
+    assert_eq!(d[0]["origin"]["refspec"], "origin:stable");
+    // Both recorded it the same way.
+    let h: serde_json::Value = json(&["--sysroot", &by_bus, "history", "--json"]);
+    assert_eq!(h[0]["kind"], "deploy");
+    assert!(
+        h[0]["command"]
+            .as_str()
+            .unwrap()
+            .starts_with("D-Bus Deploy")
+    );
+    ok(&["--sysroot", &by_bus, "fsck"]);
 }

@@ -59,6 +59,7 @@ fn assert_same_tree(src: &Path, dest: &Path) {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_corpus_a_round_trip_keeps_content_modes_owners_and_links() {
     require_root!();
     let src = corpus("a");
@@ -91,6 +92,7 @@ fn root_corpus_a_round_trip_keeps_content_modes_owners_and_links() {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_xattrs_caps_setuid_owners_survive_hardlink_and_copy_checkouts() {
     require_root!();
     let (t, src, repo) = feature_repo("features");
@@ -113,6 +115,7 @@ fn root_xattrs_caps_setuid_owners_survive_hardlink_and_copy_checkouts() {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_same_tree_in_two_fresh_repos_gives_the_same_commit_id() {
     require_root!();
     let src = corpus("a");
@@ -156,6 +159,7 @@ fn root_same_tree_in_two_fresh_repos_gives_the_same_commit_id() {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_recommit_of_unchanged_tree_and_of_its_checkout_reads_no_file() {
     require_root!();
     let src = corpus("small"); // built long before: no racily-clean files
@@ -188,6 +192,7 @@ fn root_recommit_of_unchanged_tree_and_of_its_checkout_reads_no_file() {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_fsck_names_a_flipped_byte_and_a_deleted_object() {
     require_root!();
     let (_t, _src, repo) = feature_repo("f");
@@ -241,6 +246,7 @@ fn plant(repo: &str, kind: ObjectKind, bytes: &[u8]) -> ObjectId {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_hostile_trees_are_refused_and_nothing_is_written_outside_dest() {
     require_root!();
     let t = scratch();
@@ -376,6 +382,7 @@ fn root_hostile_trees_are_refused_and_nothing_is_written_outside_dest() {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_bad_input_leaves_refs_and_store_unchanged() {
     require_root!();
     let (t, src, repo) = feature_repo("b");
@@ -488,6 +495,7 @@ impl Drop for Tmpfs {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_disk_full_during_commit_publishes_nothing() {
     require_root!();
     let fs = Tmpfs::new("48m");
@@ -526,6 +534,7 @@ fn root_disk_full_during_commit_publishes_nothing() {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_checkout_onto_another_filesystem_copies_and_says_so() {
     require_root!();
     let (_t, src, repo) = feature_repo("f");
@@ -547,6 +556,7 @@ fn root_checkout_onto_another_filesystem_copies_and_says_so() {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_second_writer_waits_or_names_the_holder() {
     require_root!();
     let t = scratch();
@@ -574,6 +584,7 @@ fn root_second_writer_waits_or_names_the_holder() {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_log_show_ls_cat_diff_refs_and_prune_behave() {
     require_root!();
     let t = scratch();

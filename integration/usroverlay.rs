@@ -91,6 +91,7 @@ fn expected_changes() -> BTreeSet<(String, String)> {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_usroverlay_list_shows_transient_and_hotfix_changes_across_reboots() {
     require_root!();
     let t = scratch();
@@ -174,6 +175,7 @@ echo "BEGIN other"; $A usroverlay --list --json --deployment {} --root $T; echo 
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_usroverlay_add_copies_files_and_folders_and_refuses_escapes() {
     require_root!();
     let t = scratch();
@@ -282,6 +284,7 @@ fn diffed(sr: &str, from: &str, to: &str) -> BTreeSet<(String, String)> {
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_usroverlay_commit_makes_the_tested_fix_a_deployment_of_the_corpus() {
     require_root!();
     let t = scratch();
@@ -379,6 +382,7 @@ test -d $T/usr/share/doc/hostname
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_usroverlay_commit_of_a_layered_deployment_keeps_its_layers() {
     require_root!();
     let t = scratch();
@@ -423,6 +427,7 @@ $A usroverlay --commit --root $T
 }
 
 #[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_daemon_adds_a_file_by_descriptor_and_lists_the_overlay() {
     require_root!();
     let t = scratch();

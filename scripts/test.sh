@@ -10,6 +10,9 @@ cargo clippy --all-targets --quiet -- -D warnings
 # The Debian package, checked by lintian; the image and VM tests install it.
 deb=$(bash scripts/build-deb.sh)
 ARBOR_DEB=$deb cargo test --all-targets --quiet 2>&1
+if [[ ${ARBOR_TORTURE:-} == 1 ]]; then
+  cargo test --test deploy --quiet -- --ignored torture 2>&1
+fi
 if [[ ${ARBOR_VM:-} == 1 ]]; then
   ARBOR_DEB=$deb cargo test --test vm --quiet -- --ignored --test-threads=1 2>&1
 fi

@@ -22,6 +22,7 @@ use zstd::zstd_safe::{CCtx, CParameter, DCtx, DParameter};
 use crate::fsutil;
 use crate::lock::LockWait;
 use crate::store::encoding::{Commit, DirTree};
+use crate::store::refs::RefName;
 use crate::store::transaction::Transaction;
 use crate::store::{ObjectId, ObjectKind, Repo};
 use crate::store::{reach, wire};
@@ -353,6 +354,17 @@ pub struct ApplyResult {
 /// Applies a delta to `repo`, which must hold its FROM commit; checks every object
 /// against its id, then that TO is complete, and only then publishes anything.
 pub fn apply(repo: &Repo, delta: &Path, wait: LockWait<'_>) -> Result<ApplyResult> {
+    apply_to(repo, delta, None, wait)
+}
+
+/// [`apply`], then points `branch` at the delta's target in the same transaction
+/// (`arbor delta apply --branch`).
+pub fn apply_to(
+    repo: &Repo,
+    delta: &Path,
+    branch: Option<&RefName>,
+    wait: LockWait<'_>,
+) -> Result<ApplyResult> {
     let f = std::fs::File::open(delta).with_context(|| format!("opening {}", delta.display()))?;
     let size = f.metadata()?.len();
     let mut r = BufReader::with_capacity(1 << 20, f);
@@ -451,7 +463,8 @@ pub fn apply(repo: &Repo, delta: &Path, wait: LockWait<'_>) -> Result<ApplyResul
         "the delta has bytes after its last record"
     );
     check_complete(repo, &txn, &metas, &to)?;
-    txn.finish(&[])?;
+    let refs: Vec<_> = branch.iter().map(|b| ((*b).clone(), Some(to))).collect();
+    txn.finish(&refs)?;
     let _ = dir_sync(repo);
     Ok(ApplyResult {
         to: to.to_hex(),

@@ -24,6 +24,17 @@ impl Bus {
     /// by the first call to org.arbor.Arbor1. `cmdline` names the "booted" deployment
     /// (ARBOR_CMDLINE) for the activated daemon.
     pub fn launch(sysroot: &str, idle: u64, cmdline: Option<&Path>) -> Bus {
+        Bus::launch_env(sysroot, idle, cmdline, &[])
+    }
+
+    /// [`Bus::launch`] with more environment for the bus, which its activated daemon
+    /// inherits (`ARBOR_FAILPOINTS`).
+    pub fn launch_env(
+        sysroot: &str,
+        idle: u64,
+        cmdline: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Bus {
         let dir = tempfile::Builder::new()
             .prefix("arbor-bus.")
             .tempdir_in("/var/tmp")
@@ -87,7 +98,8 @@ impl Bus {
             .arg("--nofork")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
-            .env("ARBOR_LOG", "info");
+            .env("ARBOR_LOG", "info")
+            .envs(env.iter().copied());
         match cmdline {
             Some(c) => cmd.env("ARBOR_CMDLINE", c),
             None => cmd.env_remove("ARBOR_CMDLINE"),

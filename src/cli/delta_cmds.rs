@@ -93,12 +93,8 @@ pub fn run(cli: &Cli, cmd: &DeltaCommand) -> Result<i32> {
             }
         }
         DeltaCommand::Apply(a) => {
-            let r = delta::apply(&repo, &a.delta, lock_wait(cli))?;
-            if let Some(b) = &a.branch {
-                let to = r.to.parse()?;
-                let txn = crate::store::transaction::Transaction::begin(&repo, lock_wait(cli))?;
-                txn.finish(&[(RefName::parse(b)?, Some(to))])?;
-            }
+            let branch = a.branch.as_deref().map(RefName::parse).transpose()?;
+            let r = delta::apply_to(&repo, &a.delta, branch.as_ref(), lock_wait(cli))?;
             if a.out.json {
                 return json(&r).map(|_| 0);
             }

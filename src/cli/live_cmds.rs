@@ -6,13 +6,11 @@ use anyhow::Result;
 use clap::Args;
 
 use super::output::json;
-use super::{Cli, OutputArgs, lock_wait};
+use super::{Cli, OutputArgs, run_op};
 use crate::live::changes::ChangeKind;
 use crate::live::request::OverlayListing;
-use crate::live::{
-    self, OverlayKind, UsrOverlayOutcome, UsrOverlayRequest, UsrStatus, apply, overlay,
-};
-use crate::progress::Unobserved;
+use crate::live::{OverlayKind, UsrOverlayOutcome, UsrOverlayRequest, UsrStatus, apply, overlay};
+use crate::ops::{Outcome, Request};
 use crate::sysroot::Sysroot;
 
 /// The workflow `arbor usroverlay --help` and its man page describe.
@@ -205,19 +203,17 @@ fn print_listing(l: &OverlayListing) {
 /// Runs `arbor usroverlay`.
 pub fn run_usroverlay(cli: &Cli, a: &UsrOverlayArgs) -> Result<i32> {
     let sysroot = Sysroot::open(&cli.sysroot)?;
-    let req = a.request()?;
-    let out = if req.writes() {
-        let lock = sysroot.lock(lock_wait(cli))?;
-        sysroot.record("usroverlay", || {
-            live::request::run(&sysroot, Some(&lock), &a.root, &req, &Unobserved)
-        })?
-    } else {
-        live::request::run(&sysroot, None, &a.root, &req, &Unobserved)?
+    let req = Request::UsrOverlay {
+        root: a.root.clone(),
+        req: a.request()?,
+    };
+    let Outcome::UsrOverlay(out) = run_op(cli, &sysroot, &req)? else {
+        unreachable!("usroverlay gives a usroverlay outcome")
     };
     if a.output.json {
         return json(&out).map(|_| 0);
     }
-    match &out {
+    match out.as_ref() {
         UsrOverlayOutcome::Status(st) => print_usr(st),
         UsrOverlayOutcome::List(l) => print_listing(l),
         UsrOverlayOutcome::Committed(c) => {
@@ -240,27 +236,29 @@ pub fn run_usroverlay(cli: &Cli, a: &UsrOverlayArgs) -> Result<i32> {
 /// Runs `arbor apply-live`.
 pub fn run_apply_live(cli: &Cli, a: &ApplyLiveArgs) -> Result<i32> {
     let sysroot = Sysroot::open(&cli.sysroot)?;
-    let lock = sysroot.lock(lock_wait(cli))?;
-    if a.reset {
-        let st = sysroot.record("apply-live", || apply::reset(&sysroot, &lock, &a.root))?;
-        if a.output.json {
-            return json(&st).map(|_| 0);
+    let req = if a.reset {
+        Request::ApplyLiveReset {
+            root: a.root.clone(),
         }
-        print_usr(&st);
-        return Ok(0);
-    }
-    let opts = apply::ApplyOptions {
-        packages: a.packages.clone(),
-        restart_services: a.restart_services,
-        dry_run: a.dry_run,
-        force: a.force,
-    };
-    let r = if a.dry_run {
-        apply::apply_live(&sysroot, &lock, &a.root, &opts)?
     } else {
-        sysroot.record("apply-live", || {
-            apply::apply_live(&sysroot, &lock, &a.root, &opts)
-        })?
+        Request::ApplyLive {
+            root: a.root.clone(),
+            opts: apply::ApplyOptions {
+                packages: a.packages.clone(),
+                restart_services: a.restart_services,
+                dry_run: a.dry_run,
+                force: a.force,
+            },
+        }
+    };
+    let r = match run_op(cli, &sysroot, &req)? {
+        Outcome::UsrStatus(st) if a.output.json => return json(&st).map(|_| 0),
+        Outcome::UsrStatus(st) => {
+            print_usr(&st);
+            return Ok(0);
+        }
+        Outcome::ApplyLive(r) => r,
+        _ => unreachable!("apply-live gives an apply-live outcome"),
     };
     if a.output.json {
         return json(&r).map(|_| 0);

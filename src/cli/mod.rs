@@ -10,6 +10,7 @@ mod delta_cmds;
 mod image_cmds;
 mod interop_cmds;
 mod live_cmds;
+mod outcome;
 mod output;
 mod package_cmds;
 pub mod prepare_root;
@@ -23,6 +24,8 @@ use anyhow::Result;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::lock::LockWait;
+use crate::ops;
+use crate::sysroot::Sysroot;
 
 const EXIT_CODES: &str = "\
 Exit status:
@@ -57,7 +60,7 @@ pub struct Cli {
 }
 
 /// `--json`, shared by every command that reports.
-#[derive(Args, Debug, Clone, Copy)]
+#[derive(Args, Debug, Clone, Copy, Default)]
 pub struct OutputArgs {
     /// Print the result as JSON on stdout.
     #[arg(long)]
@@ -191,6 +194,18 @@ pub fn lock_wait(cli: &Cli) -> LockWait<'static> {
     } else {
         LockWait::Wait(&announce_wait)
     }
+}
+
+/// Runs a library operation as the CLI does: waiting for the lock unless `--no-wait`,
+/// recorded with this command line, progress on the terminal.
+pub fn run_op(cli: &Cli, sysroot: &Sysroot, req: &ops::Request) -> Result<ops::Outcome> {
+    ops::run(
+        sysroot,
+        req,
+        lock_wait(cli),
+        &ops::Initiator::this_process(),
+        &remote_cmds::Term::new(),
+    )
 }
 
 /// Parses the process arguments and runs the command; the whole of `main`.

@@ -1,5 +1,8 @@
 //! Package subcommands: db, compose tree, install, uninstall, override.
 
+use super::outcome::run_and_print;
+use crate::ops::{Request, UpgradeRequest};
+use crate::update::Action;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
@@ -7,13 +10,12 @@ use std::path::PathBuf;
 
 use super::output::{PrintSteps, human_bytes, json, with_progress};
 use super::{Cli, OutputArgs, lock_wait};
-use crate::packages::layer::{self, LayerEdit};
+use crate::packages::layer::LayerEdit;
 use crate::packages::treefile::Treefile;
 use crate::packages::{self, compose_tree, dpkg};
 use crate::store::Repo;
 use crate::store::refs::RefName;
 use crate::sysroot::Sysroot;
-use crate::sysroot::deploy::DeployOptions;
 
 /// `arbor db …`.
 #[derive(Subcommand, Debug)]
@@ -174,41 +176,9 @@ fn is_file_arg(a: &str) -> bool {
     a.contains('/') || a.ends_with(".deb")
 }
 
-/// Deploys `opts` and reports it as `arbor deploy` does.
-fn deploy_layered(cli: &Cli, opts: &DeployOptions, out: &OutputArgs) -> Result<i32> {
-    let sysroot = Sysroot::open(&cli.sysroot)?;
-    let lock = sysroot.lock(lock_wait(cli))?;
-    let r = sysroot.record("deploy", || {
-        crate::sysroot::deploy::deploy_held(&sysroot, &lock, opts, &PrintSteps)
-    })?;
-    if out.json {
-        return json(&r).map(|_| 0);
-    }
-    let l = &r.deployment.origin.layers;
-    println!("deployed {}/{}", r.deployment.os, r.deployment.dir_name());
-    if !l.is_empty() {
-        eprintln!(
-            "layered: {}; removed from the base: {}",
-            if l.installed_names().is_empty() {
-                "-".into()
-            } else {
-                l.installed_names().join(" ")
-            },
-            if l.remove.is_empty() {
-                "-".into()
-            } else {
-                l.remove.join(" ")
-            }
-        );
-    }
-    eprintln!("it boots next; 'arbor rollback' goes back");
-    Ok(0)
-}
-
 /// Runs install, uninstall, override and upgrade.
 pub fn run_layering(cli: &Cli, cmd: &super::Command) -> Result<i32> {
     use super::Command as C;
-    let sysroot = Sysroot::open(&cli.sysroot)?;
     let (edit, os, out) = match cmd {
         C::Install(InstallArgs { packages: a, .. }) => {
             let (files, names): (Vec<&String>, Vec<&String>) =
@@ -235,39 +205,28 @@ pub fn run_layering(cli: &Cli, cmd: &super::Command) -> Result<i32> {
             (LayerEdit::Reset(a.packages.clone()), &a.os, &a.output)
         }
         C::Upgrade(a) => {
-            if crate::update::follows_remote(&sysroot, a.os.as_deref()) {
-                let opts = crate::update::UpdateOptions {
-                    os: a.os.clone(),
-                    phase_override: a.phase_override,
-                    dry_run: a.dry_run,
-                    ..Default::default()
-                };
-                let action = if a.check {
-                    crate::update::Action::Check
-                } else if a.download_only {
-                    crate::update::Action::Download
-                } else {
-                    crate::update::Action::Stage
-                };
-                return super::remote_cmds::run_update(cli, &opts, action, &a.output);
-            }
-            if a.check || a.download_only || a.dry_run || a.phase_override {
-                anyhow::bail!(
-                    "--check, --download-only, --dry-run and --phase-override are for deployments that follow a remote channel"
-                );
-            }
-            return match layer::upgrade(&sysroot, a.os.as_deref())? {
-                Some(opts) => deploy_layered(cli, &opts, &a.output),
-                None => {
-                    println!("no upgrade: the deployment is at the tip of its ref");
-                    Ok(0)
-                }
+            let action = if a.check {
+                Action::Check
+            } else if a.download_only {
+                Action::Download
+            } else {
+                Action::Stage
             };
+            let req = Request::Upgrade(UpgradeRequest {
+                os: a.os.clone(),
+                action,
+                dry_run: a.dry_run,
+                phase_override: a.phase_override,
+            });
+            return run_and_print(cli, &req, &a.output);
         }
         _ => unreachable!("not a layering command"),
     };
-    let opts = layer::edit(&sysroot, os.as_deref(), &edit)?;
-    deploy_layered(cli, &opts, out)
+    let req = Request::Layer {
+        os: os.clone(),
+        edit,
+    };
+    run_and_print(cli, &req, out)
 }
 
 /// The commit a `db` command reads when none is named.

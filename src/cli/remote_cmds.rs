@@ -2,20 +2,21 @@
 //! channel: `upgrade`, `deploy REMOTE:CHANNEL`/`--version`, `rebase`, `update-status`,
 //! `auto-update`, `history`.
 
+use crate::ops::{Outcome, Request};
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
 use super::output::{PrintSteps, human_bytes, json, utc};
-use super::{Cli, OutputArgs, lock_wait};
+use super::{Cli, OutputArgs};
 use crate::progress::Observer;
 use crate::publish::{self, AddOptions, Expiry, Publisher, parse_duration};
 use crate::remote::Remote;
 use crate::statedb::StateDb;
 use crate::store::Repo;
 use crate::sysroot::Sysroot;
-use crate::update::{self, Action, Policy, UpdateOptions, UpdateResult};
+use crate::update::{self, Action, Policy};
 
 /// `arbor publish …`.
 #[derive(Subcommand, Debug)]
@@ -275,8 +276,7 @@ pub fn run_remote(cli: &Cli, cmd: &RemoteCommand) -> Result<i32> {
             }
         }
         RemoteCommand::Remove { name } => {
-            let _lock = sysroot.lock(lock_wait(cli))?;
-            Remote::remove(&sysroot, name)?;
+            super::run_op(cli, &sysroot, &Request::RemoveRemote(name.clone()))?;
             println!("remote {name} removed");
         }
         RemoteCommand::Show { name, channel } => {
@@ -287,13 +287,13 @@ pub fn run_remote(cli: &Cli, cmd: &RemoteCommand) -> Result<i32> {
 }
 
 /// Step messages, and a download bar when stderr is a terminal.
-struct Term {
+pub struct Term {
     steps: PrintSteps,
     bar: Option<indicatif::ProgressBar>,
 }
 
 impl Term {
-    fn new() -> Term {
+    pub fn new() -> Term {
         use std::io::IsTerminal;
         let bar = std::io::stderr().is_terminal().then(|| {
             let b = indicatif::ProgressBar::new(0);
@@ -330,95 +330,6 @@ impl Observer for Term {
     }
 }
 
-/// Prints an update's result as text.
-fn print_update(r: &UpdateResult, action: Action, dry_run: bool) {
-    for c in &r.considered {
-        println!(
-            "version {:<12} rollout {:>3}%  this device's phase {:>2}  {}",
-            c.version,
-            c.phase,
-            c.device_phase,
-            if c.offered { "offered" } else { "not yet" }
-        );
-    }
-    let Some(v) = &r.offered else {
-        println!(
-            "no update: {}:{} has nothing newer for this device",
-            r.remote, r.channel
-        );
-        return;
-    };
-    println!(
-        "update: {} {} ({}){}",
-        r.channel,
-        v.version,
-        v.commit.short(),
-        if v.critical { " critical" } else { "" }
-    );
-    if let Some(p) = &r.plan {
-        if p.present {
-            println!("already in the repository: nothing to download");
-        }
-        for (i, c) in p.candidates.iter().enumerate() {
-            let how = match &c.from {
-                Some(from) => format!("{} delta(s) from {}", c.deltas.len(), from.short()),
-                None => format!("full fetch of {} objects", p.missing_objects),
-            };
-            println!(
-                "{} {:<7} {:>10}  {how}",
-                if i == 0 { "*" } else { " " },
-                c.kind,
-                human_bytes(c.bytes)
-            );
-        }
-    }
-    if dry_run {
-        return;
-    }
-    if let Some(f) = &r.fetched {
-        println!(
-            "fetched {} by {} ({} transferred)",
-            f.commit,
-            f.method,
-            human_bytes(f.bytes)
-        );
-    }
-    match (action, &r.deployment) {
-        (_, Some(d)) if r.current.is_none() => println!("deployed {d}: it boots next"),
-        (_, Some(d)) => println!("staged {d}: it runs after the next reboot"),
-        (Action::Download, _) => println!("downloaded; 'arbor upgrade' stages it"),
-        _ => {}
-    }
-}
-
-/// `arbor upgrade` for a deployment that follows a remote channel, `deploy
-/// REMOTE:CHANNEL`, `deploy --version`, and `rebase`.
-pub fn run_update(
-    cli: &Cli,
-    opts: &UpdateOptions,
-    action: Action,
-    output: &OutputArgs,
-) -> Result<i32> {
-    let sysroot = Sysroot::open(&cli.sysroot)?;
-    let lock = sysroot.lock(lock_wait(cli))?;
-    let term = Term::new();
-    let kind = match action {
-        Action::Check => "check",
-        Action::Download => "download",
-        Action::Stage => "upgrade",
-    };
-    let r = if opts.dry_run || action == Action::Check {
-        update::run(&sysroot, &lock, opts, action, &term)?
-    } else {
-        sysroot.record(kind, || update::run(&sysroot, &lock, opts, action, &term))?
-    };
-    if output.json {
-        return json(&r).map(|_| 0);
-    }
-    print_update(&r, action, opts.dry_run);
-    Ok(0)
-}
-
 /// `arbor auto-update`.
 #[derive(Args, Debug)]
 pub struct AutoUpdateArgs {
@@ -436,10 +347,13 @@ pub struct AutoUpdateArgs {
 pub fn run_auto_update(cli: &Cli, a: &AutoUpdateArgs) -> Result<i32> {
     let policy = Policy::load(a.config.as_deref())?;
     let sysroot = Sysroot::open(&cli.sysroot)?;
-    let lock = sysroot.lock(lock_wait(cli))?;
-    let r = sysroot.record("auto-update", || {
-        update::auto_update(&sysroot, &lock, &policy, a.now, &PrintSteps)
-    })?;
+    let req = Request::AutoUpdate {
+        policy: policy.clone(),
+        now: a.now,
+    };
+    let Outcome::Update(r) = super::run_op(cli, &sysroot, &req)? else {
+        unreachable!("auto-update gives an update outcome")
+    };
     if a.output.json {
         return json(&r).map(|_| 0);
     }
@@ -453,7 +367,7 @@ pub fn run_auto_update(cli: &Cli, a: &AutoUpdateArgs) -> Result<i32> {
         (Some(v), None) => policy.action(v.critical),
         _ => Action::Check,
     };
-    print_update(&r, action, false);
+    super::outcome::print_update(&r, action, false);
     Ok(0)
 }
 

@@ -355,6 +355,12 @@ pub fn run(cli: &Cli) -> Result<i32> {
             }
             return Ok(if report.is_clean() { 0 } else { 1 });
         }
+        // A sysroot's repository is pruned as an operation on the sysroot, which keeps
+        // every deployed commit; a bare repository (--repo) keeps its refs' commits.
+        Command::Prune(a) if cli.repo.is_none() => {
+            let req = crate::ops::Request::Prune { dry_run: a.dry_run };
+            return super::outcome::run_and_print(cli, &req, &a.output);
+        }
         Command::Prune(a) => {
             let r = prune::prune(&repo, &[], a.dry_run, lock_wait(cli))?;
             if a.output.json {

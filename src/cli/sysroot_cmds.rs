@@ -1,19 +1,22 @@
 //! Sysroot subcommands: admin, compose rootfs, deploy, status, rollback, undeploy, pin,
 //! cleanup.
 
+use super::outcome::run_and_print;
+use crate::ops::{DeployRequest, Request};
+use crate::sysroot::kargs::KargEdit;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
-use super::output::{human_bytes, json, utc};
+use super::output::{human_bytes, json};
 use super::{Cli, OutputArgs, lock_wait};
 use crate::commit::CommitOptions;
 use crate::store::Repo;
 use crate::store::refs::RefName;
-use crate::sysroot::deploy::{self, DeployOptions};
-use crate::sysroot::status::{self, StatusRow};
-use crate::sysroot::{Deployment, Sysroot};
+use crate::sysroot::Sysroot;
+use crate::sysroot::deploy;
+use crate::sysroot::status;
 
 /// `arbor admin …`.
 #[derive(Subcommand, Debug)]
@@ -105,14 +108,13 @@ pub struct RebaseArgs {
 
 /// Runs `arbor rebase`.
 pub fn run_rebase(cli: &Cli, a: &RebaseArgs) -> Result<i32> {
-    let opts = crate::update::UpdateOptions {
+    let req = Request::Rebase {
+        channel: a.channel.clone(),
         os: a.os.clone(),
         version: a.version.clone(),
-        rebase: Some(a.channel.clone()),
         phase_override: a.phase_override,
-        ..Default::default()
     };
-    super::remote_cmds::run_update(cli, &opts, crate::update::Action::Stage, &a.output)
+    run_and_print(cli, &req, &a.output)
 }
 
 /// `arbor kargs`.
@@ -186,83 +188,6 @@ pub struct IndexArgs {
     pub unpin: bool,
     #[command(flatten)]
     pub output: OutputArgs,
-}
-
-fn print_status(list: &[StatusRow]) {
-    if list.is_empty() {
-        println!("no deployments");
-        return;
-    }
-    for StatusRow {
-        deployment: d,
-        pending,
-        rollback,
-    } in list
-    {
-        let (pending, rollback) = (*pending, *rollback);
-        let role = if d.booted {
-            "booted"
-        } else if pending {
-            "pending"
-        } else if rollback {
-            "rollback"
-        } else {
-            ""
-        };
-        let mark = if d.booted { '●' } else { ' ' };
-        println!(
-            "{mark} {} {role}{}",
-            d.index,
-            if d.origin.pinned { " (pinned)" } else { "" }
-        );
-        println!(
-            "    {} {}",
-            d.os,
-            d.version.as_deref().unwrap_or("(no version)")
-        );
-        println!("    Commit:    {}", d.commit);
-        if let Some(image) = &d.image {
-            println!("    Image:     {image}");
-        }
-        println!("    Date:      {}", utc(d.timestamp));
-        match &d.origin.override_commit {
-            Some(c) => println!(
-                "    Origin:    {} (held at {})",
-                d.origin.refspec,
-                &c[..12.min(c.len())]
-            ),
-            None => println!("    Origin:    {}", d.origin.refspec),
-        }
-        if let Some(b) = &d.base {
-            println!("    Base:      {b}");
-        }
-        if d.hotfix {
-            let name = d
-                .hotfix_name
-                .as_deref()
-                .map(|n| format!("'{n}', "))
-                .unwrap_or_default();
-            println!(
-                "    Hotfix:    {name}a kept /usr overlay ('arbor usroverlay --list' shows it)"
-            );
-        }
-        let l = &d.origin.layers;
-        if !l.installed_names().is_empty() {
-            println!("    Layered:   {}", l.installed_names().join(" "));
-        }
-        if !l.remove.is_empty() {
-            println!("    Removed:   {}", l.remove.join(" "));
-        }
-        if !d.kargs.is_empty() {
-            println!("    Kargs:     {}", d.kargs.join(" "));
-        }
-        if let Some(t) = d.tries {
-            println!(
-                "    Boot:      not yet marked good; {} tries left ({} used)",
-                t.left, t.done
-            );
-        }
-    }
 }
 
 /// Runs `arbor admin …`.
@@ -352,66 +277,17 @@ pub fn run(cli: &Cli, cmd: &super::Command) -> Result<i32> {
     use super::Command as C;
     let sysroot = Sysroot::open(&cli.sysroot)?;
     let wait = lock_wait(cli);
-    let show = |out: &OutputArgs, list: Vec<Deployment>| -> Result<()> {
-        let rows = status::with_roles(list);
-        if out.json {
-            json(&serde_json::json!({ "deployments": rows }))
-        } else {
-            print_status(&rows);
-            Ok(())
-        }
-    };
     match cmd {
         C::Deploy(a) => {
-            let remote_spec = a
-                .rev
-                .as_deref()
-                .filter(|r| crate::remote::configured_refspec(&sysroot, r).is_some());
-            if a.version.is_some() || remote_spec.is_some() {
-                let opts = crate::update::UpdateOptions {
-                    os: a.os.clone(),
-                    version: a.version.clone(),
-                    rebase: remote_spec.map(str::to_string),
-                    phase_override: a.phase_override,
-                    ..Default::default()
-                };
-                return super::remote_cmds::run_update(
-                    cli,
-                    &opts,
-                    crate::update::Action::Stage,
-                    &a.output,
-                );
-            }
-            let rev = a.rev.as_deref().unwrap_or_default();
-            let opts =
-                DeployOptions::for_rev(&sysroot, rev, a.os.as_deref(), a.kargs.clone(), a.stage)?;
-            let r = deploy::deploy(&sysroot, &opts, wait)?;
-            if a.output.json {
-                return json(&r).map(|_| 0);
-            }
-            let verb = if a.stage { "staged" } else { "deployed" };
-            println!(
-                "{verb} {} as {}/{}",
-                r.deployment.commit,
-                r.deployment.os,
-                r.deployment.dir_name()
-            );
-            if a.stage {
-                eprintln!(
-                    "it becomes the default boot entry at shutdown ('arbor finalize-staged')"
-                );
-                return Ok(0);
-            }
-            if !r.etc_actions.is_empty() {
-                eprintln!(
-                    "/etc: kept {} local changes from the previous deployment",
-                    r.etc_actions.len()
-                );
-            }
-            for d in &r.removed {
-                eprintln!("removed deployment {d}");
-            }
-            eprintln!("it boots next; 'arbor rollback' goes back");
+            let req = Request::Deploy(DeployRequest {
+                rev: a.rev.clone(),
+                version: a.version.clone(),
+                os: a.os.clone(),
+                kargs: a.kargs.clone(),
+                stage: a.stage,
+                phase_override: a.phase_override,
+            });
+            return run_and_print(cli, &req, &a.output);
         }
         C::Status(out) => {
             let st = status::status(&sysroot)?;
@@ -427,7 +303,7 @@ pub fn run(cli: &Cli, cmd: &super::Command) -> Result<i32> {
                 );
                 println!("    Commit:    {}", d.commit);
             }
-            print_status(&st.deployments);
+            super::outcome::print_status(&st.deployments);
             if let Some(c) = &st.live_commit {
                 println!("  live: /usr of the booted deployment shows {c} (apply-live)");
             }
@@ -502,64 +378,27 @@ pub fn run(cli: &Cli, cmd: &super::Command) -> Result<i32> {
             return Ok(if r.passed { 0 } else { 1 });
         }
         C::Kargs(a) => {
-            let edits: Vec<deploy::KargEdit> = a
+            let edits: Vec<KargEdit> = a
                 .append
                 .iter()
-                .map(|x| deploy::KargEdit::Append(x.clone()))
-                .chain(a.delete.iter().map(|x| deploy::KargEdit::Delete(x.clone())))
-                .chain(
-                    a.replace
-                        .iter()
-                        .map(|x| deploy::KargEdit::Replace(x.clone())),
-                )
+                .map(|x| KargEdit::Append(x.clone()))
+                .chain(a.delete.iter().map(|x| KargEdit::Delete(x.clone())))
+                .chain(a.replace.iter().map(|x| KargEdit::Replace(x.clone())))
                 .collect();
-            let kargs = if edits.is_empty() {
-                sysroot
-                    .deployments()?
-                    .first()
-                    .map(|d| d.kargs.clone())
-                    .unwrap_or_default()
-            } else {
-                deploy::kargs(&sysroot, &edits, wait)?
-            };
-            if a.output.json {
-                return json(&kargs).map(|_| 0);
-            }
-            println!("{}", kargs.join(" "));
+            return run_and_print(cli, &Request::Kargs(edits), &a.output);
         }
-        C::Rollback(out) => {
-            let list = deploy::rollback(&sysroot, wait)?;
-            show(out, list)?;
-        }
+        C::Rollback(out) => return run_and_print(cli, &Request::Rollback, out),
         C::Undeploy(a) => {
-            let d = deploy::undeploy(&sysroot, a.index, wait)?;
-            println!("removed deployment {} ({}/{})", a.index, d.os, d.dir_name());
+            return run_and_print(cli, &Request::Undeploy(a.index), &OutputArgs::default());
         }
         C::Pin(a) => {
-            let d = deploy::pin(&sysroot, a.index, !a.unpin, wait)?;
-            println!(
-                "deployment {} is {}",
-                a.index,
-                if d.origin.pinned {
-                    "pinned"
-                } else {
-                    "no longer pinned"
-                }
-            );
+            let req = Request::Pin {
+                index: a.index,
+                pinned: !a.unpin,
+            };
+            return run_and_print(cli, &req, &OutputArgs::default());
         }
-        C::Cleanup(out) => {
-            let r = deploy::cleanup(&sysroot, wait)?;
-            if out.json {
-                return json(&r).map(|_| 0);
-            }
-            println!(
-                "removed {} deployments, {} kernel folders, {} objects ({})",
-                r.deployments_removed.len(),
-                r.boot_folders_removed.len(),
-                r.prune.objects_removed,
-                human_bytes(r.prune.bytes_removed)
-            );
-        }
+        C::Cleanup(out) => return run_and_print(cli, &Request::Cleanup, out),
         _ => unreachable!("not a deployment command"),
     }
     Ok(0)

@@ -3,6 +3,8 @@
 use zbus::message::{Header, Message};
 use zbus::names::ErrorName;
 
+use crate::error::ErrorKind;
+
 /// An error returned to a D-Bus caller.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -15,18 +17,28 @@ pub enum DaemonError {
     /// A bad argument or option (`org.freedesktop.DBus.Error.InvalidArgs`).
     #[error("{0}")]
     InvalidArgs(String),
-    /// The request could not be started (`org.arbor.Arbor1.Error.Failed`).
-    #[error("{0}")]
-    Failed(String),
+    /// The request could not be started, named by its case
+    /// (`org.arbor.Arbor1.Error.Failed`, `.NoStateroot`, `.Offline`, ...).
+    #[error("{message}")]
+    Op {
+        /// The case.
+        kind: ErrorKind,
+        /// The whole chain of causes.
+        message: String,
+    },
     /// The bus itself failed, or a standard D-Bus error.
     #[error(transparent)]
     Bus(#[from] zbus::fdo::Error),
 }
 
 impl DaemonError {
-    /// A failure with its whole chain of causes, as the CLI prints it.
+    /// A failure with its whole chain of causes, as the CLI prints it, named by its
+    /// case ([`ErrorKind`]).
     pub fn failed(e: anyhow::Error) -> Self {
-        DaemonError::Failed(format!("{e:#}"))
+        DaemonError::Op {
+            kind: ErrorKind::of(&e),
+            message: format!("{e:#}"),
+        }
     }
 }
 
@@ -49,7 +61,7 @@ impl zbus::DBusError for DaemonError {
             DaemonError::AccessDenied(_) => "org.freedesktop.DBus.Error.AccessDenied",
             DaemonError::Busy(_) => "org.arbor.Arbor1.Error.Busy",
             DaemonError::InvalidArgs(_) => "org.freedesktop.DBus.Error.InvalidArgs",
-            DaemonError::Failed(_) => "org.arbor.Arbor1.Error.Failed",
+            DaemonError::Op { kind, .. } => kind.dbus_name(),
             DaemonError::Bus(e) => return e.name(),
         })
     }
@@ -59,7 +71,7 @@ impl zbus::DBusError for DaemonError {
             DaemonError::AccessDenied(s)
             | DaemonError::Busy(s)
             | DaemonError::InvalidArgs(s)
-            | DaemonError::Failed(s) => Some(s),
+            | DaemonError::Op { message: s, .. } => Some(s),
             DaemonError::Bus(e) => e.description(),
         }
     }

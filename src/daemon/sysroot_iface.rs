@@ -15,14 +15,12 @@ use super::options::{self, Options};
 use super::transaction::{self, Job};
 use super::values::{self, Dict};
 use super::{DaemonError, Shared, auth};
-use crate::live::{
-    self,
-    apply::{self, ApplyOptions},
-};
-use crate::packages::layer::{self, LayerEdit};
+use crate::live::{self, apply::ApplyOptions};
+use crate::ops::{DeployRequest, Request, UpgradeRequest};
+use crate::packages::layer::LayerEdit;
 use crate::statedb::{HistoryEntry, StateDb};
 use crate::sysroot::Sysroot;
-use crate::sysroot::deploy::{self, DeployOptions, KargEdit};
+use crate::sysroot::kargs::KargEdit;
 use crate::sysroot::status::{self, Status};
 use crate::update::Action;
 
@@ -97,17 +95,15 @@ impl SysrootIface {
         edit: LayerEdit,
         options: HashMap<String, OwnedValue>,
         (hdr, conn, server): (&Header<'_>, &zbus::Connection, &ObjectServer),
-        what: (&str, &str, &str),
+        what: (&str, &str),
     ) -> Result<OwnedObjectPath, DaemonError> {
         let o = Options::parse(options, &["os"])?;
-        let os = o.string("os")?;
-        let job: Job = Box::new(move |sysroot, lock, obs| {
-            let opts = layer::edit(sysroot, os.as_deref(), &edit)?;
-            Ok(serde_json::to_value(deploy::deploy_held(
-                sysroot, lock, &opts, obs,
-            )?)?)
-        });
-        self.begin(hdr, conn, server, what, job).await
+        let req = Request::Layer {
+            os: o.string("os")?,
+            edit,
+        };
+        self.begin(hdr, conn, server, what, transaction::op(req))
+            .await
     }
 
     fn row_where(&self, pick: impl Fn(&Status) -> Option<Dict>) -> fdo::Result<Dict> {
@@ -119,12 +115,12 @@ impl SysrootIface {
         hdr: &Header<'_>,
         conn: &zbus::Connection,
         server: &ObjectServer,
-        (method, action, kind): (&str, &str, &str),
+        (method, action): (&str, &str),
         job: Job,
     ) -> Result<OwnedObjectPath, DaemonError> {
         self.shared.touch();
         let caller = auth::authorize(conn, hdr, action).await?;
-        transaction::start(&self.shared, server, method, kind, caller, job).await
+        transaction::start(&self.shared, server, method, caller, job).await
     }
 
     /// [`Self::begin`] for a method that must read the system to check its arguments:
@@ -133,13 +129,13 @@ impl SysrootIface {
     async fn begin_checked(
         &self,
         (hdr, conn, server): (&Header<'_>, &zbus::Connection, &ObjectServer),
-        (method, action, kind): (&str, &str, &str),
+        (method, action): (&str, &str),
         check: impl FnOnce() -> Result<Job, DaemonError>,
     ) -> Result<OwnedObjectPath, DaemonError> {
         self.shared.touch();
         let caller = auth::authorize(conn, hdr, action).await?;
         let job = check()?;
-        transaction::start(&self.shared, server, method, kind, caller, job).await
+        transaction::start(&self.shared, server, method, caller, job).await
     }
 }
 
@@ -147,9 +143,11 @@ impl SysrootIface {
 /// them. Each method returns the path of a new transaction object at once.
 #[interface(name = "org.arbor.Arbor1.Sysroot")]
 impl SysrootIface {
-    /// Deploys REFSPEC (a ref, a commit id, or REF^ for an older commit of REF) as the
-    /// next boot. Options: "os" (s), "stage" (b), "kernel-args" (as, replaces the
-    /// inherited ones).
+    /// Deploys REFSPEC as `arbor deploy` does: a ref, a commit id, REF^ for an older
+    /// commit of REF, or REMOTE:CHANNEL of a configured remote (fetched and staged as
+    /// the channel offers). Options: "os" (s), "stage" (b), "kernel-args" (as,
+    /// replaces the inherited ones), "version" (s: a version of the channel),
+    /// "phase-override" (b).
     #[zbus(out_args("transaction"))]
     async fn deploy(
         &self,
@@ -159,23 +157,30 @@ impl SysrootIface {
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(object_server)] server: &ObjectServer,
     ) -> Result<OwnedObjectPath, DaemonError> {
-        let o = Options::parse(options, &["os", "stage", "kernel-args"])?;
-        let what = ("Deploy", "org.arbor.Arbor1.deploy", "deploy");
+        let o = Options::parse(
+            options,
+            &["os", "stage", "kernel-args", "version", "phase-override"],
+        )?;
+        let what = ("Deploy", "org.arbor.Arbor1.deploy");
         let shared = self.shared.clone();
         self.begin_checked((&hdr, conn, server), what, move || {
+            let d = DeployRequest {
+                rev: (!refspec.is_empty()).then(|| refspec.to_string()),
+                version: o.string("version")?,
+                os: o.string("os")?,
+                kargs: o.strings("kernel-args")?.unwrap_or_default(),
+                stage: o.bool("stage")?.unwrap_or(false),
+                phase_override: o.bool("phase-override")?.unwrap_or(false),
+            };
+            // A local ref that does not exist is the caller's mistake: say so now.
             let sysroot = Sysroot::open(&shared.sysroot).map_err(DaemonError::failed)?;
-            let opts = DeployOptions::for_rev(
-                &sysroot,
-                refspec,
-                o.string("os")?.as_deref(),
-                o.strings("kernel-args")?.unwrap_or_default(),
-                o.bool("stage")?.unwrap_or(false),
-            )
-            .map_err(|e| DaemonError::InvalidArgs(format!("{e:#}")))?;
-            Ok(Box::new(move |sysroot, lock, obs| {
-                let r = deploy::deploy_held(sysroot, lock, &opts, obs)?;
-                Ok(serde_json::to_value(r)?)
-            }))
+            if d.update_options(&sysroot).is_none() {
+                sysroot
+                    .repo()
+                    .resolve_rev(refspec)
+                    .map_err(|e| DaemonError::InvalidArgs(format!("{e:#}")))?;
+            }
+            Ok(transaction::op(Request::Deploy(d)))
         })
         .await
     }
@@ -190,11 +195,8 @@ impl SysrootIface {
         #[zbus(object_server)] server: &ObjectServer,
     ) -> Result<OwnedObjectPath, DaemonError> {
         Options::parse(options, &[])?;
-        let job: Job = Box::new(|sysroot, lock, _| {
-            let order = deploy::rollback_held(sysroot, lock)?;
-            Ok(serde_json::to_value(status::with_roles(order))?)
-        });
-        let what = ("Rollback", "org.arbor.Arbor1.rollback", "rollback");
+        let what = ("Rollback", "org.arbor.Arbor1.rollback");
+        let job = transaction::op(Request::Rollback);
         self.begin(&hdr, conn, server, what, job).await
     }
 
@@ -214,7 +216,7 @@ impl SysrootIface {
             names: packages,
             files: Vec::new(),
         };
-        let what = ("Install", "org.arbor.Arbor1.install", "install");
+        let what = ("Install", "org.arbor.Arbor1.install");
         self.layer(edit, options, (&hdr, conn, server), what).await
     }
 
@@ -228,7 +230,7 @@ impl SysrootIface {
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(object_server)] server: &ObjectServer,
     ) -> Result<OwnedObjectPath, DaemonError> {
-        let what = ("Uninstall", "org.arbor.Arbor1.install", "uninstall");
+        let what = ("Uninstall", "org.arbor.Arbor1.install");
         let edit = LayerEdit::Uninstall(packages);
         self.layer(edit, options, (&hdr, conn, server), what).await
     }
@@ -255,27 +257,15 @@ impl SysrootIface {
         } else {
             Action::Stage
         };
-        let phase_override = o.bool("phase-override")?.unwrap_or(false);
-        let job: Job = Box::new(move |sysroot, lock, obs| {
-            if crate::update::follows_remote(sysroot, os.as_deref()) {
-                let opts = crate::update::UpdateOptions {
-                    os: os.clone(),
-                    phase_override,
-                    ..Default::default()
-                };
-                let r = crate::update::run(sysroot, lock, &opts, action, obs)?;
-                return Ok(serde_json::json!({ "upgraded": r.deployment.is_some(), "update": r }));
-            }
-            match layer::upgrade(sysroot, os.as_deref())? {
-                None => Ok(serde_json::json!({ "upgraded": false })),
-                Some(opts) => {
-                    let r = deploy::deploy_held(sysroot, lock, &opts, obs)?;
-                    Ok(serde_json::json!({ "upgraded": true, "deploy": r }))
-                }
-            }
+        let req = Request::Upgrade(UpgradeRequest {
+            os,
+            action,
+            dry_run: false,
+            phase_override: o.bool("phase-override")?.unwrap_or(false),
         });
-        let what = ("Upgrade", "org.arbor.Arbor1.upgrade", "upgrade");
-        self.begin(&hdr, conn, server, what, job).await
+        let what = ("Upgrade", "org.arbor.Arbor1.upgrade");
+        self.begin(&hdr, conn, server, what, transaction::op(req))
+            .await
     }
 
     /// Makes the running system show the pending deployment without a reboot
@@ -301,17 +291,14 @@ impl SysrootIface {
             force: o.bool("force")?.unwrap_or(false),
         };
         let root = self.shared.root.clone();
-        let job: Job = Box::new(move |sysroot, lock, _| {
-            if reset {
-                Ok(serde_json::to_value(apply::reset(sysroot, lock, &root)?)?)
-            } else {
-                Ok(serde_json::to_value(apply::apply_live(
-                    sysroot, lock, &root, &opts,
-                )?)?)
-            }
-        });
-        let what = ("ApplyLive", "org.arbor.Arbor1.apply-live", "apply-live");
-        self.begin(&hdr, conn, server, what, job).await
+        let req = if reset {
+            Request::ApplyLiveReset { root }
+        } else {
+            Request::ApplyLive { root, opts }
+        };
+        let what = ("ApplyLive", "org.arbor.Arbor1.apply-live");
+        self.begin(&hdr, conn, server, what, transaction::op(req))
+            .await
     }
 
     /// A writable overlay on the running system's /usr, and what `arbor usroverlay`
@@ -328,7 +315,7 @@ impl SysrootIface {
         #[zbus(object_server)] server: &ObjectServer,
     ) -> Result<OwnedObjectPath, DaemonError> {
         let o = Options::parse(options, options::USROVERLAY_OPTIONS)?;
-        let what = ("UsrOverlay", "org.arbor.Arbor1.apply-live", "usroverlay");
+        let what = ("UsrOverlay", "org.arbor.Arbor1.apply-live");
         let (shared, root) = (self.shared.clone(), self.shared.root.clone());
         self.begin_checked((&hdr, conn, server), what, move || {
             let sysroot = Sysroot::open(&shared.sysroot).map_err(DaemonError::failed)?;
@@ -339,11 +326,15 @@ impl SysrootIface {
                 .prefix("dbus-add.")
                 .tempdir_in(&run)
                 .map_err(|e| DaemonError::failed(e.into()))?;
-            let req = options::usroverlay_request(&o, staging.path())?;
-            Ok(Box::new(move |sysroot, lock, obs| {
-                let out = live::request::run(sysroot, Some(lock), &root, &req, obs)?;
+            let req = Request::UsrOverlay {
+                root,
+                req: options::usroverlay_request(&o, staging.path())?,
+            };
+            let job = transaction::op(req);
+            Ok(Box::new(move |sysroot, lock, who, obs| {
+                let out = job(sysroot, lock, who, obs);
                 drop(staging);
-                Ok(serde_json::to_value(out)?)
+                out
             }))
         })
         .await
@@ -376,10 +367,8 @@ impl SysrootIface {
         #[zbus(object_server)] server: &ObjectServer,
     ) -> Result<OwnedObjectPath, DaemonError> {
         Options::parse(options, &[])?;
-        let job: Job = Box::new(|sysroot, lock, _| {
-            Ok(serde_json::to_value(deploy::cleanup_held(sysroot, lock)?)?)
-        });
-        let what = ("Cleanup", "org.arbor.Arbor1.cleanup", "cleanup");
+        let what = ("Cleanup", "org.arbor.Arbor1.cleanup");
+        let job = transaction::op(Request::Cleanup);
         self.begin(&hdr, conn, server, what, job).await
     }
 
@@ -409,12 +398,8 @@ impl SysrootIface {
                 "no kernel argument to append, delete or replace".into(),
             ));
         }
-        let job: Job = Box::new(move |sysroot, lock, _| {
-            Ok(serde_json::to_value(deploy::kargs_held(
-                sysroot, lock, &edits,
-            )?)?)
-        });
-        let what = ("KernelArgs", "org.arbor.Arbor1.kernel-args", "kargs");
+        let what = ("KernelArgs", "org.arbor.Arbor1.kernel-args");
+        let job = transaction::op(Request::Kargs(edits));
         self.begin(&hdr, conn, server, what, job).await
     }
 
@@ -427,9 +412,11 @@ impl SysrootIface {
         self.shared.touch();
         auth::authorize(conn, &hdr, "org.arbor.Arbor1.cancel").await?;
         let active = self.shared.active.lock().unwrap();
-        let a = active
-            .as_ref()
-            .ok_or_else(|| DaemonError::Failed("no transaction is running".into()))?;
+        let a = active.as_ref().ok_or_else(|| {
+            DaemonError::failed(
+                crate::error::Error::NothingPending("no transaction is running".into()).into(),
+            )
+        })?;
         a.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
@@ -473,11 +460,7 @@ impl SysrootIface {
     /// The staged deployment (made the default at shutdown); else empty.
     #[zbus(property)]
     fn staged_deployment(&self) -> fdo::Result<Dict> {
-        self.row_where(|s| {
-            s.staged
-                .as_ref()
-                .map(|d| values::deployment(d, false, false, true))
-        })
+        self.row_where(|s| s.staged.as_ref().map(values::staged))
     }
 
     /// idle, busy, staged (an update waits for shutdown) or pending-reboot (the next

@@ -16,18 +16,31 @@ use zbus::{interface, message::Header};
 
 use super::auth::{self, Caller};
 use super::{DaemonError, Shared, announce_changes};
-use crate::lock::{LockWait, WriterLock};
+use crate::error::ErrorKind;
+use crate::lock::WriterLock;
+use crate::ops::{self, Initiator, Request};
 use crate::progress::{Cancelled, Observer};
-use crate::store::StoreError;
 use crate::sysroot::Sysroot;
 
 /// How many finished transaction objects stay readable.
 pub const KEEP_FINISHED: usize = 16;
 
 /// The work of a transaction: runs with the lock held, returns its typed result as JSON.
+/// It records itself in the history ([`op`] does it as every operation does).
 pub type Job = Box<
-    dyn FnOnce(&Sysroot, &WriterLock, &dyn Observer) -> Result<serde_json::Value> + Send + 'static,
+    dyn FnOnce(&Sysroot, &WriterLock, &Initiator, &dyn Observer) -> Result<serde_json::Value>
+        + Send
+        + 'static,
 >;
+
+/// The job of a library operation: what the CLI runs for the same verb.
+pub fn op(req: Request) -> Job {
+    Box::new(move |sysroot, lock, who, obs| {
+        Ok(serde_json::to_value(ops::run_locked(
+            sysroot, lock, &req, who, obs,
+        )?)?)
+    })
+}
 
 /// The running transaction, as `ActiveTransaction` shows it and `Busy` errors name it.
 pub(crate) struct Active {
@@ -51,6 +64,7 @@ struct State {
     running: bool,
     success: bool,
     error: String,
+    error_name: String,
     percent: u32,
     result: String,
 }
@@ -111,6 +125,13 @@ impl TransactionIface {
     #[zbus(property)]
     fn error_message(&self) -> String {
         self.state.lock().unwrap().error.clone()
+    }
+
+    /// The D-Bus error name of its failure's case (`org.arbor.Arbor1.Error.Offline`,
+    /// ... docs/dbus.md), for a client that acts on it; empty unless it failed.
+    #[zbus(property)]
+    fn error_name(&self) -> String {
+        self.state.lock().unwrap().error_name.clone()
     }
 
     /// Overall progress, 0 to 100.
@@ -236,7 +257,6 @@ pub(crate) async fn start(
     shared: &Arc<Shared>,
     server: &ObjectServer,
     method: &str,
-    kind: &str,
     caller: Caller,
     job: Job,
 ) -> Result<OwnedObjectPath, DaemonError> {
@@ -255,14 +275,9 @@ pub(crate) async fn start(
         });
     }
     let taken = Sysroot::open(&shared.sysroot)
-        .and_then(|s| s.lock(LockWait::NoWait).map(|l| (s, l)))
-        .map_err(|e| {
-            if let Some(StoreError::LockHeld { .. }) = e.downcast_ref::<StoreError>() {
-                DaemonError::Busy(format!("{e:#}"))
-            } else {
-                DaemonError::failed(e)
-            }
-        });
+        .and_then(|s| ops::lock_now(&s).map(|l| (s, l)))
+        // A lock held by the CLI is named org.arbor.Arbor1.Error.Busy by its kind.
+        .map_err(DaemonError::failed);
     let (sysroot, lock) = match taken {
         Ok(t) => t,
         Err(e) => {
@@ -294,10 +309,16 @@ pub(crate) async fn start(
         last_download: Mutex::new(None),
     };
     let shared = shared.clone();
-    let kind = kind.to_string();
-    let command = format!("D-Bus {method} by {}", caller.describe());
+    let who = Initiator {
+        command: format!("D-Bus {method} by {}", caller.describe()),
+        uid: caller.uid,
+    };
     std::thread::spawn(move || {
-        let result = sysroot.record_as(&kind, &command, caller.uid, || job(&sysroot, &lock, &obs));
+        // A panic in the job ends the transaction as failed instead of leaving it
+        // active forever (every later call Busy, the daemon never idle).
+        let run = std::panic::AssertUnwindSafe(|| job(&sysroot, &lock, &who, &obs));
+        let result = std::panic::catch_unwind(run)
+            .unwrap_or_else(|p| Err(anyhow::anyhow!("{}", ops::panic_message(&*p))));
         drop(lock);
         finish(&shared, &obs, &path, result);
     });
@@ -317,6 +338,10 @@ fn finish(shared: &Arc<Shared>, obs: &BusObserver, path: &str, result: Result<se
         st.running = false;
         st.success = result.is_ok();
         st.error = error.clone();
+        st.error_name = match &result {
+            Ok(_) => String::new(),
+            Err(e) => ErrorKind::of(e).dbus_name().to_string(),
+        };
         if let Ok(v) = &result {
             st.result = v.to_string();
             st.percent = 100;
@@ -334,6 +359,7 @@ fn finish(shared: &Arc<Shared>, obs: &BusObserver, path: &str, result: Result<se
         t.running_changed(e).await?;
         t.success_changed(e).await?;
         t.error_message_changed(e).await?;
+        t.error_name_changed(e).await?;
         t.percent_changed(e).await?;
         t.result_changed(e).await
     });

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use zbus::zvariant::{Array, OwnedValue, Str};
+use zbus::zvariant::{Array, OwnedValue, Str, Value};
 
 use crate::statedb::HistoryEntry;
 use crate::sysroot::Deployment;
@@ -22,37 +22,78 @@ fn strings(v: &[String]) -> OwnedValue {
     OwnedValue::try_from(a).expect("an array of strings has no file descriptors")
 }
 
-/// A deployment's fields (keys documented in docs/dbus.md).
-pub fn deployment(d: &Deployment, pending: bool, rollback: bool, staged: bool) -> Dict {
-    let mut m = Dict::new();
+/// A JSON value as a D-Bus value: objects become `a{sv}`, arrays of strings `as`,
+/// arrays of objects `aa{sv}`, integers `x`, other numbers `d`; `null` is left out
+/// by the caller. So the D-Bus dictionaries carry the same names and shapes as
+/// `--json` (docs/dbus.md).
+fn from_json(v: &serde_json::Value) -> Option<OwnedValue> {
+    use serde_json::Value as J;
+    Some(match v {
+        J::Null => return None,
+        J::Bool(b) => OwnedValue::from(*b),
+        J::Number(n) => match n.as_i64() {
+            Some(i) => OwnedValue::from(i),
+            None => OwnedValue::from(n.as_f64().unwrap_or_default()),
+        },
+        J::String(t) => s(t.clone()),
+        J::Object(_) => dict_value(dict_from_json(v)),
+        J::Array(items) if items.iter().all(|i| i.is_object()) && !items.is_empty() => {
+            let dicts: Vec<Dict> = items.iter().map(dict_from_json).collect();
+            OwnedValue::try_from(Value::from(dicts)).ok()?
+        }
+        J::Array(items) if items.iter().all(|i| i.is_i64()) && !items.is_empty() => {
+            let ints: Vec<i64> = items.iter().filter_map(|i| i.as_i64()).collect();
+            OwnedValue::try_from(Array::from(ints)).ok()?
+        }
+        J::Array(items) => {
+            let texts: Vec<String> = items
+                .iter()
+                .map(|i| match i {
+                    J::String(t) => t.clone(),
+                    other => other.to_string(),
+                })
+                .collect();
+            strings(&texts)
+        }
+    })
+}
+
+fn dict_value(d: Dict) -> OwnedValue {
+    // Only values holding file descriptors fail to convert.
+    OwnedValue::try_from(Value::from(d)).expect("a dictionary without file descriptors")
+}
+
+/// A JSON object as an `a{sv}` dictionary (see [`from_json`]).
+pub fn dict_from_json(v: &serde_json::Value) -> Dict {
+    v.as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.clone(), from_json(v)?)))
+        .collect()
+}
+
+/// A deployment's dictionary: the fields of `arbor status --json`, by the same names
+/// (docs/dbus.md), and `id`.
+fn deployment_dict(v: serde_json::Value, d: &Deployment) -> Dict {
+    let mut m = dict_from_json(&v);
     m.insert("id".into(), s(format!("{}-{}", d.os, d.dir_name())));
-    m.insert("osname".into(), s(d.os.clone()));
-    m.insert("checksum".into(), s(d.commit.to_hex()));
-    m.insert("serial".into(), OwnedValue::from(d.serial));
-    m.insert("index".into(), OwnedValue::from(d.index as u32));
-    m.insert("origin".into(), s(d.origin.refspec.clone()));
-    if let Some(c) = &d.origin.override_commit {
-        m.insert("override-commit".into(), s(c.clone()));
-    }
-    if let Some(v) = &d.version {
-        m.insert("version".into(), s(v.clone()));
-    }
-    m.insert("timestamp".into(), OwnedValue::from(d.timestamp));
-    m.insert("kernel-args".into(), strings(&d.kargs));
-    m.insert("booted".into(), OwnedValue::from(d.booted));
-    m.insert("pending".into(), OwnedValue::from(pending));
-    m.insert("rollback".into(), OwnedValue::from(rollback));
-    m.insert("staged".into(), OwnedValue::from(staged));
-    m.insert("pinned".into(), OwnedValue::from(d.origin.pinned));
-    if let Some(t) = d.tries {
-        m.insert("boot-tries-left".into(), OwnedValue::from(t.left));
-    }
     m
 }
 
 /// A status row as a dictionary.
 pub fn row(r: &StatusRow) -> Dict {
-    deployment(&r.deployment, r.pending, r.rollback, false)
+    let v = serde_json::to_value(r).unwrap_or_default();
+    let mut m = deployment_dict(v, &r.deployment);
+    m.insert("staged".into(), OwnedValue::from(false));
+    m
+}
+
+/// The staged deployment as a dictionary.
+pub fn staged(d: &Deployment) -> Dict {
+    let v = serde_json::to_value(d).unwrap_or_default();
+    let mut m = deployment_dict(v, d);
+    m.insert("staged".into(), OwnedValue::from(true));
+    m
 }
 
 /// A history entry as a dictionary.
@@ -71,4 +112,39 @@ pub fn history(h: &HistoryEntry) -> Dict {
         s(h.result.clone().unwrap_or_else(|| "unfinished".into())),
     );
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_documents_become_dictionaries_with_the_same_names() {
+        let v = serde_json::json!({
+            "commit": "ab12",
+            "os": "debian",
+            "serial": 0,
+            "kargs": ["quiet", "console=ttyS0"],
+            "origin": {"refspec": "origin:stable", "pinned": false, "layers": {"packages": []}},
+            "version": null,
+            "tries": {"left": 2, "done": 1},
+            "local": [{"id": "x", "name": "sl"}],
+        });
+        let d = dict_from_json(&v);
+        assert!(!d.contains_key("version"), "null is left out");
+        assert_eq!(
+            String::try_from(d["commit"].try_clone().unwrap()).unwrap(),
+            "ab12"
+        );
+        assert_eq!(i64::try_from(d["serial"].try_clone().unwrap()).unwrap(), 0);
+        let kargs = Vec::<String>::try_from(d["kargs"].try_clone().unwrap()).unwrap();
+        assert_eq!(kargs, ["quiet", "console=ttyS0"]);
+        assert_eq!(d["origin"].value_signature().to_string(), "a{sv}");
+        assert_eq!(d["local"].value_signature().to_string(), "aa{sv}");
+        let origin = Dict::try_from(d["origin"].try_clone().unwrap()).unwrap();
+        assert_eq!(
+            String::try_from(origin["refspec"].try_clone().unwrap()).unwrap(),
+            "origin:stable"
+        );
+    }
 }

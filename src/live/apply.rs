@@ -199,10 +199,12 @@ fn open_elsewhere(root: &Path, removed: &[String]) -> Vec<String> {
 /// The deployment apply-live brings the running system to: the staged one, else the
 /// pending one.
 fn pending(sysroot: &Sysroot) -> Result<Deployment> {
-    status::status(sysroot)?
-        .next()
-        .cloned()
-        .context("nothing is pending: deploy, upgrade or install first")
+    status::status(sysroot)?.next().cloned().ok_or_else(|| {
+        crate::error::Error::NothingPending(
+            "nothing is pending: deploy, upgrade or install first".into(),
+        )
+        .into()
+    })
 }
 
 /// Works out what apply-live would do, without changing anything.
@@ -307,9 +309,9 @@ pub fn apply_live(
         });
     }
     if !plan.refusals.is_empty() && !opts.force {
-        bail!(
-            "cannot apply live without --force:\n  {}",
-            plan.refusals.join("\n  ")
+        return Err(
+            anyhow::Error::new(crate::error::Error::Refused(plan.refusals.clone()))
+                .context("cannot apply live without --force"),
         );
     }
     let from = booted(sysroot)?;
@@ -363,7 +365,7 @@ pub fn apply_live(
     mount_overlay(&usr, &dir.join("upper"), &dir.join("work"))?;
     LiveRecord {
         booted: from.dir_name(),
-        commit: to.commit.to_hex(),
+        commit: to.commit,
         upper: dir.join("upper"),
     }
     .write(sysroot)?;

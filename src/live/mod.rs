@@ -56,7 +56,7 @@ pub struct UsrStatus {
     /// The overlay on `/usr`, if any, and what it is.
     pub overlay: Option<(OverlayKind, PathBuf)>,
     /// The commit `/usr` shows when apply-live made it another than the deployment's.
-    pub live_commit: Option<String>,
+    pub live_commit: Option<crate::store::ObjectId>,
     /// The overlay's label (`--name`).
     pub name: Option<String>,
     /// The commit `--commit` made of the overlay, deployed for the next boot.

@@ -18,7 +18,7 @@ pub struct LiveRecord {
     /// The running deployment (`<commit>.<serial>`) it was applied on.
     pub booted: String,
     /// The commit `/usr` shows.
-    pub commit: String,
+    pub commit: crate::store::ObjectId,
     /// The overlay's upper layer.
     pub upper: PathBuf,
 }

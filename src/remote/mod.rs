@@ -95,7 +95,7 @@ impl Remote {
             // added.
             let probe = tempfile::tempdir_in(&dir)?;
             if let Err(e) = tuf::load_channel(&remote.http()?, &root, probe.path(), "probe")
-                && !e.to_string().contains("has no channel")
+                && crate::error::ErrorKind::of(&e) != crate::error::ErrorKind::ChannelNotFound
             {
                 drop(probe);
                 let _ = std::fs::remove_dir_all(&dir);

@@ -99,7 +99,7 @@ pub fn load_channel(
             .read_target(&name)
             .await
             .map_err(|e| describe(e, "reading the channel index"))?
-            .ok_or_else(|| anyhow::anyhow!("the remote has no channel '{channel}'"))?;
+            .ok_or_else(|| crate::error::Error::ChannelNotFound(channel.to_string()))?;
         stream
             .into_vec()
             .await
@@ -111,9 +111,11 @@ pub fn load_channel(
 /// An error from tough, with the offline case said plainly and the rest kept whole
 /// (tough's messages name the role and what failed: expired, version, signature).
 fn describe(e: tough::error::Error, doing: &str) -> anyhow::Error {
-    if let Some(f @ FetchError::Offline { .. }) = fetch_error(&e) {
-        return anyhow::anyhow!("{f}");
+    let fetch = fetch_error(&e);
+    if let Some(f @ FetchError::Offline { .. }) = fetch {
+        return crate::error::Error::Offline(f.to_string()).into();
     }
+    let transport = fetch.is_some();
     let mut msg = e.to_string();
     let mut cur = std::error::Error::source(&e);
     while let Some(s) = cur {
@@ -124,5 +126,10 @@ fn describe(e: tough::error::Error, doing: &str) -> anyhow::Error {
         }
         cur = s.source();
     }
-    anyhow::anyhow!("{doing}: {msg}; nothing was changed")
+    let text = format!("{doing}: {msg}; nothing was changed");
+    if transport {
+        // The server answered, but not with the file: not a verification failure.
+        return anyhow::anyhow!(text);
+    }
+    crate::error::Error::NotVerified(text).into()
 }

@@ -61,12 +61,11 @@ pub fn deploy_held(
     let repo = sysroot.repo();
     let stateroot = sysroot.stateroot(&opts.os);
     if !stateroot.join("deploy").is_dir() {
-        bail!(
-            "no stateroot '{}' in {}; create it with 'arbor admin os-init {}'",
-            opts.os,
-            sysroot.path().display(),
-            opts.os
-        );
+        return Err(crate::error::Error::NoStateroot {
+            os: opts.os.clone(),
+            sysroot: sysroot.path().display().to_string(),
+        }
+        .into());
     }
     remove_leftovers(sysroot)?;
     // Layered packages make a new commit out of the base.
@@ -291,8 +290,11 @@ pub fn rollback(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<Vec<Deployment>
 
 /// [`rollback`] with the sysroot lock already held.
 pub fn rollback_held(sysroot: &Sysroot, lock: &WriterLock) -> Result<Vec<Deployment>> {
-    let order = rollback_order(sysroot.deployments()?)
-        .context("there is no deployment to roll back to ('arbor status' lists them)")?;
+    let order = rollback_order(sysroot.deployments()?).ok_or_else(|| {
+        crate::error::Error::NothingPending(
+            "there is no deployment to roll back to ('arbor status' lists them)".into(),
+        )
+    })?;
     sysroot.write_boot_order(lock, &order)?;
     sysroot.deployments()
 }
@@ -300,22 +302,25 @@ pub fn rollback_held(sysroot: &Sysroot, lock: &WriterLock) -> Result<Vec<Deploym
 /// Removes deployment `index` from the boot order and deletes it (never the booted one).
 pub fn undeploy(sysroot: &Sysroot, index: usize, wait: LockWait<'_>) -> Result<Deployment> {
     let lock = sysroot.lock(wait)?;
-    sysroot.record("undeploy", || {
-        let mut order = sysroot.deployments()?;
-        if index >= order.len() {
-            bail!(
-                "there is no deployment {index} ('arbor status' lists {})",
-                order.len()
-            );
-        }
-        if order[index].booted {
-            bail!("deployment {index} is the booted one and cannot be removed");
-        }
-        let d = order.remove(index);
-        sysroot.write_boot_order(&lock, &order)?;
-        remove_unlisted(sysroot, &order)?;
-        Ok(d)
-    })
+    sysroot.record("undeploy", || undeploy_held(sysroot, &lock, index))
+}
+
+/// [`undeploy`] with the sysroot lock already held.
+pub fn undeploy_held(sysroot: &Sysroot, lock: &WriterLock, index: usize) -> Result<Deployment> {
+    let mut order = sysroot.deployments()?;
+    if index >= order.len() {
+        bail!(
+            "there is no deployment {index} ('arbor status' lists {})",
+            order.len()
+        );
+    }
+    if order[index].booted {
+        bail!("deployment {index} is the booted one and cannot be removed");
+    }
+    let d = order.remove(index);
+    sysroot.write_boot_order(lock, &order)?;
+    remove_unlisted(sysroot, &order)?;
+    Ok(d)
 }
 
 /// Pins (or unpins) deployment `index`: pinned deployments are never removed by deploy.
@@ -325,7 +330,17 @@ pub fn pin(
     pinned: bool,
     wait: LockWait<'_>,
 ) -> Result<Deployment> {
-    let _lock = sysroot.lock(wait)?;
+    let lock = sysroot.lock(wait)?;
+    pin_held(sysroot, &lock, index, pinned)
+}
+
+/// [`pin`] with the sysroot lock already held.
+pub fn pin_held(
+    sysroot: &Sysroot,
+    _lock: &WriterLock,
+    index: usize,
+    pinned: bool,
+) -> Result<Deployment> {
     let mut d = sysroot
         .deployments()?
         .into_iter()

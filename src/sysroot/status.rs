@@ -5,6 +5,26 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::{Deployment, Sysroot};
+use crate::store::ObjectId;
+
+/// The version of the status document (`arbor status --json`, the daemon's
+/// deployment dictionaries): raised when a field changes meaning or goes away, not
+/// when one is added.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// What a deployment is to the running system.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// It is running.
+    Booted,
+    /// It boots next, and is not the running one.
+    Pending,
+    /// What `arbor rollback` would make the default.
+    Rollback,
+    /// Kept in the boot menu (older, or pinned).
+    Other,
+}
 
 /// One deployment with the role words users read.
 #[derive(Clone, Debug, Serialize)]
@@ -12,6 +32,8 @@ pub struct StatusRow {
     /// The deployment.
     #[serde(flatten)]
     pub deployment: Deployment,
+    /// Its role, one word (the booleans below say the same, kept for scripts).
+    pub role: Role,
     /// Boots next but is not running.
     pub pending: bool,
     /// What `arbor rollback` would make the default.
@@ -21,12 +43,14 @@ pub struct StatusRow {
 /// The whole picture of a sysroot.
 #[derive(Clone, Debug, Serialize)]
 pub struct Status {
+    /// [`FORMAT_VERSION`].
+    pub format_version: u32,
     /// Prepared, to become the default at shutdown.
     pub staged: Option<Deployment>,
     /// In boot order.
     pub deployments: Vec<StatusRow>,
     /// The commit `apply-live` made the running system's `/usr` show, if any.
-    pub live_commit: Option<String>,
+    pub live_commit: Option<ObjectId>,
 }
 
 impl Status {
@@ -60,13 +84,27 @@ pub fn with_roles(list: Vec<Deployment>) -> Vec<StatusRow> {
     let booted = list.iter().position(|d| d.booted);
     list.into_iter()
         .enumerate()
-        .map(|(i, deployment)| StatusRow {
-            deployment,
-            pending: i == 0 && booted != Some(0),
-            rollback: match booted {
+        .map(|(i, deployment)| {
+            let pending = i == 0 && booted != Some(0);
+            let rollback = match booted {
                 Some(b) => i == b + 1,
                 None => i == 1,
-            },
+            };
+            let role = if deployment.booted {
+                Role::Booted
+            } else if pending {
+                Role::Pending
+            } else if rollback {
+                Role::Rollback
+            } else {
+                Role::Other
+            };
+            StatusRow {
+                deployment,
+                role,
+                pending,
+                rollback,
+            }
         })
         .collect()
 }
@@ -80,6 +118,7 @@ pub fn status(sysroot: &Sysroot) -> Result<Status> {
         _ => None,
     };
     Ok(Status {
+        format_version: FORMAT_VERSION,
         staged: sysroot.staged()?,
         deployments,
         live_commit,

@@ -1,0 +1,235 @@
+//! Printing the outcome of a library operation as text (`--json` prints it as is).
+
+use anyhow::Result;
+
+use super::output::{human_bytes, json, utc};
+use super::{Cli, OutputArgs, run_op};
+use crate::ops::{Outcome, Request, UpgradeOutcome};
+use crate::sysroot::Sysroot;
+use crate::sysroot::deploy::DeployResult;
+use crate::sysroot::status::{Role, StatusRow};
+use crate::update::{Action, UpdateResult};
+
+/// Runs `req` and prints what it did: the JSON document with `--json`, else text.
+pub fn run_and_print(cli: &Cli, req: &Request, output: &OutputArgs) -> Result<i32> {
+    let sysroot = Sysroot::open(&cli.sysroot)?;
+    let out = run_op(cli, &sysroot, req)?;
+    if output.json {
+        return json(&out).map(|_| 0);
+    }
+    match (&out, req) {
+        (Outcome::Deployed(r), Request::Deploy(d)) => print_deployed(r, d.stage),
+        (Outcome::Deployed(r), _) => print_deployed(r, false),
+        (Outcome::Update(r), _) => print_update(r, Action::Stage, false),
+        (Outcome::Upgrade(u), Request::Upgrade(q)) => print_upgrade(u, q.action, q.dry_run),
+        (Outcome::Order(o), _) => print_status(&o.deployments),
+        (Outcome::Kargs(k), _) => println!("{}", k.join(" ")),
+        (Outcome::Cleanup(r), _) => println!(
+            "removed {} deployments, {} kernel folders, {} objects ({})",
+            r.deployments_removed.len(),
+            r.boot_folders_removed.len(),
+            r.prune.objects_removed,
+            human_bytes(r.prune.bytes_removed)
+        ),
+        (Outcome::Prune(r), _) => println!(
+            "{} {} objects ({}), kept {}",
+            if r.dry_run { "would remove" } else { "removed" },
+            r.objects_removed,
+            human_bytes(r.bytes_removed),
+            r.objects_kept
+        ),
+        (Outcome::Deployment(d), Request::Undeploy(i)) => {
+            println!("removed deployment {i} ({}/{})", d.os, d.dir_name())
+        }
+        (Outcome::Deployment(d), Request::Pin { index, .. }) => println!(
+            "deployment {index} is {}",
+            if d.origin.pinned {
+                "pinned"
+            } else {
+                "no longer pinned"
+            }
+        ),
+        _ => println!("done"),
+    }
+    Ok(0)
+}
+
+/// A new deployment, as deploy, install and the others report it.
+pub fn print_deployed(r: &DeployResult, staged: bool) {
+    let d = &r.deployment;
+    let verb = if staged { "staged" } else { "deployed" };
+    println!("{verb} {} as {}/{}", d.commit, d.os, d.dir_name());
+    let l = &d.origin.layers;
+    if !l.is_empty() {
+        let names = |v: Vec<String>| {
+            if v.is_empty() {
+                "-".into()
+            } else {
+                v.join(" ")
+            }
+        };
+        eprintln!(
+            "layered: {}; removed from the base: {}",
+            names(l.installed_names()),
+            names(l.remove.clone())
+        );
+    }
+    if staged {
+        eprintln!("it becomes the default boot entry at shutdown ('arbor finalize-staged')");
+        return;
+    }
+    if !r.etc_actions.is_empty() {
+        eprintln!(
+            "/etc: kept {} local changes from the previous deployment",
+            r.etc_actions.len()
+        );
+    }
+    for gone in &r.removed {
+        eprintln!("removed deployment {gone}");
+    }
+    eprintln!("it boots next; 'arbor rollback' goes back");
+}
+
+/// `upgrade`'s outcome: the channel's report, or the local deploy, or nothing new.
+pub fn print_upgrade(u: &UpgradeOutcome, action: Action, dry_run: bool) {
+    match (&u.update, &u.deploy) {
+        (Some(r), _) => print_update(r, action, dry_run),
+        (None, Some(d)) => print_deployed(d, false),
+        (None, None) => println!("no upgrade: the deployment is at the tip of its ref"),
+    }
+}
+
+/// Prints an update's result as text.
+pub fn print_update(r: &UpdateResult, action: Action, dry_run: bool) {
+    for c in &r.considered {
+        println!(
+            "version {:<12} rollout {:>3}%  this device's phase {:>2}  {}",
+            c.version,
+            c.phase,
+            c.device_phase,
+            if c.offered { "offered" } else { "not yet" }
+        );
+    }
+    let Some(v) = &r.offered else {
+        println!(
+            "no update: {}:{} has nothing newer for this device",
+            r.remote, r.channel
+        );
+        return;
+    };
+    println!(
+        "update: {} {} ({}){}",
+        r.channel,
+        v.version,
+        v.commit.short(),
+        if v.critical { " critical" } else { "" }
+    );
+    if let Some(p) = &r.plan {
+        if p.present {
+            println!("already in the repository: nothing to download");
+        }
+        for (i, c) in p.candidates.iter().enumerate() {
+            let how = match &c.from {
+                Some(from) => format!("{} delta(s) from {}", c.deltas.len(), from.short()),
+                None => format!("full fetch of {} objects", p.missing_objects),
+            };
+            println!(
+                "{} {:<7} {:>10}  {how}",
+                if i == 0 { "*" } else { " " },
+                c.kind,
+                human_bytes(c.bytes)
+            );
+        }
+    }
+    if dry_run {
+        return;
+    }
+    if let Some(f) = &r.fetched {
+        println!(
+            "fetched {} by {} ({} transferred)",
+            f.commit,
+            f.method,
+            human_bytes(f.bytes)
+        );
+    }
+    match (action, &r.deployment) {
+        (_, Some(d)) if r.current.is_none() => println!("deployed {d}: it boots next"),
+        (_, Some(d)) => println!("staged {d}: it runs after the next reboot"),
+        (Action::Download, _) => println!("downloaded; 'arbor upgrade' stages it"),
+        _ => {}
+    }
+}
+
+/// Prints deployments in boot order with their roles, as `status` does.
+pub fn print_status(list: &[StatusRow]) {
+    if list.is_empty() {
+        println!("no deployments");
+        return;
+    }
+    for StatusRow {
+        deployment: d,
+        role,
+        ..
+    } in list
+    {
+        let role = match role {
+            Role::Booted => "booted",
+            Role::Pending => "pending",
+            Role::Rollback => "rollback",
+            Role::Other => "",
+        };
+        let mark = if d.booted { '●' } else { ' ' };
+        println!(
+            "{mark} {} {role}{}",
+            d.index,
+            if d.origin.pinned { " (pinned)" } else { "" }
+        );
+        println!(
+            "    {} {}",
+            d.os,
+            d.version.as_deref().unwrap_or("(no version)")
+        );
+        println!("    Commit:    {}", d.commit);
+        if let Some(image) = &d.image {
+            println!("    Image:     {image}");
+        }
+        println!("    Date:      {}", utc(d.timestamp));
+        match &d.origin.override_commit {
+            Some(c) => println!(
+                "    Origin:    {} (held at {})",
+                d.origin.refspec,
+                &c[..12.min(c.len())]
+            ),
+            None => println!("    Origin:    {}", d.origin.refspec),
+        }
+        if let Some(b) = &d.base {
+            println!("    Base:      {b}");
+        }
+        if d.hotfix {
+            let name = d
+                .hotfix_name
+                .as_deref()
+                .map(|n| format!("'{n}', "))
+                .unwrap_or_default();
+            println!(
+                "    Hotfix:    {name}a kept /usr overlay ('arbor usroverlay --list' shows it)"
+            );
+        }
+        let l = &d.origin.layers;
+        if !l.installed_names().is_empty() {
+            println!("    Layered:   {}", l.installed_names().join(" "));
+        }
+        if !l.remove.is_empty() {
+            println!("    Removed:   {}", l.remove.join(" "));
+        }
+        if !d.kargs.is_empty() {
+            println!("    Kargs:     {}", d.kargs.join(" "));
+        }
+        if let Some(t) = d.tries {
+            println!(
+                "    Boot:      not yet marked good; {} tries left ({} used)",
+                t.left, t.done
+            );
+        }
+    }
+}
