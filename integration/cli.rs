@@ -104,3 +104,57 @@ fn systemd_units_verify() {
     let ours: Vec<&str> = err.lines().filter(|l| l.contains("arbor")).collect();
     assert!(out.status.success() && ours.is_empty(), "{err}");
 }
+
+/// Every sysroot command that takes `--json` prints one JSON document with it.
+#[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+fn root_every_sysroot_command_honours_json() {
+    assert!(is_root(), "needs root");
+    let t = scratch();
+    let sr = sysroot(t.path());
+    compose(&sr, &rootfs(t.path(), "1"), "os/a", "1");
+    compose(&sr, &rootfs(&t.path().join("2"), "2"), "os/b", "2");
+    arbor_ok(&["--sysroot", &sr, "deploy", "os/a"]);
+    arbor_ok(&["--sysroot", &sr, "deploy", "os/b"]);
+    let runs: &[&[&str]] = &[
+        &["status"],
+        &["kargs"],
+        &["kargs", "--append", "quiet"],
+        &["pin", "1"],
+        &["pin", "--unpin", "1"],
+        &["finalize-staged"],
+        &["boot-select"],
+        &["history"],
+        &["update-status"],
+        &["refs"],
+        &["log", "os/b"],
+        &["show", "os/b"],
+        &["ls", "os/b", "/usr/bin"],
+        &["diff", "os/a", "os/b"],
+        &["fsck"],
+        &["prune", "--dry-run"],
+        &["cleanup"],
+        &["rollback"],
+        &["undeploy", "1"],
+        &["usroverlay", "--list", "--deployment", "0"],
+    ];
+    for args in runs {
+        let mut all = vec!["--sysroot", sr.as_str()];
+        all.extend_from_slice(args);
+        all.push("--json");
+        let out = arbor(&all);
+        let text = String::from_utf8_lossy(&out.stdout);
+        if args[0] == "usroverlay" {
+            // No hotfix here: an error, and nothing half-printed on stdout.
+            assert!(!out.status.success() && text.is_empty(), "{args:?}: {text}");
+            continue;
+        }
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str::<serde_json::Value>(&text)
+            .unwrap_or_else(|e| panic!("arbor {args:?} --json printed no JSON ({e}):\n{text}"));
+    }
+}

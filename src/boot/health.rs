@@ -41,17 +41,12 @@ pub fn boot_select(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<BootSelectio
     if list.is_empty() {
         bail!("there is no boot entry to select");
     }
-    let usable = |d: &Deployment| d.tries.is_none_or(|t| t.left > 0);
-    let chosen = list.iter().position(usable).unwrap_or(0);
+    let (chosen, tries_after) = choose_entry(&list.iter().map(|d| d.tries).collect::<Vec<_>>());
     let d = list[chosen].clone();
     let skipped: Vec<String> = list[..chosen]
         .iter()
         .map(|x| x.entry_file.clone())
         .collect();
-    let tries_after = d.tries.filter(|t| t.left > 0).map(|t| Tries {
-        left: t.left - 1,
-        done: t.done + 1,
-    });
     if let Some(after) = tries_after {
         let (base, _) = boot::parse_counter(&d.entry_file);
         let new_name = if after.done == 0 {
@@ -69,6 +64,23 @@ pub fn boot_select(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<BootSelectio
         tries_after,
         skipped,
     })
+}
+
+/// The loader's choice among entries in boot order, given their tries: the first
+/// with tries left (or not counted), else the first; and its tries after this boot.
+pub fn choose_entry(tries: &[Option<Tries>]) -> (usize, Option<Tries>) {
+    let usable = |t: &Option<Tries>| t.is_none_or(|t| t.left > 0);
+    let chosen = tries.iter().position(usable).unwrap_or(0);
+    let after = tries
+        .get(chosen)
+        .copied()
+        .flatten()
+        .filter(|t| t.left > 0)
+        .map(|t| Tries {
+            left: t.left - 1,
+            done: t.done + 1,
+        });
+    (chosen, after)
 }
 
 /// After the loader fell back (every entry before the booted one ran out of tries), makes
@@ -296,4 +308,26 @@ pub fn health_check(
         },
     );
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(left: u32, done: u32) -> Option<Tries> {
+        Some(Tries { left, done })
+    }
+
+    #[test]
+    fn the_loader_boots_the_first_entry_with_tries_left() {
+        // A new entry: boots, one try consumed.
+        assert_eq!(choose_entry(&[t(3, 0), None]), (0, t(2, 1)));
+        // A good entry is not counted.
+        assert_eq!(choose_entry(&[None, t(3, 0)]), (0, None));
+        // Out of tries: the next one boots (the automatic rollback).
+        assert_eq!(choose_entry(&[t(0, 3), None]), (1, None));
+        assert_eq!(choose_entry(&[t(0, 3), t(1, 2), None]), (1, t(0, 3)));
+        // All out of tries: the first boots anyway, uncounted.
+        assert_eq!(choose_entry(&[t(0, 3), t(0, 3)]), (0, None));
+    }
 }

@@ -192,6 +192,9 @@ pub fn run_publish(cli: &Cli, cmd: &PublishCommand) -> Result<i32> {
         }
         PublishCommand::Phase(a) => {
             let v = publisher(&a.dir)?.set_phase(&a.channel, &a.version, a.percent)?;
+            if a.dir.output.json {
+                return json(&v).map(|_| 0);
+            }
             println!(
                 "{} {} now offered to {}% of devices",
                 a.channel, v.version, v.phase
@@ -199,11 +202,17 @@ pub fn run_publish(cli: &Cli, cmd: &PublishCommand) -> Result<i32> {
         }
         PublishCommand::Refresh(a) => {
             publisher(a)?.sign(None)?;
+            if a.output.json {
+                return json(&serde_json::json!({ "signed": a.dir })).map(|_| 0);
+            }
             println!("metadata of {} signed again", a.dir.display());
         }
         PublishCommand::RotateKey(a) => {
             let role = publish::keys::parse_role(&a.role)?;
             let v = publisher(&a.dir)?.rotate(role)?;
+            if a.dir.output.json {
+                return json(&serde_json::json!({ "role": a.role, "root_version": v })).map(|_| 0);
+            }
             println!("new {} key; root metadata version {v} names it", a.role);
         }
         PublishCommand::Show(a) => {

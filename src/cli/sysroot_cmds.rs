@@ -312,7 +312,8 @@ pub fn run(cli: &Cli, cmd: &super::Command) -> Result<i32> {
             "{}",
             crate::boot::grub::fragment(&sysroot.deployments()?, &a.boot_prefix)
         ),
-        C::FinalizeStaged(_) => match deploy::finalize_staged(&sysroot, wait)? {
+        C::FinalizeStaged(out) => match deploy::finalize_staged(&sysroot, wait)? {
+            r if out.json => return json(&serde_json::json!({ "finalized": r })).map(|_| 0),
             Some(r) => println!(
                 "finalized {}/{}: it boots next",
                 r.deployment.os,
@@ -334,8 +335,11 @@ pub fn run(cli: &Cli, cmd: &super::Command) -> Result<i32> {
             }
             println!("{}", sel.cmdline);
         }
-        C::BootComplete(_) => {
+        C::BootComplete(out) => {
             let d = crate::boot::health::boot_complete(&sysroot, wait)?;
+            if out.json {
+                return json(&d).map(|_| 0);
+            }
             println!("deployment {} ({}) is marked good", d.index, d.dir_name());
         }
         C::HealthCheck(a) => {
@@ -389,14 +393,14 @@ pub fn run(cli: &Cli, cmd: &super::Command) -> Result<i32> {
         }
         C::Rollback(out) => return run_and_print(cli, &Request::Rollback, out),
         C::Undeploy(a) => {
-            return run_and_print(cli, &Request::Undeploy(a.index), &OutputArgs::default());
+            return run_and_print(cli, &Request::Undeploy(a.index), &a.output);
         }
         C::Pin(a) => {
             let req = Request::Pin {
                 index: a.index,
                 pinned: !a.unpin,
             };
-            return run_and_print(cli, &req, &OutputArgs::default());
+            return run_and_print(cli, &req, &a.output);
         }
         C::Cleanup(out) => return run_and_print(cli, &Request::Cleanup, out),
         _ => unreachable!("not a deployment command"),

@@ -74,10 +74,26 @@ fn source(
     rebase: Option<&str>,
 ) -> Result<(String, String, Option<crate::sysroot::Deployment>)> {
     let current = next_deployment(sysroot, os)?;
-    let tracked = current.as_ref().and_then(|d| {
-        split_refspec(&d.origin.refspec).map(|(r, c)| (r.to_string(), c.to_string()))
-    });
-    let (remote, channel) = match (rebase, tracked) {
+    let (remote, channel) = channel_to_follow(
+        rebase,
+        current.as_ref().map(|d| d.origin.refspec.as_str()),
+        os,
+    )?;
+    Ok((remote, channel, current))
+}
+
+/// The (remote, channel) an update follows: `rebase` (`CHANNEL` on the same remote,
+/// or `REMOTE:CHANNEL`), else what the deployment that runs next tracks (`tracked`,
+/// its origin's refspec, `None` without a deployment).
+fn channel_to_follow(
+    rebase: Option<&str>,
+    tracked: Option<&str>,
+    os: &str,
+) -> Result<(String, String)> {
+    let followed = tracked
+        .and_then(split_refspec)
+        .map(|(r, c)| (r.to_string(), c.to_string()));
+    Ok(match (rebase, followed) {
         (Some(spec), tracked) => match split_refspec(spec) {
             Some((r, c)) => (r.to_string(), c.to_string()),
             None => match tracked {
@@ -86,15 +102,13 @@ fn source(
             },
         },
         (None, Some(t)) => t,
-        (None, None) => match &current {
-            Some(d) => bail!(
-                "the deployment follows the local ref '{}', not a remote channel ('arbor rebase REMOTE:CHANNEL')",
-                d.origin.refspec
+        (None, None) => match tracked {
+            Some(local) => bail!(
+                "the deployment follows the local ref '{local}', not a remote channel ('arbor rebase REMOTE:CHANNEL')"
             ),
             None => bail!("stateroot {os} has no deployment: 'arbor deploy REMOTE:CHANNEL' first"),
         },
-    };
-    Ok((remote, channel, current))
+    })
 }
 
 /// The deployment that runs next in stateroot `os`: the staged one (whatever the boot
@@ -309,14 +323,22 @@ pub fn run(
 /// True when local time is in the hour that starts at `preferred` (`HH:MM`).
 fn in_window(preferred: &str) -> bool {
     use chrono::Timelike;
+    let now = chrono::Local::now();
+    in_window_at(
+        preferred,
+        i64::from(now.hour()) * 60 + i64::from(now.minute()),
+    )
+}
+
+/// [`in_window`] at `minutes` past midnight. A time that does not parse puts no
+/// limit (the policy file is checked when it is loaded).
+fn in_window_at(preferred: &str, minutes: i64) -> bool {
     let Some((h, m)) = preferred.split_once(':') else {
         return true;
     };
     let (Ok(h), Ok(m)) = (h.parse::<i64>(), m.parse::<i64>()) else {
         return true;
     };
-    let now = chrono::Local::now();
-    let minutes = i64::from(now.hour()) * 60 + i64::from(now.minute());
     (minutes - (h * 60 + m)).rem_euclid(24 * 60) < 60
 }
 
@@ -373,4 +395,48 @@ pub fn auto_update(
         return Ok(checked);
     }
     run(sysroot, lock, &opts, action, obs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_preferred_time_opens_a_one_hour_window() {
+        let at = |h: i64, m: i64| h * 60 + m;
+        assert!(in_window_at("03:00", at(3, 0)));
+        assert!(in_window_at("03:00", at(3, 59)));
+        assert!(!in_window_at("03:00", at(4, 0)));
+        assert!(!in_window_at("03:00", at(2, 59)));
+        // Across midnight.
+        assert!(in_window_at("23:30", at(0, 15)));
+        assert!(!in_window_at("23:30", at(0, 30)));
+        assert!(in_window_at("not a time", at(12, 0)));
+    }
+
+    #[test]
+    fn updates_follow_the_tracked_channel_or_the_rebase() {
+        let pair = |r: &str, c: &str| (r.to_string(), c.to_string());
+        assert_eq!(
+            channel_to_follow(None, Some("origin:stable"), "os").unwrap(),
+            pair("origin", "stable")
+        );
+        assert_eq!(
+            channel_to_follow(Some("beta"), Some("origin:stable"), "os").unwrap(),
+            pair("origin", "beta")
+        );
+        assert_eq!(
+            channel_to_follow(Some("mirror:beta"), Some("origin:stable"), "os").unwrap(),
+            pair("mirror", "beta")
+        );
+        let e = channel_to_follow(None, Some("os/a"), "os").unwrap_err();
+        assert!(
+            e.to_string().contains("follows the local ref 'os/a'"),
+            "{e}"
+        );
+        let e = channel_to_follow(Some("beta"), None, "os").unwrap_err();
+        assert!(e.to_string().contains("REMOTE:beta"), "{e}");
+        let e = channel_to_follow(None, None, "os").unwrap_err();
+        assert!(e.to_string().contains("has no deployment"), "{e}");
+    }
 }
