@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The full test suite: formatting, lints, unit tests, and the end-to-end tests on real
-# Debian trees. `ARBOR_TORTURE=1` adds the multi-minute torture runs and `ARBOR_VM=1`
-# the VM boot loop (qemu, about 16 minutes); CI sets both.
+# Debian trees. `ARBOR_TORTURE=1` adds the multi-minute torture runs, `ARBOR_FUZZ=1`
+# a bounded run of every fuzz target (scripts/fuzz.sh) and `ARBOR_VM=1` the VM boot
+# loop (qemu, about 16 minutes); CI sets all three.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -12,6 +13,9 @@ deb=$(bash scripts/build-deb.sh)
 ARBOR_DEB=$deb cargo test --all-targets --quiet 2>&1
 if [[ ${ARBOR_TORTURE:-} == 1 ]]; then
   cargo test --test deploy --quiet -- --ignored torture 2>&1
+fi
+if [[ ${ARBOR_FUZZ:-} == 1 ]]; then
+  bash scripts/fuzz.sh
 fi
 if [[ ${ARBOR_VM:-} == 1 ]]; then
   ARBOR_DEB=$deb cargo test --test vm --quiet -- --ignored --test-threads=1 2>&1

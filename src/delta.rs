@@ -108,7 +108,22 @@ pub(crate) fn compress(data: &[u8], level: i32, prefix: Option<&[u8]>) -> Result
     Ok(out)
 }
 
+/// The most zstd can expand: a block of at most 128 KiB costs a few bytes at least
+/// (an RLE block, or one long match), so no honest frame grows past this ratio. Checked
+/// before the output is allocated, so a hostile size costs nothing.
+const MAX_ZSTD_RATIO: u64 = 1 << 16;
+
+/// Decompresses one zstd frame that must give exactly `raw_len` bytes.
 pub(crate) fn decompress(data: &[u8], raw_len: u64, prefix: Option<&[u8]>) -> Result<Vec<u8>> {
+    ensure!(
+        raw_len <= MAX_OBJECT,
+        "an object of {raw_len} bytes, more than arbor accepts"
+    );
+    ensure!(
+        raw_len <= (data.len() as u64).saturating_mul(MAX_ZSTD_RATIO),
+        "{} compressed bytes cannot make {raw_len}",
+        data.len()
+    );
     let mut dctx = DCtx::create();
     dctx.set_parameter(DParameter::WindowLogMax(31))
         .map_err(|e| anyhow::anyhow!("zstd: {e}"))?;
@@ -437,7 +452,9 @@ pub fn apply_to(
         };
         let payload = match (encoding, &old) {
             (Encoding::Bsdiff, Some(old)) => {
-                let mut out = Bounded(Vec::with_capacity(raw_len as usize), raw_len as usize);
+                // Grown as the patch writes, up to the declared size.
+                let start = raw_len.min(64 << 20) as usize;
+                let mut out = Bounded(Vec::with_capacity(start), raw_len as usize);
                 qbsdiff::Bspatch::new(&data)
                     .and_then(|p| p.apply(old, &mut out))
                     .with_context(|| format!("record {i} ({kind} {id}): a corrupt patch"))?;

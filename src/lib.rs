@@ -12,6 +12,8 @@ pub mod cli;
 pub mod commit;
 pub mod compose;
 pub mod daemon;
+#[cfg(test)]
+mod decoder_props;
 pub mod delta;
 pub mod diff;
 pub mod error;
@@ -24,6 +26,7 @@ pub mod inspect;
 pub mod install;
 pub mod live;
 pub mod lock;
+pub mod mounts;
 pub mod ops;
 pub mod ostree_interop;
 pub mod packages;

@@ -10,6 +10,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use rusqlite::{Connection, params};
+use rusqlite_migration::M;
 use serde::Serialize;
 
 /// One installed package, as the state database keeps package lists (defined here,
@@ -153,13 +154,11 @@ impl StateDb {
                 MIGRATIONS.len()
             );
         }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-            let tx = conn.transaction()?;
-            tx.execute_batch(sql)
-                .with_context(|| format!("migrating state database to version {}", i + 1))?;
-            tx.pragma_update(None, "user_version", i + 1)?;
-            tx.commit()?;
-        }
+        // rusqlite_migration keeps the schema version in `user_version`, as arbor did
+        // before it, so existing databases carry on from where they are.
+        rusqlite_migration::Migrations::new(MIGRATIONS.iter().map(|s| M::up(s)).collect())
+            .to_latest(&mut conn)
+            .with_context(|| format!("migrating state database {}", path.display()))?;
         Ok(StateDb { conn })
     }
 
@@ -398,5 +397,29 @@ mod tests {
         db.end_transaction(id, &Ok(())).unwrap();
         let h = db.history(1).unwrap();
         assert_eq!(h[0].detail.as_deref(), Some("added /usr/bin/x"));
+    }
+
+    #[test]
+    fn an_older_database_is_migrated_where_it_stands() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("s.db");
+        drop(StateDb::open(&path).unwrap());
+        // Back to version 3, as an arbor before the history's detail column left it.
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch("ALTER TABLE transactions DROP COLUMN detail; PRAGMA user_version = 3;")
+            .unwrap();
+        drop(c);
+        let db = StateDb::open(&path).unwrap();
+        let id = db.begin_transaction("deploy", "arbor deploy", 0).unwrap();
+        db.set_transaction_detail(id, "migrated").unwrap();
+        assert_eq!(
+            db.history(1).unwrap()[0].detail.as_deref(),
+            Some("migrated")
+        );
+        // A newer schema than this arbor knows is refused, not rewritten.
+        db.conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(db);
+        let e = StateDb::open(&path).err().unwrap();
+        assert!(e.to_string().contains("newer than this arbor knows"), "{e}");
     }
 }

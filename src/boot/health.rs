@@ -185,21 +185,15 @@ fn run_check(path: &Path, timeout: Duration) -> Result<CheckResult> {
         .current_dir("/")
         .spawn()
         .with_context(|| format!("starting health check {}", path.display()))?;
-    let start = Instant::now();
-    let detail = loop {
-        if let Some(status) = child.try_wait()? {
-            break if status.success() {
-                "passed".to_string()
-            } else {
-                status.to_string()
-            };
-        }
-        if start.elapsed() > timeout {
+    use wait_timeout::ChildExt;
+    let detail = match child.wait_timeout(timeout)? {
+        Some(status) if status.success() => "passed".to_string(),
+        Some(status) => status.to_string(),
+        None => {
             let _ = child.kill();
             let _ = child.wait();
-            break format!("killed after {} s", timeout.as_secs());
+            format!("killed after {} s", timeout.as_secs())
         }
-        std::thread::sleep(Duration::from_millis(20));
     };
     let mut text = String::new();
     use std::io::{Read, Seek};

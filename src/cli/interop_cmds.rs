@@ -102,12 +102,7 @@ pub struct MountArgs {
 
 /// True when `path` is a mount point (a line of /proc/self/mountinfo names it).
 fn is_mounted(path: &std::path::Path) -> bool {
-    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = path.to_string_lossy().replace(' ', "\\040");
-    text.lines()
-        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+    crate::mounts::list().is_ok_and(|l| l.iter().any(|m| m.mount_point == path))
 }
 
 /// Runs `arbor mount`.

@@ -110,14 +110,12 @@ pub fn check_target(
     let block = meta.as_ref().is_ok_and(|m| m.file_type().is_block_device());
     if block {
         let ours = device_and_partitions(path)?;
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-        for line in mountinfo.lines() {
-            let f: Vec<&str> = line.split(' ').collect();
-            if f.len() > 4 && ours.iter().any(|d| d == f[2]) {
+        for m in crate::mounts::list()? {
+            if ours.contains(&m.majmin) {
                 bail!(
                     "{} is in use: it (or one of its partitions) is mounted at {}; unmount it first",
                     path.display(),
-                    f[4]
+                    m.mount_point.display()
                 );
             }
         }

@@ -168,20 +168,15 @@ fn open_elsewhere(root: &Path, removed: &[String]) -> Vec<String> {
     if ids.is_empty() {
         return Vec::new();
     }
-    let Ok(procs) = std::fs::read_dir("/proc") else {
+    let Ok(procs) = procfs::process::all_processes() else {
         return Vec::new();
     };
     for p in procs.flatten() {
-        if !p
-            .file_name()
-            .to_string_lossy()
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-        {
-            continue;
-        }
+        // Open files and mapped ones (a running program's own binary and libraries);
+        // the links are stat'ed, which follows them to the inode in whatever mount
+        // namespace the process lives in.
         for sub in ["fd", "map_files"] {
-            let Ok(entries) = std::fs::read_dir(p.path().join(sub)) else {
+            let Ok(entries) = std::fs::read_dir(format!("/proc/{}/{sub}", p.pid())) else {
                 continue;
             };
             for e in entries.flatten() {

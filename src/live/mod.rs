@@ -89,55 +89,16 @@ pub fn mount_overlay(usr: &Path, upper: &Path, work: &Path) -> Result<()> {
     .with_context(|| format!("mounting an overlay on {}", usr.display()))
 }
 
-/// Unescapes a mountinfo field (`\040` for a space, …).
-fn unescape(s: &str) -> String {
-    let mut out = Vec::new();
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 4 <= b.len()
-            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 4])
-                .ok()
-                .and_then(|o| u8::from_str_radix(o, 8).ok())
-        {
-            out.push(v);
-            i += 4;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The overlay mounted on `usr` in this mount namespace (the topmost mount there).
 pub fn usr_mount(usr: &Path) -> Result<Option<UsrMount>> {
     let usr = usr.canonicalize().unwrap_or_else(|_| usr.to_path_buf());
-    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let mut found = None;
-    for line in info.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let fields: Vec<&str> = left.split(' ').collect();
-        if fields.len() < 5 || Path::new(&unescape(fields[4])) != usr {
-            continue;
-        }
-        let right: Vec<&str> = right.split(' ').collect();
-        found = Some(if right.first() == Some(&"overlay") {
-            let upper = right
-                .get(2)
-                .into_iter()
-                .flat_map(|o| o.split(','))
-                .find_map(|o| o.strip_prefix("upperdir="))
-                .map(|u| PathBuf::from(unescape(u)));
-            upper.map(|upper| UsrMount { upper })
-        } else {
-            None
-        });
-    }
-    Ok(found.flatten())
+    let top = crate::mounts::list()?
+        .into_iter()
+        .rfind(|m| m.mount_point == usr);
+    Ok(top
+        .filter(|m| m.fs_type == "overlay")
+        .and_then(|m| m.option("upperdir").map(PathBuf::from))
+        .map(|upper| UsrMount { upper }))
 }
 
 /// The running deployment; live changes need one.

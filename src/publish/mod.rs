@@ -52,17 +52,14 @@ impl Default for Expiry {
 
 /// Parses `30s`, `12h`, `7d` (and a bare number of seconds).
 pub fn parse_duration(s: &str) -> Result<Duration> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: i64 = num
-        .parse()
-        .with_context(|| format!("'{s}' is not a duration"))?;
-    Ok(match unit {
-        "" | "s" => Duration::seconds(n),
-        "m" => Duration::minutes(n),
-        "h" => Duration::hours(n),
-        "d" => Duration::days(n),
-        _ => bail!("'{s}': use s, m, h or d"),
-    })
+    // A bare number is seconds, as before humantime; everything else is humantime's
+    // ("30d", "12h", "1h 30m", "2weeks").
+    let std = match s.parse::<u64>() {
+        Ok(secs) => std::time::Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(s)
+            .with_context(|| format!("'{s}' is not a duration (such as 90s, 15m, 12h, 30d)"))?,
+    };
+    Duration::from_std(std).with_context(|| format!("'{s}' is too long a duration"))
 }
 
 /// A published folder and the keys that sign it.

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs every cargo-fuzz target of fuzz/ for a bounded time each (FUZZ_SECONDS, 20 by
+# default): the decoders of outside bytes must not panic, allocate past their bounds
+# (-rss_limit_mb) or accept an unsafe name. Without a sanitizer: the decoders are safe
+# Rust, and an instrumented build of the C dependencies would double CI's build time. The corpus grows in /var/tmp/arbor-fuzz across runs; the
+# seeds in fuzz/seeds, plus objects of a real commit, start it. A crash fails the run
+# and leaves its input in fuzz/artifacts/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${FUZZ_SECONDS:-20}
+rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
+corpus=/var/tmp/arbor-fuzz
+mkdir -p "$corpus"
+
+# Real objects as seeds: a commit of a small tree (arbor's own man pages).
+cargo build --quiet --bin arbor
+seeds=$(mktemp -d)
+target/debug/arbor --repo "$seeds/repo" init >/dev/null
+target/debug/arbor --repo "$seeds/repo" commit man -b seed --subject seed >/dev/null
+mkdir -p "$corpus/objects"
+find "$seeds/repo/objects" -type f \( -name '*.dirtree' -o -name '*.commit' -o -name '*.dirmeta' \) \
+  -exec cp {} "$corpus/objects/" \;
+
+log=$(mktemp)
+trap 'rm -rf "$seeds" "$log"' EXIT
+for t in $(cargo +nightly fuzz list --fuzz-dir fuzz); do
+  mkdir -p "$corpus/$t"
+  if ! cargo +nightly fuzz run --fuzz-dir fuzz -O --sanitizer none "$t" "$corpus/$t" "fuzz/seeds/$t" -- \
+    -max_total_time="$secs" -rss_limit_mb=2048 -max_len=65536 \
+    -print_final_stats=1 >"$log" 2>&1; then
+    tail -n 60 "$log" >&2
+    echo "fuzz: $t failed; the input is in fuzz/artifacts/$t" >&2
+    exit 1
+  fi
+  runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo '?')
+  echo "fuzz: $t: $runs inputs in ${secs}s, no failure"
+done
