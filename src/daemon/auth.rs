@@ -36,9 +36,21 @@ impl Caller {
 
 /// Identifies the sender of `hdr` through the bus daemon (never trusting the message).
 pub async fn caller(conn: &zbus::Connection, hdr: &Header<'_>) -> Result<Caller, DaemonError> {
-    let sender = hdr
-        .sender()
-        .ok_or_else(|| DaemonError::InvalidArgs("the call has no sender".into()))?;
+    let Some(sender) = hdr.sender() else {
+        // A peer-to-peer connection (no bus): the socket says who is at the other end.
+        let creds = conn
+            .peer_creds()
+            .await
+            .map_err(|e| DaemonError::AccessDenied(format!("the peer's credentials: {e}")))?;
+        let uid = creds.unix_user_id().ok_or_else(|| {
+            DaemonError::AccessDenied("the socket does not say which user the peer is".into())
+        })?;
+        return Ok(Caller {
+            bus_name: "peer".into(),
+            uid,
+            pid: creds.process_id(),
+        });
+    };
     let dbus = zbus::fdo::DBusProxy::new(conn).await?;
     let creds = dbus
         .get_connection_credentials(sender.clone().into())
@@ -63,6 +75,13 @@ pub async fn authorize(
     let c = caller(conn, hdr).await?;
     if c.uid == 0 {
         return Ok(c);
+    }
+    if hdr.sender().is_none() {
+        // A peer connection has no bus to reach polkit on.
+        return Err(DaemonError::AccessDenied(format!(
+            "uid {} is not root, and a peer connection has no polkit to authorize {action}",
+            c.uid
+        )));
     }
     match polkit_allows(conn, &c, action).await {
         Ok(true) => Ok(c),

@@ -95,8 +95,8 @@ impl Shared {
 }
 
 /// Serves the sysroot on the bus until idle (or forever without an idle limit).
-pub fn run(opts: &DaemonOptions) -> Result<()> {
-    // Fail early, with the path, rather than at the first call.
+/// The daemon's state for `opts`, failing early (with the path) on a bad sysroot.
+fn shared(opts: &DaemonOptions) -> Result<Arc<Shared>> {
     let opened = crate::sysroot::Sysroot::open(&opts.sysroot)?;
     let entries = opened.entry_store();
     let watched = vec![
@@ -104,7 +104,7 @@ pub fn run(opts: &DaemonOptions) -> Result<()> {
         opened.boot_dir().join("loader"),
         entries.kernels_root().join("loader/entries"),
     ];
-    let shared = Arc::new(Shared {
+    Ok(Arc::new(Shared {
         sysroot: opts.sysroot.clone(),
         watched,
         root: opts.root.clone(),
@@ -113,7 +113,31 @@ pub fn run(opts: &DaemonOptions) -> Result<()> {
         finished: Mutex::new(std::collections::VecDeque::new()),
         next_transaction: AtomicU64::new(1),
         last_activity: Mutex::new(Instant::now()),
-    });
+    }))
+}
+
+/// Serves the daemon's objects to one peer over `socket`, without a bus (zbus p2p):
+/// how tests exercise the real interfaces in-process. The peer is authorized by the
+/// socket's credentials (only root may change anything: there is no polkit to ask).
+/// The connection serves as long as it is kept.
+pub fn serve_peer(
+    opts: &DaemonOptions,
+    socket: std::os::unix::net::UnixStream,
+) -> Result<zbus::blocking::Connection> {
+    let shared = shared(opts)?;
+    let guid = zbus::Guid::generate();
+    let conn = zbus::blocking::connection::Builder::unix_stream(socket)
+        .server(guid)?
+        .p2p()
+        .serve_at(ROOT_PATH, SysrootIface::new(shared.clone()))?
+        .build()
+        .context("serving a peer")?;
+    let _ = shared.conn.set(conn.inner().clone());
+    Ok(conn)
+}
+
+pub fn run(opts: &DaemonOptions) -> Result<()> {
+    let shared = shared(opts)?;
     let address = opts
         .bus_address
         .clone()

@@ -16,3 +16,13 @@ pub fn start_writeback(fd: BorrowedFd<'_>) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// Restores the default action of SIGPIPE (the Rust runtime ignores it), so that
+/// `arbor status | head` ends quietly when `head` stops reading, as other command-line
+/// tools do, instead of panicking on a failed write.
+pub fn default_sigpipe() {
+    // SAFETY: setting a signal's disposition to SIG_DFL at startup, before any thread.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
