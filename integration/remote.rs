@@ -111,16 +111,12 @@ fn server(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 
 #[test]
 #[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
-fn publish_phase_resume_upgrade_through_a_delta_and_boot_it() {
+fn an_update_comes_by_a_delta_resumes_after_a_kill_and_boots_healthy() {
     require_root!();
     let t = scratch();
     let (build, srv, pubdir) = server(t.path());
     let (b, p) = (s(&build), s(&pubdir));
-    for (tree, branch, v) in [
-        ("a", "os/stable", "1"),
-        ("b", "os/stable", "2"),
-        ("b", "os/next", "3"),
-    ] {
+    for (tree, branch, v) in [("a", "os/stable", "1"), ("b", "os/stable", "2")] {
         ok(&[
             "--repo",
             b,
@@ -150,58 +146,12 @@ fn publish_phase_resume_upgrade_through_a_delta_and_boot_it() {
     assert_eq!(common::versions(&sys), ["1"]);
     assert!(offered(&sys).is_none(), "nothing newer yet");
 
-    // Phased rollout: at 0% nothing is offered; just below and just above this
-    // device's phase decides; 100% offers it to everyone.
-    publish(b, p, "2", "os/stable", &["--phase", "0"]);
-    assert!(offered(&sys).is_none(), "a 0% version is offered to nobody");
-    let p2 = device_phase(&sys, "2");
-    ok(&[
-        "publish",
-        "phase",
-        p,
-        "--channel",
-        "stable",
-        "--version",
-        "2",
-        &p2.to_string(),
-    ]);
-    assert!(offered(&sys).is_none(), "phase {p2} is not below {p2}%");
-    ok(&[
-        "publish",
-        "phase",
-        p,
-        "--channel",
-        "stable",
-        "--version",
-        "2",
-        &(p2 + 1).to_string(),
-    ]);
-    assert_eq!(offered(&sys).as_deref(), Some("2"));
-
-    // Version 3 rolls out to a share this device is not in: it gets version 2.
-    publish(
-        b,
-        p,
-        "3",
-        "os/next",
-        &["--phase", "0", "--deltas-from", "2"],
-    );
-    let p3 = device_phase(&sys, "3");
-    ok(&[
-        "publish",
-        "phase",
-        p,
-        "--channel",
-        "stable",
-        "--version",
-        "3",
-        &p3.to_string(),
-    ]);
+    // Version 2, with a delta from 1.
+    publish(b, p, "2", "os/stable", &[]);
     let plan = json(&["--sysroot", &sys, "upgrade", "--dry-run", "--json"]);
     assert_eq!(plan["upgraded"], false, "a dry run changes nothing");
     let plan = &plan["update"];
     assert_eq!(plan["offered"]["version"], "2", "{plan:#}");
-    assert_eq!(plan["considered"][0]["offered"], false);
     let cands = plan["plan"]["candidates"].as_array().unwrap();
     assert_eq!(
         cands[0]["kind"], "deltas",
@@ -305,6 +255,85 @@ fn publish_phase_resume_upgrade_through_a_delta_and_boot_it() {
     );
     // The store is whole.
     ok(&["--sysroot", &sys, "fsck"]);
+}
+
+/// Phased rollout: a version is offered to the devices whose phase is below its
+/// percentage, and a device outside a newer version's share gets the newest one it is
+/// in.
+#[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+fn root_phased_rollout_offers_each_version_to_its_share_of_devices() {
+    require_root!();
+    let t = scratch();
+    let (build, srv, pubdir) = server(t.path());
+    let (b, p) = (s(&build), s(&pubdir));
+    for v in ["1", "2", "3"] {
+        let tree = common::rootfs(&t.path().join(v), v);
+        ok(&[
+            "--repo",
+            b,
+            "compose",
+            "rootfs",
+            s(&tree),
+            "-b",
+            &format!("os/{v}"),
+            "--version",
+            v,
+        ]);
+    }
+    ok(&["publish", "init", p]);
+    publish(b, p, "1", "os/1", &[]);
+    let nginx = Nginx::start(&srv, &t.path().join("nginx"), None);
+    let url = format!("{}pub", nginx.url);
+    let sys = client(
+        &t.path().join("client"),
+        &url,
+        &pubdir.join("metadata/1.root.json"),
+    );
+    ok(&["--sysroot", &sys, "deploy", "origin:stable"]);
+    assert!(offered(&sys).is_none(), "nothing newer yet");
+    let phase = |version: &str, percent: u8| {
+        let pct = percent.to_string();
+        ok(&[
+            "publish",
+            "phase",
+            p,
+            "--channel",
+            "stable",
+            "--version",
+            version,
+            &pct,
+        ]);
+    };
+
+    // At 0% nothing is offered; the device's own phase decides at the boundary.
+    publish(b, p, "2", "os/2", &["--phase", "0"]);
+    assert!(offered(&sys).is_none(), "a 0% version is offered to nobody");
+    let p2 = device_phase(&sys, "2");
+    phase("2", p2);
+    assert!(offered(&sys).is_none(), "phase {p2} is not below {p2}%");
+    phase("2", p2 + 1);
+    assert_eq!(offered(&sys).as_deref(), Some("2"));
+
+    // Version 3 rolls out to a share this device is not in: it is offered 2, and
+    // the upgrade stages 2.
+    publish(b, p, "3", "os/3", &["--phase", "0"]);
+    phase("3", device_phase(&sys, "3"));
+    assert_eq!(offered(&sys).as_deref(), Some("2"));
+    let out = ok(&["--sysroot", &sys, "upgrade"]);
+    assert!(out.contains("staged"), "{out}");
+    let st = json(&["--sysroot", &sys, "update-status", "--json"]);
+    assert_eq!(st["version"], "2", "{st:#}");
+    // --phase-override takes the newest whatever the phase.
+    let v = json(&[
+        "--sysroot",
+        &sys,
+        "upgrade",
+        "--check",
+        "--phase-override",
+        "--json",
+    ]);
+    assert_eq!(v["update"]["offered"]["version"], "3");
 }
 
 fn restore(path: &Path, bytes: &[u8]) {
