@@ -556,14 +556,30 @@ fn root_the_daemon_deploys_a_remote_channel_as_the_cli_does() {
         assert_eq!(a[0][key], d[0][key], "{key}");
     }
     assert_eq!(d[0]["origin"]["refspec"], "origin:stable");
-    // Both recorded it the same way.
+    // Rebase to a channel the remote does not publish: refused by both, the daemon
+    // naming the case.
+    let path = bus.start(&["Rebase", "sa{sv}", "beta", "0"]).unwrap();
+    let (done, msg) = bus.wait(&path);
+    assert!(!done && msg.contains("no channel 'beta'"), "{msg}");
+    assert_eq!(
+        bus.property(&path, "org.arbor.Arbor1.Transaction", "ErrorName"),
+        "org.arbor.Arbor1.Error.ChannelNotFound"
+    );
+    assert!(err(&["--sysroot", &by_cli, "rebase", "beta"]).contains("no channel 'beta'"));
+    // Both recorded the deploy the same way.
     let h: serde_json::Value = json(&["--sysroot", &by_bus, "history", "--json"]);
-    assert_eq!(h[0]["kind"], "deploy");
+    let deploy = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "deploy")
+        .unwrap();
     assert!(
-        h[0]["command"]
+        deploy["command"]
             .as_str()
             .unwrap()
             .starts_with("D-Bus Deploy")
     );
+    assert_eq!(deploy["result"], "ok");
     ok(&["--sysroot", &by_bus, "fsck"]);
 }

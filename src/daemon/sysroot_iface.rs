@@ -185,6 +185,33 @@ impl SysrootIface {
         .await
     }
 
+    /// Switches to another channel as `arbor rebase` does: CHANNEL on the remote the
+    /// deployment follows, or REMOTE:CHANNEL; fetches and stages what it offers.
+    /// Options: "os" (s), "version" (s), "phase-override" (b).
+    #[zbus(out_args("transaction"))]
+    async fn rebase(
+        &self,
+        channel: String,
+        options: HashMap<String, OwnedValue>,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(object_server)] server: &ObjectServer,
+    ) -> Result<OwnedObjectPath, DaemonError> {
+        let o = Options::parse(options, &["os", "version", "phase-override"])?;
+        if channel.is_empty() {
+            return Err(DaemonError::InvalidArgs("name the channel".into()));
+        }
+        let req = Request::Rebase {
+            channel,
+            os: o.string("os")?,
+            version: o.string("version")?,
+            phase_override: o.bool("phase-override")?.unwrap_or(false),
+        };
+        let what = ("Rebase", "org.arbor.Arbor1.rebase");
+        self.begin(&hdr, conn, server, what, transaction::op(req))
+            .await
+    }
+
     /// Makes the rollback deployment the next boot. No options yet.
     #[zbus(out_args("transaction"))]
     async fn rollback(

@@ -140,10 +140,27 @@ pub fn current(sysroot: &Sysroot) -> Result<UpdateRecord> {
     let Some(booted) = list.iter().find(|d| d.booted) else {
         return Ok(rec);
     };
-    let next = if booted.dir_name() == target {
-        if booted.tries.is_some() && rec.state != State::RollingBack {
+    let before = rec.clone();
+    reconcile(
+        &mut rec,
+        booted.dir_name() == target,
+        booted.tries.is_some(),
+    );
+    if rec != before {
+        save(sysroot, &mut rec)?;
+    }
+    Ok(rec)
+}
+
+/// The boot-time transitions, read from what booted: the update's deployment while
+/// still counting tries is Testing (or stays RollingBack once a check failed), and
+/// Active once marked good; another deployment booting after Testing or RollingBack
+/// means the update failed and the old one runs again.
+fn reconcile(rec: &mut UpdateRecord, target_booted: bool, counting: bool) {
+    let next = if target_booted {
+        if counting && rec.state != State::RollingBack {
             State::Testing
-        } else if booted.tries.is_some() {
+        } else if counting {
             State::RollingBack
         } else {
             State::Active
@@ -162,11 +179,7 @@ pub fn current(sysroot: &Sysroot) -> Result<UpdateRecord> {
     } else {
         rec.state
     };
-    if next != rec.state {
-        rec.state = next;
-        save(sysroot, &mut rec)?;
-    }
-    Ok(rec)
+    rec.state = next;
 }
 
 /// Called by the health check: the update's deployment passed (Active) or failed
@@ -193,5 +206,46 @@ pub fn note_health(sysroot: &Sysroot, booted: &str, result: Result<(), String>) 
             rec.error = Some(format!("health check failed: {failed}"));
             let _ = save(sysroot, &mut rec);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(state: State) -> UpdateRecord {
+        UpdateRecord {
+            state,
+            version: Some("2".into()),
+            ..UpdateRecord::default()
+        }
+    }
+
+    fn after(state: State, target_booted: bool, counting: bool) -> UpdateRecord {
+        let mut r = rec(state);
+        reconcile(&mut r, target_booted, counting);
+        r
+    }
+
+    #[test]
+    fn boot_time_states_follow_what_booted() {
+        use State::*;
+        // Staged, then the new deployment boots with tries counting: testing.
+        assert_eq!(after(Staged, true, true).state, Testing);
+        // Marked good: active.
+        assert_eq!(after(Testing, true, false).state, Active);
+        // A failed check made it RollingBack; still on it while it counts: no change.
+        assert_eq!(after(RollingBack, true, true).state, RollingBack);
+        // The old deployment runs again: failed, saying which version.
+        let r = after(Testing, false, false);
+        assert_eq!(r.state, Failed);
+        assert!(r.error.unwrap().contains("version 2 did not boot well"));
+        let mut r = rec(RollingBack);
+        r.error = Some("check 10-web failed".into());
+        reconcile(&mut r, false, false);
+        assert_eq!(r.state, Failed);
+        assert!(r.error.unwrap().contains("(check 10-web failed)"));
+        // Staged but not booted yet: nothing happened.
+        assert_eq!(after(Staged, false, false).state, Staged);
     }
 }
