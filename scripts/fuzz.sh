@@ -17,7 +17,7 @@ mkdir -p "$corpus"
 cargo build --quiet --bin arbor
 seeds=$(mktemp -d)
 target/debug/arbor --repo "$seeds/repo" init >/dev/null
-target/debug/arbor --repo "$seeds/repo" commit man -b seed --subject seed >/dev/null
+target/debug/arbor --repo "$seeds/repo" commit man -b seed --subject seed >/dev/null 2>&1
 mkdir -p "$corpus/objects"
 find "$seeds/repo/objects" -type f \( -name '*.dirtree' -o -name '*.commit' -o -name '*.dirmeta' \) \
   -exec cp {} "$corpus/objects/" \;
