@@ -82,13 +82,17 @@ fn the_sysroot_interface_answers_a_peer() {
         return;
     }
     let tx = started.unwrap();
-    let t = zbus::blocking::Proxy::new(
-        &client,
-        "org.arbor.Arbor1",
-        tx.as_str(),
-        "org.arbor.Arbor1.Transaction",
-    )
-    .unwrap();
+    // Uncached: a cached proxy may see Running change before ErrorName's signal.
+    let t = zbus::blocking::proxy::Builder::<zbus::blocking::Proxy<'_>>::new(&client)
+        .destination("org.arbor.Arbor1")
+        .unwrap()
+        .path(tx.as_str())
+        .unwrap()
+        .interface("org.arbor.Arbor1.Transaction")
+        .unwrap()
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while t.get_property::<bool>("Running").unwrap() {
         assert!(std::time::Instant::now() < deadline, "never finished");
