@@ -35,21 +35,13 @@ fn proxy(c: &zbus::blocking::Connection) -> zbus::blocking::Proxy<'_> {
 #[test]
 fn the_sysroot_interface_answers_a_peer() {
     let t = scratch();
-    let s = t.path().join("sysroot");
-    arbor_ok(&["admin", "init-fs", s.to_str().unwrap()]);
-    arbor_ok(&[
-        "--sysroot",
-        s.to_str().unwrap(),
-        "admin",
-        "os-init",
-        "debian",
-    ]);
-    let (_server, client) = peer(s.to_str().unwrap());
+    let s = sysroot(t.path());
+    let (_server, client) = peer(&s);
     let p = proxy(&client);
 
     // Properties: open to anyone, the same document as the CLI's.
     let path: String = p.get_property("Path").unwrap();
-    assert_eq!(path, s.to_str().unwrap());
+    assert_eq!(path, s);
     let deployments: Vec<std::collections::HashMap<String, OwnedValue>> =
         p.get_property("Deployments").unwrap();
     assert!(deployments.is_empty());

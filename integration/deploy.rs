@@ -930,3 +930,28 @@ fn root_torture_sigkill_during_deploy_leaves_a_bootable_sysroot() {
     arbor_ok(&["--sysroot", &s, "deploy", "os/2"]);
     assert_consistent(&s, "after the last deploy");
 }
+
+/// Prune and cleanup keep every deployed commit, also one no ref names any more
+/// (an older layered or hotfix commit) and the staged one.
+#[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+fn root_prune_and_cleanup_keep_deployed_commits_without_refs() {
+    require_root!();
+    let t = scratch();
+    let s = sysroot(t.path());
+    compose(&s, &rootfs(t.path(), "1"), "os/a", "1");
+    compose(&s, &rootfs(&t.path().join("2"), "2"), "os/b", "2");
+    arbor_ok(&["--sysroot", &s, "deploy", "os/a"]);
+    arbor_ok(&["--sysroot", &s, "deploy", "--stage", "os/b"]);
+    arbor_ok(&["--sysroot", &s, "refs", "--delete", "os/a"]);
+    arbor_ok(&["--sysroot", &s, "refs", "--delete", "os/b"]);
+    let pruned: serde_json::Value =
+        serde_json::from_str(&arbor_ok(&["--sysroot", &s, "prune", "--json"])).unwrap();
+    assert_eq!(pruned["objects_removed"], 0, "{pruned:#}");
+    let cleaned: serde_json::Value =
+        serde_json::from_str(&arbor_ok(&["--sysroot", &s, "cleanup", "--json"])).unwrap();
+    assert_eq!(cleaned["prune"]["objects_removed"], 0, "{cleaned:#}");
+    arbor_ok(&["--sysroot", &s, "fsck"]);
+    arbor_ok(&["--sysroot", &s, "finalize-staged"]);
+    assert_eq!(versions(&s), ["2", "1"]);
+}

@@ -16,7 +16,6 @@ use crate::lock::{LockWait, WriterLock};
 use crate::packages::layer;
 use crate::progress::Observer;
 use crate::store::prune::{self, PruneReport};
-use crate::store::reach::Root;
 use crate::sysroot::deploy::{self, CleanupResult, DeployResult};
 use crate::sysroot::plan::DeployOptions;
 use crate::sysroot::status::{self, StatusRow};
@@ -164,21 +163,6 @@ fn deploy_with(
     )?)))
 }
 
-/// The commits a prune of the sysroot's repository must keep besides its refs: every
-/// deployment's and the staged one's (a layered or hotfix commit of an older
-/// deployment may have no ref any more).
-pub fn deployment_roots(sysroot: &Sysroot) -> Result<Vec<Root>> {
-    let mut list = sysroot.deployments()?;
-    list.extend(sysroot.staged()?);
-    Ok(list
-        .iter()
-        .map(|d| Root {
-            label: format!("deployment {}/{}", d.os, d.dir_name()),
-            commit: d.commit,
-        })
-        .collect())
-}
-
 fn execute(
     sysroot: &Sysroot,
     lock: Option<&WriterLock>,
@@ -246,7 +230,7 @@ fn execute(
         Request::Cleanup => Outcome::Cleanup(Box::new(deploy::cleanup_held(sysroot, held()?)?)),
         Request::Prune { dry_run } => Outcome::Prune(prune::prune(
             sysroot.repo(),
-            &deployment_roots(sysroot)?,
+            &deploy::deployment_roots(sysroot)?,
             *dry_run,
             LockWait::NoWait,
         )?),

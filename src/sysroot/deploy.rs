@@ -392,19 +392,32 @@ pub fn cleanup_held(sysroot: &Sysroot, _lock: &WriterLock) -> Result<CleanupResu
             }
         }
     }
-    let roots: Vec<Root> = order
-        .iter()
-        .map(|d| Root {
-            label: format!("deployment {}", d.index),
-            commit: d.commit,
-        })
-        .collect();
-    let prune = prune::prune(sysroot.repo(), &roots, false, LockWait::NoWait)?;
+    let prune = prune::prune(
+        sysroot.repo(),
+        &deployment_roots(sysroot)?,
+        false,
+        LockWait::NoWait,
+    )?;
     Ok(CleanupResult {
         deployments_removed,
         boot_folders_removed,
         prune,
     })
+}
+
+/// The commits a prune of the sysroot's repository must keep besides its refs: every
+/// deployment's and the staged one's (a layered or hotfix commit of an older
+/// deployment may have no ref any more). `cleanup` and `prune` both keep these.
+pub fn deployment_roots(sysroot: &Sysroot) -> Result<Vec<Root>> {
+    let mut list = sysroot.deployments()?;
+    list.extend(sysroot.staged()?);
+    Ok(list
+        .iter()
+        .map(|d| Root {
+            label: format!("deployment {}/{}", d.os, d.dir_name()),
+            commit: d.commit,
+        })
+        .collect())
 }
 
 /// Removes what crashed transactions left: temporary deployment folders, and scratch

@@ -103,6 +103,33 @@ impl Deployment {
     }
 }
 
+#[cfg(test)]
+impl Deployment {
+    /// A deployment of stateroot `os` at commit `[n; 32]` with version `n`, every
+    /// other field empty: what the unit tests of the boot-order and role rules need.
+    pub(crate) fn for_test(n: u8, booted: bool) -> Deployment {
+        Deployment {
+            index: 0,
+            os: "os".into(),
+            commit: ObjectId([n; 32]),
+            serial: 0,
+            origin: Origin::default(),
+            kargs: Vec::new(),
+            version: Some(n.to_string()),
+            base: None,
+            image: None,
+            hotfix: false,
+            hotfix_name: None,
+            timestamp: 0,
+            booted,
+            linux: String::new(),
+            initrd: None,
+            tries: None,
+            entry_file: String::new(),
+        }
+    }
+}
+
 impl Deployment {
     /// `<commit>.<serial>`, the folder's name.
     pub fn dir_name(&self) -> String {

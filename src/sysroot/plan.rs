@@ -123,31 +123,12 @@ pub fn rollback_order(mut order: Vec<Deployment>) -> Option<Vec<Deployment>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sysroot::Origin;
 
     fn d(name: u8, booted: bool, pinned: bool) -> Deployment {
-        Deployment {
-            index: 0,
-            os: "os".into(),
-            commit: ObjectId([name; 32]),
-            serial: 0,
-            origin: Origin {
-                pinned,
-                ..Origin::default()
-            },
-            kargs: vec![format!("k{name}")],
-            version: Some(name.to_string()),
-            base: None,
-            image: None,
-            hotfix: false,
-            hotfix_name: None,
-            timestamp: 0,
-            booted,
-            linux: String::new(),
-            initrd: None,
-            tries: None,
-            entry_file: String::new(),
-        }
+        let mut d = Deployment::for_test(name, booted);
+        d.origin.pinned = pinned;
+        d.kargs = vec![format!("k{name}")];
+        d
     }
     fn names(list: &[Deployment]) -> Vec<String> {
         list.iter().map(|d| d.version.clone().unwrap()).collect()

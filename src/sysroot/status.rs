@@ -128,35 +128,16 @@ pub fn status(sysroot: &Sysroot) -> Result<Status> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sysroot::Origin;
-
-    fn d(booted: bool) -> Deployment {
-        Deployment {
-            index: 0,
-            os: "os".into(),
-            commit: ObjectId([0; 32]),
-            serial: 0,
-            origin: Origin::default(),
-            kargs: Vec::new(),
-            version: None,
-            base: None,
-            image: None,
-            hotfix: false,
-            hotfix_name: None,
-            timestamp: 0,
-            booted,
-            linux: String::new(),
-            initrd: None,
-            tries: None,
-            entry_file: String::new(),
-        }
-    }
 
     fn roles(booted: Option<usize>, n: usize) -> Vec<Role> {
-        with_roles((0..n).map(|i| d(booted == Some(i))).collect())
-            .into_iter()
-            .map(|r| r.role)
-            .collect()
+        with_roles(
+            (0..n)
+                .map(|i| Deployment::for_test(0, booted == Some(i)))
+                .collect(),
+        )
+        .into_iter()
+        .map(|r| r.role)
+        .collect()
     }
 
     #[test]
@@ -169,7 +150,7 @@ mod tests {
         // Nothing booted (a folder sysroot): 0 boots next, 1 is what rollback picks.
         assert_eq!(roles(None, 2), [Pending, Rollback]);
         assert_eq!(roles(Some(0), 1), [Booted]);
-        let rows = with_roles((0..3).map(|i| d(i == 1)).collect());
+        let rows = with_roles((0..3).map(|i| Deployment::for_test(0, i == 1)).collect());
         assert!(rows[0].pending && !rows[0].rollback && rows[2].rollback);
     }
 }
