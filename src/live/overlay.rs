@@ -15,7 +15,7 @@ use super::{OverlayKind, booted, kind_of, usr_mount};
 use crate::fsutil;
 use crate::sysroot::{Deployment, Sysroot};
 
-pub use crate::sysroot::hotfix::{INFO_FILE, OverlayInfo};
+pub use crate::sysroot::hotfix::OverlayInfo;
 
 /// The longest label `--name` takes.
 const MAX_NAME: usize = 80;
