@@ -62,12 +62,12 @@ struct Record {
 }
 
 /// Sizes of a delta against a full fetch of the same objects.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct DeltaStats {
-    /// The commits.
-    pub from: String,
-    /// The commits.
-    pub to: String,
+    /// The commit the receiver has.
+    pub from: ObjectId,
+    /// The commit it gets.
+    pub to: ObjectId,
     /// Objects TO has and FROM lacks.
     pub objects: u64,
     /// Their size uncompressed.
@@ -316,10 +316,13 @@ pub fn create(
     w.write_all(&to.0)?;
     w.write_all(&(records.len() as u64).to_le_bytes())?;
     let mut stats = DeltaStats {
-        from: from.to_hex(),
-        to: to.to_hex(),
+        from: *from,
+        to: *to,
         objects: records.len() as u64,
-        ..DeltaStats::default()
+        raw_bytes: 0,
+        full_bytes: 0,
+        delta_bytes: 0,
+        patched: 0,
     };
     for (r, full_len) in &records {
         w.write_all(&[r.kind as u8])?;
@@ -361,7 +364,7 @@ fn read_exact<const N: usize>(r: &mut impl Read) -> Result<[u8; N]> {
 #[derive(Clone, Debug, Serialize)]
 pub struct ApplyResult {
     /// The commit now complete in the repository.
-    pub to: String,
+    pub to: ObjectId,
     /// Objects written (all verified against their ids).
     pub objects: u64,
 }
@@ -484,7 +487,7 @@ pub fn apply_to(
     txn.finish(&refs)?;
     let _ = dir_sync(repo);
     Ok(ApplyResult {
-        to: to.to_hex(),
+        to,
         objects: count,
     })
 }

@@ -264,7 +264,7 @@ pub fn run_apply_live(cli: &Cli, a: &ApplyLiveArgs) -> Result<i32> {
         return json(&r).map(|_| 0);
     }
     let p = &r.plan;
-    println!("{} -> {}", &p.from[..12], &p.to[..12]);
+    println!("{} -> {}", p.from.short(), p.to.short());
     println!(
         "/usr: {} added, {} changed, {} removed",
         p.added.len(),
@@ -298,7 +298,7 @@ pub fn run_apply_live(cli: &Cli, a: &ApplyLiveArgs) -> Result<i32> {
     if r.applied {
         eprintln!(
             "applied live: /usr shows {}; 'arbor apply-live --reset' undoes it",
-            &p.to[..12]
+            p.to.short()
         );
     } else {
         eprintln!("dry run: nothing changed");

@@ -198,7 +198,7 @@ pub fn print_status(list: &[StatusRow]) {
             Some(c) => println!(
                 "    Origin:    {} (held at {})",
                 d.origin.refspec,
-                &c[..12.min(c.len())]
+                c.short()
             ),
             None => println!("    Origin:    {}", d.origin.refspec),
         }

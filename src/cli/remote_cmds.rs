@@ -412,7 +412,10 @@ pub fn run_update_status(cli: &Cli, o: &OutputArgs) -> Result<i32> {
         );
     }
     if let Some(v) = &rec.version {
-        println!("version:   {v} ({})", rec.commit.as_deref().unwrap_or("?"));
+        println!(
+            "version:   {v} ({})",
+            rec.commit.map_or("?".to_string(), |c| c.to_hex())
+        );
     }
     if rec.bytes_total > 0 {
         println!(

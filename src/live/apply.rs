@@ -18,14 +18,15 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use super::etc::{plan_etc, prepare_etc_live};
+use super::plan::{self, EtcOutcome, Facts, LivePlan, UNIT_DIR, usr_path};
 use super::record::LiveRecord;
 use super::upper::{UpperChanges, build_upper};
 use super::{OverlayKind, UsrStatus, booted, live_dir, mount_overlay, usr_mount};
-use crate::diff::{ChangeKind, diff_commits};
+use crate::diff::diff_commits;
 use crate::fsutil;
 use crate::inspect;
 use crate::lock::WriterLock;
-use crate::packages::dpkg::PackageDiff;
+use crate::store::ObjectId;
 use crate::sysroot::status;
 use crate::sysroot::{Deployment, Sysroot};
 
@@ -42,30 +43,6 @@ pub struct ApplyOptions {
     pub force: bool,
 }
 
-/// What apply-live does (or, with `--dry-run`, would do).
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct LivePlan {
-    /// The running deployment's commit.
-    pub from: String,
-    /// The commit `/usr` will show.
-    pub to: String,
-    /// Paths below `/usr` that appear.
-    pub added: Vec<String>,
-    /// Paths below `/usr` whose content or metadata changes.
-    pub changed: Vec<String>,
-    /// Paths below `/usr` that go away.
-    pub removed: Vec<String>,
-    /// Package changes (of the named packages only, with `--packages`).
-    pub packages: PackageDiff,
-    /// Units whose unit file or executable changes.
-    pub services: Vec<String>,
-    /// `/etc` paths the merge changes in the live `/etc`.
-    pub etc_changed: Vec<String>,
-    /// Why it cannot be applied live without `--force` (kernel change, `/etc`
-    /// conflicts, removed files still open).
-    pub refusals: Vec<String>,
-}
-
 /// What apply-live did.
 #[derive(Clone, Debug, Serialize)]
 pub struct ApplyResult {
@@ -77,18 +54,7 @@ pub struct ApplyResult {
     pub restarted: Vec<String>,
 }
 
-/// Paths in dpkg's lists are as the package ships them; on a merged-/usr system
-/// `/bin/ls` is `/usr/bin/ls`.
-fn usr_path(p: &str) -> String {
-    for top in ["/bin/", "/sbin/", "/lib/", "/lib32/", "/lib64/", "/libx32/"] {
-        if p.starts_with(top) {
-            return format!("/usr{p}");
-        }
-    }
-    p.to_string()
-}
-
-fn read_text(sysroot: &Sysroot, commit: &crate::store::ObjectId, path: &str) -> Option<String> {
+fn read_text(sysroot: &Sysroot, commit: &ObjectId, path: &str) -> Option<String> {
     let mut s = String::new();
     inspect::open_content(sysroot.repo(), commit, path)
         .ok()?
@@ -99,7 +65,7 @@ fn read_text(sysroot: &Sysroot, commit: &crate::store::ObjectId, path: &str) -> 
 }
 
 /// The files dpkg lists for `pkg` in a commit (any architecture).
-fn package_files(sysroot: &Sysroot, commit: &crate::store::ObjectId, pkg: &str) -> Vec<String> {
+fn package_files(sysroot: &Sysroot, commit: &ObjectId, pkg: &str) -> Vec<String> {
     let info = "/usr/lib/arbor/dpkg/info";
     let mut out = Vec::new();
     if let Ok(list) = inspect::list(sysroot.repo(), commit, info, false) {
@@ -114,44 +80,6 @@ fn package_files(sysroot: &Sysroot, commit: &crate::store::ObjectId, pkg: &str) 
         }
     }
     out
-}
-
-/// Units in the target whose unit file changed, or whose `ExecStart=` program did.
-fn affected_units(
-    sysroot: &Sysroot,
-    to: &crate::store::ObjectId,
-    touched: &BTreeSet<String>,
-) -> Vec<String> {
-    let dir = "/usr/lib/systemd/system";
-    let mut units = BTreeSet::new();
-    let Ok(list) = inspect::list(sysroot.repo(), to, dir, false) else {
-        return Vec::new();
-    };
-    for e in list {
-        let name = e.path.rsplit('/').next().unwrap_or_default().to_string();
-        if !name.ends_with(".service") || name.contains('@') {
-            continue;
-        }
-        let path = format!("{dir}/{name}");
-        if touched.contains(&path) {
-            units.insert(name.clone());
-            continue;
-        }
-        let Some(text) = read_text(sysroot, to, &path) else {
-            continue;
-        };
-        for l in text.lines() {
-            let Some(cmd) = l.trim().strip_prefix("ExecStart=") else {
-                continue;
-            };
-            let prog = cmd.trim_start_matches(['-', '@', '+', '!', ':']);
-            let prog = prog.split_whitespace().next().unwrap_or_default();
-            if touched.contains(&usr_path(prog)) {
-                units.insert(name.clone());
-            }
-        }
-    }
-    units.into_iter().collect()
 }
 
 /// Removed paths some process still has open or mapped, found by (device, inode).
@@ -202,90 +130,51 @@ fn pending(sysroot: &Sysroot) -> Result<Deployment> {
     })
 }
 
-/// Works out what apply-live would do, without changing anything.
+/// Works out what apply-live would do, without changing anything: reads the facts
+/// from the store and the live root, and leaves the decisions to [`plan::decide`].
 pub fn plan(sysroot: &Sysroot, root: &Path, opts: &ApplyOptions) -> Result<LivePlan> {
     let from = booted(sysroot)?;
     let to = pending(sysroot)?;
     let repo = sysroot.repo();
-    let mut changes = diff_commits(repo, &from.commit, &to.commit)?;
-    let mut packages = crate::packages::dpkg::diff(
-        &crate::packages::packages_of(repo, &from.commit)?,
-        &crate::packages::packages_of(repo, &to.commit)?,
-    );
-    if let Some(names) = &opts.packages {
-        let known: BTreeSet<&str> = packages
-            .added
-            .iter()
-            .map(|p| p.name.as_str())
-            .chain(packages.removed.iter().map(|p| p.name.as_str()))
-            .chain(packages.upgraded.iter().map(|c| c.name.as_str()))
-            .chain(packages.downgraded.iter().map(|c| c.name.as_str()))
-            .collect();
-        if let Some(n) = names.iter().find(|n| !known.contains(n.as_str())) {
-            bail!("{n} does not change between the booted and the pending deployment");
-        }
+    let only = opts.packages.as_deref().map(|names| {
         let mut files = BTreeSet::new();
         for n in names {
             files.extend(package_files(sysroot, &from.commit, n));
             files.extend(package_files(sysroot, &to.commit, n));
         }
-        changes.retain(|c| files.contains(&c.path));
-        let keep = |n: &String| names.contains(n);
-        packages.added.retain(|p| keep(&p.name));
-        packages.removed.retain(|p| keep(&p.name));
-        packages.upgraded.retain(|c| keep(&c.name));
-        packages.downgraded.retain(|c| keep(&c.name));
-    }
-    let mut plan = LivePlan {
-        from: from.commit.to_hex(),
-        to: to.commit.to_hex(),
-        packages,
-        ..LivePlan::default()
+        (names, files)
+    });
+    let units = match inspect::list(repo, &to.commit, UNIT_DIR, false) {
+        Ok(list) => list
+            .into_iter()
+            .filter_map(|e| e.path.rsplit('/').next().map(str::to_string))
+            .collect(),
+        Err(_) => Vec::new(),
     };
-    let mut kernel = false;
-    for c in &changes {
-        if !c.path.starts_with("/usr/") || c.path.starts_with("/usr/etc/") {
-            continue;
+    let etc = match opts.packages {
+        None => {
+            let etc = plan_etc(sysroot, &from, &to, root)?;
+            Some(EtcOutcome {
+                changed: etc.changed,
+                conflicts: etc.conflicts,
+            })
         }
-        if c.path.starts_with("/usr/lib/modules/")
-            && (c.path.ends_with("/vmlinuz") || c.path.ends_with("/initramfs.img"))
-        {
-            kernel = true;
-        }
-        match c.change {
-            ChangeKind::Added => plan.added.push(c.path.clone()),
-            ChangeKind::Modified => plan.changed.push(c.path.clone()),
-            ChangeKind::Removed => plan.removed.push(c.path.clone()),
-        }
-    }
-    let touched: BTreeSet<String> = plan
-        .added
-        .iter()
-        .chain(&plan.changed)
-        .chain(&plan.removed)
-        .cloned()
-        .collect();
-    plan.services = affected_units(sysroot, &to.commit, &touched);
-    if kernel {
-        plan.refusals
-            .push("the kernel or initramfs changes: only a reboot runs the new one".to_string());
-    }
-    if opts.packages.is_none() {
-        let etc = plan_etc(sysroot, &from, &to, root)?;
-        plan.etc_changed = etc.changed;
-        if !etc.conflicts.is_empty() {
-            plan.refusals.push(format!(
-                "/etc changed locally where the new default changed too: {}",
-                etc.conflicts.join(", ")
-            ));
-        }
-    }
-    let busy = open_elsewhere(root, &plan.removed);
-    if !busy.is_empty() {
-        plan.refusals
-            .push(format!("removed files are still open: {}", busy.join(", ")));
-    }
-    Ok(plan)
+        Some(_) => None,
+    };
+    plan::decide(Facts {
+        from: from.commit,
+        to: to.commit,
+        changes: diff_commits(repo, &from.commit, &to.commit)?,
+        packages: crate::packages::dpkg::diff(
+            &crate::packages::packages_of(repo, &from.commit)?,
+            &crate::packages::packages_of(repo, &to.commit)?,
+        ),
+        only,
+        units,
+        read: &|path| read_text(sysroot, &to.commit, path),
+        etc,
+        open: &|removed| open_elsewhere(root, removed),
+    })
 }
 
 /// Makes the live root's `/usr` (and `/etc`) match the pending deployment.

@@ -191,11 +191,7 @@ pub fn commit_overlay(
     let opts = DeployOptions {
         os: d.os.clone(),
         refspec: d.origin.refspec.clone(),
-        override_commit: d
-            .origin
-            .override_commit
-            .as_deref()
-            .and_then(|c| c.parse().ok()),
+        override_commit: d.origin.override_commit,
         commit: id,
         layers: d.origin.layers.clone(),
         kargs: None,

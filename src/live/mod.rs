@@ -13,6 +13,7 @@ pub mod changes;
 mod etc;
 pub mod hotfix_commit;
 pub mod overlay;
+pub mod plan;
 pub mod record;
 pub mod request;
 pub mod swap;

@@ -357,10 +357,9 @@ pub fn upgrade(
         None => sysroot.default_os()?,
     };
     let d = default_deployment(sysroot, &os)?;
-    if d.origin.override_commit.is_some() {
+    if let Some(held) = d.origin.override_commit {
         bail!(
-            "the deployment is held at commit {} of {}: deploy {} to follow the ref again",
-            d.origin.override_commit.as_deref().unwrap_or_default(),
+            "the deployment is held at commit {held} of {}: deploy {} to follow the ref again",
             d.origin.refspec,
             d.origin.refspec
         );

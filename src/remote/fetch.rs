@@ -146,10 +146,10 @@ pub fn check_space(repo: &Repo, needs: u64) -> Result<()> {
 }
 
 /// What a fetch did.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct FetchResult {
     /// The commit now complete in the store.
-    pub commit: String,
+    pub commit: ObjectId,
     /// How it fetched.
     pub method: Method,
     /// Bytes transferred by this run.
@@ -168,14 +168,15 @@ pub fn execute(
 ) -> Result<FetchResult> {
     let Some(chosen) = plan.chosen().filter(|_| !plan.present) else {
         return Ok(FetchResult {
-            commit: plan.commit.to_hex(),
+            commit: plan.commit,
             method: Method::Present,
-            ..FetchResult::default()
+            bytes: 0,
+            items: 0,
         });
     };
     check_space(repo, plan.needs_bytes)?;
     let http = remote.http()?;
-    let result = if chosen.kind == Method::Full {
+    let (bytes, items) = if chosen.kind == Method::Full {
         fetch_full(repo, &http, &plan.missing, chosen.bytes, obs)?
     } else {
         fetch_deltas(repo, remote, &http, db, chosen, obs)?
@@ -186,18 +187,21 @@ pub fn execute(
         plan.commit
     );
     Ok(FetchResult {
-        commit: plan.commit.to_hex(),
-        ..result
+        commit: plan.commit,
+        method: chosen.kind,
+        bytes,
+        items,
     })
 }
 
+/// Fetches each missing object; returns the bytes and objects transferred.
 fn fetch_full(
     repo: &Repo,
     http: &Http,
     missing: &[ManifestEntry],
     total: u64,
     obs: &dyn Observer,
-) -> Result<FetchResult> {
+) -> Result<(u64, u64)> {
     let done = AtomicU64::new(0);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(PARALLEL)
@@ -237,12 +241,7 @@ fn fetch_full(
         items += chunk.len() as u64;
         start = end;
     }
-    Ok(FetchResult {
-        method: Method::Full,
-        bytes: done.into_inner(),
-        items,
-        ..FetchResult::default()
-    })
+    Ok((done.into_inner(), items))
 }
 
 /// The partial-download file of a delta.
@@ -250,6 +249,7 @@ fn part_path(remote: &Remote, blake3: &str) -> PathBuf {
     remote.dir.join("downloads").join(format!("{blake3}.part"))
 }
 
+/// Fetches and applies a chain of deltas; returns the bytes and deltas transferred.
 fn fetch_deltas(
     repo: &Repo,
     remote: &Remote,
@@ -257,7 +257,7 @@ fn fetch_deltas(
     db: &StateDb,
     chain: &Candidate,
     obs: &dyn Observer,
-) -> Result<FetchResult> {
+) -> Result<(u64, u64)> {
     std::fs::create_dir_all(remote.dir.join("downloads"))?;
     let total = chain.bytes;
     let mut before = 0;
@@ -281,10 +281,5 @@ fn fetch_deltas(
         db.download_finished(&d.file.blake3)?;
         before += d.file.size;
     }
-    Ok(FetchResult {
-        method: Method::Deltas,
-        bytes: transferred,
-        items: chain.deltas.len() as u64,
-        ..FetchResult::default()
-    })
+    Ok((transferred, chain.deltas.len() as u64))
 }

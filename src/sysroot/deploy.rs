@@ -135,7 +135,7 @@ pub fn deploy_held(
     };
     let origin = Origin {
         refspec: opts.refspec.clone(),
-        override_commit: opts.override_commit.map(|c| c.to_hex()),
+        override_commit: opts.override_commit,
         pinned: false,
         layers: opts.layers.clone(),
     };

@@ -17,7 +17,8 @@
 //! replace-local=<blake3 of the .deb>:<package name>;…
 //! ```
 
-use anyhow::{Result, bail};
+use crate::store::ObjectId;
+use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 /// What a deployment was made from and how it is kept.
@@ -27,7 +28,7 @@ pub struct Origin {
     pub refspec: String,
     /// Set when an older commit of the ref was deployed (`REF^`), as rpm-ostree's
     /// `override-commit`: the deployment holds this commit, not the ref's tip.
-    pub override_commit: Option<String>,
+    pub override_commit: Option<ObjectId>,
     /// Pinned deployments are never removed by deploy or cleanup.
     pub pinned: bool,
     /// Packages layered on the base and base packages overridden.
@@ -161,7 +162,12 @@ impl Origin {
             };
             match (section, k.trim()) {
                 ("origin", "refspec") => o.refspec = v.trim().to_string(),
-                ("origin", "override-commit") => o.override_commit = Some(v.trim().to_string()),
+                ("origin", "override-commit") => {
+                    let id = v.trim().parse().with_context(|| {
+                        format!("origin override-commit '{}' is not a commit id", v.trim())
+                    })?;
+                    o.override_commit = Some(id);
+                }
                 ("arbor", "pinned") => o.pinned = v.trim() == "true",
                 ("packages", "requested") => o.layers.packages = split_list(v),
                 ("packages", "requested-local") => o.layers.local = split_debs(v)?,
@@ -190,7 +196,7 @@ mod tests {
             };
             let o = Origin {
                 refspec: "debian/a".into(),
-                override_commit: pinned.then(|| "ab".to_string()),
+                override_commit: pinned.then_some(ObjectId([0xab; 32])),
                 pinned,
                 layers: Layers {
                     packages: vec!["cowsay".into(), "sl".into()],

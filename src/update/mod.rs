@@ -262,7 +262,7 @@ pub fn run(
             return step(&mut rec, State::Idle);
         }
         rec.version = Some(target.version.clone());
-        rec.commit = Some(target.commit.to_hex());
+        rec.commit = Some(target.commit);
         rec.deployment = None;
         rec.bytes_total = plan.chosen().map_or(0, |c| c.bytes);
         rec.bytes_done = 0;

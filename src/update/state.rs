@@ -14,6 +14,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::statedb::StateDb;
+use crate::store::ObjectId;
 use crate::sysroot::Sysroot;
 
 /// Where an update is.
@@ -78,7 +79,7 @@ pub struct UpdateRecord {
     /// The version being (or last) installed.
     pub version: Option<String>,
     /// Its commit.
-    pub commit: Option<String>,
+    pub commit: Option<ObjectId>,
     /// The deployment made for it (`<commit>.<serial>`).
     pub deployment: Option<String>,
     /// Download progress.
