@@ -8,6 +8,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 
 use common::*;
 
@@ -108,15 +109,61 @@ fn commit_of(s: &str, index: usize) -> String {
     status(s)[index]["commit"].as_str().unwrap().to_string()
 }
 
+/// The SERVER image, composed once per test run (mmdebstrap takes a minute or two)
+/// into a sysroot of its own: (that sysroot, the commit). Removed when the test
+/// process exits.
+fn server_image() -> &'static (PathBuf, String) {
+    static IMAGE: OnceLock<(PathBuf, String)> = OnceLock::new();
+    extern "C" fn remove_image() {
+        if let Some((s, _)) = IMAGE.get()
+            && let Some(dir) = s.parent()
+        {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    IMAGE.get_or_init(|| {
+        let dir = scratch().keep();
+        // SAFETY: registers a plain function; it runs once, at exit.
+        unsafe { libc::atexit(remove_image) };
+        let s = sysroot(&dir);
+        let tf = treefile(&dir, "server", SERVER);
+        let out = arbor_at_epoch(&["--sysroot", &s, "compose", "tree", s_(&tf), "-b", "server"]);
+        let commit = ok(out, "compose tree").trim().to_string();
+        (PathBuf::from(s), commit)
+    })
+}
+
+/// A sysroot of the test's own in DIR holding the composed SERVER image (a copy, so
+/// that the tests share no store), with it deployed when DEPLOY.
+fn server_sysroot(dir: &Path, deploy: bool) -> (String, String) {
+    let (image, commit) = server_image();
+    let s = dir.join("sysroot");
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(image)
+        .arg(&s)
+        .output()
+        .unwrap();
+    ok(out, "copying the composed sysroot");
+    let s = s_(&s).to_string();
+    if deploy {
+        arbor_ok(&["--sysroot", &s, "deploy", "server"]);
+    }
+    (s, commit.clone())
+}
+
+/// Layers `hello` from the archive and `sl` from the corpus's local .deb.
+fn install_hello_and_sl(s: &str) {
+    let sl = corpus("debs").join("sl_5.02-1+b1_amd64.deb");
+    arbor_ok(&["--sysroot", s, "install", "hello", s_(&sl)]);
+}
+
 #[test]
 #[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
-fn root_compose_deploy_layer_uninstall_override_and_upgrade() {
+fn root_compose_builds_an_image_with_its_etc_units_and_one_kernel() {
     require_root!();
     let t = scratch();
-    let s = sysroot(t.path());
-    let tf = treefile(t.path(), "server", SERVER);
-    let out = arbor_at_epoch(&["--sysroot", &s, "compose", "tree", s_(&tf), "-b", "server"]);
-    let base = ok(out, "compose tree").trim().to_string();
+    let (s, _) = server_sysroot(t.path(), false);
     let pkgs = package_names(&s, "server");
     for p in ["systemd", "linux-image-amd64", "less", "base-files"] {
         assert!(pkgs.contains(&p.to_string()), "{p} missing from db list");
@@ -142,11 +189,16 @@ fn root_compose_deploy_layer_uninstall_override_and_upgrade() {
         dep.join("usr/lib/modules").read_dir().unwrap().count() == 1,
         "one kernel"
     );
-    let base_usr = describe_tree(&dep.join("usr"));
+}
 
-    // Layer an archive package and a local .deb from the corpus.
-    let sl = corpus("debs").join("sl_5.02-1+b1_amd64.deb");
-    arbor_ok(&["--sysroot", &s, "install", "hello", s_(&sl)]);
+#[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+fn root_install_layers_an_archive_package_and_a_local_deb_over_an_untouched_base() {
+    require_root!();
+    let t = scratch();
+    let (s, base) = server_sysroot(t.path(), true);
+    let base_usr = describe_tree(&deployment_dir(&s, 0).join("usr"));
+    install_hello_and_sl(&s);
     let layered = deployment_dir(&s, 0);
     let hello = Command::new("chroot")
         .arg(&layered)
@@ -170,8 +222,15 @@ fn root_compose_deploy_layer_uninstall_override_and_upgrade() {
     );
     let status_text = arbor_ok(&["--sysroot", &s, "status"]);
     assert!(status_text.contains("Layered:   hello sl"), "{status_text}");
+}
 
-    // Failures leave no new deployment and say why.
+#[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+fn root_a_failed_install_or_uninstall_leaves_no_deployment_and_says_why() {
+    require_root!();
+    let t = scratch();
+    let (s, _) = server_sysroot(t.path(), true);
+    arbor_ok(&["--sysroot", &s, "install", "hello"]);
     let before = status(&s);
     let fail = failing_deb(t.path());
     let e = arbor_err(&["--sysroot", &s, "install", s_(&fail)]);
@@ -195,22 +254,38 @@ fn root_compose_deploy_layer_uninstall_override_and_upgrade() {
         .filter(|e| e.file_name().to_string_lossy().starts_with(".scratch-"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
 
+#[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+fn root_uninstall_and_override_remove_and_reset_change_only_their_package() {
+    require_root!();
+    let t = scratch();
+    let (s, _) = server_sysroot(t.path(), true);
+    install_hello_and_sl(&s);
     // Uninstall: hello goes, sl stays.
     arbor_ok(&["--sysroot", &s, "uninstall", "hello"]);
     let d = deployment_dir(&s, 0);
     assert!(!d.join("usr/bin/hello").exists() && d.join("usr/games/sl").is_file());
     assert_eq!(layers(&s)["packages"], serde_json::json!([]));
-
     // Override: remove a base package, then reset.
     arbor_ok(&["--sysroot", &s, "override", "remove", "less"]);
     assert!(!deployment_dir(&s, 0).join("usr/bin/less").exists());
+    assert!(deployment_dir(&s, 0).join("usr/games/sl").is_file());
     assert!(!package_names(&s, &commit_of(&s, 0)).contains(&"less".to_string()));
     assert!(arbor_ok(&["--sysroot", &s, "status"]).contains("Removed:   less"));
     arbor_ok(&["--sysroot", &s, "override", "reset", "less"]);
     assert!(deployment_dir(&s, 0).join("usr/bin/less").exists());
+}
 
-    // The base moves: upgrade re-applies the layer on the new base.
+#[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+fn root_upgrade_reapplies_the_layers_on_the_new_base() {
+    require_root!();
+    let t = scratch();
+    let (s, _) = server_sysroot(t.path(), true);
+    let sl = corpus("debs").join("sl_5.02-1+b1_amd64.deb");
+    arbor_ok(&["--sysroot", &s, "install", s_(&sl)]);
     let co = t.path().join("v2");
     arbor_ok(&["--sysroot", &s, "checkout", "server", s_(&co), "--copy"]);
     std::fs::write(co.join("usr/share/arbor-v2"), "second image\n").unwrap();

@@ -486,10 +486,7 @@ pub fn apply_to(
     let refs: Vec<_> = branch.iter().map(|b| ((*b).clone(), Some(to))).collect();
     txn.finish(&refs)?;
     let _ = dir_sync(repo);
-    Ok(ApplyResult {
-        to,
-        objects: count,
-    })
+    Ok(ApplyResult { to, objects: count })
 }
 
 /// Checks that every object of commit `to` is stored or staged.
