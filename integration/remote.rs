@@ -453,7 +453,11 @@ fn hostile_servers_are_refused_and_nothing_is_deployed() {
     ok(&["publish", "refresh", p]);
     ok(&show);
 
-    // Mix and match: a targets file that is not the one the snapshot names.
+    // Mix and match: a targets file that is not the one the snapshot names, served to
+    // a client that has not verified that version yet. One that has keeps its own
+    // copy and does not fetch it again (TUF 5.6), so it is not fooled either.
+    let fresh = client(&t.path().join("fresh"), &url, &root_json);
+    let fresh_show = ["--sysroot", &fresh, "remote", "show", "origin", "stable"];
     let mut versions: Vec<u64> = std::fs::read_dir(&meta)
         .unwrap()
         .flatten()
@@ -470,10 +474,21 @@ fn hostile_servers_are_refused_and_nothing_is_deployed() {
     let targets_good = std::fs::read(&newest).unwrap();
     let older = std::fs::read(meta.join(format!("{}.targets.json", versions[0]))).unwrap();
     restore(&newest, &older);
-    let e = err(&show);
+    let e = err(&fresh_show);
     assert!(e.contains("targets"), "{e}");
+    nginx.clear_log();
+    ok(&show);
+    assert!(
+        !nginx
+            .requests()
+            .iter()
+            .any(|r| r.0.contains(".targets.json")),
+        "the verified targets are fetched again: {:?}",
+        nginx.requests()
+    );
     restore(&newest, &targets_good);
     ok(&show);
+    ok(&fresh_show);
 
     // Endless metadata.
     let ts_now = std::fs::read(&ts).unwrap();

@@ -21,6 +21,8 @@ PACKAGES=(
   grub-efi-amd64-bin
   # the VM boot loop: qemu under TCG with UEFI firmware
   qemu-system-x86 ovmf
+  # the TUF conformance suite: a Python virtualenv, and faketime for its expiry tests
+  python3-venv faketime
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -36,6 +38,17 @@ command -v cargo >/dev/null || {
   echo "setup: cargo not found; install a Rust toolchain (rustup, Rust >= 1.85) first" >&2
   exit 1
 }
+
+# The TUF conformance suite's Python dependencies (its pyproject.toml's pins), from
+# PyPI into a virtualenv of their own; scripts/tuf-conformance.sh runs the suite.
+tuf_venv=${ARBOR_TUF_VENV:-/var/tmp/arbor-tuf-venv}
+if [[ ! -f $tuf_venv/READY ]]; then
+  rm -rf "$tuf_venv"
+  python3 -m venv "$tuf_venv"
+  "$tuf_venv/bin/pip" install -q --disable-pip-version-check \
+    "securesystemslib[crypto]==1.4.0" "tuf==7.0.0" "pytest==9.1.1" "pytest-json-report==1.5.0"
+  touch "$tuf_venv/READY"
+fi
 
 # bootctl (to check our boot entries with a real loader tool) ships in systemd-boot,
 # whose maintainer scripts may install a boot loader: take only the binary, from the

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The full test suite: formatting, lints, unit tests, and the end-to-end tests on real
-# Debian trees. `ARBOR_TORTURE=1` adds the multi-minute torture runs, `ARBOR_FUZZ=1`
+# The full test suite: formatting, lints, unit tests, the end-to-end tests on real
+# Debian trees, and the TUF conformance suite. `ARBOR_TORTURE=1` adds the multi-minute torture runs, `ARBOR_FUZZ=1`
 # a bounded run of every fuzz target (scripts/fuzz.sh) and `ARBOR_VM=1` the VM boot
 # loop (qemu, about 16 minutes); CI sets all three.
 set -euo pipefail
@@ -11,6 +11,8 @@ cargo clippy --all-targets --quiet -- -D warnings
 # The Debian package, checked by lintian; the image and VM tests install it.
 deb=$(bash scripts/build-deb.sh)
 ARBOR_DEB=$deb cargo test --all-targets --quiet 2>&1
+# An outside judge of the TUF client: the TUF project's conformance suite.
+bash scripts/tuf-conformance.sh
 if [[ ${ARBOR_TORTURE:-} == 1 ]]; then
   cargo test --test deploy --quiet -- --ignored torture 2>&1
 fi

@@ -11,6 +11,7 @@ pub mod http;
 pub mod index;
 pub mod pack;
 pub mod tuf;
+pub mod tuf_client;
 
 use std::path::{Path, PathBuf};
 
