@@ -803,59 +803,6 @@ fn root_grub_fragment_lists_deployments_and_passes_grub_script_check() {
     );
 }
 
-/// Checks what must hold after any crash: fsck passes, status works, `boot/loader`
-/// names a complete entry set whose every entry names a complete deployment and an
-/// existing kernel.
-fn assert_consistent(s: &str, when: &str) {
-    let fsck = arbor(&["--sysroot", s, "fsck"]);
-    assert!(
-        fsck.status.success(),
-        "{when}: fsck: {}",
-        String::from_utf8_lossy(&fsck.stdout)
-    );
-    let list = status(s);
-    assert!(!list.is_empty(), "{when}: no deployments");
-    let boot = Path::new(s).join("boot");
-    let set = std::fs::read_link(boot.join("loader")).unwrap();
-    assert!(
-        set == Path::new("loader.0") || set == Path::new("loader.1"),
-        "{when}: loader -> {set:?}"
-    );
-    let entries: Vec<_> = std::fs::read_dir(boot.join(&set).join("entries"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert_eq!(
-        entries.len(),
-        list.len(),
-        "{when}: entries and deployments differ"
-    );
-    for e in entries {
-        let text = std::fs::read_to_string(&e).unwrap();
-        let linux = text
-            .lines()
-            .find_map(|l| l.strip_prefix("linux "))
-            .unwrap_or_else(|| panic!("{when}: {e:?} has no linux"));
-        assert!(
-            boot.join(linux.trim_start_matches('/')).is_file(),
-            "{when}: kernel {linux} missing"
-        );
-        let arbor = text
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("arbor="))
-            .unwrap();
-        let dir = Path::new(s).join(arbor.trim_start_matches('/'));
-        assert!(
-            dir.join("usr/bin").is_dir() && dir.join("etc/hostname").is_file(),
-            "{when}: {dir:?} incomplete"
-        );
-        assert!(
-            Path::new(&format!("{}.origin", dir.display())).is_file(),
-            "{when}: {dir:?} has no origin"
-        );
-    }
-}
-
 /// 100 SIGKILLs of `arbor deploy` at random moments. Minutes long: scripts/test.sh
 /// runs it with ARBOR_TORTURE=1 (CI sets it).
 #[test]
@@ -932,7 +879,8 @@ fn root_torture_sigkill_during_deploy_leaves_a_bootable_sysroot() {
 }
 
 /// Prune and cleanup keep every deployed commit, also one no ref names any more
-/// (an older layered or hotfix commit) and the staged one.
+/// (an older layered or hotfix commit) and the staged one, and cleanup keeps the
+/// staged deployment's kernel.
 #[test]
 #[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_prune_and_cleanup_keep_deployed_commits_without_refs() {
@@ -940,7 +888,9 @@ fn root_prune_and_cleanup_keep_deployed_commits_without_refs() {
     let t = scratch();
     let s = sysroot(t.path());
     compose(&s, &rootfs(t.path(), "1"), "os/a", "1");
-    compose(&s, &rootfs(&t.path().join("2"), "2"), "os/b", "2");
+    let two = rootfs(&t.path().join("2"), "2");
+    std::fs::write(two.join("boot/vmlinuz-6.1.0-test"), "another kernel image").unwrap();
+    compose(&s, &two, "os/b", "2");
     arbor_ok(&["--sysroot", &s, "deploy", "os/a"]);
     arbor_ok(&["--sysroot", &s, "deploy", "--stage", "os/b"]);
     arbor_ok(&["--sysroot", &s, "refs", "--delete", "os/a"]);
@@ -951,7 +901,9 @@ fn root_prune_and_cleanup_keep_deployed_commits_without_refs() {
     let cleaned: serde_json::Value =
         serde_json::from_str(&arbor_ok(&["--sysroot", &s, "cleanup", "--json"])).unwrap();
     assert_eq!(cleaned["prune"]["objects_removed"], 0, "{cleaned:#}");
+    assert_eq!(cleaned["boot_folders_removed"], serde_json::json!([]), "{cleaned:#}");
     arbor_ok(&["--sysroot", &s, "fsck"]);
     arbor_ok(&["--sysroot", &s, "finalize-staged"]);
     assert_eq!(versions(&s), ["2", "1"]);
+    assert_consistent(&s, "after finalizing what cleanup kept");
 }

@@ -11,6 +11,8 @@ cargo clippy --all-targets --quiet -- -D warnings
 # The Debian package, checked by lintian; the image and VM tests install it.
 deb=$(bash scripts/build-deb.sh)
 ARBOR_DEB=$deb cargo test --all-targets --quiet 2>&1
+# The crash sweep's table: each failpoint, the operation crashed there, what held.
+[[ -f target/failpoint-sweep.txt ]] && cat target/failpoint-sweep.txt
 # An outside judge of the TUF client: the TUF project's conformance suite.
 bash scripts/tuf-conformance.sh
 if [[ ${ARBOR_TORTURE:-} == 1 ]]; then

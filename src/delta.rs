@@ -483,6 +483,7 @@ pub fn apply_to(
         "the delta has bytes after its last record"
     );
     check_complete(repo, &txn, &metas, &to)?;
+    crate::failpoint::hit("delta-staged")?;
     let refs: Vec<_> = branch.iter().map(|b| ((*b).clone(), Some(to))).collect();
     txn.finish(&refs)?;
     let _ = dir_sync(repo);

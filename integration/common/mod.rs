@@ -400,3 +400,56 @@ pub fn in_namespace(sysroot: &str, cmdline: &str, dir: &Path, script: &str) -> S
     assert!(out.status.success(), "the script failed:\n{text}");
     text
 }
+
+/// Checks what must hold after any crash: fsck passes, status works, `boot/loader`
+/// names a complete entry set whose every entry names a complete deployment and an
+/// existing kernel.
+pub fn assert_consistent(s: &str, when: &str) {
+    let fsck = arbor(&["--sysroot", s, "fsck"]);
+    assert!(
+        fsck.status.success(),
+        "{when}: fsck: {}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+    let list = status(s);
+    assert!(!list.is_empty(), "{when}: no deployments");
+    let boot = Path::new(s).join("boot");
+    let set = std::fs::read_link(boot.join("loader")).unwrap();
+    assert!(
+        set == Path::new("loader.0") || set == Path::new("loader.1"),
+        "{when}: loader -> {set:?}"
+    );
+    let entries: Vec<_> = std::fs::read_dir(boot.join(&set).join("entries"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(
+        entries.len(),
+        list.len(),
+        "{when}: entries and deployments differ"
+    );
+    for e in entries {
+        let text = std::fs::read_to_string(&e).unwrap();
+        let linux = text
+            .lines()
+            .find_map(|l| l.strip_prefix("linux "))
+            .unwrap_or_else(|| panic!("{when}: {e:?} has no linux"));
+        assert!(
+            boot.join(linux.trim_start_matches('/')).is_file(),
+            "{when}: kernel {linux} missing"
+        );
+        let arbor = text
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("arbor="))
+            .unwrap();
+        let dir = Path::new(s).join(arbor.trim_start_matches('/'));
+        assert!(
+            dir.join("usr/bin").is_dir() && dir.join("etc/hostname").is_file(),
+            "{when}: {dir:?} incomplete"
+        );
+        assert!(
+            Path::new(&format!("{}.origin", dir.display())).is_file(),
+            "{when}: {dir:?} has no origin"
+        );
+    }
+}

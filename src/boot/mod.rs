@@ -284,12 +284,14 @@ pub fn write_entries(boot: &Path, entries: &[(String, BlsEntry)]) -> Result<()> 
     rfs::fsync(fsutil::open_dir(&set)?)?;
     let bootfd = fsutil::open_dir(boot)?;
     fsutil::sync_filesystem(&bootfd).context("syncing /boot")?;
+    crate::failpoint::hit("boot-entries-written")?;
     let tmp = "loader.tmp";
     let _ = rfs::unlinkat(&bootfd, tmp, AtFlags::empty());
     rfs::symlinkat(format!("loader.{next}").as_str(), &bootfd, tmp)
         .map_err(|e| write_error(e.into(), || "creating boot/loader.tmp".into()))?;
     rfs::renameat(&bootfd, tmp, &bootfd, "loader").context("switching boot/loader")?;
     rfs::fsync(&bootfd).context("syncing /boot")?;
+    crate::failpoint::hit("boot-loader-switched")?;
     Ok(())
 }
 

@@ -268,6 +268,7 @@ impl Publisher {
                     0o644,
                 )?;
                 editor.add_target(TargetName::new(name)?, target)?;
+                crate::failpoint::hit("publish-index-written")?;
             }
             let t = now();
             editor
@@ -300,6 +301,9 @@ impl Publisher {
             let bytes = std::fs::read(out.join(&n))?;
             fsutil::write_file_atomic(&dest, &bytes, 0o644)
                 .with_context(|| format!("writing {}", dest.display()))?;
+            if n != "timestamp.json" {
+                crate::failpoint::hit("publish-metadata-writing")?;
+            }
         }
         Ok(())
     }
@@ -353,6 +357,7 @@ impl Publisher {
             stats.push(s);
         }
         fsutil::sync_filesystem(fsutil::open_dir(&self.dir)?)?;
+        crate::failpoint::hit("publish-objects-written")?;
         let entry = VersionEntry {
             version: opts.version.clone(),
             commit: opts.commit,

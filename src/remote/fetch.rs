@@ -238,6 +238,7 @@ fn fetch_full(
             })
         })?;
         txn.finish(&[])?;
+        crate::failpoint::hit("fetch-chunk-stored")?;
         items += chunk.len() as u64;
         start = end;
     }

@@ -80,6 +80,7 @@ pub fn prune(
             if kind == ObjectKind::File {
                 forgotten.push((st.st_dev, st.st_ino));
             }
+            crate::failpoint::hit("prune-removing")?;
         }
     }
     report.objects_kept = stored - report.objects_removed;

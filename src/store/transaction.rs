@@ -366,8 +366,10 @@ impl<'r> Transaction<'r> {
             self.publish(&staged)?;
             tracing::debug!("published {} objects in {:?}", staged.len(), t.elapsed());
         }
+        crate::failpoint::hit("store-objects-written")?;
         for (r, id) in refs {
             self.repo.write_ref(&self.lock, r, id.as_ref())?;
+            crate::failpoint::hit("store-ref-moved")?;
         }
         self.finished = true;
         self.remove_staging();

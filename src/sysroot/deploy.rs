@@ -104,6 +104,7 @@ pub fn deploy_held(
             &commit.root_meta,
         )?;
         obs.task_end("checkout");
+        crate::failpoint::hit("deploy-checked-out")?;
         let kernel = boot::find_kernel(&tmp)?;
         obs.task_begin("etc");
         obs.percent("merging /etc", 60);
@@ -122,6 +123,7 @@ pub fn deploy_held(
         obs.task_end("etc");
         obs.percent("syncing", 70);
         fsutil::sync_filesystem(&tmp_fd).context("syncing the deployment")?;
+        crate::failpoint::hit("deploy-etc-merged")?;
         // The last point where stopping leaves nothing behind.
         checkpoint(obs)?;
         Ok((actions, kernel))
@@ -146,8 +148,10 @@ pub fn deploy_held(
         0o644,
     )
     .map_err(|e| crate::store::write_error(e, || format!("writing {name}.origin")))?;
+    crate::failpoint::hit("deploy-origin-written")?;
     std::fs::rename(&tmp, deploy_dir.join(&name))?;
     rustix::fs::fsync(&deploy_fd)?;
+    crate::failpoint::hit("deploy-tree-in-place")?;
     let kernel = kernel.moved(&tmp, &deploy_dir.join(&name));
     obs.task_begin("kernel");
     obs.percent("installing the kernel", 80);
@@ -158,6 +162,7 @@ pub fn deploy_held(
         &kernel,
         &bootcsum,
     )?;
+    crate::failpoint::hit("deploy-kernel-installed")?;
     let inherited = merge_source(&current, &opts.os)
         .map(|d| d.kargs.clone())
         .unwrap_or_default();
@@ -186,6 +191,7 @@ pub fn deploy_held(
     };
     if opts.stage {
         sysroot.set_staged(lock, Some(&new))?;
+        crate::failpoint::hit("deploy-staged")?;
         let removed = remove_unlisted(sysroot, &current)?;
         return Ok(DeployResult {
             deployment: new,
@@ -377,8 +383,11 @@ pub fn cleanup_held(sysroot: &Sysroot, _lock: &WriterLock) -> Result<CleanupResu
     remove_leftovers(sysroot)?;
     let order = sysroot.deployments()?;
     let deployments_removed = remove_unlisted(sysroot, &order)?;
+    // The staged deployment's kernel too: finalizing it at shutdown names it.
+    let staged = sysroot.staged()?;
     let used: Vec<String> = order
         .iter()
+        .chain(staged.as_ref())
         .filter_map(|d| d.linux.split('/').nth(2).map(str::to_string))
         .collect();
     let mut boot_folders_removed = Vec::new();
@@ -469,6 +478,7 @@ fn remove_unlisted(sysroot: &Sysroot, order: &[Deployment]) -> Result<Vec<String
             if e.file_type()?.is_dir() {
                 fsutil::remove_tree(&p)?;
                 removed.push(format!("{os}/{name}"));
+                crate::failpoint::hit("deploy-unlisted-removing")?;
                 // Its kept /usr hotfix goes with it.
                 let hotfix = sysroot.stateroot(&os).join("hotfix").join(&name);
                 if hotfix.exists() {
