@@ -901,7 +901,11 @@ fn root_prune_and_cleanup_keep_deployed_commits_without_refs() {
     let cleaned: serde_json::Value =
         serde_json::from_str(&arbor_ok(&["--sysroot", &s, "cleanup", "--json"])).unwrap();
     assert_eq!(cleaned["prune"]["objects_removed"], 0, "{cleaned:#}");
-    assert_eq!(cleaned["boot_folders_removed"], serde_json::json!([]), "{cleaned:#}");
+    assert_eq!(
+        cleaned["boot_folders_removed"],
+        serde_json::json!([]),
+        "{cleaned:#}"
+    );
     arbor_ok(&["--sysroot", &s, "fsck"]);
     arbor_ok(&["--sysroot", &s, "finalize-staged"]);
     assert_eq!(versions(&s), ["2", "1"]);

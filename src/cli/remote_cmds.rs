@@ -9,7 +9,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 
 use super::output::{PrintSteps, human_bytes, json, utc};
-use super::{Cli, OutputArgs};
+use super::{Cli, OutputArgs, lock_wait};
 use crate::progress::Observer;
 use crate::publish::{self, AddOptions, Expiry, Publisher, parse_duration};
 use crate::remote::Remote;
@@ -146,7 +146,7 @@ fn publisher(a: &PublishDirArgs) -> Result<Publisher> {
 pub fn run_publish(cli: &Cli, cmd: &PublishCommand) -> Result<i32> {
     match cmd {
         PublishCommand::Init(a) => {
-            let r = publisher(a)?.init()?;
+            let r = publisher(a)?.init(lock_wait(cli))?;
             if a.output.json {
                 return json(&r).map(|_| 0);
             }
@@ -168,7 +168,7 @@ pub fn run_publish(cli: &Cli, cmd: &PublishCommand) -> Result<i32> {
                 deltas_from: a.deltas_from,
                 release_notes: a.release_notes.clone(),
             };
-            let r = publisher(&a.dir)?.add(&repo, &opts)?;
+            let r = publisher(&a.dir)?.add(&repo, &opts, lock_wait(cli))?;
             if a.dir.output.json {
                 return json(&r).map(|_| 0);
             }
@@ -191,7 +191,8 @@ pub fn run_publish(cli: &Cli, cmd: &PublishCommand) -> Result<i32> {
             }
         }
         PublishCommand::Phase(a) => {
-            let v = publisher(&a.dir)?.set_phase(&a.channel, &a.version, a.percent)?;
+            let v =
+                publisher(&a.dir)?.set_phase(&a.channel, &a.version, a.percent, lock_wait(cli))?;
             if a.dir.output.json {
                 return json(&v).map(|_| 0);
             }
@@ -201,7 +202,7 @@ pub fn run_publish(cli: &Cli, cmd: &PublishCommand) -> Result<i32> {
             );
         }
         PublishCommand::Refresh(a) => {
-            publisher(a)?.sign(None)?;
+            publisher(a)?.refresh(lock_wait(cli))?;
             if a.output.json {
                 return json(&serde_json::json!({ "signed": a.dir })).map(|_| 0);
             }
@@ -209,7 +210,7 @@ pub fn run_publish(cli: &Cli, cmd: &PublishCommand) -> Result<i32> {
         }
         PublishCommand::RotateKey(a) => {
             let role = publish::keys::parse_role(&a.role)?;
-            let v = publisher(&a.dir)?.rotate(role)?;
+            let v = publisher(&a.dir)?.rotate(role, lock_wait(cli))?;
             if a.dir.output.json {
                 return json(&serde_json::json!({ "role": a.role, "root_version": v })).map(|_| 0);
             }

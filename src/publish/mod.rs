@@ -6,6 +6,7 @@
 
 pub mod keys;
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -18,6 +19,7 @@ use tough::{ExpirationEnforcement, IntoVec, RepositoryLoader, TargetName};
 
 use crate::delta;
 use crate::fsutil;
+use crate::lock::{LockWait, WriterLock};
 use crate::remote::index::{
     ChannelIndex, DeltaRef, FileRef, INDEX_FORMAT, VersionEntry, valid_channel,
 };
@@ -141,15 +143,31 @@ impl Publisher {
         best.ok_or_else(|| anyhow::anyhow!("no root metadata in {}", dir.display()))
     }
 
+    /// Takes the publisher's lock (`publish.lock` in the keys folder): two publishers
+    /// on one folder would each sign a version N+1 of the metadata, and one of them
+    /// would be lost. The keys folder is where every publisher of a folder must go.
+    fn lock(&self, wait: LockWait<'_>) -> Result<WriterLock> {
+        std::fs::create_dir_all(&self.keys)
+            .with_context(|| format!("creating {}", self.keys.display()))?;
+        let dir = fsutil::open_dir(&self.keys)?;
+        Ok(WriterLock::acquire(
+            dir.as_fd(),
+            &self.keys,
+            "publish.lock",
+            wait,
+        )?)
+    }
+
     /// Creates the folder, the keys and version 1 of every role.
-    pub fn init(&self) -> Result<InitResult> {
-        if self.metadata().exists() {
-            bail!("{} is already a published repository", self.dir.display());
-        }
+    pub fn init(&self, wait: LockWait<'_>) -> Result<InitResult> {
         ensure!(
             !self.keys.starts_with(&self.dir),
             "the keys must not be inside the published folder"
         );
+        let _lock = self.lock(wait)?;
+        if self.metadata().exists() {
+            bail!("{} is already a published repository", self.dir.display());
+        }
         for d in ["metadata", "targets", "objects", "deltas", "manifests"] {
             std::fs::create_dir_all(self.dir.join(d))?;
         }
@@ -222,9 +240,16 @@ impl Publisher {
         Ok(Some(repo))
     }
 
+    /// Signs the metadata again with new expiry dates (`publish refresh`): what a
+    /// publisher runs before the timestamp expires.
+    pub fn refresh(&self, wait: LockWait<'_>) -> Result<()> {
+        let _lock = self.lock(wait)?;
+        self.sign(None)
+    }
+
     /// Signs new targets, snapshot and timestamp metadata, with `change` (a channel and
     /// its new index) applied, and publishes them timestamp last.
-    pub fn sign(&self, change: Option<&ChannelIndex>) -> Result<()> {
+    fn sign(&self, change: Option<&ChannelIndex>) -> Result<()> {
         self.sign_under(change, None)
     }
 
@@ -309,7 +334,8 @@ impl Publisher {
     }
 
     /// Publishes `commit` as a new version of a channel.
-    pub fn add(&self, repo: &Repo, opts: &AddOptions) -> Result<AddResult> {
+    pub fn add(&self, repo: &Repo, opts: &AddOptions, wait: LockWait<'_>) -> Result<AddResult> {
+        let _lock = self.lock(wait)?;
         ensure!(
             valid_channel(&opts.channel),
             "'{}' is not a channel name (letters, digits, . _ -)",
@@ -384,7 +410,14 @@ impl Publisher {
     }
 
     /// Changes a published version's rollout percentage.
-    pub fn set_phase(&self, channel: &str, version: &str, phase: u8) -> Result<VersionEntry> {
+    pub fn set_phase(
+        &self,
+        channel: &str,
+        version: &str,
+        phase: u8,
+        wait: LockWait<'_>,
+    ) -> Result<VersionEntry> {
+        let _lock = self.lock(wait)?;
         ensure!(phase <= 100, "a phase is a percentage (0-100)");
         let mut idx = self.channel(channel)?;
         idx.version(version)?;
@@ -401,7 +434,8 @@ impl Publisher {
 
     /// Replaces one role's key: a new root version, signed by the old and the new root
     /// key, names it; then everything is signed again.
-    pub fn rotate(&self, role: RoleType) -> Result<u64> {
+    pub fn rotate(&self, role: RoleType, wait: LockWait<'_>) -> Result<u64> {
+        let _lock = self.lock(wait)?;
         let (version, _) = self.latest_root()?;
         let old = keys::key_path(&self.keys, role);
         let retired = self
