@@ -78,7 +78,10 @@ fn root_deploys_started_at_once_land_one_at_a_time_or_name_the_holder() {
             landed += 1;
         } else {
             let e = stderr(&out);
-            assert!(e.contains("is locked by pid"), "{args:?} failed otherwise: {e}");
+            assert!(
+                e.contains("is locked by pid"),
+                "{args:?} failed otherwise: {e}"
+            );
         }
     }
     assert!(landed >= 1, "no --no-wait deploy landed");

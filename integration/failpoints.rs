@@ -26,6 +26,7 @@ struct Scenario {
     name: &'static str,
     points: &'static [&'static str],
     setup: fn(&Path) -> Env,
+    /// The operation: the arguments of `arbor`, or of a shell script (see [`SH`]).
     run: fn(&Env) -> Vec<String>,
     /// Checks the invariants; returns what it checked, for the table.
     check: fn(&Env, &str) -> &'static str,
@@ -35,14 +36,29 @@ fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|a| a.to_string()).collect()
 }
 
-/// `arbor ARGS` with the failpoint armed.
-fn arbor_armed(args: &[String], point: &str, action: &str) -> Output {
-    Command::new(arbor_bin())
-        .args(args)
-        .env_remove("ARBOR_REPO")
-        .env("ARBOR_FAILPOINTS", format!("{point}={action}"))
-        .output()
-        .unwrap()
+/// A `run` that starts with this is a shell script (the rest of the arguments), run
+/// in a private mount namespace, for operations on a booted root.
+const SH: &str = "#!sh";
+
+/// The operation of `args`, with the failpoint armed (when `point` is given).
+fn operation(args: &[String], armed: Option<(&str, &str)>) -> Output {
+    let mut cmd = match args.first() {
+        Some(first) if first == SH => {
+            let mut c = Command::new("unshare");
+            c.args(["--mount", "--propagation", "private", "sh", "-c", &args[1]]);
+            c
+        }
+        _ => {
+            let mut c = Command::new(arbor_bin());
+            c.args(args);
+            c
+        }
+    };
+    cmd.env_remove("ARBOR_REPO");
+    if let Some((point, action)) = armed {
+        cmd.env("ARBOR_FAILPOINTS", format!("{point}={action}"));
+    }
+    cmd.output().unwrap()
 }
 
 /// A sysroot with trees 1..=n composed (not deployed).
@@ -156,6 +172,77 @@ fn publish_setup(dir: &Path) -> Env {
     Env::from([("repo", r), ("pub", p), ("client", client)])
 }
 
+/// Version 1 booted (in a namespace, as prepare-root assembles it) with version 2
+/// pending: what apply-live works on. The /etc trees of both are kept to compare.
+fn live_setup(dir: &Path) -> Env {
+    let sr = sysroot(dir);
+    let cmdline = live::booted_1_pending_2(&sr, dir);
+    let target = dir.join("target");
+    std::fs::create_dir_all(&target).unwrap();
+    let (pending, booted) = (deployment_dir(&sr, 0), deployment_dir(&sr, 1));
+    Env::from([
+        ("sysroot", sr),
+        ("cmdline", cmdline),
+        ("target", s(&target).to_string()),
+        (
+            "old-etc",
+            serde_json::to_string(&describe_tree(&booted.join("etc"))).unwrap(),
+        ),
+        (
+            "new-etc",
+            serde_json::to_string(&describe_tree(&pending.join("etc"))).unwrap(),
+        ),
+        ("booted-etc", s(&booted.join("etc")).to_string()),
+    ])
+}
+
+/// Boots, then apply-live; exits with apply-live's status. The namespace, and with
+/// it the live /usr, goes when the script ends, as at a reboot; /etc is the booted
+/// deployment's own, on disk.
+fn live_run(env: &Env) -> Vec<String> {
+    let (sr, cmdline, target) = (&env["sysroot"], &env["cmdline"], &env["target"]);
+    let a = format!("{} --sysroot {sr}", arbor_bin());
+    let script = format!(
+        "set -u\nexport ARBOR_CMDLINE={cmdline}\n\
+         {a} prepare-root --cmdline {cmdline} --target {target} >/dev/null || exit 99\n\
+         mkdir -p {sr}/run && mount -t tmpfs run {sr}/run\n\
+         {a} apply-live --root {target}\nrc=$?\n\
+         [ $rc = 0 ] && {{ test \"$(cat {target}/usr/bin/tool)\" = 'tool 2' || exit 98; }}\n\
+         exit $rc\n"
+    );
+    vec![SH.to_string(), script]
+}
+
+/// Each /etc entry is the old or the new one; after a successful run all are new
+/// and no temporary is left.
+fn live_check(env: &Env, when: &str) -> &'static str {
+    let tree = |k: &str| -> BTreeMap<String, String> { serde_json::from_str(&env[k]).unwrap() };
+    let (old, new) = (tree("old-etc"), tree("new-etc"));
+    let now = describe_tree(Path::new(&env["booted-etc"]));
+    // Temporaries beside the entries they replace: no merge reads them, and the next
+    // run removes them.
+    let temporary = |k: &str| k.split('/').any(|c| c.starts_with(".arbor-live."));
+    let entries: BTreeMap<String, String> = now
+        .iter()
+        .filter(|(k, _)| !temporary(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mixed = live::neither_old_nor_new(&old, &new, &entries);
+    assert!(
+        mixed.is_empty(),
+        "{when}: /etc entries neither old nor new: {mixed:#?}"
+    );
+    if when.ends_with("run again") {
+        assert_eq!(now, new, "{when}: /etc is not the merged one");
+        assert!(
+            !now.keys().any(|k| k.contains(".arbor-live.")),
+            "{when}: {now:?}"
+        );
+    }
+    assert_consistent(&env["sysroot"], when);
+    "each /etc entry old or new, /usr new after the re-run; fsck clean"
+}
+
 const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "commit",
@@ -213,6 +300,36 @@ const SCENARIOS: &[Scenario] = &[
         setup: deploy_setup,
         run: |env| strings(&["--sysroot", &env["sysroot"], "rollback"]),
         check: sysroot_check,
+    },
+    Scenario {
+        name: "install (layering)",
+        points: &["layer-committed"],
+        setup: |dir| {
+            let tree = dir.join("tree");
+            let copied = Command::new("cp")
+                .arg("-a")
+                .arg(corpus("small"))
+                .arg(&tree)
+                .status()
+                .unwrap();
+            assert!(copied.success());
+            std::fs::write(tree.join("boot/vmlinuz-6.1.0-test"), "kernel image").unwrap();
+            std::fs::write(tree.join("boot/initrd.img-6.1.0-test"), "initramfs image").unwrap();
+            let sr = sysroot(dir);
+            compose(&sr, &tree, "os/1", "1");
+            arbor_ok(&["--sysroot", &sr, "deploy", "os/1"]);
+            let deb = corpus("debs").join("sl_5.02-1+b1_amd64.deb");
+            Env::from([("sysroot", sr), ("deb", s(&deb).to_string())])
+        },
+        run: |env| strings(&["--sysroot", &env["sysroot"], "install", &env["deb"]]),
+        check: sysroot_check,
+    },
+    Scenario {
+        name: "apply-live",
+        points: &["live-upper-built", "live-usr-mounted", "live-etc-switching"],
+        setup: live_setup,
+        run: live_run,
+        check: live_check,
     },
     Scenario {
         name: "prune",
@@ -338,12 +455,13 @@ fn crash_at(scenario: &Scenario, point: &str, action: &str) -> String {
     let env = (scenario.setup)(t.path());
     let args = (scenario.run)(&env);
     let when = format!("{} at {point} ({action})", scenario.name);
-    let out = arbor_armed(&args, point, action);
+    let out = operation(&args, Some((point, action)));
     let stderr = String::from_utf8_lossy(&out.stderr);
     match action {
-        "abort" => assert_eq!(
-            out.status.signal(),
-            Some(libc::SIGABRT),
+        // Killed by SIGABRT; through a shell, exit status 128 + SIGABRT.
+        "abort" => assert!(
+            out.status.signal() == Some(libc::SIGABRT)
+                || out.status.code() == Some(128 + libc::SIGABRT),
             "{when}: the point was not reached (exit {}):\n{stderr}",
             out.status
         ),
@@ -356,7 +474,7 @@ fn crash_at(scenario: &Scenario, point: &str, action: &str) -> String {
         }
     }
     let held = (scenario.check)(&env, &when);
-    let again = arbor(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let again = operation(&args, None);
     assert!(
         again.status.success(),
         "{when}: running it again failed:\n{}",

@@ -52,6 +52,22 @@ pub const ALL: &[(&str, &str)] = &[
         "one deployment no entry lists is removed; others may remain",
     ),
     (
+        "layer-committed",
+        "the layered commit is in the store; no deployment uses it yet",
+    ),
+    (
+        "live-upper-built",
+        "apply-live's upper layer is built under the run folder; nothing is mounted",
+    ),
+    (
+        "live-usr-mounted",
+        "the live /usr shows the pending deployment; /etc is not switched yet",
+    ),
+    (
+        "live-etc-switching",
+        "one /etc entry is switched to the merged one; the others are as they were",
+    ),
+    (
         "prune-removing",
         "one unreachable object is deleted; others remain",
     ),

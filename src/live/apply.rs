@@ -237,6 +237,7 @@ pub fn apply_live(
             removed: &plan.removed,
         },
     )?;
+    crate::failpoint::hit("live-upper-built")?;
     // Everything that can fail for want of space or rights happens before the
     // overlay is mounted; the /etc entries then switch by renames beside themselves.
     let etc_swap = match opts.packages {
@@ -247,6 +248,7 @@ pub fn apply_live(
         Some(_) => None,
     };
     mount_overlay(&usr, &dir.join("upper"), &dir.join("work"))?;
+    crate::failpoint::hit("live-usr-mounted")?;
     LiveRecord {
         booted: from.dir_name(),
         commit: to.commit,

@@ -179,6 +179,7 @@ impl Swap {
                     .map_err(anyhow::Error::from),
                 Step::Remove(rel) => remove(self.live.as_fd(), rel, i),
             };
+            let result = result.and_then(|()| crate::failpoint::hit("live-etc-switching"));
             if let Err(e) = result {
                 discard(&pending.collect::<Vec<_>>());
                 return Err(e.context(format!(

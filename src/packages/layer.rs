@@ -198,6 +198,7 @@ pub fn build(
         progress: None,
     };
     let r = commit_tree(repo, &w.join("lower"), &opts, LockWait::NoWait)?;
+    crate::failpoint::hit("layer-committed")?;
     super::remember(repo, &r.commit, &pkgs);
     obs.task_end("commit");
     Ok(r.commit)
