@@ -265,6 +265,123 @@ fn root_etc_merge_counts_symlink_changes() {
     );
 }
 
+/// OSTree's etcmerge corner cases: directory modes the administrator set (700, 770,
+/// 777, 707) are kept; a dangling symlink is kept without being followed; a FIFO and a
+/// socket are not copied; a directory the administrator deleted stays deleted.
+#[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+fn root_etc_merge_keeps_odd_modes_and_dangling_links_and_drops_special_files() {
+    require_root!();
+    let (_t, etc) = merge_case(|etc| {
+        for (dir, mode) in [
+            ("m700", 0o700),
+            ("m770", 0o770),
+            ("m777", 0o777),
+            ("m707", 0o707),
+        ] {
+            std::fs::create_dir(etc.join(dir)).unwrap();
+            std::fs::write(etc.join(dir).join("f"), dir).unwrap();
+            std::fs::set_permissions(etc.join(dir), std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        // A default directory whose mode the administrator changed.
+        std::fs::set_permissions(etc.join("ssh"), std::fs::Permissions::from_mode(0o707)).unwrap();
+        symlink("/nonexistent/target", etc.join("dangling")).unwrap();
+        let fifo = etc.join("fifo");
+        assert!(
+            Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        // Bound from inside the folder: its full path is longer than a socket name.
+        let bound = Command::new("python3")
+            .args([
+                "-c",
+                "import socket; socket.socket(socket.AF_UNIX).bind('socket')",
+            ])
+            .current_dir(etc)
+            .status()
+            .unwrap();
+        assert!(bound.success() && etc.join("socket").exists());
+        std::fs::remove_dir_all(etc.join("default")).unwrap();
+    });
+    use std::os::unix::fs::MetadataExt;
+    for (dir, mode) in [
+        ("m700", 0o700),
+        ("m770", 0o770),
+        ("m777", 0o777),
+        ("m707", 0o707),
+    ] {
+        let m = std::fs::metadata(etc.join(dir)).unwrap();
+        assert_eq!(m.mode() & 0o7777, mode, "{dir}");
+        assert_eq!(
+            std::fs::read_to_string(etc.join(dir).join("f")).unwrap(),
+            dir
+        );
+    }
+    let ssh = std::fs::metadata(etc.join("ssh")).unwrap();
+    assert_eq!(
+        ssh.mode() & 0o7777,
+        0o707,
+        "a changed default directory mode"
+    );
+    assert_eq!(
+        std::fs::read_to_string(etc.join("ssh/sshd_config")).unwrap(),
+        "# sshd defaults 2\n",
+        "the entries of a directory whose mode changed are judged one by one"
+    );
+    assert_eq!(
+        std::fs::read_link(etc.join("dangling")).unwrap(),
+        Path::new("/nonexistent/target")
+    );
+    assert!(!etc.join("fifo").exists(), "a FIFO was copied");
+    assert!(!etc.join("socket").exists(), "a socket was copied");
+    assert!(
+        !etc.join("default").exists(),
+        "a deleted directory came back"
+    );
+}
+
+/// A file the administrator changed, which the new version turns into a directory:
+/// neither can win silently, so the deploy stops, says which, and leaves nothing.
+#[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+fn root_etc_merge_stops_on_a_changed_file_the_new_version_makes_a_directory() {
+    require_root!();
+    let t = scratch();
+    let s = sysroot(t.path());
+    compose(&s, &rootfs(t.path(), "1"), "os", "1");
+    arbor_ok(&["--sysroot", &s, "deploy", "os"]);
+    std::fs::write(deployment_dir(&s, 0).join("etc/motd"), "my motd\n").unwrap();
+    let two = rootfs(t.path(), "2");
+    std::fs::remove_file(two.join("etc/motd")).unwrap();
+    std::fs::create_dir(two.join("etc/motd")).unwrap();
+    std::fs::write(two.join("etc/motd/10-welcome"), "welcome\n").unwrap();
+    compose(&s, &two, "os", "2");
+    let before = status(&s);
+    let e = arbor_err(&["--sysroot", &s, "deploy", "os"]);
+    assert!(
+        e.contains("/etc/motd changed locally") && e.contains("a directory"),
+        "{e}"
+    );
+    assert_eq!(status(&s), before, "a deployment was made");
+    let deploy_dir = deployment_dir(&s, 0).parent().unwrap().to_path_buf();
+    let names: Vec<String> = std::fs::read_dir(&deploy_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names.len(),
+        2,
+        "a deployment and its origin, nothing else: {names:?}"
+    );
+    assert_consistent(&s, "after the refused deploy");
+    // Once the change is moved aside, the deploy goes through.
+    std::fs::remove_file(deployment_dir(&s, 0).join("etc/motd")).unwrap();
+    arbor_ok(&["--sysroot", &s, "deploy", "os"]);
+}
+
 #[test]
 #[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_commit_without_kernel_is_refused_and_nothing_changes() {

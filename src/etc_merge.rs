@@ -130,6 +130,29 @@ pub fn plan(old_default: &EtcTree, local: &EtcTree) -> Vec<EtcAction> {
     actions
 }
 
+/// Paths the plan would keep as the user's file or symlink where the new default
+/// has a directory. Keeping the file would drop everything the new version ships in
+/// that directory, and putting the directory there would drop the user's change:
+/// the deploy stops instead and names them (as OSTree's merge does).
+pub fn file_over_new_dir(
+    new_default: &EtcTree,
+    local: &EtcTree,
+    actions: &[EtcAction],
+) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            EtcAction::KeepLocal(p)
+                if matches!(new_default.get(p), Some(EtcEntry::Dir(_)))
+                    && !matches!(local.get(p), Some(EtcEntry::Dir(_))) =>
+            {
+                Some(p.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// Removes `rel` below `root` (recursively). When an ancestor of `rel` is missing or
 /// a symlink, the path is not in this tree and nothing is removed: a symlink in the
 /// new default is never followed.
@@ -340,6 +363,29 @@ mod tests {
         );
         assert!(!outside.join("c").exists(), "wrote through a symlink");
         assert_eq!(std::fs::read_to_string(new.join("a/c")).unwrap(), "mine");
+    }
+
+    #[test]
+    fn a_changed_file_where_the_new_default_has_a_directory_is_named() {
+        let dir = EtcEntry::Dir(meta(S_IFDIR | 0o755));
+        let old = tree(&[
+            ("cron.conf", file(1)),
+            ("d", dir.clone()),
+            ("same", file(1)),
+        ]);
+        let local = tree(&[
+            ("cron.conf", file(2)),
+            ("d", dir.clone()),
+            ("same", file(1)),
+        ]);
+        let new = tree(&[
+            ("cron.conf", dir.clone()),
+            ("d", dir.clone()),
+            ("same", dir),
+        ]);
+        let actions = plan(&old, &local);
+        // An untouched file becomes the new directory; only the changed one conflicts.
+        assert_eq!(file_over_new_dir(&new, &local, &actions), ["cron.conf"]);
     }
 
     #[test]

@@ -252,6 +252,17 @@ fn merge_etc(
     let old_default = etc_merge::scan(&prev_root.join("usr/etc"))?;
     let local = etc_merge::scan(&prev_root.join("etc"))?;
     let actions = etc_merge::plan(&old_default, &local);
+    let retyped = etc_merge::file_over_new_dir(&etc_merge::scan(new_etc)?, &local, &actions);
+    if !retyped.is_empty() {
+        let list: Vec<String> = retyped.iter().map(|p| format!("/etc/{p}")).collect();
+        bail!(
+            "{} changed locally, and the new version makes {} a directory: move the \
+             change aside (or into the new directory once deployed) and deploy again; \
+             nothing was deployed",
+            list.join(", "),
+            if list.len() == 1 { "it" } else { "each" }
+        );
+    }
     etc_merge::apply(&actions, &local, &prev_root.join("etc"), new_etc)?;
     Ok(actions)
 }
