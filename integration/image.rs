@@ -167,6 +167,8 @@ fn root_image_import_applies_layers_whiteouts_hardlinks_and_xattrs() {
         .link(tar::EntryType::Link, "usr/bin/tool-again", "usr/bin/tool")
         .file("usr/bin/su", 0o4755, 0, b"setuid")
         .file("etc/owned", 0o600, 1000, b"secret")
+        .file("etc/shadow", 0o640, 0, b"root:*:1:0:99999:7:::\n")
+        .file("etc/gshadow", 0o000, 0, b"root:*::\n")
         .xattr_file(
             "usr/bin/ping",
             &[("user.note", b"hello"), ("trusted.overlay.opaque", b"y")],
@@ -229,6 +231,9 @@ fn root_image_import_applies_layers_whiteouts_hardlinks_and_xattrs() {
         (1000, 0o600)
     );
     assert_eq!(meta("usr/share/d").mode() & 0o777, 0o750);
+    // The secrets keep the image's modes (CVE-2024-2905: never world-readable).
+    assert_eq!(meta("usr/etc/shadow").mode() & 0o7777, 0o640);
+    assert_eq!(meta("usr/etc/gshadow").mode() & 0o7777, 0o000);
     assert_eq!(
         std::fs::read_link(co.join("usr/bin/link")).unwrap(),
         Path::new("tool")
