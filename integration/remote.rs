@@ -598,3 +598,115 @@ fn root_the_daemon_deploys_a_remote_channel_as_the_cli_does() {
     assert_eq!(deploy["result"], "ok");
     ok(&["--sysroot", &by_bus, "fsck"]);
 }
+
+/// Files below `dir` (relative paths).
+fn files_below(dir: &Path) -> std::collections::BTreeSet<String> {
+    common::walk_files(dir)
+        .into_iter()
+        .map(|p| p.strip_prefix(dir).unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// What real networks do to a fetch: a captive portal's HTML for every path, a 404
+/// on one object, a stalled connection, and a flaky server. Each failure is clear,
+/// bounded in time, and deploys nothing; server errors are retried until they pass.
+#[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+fn root_portals_missing_objects_stalls_and_flaky_servers() {
+    use common::hostile_http::{Behaviour, HostileServer};
+    require_root!();
+    let t = scratch();
+    let (build, _srv, pubdir) = server(t.path());
+    let (b, p) = (s(&build), s(&pubdir));
+    for v in ["1", "2"] {
+        let tree = common::rootfs(&t.path().join(v), v);
+        ok(&[
+            "--repo",
+            b,
+            "compose",
+            "rootfs",
+            s(&tree),
+            "-b",
+            &format!("os/{v}"),
+            "--version",
+            v,
+        ]);
+    }
+    ok(&["publish", "init", p]);
+    publish(b, p, "1", "os/1", &["--deltas-from", "0"]);
+    let http = HostileServer::start(pubdir.clone());
+    let root_json = pubdir.join("metadata/1.root.json");
+    let sys = t.path().join("client");
+    let sys = s(&sys).to_string();
+    ok(&["admin", "init-fs", &sys]);
+    ok(&["--sysroot", &sys, "admin", "os-init", "debian"]);
+    ok(&[
+        "--sysroot",
+        &sys,
+        "remote",
+        "add",
+        "origin",
+        &http.url,
+        "--trust",
+        s(&root_json),
+        "--timeout",
+        "2s",
+    ]);
+    ok(&["--sysroot", &sys, "deploy", "origin:stable"]);
+    let before_objects = files_below(&pubdir.join("objects"));
+    publish(b, p, "2", "os/2", &["--deltas-from", "0"]);
+    let new_object = files_below(&pubdir.join("objects"))
+        .difference(&before_objects)
+        .next()
+        .cloned()
+        .expect("version 2 has new objects");
+    let versions = |sys: &str| -> Vec<String> {
+        json(&["--sysroot", sys, "status", "--json"])["deployments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["version"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let upgrade = ["--sysroot", &sys, "upgrade"];
+    let unchanged = |when: &str| {
+        assert_eq!(versions(&sys), ["1"], "{when}: something was deployed");
+        let st = json(&["--sysroot", &sys, "update-status", "--json"]);
+        assert_eq!(st["state"], "failed", "{when}: {st:#}");
+        common::assert_consistent(&sys, when);
+    };
+
+    // A captive portal: every path is a 200 with a web page.
+    http.behave(Behaviour::Portal);
+    let e = err(&upgrade);
+    assert!(e.contains("metadata"), "{e}");
+    unchanged("portal");
+
+    // One object missing on the server.
+    http.behave(Behaviour::Missing(new_object.clone()));
+    let e = err(&upgrade);
+    assert!(e.contains(&new_object) && e.contains("not found"), "{e}");
+    unchanged("missing object");
+
+    // A server that sends headers, then nothing: the remote's 2 s, not forever.
+    http.behave(Behaviour::Stall(new_object.clone()));
+    let started = std::time::Instant::now();
+    let e = err(&upgrade);
+    assert!(e.contains("sent nothing for 2 s"), "{e}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    unchanged("stalled server");
+
+    // A flaky server: every path fails twice with a 500; retries get through.
+    http.behave(Behaviour::Flaky(2));
+    let out = ok(&upgrade);
+    assert!(out.contains("staged"), "{out}");
+    let st = json(&["--sysroot", &sys, "update-status", "--json"]);
+    assert_eq!((&st["state"], &st["version"]), (&"staged".into(), &"2".into()), "{st:#}");
+    let log = http.log();
+    assert!(log.iter().any(|(_, code)| *code == 500), "{log:?}");
+    common::assert_consistent(&sys, "after the flaky server");
+}

@@ -262,6 +262,11 @@ pub struct RemoteAddArgs {
     /// Do not contact the remote now.
     #[arg(long)]
     pub no_verify: bool,
+    /// How long its server may send nothing before a fetch gives up (e.g. 30s, 2m;
+    /// default 60s). Failed requests a retry may cure (server errors, broken
+    /// transfers) are tried up to 4 times.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// Runs `arbor remote …`.
@@ -269,7 +274,7 @@ pub fn run_remote(cli: &Cli, cmd: &RemoteCommand) -> Result<i32> {
     let sysroot = Sysroot::open(&cli.sysroot)?;
     match cmd {
         RemoteCommand::Add(a) => {
-            let r = Remote::add(&sysroot, &a.name, &a.url, &a.trust, a.no_verify)?;
+            let r = Remote::add(&sysroot, &a.name, &a.url, &a.trust, a.no_verify, a.timeout)?;
             println!("remote {} at {} added", r.name, r.url);
         }
         RemoteCommand::List(o) => {

@@ -182,7 +182,7 @@ pub fn install_to_disk(opts: &InstallOptions) -> Result<InstallReport> {
             .context("--remote needs --trust ROOT.json (the remote's TUF root)")?;
         // Not reachable from here, perhaps (a URL of the machine's own world): it is
         // verified at the first fetch, as `remote add --offline` does.
-        crate::remote::Remote::add(&sysroot, name, url, trust, true)?;
+        crate::remote::Remote::add(&sysroot, name, url, trust, true, None)?;
     }
     let commit = match &opts.source {
         InstallSource::Commit { repo, rev } => {

@@ -45,6 +45,14 @@ pub enum FetchError {
         /// The status.
         code: u16,
     },
+    /// The server accepted the connection and then sent nothing for too long.
+    #[error("{url}: the server sent nothing for {secs} s (the remote's timeout): giving up")]
+    TimedOut {
+        /// What was asked for.
+        url: String,
+        /// The timeout.
+        secs: u64,
+    },
     /// The transfer broke off.
     #[error("{url}: the transfer broke off: {detail}")]
     Broken {
@@ -90,15 +98,40 @@ fn open_file(url: &Url, range_from: Option<u64>) -> Result<Fetched, FetchError> 
     })
 }
 
+impl FetchError {
+    /// True for a failure that trying again may cure: a server error (5xx, 429, 408)
+    /// or a transfer that broke off. Not a timeout: one is already the bound a
+    /// stalled server gets.
+    fn transient(&self) -> bool {
+        match self {
+            FetchError::Status { code, .. } => *code >= 500 || *code == 429 || *code == 408,
+            FetchError::Broken { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// How often a request is tried in all when it fails in a way that may pass.
+const ATTEMPTS: u32 = 4;
+
+/// How long a server may send nothing (for the response, or between reads) unless
+/// the remote says otherwise (`remote add --timeout`).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A client for one remote's base URL.
 #[derive(Clone)]
 pub struct Http {
     agent: ureq::Agent,
     base: Url,
+    timeout: Duration,
 }
 
-fn classify(url: &str, e: ureq::Error) -> FetchError {
+fn classify(url: &str, e: ureq::Error, timeout: Duration) -> FetchError {
     match e {
+        ureq::Error::Timeout(_) => FetchError::TimedOut {
+            url: url.into(),
+            secs: timeout.as_secs(),
+        },
         ureq::Error::StatusCode(404) => FetchError::NotFound { url: url.into() },
         ureq::Error::StatusCode(code) => FetchError::Status {
             url: url.into(),
@@ -121,6 +154,11 @@ impl Http {
     /// A client for the repository at `base` (a folder URL; a missing trailing `/` is
     /// added so relative paths land inside it).
     pub fn new(base: &str) -> Result<Http> {
+        Http::with_timeout(base, DEFAULT_TIMEOUT)
+    }
+
+    /// [`Http::new`] with another timeout for a server that sends nothing.
+    pub fn with_timeout(base: &str, timeout: Duration) -> Result<Http> {
         let mut base = base.to_string();
         if !base.ends_with('/') {
             base.push('/');
@@ -133,13 +171,14 @@ impl Http {
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(15)))
-            .timeout_recv_response(Some(Duration::from_secs(60)))
-            .timeout_per_read(Some(Duration::from_secs(60)))
+            .timeout_recv_response(Some(timeout))
+            .timeout_per_read(Some(timeout))
             .user_agent(concat!("arbor/", env!("CARGO_PKG_VERSION")))
             .build();
         Ok(Http {
             agent: config.into(),
             base,
+            timeout,
         })
     }
 
@@ -161,13 +200,60 @@ impl Http {
         if let Some(from) = range_from {
             req = req.header("Range", format!("bytes={from}-"));
         }
-        let resp = req.call().map_err(|e| classify(url.as_str(), e))?;
+        let resp = req
+            .call()
+            .map_err(|e| classify(url.as_str(), e, self.timeout))?;
         match resp.status().as_u16() {
             code @ (200 | 206) => Ok(Fetched {
                 status: code,
                 body: Box::new(resp.into_body().into_reader()),
             }),
-            code => Err(classify(url.as_str(), ureq::Error::StatusCode(code))),
+            code => Err(classify(
+                url.as_str(),
+                ureq::Error::StatusCode(code),
+                self.timeout,
+            )),
+        }
+    }
+
+    /// A read error of a body: a timeout said as one.
+    fn read_error(&self, url: &Url, e: std::io::Error) -> FetchError {
+        let ureq_timeout = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<ureq::Error>())
+            .is_some_and(|u| matches!(u, ureq::Error::Timeout(_)));
+        if e.kind() == std::io::ErrorKind::TimedOut || ureq_timeout {
+            FetchError::TimedOut {
+                url: url.to_string(),
+                secs: self.timeout.as_secs(),
+            }
+        } else {
+            FetchError::Broken {
+                url: url.to_string(),
+                detail: e.to_string(),
+            }
+        }
+    }
+
+    /// Runs `f` again after a transient failure, up to [`ATTEMPTS`] times in all,
+    /// waiting a little longer each time.
+    fn retrying<T>(
+        &self,
+        url: &Url,
+        f: impl Fn() -> Result<T, FetchError>,
+    ) -> Result<T, FetchError> {
+        let mut delay = Duration::from_millis(200);
+        let mut attempt = 1;
+        loop {
+            match f() {
+                Err(e) if attempt < ATTEMPTS && e.transient() => {
+                    tracing::warn!("{e}; trying {url} again ({attempt} of {ATTEMPTS})");
+                    std::thread::sleep(delay);
+                    delay *= 2;
+                    attempt += 1;
+                }
+                r => return r,
+            }
         }
     }
 
@@ -181,15 +267,16 @@ impl Http {
 
     /// [`Http::get_bounded`] for a full URL.
     pub fn get_url_bounded(&self, url: &Url, max: u64) -> Result<Vec<u8>, FetchError> {
+        self.retrying(url, || self.get_url_bounded_once(url, max))
+    }
+
+    fn get_url_bounded_once(&self, url: &Url, max: u64) -> Result<Vec<u8>, FetchError> {
         let resp = self.get(url, None)?;
         let mut out = Vec::new();
         resp.body
             .take(max + 1)
             .read_to_end(&mut out)
-            .map_err(|e| FetchError::Broken {
-                url: url.to_string(),
-                detail: e.to_string(),
-            })?;
+            .map_err(|e| self.read_error(url, e))?;
         if out.len() as u64 > max {
             return Err(FetchError::TooLarge {
                 url: url.to_string(),
@@ -219,7 +306,7 @@ impl Http {
         }
         let mut transferred = 0;
         if have < file.size {
-            let resp = self.get(&url, (have > 0).then_some(have))?;
+            let resp = self.retrying(&url, || self.get(&url, (have > 0).then_some(have)))?;
             if resp.status == 200 && have > 0 {
                 // The server ignored the Range: start over.
                 f.set_len(0)?;
@@ -229,10 +316,7 @@ impl Http {
             let mut body = resp.body.take(file.size - have + 1);
             let mut buf = vec![0u8; 1 << 20];
             loop {
-                let n = body.read(&mut buf).map_err(|e| FetchError::Broken {
-                    url: url.to_string(),
-                    detail: e.to_string(),
-                })?;
+                let n = body.read(&mut buf).map_err(|e| self.read_error(&url, e))?;
                 if n == 0 {
                     break;
                 }

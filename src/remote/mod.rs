@@ -30,6 +30,10 @@ pub struct Remote {
     pub name: String,
     /// The published folder's URL.
     pub url: String,
+    /// How long its server may send nothing before a fetch gives up, in seconds
+    /// (default: [`http::DEFAULT_TIMEOUT`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
     /// Its folder in the sysroot.
     #[serde(skip)]
     pub dir: PathBuf,
@@ -71,6 +75,7 @@ impl Remote {
         url: &str,
         root_json: &Path,
         offline: bool,
+        timeout: Option<std::time::Duration>,
     ) -> Result<Remote> {
         ensure!(
             valid_name(name),
@@ -85,9 +90,17 @@ impl Remote {
             std::fs::read(root_json).with_context(|| format!("reading {}", root_json.display()))?;
         serde_json::from_slice::<tough::schema::Signed<tough::schema::Root>>(&root)
             .with_context(|| format!("{} is not TUF root metadata", root_json.display()))?;
+        if let Some(t) = timeout {
+            ensure!(
+                (1..=3600).contains(&t.as_secs()),
+                "a timeout of {} s: give 1 s to 1 h",
+                t.as_secs()
+            );
+        }
         let remote = Remote {
             name: name.into(),
             url: url.into(),
+            timeout_secs: timeout.map(|t| t.as_secs()),
             dir: dir.clone(),
         };
         std::fs::create_dir_all(&dir)?;
@@ -146,7 +159,10 @@ impl Remote {
 
     /// An HTTP client for it.
     pub fn http(&self) -> Result<http::Http> {
-        http::Http::new(&self.url)
+        let timeout = self
+            .timeout_secs
+            .map_or(http::DEFAULT_TIMEOUT, std::time::Duration::from_secs);
+        http::Http::with_timeout(&self.url, timeout)
     }
 
     /// Verifies the remote's metadata and returns a channel's index.
