@@ -705,8 +705,72 @@ fn root_portals_missing_objects_stalls_and_flaky_servers() {
     let out = ok(&upgrade);
     assert!(out.contains("staged"), "{out}");
     let st = json(&["--sysroot", &sys, "update-status", "--json"]);
-    assert_eq!((&st["state"], &st["version"]), (&"staged".into(), &"2".into()), "{st:#}");
+    assert_eq!(
+        (&st["state"], &st["version"]),
+        (&"staged".into(), &"2".into()),
+        "{st:#}"
+    );
     let log = http.log();
     assert!(log.iter().any(|(_, code)| *code == 500), "{log:?}");
     common::assert_consistent(&sys, "after the flaky server");
+}
+
+/// A damaged object: fsck names it, `fsck --delete` removes it, and deploying the
+/// channel again fetches a sound copy (the commit is no longer whole, so it is not
+/// taken as fetched); fsck is then clean.
+#[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+fn root_fsck_delete_then_a_fetch_repairs_a_damaged_store() {
+    require_root!();
+    let t = scratch();
+    let (build, _srv, pubdir) = server(t.path());
+    let (b, p) = (s(&build), s(&pubdir));
+    let tree = common::rootfs(t.path(), "1");
+    ok(&[
+        "--repo",
+        b,
+        "compose",
+        "rootfs",
+        s(&tree),
+        "-b",
+        "os",
+        "--version",
+        "1",
+    ]);
+    ok(&["publish", "init", p]);
+    publish(b, p, "1", "os", &[]);
+    let url = format!("file://{p}");
+    let sys = client(
+        &t.path().join("client"),
+        &url,
+        &pubdir.join("metadata/1.root.json"),
+    );
+    ok(&["--sysroot", &sys, "deploy", "origin:stable"]);
+    let commit = common::status(&sys)[0]["commit"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let entry = json(&["--sysroot", &sys, "ls", "--json", &commit, "/usr/bin/tool"]);
+    let id = entry[0]["object"].as_str().unwrap().to_string();
+    let object = Path::new(&sys)
+        .join("arbor/repo/objects")
+        .join(&id[..2])
+        .join(format!("{}.file", &id[2..]));
+    std::fs::write(&object, "tool 1 but damaged\n").unwrap();
+    let fsck = run(&["--sysroot", &sys, "fsck"]);
+    assert_eq!(fsck.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&fsck.stdout).contains(&format!("{id} (file) is corrupt")));
+    let deleted = run(&["--sysroot", &sys, "fsck", "--delete", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&deleted.stdout).unwrap();
+    assert_eq!(v["deleted"][0]["id"], id.as_str(), "{v:#}");
+    assert!(!object.exists());
+    let fsck = run(&["--sysroot", &sys, "fsck"]);
+    assert!(String::from_utf8_lossy(&fsck.stdout).contains("missing"));
+    let out = ok(&["--sysroot", &sys, "deploy", "origin:stable"]);
+    assert!(out.contains("full fetch of 1 objects"), "{out}");
+    ok(&["--sysroot", &sys, "fsck"]);
+    // The new deployment (staged, as a remote deploy is) has the sound file.
+    ok(&["--sysroot", &sys, "finalize-staged"]);
+    let path = common::deployment_dir(&sys, 0).join("usr/bin/tool");
+    assert_eq!(std::fs::read_to_string(path).unwrap(), "tool 1\n");
 }

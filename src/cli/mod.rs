@@ -89,7 +89,7 @@ pub enum Command {
     /// List the refs.
     Refs(repo_cmds::RefsArgs),
     /// Rehash every object and walk every ref; exit 1 if anything is wrong.
-    Fsck(OutputArgs),
+    Fsck(repo_cmds::FsckArgs),
     /// Delete objects that no ref reaches.
     Prune(repo_cmds::PruneArgs),
     /// Set up a sysroot and its stateroots.

@@ -111,6 +111,17 @@ pub struct CatArgs {
     pub path: String,
 }
 
+/// `arbor fsck`.
+#[derive(Args, Debug)]
+pub struct FsckArgs {
+    /// Delete the objects found corrupt, so that fetching (or committing) them again
+    /// repairs the store; the exit status still says what was found.
+    #[arg(long)]
+    pub delete: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
 /// `arbor diff`.
 #[derive(Args, Debug)]
 pub struct DiffArgs {
@@ -329,10 +340,16 @@ pub fn run(cli: &Cli) -> Result<i32> {
                 println!("{r}\t{id}");
             }
         }
-        Command::Fsck(out) => {
+        Command::Fsck(a) => {
             let report = fsck::fsck(&repo)?;
-            if out.json {
-                json(&report)?;
+            let deleted = match a.delete {
+                true => Some(fsck::delete_corrupt(&repo, &report, lock_wait(cli))?),
+                false => None,
+            };
+            let outcome = fsck::FsckOutcome { report, deleted };
+            let (report, deleted) = (&outcome.report, outcome.deleted.as_deref().unwrap_or(&[]));
+            if a.output.json {
+                json(&outcome)?;
             } else {
                 for p in &report.problems {
                     let used = p
@@ -352,6 +369,15 @@ pub fn run(cli: &Cli) -> Result<i32> {
                         format!("{} problems", report.problems.len())
                     }
                 );
+                for d in deleted {
+                    println!("deleted corrupt {} object {}", d.kind, d.id);
+                }
+                if !deleted.is_empty() {
+                    println!(
+                        "fetch or commit the same content again to repair the store, and \
+                         deploy again where a deployment used it"
+                    );
+                }
             }
             return Ok(if report.is_clean() { 0 } else { 1 });
         }

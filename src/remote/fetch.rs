@@ -93,7 +93,10 @@ pub fn plan(repo: &Repo, remote: &Remote, idx: &ChannelIndex, v: &VersionEntry) 
         candidates: Vec::new(),
         missing_objects: 0,
         needs_bytes: 0,
-        present: repo.has_object(&v.commit, ObjectKind::Commit),
+        // Whole, not just its commit object: after `fsck --delete` removed a damaged
+        // object, fetching the commit again is how the store is repaired.
+        present: repo.has_object(&v.commit, ObjectKind::Commit)
+            && crate::store::reach::check_complete(repo, &v.commit).is_ok(),
         missing: Vec::new(),
     };
     if plan.present {

@@ -6,8 +6,12 @@ use anyhow::{Context, Result};
 use rayon::prelude::*;
 use serde::Serialize;
 
+use rustix::fs::{self as rfs, AtFlags};
+
 use super::reach::{self, Root};
 use super::{ObjectId, ObjectKind, Repo, StoreError};
+use crate::lock::{LockError, LockWait, WriterLock};
+use crate::statedb::StateDb;
 
 /// One thing wrong with the store.
 #[derive(Clone, Debug, Serialize)]
@@ -134,4 +138,65 @@ pub fn fsck(repo: &Repo) -> Result<FsckReport> {
         refs_checked: refs.len() as u64,
         problems,
     })
+}
+
+/// An object `fsck --delete` removed.
+#[derive(Clone, Debug, Serialize)]
+pub struct Deleted {
+    /// Its id.
+    pub id: ObjectId,
+    /// Its kind.
+    pub kind: ObjectKind,
+}
+
+/// What `fsck` found, and with `--delete` what it removed.
+#[derive(Clone, Debug, Serialize)]
+pub struct FsckOutcome {
+    /// The check.
+    #[serde(flatten)]
+    pub report: FsckReport,
+    /// The corrupt objects deleted (with `--delete` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<Vec<Deleted>>,
+}
+
+/// Deletes the objects `report` found corrupt (each checked again under the writer
+/// lock first), as `ostree fsck --delete` does: what was damaged is then simply
+/// missing, and fetching or committing the same content again puts a sound copy in
+/// its place. A checkout that hardlinks a damaged file keeps its damaged copy (it is
+/// the same inode): deploy again to replace it. Returns the objects deleted.
+pub fn delete_corrupt(
+    repo: &Repo,
+    report: &FsckReport,
+    wait: LockWait<'_>,
+) -> Result<Vec<Deleted>> {
+    let _lock =
+        WriterLock::acquire(repo.root_fd(), repo.path(), "lock", wait).map_err(|e| match e {
+            LockError::Held(s) => anyhow::Error::new(s),
+            e => anyhow::Error::new(e),
+        })?;
+    let mut deleted = Vec::new();
+    let mut forgotten = Vec::new();
+    for p in report.problems.iter().filter(|p| p.problem == "corrupt") {
+        let (Some(id), Some(kind)) = (p.id, p.kind) else {
+            continue;
+        };
+        if check_object(repo, &id, kind).is_ok() {
+            continue; // repaired since the check
+        }
+        let rel = id.relative_path(kind);
+        if let Ok(st) = rfs::statat(repo.objects_fd(), rel.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            rfs::unlinkat(repo.objects_fd(), rel.as_str(), AtFlags::empty())
+                .with_context(|| format!("deleting {kind} object {id}"))?;
+            forgotten.push((st.st_dev, st.st_ino));
+            deleted.push(Deleted { id, kind });
+        }
+    }
+    if !forgotten.is_empty() {
+        // The inode numbers may be reused: their cache rows must not name these ids.
+        StateDb::open(&repo.state_db_path())?.forget_inodes(&forgotten)?;
+    }
+    // Not synced: a deletion a crash undoes leaves a damaged object that the next
+    // fsck finds again.
+    Ok(deleted)
 }

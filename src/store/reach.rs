@@ -69,6 +69,21 @@ pub fn walk(repo: &Repo, roots: &[Root]) -> Reach {
     reach
 }
 
+/// Fails naming the first object of `commit` that is missing or unreadable: a
+/// commit is usable (deployable, a delta source, "already fetched") only when whole.
+pub fn check_complete(repo: &Repo, commit: &ObjectId) -> anyhow::Result<()> {
+    let r = walk_commit(repo, commit);
+    if let Some((id, kind, at, e)) = r.unreadable.first() {
+        anyhow::bail!("{kind} {id} at {at}: {e}");
+    }
+    for ((id, kind), at) in &r.objects {
+        if *kind == ObjectKind::File && !repo.has_object(id, *kind) {
+            anyhow::bail!("file {id} at {at} is missing");
+        }
+    }
+    Ok(())
+}
+
 /// The objects of one commit: the commit and its tree, not its history (what a delta
 /// or a fetch of that commit needs).
 pub fn walk_commit(repo: &Repo, commit: &ObjectId) -> Reach {

@@ -20,7 +20,7 @@ use crate::remote::{self, Remote, split_refspec};
 use crate::statedb::StateDb;
 use crate::store::refs::RefName;
 use crate::store::transaction::Transaction;
-use crate::store::{ObjectId, ObjectKind, Repo, reach};
+use crate::store::{ObjectId, Repo, reach};
 use crate::sysroot::Sysroot;
 use crate::sysroot::deploy::{DeployOptions, deploy_held};
 pub use policy::{Action, Policy};
@@ -172,16 +172,7 @@ impl Observer for Recording<'_> {
 
 /// Checks the commit and everything it reaches is stored.
 fn verify_complete(repo: &Repo, commit: &ObjectId) -> Result<()> {
-    let r = reach::walk_commit(repo, commit);
-    if let Some((id, kind, at, e)) = r.unreadable.first() {
-        bail!("the fetched commit is incomplete: {kind} {id} at {at}: {e}");
-    }
-    for ((id, kind), at) in &r.objects {
-        if *kind == ObjectKind::File && !repo.has_object(id, *kind) {
-            bail!("the fetched commit is incomplete: file {id} at {at} is missing");
-        }
-    }
-    Ok(())
+    reach::check_complete(repo, commit).context("the fetched commit is incomplete")
 }
 
 /// Runs an update as far as `action` says, under the sysroot lock the caller holds.
