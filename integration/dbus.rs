@@ -305,6 +305,136 @@ fn root_non_root_reads_status_but_gets_access_denied() {
     assert_eq!(versions(&s), ["1"], "nothing changed");
 }
 
+/// Calls Sysroot.METHOD with python3-dbus (busctl cannot pass a 1 MB argument) and
+/// returns "path <object path>" or "error <D-Bus error name> <message>".
+fn call_py(bus: &Bus, method: &str, args: &str) -> String {
+    let script = format!(
+        "import dbus, dbus.bus\n\
+         huge = 'x' * (1 << 20)\n\
+         bus = dbus.bus.BusConnection('{}')\n\
+         s = dbus.Interface(bus.get_object('org.arbor.Arbor1', '{ROOT}'), '{SYSROOT}')\n\
+         e = dbus.Dictionary({{}}, signature='sv')\n\
+         try:\n    print('path', s.{method}({args}, timeout=120))\n\
+         except dbus.DBusException as x:\n    print('error', x.get_dbus_name(), str(x)[:400])\n",
+        bus.address
+    );
+    let out = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Hostile method arguments (`..`, absolute paths, 1 MB strings) get a clear error
+/// (at the call, or as the transaction's failure), change nothing, and leave the
+/// daemon serving. (A NUL cannot be sent: D-Bus strings exclude it, and client
+/// libraries and the bus refuse such a message before it reaches the daemon.)
+#[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+fn root_hostile_arguments_get_clear_errors_and_change_nothing() {
+    require_root!();
+    let (bus, s, _t) = two_versions_on_a_bus(60);
+    let before = versions(&s);
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "Deploy",
+            "'../../../etc/passwd', e".into(),
+            "../../../etc/passwd",
+        ),
+        ("Deploy", "'/etc/passwd', e".into(), "/etc/passwd"),
+        ("Deploy", "huge, e".into(), "bytes; at most 4096"),
+        (
+            "Deploy",
+            "'os/b', dbus.Dictionary({'os': '../escape'}, signature='sv')".into(),
+            "../escape",
+        ),
+        ("Rebase", "'../../x', e".into(), "../../x"),
+        ("Rebase", "huge, e".into(), "bytes; at most 4096"),
+        ("Install", "['../../x', '/etc/passwd'], e".into(), "../../x"),
+        ("Install", "[huge], e".into(), "bytes; at most 4096"),
+        (
+            "KernelArgs",
+            "[huge], [], [], e".into(),
+            "bytes; at most 4096",
+        ),
+    ];
+    for (method, args, named) in cases {
+        let got = call_py(&bus, method, &args);
+        let message = match got.strip_prefix("path ") {
+            Some(path) => {
+                let (ok, message) = bus.wait(path);
+                assert!(!ok, "{method}: a hostile argument succeeded");
+                message
+            }
+            None => got.clone(),
+        };
+        let short: String = message.chars().take(300).collect();
+        assert!(
+            message.len() < 4096 && message.contains(named),
+            "{method}: unclear error ({} bytes): {short}",
+            message.len()
+        );
+        assert!(bus.daemon_running(), "{method}: the daemon died");
+    }
+    assert_eq!(versions(&s), before, "something was deployed");
+}
+
+/// A caller that leaves the bus while polkit is still deciding gets nothing done in
+/// its name, even when polkit then says yes (fail closed).
+#[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+fn root_a_caller_that_leaves_during_authorization_is_denied() {
+    require_root!();
+    let (bus, s, _t) = two_versions_on_a_bus(60);
+    // A rule that takes 3 s, then allows: an agent asking for a password, say.
+    let _polkit = bus.polkitd(
+        r#"polkit.addRule(function(action, subject) {
+    if (action.id == "org.arbor.Arbor1.deploy") {
+        var t = Date.now();
+        while (Date.now() - t < 3000) {}
+        return polkit.Result.YES;
+    }
+});"#,
+    );
+    let before = versions(&s);
+    let last = bus.property(ROOT, SYSROOT, "LastTransaction");
+    // busctl gives up after 1 s and exits, taking its connection with it.
+    let out = bus.busctl_as_nobody(&[
+        "--timeout=1",
+        "call",
+        "org.arbor.Arbor1",
+        ROOT,
+        SYSROOT,
+        "Deploy",
+        "sa{sv}",
+        "os/b",
+        "0",
+    ]);
+    assert!(!out.status.success(), "the call should have timed out");
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    assert_eq!(versions(&s), before, "deployed for a caller that had left");
+    assert_eq!(bus.property(ROOT, SYSROOT, "LastTransaction"), last);
+    // The same call, waited for, goes through.
+    let out = bus.busctl_as_nobody(&[
+        "--timeout=30",
+        "call",
+        "org.arbor.Arbor1",
+        ROOT,
+        SYSROOT,
+        "Deploy",
+        "sa{sv}",
+        "os/b",
+        "0",
+    ]);
+    let path = stdout(&out).split('"').nth(1).unwrap().to_string();
+    assert_eq!(bus.wait(&path), (true, String::new()));
+}
+
 #[test]
 #[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_polkit_authorizes_a_non_root_caller_per_action() {

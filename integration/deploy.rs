@@ -295,7 +295,7 @@ fn root_etc_merge_keeps_odd_modes_and_dangling_links_and_drops_special_files() {
                 .success()
         );
         // Bound from inside the folder: its full path is longer than a socket name.
-        let bound = Command::new("python3")
+        let bound = Command::new("/usr/bin/python3")
             .args([
                 "-c",
                 "import socket; socket.socket(socket.AF_UNIX).bind('socket')",

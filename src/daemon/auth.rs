@@ -84,6 +84,12 @@ pub async fn authorize(
         )));
     }
     match polkit_allows(conn, &c, action).await {
+        // polkit may take its time (a rule, an agent asking for a password); a caller
+        // that left meanwhile gets nothing done in its name.
+        Ok(true) if !still_connected(conn, &c).await => Err(DaemonError::AccessDenied(format!(
+            "{} left the bus while {action} was being authorized",
+            c.bus_name
+        ))),
         Ok(true) => Ok(c),
         Ok(false) => Err(DaemonError::AccessDenied(format!(
             "uid {} is not authorized for {action} (polkit said no)",
@@ -94,6 +100,18 @@ pub async fn authorize(
             c.uid
         ))),
     }
+}
+
+/// True when the caller's bus name still has an owner (unique names are never
+/// reused, so this is the same peer). An error counts as gone: fail closed.
+async fn still_connected(conn: &zbus::Connection, c: &Caller) -> bool {
+    let Ok(dbus) = zbus::fdo::DBusProxy::new(conn).await else {
+        return false;
+    };
+    let Ok(name) = zbus::names::BusName::try_from(c.bus_name.as_str()) else {
+        return false;
+    };
+    dbus.name_has_owner(name).await.unwrap_or(false)
 }
 
 async fn polkit_allows(conn: &zbus::Connection, c: &Caller, action: &str) -> zbus::Result<bool> {

@@ -45,7 +45,11 @@ impl Options {
 
     /// A string option (`s`).
     pub fn string(&self, key: &str) -> Result<Option<String>, DaemonError> {
-        self.typed(key, "a string (s)")
+        let v: Option<String> = self.typed(key, "a string (s)")?;
+        if let Some(s) = &v {
+            check_args(&format!("option '{key}'"), [s.as_str()])?;
+        }
+        Ok(v)
     }
 
     /// A boolean option (`b`).
@@ -55,13 +59,40 @@ impl Options {
 
     /// A string array option (`as`).
     pub fn strings(&self, key: &str) -> Result<Option<Vec<String>>, DaemonError> {
-        self.typed(key, "an array of strings (as)")
+        let v: Option<Vec<String>> = self.typed(key, "an array of strings (as)")?;
+        if let Some(list) = &v {
+            check_args(&format!("option '{key}'"), list.iter().map(String::as_str))?;
+        }
+        Ok(v)
     }
 
     /// A map of names to file descriptors (`a{sh}`).
     pub fn fds(&self, key: &str) -> Result<Option<HashMap<String, Fd<'static>>>, DaemonError> {
         self.typed(key, "a map of paths to file descriptors (a{sh})")
     }
+}
+
+/// The longest string a method takes (a refspec, a channel, a package name, a kernel
+/// argument, a path): far above any real one, far below what would flood a message
+/// or a log. Arrays are bounded by the bus's own message size limit.
+pub const MAX_ARG: usize = 4096;
+
+/// Refuses, with `InvalidArgs`, a string argument longer than [`MAX_ARG`] (the
+/// message says how long, never echoes it). The bus itself refuses NUL and invalid
+/// UTF-8; what a value means (`..`, absolute paths) is the library's to judge.
+pub fn check_args<'a>(
+    what: &str,
+    values: impl IntoIterator<Item = &'a str>,
+) -> Result<(), DaemonError> {
+    for v in values {
+        if v.len() > MAX_ARG {
+            return Err(DaemonError::InvalidArgs(format!(
+                "{what}: a value of {} bytes; at most {MAX_ARG}",
+                v.len()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The options `UsrOverlay` knows.

@@ -157,6 +157,7 @@ impl SysrootIface {
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(object_server)] server: &ObjectServer,
     ) -> Result<OwnedObjectPath, DaemonError> {
+        options::check_args("refspec", [refspec])?;
         let o = Options::parse(
             options,
             &["os", "stage", "kernel-args", "version", "phase-override"],
@@ -197,6 +198,7 @@ impl SysrootIface {
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(object_server)] server: &ObjectServer,
     ) -> Result<OwnedObjectPath, DaemonError> {
+        options::check_args("channel", [channel.as_str()])?;
         let o = Options::parse(options, &["os", "version", "phase-override"])?;
         if channel.is_empty() {
             return Err(DaemonError::InvalidArgs("name the channel".into()));
@@ -239,6 +241,7 @@ impl SysrootIface {
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(object_server)] server: &ObjectServer,
     ) -> Result<OwnedObjectPath, DaemonError> {
+        options::check_args("packages", packages.iter().map(String::as_str))?;
         let edit = LayerEdit::Install {
             names: packages,
             files: Vec::new(),
@@ -257,6 +260,7 @@ impl SysrootIface {
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(object_server)] server: &ObjectServer,
     ) -> Result<OwnedObjectPath, DaemonError> {
+        options::check_args("packages", packages.iter().map(String::as_str))?;
         let what = ("Uninstall", "org.arbor.Arbor1.install");
         let edit = LayerEdit::Uninstall(packages);
         self.layer(edit, options, (&hdr, conn, server), what).await
@@ -414,6 +418,8 @@ impl SysrootIface {
         #[zbus(object_server)] server: &ObjectServer,
     ) -> Result<OwnedObjectPath, DaemonError> {
         Options::parse(options, &[])?;
+        let all = append.iter().chain(&delete).chain(&replace);
+        options::check_args("kernel arguments", all.map(String::as_str))?;
         let edits: Vec<KargEdit> = append
             .into_iter()
             .map(KargEdit::Append)
