@@ -191,6 +191,66 @@ fn root_recommit_of_unchanged_tree_and_of_its_checkout_reads_no_file() {
     assert_eq!(diff.trim(), "M    /etc/hostname");
 }
 
+/// An emptied commit, a truncated one and a missing one (OSTree's corrupt-repo cases):
+/// fsck names each, and log, show and diff fail with a clear error, never a panic.
+#[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+fn root_emptied_truncated_and_missing_commits_are_reported_not_crashed_on() {
+    require_root!();
+    let (t, src, repo) = feature_repo("a");
+    let mut ids = vec![
+        json(&["--repo", &repo, "show", "--json", "a"])["id"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    ];
+    for b in ["b", "c", "d"] {
+        std::fs::write(src.join(format!("usr/{b}")), b).unwrap();
+        commit(&repo, b, &src);
+        ids.push(
+            json(&["--repo", &repo, "show", "--json", b])["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let path =
+        |id: &str| Path::new(&repo).join(format!("objects/{}/{}.commit", &id[..2], &id[2..]));
+    std::fs::write(path(&ids[1]), b"").unwrap();
+    let bytes = std::fs::read(path(&ids[2])).unwrap();
+    std::fs::write(path(&ids[2]), &bytes[..bytes.len() / 2]).unwrap();
+    std::fs::remove_file(path(&ids[3])).unwrap();
+    let fsck = arbor(&["--repo", &repo, "fsck"]);
+    let report = String::from_utf8_lossy(&fsck.stdout);
+    assert_eq!(fsck.status.code(), Some(1), "{report}");
+    for id in &ids[1..] {
+        assert!(
+            report.contains(id.as_str()),
+            "fsck does not name {id}:\n{report}"
+        );
+    }
+    for (branch, id) in [("b", &ids[1]), ("c", &ids[2]), ("d", &ids[3])] {
+        for args in [
+            vec!["log", branch],
+            vec!["show", branch],
+            vec!["diff", "a", branch],
+            vec!["ls", branch],
+        ] {
+            let mut a = vec!["--repo", repo.as_str()];
+            a.extend(&args);
+            let out = arbor(&a);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+            assert!(!err.contains("panicked"), "{args:?}: {err}");
+            assert!(
+                err.contains(&id[..12]) || err.contains(id.as_str()),
+                "{args:?}: {err}"
+            );
+        }
+    }
+    drop(t);
+}
+
 #[test]
 #[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_fsck_names_a_flipped_byte_and_a_deleted_object() {
@@ -311,6 +371,30 @@ fn root_hostile_trees_are_refused_and_nothing_is_written_outside_dest() {
             },
             "contains '/'",
         ),
+        (
+            "dot",
+            DirTree {
+                files: vec![],
+                dirs: vec![de(b".", empty)],
+            },
+            "'.' is not allowed",
+        ),
+        (
+            "absolute",
+            DirTree {
+                files: vec![fe(b"/x", file)],
+                dirs: vec![],
+            },
+            "contains '/'",
+        ),
+        (
+            "nul",
+            DirTree {
+                files: vec![fe(b"a\0b", file)],
+                dirs: vec![],
+            },
+            "NUL",
+        ),
         // A symlink and a directory of one name: the directory would be created
         // through the symlink, outside the checkout.
         (
@@ -367,6 +451,32 @@ fn root_hostile_trees_are_refused_and_nothing_is_written_outside_dest() {
             let err = arbor_err(&["--repo", &repo, "ls", "-R", name]);
             assert!(err.contains("corrupt"), "{name}: {err}");
         }
+        // The FUSE view: refused at mount (the root is read first), or, where only an
+        // object below is missing, mounted without showing anything it cannot read.
+        let mnt = t.path().join(format!("mnt-{name}"));
+        std::fs::create_dir(&mnt).unwrap();
+        let out = arbor(&["--repo", &repo, "mount", name, s(&mnt)]);
+        if out.status.success() {
+            let listed: Vec<String> = std::fs::read_dir(&mnt)
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let _ = Command::new("umount").arg(&mnt).status();
+            assert!(name.starts_with("missing"), "{name}: mounted: {listed:?}");
+            assert!(
+                listed
+                    .iter()
+                    .all(|n| !n.contains('/') && n != ".." && n != "."),
+                "{name}: the mount lists {listed:?}"
+            );
+        } else {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(why), "{name}: mount: {err}");
+        }
+        std::fs::remove_dir(&mnt).unwrap();
     }
     let after: Vec<_> = std::fs::read_dir(t.path())
         .unwrap()
