@@ -219,4 +219,20 @@ mod tests {
         no_commit.entries.remove(0);
         assert!(Manifest::decode(&no_commit.encode()).is_err());
     }
+
+    /// A packed object whose payload decompresses past the size its header (and the
+    /// signed manifest) declare: stopped at the declared size, with an error, before
+    /// more than that is allocated or written.
+    #[test]
+    fn a_payload_that_decompresses_past_its_declared_size_is_refused() {
+        let bomb = zstd::encode_all(&vec![0u8; 64 << 20][..], 19).unwrap();
+        assert!(bomb.len() < 64 << 10, "{} bytes", bomb.len());
+        let err = delta::decompress(&bomb, 4096, None).unwrap_err();
+        assert!(format!("{err:#}").contains("zstd"), "{err:#}");
+        let err = delta::decompress(&bomb[..64], 1 << 40, None).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("more than arbor accepts"),
+            "{err:#}"
+        );
+    }
 }
