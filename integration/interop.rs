@@ -299,3 +299,99 @@ fn root_mount_shows_xattrs_and_ctrl_c_unmounts() {
     ]);
     assert!(err.contains("no-such-dir"), "{err}");
 }
+
+/// OSTree's `ostree-path-traverse` fixture, made here: commits whose root dirtree
+/// names a file `../afile`, `/x`, `.`, `a/b` or the empty name, written straight into
+/// an OSTree repository (libostree would not write them). The import refuses each
+/// with the name, and neither a ref nor a commit lands in the arbor store.
+#[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+fn root_import_refuses_ostree_commits_whose_names_leave_the_tree() {
+    use ostree::glib::Variant;
+    use ostree::glib::prelude::*;
+    use sha2::Digest;
+    require_root!();
+    let t = scratch();
+    let orepo = t.path().join("ostree");
+    let o = format!("--repo={}", orepo.display());
+    ostree(&[&o, "init", "--mode=archive"]);
+    let tree = t.path().join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("afile"), "payload\n").unwrap();
+    let good = ostree(&[
+        &o,
+        "commit",
+        "-b",
+        "good",
+        "-s",
+        "good",
+        &format!("--tree=dir={}", tree.display()),
+    ]);
+    let good = good.trim();
+    let repo = ostree::Repo::new_for_path(&orepo);
+    repo.open(ostree::gio::Cancellable::NONE).unwrap();
+    let commit = repo.load_variant(ostree::ObjectType::Commit, good).unwrap();
+    let root_tree = hex::encode(commit.child_value(6).fixed_array::<u8>().unwrap());
+    let dirtree = repo
+        .load_variant(ostree::ObjectType::DirTree, &root_tree)
+        .unwrap();
+    let file_csum: Vec<u8> = dirtree
+        .child_value(0)
+        .child_value(0)
+        .child_value(1)
+        .fixed_array::<u8>()
+        .unwrap()
+        .to_vec();
+    // Writes a metadata object as an archive repository stores it; returns its checksum.
+    let put = |v: &Variant, ext: &str| -> String {
+        let bytes = v.data().to_vec();
+        let csum = hex::encode(sha2::Sha256::digest(&bytes));
+        let dir = orepo.join("objects").join(&csum[..2]);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{}.{ext}", &csum[2..])), bytes).unwrap();
+        csum
+    };
+    let arepo = t.path().join("repo");
+    arbor_ok(&["--repo", s(&arepo), "init"]);
+    for (i, name) in ["../afile", "/x", ".", "a/b", ""].into_iter().enumerate() {
+        let files = vec![(name.to_string(), file_csum.clone())];
+        let dirs: Vec<(String, Vec<u8>, Vec<u8>)> = Vec::new();
+        let bad_tree = put(&(files, dirs).to_variant(), "dirtree");
+        let children: Vec<Variant> = (0..commit.n_children())
+            .map(|c| match c {
+                6 => hex::decode(&bad_tree).unwrap().to_variant(),
+                _ => commit.child_value(c),
+            })
+            .collect();
+        let bad_commit = put(&Variant::tuple_from_iter(children), "commit");
+        let branch = format!("bad{i}");
+        std::fs::write(
+            orepo.join("refs/heads").join(&branch),
+            format!("{bad_commit}\n"),
+        )
+        .unwrap();
+        let err = arbor_err(&[
+            "--repo",
+            s(&arepo),
+            "ostree",
+            "import",
+            "--ostree-repo",
+            s(&orepo),
+            &branch,
+        ]);
+        let why = ["is not allowed", "contains '/' or NUL", "empty file name"];
+        assert!(
+            err.contains("OSTree dirtree") && why.iter().any(|w| err.contains(w)),
+            "{name:?}: {err}"
+        );
+        let refs = arbor_ok(&["--repo", s(&arepo), "refs"]);
+        assert!(refs.trim().is_empty(), "{name:?}: a ref landed: {refs}");
+    }
+    let fsck = arbor_ok(&["--repo", s(&arepo), "fsck"]);
+    assert!(fsck.contains("no problems"), "{fsck}");
+    assert_eq!(
+        object_count(&arepo),
+        0,
+        "objects of refused imports were kept"
+    );
+}
