@@ -106,3 +106,78 @@ fn root_delta_rebuilds_b_from_a_and_refuses_damage() {
     arbor_ok(&["--repo", &dst, "checkout", "b", s(&co)]);
     assert_eq!(describe_tree(&co), describe_tree(&corpus("b")));
 }
+
+/// A delta forged to carry a commit whose tree names `../escaped` (each object
+/// matching its id, so only the names are wrong): applying it fails naming the
+/// name, and the store gets neither the objects nor the branch.
+#[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+fn root_a_forged_delta_with_a_traversing_name_is_refused() {
+    use arbor::store::encoding::{Commit, DirTree, FileEntry};
+    use arbor::store::{ObjectId, ObjectKind};
+    require_root!();
+    let t = scratch();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"payload").unwrap();
+    let repo = s(&t.path().join("repo")).to_string();
+    arbor_ok(&["--repo", &repo, "init"]);
+    arbor_ok(&["--repo", &repo, "commit", "-b", "good", s(&src)]);
+    let show: serde_json::Value =
+        serde_json::from_str(&arbor_ok(&["--repo", &repo, "show", "--json", "good"])).unwrap();
+    let from: ObjectId = show["id"].as_str().unwrap().parse().unwrap();
+    let root_meta: ObjectId = show["root_meta"].as_str().unwrap().parse().unwrap();
+    let ls: serde_json::Value =
+        serde_json::from_str(&arbor_ok(&["--repo", &repo, "ls", "--json", "good", "/f"])).unwrap();
+    let file: ObjectId = ls[0]["object"].as_str().unwrap().parse().unwrap();
+    let tree = DirTree {
+        files: vec![FileEntry {
+            name: b"../escaped".to_vec(),
+            file,
+        }],
+        dirs: vec![],
+    }
+    .encode();
+    let tree_id = ObjectId::of(&tree);
+    let commit = Commit {
+        root_tree: tree_id,
+        root_meta,
+        parent: None,
+        timestamp: 0,
+        subject: "forged".into(),
+        body: String::new(),
+        metadata: vec![],
+    }
+    .encode();
+    let to = ObjectId::of(&commit);
+    let mut delta = b"ARBORDELTA\0\x01".to_vec();
+    delta.extend_from_slice(&from.0);
+    delta.extend_from_slice(&to.0);
+    delta.extend_from_slice(&2u64.to_le_bytes());
+    for (kind, id, bytes) in [
+        (ObjectKind::DirTree, tree_id, &tree),
+        (ObjectKind::Commit, to, &commit),
+    ] {
+        let data = zstd::encode_all(&bytes[..], 3).unwrap();
+        delta.push(kind as u8);
+        delta.extend_from_slice(&id.0);
+        delta.push(0); // full encoding
+        delta.extend_from_slice(&0u32.to_le_bytes()); // no header
+        delta.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        delta.extend_from_slice(&(data.len() as u64).to_le_bytes());
+        delta.extend_from_slice(&data);
+    }
+    let path = t.path().join("forged.delta");
+    std::fs::write(&path, &delta).unwrap();
+    let before = object_count(Path::new(&repo));
+    let err = arbor_err(&["--repo", &repo, "delta", "apply", s(&path), "-b", "evil"]);
+    assert!(err.contains("../escaped") && err.contains("'/'"), "{err}");
+    assert_eq!(
+        object_count(Path::new(&repo)),
+        before,
+        "objects of the forged delta were kept"
+    );
+    let refs = arbor_ok(&["--repo", &repo, "refs"]);
+    assert!(!refs.contains("evil"), "{refs}");
+    arbor_ok(&["--repo", &repo, "fsck"]);
+}
