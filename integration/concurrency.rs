@@ -132,21 +132,7 @@ fn root_prune_racing_deploys_of_unreferenced_commits_leaves_the_store_whole() {
 
 /// A build repository with one tree and a published folder with version 1.
 fn published(dir: &Path) -> (String, String) {
-    let repo = dir.join("build");
-    let r = s(&repo).to_string();
-    arbor_ok(&["--repo", &r, "init"]);
-    let tree = rootfs(dir, "1");
-    arbor_ok(&[
-        "--repo",
-        &r,
-        "compose",
-        "rootfs",
-        s(&tree),
-        "-b",
-        "os",
-        "--version",
-        "1",
-    ]);
+    let r = build_repo(dir, &["1"]);
     let p = s(&dir.join("pub")).to_string();
     arbor_ok(&["publish", "init", &p]);
     (r, p)
@@ -172,7 +158,7 @@ fn root_publishers_on_one_folder_take_turns_and_lose_no_version() {
                 "--version",
                 &v.to_string(),
                 "--ref",
-                "os",
+                "os/1",
                 "--deltas-from",
                 "0",
             ]

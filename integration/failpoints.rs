@@ -122,23 +122,7 @@ fn publish_check(env: &Env, when: &str) -> &'static str {
 /// A build repository with trees 1 and 2, published as version 1 to a folder that a
 /// client (a sysroot) follows over file://.
 fn publish_setup(dir: &Path) -> Env {
-    let repo = dir.join("build");
-    let r = s(&repo).to_string();
-    arbor_ok(&["--repo", &r, "init"]);
-    for v in ["1", "2"] {
-        let tree = rootfs(dir, v);
-        arbor_ok(&[
-            "--repo",
-            &r,
-            "compose",
-            "rootfs",
-            s(&tree),
-            "-b",
-            &format!("os/{v}"),
-            "--version",
-            v,
-        ]);
-    }
+    let r = build_repo(dir, &["1", "2"]);
     let p = dir.join("srv/pub");
     let p = s(&p).to_string();
     arbor_ok(&["publish", "init", &p]);

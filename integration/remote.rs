@@ -616,22 +616,9 @@ fn root_portals_missing_objects_stalls_and_flaky_servers() {
     use common::hostile_http::{Behaviour, HostileServer};
     require_root!();
     let t = scratch();
-    let (build, _srv, pubdir) = server(t.path());
-    let (b, p) = (s(&build), s(&pubdir));
-    for v in ["1", "2"] {
-        let tree = common::rootfs(&t.path().join(v), v);
-        ok(&[
-            "--repo",
-            b,
-            "compose",
-            "rootfs",
-            s(&tree),
-            "-b",
-            &format!("os/{v}"),
-            "--version",
-            v,
-        ]);
-    }
+    let b = &common::build_repo(t.path(), &["1", "2"]);
+    let pubdir = t.path().join("srv/pub");
+    let p = s(&pubdir);
     ok(&["publish", "init", p]);
     publish(b, p, "1", "os/1", &["--deltas-from", "0"]);
     let http = HostileServer::start(pubdir.clone());
@@ -723,22 +710,11 @@ fn root_portals_missing_objects_stalls_and_flaky_servers() {
 fn root_fsck_delete_then_a_fetch_repairs_a_damaged_store() {
     require_root!();
     let t = scratch();
-    let (build, _srv, pubdir) = server(t.path());
-    let (b, p) = (s(&build), s(&pubdir));
-    let tree = common::rootfs(t.path(), "1");
-    ok(&[
-        "--repo",
-        b,
-        "compose",
-        "rootfs",
-        s(&tree),
-        "-b",
-        "os",
-        "--version",
-        "1",
-    ]);
+    let b = &common::build_repo(t.path(), &["1"]);
+    let pubdir = t.path().join("srv/pub");
+    let p = s(&pubdir);
     ok(&["publish", "init", p]);
-    publish(b, p, "1", "os", &[]);
+    publish(b, p, "1", "os/1", &[]);
     let url = format!("file://{p}");
     let sys = client(
         &t.path().join("client"),

@@ -313,6 +313,30 @@ pub fn rootfs(dir: &Path, version: &str) -> PathBuf {
     r
 }
 
+/// A build repository in DIR/build with one small tree per version composed into
+/// branch `os/VERSION` (what a publisher publishes from); returns its path.
+pub fn build_repo(dir: &Path, versions: &[&str]) -> String {
+    let repo = dir.join("build");
+    let r = s(&repo).to_string();
+    arbor_ok(&["--repo", &r, "init"]);
+    for v in versions {
+        let tree = rootfs(&dir.join(format!("tree-{v}")), v);
+        let branch = format!("os/{v}");
+        arbor_ok(&[
+            "--repo",
+            &r,
+            "compose",
+            "rootfs",
+            s(&tree),
+            "-b",
+            &branch,
+            "--version",
+            v,
+        ]);
+    }
+    r
+}
+
 /// Composes TREE into BRANCH of sysroot S with a version.
 pub fn compose(sysroot: &str, tree: &Path, branch: &str, version: &str) {
     arbor_ok(&[
