@@ -184,18 +184,6 @@ fn root_publishers_on_one_folder_take_turns_and_lose_no_version() {
         "a version was lost"
     );
     // And a client verifies what they signed together.
-    let client = sysroot(&t.path().join("client"));
-    let url = format!("file://{p}");
-    let root = format!("{p}/metadata/1.root.json");
-    arbor_ok(&[
-        "--sysroot",
-        &client,
-        "remote",
-        "add",
-        "origin",
-        &url,
-        "--trust",
-        &root,
-    ]);
+    let client = file_client(&t.path().join("client"), &p);
     arbor_ok(&["--sysroot", &client, "remote", "show", "origin", "stable"]);
 }

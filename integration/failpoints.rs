@@ -139,19 +139,7 @@ fn publish_setup(dir: &Path) -> Env {
         "--ref",
         "os/1",
     ]);
-    let client = sysroot(&dir.join("client"));
-    let url = format!("file://{p}");
-    let root = format!("{p}/metadata/1.root.json");
-    arbor_ok(&[
-        "--sysroot",
-        &client,
-        "remote",
-        "add",
-        "origin",
-        &url,
-        "--trust",
-        &root,
-    ]);
+    let client = file_client(&dir.join("client"), &p);
     arbor_ok(&["--sysroot", &client, "deploy", "origin:stable"]);
     Env::from([("repo", r), ("pub", p), ("client", client)])
 }

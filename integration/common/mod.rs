@@ -337,6 +337,25 @@ pub fn build_repo(dir: &Path, versions: &[&str]) -> String {
     r
 }
 
+/// A client sysroot in DIR following the published folder PUB over `file://` as
+/// remote `origin`, trusting its first root.
+pub fn file_client(dir: &Path, pub_dir: &str) -> String {
+    let client = sysroot(dir);
+    let url = format!("file://{pub_dir}");
+    let root = format!("{pub_dir}/metadata/1.root.json");
+    arbor_ok(&[
+        "--sysroot",
+        &client,
+        "remote",
+        "add",
+        "origin",
+        &url,
+        "--trust",
+        &root,
+    ]);
+    client
+}
+
 /// Composes TREE into BRANCH of sysroot S with a version.
 pub fn compose(sysroot: &str, tree: &Path, branch: &str, version: &str) {
     arbor_ok(&[

@@ -230,7 +230,7 @@ fn starting_root(trusted_root: &[u8], datastore: &Path) -> Vec<u8> {
             .map(|r| r.signed.version.get())
     };
     match std::fs::read(datastore.join("root.json")) {
-        Ok(kept) if version(&kept) >= version(trusted_root) && version(&kept).is_some() => kept,
+        Ok(kept) if version(&kept).is_some_and(|k| Some(k) >= version(trusted_root)) => kept,
         _ => trusted_root.to_vec(),
     }
 }
