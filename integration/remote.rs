@@ -160,6 +160,9 @@ fn an_update_comes_by_a_delta_resumes_after_a_kill_and_boots_healthy() {
     let delta_size = cands[0]["bytes"].as_u64().unwrap();
     let full = cands.iter().find(|c| c["kind"] == "full").unwrap();
     assert!(delta_size * 3 < full["bytes"].as_u64().unwrap(), "{plan:#}");
+    // The index says what a full fetch from version 1 costs, so the choice needs no
+    // manifest (hundreds of kilobytes).
+    assert_eq!(plan["plan"]["full_estimated"], true, "{plan:#}");
     let text = ok(&["--sysroot", &sys, "upgrade", "--dry-run"]);
     assert!(
         text.contains("this device's phase") && text.contains("* deltas"),
@@ -211,6 +214,10 @@ fn an_update_comes_by_a_delta_resumes_after_a_kill_and_boots_healthy() {
     assert!(
         !reqs.iter().any(|r| r.0.contains("/objects/")),
         "no object was needed"
+    );
+    assert!(
+        !reqs.iter().any(|r| r.0.contains("/manifests/")),
+        "the delta path fetched a manifest: {reqs:?}"
     );
     let st = json(&["--sysroot", &sys, "update-status", "--json"]);
     assert_eq!(st["state"], "staged");

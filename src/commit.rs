@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::fsutil::{self, show};
 use crate::lock::LockWait;
 use crate::progress::Progress;
-use crate::statedb::{InodeCache, InodeEntry, StateDb};
+use crate::statedb::{Cached, InodeCache, InodeEntry, InodeRows, StateDb};
 use crate::store::encoding::{
     self, DirEntry, FileBody, FileEntry, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG,
 };
@@ -132,7 +132,7 @@ pub fn commit_tree(
     );
     let (result, cache_rows) = result?;
     txn.finish(&[(opts.branch.clone(), Some(result.commit))])?;
-    if let Err(e) = db.store_inode_cache(&cache_rows) {
+    if let Err(e) = db.store_inode_cache(cache_rows) {
         // The commit is durable; a cache that fails to save only costs speed next time.
         tracing::warn!("could not update the inode cache: {e:#}");
     }
@@ -144,7 +144,7 @@ fn commit_in(
     db: &StateDb,
     root: OwnedFd,
     opts: &CommitOptions,
-) -> Result<(CommitResult, Vec<InodeEntry>)> {
+) -> Result<(CommitResult, InodeRows)> {
     let repo = txn.repo();
     let src_dev = rfs::fstat(&root)?.st_dev;
     let repo_dev = rfs::fstat(repo.objects_fd())?.st_dev;
@@ -197,7 +197,7 @@ pub struct TreeWriter<'t, 'r> {
     /// Files modified after this instant (ns) are not cached: they could change again
     /// within the file system's timestamp granularity without changing mtime.
     racy_after_ns: i64,
-    new_rows: Mutex<Vec<InodeEntry>>,
+    new_rows: InodeRows,
     skipped: Mutex<Vec<String>>,
     /// Bumped per entry and per content byte, when someone watches.
     pub progress: Option<Arc<Progress>>,
@@ -222,6 +222,10 @@ fn mtime_ns(st: &rfs::Stat) -> i64 {
     st.st_mtime * 1_000_000_000 + st.st_mtime_nsec as i64
 }
 
+fn ctime_ns(st: &rfs::Stat) -> i64 {
+    st.st_ctime * 1_000_000_000 + st.st_ctime_nsec as i64
+}
+
 fn join(parent: &str, name: &[u8]) -> String {
     format!("{parent}/{}", show(name))
 }
@@ -237,7 +241,7 @@ impl<'t, 'r> TreeWriter<'t, 'r> {
             cache,
             skip_special,
             racy_after_ns: now.as_nanos() as i64 - 2_000_000_000,
-            new_rows: Mutex::new(Vec::new()),
+            new_rows: InodeRows::default(),
             skipped: Mutex::new(Vec::new()),
             progress: None,
             files: AtomicU64::new(0),
@@ -254,7 +258,7 @@ impl<'t, 'r> TreeWriter<'t, 'r> {
     }
 
     /// Counters and the inode cache rows worth saving.
-    pub fn into_stats(self) -> (CommitStats, Vec<InodeEntry>) {
+    pub fn into_stats(self) -> (CommitStats, InodeRows) {
         let s = self.txn.stats();
         let mut skipped = self.skipped.into_inner().unwrap();
         skipped.sort();
@@ -268,7 +272,7 @@ impl<'t, 'r> TreeWriter<'t, 'r> {
             bytes_written: s.bytes_written.load(Ordering::Relaxed),
             skipped_special: skipped,
         };
-        (stats, self.new_rows.into_inner().unwrap())
+        (stats, self.new_rows)
     }
 
     /// Writes the directory open at `dir` (shown as `path`, "" for the root) and
@@ -357,6 +361,8 @@ impl<'t, 'r> TreeWriter<'t, 'r> {
 
     /// The fast path of a re-commit: when the inode cache knows this (device, inode,
     /// mtime, size) and the resulting object is stored, the file is not even opened.
+    /// With an unchanged ctime too, the cached object id stands for mode, owner and
+    /// xattrs as well, and not even the xattrs are read.
     fn unchanged_file(
         &self,
         dir: BorrowedFd<'_>,
@@ -364,8 +370,17 @@ impl<'t, 'r> TreeWriter<'t, 'r> {
         st: &rfs::Stat,
         path: &str,
     ) -> Result<Option<ObjectId>> {
-        let size = st.st_size as u64;
-        let Some(content) = self.cache.lookup(st.st_dev, st.st_ino, mtime_ns(st), size) else {
+        let (size, mtime, ctime) = (st.st_size as u64, mtime_ns(st), ctime_ns(st));
+        if let Some(id) = self
+            .cache
+            .lookup_object(st.st_dev, st.st_ino, mtime, ctime, size)
+            .map(ObjectId)
+            .filter(|id| self.txn.is_present(id, ObjectKind::File))
+        {
+            self.from_cache.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(id));
+        }
+        let Some(content) = self.cache.lookup(st.st_dev, st.st_ino, mtime, size) else {
             return Ok(None);
         };
         let xattrs = fsutil::read_xattrs_at(dir, name)
@@ -380,7 +395,27 @@ impl<'t, 'r> TreeWriter<'t, 'r> {
             return Ok(None);
         }
         self.from_cache.fetch_add(1, Ordering::Relaxed);
+        if self.object_cacheable(st) {
+            self.new_rows.push(InodeEntry {
+                dev: st.st_dev,
+                ino: st.st_ino,
+                mtime_ns: mtime,
+                size,
+                cached: Cached::Object {
+                    ctime_ns: ctime,
+                    id: id.0,
+                },
+            });
+        }
         Ok(Some(id))
+    }
+
+    /// Whether a file's object id may be cached against its ctime: not when ctime is
+    /// too recent to vouch for it, and not for a file with several links (a store
+    /// object in a hardlinked checkout), whose ctime moves with every link made or
+    /// removed; its content digest is cached instead.
+    fn object_cacheable(&self, st: &rfs::Stat) -> bool {
+        ctime_ns(st) < self.racy_after_ns && st.st_nlink == 1
     }
 
     fn write_regular(&self, dir: BorrowedFd<'_>, name: &[u8], path: &str) -> Result<ObjectId> {
@@ -394,6 +429,7 @@ impl<'t, 'r> TreeWriter<'t, 'r> {
             .with_context(|| format!("reading xattrs of {path}"))?;
         let meta = fsutil::meta_from_stat(&st, xattrs);
         let (dev, ino, mtime, size) = (st.st_dev, st.st_ino, mtime_ns(&st), st.st_size as u64);
+        let ctime = ctime_ns(&st);
         let w = self
             .txn
             .write_regular_file(&file, size, &meta)
@@ -402,23 +438,29 @@ impl<'t, 'r> TreeWriter<'t, 'r> {
         if let Some(p) = &self.progress {
             p.add_bytes(w.size);
         }
-        let mut rows = self.new_rows.lock().unwrap();
         if mtime < self.racy_after_ns && w.size == size {
-            rows.push(InodeEntry {
+            self.new_rows.push(InodeEntry {
                 dev,
                 ino,
                 mtime_ns: mtime,
                 size,
-                content: w.content,
+                cached: if self.object_cacheable(&st) {
+                    Cached::Object {
+                        ctime_ns: ctime,
+                        id: w.id.0,
+                    }
+                } else {
+                    Cached::Content(w.content)
+                },
             });
         }
         if let Some((dev, ino)) = w.new_object_inode {
-            rows.push(InodeEntry {
+            self.new_rows.push(InodeEntry {
                 dev,
                 ino,
                 mtime_ns: 0,
                 size: w.size,
-                content: w.content,
+                cached: Cached::Content(w.content),
             });
         }
         Ok(w.id)
@@ -498,6 +540,70 @@ mod tests {
         assert_eq!(c.parent, Some(a.commit));
         assert_eq!(c.root_tree, a.root_tree);
         assert_eq!(c.stats.objects_written, 1, "only the new commit object");
+    }
+
+    /// Commits `src` with a writer that trusts every timestamp (no racy window), the
+    /// way a commit of an older tree runs.
+    fn commit_trusting(repo: &Repo, src: &Path) -> CommitResult {
+        let db_path = repo.state_db_path();
+        let mut db = StateDb::open(&db_path).unwrap();
+        let txn = Transaction::begin(repo, LockWait::NoWait).unwrap();
+        let dev = rfs::stat(src).unwrap().st_dev;
+        let cache = db.load_inode_cache(&[dev]).unwrap();
+        let mut w = TreeWriter::new(&txn, &cache, false);
+        w.racy_after_ns = i64::MAX;
+        let (root_tree, root_meta) = w.write_dir(fsutil::open_dir(src).unwrap(), "").unwrap();
+        let id = txn
+            .write_meta(
+                ObjectKind::Commit,
+                &Commit {
+                    root_tree,
+                    root_meta,
+                    parent: None,
+                    timestamp: 0,
+                    subject: String::new(),
+                    body: String::new(),
+                    metadata: Commit::new_metadata(vec![]),
+                }
+                .encode(),
+            )
+            .unwrap();
+        let (stats, rows) = w.into_stats();
+        txn.finish(&[]).unwrap();
+        db.store_inode_cache(rows).unwrap();
+        CommitResult {
+            commit: id,
+            branch: String::new(),
+            root_tree,
+            parent: None,
+            stats,
+        }
+    }
+
+    #[test]
+    fn the_cached_object_stands_only_while_ctime_is_unchanged() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        small_tree(&src);
+        let repo = Repo::init(&t.path().join("r")).unwrap();
+        let first = commit_trusting(&repo, &src);
+        assert_eq!(first.stats.files_hashed, 3);
+        let again = commit_trusting(&repo, &src);
+        assert_eq!(again.root_tree, first.root_tree);
+        assert_eq!(
+            (again.stats.files_hashed, again.stats.files_from_cache),
+            (0, 3)
+        );
+        // A mode change keeps mtime and size but moves ctime: the cached object is
+        // not used, and the new commit has the new mode.
+        std::fs::set_permissions(src.join("big"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let changed = commit_trusting(&repo, &src);
+        assert_ne!(changed.root_tree, first.root_tree);
+        assert_eq!(changed.stats.files_hashed, 1);
+        let fresh = Repo::init(&t.path().join("r2")).unwrap();
+        let plain = commit_trusting(&fresh, &src);
+        assert_eq!(plain.root_tree, changed.root_tree);
+        assert!(crate::store::fsck::fsck(&repo).unwrap().is_clean());
     }
 
     #[test]

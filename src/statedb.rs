@@ -5,13 +5,15 @@
 //! re-commit skip rehashing unchanged files. WAL mode; the schema version is SQLite's
 //! `user_version`, and each migration moves it up by one.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use rusqlite::{Connection, params};
 use rusqlite_migration::M;
 use serde::Serialize;
+
+mod inode_cache;
+pub use inode_cache::{Cached, InodeCache, InodeEntry, InodeRows};
 
 /// One installed package, as the state database keeps package lists (defined here,
 /// below the package code, so the store layer imports nothing above it).
@@ -62,52 +64,15 @@ const MIGRATIONS: &[&str] = &[
         size INTEGER NOT NULL, started INTEGER NOT NULL);",
     // 4: what an operation touched (the paths `usroverlay --add` wrote, ...).
     "ALTER TABLE transactions ADD COLUMN detail TEXT;",
+    // 5: the inode cache as one blob of sorted records per device, with the whole
+    // file object of an inode (inode_cache.rs). The old rows are only a cache: dropped.
+    "DROP TABLE IF EXISTS inode_cache;
+     CREATE TABLE inode_records (dev INTEGER PRIMARY KEY, records BLOB NOT NULL);",
 ];
 
 /// An open state database.
 pub struct StateDb {
     conn: Connection,
-}
-
-/// One inode cache row: this inode, with this mtime and size, holds this content.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct InodeEntry {
-    /// `st_dev`.
-    pub dev: u64,
-    /// `st_ino`.
-    pub ino: u64,
-    /// mtime in nanoseconds since the epoch.
-    pub mtime_ns: i64,
-    /// Size in bytes.
-    pub size: u64,
-    /// BLAKE3 of the content.
-    pub content: [u8; 32],
-}
-
-/// The cache rows of some devices, loaded whole so commit threads can read it freely.
-#[derive(Default)]
-pub struct InodeCache {
-    map: HashMap<(u64, u64), (i64, u64, [u8; 32])>,
-}
-
-impl InodeCache {
-    /// The content digest of an unchanged inode, if cached with this mtime and size.
-    pub fn lookup(&self, dev: u64, ino: u64, mtime_ns: i64, size: u64) -> Option<[u8; 32]> {
-        match self.map.get(&(dev, ino)) {
-            Some(&(m, s, c)) if m == mtime_ns && s == size => Some(c),
-            _ => None,
-        }
-    }
-
-    /// Number of rows loaded.
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    /// True when nothing was loaded.
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
 }
 
 /// One row of the transaction history.
@@ -160,69 +125,6 @@ impl StateDb {
             .to_latest(&mut conn)
             .with_context(|| format!("migrating state database {}", path.display()))?;
         Ok(StateDb { conn })
-    }
-
-    /// Loads the cache rows of the given devices.
-    pub fn load_inode_cache(&self, devs: &[u64]) -> Result<InodeCache> {
-        let mut cache = InodeCache::default();
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT ino, mtime_ns, size, content FROM inode_cache WHERE dev = ?1",
-        )?;
-        for &dev in devs {
-            let rows = stmt.query_map(params![dev as i64], |r| {
-                let ino: i64 = r.get(0)?;
-                let m: i64 = r.get(1)?;
-                let s: i64 = r.get(2)?;
-                // A malformed row is a miss, not an error: the cache only saves time.
-                let c = r
-                    .get_ref(3)?
-                    .as_blob()
-                    .ok()
-                    .and_then(|b| <[u8; 32]>::try_from(b).ok());
-                Ok((ino as u64, m, s as u64, c))
-            })?;
-            for row in rows {
-                if let (ino, m, s, Some(c)) = row? {
-                    cache.map.insert((dev, ino), (m, s, c));
-                }
-            }
-        }
-        Ok(cache)
-    }
-
-    /// Records cache rows (replacing older rows of the same inodes), in one transaction.
-    pub fn store_inode_cache(&mut self, entries: &[InodeEntry]) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT OR REPLACE INTO inode_cache (dev, ino, mtime_ns, size, content) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for e in entries {
-                stmt.execute(params![
-                    e.dev as i64,
-                    e.ino as i64,
-                    e.mtime_ns,
-                    e.size as i64,
-                    &e.content[..]
-                ])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Drops cache rows of inodes that no longer hold what they did (pruned objects).
-    pub fn forget_inodes(&mut self, inodes: &[(u64, u64)]) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        {
-            let mut stmt =
-                tx.prepare_cached("DELETE FROM inode_cache WHERE dev = ?1 AND ino = ?2")?;
-            for (dev, ino) in inodes {
-                stmt.execute(params![*dev as i64, *ino as i64])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
     }
 
     /// Records the start of a transaction; returns its id for [`StateDb::end_transaction`].
@@ -361,26 +263,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cache_round_trip_and_mismatch() {
-        let t = tempfile::tempdir().unwrap();
-        let mut db = StateDb::open(&t.path().join("s.db")).unwrap();
-        let e = InodeEntry {
-            dev: 5,
-            ino: 9,
-            mtime_ns: 100,
-            size: 3,
-            content: [4; 32],
-        };
-        db.store_inode_cache(&[e]).unwrap();
-        let db = StateDb::open(&t.path().join("s.db")).unwrap(); // reopen: migrations are idempotent
-        let c = db.load_inode_cache(&[5]).unwrap();
-        assert_eq!(c.lookup(5, 9, 100, 3), Some([4; 32]));
-        assert_eq!(c.lookup(5, 9, 101, 3), None, "mtime changed");
-        assert_eq!(c.lookup(5, 9, 100, 4), None, "size changed");
-        assert!(db.load_inode_cache(&[6]).unwrap().is_empty());
-    }
-
-    #[test]
     fn history_records_results() {
         let t = tempfile::tempdir().unwrap();
         let db = StateDb::open(&t.path().join("s.db")).unwrap();
@@ -404,10 +286,18 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let path = t.path().join("s.db");
         drop(StateDb::open(&path).unwrap());
-        // Back to version 3, as an arbor before the history's detail column left it.
+        // Back to version 3, as an arbor before the history's detail column left it
+        // (with its inode cache of a row per inode, and a row in it).
         let c = Connection::open(&path).unwrap();
-        c.execute_batch("ALTER TABLE transactions DROP COLUMN detail; PRAGMA user_version = 3;")
-            .unwrap();
+        c.execute_batch(
+            "ALTER TABLE transactions DROP COLUMN detail; DROP TABLE inode_records;
+             CREATE TABLE inode_cache (dev INTEGER NOT NULL, ino INTEGER NOT NULL,
+                mtime_ns INTEGER NOT NULL, size INTEGER NOT NULL, content BLOB NOT NULL,
+                PRIMARY KEY (dev, ino)) WITHOUT ROWID;
+             INSERT INTO inode_cache VALUES (1, 2, 3, 4, x'00');
+             PRAGMA user_version = 3;",
+        )
+        .unwrap();
         drop(c);
         let db = StateDb::open(&path).unwrap();
         let id = db.begin_transaction("deploy", "arbor deploy", 0).unwrap();
@@ -415,6 +305,10 @@ mod tests {
         assert_eq!(
             db.history(1).unwrap()[0].detail.as_deref(),
             Some("migrated")
+        );
+        assert!(
+            db.load_inode_cache(&[1]).unwrap().is_empty(),
+            "the old cache is dropped"
         );
         // A newer schema than this arbor knows is refused, not rewritten.
         db.conn.pragma_update(None, "user_version", 99).unwrap();

@@ -1,6 +1,7 @@
 //! `arbord`: the D-Bus edge over the arbor library.
 
 fn main() {
+    arbor::sys::pin_mmap_threshold();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ARBOR_LOG")

@@ -50,7 +50,32 @@ pub struct ExportArgs {
     pub output: OutputArgs,
 }
 
-/// Runs `arbor ostree …`.
+/// Where `arbor-ostree` is installed (beside `arbor` in a build folder).
+const OSTREE_HELPER: &str = "/usr/lib/arbor/arbor-ostree";
+
+/// Hands `arbor ostree …` over to `arbor-ostree` with the same arguments. OSTree
+/// interop lives in its own program because libostree loads some sixty libraries:
+/// linked into `arbor`, they cost every command 17 ms to start and 13 MB of memory.
+pub fn exec_ostree_helper() -> Result<i32> {
+    use std::os::unix::process::CommandExt;
+    let beside = std::env::current_exe()?.with_file_name("arbor-ostree");
+    let helper = std::env::var_os("ARBOR_OSTREE_HELPER")
+        .map(PathBuf::from)
+        .or_else(|| beside.is_file().then_some(beside))
+        .unwrap_or_else(|| PathBuf::from(OSTREE_HELPER));
+    let err = std::process::Command::new(&helper)
+        .arg0("arbor")
+        .args(std::env::args_os().skip(1))
+        .exec();
+    Err(err).with_context(|| {
+        format!(
+            "running {} (OSTree interop is in that program; is it installed?)",
+            helper.display()
+        )
+    })
+}
+
+/// Runs `arbor ostree …` (in `arbor-ostree`).
 pub fn run_ostree(cli: &Cli, cmd: &OstreeCommand) -> Result<i32> {
     let repo = Repo::open(&cli.repo_path())?;
     match cmd {

@@ -220,11 +220,41 @@ pub fn run_from_env() -> i32 {
     }
 }
 
+/// What `arbor` and `arbor-ostree` set up before anything else: the default SIGPIPE,
+/// a pinned mmap threshold, and logs on stderr filtered by `$ARBOR_LOG`.
+pub fn init_process() {
+    crate::sys::default_sigpipe();
+    crate::sys::pin_mmap_threshold();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("ARBOR_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// The entry point of `arbor-ostree`, the program `arbor ostree …` hands over to: the
+/// same command line, run where libostree is loaded.
+pub fn run_ostree_helper_from_env() -> i32 {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Ostree(cmd) => interop_cmds::run_ostree(&cli, cmd),
+        _ => Err(anyhow::anyhow!(
+            "arbor-ostree runs only `arbor ostree …`; use arbor for the rest"
+        )),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
 /// Runs one parsed command; returns the exit code.
 pub fn run(cli: &Cli) -> Result<i32> {
     match &cli.command {
         Command::GenerateMan { dir } => generate_man(dir).map(|_| 0),
-        Command::Ostree(cmd) => interop_cmds::run_ostree(cli, cmd),
+        Command::Ostree(_) => interop_cmds::exec_ostree_helper(),
         Command::Db(cmd) => package_cmds::run_db(cli, cmd),
         Command::Delta(cmd) => delta_cmds::run(cli, cmd),
         Command::Publish(cmd) => remote_cmds::run_publish(cli, cmd),

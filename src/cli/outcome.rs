@@ -131,6 +131,9 @@ pub fn print_update(r: &UpdateResult, action: Action, dry_run: bool) {
         for (i, c) in p.candidates.iter().enumerate() {
             let how = match &c.from {
                 Some(from) => format!("{} delta(s) from {}", c.deltas.len(), from.short()),
+                None if p.full_estimated => {
+                    format!("full fetch of at most {} objects", p.missing_objects)
+                }
                 None => format!("full fetch of {} objects", p.missing_objects),
             };
             println!(

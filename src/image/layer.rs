@@ -19,7 +19,7 @@ use anyhow::{Context, Result, bail};
 use rustix::fs::{self as rfs, AtFlags, Mode};
 
 use crate::fsutil;
-use crate::statedb::InodeEntry;
+use crate::statedb::{Cached, InodeEntry};
 use crate::store::Transaction;
 use crate::store::encoding::{Meta, S_IFDIR, S_IFREG, Xattrs};
 
@@ -197,7 +197,7 @@ impl<'t, 'r> LayerWriter<'t, 'r> {
                     ino: st.st_ino,
                     mtime_ns: 0,
                     size: w.size,
-                    content: w.content,
+                    cached: Cached::Content(w.content),
                 });
             }
             tar::EntryType::Symlink => {

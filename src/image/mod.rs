@@ -246,7 +246,7 @@ pub fn compose_image(
     // The objects are durable before the tree that links them is committed.
     txn.finish(&[])?;
     if let Ok(mut db) = StateDb::open(&repo.state_db_path()) {
-        let _ = db.store_inode_cache(&rows);
+        let _ = db.store_inode_cache(rows.into_iter().collect());
     }
     let labels = image
         .config

@@ -21,7 +21,7 @@ use crate::delta;
 use crate::fsutil;
 use crate::lock::{LockWait, WriterLock};
 use crate::remote::index::{
-    ChannelIndex, DeltaRef, FileRef, INDEX_FORMAT, VersionEntry, valid_channel,
+    ChannelIndex, DeltaRef, FileRef, FullFrom, INDEX_FORMAT, VersionEntry, valid_channel,
 };
 use crate::remote::pack::{self, Manifest, ManifestEntry};
 use crate::remote::tuf::runtime;
@@ -379,6 +379,7 @@ impl Publisher {
                 from,
                 file: file_ref(&self.dir, &rel)?,
                 raw_bytes: s.raw_bytes,
+                full_from: Some(full_from(repo, &from, &manifest)?),
             });
             stats.push(s);
         }
@@ -503,6 +504,18 @@ impl Publisher {
             written.into_inner(),
         ))
     }
+}
+
+/// What a full fetch of `target` costs a store that holds commit `from`.
+fn full_from(repo: &Repo, from: &ObjectId, target: &Manifest) -> Result<FullFrom> {
+    let have: std::collections::HashSet<_> =
+        Manifest::objects_of(repo, from)?.into_iter().collect();
+    let missing = target
+        .entries
+        .iter()
+        .filter(|e| !have.contains(&(e.id, e.kind)));
+    let (bytes, objects) = missing.fold((0, 0), |(b, n), e| (b + e.packed, n + 1));
+    Ok(FullFrom { bytes, objects })
 }
 
 fn file_ref(dir: &Path, rel: &str) -> Result<FileRef> {

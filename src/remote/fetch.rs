@@ -41,8 +41,12 @@ pub struct Plan {
     pub commit: ObjectId,
     /// Every way considered, the chosen one first.
     pub candidates: Vec<Candidate>,
-    /// Objects a full fetch would transfer.
+    /// Objects a full fetch would transfer (at most that many when `full_estimated`).
     pub missing_objects: u64,
+    /// The full candidate's figures are the publisher's upper bound for a store holding
+    /// a delta's start, not counted from the manifest: the delta path was clearly
+    /// cheaper, so the manifest was not downloaded.
+    pub full_estimated: bool,
     /// Bytes the chosen way writes into the store (for the disk-space check).
     pub needs_bytes: u64,
     /// Already in the store: nothing to fetch.
@@ -58,20 +62,37 @@ impl Plan {
     }
 }
 
+/// Where the verified manifest of a version is cached.
+fn manifest_cache(remote: &Remote, v: &VersionEntry) -> PathBuf {
+    remote
+        .dir
+        .join("cache")
+        .join(format!("{}.manifest", v.manifest.blake3))
+}
+
+/// The manifest of a version from the cache, if an earlier run downloaded it (and it
+/// still hashes to what the signed index names).
+fn cached_manifest(remote: &Remote, v: &VersionEntry) -> Option<Vec<u8>> {
+    std::fs::read(manifest_cache(remote, v))
+        .ok()
+        .filter(|b| blake3::hash(b).to_hex().as_str() == v.manifest.blake3)
+}
+
 /// Reads (or downloads and caches) the verified manifest of a version.
-fn manifest(remote: &Remote, http: &Http, v: &VersionEntry) -> Result<Manifest> {
-    let cache = remote.dir.join("cache");
-    std::fs::create_dir_all(&cache)?;
-    let path = cache.join(format!("{}.manifest", v.manifest.blake3));
-    let bytes = match std::fs::read(&path) {
-        Ok(b) if blake3::hash(&b).to_hex().as_str() == v.manifest.blake3 => b,
-        _ => {
-            let b = http.get_bounded(&v.manifest.path, v.manifest.size)?;
+fn manifest(remote: &Remote, v: &VersionEntry) -> Result<Manifest> {
+    let bytes = match cached_manifest(remote, v) {
+        Some(b) => b,
+        None => {
+            let b = remote
+                .http()?
+                .get_bounded(&v.manifest.path, v.manifest.size)?;
             ensure!(
                 blake3::hash(&b).to_hex().as_str() == v.manifest.blake3,
                 "{}: not the manifest the signed index names (corrupt or tampered)",
                 v.manifest.path
             );
+            let path = manifest_cache(remote, v);
+            std::fs::create_dir_all(path.parent().unwrap())?;
             crate::fsutil::write_file_atomic(&path, &b, 0o644)?;
             b
         }
@@ -85,6 +106,25 @@ fn manifest(remote: &Remote, http: &Http, v: &VersionEntry) -> Result<Manifest> 
     Ok(m)
 }
 
+/// The delta path chosen from the signed index alone, when it is clearly the cheaper
+/// one: the publisher recorded what a full fetch costs a store holding a delta's start
+/// ([`super::index::FullFrom`]), and the cheapest chain costs no more. The target's
+/// manifest (hundreds of kilobytes for an OS) is then never downloaded.
+fn plan_from_index(
+    v: &VersionEntry,
+    chains: &[Candidate],
+    have: impl Fn(&ObjectId) -> bool,
+) -> Option<(u64, u64)> {
+    let best = chains.first()?;
+    let full = v
+        .deltas
+        .iter()
+        .filter(|d| have(&d.from))
+        .filter_map(|d| d.full_from)
+        .min_by_key(|f| f.bytes)?;
+    (best.bytes <= full.bytes).then_some((full.bytes, full.objects))
+}
+
 /// Works out every way to fetch version `v` and picks the one with the fewest bytes.
 pub fn plan(repo: &Repo, remote: &Remote, idx: &ChannelIndex, v: &VersionEntry) -> Result<Plan> {
     let mut plan = Plan {
@@ -92,6 +132,7 @@ pub fn plan(repo: &Repo, remote: &Remote, idx: &ChannelIndex, v: &VersionEntry) 
         commit: v.commit,
         candidates: Vec::new(),
         missing_objects: 0,
+        full_estimated: false,
         needs_bytes: 0,
         // Whole, not just its commit object: after `fsck --delete` removed a damaged
         // object, fetching the commit again is how the store is repaired.
@@ -102,8 +143,25 @@ pub fn plan(repo: &Repo, remote: &Remote, idx: &ChannelIndex, v: &VersionEntry) 
     if plan.present {
         return Ok(plan);
     }
-    let http = remote.http()?;
-    let m = manifest(remote, &http, v)?;
+    let have = |c: &ObjectId| repo.has_object(c, ObjectKind::Commit);
+    let chains = delta_chains(idx, &v.commit, have);
+    // A cached manifest (an interrupted full fetch) gives the exact figures for free.
+    if cached_manifest(remote, v).is_none()
+        && let Some((full_bytes, full_objects)) = plan_from_index(v, &chains, have)
+    {
+        plan.candidates = chains;
+        plan.candidates.push(Candidate {
+            kind: Method::Full,
+            from: None,
+            deltas: Vec::new(),
+            bytes: full_bytes,
+        });
+        plan.missing_objects = full_objects;
+        plan.full_estimated = true;
+        plan.needs_bytes = delta_needs(&plan.candidates[0]);
+        return Ok(plan);
+    }
+    let m = manifest(remote, v)?;
     plan.missing = m
         .entries
         .into_iter()
@@ -117,17 +175,22 @@ pub fn plan(repo: &Repo, remote: &Remote, idx: &ChannelIndex, v: &VersionEntry) 
         bytes: plan.missing.iter().map(|e| e.packed).sum(),
     };
     let full_raw: u64 = plan.missing.iter().map(|e| e.raw).sum();
-    plan.candidates = delta_chains(idx, &v.commit, |c| repo.has_object(c, ObjectKind::Commit));
+    plan.candidates = chains;
     plan.candidates.push(full);
     plan.candidates.sort_by_key(|c| c.bytes);
     let chosen = &plan.candidates[0];
     plan.needs_bytes = if chosen.kind == Method::Full {
         full_raw
     } else {
-        // The delta files while they download, plus what they write (at most).
-        chosen.bytes + chosen.deltas.iter().map(|d| d.raw_bytes).max().unwrap_or(0)
+        delta_needs(chosen)
     };
     Ok(plan)
+}
+
+/// The room a delta chain needs: its files while they download, plus what the largest
+/// writes (at most).
+fn delta_needs(chain: &Candidate) -> u64 {
+    chain.bytes + chain.deltas.iter().map(|d| d.raw_bytes).max().unwrap_or(0)
 }
 
 /// Fails, before anything is downloaded, when the store's filesystem lacks the room.
@@ -177,6 +240,10 @@ pub fn execute(
             items: 0,
         });
     };
+    ensure!(
+        chosen.kind != Method::Full || !plan.full_estimated,
+        "internal error: a full fetch planned without the manifest"
+    );
     check_space(repo, plan.needs_bytes)?;
     let http = remote.http()?;
     let (bytes, items) = if chosen.kind == Method::Full {
@@ -286,4 +353,71 @@ fn fetch_deltas(
         before += d.file.size;
     }
     Ok((transferred, chain.deltas.len() as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::index::{DeltaRef, FileRef, FullFrom};
+
+    fn version(deltas: Vec<(ObjectId, u64, Option<u64>)>) -> VersionEntry {
+        let file = |path: String, size| FileRef {
+            path,
+            size,
+            blake3: "0".repeat(64),
+        };
+        VersionEntry {
+            version: "2".into(),
+            commit: ObjectId::of(b"2"),
+            published: 0,
+            critical: false,
+            phase: 100,
+            release_notes: None,
+            manifest: file("manifests/2".into(), 800_000),
+            full_bytes: 300_000_000,
+            raw_bytes: 700_000_000,
+            deltas: deltas
+                .into_iter()
+                .map(|(from, size, full)| DeltaRef {
+                    from,
+                    file: file(format!("deltas/{from}"), size),
+                    raw_bytes: 0,
+                    full_from: full.map(|bytes| FullFrom { bytes, objects: 9 }),
+                })
+                .collect(),
+        }
+    }
+
+    fn chains(v: &VersionEntry, have: impl Fn(&ObjectId) -> bool) -> Vec<Candidate> {
+        let idx = super::super::index::ChannelIndex {
+            format: super::super::index::INDEX_FORMAT,
+            channel: "stable".into(),
+            versions: vec![v.clone()],
+        };
+        delta_chains(&idx, &v.commit, have)
+    }
+
+    #[test]
+    fn the_manifest_is_skipped_only_when_the_index_proves_the_delta_cheaper() {
+        let (one, other) = (ObjectId::of(b"1"), ObjectId::of(b"0"));
+        let have_one = |c: &ObjectId| *c == one;
+        // A cheaper delta from a stored commit: chosen from the index alone.
+        let v = version(vec![(one, 3_000, Some(14_000))]);
+        assert_eq!(
+            plan_from_index(&v, &chains(&v, have_one), have_one),
+            Some((14_000, 9))
+        );
+        // The full fetch would be cheaper: the manifest decides.
+        let v = version(vec![(one, 20_000, Some(14_000))]);
+        assert_eq!(plan_from_index(&v, &chains(&v, have_one), have_one), None);
+        // An index from before `full_from`: the manifest decides.
+        let v = version(vec![(one, 3_000, None)]);
+        assert_eq!(plan_from_index(&v, &chains(&v, have_one), have_one), None);
+        // The figure of a start this store lacks says nothing about this store.
+        let v = version(vec![(one, 3_000, None), (other, 2_000, Some(1_000_000))]);
+        assert_eq!(plan_from_index(&v, &chains(&v, have_one), have_one), None);
+        // No delta reaches the target from what is stored.
+        let v = version(vec![(other, 3_000, Some(14_000))]);
+        assert_eq!(plan_from_index(&v, &chains(&v, have_one), have_one), None);
+    }
 }

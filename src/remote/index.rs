@@ -34,6 +34,20 @@ pub struct DeltaRef {
     pub file: FileRef,
     /// The bytes it writes into the store (for the disk-space check).
     pub raw_bytes: u64,
+    /// What a full fetch costs a store that holds `from`: the client weighs the delta
+    /// against it without downloading the target's manifest (absent in indexes written
+    /// before arbor 0.9; the client then reads the manifest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_from: Option<FullFrom>,
+}
+
+/// The objects of a version that a commit lacks, summed by the publisher.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FullFrom {
+    /// Packed bytes a full fetch transfers.
+    pub bytes: u64,
+    /// Objects a full fetch transfers.
+    pub objects: u64,
 }
 
 /// One published version of a channel.
@@ -329,6 +343,7 @@ mod tests {
                     from: id(from),
                     file: file(&format!("deltas/{from}-{v}"), size),
                     raw_bytes: 0,
+                    full_from: None,
                 })
                 .collect(),
         }

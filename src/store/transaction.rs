@@ -7,7 +7,7 @@
 //! never names an object that could vanish in a power cut, and a crash at any point
 //! leaves nothing but garbage in `tmp/`, which the next writer removes.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -26,7 +26,10 @@ use crate::lock::{LockError, LockWait, WriterLock};
 
 /// Files up to this size are read whole, hashed, and written only when new; larger
 /// ones are streamed into a temporary while hashing.
-const SMALL_FILE: u64 = 4 << 20;
+const SMALL_FILE: u64 = 1 << 20;
+/// The buffer a larger file streams through (one per thread at a time: a commit's
+/// memory stays small whatever the files).
+const STREAM_BUFFER: usize = 256 << 10;
 
 /// Up to this many new objects, publishing fsyncs each instead of syncing the filesystem.
 const FEW_OBJECTS: usize = 64;
@@ -59,14 +62,27 @@ pub struct TxnStats {
     pub bytes_written: AtomicU64,
 }
 
+/// The objects a transaction claimed (true once staged), in shards: fewer threads
+/// wait on one lock, and growing one shard at a time never holds two copies of the
+/// whole set (a commit of a large tree claims tens of thousands).
+#[derive(Default)]
+struct Claimed {
+    shards: [Mutex<HashMap<(ObjectId, ObjectKind), bool>>; 16],
+}
+
+impl Claimed {
+    fn shard(&self, id: &ObjectId) -> &Mutex<HashMap<(ObjectId, ObjectKind), bool>> {
+        &self.shards[usize::from(id.0[0] & 15)]
+    }
+}
+
 /// An open write transaction; dropping it unfinished discards everything staged.
 pub struct Transaction<'r> {
     repo: &'r Repo,
     lock: WriterLock,
     staging_name: String,
     staging: OwnedFd,
-    staged: Mutex<Vec<(ObjectId, ObjectKind)>>,
-    claimed: Mutex<HashSet<(ObjectId, ObjectKind)>>,
+    claimed: Claimed,
     tmp_counter: AtomicU64,
     stats: TxnStats,
     finished: bool,
@@ -100,8 +116,7 @@ impl<'r> Transaction<'r> {
             lock,
             staging_name,
             staging,
-            staged: Mutex::new(Vec::new()),
-            claimed: Mutex::new(HashSet::new()),
+            claimed: Claimed::default(),
             tmp_counter: AtomicU64::new(0),
             stats: TxnStats::default(),
             finished: false,
@@ -125,15 +140,24 @@ impl<'r> Transaction<'r> {
 
     /// True when the object is stored or already being written by this transaction.
     pub fn is_present(&self, id: &ObjectId, kind: ObjectKind) -> bool {
-        self.claimed.lock().unwrap().contains(&(*id, kind)) || self.repo.has_object(id, kind)
+        self.claimed
+            .shard(id)
+            .lock()
+            .unwrap()
+            .contains_key(&(*id, kind))
+            || self.repo.has_object(id, kind)
     }
 
     /// True when the caller should write this object: it is neither stored nor
     /// claimed by another thread of this transaction. Claims it.
     fn claim(&self, id: &ObjectId, kind: ObjectKind) -> bool {
-        if !self.claimed.lock().unwrap().insert((*id, kind)) {
-            return false;
-        }
+        let mut shard = self.claimed.shard(id).lock().unwrap();
+        match shard.entry((*id, kind)) {
+            // Claimed before (and perhaps staged since: leave its flag alone).
+            std::collections::hash_map::Entry::Occupied(_) => return false,
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(false),
+        };
+        drop(shard);
         !self.repo.has_object(id, kind)
     }
 
@@ -158,7 +182,11 @@ impl<'r> Transaction<'r> {
     }
 
     fn mark_staged(&self, id: ObjectId, kind: ObjectKind, bytes: u64) {
-        self.staged.lock().unwrap().push((id, kind));
+        self.claimed
+            .shard(&id)
+            .lock()
+            .unwrap()
+            .insert((id, kind), true);
         self.stats.objects_written.fetch_add(1, Ordering::Relaxed);
         self.stats.bytes_written.fetch_add(bytes, Ordering::Relaxed);
     }
@@ -250,7 +278,7 @@ impl<'r> Transaction<'r> {
             return self.write_regular(file, size_hint, meta);
         }
         let mut hasher = blake3::Hasher::new();
-        let mut buf = vec![0u8; 1 << 20];
+        let mut buf = vec![0u8; STREAM_BUFFER];
         let mut size = 0u64;
         loop {
             let n = std::os::unix::fs::FileExt::read_at(file, &mut buf, size)?;
@@ -286,7 +314,7 @@ impl<'r> Transaction<'r> {
         let tmp = format!("tmp-{}", self.tmp_counter.fetch_add(1, Ordering::Relaxed));
         let mut f = self.create_staged(&tmp).map_err(|e| self.io_context(e))?;
         let mut hasher = blake3::Hasher::new();
-        let mut buf = vec![0u8; 1 << 20];
+        let mut buf = vec![0u8; STREAM_BUFFER];
         let mut size = 0u64;
         loop {
             let n = src.read(&mut buf)?;
@@ -360,11 +388,11 @@ impl<'r> Transaction<'r> {
     /// Makes everything staged durable and visible, then points `refs` at their
     /// commits (or deletes them for `None`). See the module comment for the order.
     pub fn finish(mut self, refs: &[(RefName, Option<ObjectId>)]) -> Result<()> {
-        let staged = std::mem::take(&mut *self.staged.lock().unwrap());
-        if !staged.is_empty() {
+        let staged = self.stats.objects_written.load(Ordering::Relaxed);
+        if staged > 0 {
             let t = std::time::Instant::now();
-            self.publish(&staged)?;
-            tracing::debug!("published {} objects in {:?}", staged.len(), t.elapsed());
+            self.publish(staged as usize)?;
+            tracing::debug!("published {staged} objects in {:?}", t.elapsed());
         }
         crate::failpoint::hit("store-objects-written")?;
         for (r, id) in refs {
@@ -380,10 +408,22 @@ impl<'r> Transaction<'r> {
     /// A few objects get an fsync each; many get one `syncfs`, which is far cheaper
     /// than thousands of fsyncs but costs as much as whatever else is dirty on the
     /// filesystem, so a small transaction does not pay it.
-    fn publish(&self, staged: &[(ObjectId, ObjectKind)]) -> Result<()> {
-        let few = staged.len() <= FEW_OBJECTS;
+    fn publish(&self, count: usize) -> Result<()> {
+        let shards: Vec<_> = self
+            .claimed
+            .shards
+            .iter()
+            .map(|s| std::mem::take(&mut *s.lock().unwrap()))
+            .collect();
+        // Walked in place: a commit of a large tree stages tens of thousands.
+        let staged = || {
+            shards
+                .iter()
+                .flat_map(|s| s.iter().filter(|(_, staged)| **staged).map(|(k, _)| k))
+        };
+        let few = count <= FEW_OBJECTS;
         if few {
-            for (id, kind) in staged {
+            for (id, kind) in staged() {
                 let name = Self::staged_name(id, *kind);
                 if *kind == ObjectKind::File && is_symlink_at(&self.staging, &name) {
                     continue; // a symlink's target is written with its directory entry
@@ -401,17 +441,22 @@ impl<'r> Transaction<'r> {
             fsutil::sync_filesystem(&self.staging).map_err(|e| self.io_context(e))?;
         }
         let objects = self.repo.objects_fd();
-        staged.par_iter().try_for_each(|(id, kind)| {
-            rfs::renameat(
-                &self.staging,
-                Self::staged_name(id, *kind),
-                objects,
-                id.relative_path(*kind),
-            )
-            .with_context(|| format!("publishing object {id} ({kind})"))
+        shards.par_iter().try_for_each(|shard| {
+            shard
+                .par_iter()
+                .filter(|(_, staged)| **staged)
+                .try_for_each(|((id, kind), _)| {
+                    rfs::renameat(
+                        &self.staging,
+                        Self::staged_name(id, *kind),
+                        objects,
+                        id.relative_path(*kind),
+                    )
+                    .with_context(|| format!("publishing object {id} ({kind})"))
+                })
         })?;
         if few {
-            let dirs: HashSet<u8> = staged.iter().map(|(id, _)| id.0[0]).collect();
+            let dirs: HashSet<u8> = staged().map(|(id, _)| id.0[0]).collect();
             for d in dirs {
                 let fd = fsutil::open_dir_at(objects, format!("{d:02x}").as_bytes())?;
                 rfs::fsync(&fd).context("syncing the repository")?;
@@ -451,4 +496,22 @@ pub(crate) fn clean_tmp(repo: &Repo) -> Result<()> {
         r.with_context(|| format!("removing leftover {}", p.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_object_claimed_again_after_staging_is_still_published() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = Repo::init(&t.path().join("r")).unwrap();
+        let txn = Transaction::begin(&repo, LockWait::NoWait).unwrap();
+        let a = txn.write_meta(ObjectKind::DirMeta, b"one").unwrap();
+        // The second write finds it claimed and staged; that must not unmark it.
+        assert_eq!(txn.write_meta(ObjectKind::DirMeta, b"one").unwrap(), a);
+        assert!(txn.is_present(&a, ObjectKind::DirMeta));
+        txn.finish(&[]).unwrap();
+        assert!(repo.has_object(&a, ObjectKind::DirMeta));
+    }
 }
