@@ -407,74 +407,21 @@ pub fn apply_to(
     // The metadata objects written, to check TO's completeness before they are
     // published (the store cannot read staged objects yet).
     let mut metas: HashMap<ObjectId, Vec<u8>> = HashMap::new();
+    // Records are read in order and materialized in parallel, a batch at a time:
+    // decompression and patching (bzip2 inside bsdiff) are most of an apply's work.
+    let mut batch: Vec<ReadRecord> = Vec::new();
+    let mut batch_bytes = 0u64;
     for i in 0..count {
-        let kind_byte: [u8; 1] = read_exact(&mut r)?;
-        let kind = match kind_byte[0] {
-            k if k == ObjectKind::File as u8 => ObjectKind::File,
-            k if k == ObjectKind::DirTree as u8 => ObjectKind::DirTree,
-            k if k == ObjectKind::DirMeta as u8 => ObjectKind::DirMeta,
-            k if k == ObjectKind::Commit as u8 => ObjectKind::Commit,
-            k => bail!("record {i}: unknown object kind {k}"),
-        };
-        let id = ObjectId(read_exact(&mut r)?);
-        let enc: [u8; 1] = read_exact(&mut r)?;
-        let encoding = match enc[0] {
-            0 => Encoding::Full,
-            1 => Encoding::Patch,
-            2 => Encoding::Bsdiff,
-            e => bail!("record {i}: unknown encoding {e}"),
-        };
-        let base = match encoding {
-            Encoding::Full => None,
-            _ => Some(ObjectId(read_exact(&mut r)?)),
-        };
-        let meta_len = u32::from_le_bytes(read_exact(&mut r)?);
-        ensure!(
-            meta_len <= MAX_META,
-            "record {i}: metadata of {meta_len} bytes"
-        );
-        let mut meta = vec![0u8; meta_len as usize];
-        r.read_exact(&mut meta).context("the delta ends early")?;
-        let raw_len = u64::from_le_bytes(read_exact(&mut r)?);
-        let data_len = u64::from_le_bytes(read_exact(&mut r)?);
-        ensure!(
-            raw_len <= MAX_OBJECT,
-            "record {i}: an object of {raw_len} bytes"
-        );
-        ensure!(
-            data_len <= size,
-            "record {i}: {data_len} bytes in a {size}-byte delta"
-        );
-        let mut data = vec![0u8; data_len as usize];
-        r.read_exact(&mut data).context("the delta ends early")?;
-        let old = match base {
-            Some(b) => Some(
-                base_bytes(repo, &b, kind).with_context(|| format!("record {i}: its base {b}"))?,
-            ),
-            None => None,
-        };
-        let payload = match (encoding, &old) {
-            (Encoding::Bsdiff, Some(old)) => {
-                // Grown as the patch writes, up to the declared size.
-                let start = raw_len.min(64 << 20) as usize;
-                let mut out = Bounded(Vec::with_capacity(start), raw_len as usize);
-                qbsdiff::Bspatch::new(&data)
-                    .and_then(|p| p.apply(old, &mut out))
-                    .with_context(|| format!("record {i} ({kind} {id}): a corrupt patch"))?;
-                ensure!(
-                    out.0.len() as u64 == raw_len,
-                    "record {i}: the patch gives {} bytes, not {raw_len}",
-                    out.0.len()
-                );
-                out.0
-            }
-            _ => decompress(&data, raw_len, old.as_deref())
-                .with_context(|| format!("record {i} ({kind} {id})"))?,
-        };
-        if let Some(bytes) = wire::write_verified(&txn, kind, &id, &meta, &payload)
-            .with_context(|| format!("record {i}"))?
-        {
-            metas.insert(id, bytes);
+        let rec = read_record(&mut r, i, size)?;
+        batch_bytes += rec.data.len() as u64 + rec.raw_len;
+        batch.push(rec);
+        if batch_bytes >= BATCH_BYTES || i + 1 == count {
+            let written: Vec<Option<(ObjectId, Vec<u8>)>> = batch
+                .par_drain(..)
+                .map(|rec| materialize(repo, &txn, rec))
+                .collect::<Result<_>>()?;
+            metas.extend(written.into_iter().flatten());
+            batch_bytes = 0;
         }
     }
     let mut tail = [0u8; 1];
@@ -488,6 +435,120 @@ pub fn apply_to(
     txn.finish(&refs)?;
     let _ = dir_sync(repo);
     Ok(ApplyResult { to, objects: count })
+}
+
+/// Raw and compressed bytes a batch of records holds at most (plus one record).
+const BATCH_BYTES: u64 = 64 << 20;
+
+/// One record of a delta file, read but not yet decoded.
+struct ReadRecord {
+    i: u64,
+    kind: ObjectKind,
+    id: ObjectId,
+    encoding: Encoding,
+    base: Option<ObjectId>,
+    meta: Vec<u8>,
+    raw_len: u64,
+    data: Vec<u8>,
+}
+
+/// Reads record `i` of a delta of `size` bytes, checking every length it declares.
+fn read_record(r: &mut impl Read, i: u64, size: u64) -> Result<ReadRecord> {
+    let kind_byte: [u8; 1] = read_exact(r)?;
+    let kind = match kind_byte[0] {
+        k if k == ObjectKind::File as u8 => ObjectKind::File,
+        k if k == ObjectKind::DirTree as u8 => ObjectKind::DirTree,
+        k if k == ObjectKind::DirMeta as u8 => ObjectKind::DirMeta,
+        k if k == ObjectKind::Commit as u8 => ObjectKind::Commit,
+        k => bail!("record {i}: unknown object kind {k}"),
+    };
+    let id = ObjectId(read_exact(r)?);
+    let enc: [u8; 1] = read_exact(r)?;
+    let encoding = match enc[0] {
+        0 => Encoding::Full,
+        1 => Encoding::Patch,
+        2 => Encoding::Bsdiff,
+        e => bail!("record {i}: unknown encoding {e}"),
+    };
+    let base = match encoding {
+        Encoding::Full => None,
+        _ => Some(ObjectId(read_exact(r)?)),
+    };
+    let meta_len = u32::from_le_bytes(read_exact(r)?);
+    ensure!(
+        meta_len <= MAX_META,
+        "record {i}: metadata of {meta_len} bytes"
+    );
+    let mut meta = vec![0u8; meta_len as usize];
+    r.read_exact(&mut meta).context("the delta ends early")?;
+    let raw_len = u64::from_le_bytes(read_exact(r)?);
+    let data_len = u64::from_le_bytes(read_exact(r)?);
+    ensure!(
+        raw_len <= MAX_OBJECT,
+        "record {i}: an object of {raw_len} bytes"
+    );
+    ensure!(
+        data_len <= size,
+        "record {i}: {data_len} bytes in a {size}-byte delta"
+    );
+    let mut data = vec![0u8; data_len as usize];
+    r.read_exact(&mut data).context("the delta ends early")?;
+    Ok(ReadRecord {
+        i,
+        kind,
+        id,
+        encoding,
+        base,
+        meta,
+        raw_len,
+        data,
+    })
+}
+
+/// Decodes a record against its base and writes the object, verified; returns a
+/// metadata object's id and bytes (for the completeness check).
+fn materialize(
+    repo: &Repo,
+    txn: &Transaction<'_>,
+    rec: ReadRecord,
+) -> Result<Option<(ObjectId, Vec<u8>)>> {
+    let ReadRecord {
+        i,
+        kind,
+        id,
+        encoding,
+        base,
+        meta,
+        raw_len,
+        data,
+    } = rec;
+    let old = match base {
+        Some(b) => {
+            Some(base_bytes(repo, &b, kind).with_context(|| format!("record {i}: its base {b}"))?)
+        }
+        None => None,
+    };
+    let payload = match (encoding, &old) {
+        (Encoding::Bsdiff, Some(old)) => {
+            // Grown as the patch writes, up to the declared size.
+            let start = raw_len.min(64 << 20) as usize;
+            let mut out = Bounded(Vec::with_capacity(start), raw_len as usize);
+            qbsdiff::Bspatch::new(&data)
+                .and_then(|p| p.apply(old, &mut out))
+                .with_context(|| format!("record {i} ({kind} {id}): a corrupt patch"))?;
+            ensure!(
+                out.0.len() as u64 == raw_len,
+                "record {i}: the patch gives {} bytes, not {raw_len}",
+                out.0.len()
+            );
+            out.0
+        }
+        _ => decompress(&data, raw_len, old.as_deref())
+            .with_context(|| format!("record {i} ({kind} {id})"))?,
+    };
+    Ok(wire::write_verified(txn, kind, &id, &meta, &payload)
+        .with_context(|| format!("record {i}"))?
+        .map(|bytes| (id, bytes)))
 }
 
 /// Checks that every object of commit `to` is stored or staged.
