@@ -512,28 +512,19 @@ fn materialize(
     txn: &Transaction<'_>,
     rec: ReadRecord,
 ) -> Result<Option<(ObjectId, Vec<u8>)>> {
-    let ReadRecord {
-        i,
-        kind,
-        id,
-        encoding,
-        base,
-        meta,
-        raw_len,
-        data,
-    } = rec;
-    let old = match base {
+    let (i, kind, id, raw_len, data) = (rec.i, rec.kind, rec.id, rec.raw_len, &rec.data);
+    let old = match rec.base {
         Some(b) => {
             Some(base_bytes(repo, &b, kind).with_context(|| format!("record {i}: its base {b}"))?)
         }
         None => None,
     };
-    let payload = match (encoding, &old) {
+    let payload = match (rec.encoding, &old) {
         (Encoding::Bsdiff, Some(old)) => {
             // Grown as the patch writes, up to the declared size.
             let start = raw_len.min(64 << 20) as usize;
             let mut out = Bounded(Vec::with_capacity(start), raw_len as usize);
-            qbsdiff::Bspatch::new(&data)
+            qbsdiff::Bspatch::new(data)
                 .and_then(|p| p.apply(old, &mut out))
                 .with_context(|| format!("record {i} ({kind} {id}): a corrupt patch"))?;
             ensure!(
@@ -543,10 +534,10 @@ fn materialize(
             );
             out.0
         }
-        _ => decompress(&data, raw_len, old.as_deref())
+        _ => decompress(data, raw_len, old.as_deref())
             .with_context(|| format!("record {i} ({kind} {id})"))?,
     };
-    Ok(wire::write_verified(txn, kind, &id, &meta, &payload)
+    Ok(wire::write_verified(txn, kind, &id, &rec.meta, &payload)
         .with_context(|| format!("record {i}"))?
         .map(|bytes| (id, bytes)))
 }
