@@ -25,21 +25,10 @@ ostree init --repo="$W/ost" --mode=bare >/dev/null
 "$ARBOR" --repo "$W/src" ostree export b --ostree-repo "$W/ost" -b b >/dev/null 2>&1
 OA=$(cat "$W/ost/refs/heads/a"); OB=$(cat "$W/ost/refs/heads/b")
 
-# peak NAME CMD...: like ms, and appends the peak RSS (KB) to $W/NAME.kb.
-peak() {
-  local name=$1; shift
-  sync; sleep 1
-  /usr/bin/time -f %M -o "$W/last.kb" "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }
-  cat "$W/last.kb" >> "$W/$name.kb"
-}
-
 for i in $(seq "$RUNS"); do
   rm -rf "$W/ost/deltas"
-  ms ostree-gen ostree static-delta generate --repo="$W/ost" --from="$OA" --to="$OB"
-  rm -rf "$W/ost/deltas"
-  peak ostree-gen ostree static-delta generate --repo="$W/ost" --from="$OA" --to="$OB"
-  ms arbor-gen "$ARBOR" --repo "$W/src" delta create a b -o "$W/ab.delta"
-  peak arbor-gen "$ARBOR" --repo "$W/src" delta create a b -o "$W/ab.delta"
+  msk ostree-gen ostree static-delta generate --repo="$W/ost" --from="$OA" --to="$OB"
+  msk arbor-gen "$ARBOR" --repo "$W/src" delta create a b -o "$W/ab.delta"
 done
 ost_bytes=$(du -sb "$W/ost/deltas" | cut -f1)
 arb_bytes=$(stat -c %s "$W/ab.delta")
@@ -57,10 +46,9 @@ done
 ostree fsck --repo="$W/odst" >/dev/null
 "$ARBOR" --repo "$W/adst" fsck >/dev/null
 
-mkb() { sort -n "$W/$1.kb" | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 og=$(median ostree-gen); ag=$(median arbor-gen)
 oa=$(median ostree-apply); aa=$(median arbor-apply)
-om=$(mkb ostree-gen); am=$(mkb arbor-gen)
+om=$(median "$W/ostree-gen.kb"); am=$(median "$W/arbor-gen.kb")
 cat <<OUT
 delta bytes:     ostree $ost_bytes, arbor $arb_bytes, ratio $(ratio "$arb_bytes" "$ost_bytes") (goal <= 0.85)
 generation:      ostree $og ms, arbor $ag ms, ratio $(ratio "$ag" "$og") (goal <= 0.5)

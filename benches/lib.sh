@@ -24,12 +24,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / (b > 0 ? b : 1) }'
 # msk NAME CMD...: like ms, and appends the peak RSS (KB) of CMD to $W/NAME.kb.
 msk() {
   local name=$1; shift
-  sync; sleep 1
-  local t0 t1
-  t0=$(date +%s%N)
-  /usr/bin/time -f %M -o "$W/$name.last" "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }
-  t1=$(date +%s%N)
-  echo $(((t1 - t0) / 1000000)) >> "$W/$name"
+  ms "$name" /usr/bin/time -f %M -o "$W/$name.last" "$@"
   cat "$W/$name.last" >> "$W/$name.kb"
 }
 

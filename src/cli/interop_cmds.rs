@@ -55,7 +55,7 @@ const OSTREE_HELPER: &str = "/usr/lib/arbor/arbor-ostree";
 
 /// Hands `arbor ostree …` over to `arbor-ostree` with the same arguments. OSTree
 /// interop lives in its own program because libostree loads some sixty libraries:
-/// linked into `arbor`, they cost every command 17 ms to start and 13 MB of memory.
+/// linked into `arbor`, they cost every command 17 ms to start and 12 MB of memory.
 pub fn exec_ostree_helper() -> Result<i32> {
     use std::os::unix::process::CommandExt;
     let beside = std::env::current_exe()?.with_file_name("arbor-ostree");

@@ -211,7 +211,12 @@ pub fn run_op(cli: &Cli, sysroot: &Sysroot, req: &ops::Request) -> Result<ops::O
 /// Parses the process arguments and runs the command; the whole of `main`.
 pub fn run_from_env() -> i32 {
     let cli = Cli::parse();
-    match run(&cli) {
+    exit_code(run(&cli))
+}
+
+/// A command's exit code, its error printed.
+fn exit_code(result: Result<i32>) -> i32 {
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -235,19 +240,12 @@ pub fn init_process() {
 /// same command line, run where libostree is loaded.
 pub fn run_ostree_helper_from_env() -> i32 {
     let cli = Cli::parse();
-    let result = match &cli.command {
+    exit_code(match &cli.command {
         Command::Ostree(cmd) => interop_cmds::run_ostree(&cli, cmd),
         _ => Err(anyhow::anyhow!(
             "arbor-ostree runs only `arbor ostree …`; use arbor for the rest"
         )),
-    };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            1
-        }
-    }
+    })
 }
 
 /// Runs one parsed command; returns the exit code.

@@ -78,9 +78,10 @@ fn cached_manifest(remote: &Remote, v: &VersionEntry) -> Option<Vec<u8>> {
         .filter(|b| blake3::hash(b).to_hex().as_str() == v.manifest.blake3)
 }
 
-/// Reads (or downloads and caches) the verified manifest of a version.
-fn manifest(remote: &Remote, v: &VersionEntry) -> Result<Manifest> {
-    let bytes = match cached_manifest(remote, v) {
+/// The verified manifest of a version: `cached` (from [`cached_manifest`]), or
+/// downloaded and cached.
+fn manifest(remote: &Remote, v: &VersionEntry, cached: Option<Vec<u8>>) -> Result<Manifest> {
+    let bytes = match cached {
         Some(b) => b,
         None => {
             let b = remote
@@ -146,7 +147,8 @@ pub fn plan(repo: &Repo, remote: &Remote, idx: &ChannelIndex, v: &VersionEntry) 
     let have = |c: &ObjectId| repo.has_object(c, ObjectKind::Commit);
     let chains = delta_chains(idx, &v.commit, have);
     // A cached manifest (an interrupted full fetch) gives the exact figures for free.
-    if cached_manifest(remote, v).is_none()
+    let cached = cached_manifest(remote, v);
+    if cached.is_none()
         && let Some((full_bytes, full_objects)) = plan_from_index(v, &chains, have)
     {
         plan.candidates = chains;
@@ -161,7 +163,7 @@ pub fn plan(repo: &Repo, remote: &Remote, idx: &ChannelIndex, v: &VersionEntry) 
         plan.needs_bytes = delta_needs(&plan.candidates[0]);
         return Ok(plan);
     }
-    let m = manifest(remote, v)?;
+    let m = manifest(remote, v, cached)?;
     plan.missing = m
         .entries
         .into_iter()

@@ -122,8 +122,9 @@ impl InodeCache {
         (e.mtime_ns == mtime_ns && e.size == size).then_some(e.cached)
     }
 
-    /// The content digest of an unchanged store object, if cached with this mtime
-    /// and size.
+    /// The content digest of an unchanged inode, if cached with this mtime and size
+    /// as a content record (store objects, files with several links, and files too
+    /// recently changed for their ctime to vouch for them).
     pub fn lookup(&self, dev: u64, ino: u64, mtime_ns: i64, size: u64) -> Option<[u8; 32]> {
         match self.get(dev, ino, mtime_ns, size)? {
             Cached::Content(c) => Some(c),
@@ -177,15 +178,6 @@ impl InodeRows {
         };
         devices[i].1.push(encode(&e));
     }
-
-    /// True when nothing was collected.
-    pub fn is_empty(&self) -> bool {
-        self.devices
-            .lock()
-            .unwrap()
-            .iter()
-            .all(|(_, r)| r.is_empty())
-    }
 }
 
 impl FromIterator<InodeEntry> for InodeRows {
@@ -236,19 +228,19 @@ fn write_device_records(conn: &Connection, dev: u64, records: &[Record]) -> Resu
 }
 
 /// Merges sorted `old` with `new` (sorted here; `new` wins over `old`), leaving out
-/// the inodes `drop` names.
+/// the inodes `drop` names (sorted).
 fn merge(old: Vec<Record>, mut new: Vec<Record>, drop: &[u64]) -> Vec<Record> {
     // In place: a commit's records are megabytes. Two records of one inode in one
     // commit (a file linked twice into the tree) say the same, so either may stay.
     new.sort_unstable_by_key(|r| u64_at(r, 0));
     new.dedup_by_key(|r| u64_at(r, 0));
-    let dedup = new;
-    let keep = |r: &Record| !drop.contains(&u64_at(r, 0));
     if old.is_empty() && drop.is_empty() {
-        return dedup;
+        return new;
     }
-    let mut out = Vec::with_capacity(old.len() + dedup.len());
-    let (mut a, mut b) = (old.into_iter().peekable(), dedup.into_iter().peekable());
+    // A prune forgets thousands of inodes out of a hundred thousand records.
+    let keep = |r: &Record| drop.binary_search(&u64_at(r, 0)).is_err();
+    let mut out = Vec::with_capacity(old.len() + new.len());
+    let (mut a, mut b) = (old.into_iter().peekable(), new.into_iter().peekable());
     loop {
         let next = match (a.peek(), b.peek()) {
             (Some(x), Some(y)) => match u64_at(x, 0).cmp(&u64_at(y, 0)) {
@@ -285,7 +277,11 @@ impl StateDb {
     /// Rewrites the records of each device: `new` added, the inodes in `drop`
     /// removed. One transaction holding the write lock from the start, so two
     /// commits at once lose no update.
-    fn edit_devices(&mut self, new: Vec<(u64, Vec<Record>)>, drop: &[(u64, u64)]) -> Result<()> {
+    fn edit_devices(
+        &mut self,
+        mut new: Vec<(u64, Vec<Record>)>,
+        drop: &[(u64, u64)],
+    ) -> Result<()> {
         let mut devs: Vec<u64> = new
             .iter()
             .map(|(d, _)| *d)
@@ -296,7 +292,6 @@ impl StateDb {
         if devs.is_empty() {
             return Ok(());
         }
-        let mut new = new;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -307,11 +302,12 @@ impl StateDb {
                 .find(|(d, _)| *d == dev)
                 .map(|(_, r)| std::mem::take(r))
                 .unwrap_or_default();
-            let gone: Vec<u64> = drop
+            let mut gone: Vec<u64> = drop
                 .iter()
                 .filter(|(d, _)| *d == dev)
                 .map(|(_, i)| *i)
                 .collect();
+            gone.sort_unstable();
             write_device_records(&tx, dev, &merge(old, added, &gone))?;
         }
         tx.commit()?;
