@@ -107,14 +107,17 @@ fn root_delta_rebuilds_b_from_a_and_refuses_damage() {
     assert_eq!(describe_tree(&co), describe_tree(&corpus("b")));
 }
 
-/// A delta forged to carry a commit whose tree names `../escaped` (each object
-/// matching its id, so only the names are wrong): applying it fails naming the
-/// name, and the store gets neither the objects nor the branch.
+/// A hand-made delta of both formats carrying a commit whose tree holds one file under
+/// `name` (each object matching its id): only the name decides. `../escaped` is
+/// refused naming the name, and the store gets neither the objects nor the branch; a
+/// plain name is taken, which proves the writer here right, and version 1 deltas still
+/// apply.
 #[test]
 #[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_a_forged_delta_with_a_traversing_name_is_refused() {
     use arbor::store::encoding::{Commit, DirTree, FileEntry};
     use arbor::store::{ObjectId, ObjectKind};
+    use integer_encoding::VarInt;
     require_root!();
     let t = scratch();
     let src = t.path().join("src");
@@ -130,54 +133,88 @@ fn root_a_forged_delta_with_a_traversing_name_is_refused() {
     let ls: serde_json::Value =
         serde_json::from_str(&arbor_ok(&["--repo", &repo, "ls", "--json", "good", "/f"])).unwrap();
     let file: ObjectId = ls[0]["object"].as_str().unwrap().parse().unwrap();
-    let tree = DirTree {
-        files: vec![FileEntry {
-            name: b"../escaped".to_vec(),
-            file,
-        }],
-        dirs: vec![],
+    for version in [1u8, 2] {
+        for name in ["../escaped", "fine"] {
+            let tree = DirTree {
+                files: vec![FileEntry {
+                    name: name.as_bytes().to_vec(),
+                    file,
+                }],
+                dirs: vec![],
+            }
+            .encode();
+            let tree_id = ObjectId::of(&tree);
+            let commit = Commit {
+                root_tree: tree_id,
+                root_meta,
+                parent: None,
+                timestamp: i64::from(version),
+                subject: "forged".into(),
+                body: String::new(),
+                metadata: vec![],
+            }
+            .encode();
+            let to = ObjectId::of(&commit);
+            let mut delta = b"ARBORDELTA\0".to_vec();
+            delta.push(version);
+            delta.extend_from_slice(&from.0);
+            delta.extend_from_slice(&to.0);
+            let objects = [
+                (ObjectKind::DirTree, tree_id, &tree),
+                (ObjectKind::Commit, to, &commit),
+            ];
+            let data: Vec<Vec<u8>> = objects
+                .iter()
+                .map(|(_, _, b)| zstd::encode_all(&b[..], 3).unwrap())
+                .collect();
+            if version == 1 {
+                delta.extend_from_slice(&2u64.to_le_bytes());
+                for ((kind, id, bytes), data) in objects.iter().zip(&data) {
+                    delta.push(*kind as u8);
+                    delta.extend_from_slice(&id.0);
+                    delta.push(0); // full encoding
+                    delta.extend_from_slice(&0u32.to_le_bytes()); // no header
+                    delta.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+                    delta.extend_from_slice(&(data.len() as u64).to_le_bytes());
+                    delta.extend_from_slice(data);
+                }
+            } else {
+                let mut index = 2u64.encode_var_vec();
+                for ((kind, _, bytes), data) in objects.iter().zip(&data) {
+                    index.extend_from_slice(&[*kind as u8, 0, 0]); // full, no header
+                    index.extend_from_slice(&(bytes.len() as u64).encode_var_vec());
+                    index.extend_from_slice(&(data.len() as u64).encode_var_vec());
+                }
+                let packed = zstd::encode_all(&index[..], 3).unwrap();
+                delta.extend_from_slice(&(packed.len() as u64).to_le_bytes());
+                delta.extend_from_slice(&(index.len() as u64).to_le_bytes());
+                delta.extend_from_slice(&packed);
+                data.iter().for_each(|d| delta.extend_from_slice(d));
+            }
+            let path = t.path().join("forged.delta");
+            std::fs::write(&path, &delta).unwrap();
+            let before = object_count(Path::new(&repo));
+            let branch = format!("v{version}-{}", name.len());
+            let args = ["--repo", &repo, "delta", "apply", s(&path), "-b", &branch];
+            if name == "fine" {
+                let out = arbor_ok(&args);
+                assert!(out.starts_with(&to.to_string()), "version {version}: {out}");
+                arbor_ok(&["--repo", &repo, "ls", &branch, "/fine"]);
+                continue;
+            }
+            let err = arbor_err(&args);
+            assert!(
+                err.contains("../escaped") && err.contains("'/'"),
+                "version {version}: {err}"
+            );
+            assert_eq!(
+                object_count(Path::new(&repo)),
+                before,
+                "version {version}: objects of the forged delta were kept"
+            );
+            let refs = arbor_ok(&["--repo", &repo, "refs"]);
+            assert!(!refs.contains(&branch), "{refs}");
+        }
     }
-    .encode();
-    let tree_id = ObjectId::of(&tree);
-    let commit = Commit {
-        root_tree: tree_id,
-        root_meta,
-        parent: None,
-        timestamp: 0,
-        subject: "forged".into(),
-        body: String::new(),
-        metadata: vec![],
-    }
-    .encode();
-    let to = ObjectId::of(&commit);
-    let mut delta = b"ARBORDELTA\0\x01".to_vec();
-    delta.extend_from_slice(&from.0);
-    delta.extend_from_slice(&to.0);
-    delta.extend_from_slice(&2u64.to_le_bytes());
-    for (kind, id, bytes) in [
-        (ObjectKind::DirTree, tree_id, &tree),
-        (ObjectKind::Commit, to, &commit),
-    ] {
-        let data = zstd::encode_all(&bytes[..], 3).unwrap();
-        delta.push(kind as u8);
-        delta.extend_from_slice(&id.0);
-        delta.push(0); // full encoding
-        delta.extend_from_slice(&0u32.to_le_bytes()); // no header
-        delta.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
-        delta.extend_from_slice(&(data.len() as u64).to_le_bytes());
-        delta.extend_from_slice(&data);
-    }
-    let path = t.path().join("forged.delta");
-    std::fs::write(&path, &delta).unwrap();
-    let before = object_count(Path::new(&repo));
-    let err = arbor_err(&["--repo", &repo, "delta", "apply", s(&path), "-b", "evil"]);
-    assert!(err.contains("../escaped") && err.contains("'/'"), "{err}");
-    assert_eq!(
-        object_count(Path::new(&repo)),
-        before,
-        "objects of the forged delta were kept"
-    );
-    let refs = arbor_ok(&["--repo", &repo, "refs"]);
-    assert!(!refs.contains("evil"), "{refs}");
     arbor_ok(&["--repo", &repo, "fsck"]);
 }

@@ -380,6 +380,7 @@ impl Publisher {
                 file: file_ref(&self.dir, &rel)?,
                 raw_bytes: s.raw_bytes,
                 full_from: Some(full_from(repo, &from, &manifest)?),
+                format: delta::FORMAT,
             });
             stats.push(s);
         }

@@ -385,6 +385,7 @@ mod tests {
                     file: file(format!("deltas/{from}"), size),
                     raw_bytes: 0,
                     full_from: full.map(|bytes| FullFrom { bytes, objects: 9 }),
+                    format: crate::delta::FORMAT,
                 })
                 .collect(),
         }

@@ -39,6 +39,14 @@ pub struct DeltaRef {
     /// before arbor 0.9; the client then reads the manifest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub full_from: Option<FullFrom>,
+    /// The delta file's format (docs/delta.md); 1 in indexes that predate the field. A
+    /// client passes over a delta newer than it reads, and fetches another way.
+    #[serde(default = "delta_format_1")]
+    pub format: u32,
+}
+
+fn delta_format_1() -> u32 {
+    1
 }
 
 /// The objects of a version that a commit lacks, summed by the publisher.
@@ -266,7 +274,7 @@ pub fn delta_chains(
     // into[c] = the deltas that produce commit c.
     let mut into: HashMap<ObjectId, Vec<&DeltaRef>> = HashMap::new();
     for v in &idx.versions {
-        for d in &v.deltas {
+        for d in v.deltas.iter().filter(|d| d.format <= crate::delta::FORMAT) {
             into.entry(v.commit).or_default().push(d);
         }
     }
@@ -344,6 +352,7 @@ mod tests {
                     file: file(&format!("deltas/{from}-{v}"), size),
                     raw_bytes: 0,
                     full_from: None,
+                    format: 1,
                 })
                 .collect(),
         }
@@ -377,6 +386,17 @@ mod tests {
         let chains = delta_chains(&idx, &id("3"), |c| *c == id("1") || *c == id("2"));
         assert_eq!(chains.iter().map(|c| c.bytes).collect::<Vec<_>>(), [40, 90]);
         assert!(delta_chains(&idx, &id("3"), |_| false).is_empty());
+        // A delta in a format this arbor cannot read is passed over.
+        let mut idx = index();
+        idx.versions[2].deltas[0].format = crate::delta::FORMAT + 1;
+        let chains = delta_chains(&idx, &id("3"), |c| *c == id("2"));
+        assert!(chains.is_empty(), "{chains:?}");
+        // An index written before the field names format 1.
+        let json = serde_json::to_string(&index()).unwrap();
+        let old = json.replace(r#","format":1"#, "");
+        assert!(json.contains(r#","format":1}"#) && !old.contains(r#","format":1}"#));
+        let parsed = ChannelIndex::parse(old.as_bytes(), "stable").unwrap();
+        assert_eq!(parsed.versions[2].deltas[0].format, 1);
     }
 
     #[test]

@@ -5,13 +5,15 @@
 //! replaces a file at the same path in FROM is compressed with zstd against the old
 //! content, used as a prefix, which is zstd's "patch from" mode. Everything else is
 //! compressed on its own, and each object gets whichever encoding is smaller.
-//! Applying a delta checks every object against its id as it is written, then checks
-//! that TO is complete. A delta from outside is hostile: every length is bounded,
-//! and nothing is trusted that a hash does not confirm.
+//! Applying a delta hashes every object as it is written, then checks that TO is
+//! complete. A delta from outside is hostile: every length is bounded, and nothing is
+//! trusted that a hash does not confirm.
+
+mod apply;
+mod format;
 
 use std::collections::HashMap;
-use std::io::{BufReader, BufWriter, Read, Write};
-use std::os::fd::AsFd;
+use std::io::{BufWriter, Read, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail, ensure};
@@ -19,15 +21,16 @@ use rayon::prelude::*;
 use serde::Serialize;
 use zstd::zstd_safe::{CCtx, CParameter, DCtx, DParameter};
 
+pub use apply::{ApplyResult, apply, apply_to};
+use format::{Bases, Entry};
+
 use crate::fsutil;
-use crate::lock::LockWait;
-use crate::store::encoding::{Commit, DirTree};
-use crate::store::refs::RefName;
-use crate::store::transaction::Transaction;
 use crate::store::{ObjectId, ObjectKind, Repo};
 use crate::store::{reach, wire};
 
-const MAGIC: &[u8; 12] = b"ARBORDELTA\0\x01";
+/// The delta format [`create`] writes; [`apply`] reads this one and every earlier one.
+/// A channel index names each delta's format, so a client skips what it cannot read.
+pub const FORMAT: u32 = 2;
 /// Level for objects compressed on their own.
 const FULL_LEVEL: i32 = 15;
 /// Level for files compressed against their previous version.
@@ -51,10 +54,20 @@ enum Encoding {
     Bsdiff = 2,
 }
 
+impl Encoding {
+    fn from_byte(b: u8) -> Result<Encoding> {
+        Ok(match b {
+            0 => Encoding::Full,
+            1 => Encoding::Patch,
+            2 => Encoding::Bsdiff,
+            e => bail!("unknown encoding {e}"),
+        })
+    }
+}
+
 /// One object of a delta, compressed.
 struct Record {
     kind: ObjectKind,
-    id: ObjectId,
     base: Option<(ObjectId, Encoding)>,
     meta: Vec<u8>,
     raw_len: u64,
@@ -176,26 +189,6 @@ fn bsdiff(old: &[u8], new: &[u8]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// A writer that refuses to grow past a limit: a hostile patch cannot make apply
-/// allocate more than the object's declared size.
-struct Bounded(Vec<u8>, usize);
-
-impl Write for Bounded {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        if self.0.len() + b.len() > self.1 {
-            return Err(std::io::Error::other(
-                "the patch makes a larger object than declared",
-            ));
-        }
-        self.0.extend_from_slice(b);
-        Ok(b.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 fn read_all(repo: &Repo, id: &ObjectId) -> Result<Vec<u8>> {
     let mut v = Vec::new();
     repo.open_file_object(id)?.read_to_end(&mut v)?;
@@ -215,7 +208,6 @@ fn record_for(
     } = wire::parts(repo, &id, kind)?;
     let mut rec = Record {
         kind,
-        id,
         base: None,
         meta,
         raw_len: payload.len() as u64,
@@ -264,6 +256,7 @@ pub fn create(
     if let Some((id, kind, at, e)) = want.unreadable.first().or(have.unreadable.first()) {
         bail!("cannot read {kind} {id} at {at}: {e}");
     }
+    let bases = Bases::walked(&have, from)?;
     let old_paths = objects_by_path(repo, from)?;
     let mut new: Vec<(ObjectId, ObjectKind, Option<ObjectId>)> = Vec::new();
     for ((id, kind), used_at) in &want.objects {
@@ -310,11 +303,6 @@ pub fn create(
             | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::from_raw_mode(0o644),
     )?;
-    let mut w = BufWriter::new(std::fs::File::from(file));
-    w.write_all(MAGIC)?;
-    w.write_all(&from.0)?;
-    w.write_all(&to.0)?;
-    w.write_all(&(records.len() as u64).to_le_bytes())?;
     let mut stats = DeltaStats {
         from: *from,
         to: *to,
@@ -324,24 +312,43 @@ pub fn create(
         delta_bytes: 0,
         patched: 0,
     };
+    let mut entries = Vec::with_capacity(records.len());
     for (r, full_len) in &records {
-        w.write_all(&[r.kind as u8])?;
-        w.write_all(&r.id.0)?;
-        match r.base {
-            Some((b, enc)) => {
-                w.write_all(&[enc as u8])?;
-                w.write_all(&b.0)?;
-                stats.patched += 1;
-            }
-            None => w.write_all(&[Encoding::Full as u8])?,
-        }
-        w.write_all(&(r.meta.len() as u32).to_le_bytes())?;
-        w.write_all(&r.meta)?;
-        w.write_all(&r.raw_len.to_le_bytes())?;
-        w.write_all(&(r.data.len() as u64).to_le_bytes())?;
-        w.write_all(&r.data)?;
+        let base = match r.base {
+            Some((b, _)) => Some(
+                bases
+                    .place(&b, r.kind)
+                    .with_context(|| format!("base {b} is not an object of {from}"))?,
+            ),
+            None => None,
+        };
+        let header = match r.kind {
+            ObjectKind::File => format::strip_digest(&r.meta)?,
+            _ => Vec::new(),
+        };
+        entries.push(Entry {
+            kind: r.kind,
+            encoding: r.base.map_or(Encoding::Full, |(_, e)| e),
+            base,
+            header,
+            raw_len: r.raw_len,
+            data_len: r.data.len() as u64,
+        });
+        stats.patched += u64::from(r.base.is_some());
         stats.raw_bytes += r.raw_len;
         stats.full_bytes += full_len;
+    }
+    let index = format::encode_index(&entries);
+    let packed_index = compress(&index, PATCH_LEVEL, None)?;
+    let mut w = BufWriter::new(std::fs::File::from(file));
+    w.write_all(format::MAGIC_V2)?;
+    w.write_all(&from.0)?;
+    w.write_all(&to.0)?;
+    w.write_all(&(packed_index.len() as u64).to_le_bytes())?;
+    w.write_all(&(index.len() as u64).to_le_bytes())?;
+    w.write_all(&packed_index)?;
+    for (r, _) in &records {
+        w.write_all(&r.data)?;
     }
     if !measure_full {
         stats.full_bytes = 0;
@@ -352,236 +359,4 @@ pub fn create(
     rustix::fs::renameat(&dir_fd, tmp.as_str(), &dir_fd, name.as_str())?;
     rustix::fs::fsync(&dir_fd)?;
     Ok(stats)
-}
-
-fn read_exact<const N: usize>(r: &mut impl Read) -> Result<[u8; N]> {
-    let mut b = [0u8; N];
-    r.read_exact(&mut b).context("the delta ends early")?;
-    Ok(b)
-}
-
-/// What applying a delta did.
-#[derive(Clone, Debug, Serialize)]
-pub struct ApplyResult {
-    /// The commit now complete in the repository.
-    pub to: ObjectId,
-    /// Objects written (all verified against their ids).
-    pub objects: u64,
-}
-
-/// Applies a delta to `repo`, which must hold its FROM commit; checks every object
-/// against its id, then that TO is complete, and only then publishes anything.
-pub fn apply(repo: &Repo, delta: &Path, wait: LockWait<'_>) -> Result<ApplyResult> {
-    apply_to(repo, delta, None, wait)
-}
-
-/// [`apply`], then points `branch` at the delta's target in the same transaction
-/// (`arbor delta apply --branch`).
-pub fn apply_to(
-    repo: &Repo,
-    delta: &Path,
-    branch: Option<&RefName>,
-    wait: LockWait<'_>,
-) -> Result<ApplyResult> {
-    let f = std::fs::File::open(delta).with_context(|| format!("opening {}", delta.display()))?;
-    let size = f.metadata()?.len();
-    let mut r = BufReader::with_capacity(1 << 20, f);
-    let magic: [u8; 12] = read_exact(&mut r)?;
-    ensure!(
-        &magic == MAGIC,
-        "{} is not an arbor delta (version 1)",
-        delta.display()
-    );
-    let from = ObjectId(read_exact(&mut r)?);
-    let to = ObjectId(read_exact(&mut r)?);
-    let count = u64::from_le_bytes(read_exact(&mut r)?);
-    // Each record takes at least 82 bytes: a count beyond that is a lie.
-    ensure!(
-        count <= size / 82,
-        "the delta claims {count} objects in {size} bytes"
-    );
-    if !repo.has_object(&from, ObjectKind::Commit) {
-        bail!("this delta needs commit {from}, which the repository does not have");
-    }
-    let txn = Transaction::begin(repo, wait)?;
-    // The metadata objects written, to check TO's completeness before they are
-    // published (the store cannot read staged objects yet).
-    let mut metas: HashMap<ObjectId, Vec<u8>> = HashMap::new();
-    // Records are read in order and materialized in parallel, a batch at a time:
-    // decompression and patching (bzip2 inside bsdiff) are most of an apply's work.
-    let mut batch: Vec<ReadRecord> = Vec::new();
-    let mut batch_bytes = 0u64;
-    for i in 0..count {
-        let rec = read_record(&mut r, i, size)?;
-        batch_bytes += rec.data.len() as u64 + rec.raw_len;
-        batch.push(rec);
-        if batch_bytes >= BATCH_BYTES || i + 1 == count {
-            let written: Vec<Option<(ObjectId, Vec<u8>)>> = batch
-                .par_drain(..)
-                .map(|rec| materialize(repo, &txn, rec))
-                .collect::<Result<_>>()?;
-            metas.extend(written.into_iter().flatten());
-            batch_bytes = 0;
-        }
-    }
-    let mut tail = [0u8; 1];
-    ensure!(
-        r.read(&mut tail)? == 0,
-        "the delta has bytes after its last record"
-    );
-    check_complete(repo, &txn, &metas, &to)?;
-    crate::failpoint::hit("delta-staged")?;
-    let refs: Vec<_> = branch.iter().map(|b| ((*b).clone(), Some(to))).collect();
-    txn.finish(&refs)?;
-    let _ = dir_sync(repo);
-    Ok(ApplyResult { to, objects: count })
-}
-
-/// Raw and compressed bytes a batch of records holds at most (plus one record).
-const BATCH_BYTES: u64 = 64 << 20;
-
-/// One record of a delta file, read but not yet decoded.
-struct ReadRecord {
-    i: u64,
-    kind: ObjectKind,
-    id: ObjectId,
-    encoding: Encoding,
-    base: Option<ObjectId>,
-    meta: Vec<u8>,
-    raw_len: u64,
-    data: Vec<u8>,
-}
-
-/// Reads record `i` of a delta of `size` bytes, checking every length it declares.
-fn read_record(r: &mut impl Read, i: u64, size: u64) -> Result<ReadRecord> {
-    let kind_byte: [u8; 1] = read_exact(r)?;
-    let kind = match kind_byte[0] {
-        k if k == ObjectKind::File as u8 => ObjectKind::File,
-        k if k == ObjectKind::DirTree as u8 => ObjectKind::DirTree,
-        k if k == ObjectKind::DirMeta as u8 => ObjectKind::DirMeta,
-        k if k == ObjectKind::Commit as u8 => ObjectKind::Commit,
-        k => bail!("record {i}: unknown object kind {k}"),
-    };
-    let id = ObjectId(read_exact(r)?);
-    let enc: [u8; 1] = read_exact(r)?;
-    let encoding = match enc[0] {
-        0 => Encoding::Full,
-        1 => Encoding::Patch,
-        2 => Encoding::Bsdiff,
-        e => bail!("record {i}: unknown encoding {e}"),
-    };
-    let base = match encoding {
-        Encoding::Full => None,
-        _ => Some(ObjectId(read_exact(r)?)),
-    };
-    let meta_len = u32::from_le_bytes(read_exact(r)?);
-    ensure!(
-        meta_len <= MAX_META,
-        "record {i}: metadata of {meta_len} bytes"
-    );
-    let mut meta = vec![0u8; meta_len as usize];
-    r.read_exact(&mut meta).context("the delta ends early")?;
-    let raw_len = u64::from_le_bytes(read_exact(r)?);
-    let data_len = u64::from_le_bytes(read_exact(r)?);
-    ensure!(
-        raw_len <= MAX_OBJECT,
-        "record {i}: an object of {raw_len} bytes"
-    );
-    ensure!(
-        data_len <= size,
-        "record {i}: {data_len} bytes in a {size}-byte delta"
-    );
-    let mut data = vec![0u8; data_len as usize];
-    r.read_exact(&mut data).context("the delta ends early")?;
-    Ok(ReadRecord {
-        i,
-        kind,
-        id,
-        encoding,
-        base,
-        meta,
-        raw_len,
-        data,
-    })
-}
-
-/// Decodes a record against its base and writes the object, verified; returns a
-/// metadata object's id and bytes (for the completeness check).
-fn materialize(
-    repo: &Repo,
-    txn: &Transaction<'_>,
-    rec: ReadRecord,
-) -> Result<Option<(ObjectId, Vec<u8>)>> {
-    let (i, kind, id, raw_len, data) = (rec.i, rec.kind, rec.id, rec.raw_len, &rec.data);
-    let old = match rec.base {
-        Some(b) => {
-            Some(base_bytes(repo, &b, kind).with_context(|| format!("record {i}: its base {b}"))?)
-        }
-        None => None,
-    };
-    let payload = match (rec.encoding, &old) {
-        (Encoding::Bsdiff, Some(old)) => {
-            // Grown as the patch writes, up to the declared size.
-            let start = raw_len.min(64 << 20) as usize;
-            let mut out = Bounded(Vec::with_capacity(start), raw_len as usize);
-            qbsdiff::Bspatch::new(data)
-                .and_then(|p| p.apply(old, &mut out))
-                .with_context(|| format!("record {i} ({kind} {id}): a corrupt patch"))?;
-            ensure!(
-                out.0.len() as u64 == raw_len,
-                "record {i}: the patch gives {} bytes, not {raw_len}",
-                out.0.len()
-            );
-            out.0
-        }
-        _ => decompress(data, raw_len, old.as_deref())
-            .with_context(|| format!("record {i} ({kind} {id})"))?,
-    };
-    Ok(wire::write_verified(txn, kind, &id, &rec.meta, &payload)
-        .with_context(|| format!("record {i}"))?
-        .map(|bytes| (id, bytes)))
-}
-
-/// Checks that every object of commit `to` is stored or staged.
-fn check_complete(
-    repo: &Repo,
-    txn: &Transaction<'_>,
-    metas: &HashMap<ObjectId, Vec<u8>>,
-    to: &ObjectId,
-) -> Result<()> {
-    let bytes = |id: &ObjectId, kind: ObjectKind| -> Result<Vec<u8>> {
-        match metas.get(id) {
-            Some(b) => Ok(b.clone()),
-            None => repo
-                .read_meta_object(id, kind)
-                .map_err(|_| anyhow::anyhow!("the delta leaves commit {to} without {kind} {id}")),
-        }
-    };
-    let c = Commit::decode(&bytes(to, ObjectKind::Commit)?)?;
-    let mut trees = vec![(c.root_tree, c.root_meta)];
-    let mut seen = std::collections::HashSet::new();
-    while let Some((tree, meta)) = trees.pop() {
-        ensure!(
-            txn.is_present(&meta, ObjectKind::DirMeta),
-            "the delta leaves commit {to} without dirmeta {meta}"
-        );
-        if !seen.insert(tree) {
-            continue;
-        }
-        let t = DirTree::decode(&bytes(&tree, ObjectKind::DirTree)?)?;
-        for f in &t.files {
-            ensure!(
-                txn.is_present(&f.file, ObjectKind::File),
-                "the delta leaves commit {to} without file {}",
-                f.file
-            );
-        }
-        trees.extend(t.dirs.iter().map(|d| (d.tree, d.meta)));
-    }
-    Ok(())
-}
-
-fn dir_sync(repo: &Repo) -> Result<()> {
-    rustix::fs::fsync(repo.objects_fd().as_fd())?;
-    Ok(())
 }
