@@ -18,7 +18,14 @@ cargo build --quiet --bin arbor
 seeds=$(mktemp -d)
 target/debug/arbor --repo "$seeds/repo" init >/dev/null
 target/debug/arbor --repo "$seeds/repo" commit man -b seed --subject seed >/dev/null 2>&1
-mkdir -p "$corpus/objects"
+mkdir -p "$corpus/objects" "$corpus/delta"
+# A real delta from that tree (the delta target starts every input from it) to the
+# tree with one page edited and one added.
+cp -r man "$seeds/man2"
+echo "edited" >> "$seeds/man2/arbor.1"
+head -c 4096 /dev/urandom > "$seeds/man2/new-file"
+target/debug/arbor --repo "$seeds/repo" commit "$seeds/man2" -b seed2 --subject seed2 >/dev/null 2>&1
+target/debug/arbor --repo "$seeds/repo" delta create seed seed2 -o "$corpus/delta/real.delta" >/dev/null
 find "$seeds/repo/objects" -type f \( -name '*.dirtree' -o -name '*.commit' -o -name '*.dirmeta' \) \
   -exec cp {} "$corpus/objects/" \;
 

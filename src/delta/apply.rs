@@ -3,7 +3,7 @@
 //! proven whole.
 
 use std::collections::HashMap;
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Read};
 use std::os::fd::AsFd;
 use std::path::Path;
 
@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::format::{self, Bases, Entry};
-use super::{Encoding, MAX_META, MAX_OBJECT, base_bytes, decompress};
+use super::{Encoding, MAX_META, MAX_OBJECT, base_bytes, bsdiff, decompress};
 use crate::lock::LockWait;
 use crate::store::encoding::{Commit, DirTree};
 use crate::store::refs::RefName;
@@ -263,19 +263,9 @@ fn materialize(
     };
     let payload = match (rec.encoding, &old) {
         (Encoding::Bsdiff, Some(old)) => {
-            // Grown as the patch writes, up to the declared size.
-            let start = raw_len.min(64 << 20) as usize;
-            let mut out = Bounded(Vec::with_capacity(start), raw_len as usize);
-            qbsdiff::Bspatch::new(data)
-                .and_then(|p| p.apply(old, &mut out))
-                .with_context(|| format!("{what}: a corrupt patch"))?;
-            ensure!(
-                out.0.len() as u64 == raw_len,
-                "record {i}: the patch gives {} bytes, not {raw_len}",
-                out.0.len()
-            );
-            out.0
+            bsdiff::patch_bsdiff40(old, data, raw_len).context(what)?
         }
+        (Encoding::BsdiffXz, Some(old)) => bsdiff::patch(old, data, raw_len).context(what)?,
         _ => decompress(data, raw_len, old.as_deref()).context(what)?,
     };
     let written = match rec.id {
@@ -328,24 +318,4 @@ fn check_complete(
 fn dir_sync(repo: &Repo) -> Result<()> {
     rustix::fs::fsync(repo.objects_fd().as_fd())?;
     Ok(())
-}
-
-/// A writer that refuses to grow past a limit: a hostile patch cannot make apply
-/// allocate more than the object's declared size.
-struct Bounded(Vec<u8>, usize);
-
-impl Write for Bounded {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        if self.0.len() + b.len() > self.1 {
-            return Err(std::io::Error::other(
-                "the patch makes a larger object than declared",
-            ));
-        }
-        self.0.extend_from_slice(b);
-        Ok(b.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }

@@ -115,25 +115,24 @@ pub(super) fn encode_index(entries: &[Entry]) -> Vec<u8> {
     out
 }
 
-/// A cursor over untrusted index bytes.
-struct Cursor<'a>(&'a [u8]);
+/// A cursor over untrusted bytes (an index, a patch's lengths).
+pub(super) struct Cursor<'a>(pub &'a [u8]);
 
 impl Cursor<'_> {
-    fn byte(&mut self) -> Result<u8> {
-        let (b, rest) = self.0.split_first().context("the index ends early")?;
+    pub fn byte(&mut self) -> Result<u8> {
+        let (b, rest) = self.0.split_first().context("ends early")?;
         self.0 = rest;
         Ok(*b)
     }
 
-    fn num(&mut self) -> Result<u64> {
-        let (n, used) =
-            u64::decode_var(self.0).context("the index ends early or holds a bad number")?;
+    pub fn num(&mut self) -> Result<u64> {
+        let (n, used) = u64::decode_var(self.0).context("ends early or holds a bad number")?;
         self.0 = &self.0[used..];
         Ok(n)
     }
 
-    fn take(&mut self, n: u64) -> Result<&[u8]> {
-        ensure!(n <= self.0.len() as u64, "the index ends early");
+    pub fn take(&mut self, n: u64) -> Result<&[u8]> {
+        ensure!(n <= self.0.len() as u64, "ends early");
         let (a, rest) = self.0.split_at(n as usize);
         self.0 = rest;
         Ok(a)
