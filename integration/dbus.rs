@@ -815,3 +815,83 @@ fn root_failed_transactions_name_their_case() {
     assert_eq!(bus.wait(&p), (true, String::new()));
     assert_eq!(name(&p), "");
 }
+
+/// A panel on GLib (Gio through Python's `gi`) registers with RegisterClient: the
+/// daemon then outlives its idle limit; it exits once the panel unregisters, and
+/// again once a registered panel leaves the bus without a word.
+#[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+fn root_a_registered_client_keeps_the_daemon_until_it_leaves() {
+    use std::io::{BufRead, BufReader, Write};
+    require_root!();
+    let (bus, _s, _t) = two_versions_on_a_bus(2);
+    let script = format!(
+        "import sys\n\
+         import gi\n\
+         gi.require_version('Gio', '2.0')\n\
+         from gi.repository import Gio, GLib\n\
+         flags = Gio.DBusConnectionFlags.AUTHENTICATION_CLIENT | \
+           Gio.DBusConnectionFlags.MESSAGE_BUS_CONNECTION\n\
+         bus = Gio.DBusConnection.new_for_address_sync('{}', flags, None, None)\n\
+         def call(method, options):\n\
+         \x20   try:\n\
+         \x20       bus.call_sync('org.arbor.Arbor1', '{ROOT}', '{SYSROOT}', method,\n\
+         \x20           GLib.Variant('(a{{sv}})', (options,)), None, Gio.DBusCallFlags.NONE,\n\
+         \x20           60000, None)\n\
+         \x20       print(method, 'ok', flush=True)\n\
+         \x20   except GLib.Error as e:\n\
+         \x20       print(method, 'error', Gio.DBusError.get_remote_error(e), flush=True)\n\
+         for line in sys.stdin:\n\
+         \x20   if line.strip() == 'register':\n\
+         \x20       call('RegisterClient', {{'id': GLib.Variant('s', 'test panel')}})\n\
+         \x20   else:\n\
+         \x20       call('UnregisterClient', {{}})\n",
+        bus.address
+    );
+    let mut panel = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut to_panel = panel.stdin.take().unwrap();
+    let mut from_panel = BufReader::new(panel.stdout.take().unwrap());
+    let mut ask = |what: &str| {
+        writeln!(to_panel, "{what}").unwrap();
+        let mut line = String::new();
+        from_panel.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    };
+    let exits_within = |secs: u64| {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while bus.daemon_running() {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        true
+    };
+    assert_eq!(ask("register"), "RegisterClient ok");
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(bus.daemon_running(), "exited under a registered client");
+    assert_eq!(ask("unregister"), "UnregisterClient ok");
+    assert!(
+        exits_within(15),
+        "never exited once the client unregistered"
+    );
+    // Unregistering twice is an error (from a daemon the call activates).
+    assert_eq!(
+        ask("unregister"),
+        "UnregisterClient error org.freedesktop.DBus.Error.InvalidArgs"
+    );
+    assert_eq!(ask("register"), "RegisterClient ok");
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(bus.daemon_running(), "exited under a registered client");
+    panel.kill().unwrap();
+    panel.wait().unwrap();
+    assert!(
+        exits_within(15),
+        "never exited once the client left the bus"
+    );
+}

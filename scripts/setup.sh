@@ -9,8 +9,9 @@ PACKAGES=(
   gcc pkg-config libostree-dev libglib2.0-dev libfuse3-dev
   # tests and benchmarks: real tools users have
   ostree fuse3 attr libcap2-bin util-linux debootstrap zstd hyperfine findutils grub-common
-  # the D-Bus daemon's tests: a private dbus-daemon, busctl (systemd), gdbus, polkitd, dbus-python
-  dbus-daemon systemd libglib2.0-bin polkitd python3-dbus
+  # the D-Bus daemon's tests: a private dbus-daemon, busctl (systemd), gdbus, polkitd,
+  # dbus-python, and GLib (Gio) through Python's gi
+  dbus-daemon systemd libglib2.0-bin polkitd python3-dbus python3-gi gir1.2-glib-2.0
   # packages: composing trees from a package set, building test .debs
   mmdebstrap
   # remote updates: a real web server serving published repositories

@@ -13,6 +13,7 @@
 //! when idle and be started again by D-Bus activation at the next call.
 
 mod auth;
+mod clients;
 mod error;
 mod options;
 mod sysroot_iface;
@@ -67,6 +68,8 @@ pub(crate) struct Shared {
     finished: Mutex<std::collections::VecDeque<String>>,
     next_transaction: AtomicU64,
     last_activity: Mutex<Instant>,
+    /// Clients that keep the daemon from exiting on idle.
+    clients: clients::Clients,
 }
 
 impl Shared {
@@ -76,7 +79,7 @@ impl Shared {
     }
 
     fn idle_for(&self) -> Option<Duration> {
-        if self.active.lock().unwrap().is_some() {
+        if self.active.lock().unwrap().is_some() || self.clients.any() {
             return None;
         }
         Some(self.last_activity.lock().unwrap().elapsed())
@@ -113,6 +116,7 @@ fn shared(opts: &DaemonOptions) -> Result<Arc<Shared>> {
         finished: Mutex::new(std::collections::VecDeque::new()),
         next_transaction: AtomicU64::new(1),
         last_activity: Mutex::new(Instant::now()),
+        clients: clients::Clients::default(),
     }))
 }
 
@@ -167,6 +171,7 @@ pub fn run(opts: &DaemonOptions) -> Result<()> {
             seen = now;
             announce_changes(&shared);
         }
+        shared.clients.forget_departed(&conn);
         if let (Some(limit), Some(idle)) = (opts.idle_exit, shared.idle_for())
             && idle >= limit
         {

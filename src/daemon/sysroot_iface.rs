@@ -436,6 +436,43 @@ impl SysrootIface {
         self.begin(&hdr, conn, server, what, job).await
     }
 
+    /// Keeps the daemon running while the caller is on the bus: a panel that shows the
+    /// state and follows progress registers, and the daemon does not exit on idle
+    /// until it unregisters or leaves the bus. Any caller may; options: "id" (s), a
+    /// name for the logs.
+    async fn register_client(
+        &self,
+        options: HashMap<String, OwnedValue>,
+        #[zbus(header)] hdr: Header<'_>,
+    ) -> Result<(), DaemonError> {
+        let o = Options::parse(options, &["id"])?;
+        self.shared.touch();
+        let sender = client_name(&hdr)?;
+        self.shared.clients.register(&sender)?;
+        let id = o.string("id")?.unwrap_or_default();
+        tracing::info!(client = %sender, id = %id, "client registered");
+        Ok(())
+    }
+
+    /// Undoes RegisterClient: the daemon may exit on idle again once no client is
+    /// registered. Options: none.
+    async fn unregister_client(
+        &self,
+        options: HashMap<String, OwnedValue>,
+        #[zbus(header)] hdr: Header<'_>,
+    ) -> Result<(), DaemonError> {
+        Options::parse(options, &[])?;
+        self.shared.touch();
+        let sender = client_name(&hdr)?;
+        if !self.shared.clients.unregister(&sender) {
+            return Err(DaemonError::InvalidArgs(format!(
+                "{sender} is not a registered client"
+            )));
+        }
+        tracing::info!(client = %sender, "client unregistered");
+        Ok(())
+    }
+
     /// Cancels the running transaction (see the transaction's own Cancel).
     async fn cancel(
         &self,
@@ -552,4 +589,11 @@ impl SysrootIface {
             .map(values::history)
             .unwrap_or_default())
     }
+}
+
+/// The caller's unique bus name, which registration is kept under.
+fn client_name(hdr: &Header<'_>) -> Result<String, DaemonError> {
+    hdr.sender().map(|s| s.to_string()).ok_or_else(|| {
+        DaemonError::InvalidArgs("registering needs a bus: the call has no sender".into())
+    })
 }
