@@ -895,3 +895,75 @@ fn root_a_registered_client_keeps_the_daemon_until_it_leaves() {
         "never exited once the client left the bus"
     );
 }
+
+/// The automatic-update policy as a panel sees it: read as a property, changed with
+/// gdbus (GLib) into the file `arbor auto-update` reads, refused whole when a name or
+/// value is wrong (the file untouched), and refused to a caller polkit does not allow.
+#[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+fn root_the_automatic_update_policy_is_read_and_changed_over_dbus() {
+    require_root!();
+    let t = scratch();
+    let root = two_versions(t.path());
+    let config = t.path().join("etc/arbor/arbor.toml");
+    let bus = Bus::launch_env(&root, 0, None, &[("ARBOR_CONFIG", s(&config))]);
+    let policy = || bus.property(ROOT, SYSROOT, "AutomaticUpdatePolicy");
+    let p = policy();
+    assert_eq!(p["auto_install"]["data"], false, "{p}");
+    assert_eq!(p["preferred_time"]["data"], "03:00", "{p}");
+    let set = |arg: &str| {
+        bus.gdbus(&[
+            "call",
+            "--dest",
+            "org.arbor.Arbor1",
+            "--object-path",
+            ROOT,
+            "--method",
+            "org.arbor.Arbor1.Sysroot.SetAutomaticUpdatePolicy",
+            arg,
+        ])
+    };
+    let out = set("{'auto_install': <true>, 'preferred_time': <'04:30'>}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = policy();
+    assert_eq!(p["auto_install"]["data"], true, "{p}");
+    assert_eq!(p["preferred_time"]["data"], "04:30", "{p}");
+    let saved = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        saved.contains("auto_install = true") && saved.contains("preferred_time = \"04:30\""),
+        "{saved}"
+    );
+    // What the timer's command reads is what the panel wrote.
+    let loaded = arbor::update::policy::Policy::load(Some(&config)).unwrap();
+    assert!(loaded.auto_install && loaded.preferred_time == "04:30");
+    for (arg, named) in [
+        (
+            "{'preferred_time': <'25:00'>, 'auto_install': <false>}",
+            "preferred_time",
+        ),
+        ("{'auto_instal': <false>}", "auto_instal"),
+        ("{'auto_install': <'no'>}", "auto_install"),
+        ("{'channel': <'../etc'>}", "channel"),
+    ] {
+        let out = set(arg);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && err.contains("org.freedesktop.DBus.Error.InvalidArgs")
+                && err.contains(named),
+            "{arg}: {err}"
+        );
+        assert_eq!(std::fs::read_to_string(&config).unwrap(), saved, "{arg}");
+    }
+    let out = bus.gdbus_call_as_nobody("SetAutomaticUpdatePolicy", &["{'auto_install': <false>}"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("org.freedesktop.DBus.Error.AccessDenied"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), saved);
+}

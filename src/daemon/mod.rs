@@ -16,6 +16,7 @@ mod auth;
 mod clients;
 mod error;
 mod options;
+mod policy;
 mod sysroot_iface;
 mod transaction;
 mod values;
@@ -106,6 +107,8 @@ fn shared(opts: &DaemonOptions) -> Result<Arc<Shared>> {
         opened.path().join("arbor/lock"),
         opened.boot_dir().join("loader"),
         entries.kernels_root().join("loader/entries"),
+        // An edit of the policy file by hand is announced too.
+        crate::update::policy::Policy::location(None),
     ];
     Ok(Arc::new(Shared {
         sysroot: opts.sysroot.clone(),
@@ -202,7 +205,8 @@ pub(crate) fn announce_changes(shared: &Shared) {
         i.staged_deployment_changed(e).await?;
         i.update_state_changed(e).await?;
         i.active_transaction_changed(e).await?;
-        i.last_transaction_changed(e).await
+        i.last_transaction_changed(e).await?;
+        i.automatic_update_policy_changed(e).await
     });
     if let Err(e) = r {
         tracing::warn!("announcing changes: {e}");

@@ -7,14 +7,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use zbus::message::Header;
-use zbus::object_server::ObjectServer;
+use zbus::object_server::{ObjectServer, SignalEmitter};
 use zbus::zvariant::{OwnedObjectPath, OwnedValue};
 use zbus::{fdo, interface};
 
 use super::options::{self, Options};
 use super::transaction::{self, Job};
 use super::values::{self, Dict};
-use super::{DaemonError, Shared, auth};
+use super::{DaemonError, Shared, auth, policy};
 use crate::live::{self, apply::ApplyOptions};
 use crate::ops::{DeployRequest, Request, UpgradeRequest};
 use crate::packages::layer::LayerEdit;
@@ -473,6 +473,23 @@ impl SysrootIface {
         Ok(())
     }
 
+    /// Changes the automatic-update policy (any of the names AutomaticUpdatePolicy
+    /// shows) and saves it where `arbor auto-update` reads it. Needs
+    /// org.arbor.Arbor1.set-policy; a wrong name or value changes nothing.
+    async fn set_automatic_update_policy(
+        &self,
+        changes: HashMap<String, OwnedValue>,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+    ) -> Result<(), DaemonError> {
+        self.shared.touch();
+        auth::authorize(conn, &hdr, "org.arbor.Arbor1.set-policy").await?;
+        policy::set(changes)?;
+        self.automatic_update_policy_changed(&emitter).await?;
+        Ok(())
+    }
+
     /// Cancels the running transaction (see the transaction's own Cancel).
     async fn cancel(
         &self,
@@ -489,6 +506,14 @@ impl SysrootIface {
         })?;
         a.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The automatic-update policy (docs/dbus.md): check_interval, auto_download,
+    /// auto_install, critical_install, notify_available, preferred_time, channel.
+    #[zbus(property)]
+    fn automatic_update_policy(&self) -> fdo::Result<Dict> {
+        self.shared.touch();
+        policy::read()
     }
 
     /// The sysroot's path.

@@ -19,11 +19,12 @@ use liblzma::stream::{Check, Filters, LzmaOptions, Stream};
 use super::MAX_OBJECT;
 use super::format::Cursor;
 
-/// The most memory an xz stream of a delta may ask for to be decoded. The encoder sizes
-/// its dictionary to the stream, and no stream is larger than an object.
-const XZ_MEMLIMIT: u64 = 256 << 20;
-/// The largest dictionary the encoder uses.
+/// The largest dictionary the encoder uses (it sizes it to the stream).
 const XZ_MAX_DICT: u64 = 64 << 20;
+/// The most memory an xz stream of a delta may ask for to be decoded: the largest
+/// dictionary arbor writes, and room for the decoder's own state. A hostile stream
+/// asking for more is refused, on each of the threads that decode a batch.
+const XZ_MEMLIMIT: u64 = XZ_MAX_DICT + (16 << 20);
 
 /// The bsdiff of `old` → `new`, its streams compressed with xz.
 pub(super) fn diff(old: &[u8], new: &[u8]) -> Result<Vec<u8>> {

@@ -3,8 +3,10 @@
 //!
 //! A delta carries every object TO reaches and FROM does not. A regular file that
 //! replaces a file at the same path in FROM is compressed with zstd against the old
-//! content, used as a prefix, which is zstd's "patch from" mode. Everything else is
-//! compressed on its own, and each object gets whichever encoding is smaller.
+//! content, used as a prefix, which is zstd's "patch from" mode; a large executable is
+//! diffed with bsdiff instead ([`bsdiff`]). Everything else is compressed on its own,
+//! and each object gets whichever encoding is smaller. The file's layout is
+//! [`format`]'s.
 //! Applying a delta hashes every object as it is written, then checks that TO is
 //! complete. A delta from outside is hostile: every length is bounded, and nothing is
 //! trusted that a hash does not confirm.

@@ -11,7 +11,7 @@
 //! channel = "stable"        # the channel `arbor rebase` uses when none is named
 //! ```
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, ensure};
 use serde::{Deserialize, Serialize};
@@ -54,13 +54,17 @@ impl Default for Policy {
 }
 
 impl Policy {
+    /// The policy file: `path`, else `$ARBOR_CONFIG`, else [`CONFIG_PATH`].
+    pub fn location(path: Option<&Path>) -> PathBuf {
+        let env = std::env::var_os("ARBOR_CONFIG");
+        path.map(Path::to_path_buf)
+            .or(env.map(Into::into))
+            .unwrap_or_else(|| CONFIG_PATH.into())
+    }
+
     /// Reads the policy file (defaults when it does not exist) and checks its values.
     pub fn load(path: Option<&Path>) -> Result<Policy> {
-        let env = std::env::var_os("ARBOR_CONFIG");
-        let path = path
-            .map(Path::to_path_buf)
-            .or(env.map(Into::into))
-            .unwrap_or_else(|| CONFIG_PATH.into());
+        let path = Policy::location(path);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Policy::default()),
@@ -69,6 +73,31 @@ impl Policy {
         let p: Policy = toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
         p.check().with_context(|| format!("{}", path.display()))?;
         Ok(p)
+    }
+
+    /// This policy with `changes` applied (names and values as in the file), checked:
+    /// an unknown name, a value of the wrong type or a bad value is an error that
+    /// names it. What a settings panel sends (`SetAutomaticUpdatePolicy`).
+    pub fn with_changes(&self, changes: toml::Table) -> Result<Policy> {
+        let mut table = toml::Table::try_from(self).context("the current policy")?;
+        table.extend(changes);
+        let p: Policy = table.try_into()?;
+        p.check()?;
+        Ok(p)
+    }
+
+    /// Writes the policy file durably (aside, synced, renamed): a crash leaves the old
+    /// file or the new one. The file is written whole, so comments in it are not kept.
+    pub fn save(&self, path: Option<&Path>) -> Result<()> {
+        let path = Policy::location(path);
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let text = format!(
+            "# arbor's update policies (docs/remote.md), last written through arbord.\n{}",
+            toml::to_string(self).context("encoding the policy")?
+        );
+        crate::fsutil::write_file_atomic(&path, text.as_bytes(), 0o644)
+            .with_context(|| format!("writing {}", path.display()))
     }
 
     fn check(&self) -> Result<()> {
@@ -129,5 +158,34 @@ mod tests {
         assert!(format!("{:#}", Policy::load(Some(&p)).unwrap_err()).contains("preferred_time"));
         std::fs::write(&p, "auto_instal = true\n").unwrap();
         assert!(format!("{:#}", Policy::load(Some(&p)).unwrap_err()).contains("auto_instal"));
+    }
+
+    #[test]
+    fn changes_are_checked_then_saved_whole() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("etc/arbor/arbor.toml");
+        let change = |k: &str, v: toml::Value| toml::Table::from_iter([(k.to_string(), v)]);
+        let pol = Policy::default()
+            .with_changes(change("auto_install", true.into()))
+            .unwrap()
+            .with_changes(change("preferred_time", "04:30".into()))
+            .unwrap();
+        assert!(pol.auto_install && pol.preferred_time == "04:30");
+        pol.save(Some(&p)).unwrap();
+        assert_eq!(Policy::load(Some(&p)).unwrap(), pol);
+        for (k, v, named) in [
+            (
+                "preferred_time",
+                toml::Value::from("25:00"),
+                "preferred_time",
+            ),
+            ("auto_instal", true.into(), "auto_instal"),
+            ("auto_install", "yes".into(), "auto_install"),
+            ("check_interval", "often".into(), "check_interval"),
+            ("channel", "../x".into(), "channel"),
+        ] {
+            let e = pol.with_changes(change(k, v)).unwrap_err();
+            assert!(format!("{e:#}").contains(named), "{k}: {e:#}");
+        }
     }
 }
