@@ -6,8 +6,9 @@
 //! leaves a stale lock; the text left behind by a dead holder is simply overwritten.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, Read, Seek};
 use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{self as rfs, FlockOperation, Mode, OFlags};
@@ -51,12 +52,15 @@ impl WriterLock {
             if e != rustix::io::Errno::WOULDBLOCK {
                 return Err(LockError::Io(path, e.into()));
             }
-            let holder = read_holder(&mut file);
-            match wait {
-                LockWait::NoWait => {
+            let holder =
+                wait_for_holder(&mut file).map_err(|e| LockError::Io(path.clone(), e.into()))?;
+            match (holder, wait) {
+                // Let go while we waited for its name: ours now.
+                (None, _) => {}
+                (Some(holder), LockWait::NoWait) => {
                     return Err(LockError::Held(StoreError::LockHeld { path, holder }));
                 }
-                LockWait::Wait(notify) => {
+                (Some(holder), LockWait::Wait(notify)) => {
                     notify(&holder);
                     rfs::flock(file.as_fd(), FlockOperation::LockExclusive)
                         .map_err(|e| LockError::Io(path.clone(), e.into()))?;
@@ -65,7 +69,10 @@ impl WriterLock {
         }
         let me = describe_self();
         // Best effort: the description only serves messages, the flock is the lock.
-        let _ = file.set_len(0).and_then(|_| file.write_all(me.as_bytes()));
+        // Written before the old length is cut, so the file is never empty while held.
+        let _ = file
+            .write_all_at(me.as_bytes(), 0)
+            .and_then(|_| file.set_len(me.len() as u64));
         Ok(WriterLock { file, path })
     }
 
@@ -92,17 +99,37 @@ pub enum LockError {
     Io(PathBuf, io::Error),
 }
 
+/// How long a contender gives a holder to say who it is: the lock file is empty for a
+/// moment after a holder takes the lock and as it lets go.
+const HOLDER_GRACE: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Who holds the lock, as it describes itself; `None` if the lock was let go, and
+/// taken by us, while we waited for the description.
+fn wait_for_holder(file: &mut File) -> Result<Option<String>, rustix::io::Errno> {
+    let start = std::time::Instant::now();
+    loop {
+        let holder = read_holder(file);
+        if !holder.is_empty() {
+            return Ok(Some(holder));
+        }
+        if start.elapsed() >= HOLDER_GRACE {
+            return Ok(Some("another process (it has not said which yet)".into()));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        match rfs::flock(file.as_fd(), FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(None),
+            Err(rustix::io::Errno::WOULDBLOCK) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn read_holder(file: &mut File) -> String {
     let mut s = String::new();
     let _ = file
         .rewind()
         .and_then(|_| file.take(4096).read_to_string(&mut s));
-    let s = s.trim();
-    if s.is_empty() {
-        "another process (it has not said which yet)".into()
-    } else {
-        s.to_string()
-    }
+    s.trim().to_string()
 }
 
 fn describe_self() -> String {
@@ -138,5 +165,35 @@ mod tests {
         );
         drop(held);
         WriterLock::acquire(d.as_fd(), t.path(), "lock", LockWait::NoWait).unwrap();
+    }
+
+    /// The moments the lock file is empty while held (just taken, letting go): a
+    /// contender waits for the description, or takes the lock once it is free.
+    #[test]
+    fn a_holder_that_has_not_said_who_it_is_yet_is_waited_for() {
+        let t = tempfile::tempdir().unwrap();
+        let d = open_dir(t.path()).unwrap();
+        let acquire = || WriterLock::acquire(d.as_fd(), t.path(), "lock", LockWait::NoWait);
+        let held = acquire().unwrap();
+        held.file.set_len(0).unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                held.file.write_all_at(b"pid 7 ('late')", 0).unwrap();
+            });
+            let msg = acquire().unwrap_err().to_string();
+            assert!(msg.contains("pid 7 ('late')"), "{msg}");
+        });
+        held.file.set_len(0).unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                drop(held);
+            });
+            let mine = acquire().expect("taken once let go");
+            let text = std::fs::read_to_string(t.path().join("lock")).unwrap();
+            assert!(text.contains(&format!("pid {}", std::process::id())));
+            drop(mine);
+        });
     }
 }

@@ -97,7 +97,7 @@ pub fn apply_to(
     // published (the store cannot read staged objects yet).
     let mut metas: HashMap<ObjectId, Vec<u8>> = HashMap::new();
     // Records are read in order and materialized in parallel, a batch at a time:
-    // decompression and patching (bzip2 inside bsdiff) are most of an apply's work.
+    // decompression and patching (xz or bzip2 inside bsdiff) are most of an apply's work.
     let mut batch: Vec<ReadRecord> = Vec::new();
     let mut batch_bytes = 0u64;
     for i in 0..count {
