@@ -197,13 +197,8 @@ struct ReadRecord {
 /// declares.
 fn read_record(r: &mut impl Read, i: u64, size: u64) -> Result<ReadRecord> {
     let kind_byte: [u8; 1] = read_exact(r)?;
-    let kind = match kind_byte[0] {
-        k if k == ObjectKind::File as u8 => ObjectKind::File,
-        k if k == ObjectKind::DirTree as u8 => ObjectKind::DirTree,
-        k if k == ObjectKind::DirMeta as u8 => ObjectKind::DirMeta,
-        k if k == ObjectKind::Commit as u8 => ObjectKind::Commit,
-        k => bail!("record {i}: unknown object kind {k}"),
-    };
+    let kind = ObjectKind::from_byte(kind_byte[0])
+        .with_context(|| format!("record {i}: unknown object kind {}", kind_byte[0]))?;
     let id = ObjectId(read_exact(r)?);
     let enc: [u8; 1] = read_exact(r)?;
     let encoding = Encoding::from_byte(enc[0]).with_context(|| format!("record {i}"))?;

@@ -152,13 +152,9 @@ pub(super) fn decode_index(bytes: &[u8], data_bytes: u64) -> Result<Vec<Entry>> 
     let mut entries = Vec::with_capacity(count as usize);
     let mut total = 0u64;
     for i in 0..count {
-        let kind = match c.byte()? {
-            k if k == ObjectKind::File as u8 => ObjectKind::File,
-            k if k == ObjectKind::DirTree as u8 => ObjectKind::DirTree,
-            k if k == ObjectKind::DirMeta as u8 => ObjectKind::DirMeta,
-            k if k == ObjectKind::Commit as u8 => ObjectKind::Commit,
-            k => bail!("record {i}: unknown object kind {k}"),
-        };
+        let k = c.byte()?;
+        let kind = ObjectKind::from_byte(k)
+            .with_context(|| format!("record {i}: unknown object kind {k}"))?;
         let encoding = Encoding::from_byte(c.byte()?).with_context(|| format!("record {i}"))?;
         let base = match encoding {
             Encoding::Full => None,

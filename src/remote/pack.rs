@@ -28,13 +28,7 @@ const RECORD: usize = 1 + 32 + 8 + 8;
 
 /// The kinds by their byte on the wire (the order of [`ObjectKind`]).
 pub fn kind_from_byte(b: u8) -> Result<ObjectKind> {
-    Ok(match b {
-        k if k == ObjectKind::File as u8 => ObjectKind::File,
-        k if k == ObjectKind::DirTree as u8 => ObjectKind::DirTree,
-        k if k == ObjectKind::DirMeta as u8 => ObjectKind::DirMeta,
-        k if k == ObjectKind::Commit as u8 => ObjectKind::Commit,
-        k => bail!("unknown object kind {k}"),
-    })
+    ObjectKind::from_byte(b).with_context(|| format!("unknown object kind {b}"))
 }
 
 /// Packs a stored object for publishing; returns the bytes and the payload's length.

@@ -126,6 +126,12 @@ impl ObjectKind {
         }
     }
 
+    /// The kind whose byte on the wire (its place in this enum) is `b`: packed
+    /// objects and deltas name kinds this way.
+    pub fn from_byte(b: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| *k as u8 == b)
+    }
+
     /// Inverse of [`ObjectKind::extension`].
     pub fn from_extension(ext: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.extension() == ext)
