@@ -39,3 +39,44 @@ scaled_tree() {
       xargs -0 perl -e 'for (@ARGV) { open(F, ">>", $_) or die "$_: $!"; print F "'"$i"'"; close F }'
   done
 }
+
+# bus_and_daemon SYSROOT: a private dbus-daemon (the system bus's default-deny policy
+# with our policy file) in $W, and a release arbord on it serving SYSROOT, never
+# exiting on idle. Sets ADDR (the bus address) and D (arbord's pid); appends both pids
+# to the caller's array `pids` (for its cleanup). Needs $ARBORD.
+bus_and_daemon() {
+  cat > "$W/bus.conf" <<CONF
+<busconfig>
+  <listen>unix:path=$W/bus.sock</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+  </policy>
+  <include>$PWD/dbus/org.arbor.Arbor1.conf</include>
+</busconfig>
+CONF
+  dbus-daemon --config-file="$W/bus.conf" --nofork 2>/dev/null & pids+=($!)
+  ADDR=unix:path=$W/bus.sock
+  for _ in $(seq 100); do [[ -S $W/bus.sock ]] && break; sleep 0.05; done
+  ARBOR_LOG=warn "$ARBORD" --sysroot "$1" --bus-address "$ADDR" --idle-exit 0 & pids+=($!)
+  D=$!
+  for _ in $(seq 100); do
+    busctl --address="$ADDR" status org.arbor.Arbor1 >/dev/null 2>&1 && break; sleep 0.05
+  done
+}
+
+# rss KEY: a line of arbord's /proc status (VmRSS, VmHWM) in KB.
+rss() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$D/status"; }
+
+# mb KB: kilobytes as megabytes with one decimal.
+mb() { awk -v k="$1" 'BEGIN { printf "%.1f MB", k / 1024 }'; }

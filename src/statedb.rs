@@ -17,7 +17,7 @@ pub use inode_cache::{Cached, InodeCache, InodeEntry, InodeRows};
 
 /// One installed package, as the state database keeps package lists (defined here,
 /// below the package code, so the store layer imports nothing above it).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 pub struct Package {
     /// Its name.
     pub name: String,

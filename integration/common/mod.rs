@@ -6,6 +6,7 @@ pub mod bus;
 pub mod hostile_http;
 pub mod live;
 pub mod nginx;
+pub mod panel;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::symlink;

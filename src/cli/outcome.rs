@@ -5,6 +5,7 @@ use anyhow::Result;
 use super::output::{human_bytes, json, utc};
 use super::{Cli, OutputArgs, run_op};
 use crate::ops::{Outcome, Request, UpgradeOutcome};
+use crate::packages::dpkg::PackageDiff;
 use crate::sysroot::Sysroot;
 use crate::sysroot::deploy::DeployResult;
 use crate::sysroot::status::{Role, StatusRow};
@@ -124,6 +125,9 @@ pub fn print_update(r: &UpdateResult, action: Action, dry_run: bool) {
         v.commit.short(),
         if v.critical { " critical" } else { "" }
     );
+    if let Some(d) = &r.packages {
+        print_package_diff(d);
+    }
     if let Some(p) = &r.plan {
         if p.present {
             println!("already in the repository: nothing to download");
@@ -160,6 +164,25 @@ pub fn print_update(r: &UpdateResult, action: Action, dry_run: bool) {
         (_, Some(d)) => println!("staged {d}: it runs after the next reboot"),
         (Action::Download, _) => println!("downloaded; 'arbor upgrade' stages it"),
         _ => {}
+    }
+}
+
+/// Prints package changes one per line, as `arbor db diff` does.
+pub fn print_package_diff(d: &PackageDiff) {
+    for c in &d.upgraded {
+        println!("upgraded   {}:{} {} -> {}", c.name, c.arch, c.from, c.to);
+    }
+    for c in &d.downgraded {
+        println!("downgraded {}:{} {} -> {}", c.name, c.arch, c.from, c.to);
+    }
+    for p in &d.removed {
+        println!("removed    {} {}", p.key(), p.version);
+    }
+    for p in &d.added {
+        println!("added      {} {}", p.key(), p.version);
+    }
+    if *d == PackageDiff::default() {
+        println!("no package changes");
     }
 }
 

@@ -265,21 +265,7 @@ pub fn run_db(cli: &Cli, cmd: &DbCommand) -> Result<i32> {
             if a.output.json {
                 return json(&d).map(|_| 0);
             }
-            for c in &d.upgraded {
-                println!("upgraded   {}:{} {} -> {}", c.name, c.arch, c.from, c.to);
-            }
-            for c in &d.downgraded {
-                println!("downgraded {}:{} {} -> {}", c.name, c.arch, c.from, c.to);
-            }
-            for p in &d.removed {
-                println!("removed    {} {}", p.key(), p.version);
-            }
-            for p in &d.added {
-                println!("added      {} {}", p.key(), p.version);
-            }
-            if d == dpkg::PackageDiff::default() {
-                println!("no package changes");
-            }
+            super::outcome::print_package_diff(&d);
         }
     }
     Ok(0)

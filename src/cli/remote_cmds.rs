@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 
 use super::output::{PrintSteps, human_bytes, json, utc};
 use super::{Cli, OutputArgs, lock_wait};
-use crate::progress::Observer;
+use crate::progress::{Download, Observer};
 use crate::publish::{self, AddOptions, Expiry, Publisher, parse_duration};
 use crate::remote::Remote;
 use crate::statedb::StateDb;
@@ -334,11 +334,11 @@ impl Observer for Term {
     fn message(&self, text: &str) {
         self.steps.message(text)
     }
-    fn download(&self, done: u64, total: u64) {
+    fn download(&self, d: &Download) {
         if let Some(b) = &self.bar {
-            b.set_length(total);
-            b.set_position(done);
-            if done >= total {
+            b.set_length(d.bytes_total);
+            b.set_position(d.bytes_done);
+            if d.bytes_done >= d.bytes_total {
                 b.finish_and_clear();
             }
         }

@@ -17,6 +17,7 @@ mod clients;
 mod error;
 mod options;
 mod policy;
+mod snapshot;
 mod sysroot_iface;
 mod transaction;
 mod values;
@@ -165,11 +166,11 @@ pub fn run(opts: &DaemonOptions) -> Result<()> {
     conn.request_name(BUS_NAME)
         .with_context(|| format!("taking the name {BUS_NAME} on {bus}"))?;
     tracing::info!(sysroot = %opts.sysroot.display(), "serving {BUS_NAME}");
-    let mut seen = sysroot_iface::Fingerprint::read(&shared.watched);
+    let mut seen = snapshot::Fingerprint::read(&shared.watched);
     loop {
         std::thread::sleep(Duration::from_millis(500));
         // State changed by someone else (the CLI, a boot service): tell the watchers.
-        let now = sysroot_iface::Fingerprint::read(&shared.watched);
+        let now = snapshot::Fingerprint::read(&shared.watched);
         if now != seen {
             seen = now;
             announce_changes(&shared);
@@ -206,6 +207,8 @@ pub(crate) fn announce_changes(shared: &Shared) {
         i.update_state_changed(e).await?;
         i.active_transaction_changed(e).await?;
         i.last_transaction_changed(e).await?;
+        i.update_status_changed(e).await?;
+        i.available_update_changed(e).await?;
         i.automatic_update_policy_changed(e).await
     });
     if let Err(e) = r {

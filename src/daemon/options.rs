@@ -10,6 +10,10 @@ use zbus::zvariant::{Fd, OwnedValue};
 use super::DaemonError;
 use crate::live::{UsrOverlayRequest, overlay};
 
+/// Options every method that starts a transaction takes: "wait-for-start" (b), the
+/// work waits for the caller's Start on the transaction object (docs/dbus.md).
+pub const TRANSACTION_OPTIONS: &[&str] = &["wait-for-start"];
+
 /// A method's `a{sv}` options, checked against the keys it knows.
 pub struct Options(HashMap<String, OwnedValue>);
 
@@ -27,6 +31,16 @@ impl Options {
             )));
         }
         Ok(Options(map))
+    }
+
+    /// Takes a transaction method's options: `known` and the options every
+    /// transaction takes ([`TRANSACTION_OPTIONS`]).
+    pub fn for_transaction(
+        map: HashMap<String, OwnedValue>,
+        known: &[&str],
+    ) -> Result<Self, DaemonError> {
+        let all: Vec<&str> = known.iter().chain(TRANSACTION_OPTIONS).copied().collect();
+        Self::parse(map, &all)
     }
 
     /// The value of `key` as a `T`, if given; `want` names the type for the error.

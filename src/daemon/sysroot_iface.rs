@@ -2,8 +2,6 @@
 //! as properties, and the methods that start transactions.
 
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use zbus::message::Header;
@@ -12,45 +10,17 @@ use zbus::zvariant::{OwnedObjectPath, OwnedValue};
 use zbus::{fdo, interface};
 
 use super::options::{self, Options};
-use super::transaction::{self, Job};
+use super::snapshot::{Fingerprint, Snapshot};
+use super::transaction::{self, Call, Job};
 use super::values::{self, Dict};
 use super::{DaemonError, Shared, auth, policy};
 use crate::live::{self, apply::ApplyOptions};
 use crate::ops::{DeployRequest, Request, UpgradeRequest};
 use crate::packages::layer::LayerEdit;
-use crate::statedb::{HistoryEntry, StateDb};
 use crate::sysroot::Sysroot;
 use crate::sysroot::kargs::KargEdit;
-use crate::sysroot::status::{self, Status};
+use crate::sysroot::status::Status;
 use crate::update::Action;
-
-/// What changes when the sysroot changes: every mutating transaction takes and releases
-/// `arbor/lock` (which rewrites it, staging included), and the boot switch replaces
-/// `boot/loader`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Fingerprint(Vec<Option<(i64, i64, i64, u64)>>, Option<PathBuf>);
-
-impl Fingerprint {
-    /// Reads it: a `stat` per watched path and one `readlink` of the last-but-one (the
-    /// `boot/loader` selector, when there is one).
-    pub fn read(watched: &[PathBuf]) -> Fingerprint {
-        let stat = |p: &PathBuf| {
-            std::fs::symlink_metadata(p)
-                .ok()
-                .map(|m| (m.mtime(), m.mtime_nsec(), m.ctime_nsec(), m.ino()))
-        };
-        Fingerprint(
-            watched.iter().map(stat).collect(),
-            watched.get(1).and_then(|p| std::fs::read_link(p).ok()),
-        )
-    }
-}
-
-/// A read of the sysroot, reused until the fingerprint changes.
-struct Snapshot {
-    status: Status,
-    last: Option<HistoryEntry>,
-}
 
 /// The sysroot interface's object.
 pub struct SysrootIface {
@@ -69,24 +39,7 @@ impl SysrootIface {
 
     fn snapshot(&self) -> fdo::Result<Arc<Snapshot>> {
         self.shared.touch();
-        let fp = Fingerprint::read(&self.shared.watched);
-        let mut cache = self.cache.lock().unwrap();
-        if let Some((seen, snap)) = cache.as_ref()
-            && *seen == fp
-        {
-            return Ok(snap.clone());
-        }
-        let read = || -> anyhow::Result<Snapshot> {
-            let sysroot = Sysroot::open(&self.shared.sysroot)?;
-            let db = StateDb::open(&sysroot.state_db_path())?;
-            Ok(Snapshot {
-                status: status::status(&sysroot)?,
-                last: db.history(1)?.into_iter().next(),
-            })
-        };
-        let snap = Arc::new(read().map_err(|e| fdo::Error::Failed(format!("{e:#}")))?);
-        *cache = Some((fp, snap.clone()));
-        Ok(snap)
+        Snapshot::cached(&self.cache, &self.shared)
     }
 
     /// Starts a layering transaction; the edit is checked when it runs, under the lock.
@@ -95,9 +48,10 @@ impl SysrootIface {
         edit: LayerEdit,
         options: HashMap<String, OwnedValue>,
         (hdr, conn, server): (&Header<'_>, &zbus::Connection, &ObjectServer),
-        what: (&str, &str),
+        (method, action): (&'static str, &'static str),
     ) -> Result<OwnedObjectPath, DaemonError> {
-        let o = Options::parse(options, &["os"])?;
+        let o = Options::for_transaction(options, &["os"])?;
+        let what = Call::new(method, action, &o)?;
         let req = Request::Layer {
             os: o.string("os")?,
             edit,
@@ -115,12 +69,12 @@ impl SysrootIface {
         hdr: &Header<'_>,
         conn: &zbus::Connection,
         server: &ObjectServer,
-        (method, action): (&str, &str),
+        what: Call,
         job: Job,
     ) -> Result<OwnedObjectPath, DaemonError> {
         self.shared.touch();
-        let caller = auth::authorize(conn, hdr, action).await?;
-        transaction::start(&self.shared, server, method, caller, job).await
+        let caller = auth::authorize(conn, hdr, what.action).await?;
+        transaction::start(&self.shared, server, &what, caller, job).await
     }
 
     /// [`Self::begin`] for a method that must read the system to check its arguments:
@@ -129,13 +83,13 @@ impl SysrootIface {
     async fn begin_checked(
         &self,
         (hdr, conn, server): (&Header<'_>, &zbus::Connection, &ObjectServer),
-        (method, action): (&str, &str),
+        what: Call,
         check: impl FnOnce() -> Result<Job, DaemonError>,
     ) -> Result<OwnedObjectPath, DaemonError> {
         self.shared.touch();
-        let caller = auth::authorize(conn, hdr, action).await?;
+        let caller = auth::authorize(conn, hdr, what.action).await?;
         let job = check()?;
-        transaction::start(&self.shared, server, method, caller, job).await
+        transaction::start(&self.shared, server, &what, caller, job).await
     }
 }
 
@@ -158,11 +112,11 @@ impl SysrootIface {
         #[zbus(object_server)] server: &ObjectServer,
     ) -> Result<OwnedObjectPath, DaemonError> {
         options::check_args("refspec", [refspec])?;
-        let o = Options::parse(
+        let o = Options::for_transaction(
             options,
             &["os", "stage", "kernel-args", "version", "phase-override"],
         )?;
-        let what = ("Deploy", "org.arbor.Arbor1.deploy");
+        let what = Call::new("Deploy", "org.arbor.Arbor1.deploy", &o)?;
         let shared = self.shared.clone();
         self.begin_checked((&hdr, conn, server), what, move || {
             let d = DeployRequest {
@@ -199,7 +153,7 @@ impl SysrootIface {
         #[zbus(object_server)] server: &ObjectServer,
     ) -> Result<OwnedObjectPath, DaemonError> {
         options::check_args("channel", [channel.as_str()])?;
-        let o = Options::parse(options, &["os", "version", "phase-override"])?;
+        let o = Options::for_transaction(options, &["os", "version", "phase-override"])?;
         if channel.is_empty() {
             return Err(DaemonError::InvalidArgs("name the channel".into()));
         }
@@ -209,7 +163,7 @@ impl SysrootIface {
             version: o.string("version")?,
             phase_override: o.bool("phase-override")?.unwrap_or(false),
         };
-        let what = ("Rebase", "org.arbor.Arbor1.rebase");
+        let what = Call::new("Rebase", "org.arbor.Arbor1.rebase", &o)?;
         self.begin(&hdr, conn, server, what, transaction::op(req))
             .await
     }
@@ -223,8 +177,8 @@ impl SysrootIface {
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(object_server)] server: &ObjectServer,
     ) -> Result<OwnedObjectPath, DaemonError> {
-        Options::parse(options, &[])?;
-        let what = ("Rollback", "org.arbor.Arbor1.rollback");
+        let o = Options::for_transaction(options, &[])?;
+        let what = Call::new("Rollback", "org.arbor.Arbor1.rollback", &o)?;
         let job = transaction::op(Request::Rollback);
         self.begin(&hdr, conn, server, what, job).await
     }
@@ -279,8 +233,8 @@ impl SysrootIface {
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(object_server)] server: &ObjectServer,
     ) -> Result<OwnedObjectPath, DaemonError> {
-        let o = Options::parse(options, &["os", "check", "download-only", "phase-override"])?;
-        let os = o.string("os")?;
+        let o =
+            Options::for_transaction(options, &["os", "check", "download-only", "phase-override"])?;
         let action = if o.bool("check")?.unwrap_or(false) {
             Action::Check
         } else if o.bool("download-only")?.unwrap_or(false) {
@@ -288,13 +242,28 @@ impl SysrootIface {
         } else {
             Action::Stage
         };
-        let req = Request::Upgrade(UpgradeRequest {
-            os,
-            action,
-            dry_run: false,
-            phase_override: o.bool("phase-override")?.unwrap_or(false),
-        });
-        let what = ("Upgrade", "org.arbor.Arbor1.upgrade");
+        let req = upgrade_request(&o, action)?;
+        let what = Call::new("Upgrade", "org.arbor.Arbor1.upgrade", &o)?;
+        self.begin(&hdr, conn, server, what, transaction::op(req))
+            .await
+    }
+
+    /// Asks the followed channel what it offers this device, as a checking `arbor
+    /// upgrade` does: nothing is fetched but the signed index, the offered version's
+    /// package list and, when the cheapest path needs it, its manifest. The finding is
+    /// AvailableUpdate (PropertiesChanged when it changes) and the transaction's Result.
+    /// Options: "os" (s), "phase-override" (b).
+    #[zbus(out_args("transaction"))]
+    async fn check(
+        &self,
+        options: HashMap<String, OwnedValue>,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(object_server)] server: &ObjectServer,
+    ) -> Result<OwnedObjectPath, DaemonError> {
+        let o = Options::for_transaction(options, &["os", "phase-override"])?;
+        let req = upgrade_request(&o, Action::Check)?;
+        let what = Call::new("Check", "org.arbor.Arbor1.check", &o)?;
         self.begin(&hdr, conn, server, what, transaction::op(req))
             .await
     }
@@ -310,7 +279,7 @@ impl SysrootIface {
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(object_server)] server: &ObjectServer,
     ) -> Result<OwnedObjectPath, DaemonError> {
-        let o = Options::parse(
+        let o = Options::for_transaction(
             options,
             &["packages", "restart-services", "dry-run", "force", "reset"],
         )?;
@@ -327,7 +296,7 @@ impl SysrootIface {
         } else {
             Request::ApplyLive { root, opts }
         };
-        let what = ("ApplyLive", "org.arbor.Arbor1.apply-live");
+        let what = Call::new("ApplyLive", "org.arbor.Arbor1.apply-live", &o)?;
         self.begin(&hdr, conn, server, what, transaction::op(req))
             .await
     }
@@ -345,8 +314,8 @@ impl SysrootIface {
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(object_server)] server: &ObjectServer,
     ) -> Result<OwnedObjectPath, DaemonError> {
-        let o = Options::parse(options, options::USROVERLAY_OPTIONS)?;
-        let what = ("UsrOverlay", "org.arbor.Arbor1.apply-live");
+        let o = Options::for_transaction(options, options::USROVERLAY_OPTIONS)?;
+        let what = Call::new("UsrOverlay", "org.arbor.Arbor1.apply-live", &o)?;
         let (shared, root) = (self.shared.clone(), self.shared.root.clone());
         self.begin_checked((&hdr, conn, server), what, move || {
             let sysroot = Sysroot::open(&shared.sysroot).map_err(DaemonError::failed)?;
@@ -397,8 +366,8 @@ impl SysrootIface {
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(object_server)] server: &ObjectServer,
     ) -> Result<OwnedObjectPath, DaemonError> {
-        Options::parse(options, &[])?;
-        let what = ("Cleanup", "org.arbor.Arbor1.cleanup");
+        let o = Options::for_transaction(options, &[])?;
+        let what = Call::new("Cleanup", "org.arbor.Arbor1.cleanup", &o)?;
         let job = transaction::op(Request::Cleanup);
         self.begin(&hdr, conn, server, what, job).await
     }
@@ -417,7 +386,7 @@ impl SysrootIface {
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(object_server)] server: &ObjectServer,
     ) -> Result<OwnedObjectPath, DaemonError> {
-        Options::parse(options, &[])?;
+        let o = Options::for_transaction(options, &[])?;
         let all = append.iter().chain(&delete).chain(&replace);
         options::check_args("kernel arguments", all.map(String::as_str))?;
         let edits: Vec<KargEdit> = append
@@ -431,7 +400,7 @@ impl SysrootIface {
                 "no kernel argument to append, delete or replace".into(),
             ));
         }
-        let what = ("KernelArgs", "org.arbor.Arbor1.kernel-args");
+        let what = Call::new("KernelArgs", "org.arbor.Arbor1.kernel-args", &o)?;
         let job = transaction::op(Request::Kargs(edits));
         self.begin(&hdr, conn, server, what, job).await
     }
@@ -592,6 +561,24 @@ impl SysrootIface {
         read().map_err(|e| fdo::Error::Failed(format!("{e:#}")))
     }
 
+    /// What the followed channel offers this device, as the last check (Check, an
+    /// Upgrade, or the CLI's upgrade check and auto-update) found it: version, commit,
+    /// remote, channel, critical, release_notes, published, download_bytes, method and
+    /// packages (upgraded, downgraded, added, removed). Empty when up to date or not yet
+    /// checked, and once the offered version is staged.
+    #[zbus(property)]
+    fn available_update(&self) -> fdo::Result<Dict> {
+        self.shared.touch();
+        let read = || -> anyhow::Result<Dict> {
+            let sysroot = Sysroot::open(&self.shared.sysroot)?;
+            Ok(match crate::update::state::current(&sysroot)?.offer {
+                Some(offer) => values::dict_from_json(&serde_json::to_value(&offer)?),
+                None => Dict::new(),
+            })
+        };
+        read().map_err(|e| fdo::Error::Failed(format!("{e:#}")))
+    }
+
     /// The running transaction: (method, initiator, object path); empty strings when
     /// none runs.
     #[zbus(property)]
@@ -614,6 +601,17 @@ impl SysrootIface {
             .map(values::history)
             .unwrap_or_default())
     }
+}
+
+/// The update that Upgrade and Check start, with their options "os" and
+/// "phase-override".
+fn upgrade_request(o: &Options, action: Action) -> Result<Request, DaemonError> {
+    Ok(Request::Upgrade(UpgradeRequest {
+        os: o.string("os")?,
+        action,
+        dry_run: false,
+        phase_override: o.bool("phase-override")?.unwrap_or(false),
+    }))
 }
 
 /// The caller's unique bus name, which registration is kept under.

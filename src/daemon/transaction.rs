@@ -19,7 +19,7 @@ use super::{DaemonError, Shared, announce_changes};
 use crate::error::ErrorKind;
 use crate::lock::WriterLock;
 use crate::ops::{self, Initiator, Request};
-use crate::progress::{Cancelled, Observer};
+use crate::progress::{Cancelled, Download, Observer};
 use crate::sysroot::Sysroot;
 
 /// How many finished transaction objects stay readable.
@@ -40,6 +40,33 @@ pub fn op(req: Request) -> Job {
             sysroot, lock, &req, who, obs,
         )?)?)
     })
+}
+
+/// How long a transaction started with "wait-for-start" waits for its Start before it
+/// gives up (and lets the lock go).
+pub const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The method call that starts a transaction: its name, the polkit action it needs,
+/// and whether the work waits for the caller's Start.
+pub(crate) struct Call {
+    pub method: &'static str,
+    pub action: &'static str,
+    pub wait_for_start: bool,
+}
+
+impl Call {
+    /// The call of `method`, reading "wait-for-start" from its options.
+    pub fn new(
+        method: &'static str,
+        action: &'static str,
+        o: &super::options::Options,
+    ) -> Result<Call, DaemonError> {
+        Ok(Call {
+            method,
+            action,
+            wait_for_start: o.bool("wait-for-start")?.unwrap_or(false),
+        })
+    }
 }
 
 /// The running transaction, as `ActiveTransaction` shows it and `Busy` errors name it.
@@ -66,6 +93,7 @@ struct State {
     error: String,
     error_name: String,
     percent: u32,
+    task: String,
     result: String,
 }
 
@@ -76,6 +104,8 @@ pub struct TransactionIface {
     state: Arc<Mutex<State>>,
     cancel: Arc<AtomicBool>,
     shared: Arc<Shared>,
+    /// Set while the work waits for Start: true starts it, false abandons it.
+    go: Mutex<Option<std::sync::mpsc::Sender<bool>>>,
 }
 
 /// Progress, messages and cancellation of one transaction.
@@ -94,7 +124,34 @@ impl TransactionIface {
             auth::authorize(conn, &hdr, "org.arbor.Arbor1.cancel").await?;
         }
         self.cancel.store(true, Ordering::Relaxed);
+        // A transaction still waiting for Start is abandoned at once.
+        if let Some(go) = self.go.lock().unwrap().take() {
+            let _ = go.send(false);
+        }
         Ok(())
+    }
+
+    /// Begins the work of a transaction started with the option "wait-for-start", once
+    /// the caller has subscribed to its signals: nothing is missed. Only the caller
+    /// that started it may; a second Start, or one on a transaction that did not
+    /// wait, is InvalidArgs.
+    async fn start(&self, #[zbus(header)] hdr: Header<'_>) -> Result<(), DaemonError> {
+        self.shared.touch();
+        let sender = hdr.sender().map(|s| s.to_string()).unwrap_or_default();
+        if sender != self.caller.bus_name {
+            return Err(DaemonError::AccessDenied(format!(
+                "only {} (who started it) may start this transaction",
+                self.caller.bus_name
+            )));
+        }
+        let go = self.go.lock().unwrap().take().ok_or_else(|| {
+            DaemonError::InvalidArgs(
+                "this transaction is not waiting for Start (already started, or started without \"wait-for-start\")".into(),
+            )
+        })?;
+        go.send(true).map_err(|_| {
+            DaemonError::InvalidArgs("this transaction gave up waiting for Start".into())
+        })
     }
 
     /// The method that started it (`Deploy`, `Rollback`, …).
@@ -140,6 +197,14 @@ impl TransactionIface {
         self.state.lock().unwrap().percent
     }
 
+    /// The step under way (`check`, `download`, `checkout`, …; the names TaskBegin
+    /// sends); empty between steps and once finished. With Percent, what a client
+    /// that connects mid-way shows before the next signal.
+    #[zbus(property)]
+    fn current_task(&self) -> String {
+        self.state.lock().unwrap().task.clone()
+    }
+
     /// What it did, as JSON (the same document the CLI prints in JSON); empty until
     /// it succeeded.
     #[zbus(property)]
@@ -167,7 +232,9 @@ impl TransactionIface {
         percent: u32,
     ) -> zbus::Result<()>;
 
-    /// Bytes and objects fetched so far of a download, and the totals.
+    /// Bytes and objects fetched so far of a download, the totals, and the mean rate
+    /// in bytes per second. Objects are a full fetch's objects, or a delta chain's
+    /// deltas. At most four a second, and always the last one.
     #[zbus(signal)]
     async fn download_progress(
         emitter: &SignalEmitter<'_>,
@@ -175,6 +242,7 @@ impl TransactionIface {
         bytes_total: u64,
         objects_done: u32,
         objects_total: u32,
+        bytes_per_second: u64,
     ) -> zbus::Result<()>;
 
     /// The end: whether it succeeded, and why not.
@@ -193,6 +261,8 @@ struct BusObserver {
     cancel: Arc<AtomicBool>,
     /// When DownloadProgress was last sent: at most four a second.
     last_download: Mutex<Option<std::time::Instant>>,
+    /// When the download was first reported, and its bytes then: the rate's origin.
+    rate: Mutex<Option<(std::time::Instant, u64)>>,
 }
 
 impl BusObserver {
@@ -206,10 +276,17 @@ impl BusObserver {
 
 impl Observer for BusObserver {
     fn task_begin(&self, task: &str) {
+        self.state.lock().unwrap().task = task.to_string();
         self.emit(TransactionIface::task_begin(&self.emitter, task));
     }
 
     fn task_end(&self, task: &str) {
+        {
+            let mut st = self.state.lock().unwrap();
+            if st.task == task {
+                st.task.clear();
+            }
+        }
         self.emit(TransactionIface::task_end(&self.emitter, task));
     }
 
@@ -218,7 +295,13 @@ impl Observer for BusObserver {
     }
 
     fn percent(&self, text: &str, percent: u32) {
-        self.state.lock().unwrap().percent = percent;
+        // Never backwards: a step that restarts its own count (or a late call from a
+        // worker thread) does not pull the figure a panel shows back.
+        let percent = {
+            let mut st = self.state.lock().unwrap();
+            st.percent = st.percent.max(percent.min(100));
+            st.percent
+        };
         self.emit(TransactionIface::percent_progress(
             &self.emitter,
             text,
@@ -226,21 +309,33 @@ impl Observer for BusObserver {
         ));
     }
 
-    fn download(&self, done: u64, total: u64) {
+    fn download(&self, d: &Download) {
+        let rate = {
+            let mut r = self.rate.lock().unwrap();
+            let (since, from) = *r.get_or_insert((std::time::Instant::now(), d.bytes_done));
+            let secs = since.elapsed().as_secs_f64();
+            // The mean since the first report of this transaction's download.
+            if secs > 0.0 {
+                (d.bytes_done.saturating_sub(from) as f64 / secs) as u64
+            } else {
+                0
+            }
+        };
         {
             let mut last = self.last_download.lock().unwrap();
-            if last.is_some_and(|t| t.elapsed().as_millis() < 250) && done < total {
+            if last.is_some_and(|t| t.elapsed().as_millis() < 250) && d.bytes_done < d.bytes_total {
                 return;
             }
             *last = Some(std::time::Instant::now());
         }
-        // Objects are not counted separately: bytes are what a user waits for.
+        let count = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
         self.emit(TransactionIface::download_progress(
             &self.emitter,
-            done,
-            total,
-            0,
-            0,
+            d.bytes_done,
+            d.bytes_total,
+            count(d.items_done),
+            count(d.items_total),
+            rate,
         ));
     }
 
@@ -256,10 +351,11 @@ impl Observer for BusObserver {
 pub(crate) async fn start(
     shared: &Arc<Shared>,
     server: &ObjectServer,
-    method: &str,
+    call: &Call,
     caller: Caller,
     job: Job,
 ) -> Result<OwnedObjectPath, DaemonError> {
+    let method = call.method;
     let path = shared.next_path();
     let cancel = Arc::new(AtomicBool::new(false));
     {
@@ -289,12 +385,14 @@ pub(crate) async fn start(
         running: true,
         ..State::default()
     }));
+    let (go, started) = std::sync::mpsc::channel();
     let iface = TransactionIface {
         method: method.to_string(),
         caller: caller.clone(),
         state: state.clone(),
         cancel: cancel.clone(),
         shared: shared.clone(),
+        go: Mutex::new(call.wait_for_start.then_some(go)),
     };
     if let Err(e) = server.at(path.as_str(), iface).await {
         *shared.active.lock().unwrap() = None;
@@ -307,13 +405,22 @@ pub(crate) async fn start(
         state,
         cancel,
         last_download: Mutex::new(None),
+        rate: Mutex::new(None),
     };
     let shared = shared.clone();
     let who = Initiator {
         command: format!("D-Bus {method} by {}", caller.describe()),
         uid: caller.uid,
     };
+    let wait = call.wait_for_start;
     std::thread::spawn(move || {
+        if wait && !started.recv_timeout(START_TIMEOUT).unwrap_or(false) {
+            // Cancelled, or never started: nothing ran. The lock goes with it.
+            drop(lock);
+            let e = anyhow::Error::new(Cancelled).context("not started: no Start came");
+            finish(&shared, &obs, &path, Err(e));
+            return;
+        }
         // A panic in the job ends the transaction as failed instead of leaving it
         // active forever (every later call Busy, the daemon never idle).
         let run = std::panic::AssertUnwindSafe(|| job(&sysroot, &lock, &who, &obs));
@@ -336,6 +443,7 @@ fn finish(shared: &Arc<Shared>, obs: &BusObserver, path: &str, result: Result<se
     {
         let mut st = obs.state.lock().unwrap();
         st.running = false;
+        st.task.clear();
         st.success = result.is_ok();
         st.error = error.clone();
         st.error_name = match &result {
@@ -344,8 +452,11 @@ fn finish(shared: &Arc<Shared>, obs: &BusObserver, path: &str, result: Result<se
         };
         if let Ok(v) = &result {
             st.result = v.to_string();
-            st.percent = 100;
         }
+    }
+    if result.is_ok() {
+        // The figure ends at 100 on success, whatever the last step reported.
+        obs.percent("done", 100);
     }
     *shared.active.lock().unwrap() = None;
     let conn = shared.conn().clone();
@@ -361,6 +472,7 @@ fn finish(shared: &Arc<Shared>, obs: &BusObserver, path: &str, result: Result<se
         t.error_message_changed(e).await?;
         t.error_name_changed(e).await?;
         t.percent_changed(e).await?;
+        t.current_task_changed(e).await?;
         t.result_changed(e).await
     });
     announce_changes(shared);

@@ -9,7 +9,7 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use crate::statedb::Package;
 
@@ -80,7 +80,7 @@ pub fn from_metadata(text: &str) -> Result<Vec<Package>> {
 }
 
 /// A package present on both sides with another version.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
     /// Its name.
     pub name: String,
@@ -94,7 +94,7 @@ pub struct Change {
 
 /// What changed in the package set from one tree to another, as `rpm-ostree db diff`
 /// reports it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackageDiff {
     /// Only in the second tree.
     pub added: Vec<Package>,

@@ -168,7 +168,14 @@ impl Publisher {
         if self.metadata().exists() {
             bail!("{} is already a published repository", self.dir.display());
         }
-        for d in ["metadata", "targets", "objects", "deltas", "manifests"] {
+        for d in [
+            "metadata",
+            "targets",
+            "objects",
+            "deltas",
+            "manifests",
+            "packages",
+        ] {
             std::fs::create_dir_all(self.dir.join(d))?;
         }
         std::fs::create_dir_all(&self.keys)?;
@@ -357,6 +364,7 @@ impl Publisher {
         let manifest_bytes = manifest.encode();
         let manifest_path = format!("manifests/{}.manifest", opts.commit);
         fsutil::write_file_atomic(&self.dir.join(&manifest_path), &manifest_bytes, 0o644)?;
+        let packages = self.export_packages(repo, &opts.commit)?;
         let mut deltas = Vec::new();
         let mut stats = Vec::new();
         let mut sources: Vec<ObjectId> = Vec::new();
@@ -401,6 +409,7 @@ impl Publisher {
             full_bytes: manifest.entries.iter().map(|e| e.packed).sum(),
             raw_bytes: manifest.entries.iter().map(|e| e.raw).sum(),
             deltas,
+            packages,
         };
         idx.versions.push(entry.clone());
         self.sign(Some(&idx))?;
@@ -459,6 +468,27 @@ impl Publisher {
         })?;
         self.sign_under(None, Some(&path))?;
         Ok(next)
+    }
+
+    /// Writes the package list of `commit` to `packages/<commit>.list` (before any index
+    /// names it: the caller syncs the folder), so that a client diffs an update's
+    /// packages against its own without fetching the tree. `None` for a tree without a
+    /// dpkg database.
+    fn export_packages(&self, repo: &Repo, commit: &ObjectId) -> Result<Option<FileRef>> {
+        let pkgs = match crate::packages::packages_of(repo, commit) {
+            Ok(p) if !p.is_empty() => p,
+            Ok(_) => return Ok(None),
+            Err(e) => {
+                tracing::info!("publishing {commit} without a package list: {e:#}");
+                return Ok(None);
+            }
+        };
+        let rel = format!("packages/{commit}.list");
+        let path = self.dir.join(&rel);
+        std::fs::create_dir_all(path.parent().unwrap())?;
+        let text = crate::packages::dpkg::to_metadata(&pkgs);
+        fsutil::write_file_atomic(&path, text.as_bytes(), 0o644)?;
+        file_ref(&self.dir, &rel).map(Some)
     }
 
     /// Packs every object of `commit` not yet published; returns the manifest and how

@@ -16,10 +16,11 @@ use serde::Serialize;
 
 use super::Remote;
 use super::http::Http;
-use super::index::{Candidate, ChannelIndex, Method, VersionEntry, delta_chains};
+use super::index::{Candidate, ChannelIndex, FileRef, Method, VersionEntry, delta_chains};
 use super::pack::{self, Manifest, ManifestEntry};
 use crate::lock::LockWait;
-use crate::progress::{Observer, checkpoint};
+use crate::packages::dpkg::{self, Package};
+use crate::progress::{Download, Observer, checkpoint};
 use crate::statedb::StateDb;
 use crate::store::transaction::Transaction;
 use crate::store::{ObjectId, ObjectKind, Repo, StoreError};
@@ -62,42 +63,53 @@ impl Plan {
     }
 }
 
-/// Where the verified manifest of a version is cached.
-fn manifest_cache(remote: &Remote, v: &VersionEntry) -> PathBuf {
-    remote
-        .dir
-        .join("cache")
-        .join(format!("{}.manifest", v.manifest.blake3))
+/// Where a verified file the index names is cached: by its BLAKE3, so a changed file
+/// is a new entry and a cached one is checked again by hashing it.
+fn cache_path(remote: &Remote, f: &FileRef, ext: &str) -> PathBuf {
+    remote.dir.join("cache").join(format!("{}.{ext}", f.blake3))
 }
 
-/// The manifest of a version from the cache, if an earlier run downloaded it (and it
-/// still hashes to what the signed index names).
-fn cached_manifest(remote: &Remote, v: &VersionEntry) -> Option<Vec<u8>> {
-    std::fs::read(manifest_cache(remote, v))
+/// A file the signed index names, from the cache if an earlier run downloaded it (and
+/// it still hashes to what the index says).
+fn cached(remote: &Remote, f: &FileRef, ext: &str) -> Option<Vec<u8>> {
+    std::fs::read(cache_path(remote, f, ext))
         .ok()
-        .filter(|b| blake3::hash(b).to_hex().as_str() == v.manifest.blake3)
+        .filter(|b| blake3::hash(b).to_hex().as_str() == f.blake3)
+}
+
+/// A file the signed index names: `cached` (from [`cached`]), or downloaded (no more
+/// than the size the index gives), checked against its hash, and cached.
+fn verified(
+    remote: &Remote,
+    f: &FileRef,
+    ext: &str,
+    what: &str,
+    cached: Option<Vec<u8>>,
+) -> Result<Vec<u8>> {
+    if let Some(b) = cached {
+        return Ok(b);
+    }
+    let b = remote.http()?.get_bounded(&f.path, f.size)?;
+    ensure!(
+        blake3::hash(&b).to_hex().as_str() == f.blake3,
+        "{}: not the {what} the signed index names (corrupt or tampered)",
+        f.path
+    );
+    let path = cache_path(remote, f, ext);
+    std::fs::create_dir_all(path.parent().unwrap())?;
+    crate::fsutil::write_file_atomic(&path, &b, 0o644)?;
+    Ok(b)
+}
+
+/// The manifest of a version from the cache, if an earlier run downloaded it.
+fn cached_manifest(remote: &Remote, v: &VersionEntry) -> Option<Vec<u8>> {
+    cached(remote, &v.manifest, "manifest")
 }
 
 /// The verified manifest of a version: `cached` (from [`cached_manifest`]), or
 /// downloaded and cached.
 fn manifest(remote: &Remote, v: &VersionEntry, cached: Option<Vec<u8>>) -> Result<Manifest> {
-    let bytes = match cached {
-        Some(b) => b,
-        None => {
-            let b = remote
-                .http()?
-                .get_bounded(&v.manifest.path, v.manifest.size)?;
-            ensure!(
-                blake3::hash(&b).to_hex().as_str() == v.manifest.blake3,
-                "{}: not the manifest the signed index names (corrupt or tampered)",
-                v.manifest.path
-            );
-            let path = manifest_cache(remote, v);
-            std::fs::create_dir_all(path.parent().unwrap())?;
-            crate::fsutil::write_file_atomic(&path, &b, 0o644)?;
-            b
-        }
-    };
+    let bytes = verified(remote, &v.manifest, "manifest", "manifest", cached)?;
     let m = Manifest::decode(&bytes)?;
     ensure!(
         m.commit == v.commit,
@@ -105,6 +117,20 @@ fn manifest(remote: &Remote, v: &VersionEntry, cached: Option<Vec<u8>>) -> Resul
         v.version
     );
     Ok(m)
+}
+
+/// The installed packages of a version, from the list its publisher recorded (a few
+/// kilobytes, verified against the signed index and cached): what an update changes
+/// is known before any of it is fetched. `None` when the index names no list.
+pub fn packages(remote: &Remote, v: &VersionEntry) -> Result<Option<Vec<Package>>> {
+    let Some(f) = &v.packages else {
+        return Ok(None);
+    };
+    let bytes = verified(remote, f, "list", "package list", cached(remote, f, "list"))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("{}: the package list is not UTF-8", f.path))?;
+    let list = dpkg::from_metadata(&text).with_context(|| format!("reading {}", f.path))?;
+    Ok(Some(list))
 }
 
 /// The delta path chosen from the signed index alone, when it is clearly the cheaper
@@ -275,6 +301,8 @@ fn fetch_full(
     obs: &dyn Observer,
 ) -> Result<(u64, u64)> {
     let done = AtomicU64::new(0);
+    // Objects stored by this run (those found present are not counted).
+    let objects = AtomicU64::new(0);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(PARALLEL)
         .build()?;
@@ -305,7 +333,12 @@ fn fetch_full(
                 );
                 pack::unpack(&txn, e, &data)?;
                 let d = done.fetch_add(data.len() as u64, Ordering::Relaxed) + data.len() as u64;
-                obs.download(d, total);
+                obs.download(&Download {
+                    bytes_done: d,
+                    bytes_total: total,
+                    items_done: objects.fetch_add(1, Ordering::Relaxed) + 1,
+                    items_total: missing.len() as u64,
+                });
                 anyhow::Ok(())
             })
         })?;
@@ -335,7 +368,7 @@ fn fetch_deltas(
     let total = chain.bytes;
     let mut before = 0;
     let mut transferred = 0;
-    for d in &chain.deltas {
+    for (applied, d) in (0u64..).zip(&chain.deltas) {
         checkpoint(obs)?;
         if !repo.has_object(&d.from, ObjectKind::Commit) {
             bail!(
@@ -347,7 +380,17 @@ fn fetch_deltas(
         let part = part_path(remote, &d.file.blake3);
         let url = http.url(&d.file.path)?.to_string();
         db.download_started(&d.file.blake3, &url, &part, d.file.size)?;
-        transferred += http.download(&d.file, &part, &|have| obs.download(before + have, total))?;
+        let progress = |have| {
+            obs.download(&Download {
+                bytes_done: before + have,
+                bytes_total: total,
+                items_done: applied,
+                items_total: chain.deltas.len() as u64,
+            });
+            // Cancelling mid-delta is safe: the part file stays, and resumes.
+            checkpoint(obs)
+        };
+        transferred += http.download(&d.file, &part, &progress)?;
         crate::delta::apply(repo, &part, LockWait::Wait(&|_| {}))
             .with_context(|| format!("applying {}", d.file.path))?;
         let _ = std::fs::remove_file(&part);
@@ -388,6 +431,7 @@ mod tests {
                     format: crate::delta::FORMAT,
                 })
                 .collect(),
+            packages: None,
         }
     }
 

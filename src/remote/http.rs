@@ -11,6 +11,7 @@ use thiserror::Error;
 use url::Url;
 
 use super::index::FileRef;
+use crate::progress::Cancelled;
 
 /// Why a fetch failed, where a caller must tell the cases apart.
 #[derive(Debug, Error)]
@@ -288,9 +289,15 @@ impl Http {
 
     /// Downloads `file` into `part`, resuming from what `part` already holds (a Range
     /// request), never reading past the signed size, and checks its BLAKE3 at the end.
-    /// `progress` gets the bytes received so far, resumed bytes included. Returns the
-    /// bytes this call transferred.
-    pub fn download(&self, file: &FileRef, part: &Path, progress: &dyn Fn(u64)) -> Result<u64> {
+    /// `progress` gets the bytes received so far, resumed bytes included; when it says
+    /// [`Cancelled`], what arrived is made durable (the next call resumes from it) and
+    /// the download stops with that error. Returns the bytes this call transferred.
+    pub fn download(
+        &self,
+        file: &FileRef,
+        part: &Path,
+        progress: &dyn Fn(u64) -> Result<(), Cancelled>,
+    ) -> Result<u64> {
         let url = self.url(&file.path)?;
         let mut f = std::fs::OpenOptions::new()
             .create(true)
@@ -332,7 +339,10 @@ impl Http {
                 })?;
                 have += n as u64;
                 transferred += n as u64;
-                progress(have);
+                if let Err(stop) = progress(have) {
+                    f.sync_all()?;
+                    return Err(stop.into());
+                }
             }
         }
         anyhow::ensure!(

@@ -84,7 +84,16 @@ pub struct VersionEntry {
     /// Deltas that lead to it.
     #[serde(default)]
     pub deltas: Vec<DeltaRef>,
+    /// Its installed packages, one `name:arch version` per line: what a client shows
+    /// an update changes before fetching any of it. Absent when the tree has no dpkg
+    /// database, and in indexes written before arbor 0.10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packages: Option<FileRef>,
 }
+
+/// The largest package list a client reads (a Debian system with every package of
+/// the archive lists about 3 MB).
+pub const MAX_PACKAGE_LIST: u64 = 16 << 20;
 
 /// The index of one channel, oldest version first.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,11 +147,20 @@ impl ChannelIndex {
             );
             ensure!(v.phase <= 100, "version {}: phase {}%", v.version, v.phase);
             let refs = std::iter::once(("manifests/", &v.manifest))
-                .chain(v.deltas.iter().map(|d| ("deltas/", &d.file)));
+                .chain(v.deltas.iter().map(|d| ("deltas/", &d.file)))
+                .chain(v.packages.iter().map(|f| ("packages/", f)));
             for (prefix, f) in refs {
                 if !safe_path(&f.path, prefix) || f.blake3.len() != 64 {
                     bail!("version {}: refusing the file name {:?}", v.version, f.path);
                 }
+            }
+            if let Some(f) = &v.packages {
+                ensure!(
+                    f.size <= MAX_PACKAGE_LIST,
+                    "version {}: a package list of {} bytes (at most {MAX_PACKAGE_LIST})",
+                    v.version,
+                    f.size
+                );
             }
         }
         Ok(idx)
@@ -355,6 +373,7 @@ mod tests {
                     format: 1,
                 })
                 .collect(),
+            packages: None,
         }
     }
 
@@ -439,6 +458,16 @@ mod tests {
         let mut idx = index();
         idx.versions[1].version = "1".into();
         assert!(ChannelIndex::parse(&serde_json::to_vec(&idx).unwrap(), "stable").is_err());
+        // A package list outside packages/, or larger than any real one.
+        let with_list = |path: &str, size| {
+            let mut idx = index();
+            idx.versions[1].packages = Some(file(path, size));
+            ChannelIndex::parse(&serde_json::to_vec(&idx).unwrap(), "stable")
+        };
+        assert!(with_list("packages/2.list", 9000).is_ok());
+        assert!(with_list("manifests/2.list", 9000).is_err());
+        let e = with_list("packages/2.list", MAX_PACKAGE_LIST + 1).unwrap_err();
+        assert!(e.to_string().contains("package list of"), "{e}");
         assert!(!valid_channel("../x") && !valid_channel("") && valid_channel("stable-2"));
     }
 }

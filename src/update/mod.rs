@@ -12,10 +12,11 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use crate::lock::{LockWait, WriterLock};
+use crate::packages::dpkg::{self, PackageDiff};
 use crate::packages::layer::{base_of, default_deployment};
-use crate::progress::Observer;
+use crate::progress::{Download, Observer, Span};
 use crate::remote::fetch::{self, FetchResult, Plan};
-use crate::remote::index::{Considered, VersionEntry, choose, device_phase};
+use crate::remote::index::{Considered, Method, VersionEntry, choose, device_phase};
 use crate::remote::{self, Remote, split_refspec};
 use crate::statedb::StateDb;
 use crate::store::refs::RefName;
@@ -24,7 +25,7 @@ use crate::store::{ObjectId, Repo, reach};
 use crate::sysroot::Sysroot;
 use crate::sysroot::deploy::{DeployOptions, deploy_held};
 pub use policy::{Action, Policy};
-use state::{State, UpdateRecord, enter};
+use state::{Offer, State, UpdateRecord, enter};
 
 /// What to update to and how far to go.
 #[derive(Clone, Debug, Default)]
@@ -56,6 +57,9 @@ pub struct UpdateResult {
     pub offered: Option<VersionEntry>,
     /// How it would be (or was) fetched.
     pub plan: Option<Plan>,
+    /// The package changes from the running base to the offered version, read from
+    /// the list its publisher recorded (None when either side has none).
+    pub packages: Option<PackageDiff>,
     /// What the fetch did.
     pub fetched: Option<FetchResult>,
     /// The staged deployment.
@@ -158,16 +162,42 @@ impl Observer for Recording<'_> {
     fn cancelled(&self) -> bool {
         self.inner.cancelled()
     }
-    fn download(&self, done: u64, total: u64) {
-        self.inner.download(done, total);
+    fn download(&self, d: &Download) {
+        self.inner.download(d);
         let mut last = self.last.lock().unwrap();
-        if last.elapsed().as_millis() >= 1000 || done == total {
+        if last.elapsed().as_millis() >= 1000 || d.bytes_done == d.bytes_total {
             *last = Instant::now();
             let mut r = self.rec.lock().unwrap();
-            r.bytes_done = done;
+            r.bytes_done = d.bytes_done;
             let _ = state::save(self.sysroot, &mut r);
         }
     }
+}
+
+/// What the offered version changes in the packages of the running base: its
+/// published list against the base's own. `None` when the publisher recorded no list
+/// or the base has no dpkg database; a list that fails to download or verify fails the
+/// check.
+fn package_changes(
+    repo: &Repo,
+    remote: &Remote,
+    current: Option<&ObjectId>,
+    target: &VersionEntry,
+) -> Result<Option<PackageDiff>> {
+    let Some(theirs) = fetch::packages(remote, target)? else {
+        return Ok(None);
+    };
+    let ours = match current {
+        Some(c) => match crate::packages::packages_of(repo, c) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::info!("no package changes: the running base has no list: {e:#}");
+                return Ok(None);
+            }
+        },
+        None => Vec::new(),
+    };
+    Ok(Some(dpkg::diff(&ours, &theirs)))
 }
 
 /// Checks the commit and everything it reaches is stored.
@@ -212,7 +242,15 @@ pub fn run(
     rec.remote = Some(remote_name.clone());
     rec.channel = Some(channel.clone());
     step(&mut rec, State::Checking)?;
+    // One figure across the steps (docs/dbus.md): a check alone is the whole of it.
+    let spans = match action {
+        _ if opts.dry_run => [100, 100, 100],
+        Action::Check => [100, 100, 100],
+        Action::Download => [5, 90, 100],
+        Action::Stage => [5, 70, 75],
+    };
     let outcome = (|| -> Result<()> {
+        obs.percent("checking", 0);
         obs.task_begin("check");
         let idx = remote.channel(&channel)?;
         let machine = remote::machine_id()?;
@@ -240,15 +278,37 @@ pub fn run(
             }
         };
         obs.task_end("check");
+        obs.percent("checked", spans[0]);
         rec.last_check = Some(chrono::Utc::now().timestamp());
         rec.available = offered.map(|v| v.version.clone());
         rec.critical = offered.is_some_and(|v| v.critical);
+        rec.offer = None;
         result.offered = offered.cloned();
         let Some(target) = offered else {
             return step(&mut rec, State::Idle);
         };
         let plan = fetch::plan(repo, &remote, &idx, target)?;
         result.plan = Some(plan.clone());
+        result.packages = package_changes(repo, &remote, current.as_ref(), target)?;
+        rec.offer = Some(Offer {
+            version: target.version.clone(),
+            commit: Some(target.commit),
+            remote: remote_name.clone(),
+            channel: channel.clone(),
+            critical: target.critical,
+            release_notes: target.release_notes.clone(),
+            published: target.published,
+            download_bytes: plan
+                .chosen()
+                .filter(|_| !plan.present)
+                .map_or(0, |c| c.bytes),
+            method: plan
+                .chosen()
+                .filter(|_| !plan.present)
+                .map_or(Method::Present, |c| c.kind)
+                .to_string(),
+            packages: result.packages.clone(),
+        });
         if opts.dry_run || action == Action::Check {
             return step(&mut rec, State::Idle);
         }
@@ -260,8 +320,9 @@ pub fn run(
         step(&mut rec, State::Downloading)?;
         obs.task_begin("download");
         let shared = Mutex::new(rec.clone());
+        let downloading = Span::new(obs, spans[0], spans[1]);
         let recording = Recording {
-            inner: obs,
+            inner: &downloading,
             sysroot,
             rec: &shared,
             last: Mutex::new(Instant::now()),
@@ -271,6 +332,7 @@ pub fn run(
         rec = shared.into_inner().unwrap();
         obs.task_end("download");
         step(&mut rec, State::Verifying)?;
+        obs.percent("verifying", spans[1]);
         verify_complete(repo, &target.commit)?;
         let refname = RefName::parse(&format!("{remote_name}:{channel}"))?;
         Transaction::begin(repo, LockWait::Wait(&|_| {}))?
@@ -293,10 +355,13 @@ pub fn run(
             stage: current_d.is_some(),
             layers_built: false,
         };
-        let r = deploy_held(sysroot, lock, &d_opts, obs)?;
+        obs.percent("staging", spans[2]);
+        let r = deploy_held(sysroot, lock, &d_opts, &Span::new(obs, spans[2], 100))?;
         let name = r.deployment.dir_name();
         result.deployment = Some(name.clone());
         rec.deployment = Some(name);
+        // What was offered is what boots next: nothing is available beyond it.
+        rec.offer = None;
         // A first deployment has nothing to stage behind: it is simply the default.
         step(&mut rec, State::Staged)
     })();

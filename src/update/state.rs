@@ -92,6 +92,36 @@ pub struct UpdateRecord {
     pub last_check: Option<i64>,
     /// Unix time of the last change.
     pub changed: i64,
+    /// What the last check offered, for a panel to show before anything is fetched;
+    /// `None` when up to date, and once the offered version is staged.
+    #[serde(default)]
+    pub offer: Option<Offer>,
+}
+
+/// A version offered to this device, as a check found it: what `AvailableUpdate` shows.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offer {
+    /// The version string.
+    pub version: String,
+    /// Its commit.
+    pub commit: Option<ObjectId>,
+    /// The remote offering it.
+    pub remote: String,
+    /// The channel.
+    pub channel: String,
+    /// Security or otherwise urgent.
+    pub critical: bool,
+    /// Where its release notes are (as published).
+    pub release_notes: Option<String>,
+    /// Unix time of its publication.
+    pub published: i64,
+    /// Bytes to download by the cheapest path (0: everything is stored).
+    pub download_bytes: u64,
+    /// That path: full, deltas or present.
+    pub method: String,
+    /// The package changes from the running base, when both sides list their
+    /// packages.
+    pub packages: Option<crate::packages::dpkg::PackageDiff>,
 }
 
 fn now() -> i64 {

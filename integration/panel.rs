@@ -1,0 +1,333 @@
+//! What a settings panel does with `arbord`, done by a real GLib client
+//! (`integration/clients/panel.py`) against a real nginx-served publication: check and
+//! see the package changes before downloading, upgrade following one progress figure to
+//! Finished, cancel mid-download and resume, two panels at once, and a panel that
+//! crashes mid-transaction without stopping the work.
+
+#[macro_use]
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::bus::Bus;
+use common::nginx::Nginx;
+use common::panel::Panel;
+use common::{arbor_ok, s, scratch};
+use serde_json::Value;
+
+const MACHINE: &str = "5f1e0c9a2b7d4e3f8a6b1c0d9e8f7a6b";
+const ROOT: &str = "/org/arbor/Arbor1";
+const MINUTES: Duration = Duration::from_secs(300);
+
+/// A dpkg status file listing `pkgs` (name, version) as installed.
+fn dpkg_status(pkgs: &[(&str, &str)]) -> String {
+    pkgs.iter()
+        .map(|(n, v)| {
+            format!(
+                "Package: {n}\nStatus: install ok installed\nArchitecture: amd64\nVersion: {v}\n\n"
+            )
+        })
+        .collect()
+}
+
+/// A publication of channel stable with version 1 deployed on a client sysroot, and
+/// version 2 published after it: tool 1.0-1 → 2.0-1, oldpkg removed, newpkg added, and
+/// 24 MB of incompressible data so that the delta takes a while through a slow nginx.
+struct Setup {
+    _t: tempfile::TempDir,
+    client: String,
+    nginx: Nginx,
+    delta: PathBuf,
+}
+
+fn setup(slow_deltas: Option<u32>) -> Setup {
+    let t = scratch();
+    let build = t.path().join("build");
+    let b = s(&build).to_string();
+    arbor_ok(&["--repo", &b, "init"]);
+    let srv = t.path().join("srv");
+    let pubdir = srv.join("pub");
+    arbor_ok(&["publish", "init", s(&pubdir)]);
+    let versions: [(&str, &[(&str, &str)]); 2] = [
+        (
+            "1",
+            &[("libfoo", "1.0-1"), ("oldpkg", "0.9"), ("tool", "1.0-1")],
+        ),
+        (
+            "2",
+            &[("libfoo", "1.0-1"), ("newpkg", "3.1"), ("tool", "2.0-1")],
+        ),
+    ];
+    let nginx = Nginx::start(&srv, &t.path().join("nginx"), slow_deltas);
+    let url = format!("{}pub", nginx.url);
+    let client = t.path().join("client");
+    let sys = s(&client).to_string();
+    for (v, pkgs) in versions {
+        let tree = common::rootfs(&t.path().join(format!("tree-{v}")), v);
+        std::fs::write(tree.join("var/lib/dpkg/status"), dpkg_status(pkgs)).unwrap();
+        if v == "2" {
+            let mut noise = vec![0u8; 24 << 20];
+            let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+            for b in noise.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            std::fs::write(tree.join("usr/bin/big-tool"), noise).unwrap();
+        }
+        arbor_ok(&[
+            "--repo",
+            &b,
+            "compose",
+            "rootfs",
+            s(&tree),
+            "-b",
+            "os/stable",
+            "--version",
+            v,
+        ]);
+        arbor_ok(&[
+            "--repo",
+            &b,
+            "publish",
+            "add",
+            s(&pubdir),
+            "--channel",
+            "stable",
+            "--version",
+            v,
+            "--ref",
+            "os/stable",
+        ]);
+        if v == "1" {
+            let root_json = pubdir.join("metadata/1.root.json");
+            arbor_ok(&["admin", "init-fs", &sys]);
+            arbor_ok(&["--sysroot", &sys, "admin", "os-init", "debian"]);
+            arbor_ok(&[
+                "--sysroot",
+                &sys,
+                "remote",
+                "add",
+                "origin",
+                &url,
+                "--trust",
+                s(&root_json),
+            ]);
+            let out = std::process::Command::new(common::arbor_bin())
+                .args(["--sysroot", &sys, "deploy", "origin:stable"])
+                .env("ARBOR_MACHINE_ID", MACHINE)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    let delta = std::fs::read_dir(pubdir.join("deltas"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "delta"))
+        .expect("version 2 was published with a delta from 1");
+    Setup {
+        _t: t,
+        client: sys,
+        nginx,
+        delta,
+    }
+}
+
+fn bus(setup: &Setup) -> Bus {
+    Bus::launch_env(&setup.client, 60, None, &[("ARBOR_MACHINE_ID", MACHINE)])
+}
+
+/// A value of an `a{sv}` as the panel prints it (Python unpacks the variants).
+fn names(list: &Value) -> Vec<String> {
+    let mut v: Vec<String> = list
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| p["name"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Waits until the panel sees AvailableUpdate change, and returns the new value.
+fn available_changed(p: &mut Panel) -> Value {
+    let e = p.until(MINUTES, |e| {
+        e["path"] == ROOT && e["changed"].get("AvailableUpdate").is_some()
+    });
+    e["changed"]["AvailableUpdate"].clone()
+}
+
+#[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+fn root_a_panel_checks_sees_package_changes_and_upgrades_following_progress() {
+    require_root!();
+    let setup = setup(None);
+    let bus = bus(&setup);
+    let mut a = Panel::connect(&bus.address);
+    let mut b = Panel::connect(&bus.address);
+    a.ok("register");
+    b.ok("register");
+    setup.nginx.clear_log();
+    assert_eq!(
+        a.ok("get AvailableUpdate"),
+        serde_json::json!({}),
+        "not checked yet"
+    );
+
+    // Check: both panels learn what version 2 changes, before anything is fetched.
+    let check = a.ok("start Check").as_str().unwrap().to_string();
+    assert_eq!(a.finished(&check, MINUTES), (true, String::new()));
+    let offer = available_changed(&mut b);
+    assert_eq!(available_changed(&mut a), offer);
+    assert_eq!(offer["version"], "2");
+    assert_eq!(offer["remote"], "origin");
+    assert_eq!(offer["channel"], "stable");
+    assert_eq!(offer["method"], "deltas");
+    assert!(
+        offer["download_bytes"].as_i64().unwrap() > 1 << 20,
+        "{offer}"
+    );
+    let pkgs = &offer["packages"];
+    assert_eq!(names(&pkgs["upgraded"]), ["tool"]);
+    assert_eq!(pkgs["upgraded"][0]["from"], "1.0-1");
+    assert_eq!(pkgs["upgraded"][0]["to"], "2.0-1");
+    assert_eq!(names(&pkgs["added"]), ["newpkg"]);
+    assert_eq!(names(&pkgs["removed"]), ["oldpkg"]);
+    let fetched: Vec<String> = setup
+        .nginx
+        .requests()
+        .into_iter()
+        .map(|(path, _, _)| path)
+        .filter(|p| p.contains("/objects/") || p.contains("/deltas/"))
+        .collect();
+    assert!(fetched.is_empty(), "a check fetched {fetched:?}");
+    assert_eq!(a.ok("get AvailableUpdate"), offer);
+
+    // Upgrade, followed from the first signal (wait-for-start, then Start).
+    let up = a.ok("start Upgrade").as_str().unwrap().to_string();
+    assert_eq!(a.finished(&up, MINUTES), (true, String::new()));
+    assert_eq!(
+        b.finished(&up, MINUTES),
+        (true, String::new()),
+        "the other panel saw it too"
+    );
+    let percents: Vec<u64> = a
+        .signals(&up, "PercentProgress")
+        .iter()
+        .map(|args| args[1].as_u64().unwrap())
+        .collect();
+    assert!(percents.len() >= 5, "{percents:?}");
+    assert!(
+        percents.windows(2).all(|w| w[0] <= w[1]),
+        "backwards: {percents:?}"
+    );
+    assert_eq!(percents.first(), Some(&0));
+    assert_eq!(percents.last(), Some(&100));
+    let downloads = a.signals(&up, "DownloadProgress");
+    let last = downloads.last().expect("DownloadProgress during the fetch");
+    let delta_size = std::fs::metadata(&setup.delta).unwrap().len();
+    assert_eq!(last[0].as_u64(), Some(delta_size), "{last:?}");
+    assert_eq!(last[1].as_u64(), Some(delta_size));
+    assert_eq!(
+        (last[2].as_u64(), last[3].as_u64()),
+        (Some(0), Some(1)),
+        "one delta"
+    );
+    let tasks: Vec<String> = a
+        .signals(&up, "TaskBegin")
+        .iter()
+        .map(|args| args[0].as_str().unwrap().to_string())
+        .collect();
+    for t in ["check", "download", "checkout", "kernel"] {
+        assert!(tasks.iter().any(|x| x == t), "no task {t}: {tasks:?}");
+    }
+    assert_eq!(a.ok(&format!("tget {up} Percent")), 100);
+    assert_eq!(a.ok(&format!("tget {up} CurrentTask")), "");
+    // Staged: nothing more is available, and the state says so.
+    assert_eq!(a.ok("get AvailableUpdate"), serde_json::json!({}));
+    assert_eq!(a.ok("get UpdateState"), "staged");
+    assert_eq!(a.ok("get StagedDeployment")["version"], "2");
+}
+
+#[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+fn root_cancel_resume_and_a_panel_that_crashes_mid_download() {
+    require_root!();
+    // 4 MB/s: the delta (about 24 MB) takes seconds, time to act in the middle.
+    let setup = setup(Some(4 << 20));
+    let bus = bus(&setup);
+    let mut a = Panel::connect(&bus.address);
+    let mut b = Panel::connect(&bus.address);
+    b.ok("register");
+
+    // A transaction waits for its caller's Start: another client may not start it,
+    // and a Cancel abandons it before anything ran.
+    let waiting = b.ok(r#"call Upgrade {"wait-for-start": true}"#);
+    let waiting = waiting.as_str().unwrap().to_string();
+    let r = a.ask(&format!("tcall {waiting} Start"));
+    assert_eq!(r["error"], "org.freedesktop.DBus.Error.AccessDenied", "{r}");
+    assert_eq!(b.ok(&format!("tget {waiting} Running")), true);
+    b.ok(&format!("tcall {waiting} Cancel"));
+    let (done, msg) = b.finished(&waiting, MINUTES);
+    assert!(!done && msg.contains("cancelled"), "{msg}");
+    assert!(a.signals(&waiting, "TaskBegin").is_empty(), "nothing ran");
+
+    // Cancel mid-download: the transaction stops at its next safe point, deploys
+    // nothing, and keeps what it fetched.
+    let first = a.ok("start Upgrade").as_str().unwrap().to_string();
+    a.until(MINUTES, |e| {
+        e["signal"] == "DownloadProgress"
+            && e["path"] == first.as_str()
+            && e["args"][0].as_u64().unwrap() > 4 << 20
+    });
+    assert_eq!(a.ok(&format!("tget {first} CurrentTask")), "download");
+    let mid = a.ok(&format!("tget {first} Percent")).as_u64().unwrap();
+    assert!((5..70).contains(&mid), "{mid}");
+    a.ok(&format!("tcall {first} Cancel"));
+    let (done, msg) = a.finished(&first, MINUTES);
+    assert!(!done && msg.contains("cancelled"), "{msg}");
+    assert_eq!(
+        a.ok(&format!("tget {first} ErrorName")),
+        "org.arbor.Arbor1.Error.Cancelled"
+    );
+    assert_eq!(a.ok("get StagedDeployment"), serde_json::json!({}));
+    let rates: Vec<u64> = a
+        .signals(&first, "DownloadProgress")
+        .iter()
+        .map(|args| args[4].as_u64().unwrap())
+        .collect();
+    assert!(rates.iter().any(|r| *r > 0), "no rate: {rates:?}");
+
+    // The next Upgrade resumes the download; its panel crashes mid-way, and the work
+    // goes on: the other panel sees it finish.
+    setup.nginx.clear_log();
+    let second = a.ok("start Upgrade").as_str().unwrap().to_string();
+    let resumed = a.until(MINUTES, |e| {
+        e["signal"] == "DownloadProgress" && e["path"] == second.as_str()
+    });
+    assert!(
+        resumed["args"][0].as_u64().unwrap() > 4 << 20,
+        "it started again from nothing: {resumed}"
+    );
+    a.kill();
+    assert_eq!(b.finished(&second, MINUTES), (true, String::new()));
+    let result: Value =
+        serde_json::from_str(b.ok(&format!("tget {second} Result")).as_str().unwrap()).unwrap();
+    let delta_size = std::fs::metadata(&setup.delta).unwrap().len();
+    let fetched = result["update"]["fetched"]["bytes"].as_u64().unwrap();
+    assert!(
+        fetched < delta_size - (4 << 20),
+        "{fetched} of {delta_size}: not resumed"
+    );
+    assert_eq!(b.ok("get StagedDeployment")["version"], "2");
+    arbor_ok(&["--sysroot", &setup.client, "fsck"]);
+}
