@@ -27,6 +27,7 @@ W=$(mktemp -d "${BENCH_DIR:-/var/tmp}/arbor-bench.XXXXXX")
 chmod 755 "$W" # nginx workers run unprivileged
 pids=()
 cleanup() {
+  [[ -f $W/panel.out ]] && grep -v '^check\|^registered\|^done' "$W/panel.out" >&2
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   nginx -c "$W/nginx/nginx.conf" -s stop 2>/dev/null || true
   rm -rf "$W"
@@ -66,7 +67,7 @@ bus_and_daemon "$S"
 
 # The panel: registers, reports when it did, then times each Check on a "go" line.
 mkfifo "$W/to-panel"
-/usr/bin/python3 - "$ADDR" "$RUNS" < "$W/to-panel" > "$W/panel.out" <<'PY' & pids+=($!)
+cat > "$W/panel.py" <<'PY'
 import sys, time
 import gi
 gi.require_version("Gio", "2.0")
@@ -102,6 +103,7 @@ for run in range(int(sys.argv[2]) + 1):
 print("done", flush=True)
 sys.stdin.readline()
 PY
+/usr/bin/python3 "$W/panel.py" "$ADDR" "$RUNS" < "$W/to-panel" > "$W/panel.out" 2>&1 & pids+=($!)
 exec 3> "$W/to-panel"
 for _ in $(seq 200); do grep -q registered "$W/panel.out" 2>/dev/null && break; sleep 0.05; done
 sleep 2
