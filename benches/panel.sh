@@ -27,7 +27,7 @@ W=$(mktemp -d "${BENCH_DIR:-/var/tmp}/arbor-bench.XXXXXX")
 chmod 755 "$W" # nginx workers run unprivileged
 pids=()
 cleanup() {
-  [[ -f $W/panel.out ]] && grep -v '^check\|^registered\|^done' "$W/panel.out" >&2
+  [[ -f $W/panel.out ]] && { grep -v '^check\|^registered\|^done' "$W/panel.out" >&2 || true; }
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   nginx -c "$W/nginx/nginx.conf" -s stop 2>/dev/null || true
   rm -rf "$W"

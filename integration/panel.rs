@@ -331,3 +331,236 @@ fn root_cancel_resume_and_a_panel_that_crashes_mid_download() {
     assert_eq!(b.ok("get StagedDeployment")["version"], "2");
     arbor_ok(&["--sysroot", &setup.client, "fsck"]);
 }
+
+/// `arbor serve` on a unix socket (and on TCP with a token), driven with curl.
+struct Served {
+    child: std::process::Child,
+    socket: PathBuf,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(args: &[&str], ready: &std::path::Path) -> Served {
+    let child = std::process::Command::new(common::arbor_bin())
+        .arg("serve")
+        .args(args)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let s = Served {
+        child,
+        socket: ready.to_path_buf(),
+    };
+    while !ready.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "arbor serve never listened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    s
+}
+
+/// curl ARGS…: (HTTP status, body as JSON, or as a string when it is not JSON).
+fn curl(args: &[&str]) -> (u16, Value) {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", "--max-time", "300"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    let body = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.into()));
+    (code.parse().unwrap(), body)
+}
+
+#[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+fn root_a_dashboard_uses_the_http_api_with_curl() {
+    require_root!();
+    let setup = setup(None);
+    let bus = bus(&setup);
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("api.sock");
+    let served = serve(
+        &["--socket", s(&sock), "--bus-address", &bus.address],
+        &sock,
+    );
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&sock).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "only its owner may connect by default");
+    let api = |method: &str, path: &str, body: Option<&str>| {
+        let url = format!("http://arbor{path}");
+        let mut args = vec![
+            "--unix-socket",
+            s(&served.socket),
+            "-X",
+            method,
+            url.as_str(),
+        ];
+        if let Some(b) = body {
+            args.extend(["-H", "Content-Type: application/json", "--data", b]);
+        }
+        curl(&args)
+    };
+    let (code, status) = api("GET", "/api/status", None);
+    assert_eq!(code, 200, "{status}");
+    assert_eq!(status["pending"]["version"], "1");
+    assert_eq!(status["available"], serde_json::json!({}));
+
+    // Progress as server-sent events, followed from before anything starts.
+    let mut events = std::process::Command::new("curl")
+        .args(["-sN", "--unix-socket", s(&sock), "http://arbor/api/events"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let out = events.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+
+    let (code, checked) = api("POST", "/api/check?wait=true", None);
+    assert_eq!(code, 200, "{checked}");
+    assert_eq!(checked["available"]["version"], "2");
+    assert_eq!(
+        checked["available"]["packages"]["upgraded"][0]["name"],
+        "tool"
+    );
+
+    let (code, started) = api("POST", "/api/apply", None);
+    assert_eq!(code, 202, "{started}");
+    let url = started["url"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + MINUTES;
+    let done = loop {
+        let (code, t) = api("GET", &url, None);
+        assert_eq!(code, 200, "{t}");
+        if t["running"] == false {
+            break t;
+        }
+        assert!(std::time::Instant::now() < deadline, "never finished: {t}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(done["success"], true, "{done}");
+    assert_eq!(done["percent"], 100);
+    assert_eq!(done["result"]["update"]["offered"]["version"], "2");
+    let (_, status) = api("GET", "/api/status", None);
+    assert_eq!(status["staged"]["version"], "2");
+    assert_eq!(status["update_status"]["state"], "staged");
+
+    // The event stream saw the upgrade's progress to its end.
+    let mut lines = Vec::new();
+    while let Ok(l) = rx.recv_timeout(Duration::from_secs(5)) {
+        lines.push(l);
+        if lines.iter().any(|l| l == "event: Finished")
+            && lines
+                .iter()
+                .filter(|l| l.starts_with("event: Finished"))
+                .count()
+                >= 2
+        {
+            break;
+        }
+    }
+    let _ = events.kill();
+    let _ = events.wait();
+    for e in [
+        "event: PercentProgress",
+        "event: DownloadProgress",
+        "event: TaskBegin",
+        "event: Finished",
+        "event: PropertiesChanged",
+    ] {
+        assert!(
+            lines.iter().any(|l| l == e),
+            "no {e} in:\n{}",
+            lines.join("\n")
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("data: ") && l.contains("\"percent\":100")),
+        "{}",
+        lines.join("\n")
+    );
+
+    // The policy: read, changed, a wrong value refused whole.
+    let (code, auto) = api("PUT", "/api/auto", Some(r#"{"auto_install": true}"#));
+    assert_eq!(
+        (code, &auto["auto_install"]),
+        (200, &Value::Bool(true)),
+        "{auto}"
+    );
+    let (code, err) = api("PUT", "/api/auto", Some(r#"{"preferred_time": "25:00"}"#));
+    assert_eq!(code, 400, "{err}");
+    assert_eq!(err["error"], "org.freedesktop.DBus.Error.InvalidArgs");
+    assert_eq!(api("GET", "/api/auto", None).1["preferred_time"], "03:00");
+    let (code, err) = api("PUT", "/api/auto", Some("not json"));
+    assert_eq!(code, 400, "{err}");
+
+    // TCP only with a private token file; a request without the token is 401.
+    let out = common::arbor(&["serve", "--listen", "127.0.0.1:0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs --token-file"));
+    let token = dir.path().join("token");
+    std::fs::write(&token, "a-long-enough-test-token-0123\n").unwrap();
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let args = [
+        "serve",
+        "--listen",
+        &addr,
+        "--token-file",
+        s(&token),
+        "--bus-address",
+        &bus.address,
+    ];
+    let out = common::arbor(&args);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("others may read it"));
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let mut tcp = std::process::Command::new(common::arbor_bin())
+        .args(args)
+        .spawn()
+        .unwrap();
+    let url = format!("http://{addr}/api/status");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never listened on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, body) = curl(&[&url]);
+    assert_eq!(code, 401, "{body}");
+    assert_eq!(body["error"], "unauthorized");
+    let (code, _) = curl(&[
+        "-H",
+        "Authorization: Bearer wrong-token-of-some-length",
+        &url,
+    ]);
+    assert_eq!(code, 401);
+    let (code, body) = curl(&[
+        "-H",
+        "Authorization: Bearer a-long-enough-test-token-0123",
+        &url,
+    ]);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["staged"]["version"], "2");
+    let _ = tcp.kill();
+    let _ = tcp.wait();
+}

@@ -33,6 +33,7 @@ pub mod packages;
 pub mod progress;
 pub mod publish;
 pub mod remote;
+pub mod serve;
 pub mod statedb;
 pub mod store;
 pub mod sys;

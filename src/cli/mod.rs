@@ -16,6 +16,7 @@ mod package_cmds;
 pub mod prepare_root;
 mod remote_cmds;
 mod repo_cmds;
+mod serve_cmd;
 mod sysroot_cmds;
 
 use std::path::PathBuf;
@@ -166,6 +167,8 @@ pub enum Command {
     Ostree(interop_cmds::OstreeCommand),
     /// Mount a commit read-only with FUSE, straight from the store.
     Mount(interop_cmds::MountArgs),
+    /// Serve a JSON HTTP API for dashboards (a D-Bus client of arbord).
+    Serve(serve_cmd::ServeArgs),
     /// Write the man pages into DIR (used to keep man/ current).
     #[command(hide = true)]
     GenerateMan {
@@ -272,6 +275,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
         | Command::Override(_)
         | Command::Upgrade(_) => package_cmds::run_layering(cli, &cli.command),
         Command::Mount(a) => interop_cmds::run_mount(cli, a),
+        Command::Serve(a) => serve_cmd::run_serve(a),
         Command::Admin(cmd) => sysroot_cmds::run_admin(cli, cmd),
         Command::PrepareRoot(a) => sysroot_cmds::run_prepare_root(&cli.sysroot, a),
         Command::Compose(cmd) => sysroot_cmds::run_compose(cli, cmd),

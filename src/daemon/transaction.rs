@@ -428,6 +428,7 @@ pub(crate) async fn start(
             .unwrap_or_else(|p| Err(anyhow::anyhow!("{}", ops::panic_message(&*p))));
         drop(lock);
         finish(&shared, &obs, &path, result);
+        crate::sys::release_free_memory();
     });
     Ok(object_path)
 }

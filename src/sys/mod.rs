@@ -37,3 +37,14 @@ pub fn pin_mmap_threshold() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
     }
 }
+
+/// Gives memory freed by a finished piece of work back to the system. The daemon calls
+/// it after each transaction: the worker thread's allocator arena otherwise keeps the
+/// freed pages resident, and an idle daemon that has checked for updates once stayed
+/// 7 MB above one that has not.
+pub fn release_free_memory() {
+    // SAFETY: malloc_trim only returns free pages of the allocator's arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

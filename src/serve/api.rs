@@ -1,0 +1,259 @@
+//! The routes of `arbor serve` (docs/serve.md): status, check, apply, rollback, the
+//! automatic-update policy, a transaction's state, and a stream of the daemon's
+//! progress as server-sent events.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use zbus::Connection;
+
+use super::bus;
+
+/// The largest request body (a policy change is a few hundred bytes).
+const MAX_BODY: usize = 64 << 10;
+
+/// What every request shares: the bus connection and the token, if one is required.
+pub struct Ctx {
+    /// The connection to the bus `arbord` is on.
+    pub conn: Connection,
+    /// The bearer token requests must carry (always on TCP).
+    pub token: Option<String>,
+}
+
+/// The router over `ctx`.
+pub fn router(ctx: Arc<Ctx>) -> Router {
+    Router::new()
+        .route("/api/status", get(status))
+        .route("/api/check", post(check))
+        .route("/api/apply", post(apply))
+        .route("/api/rollback", post(rollback))
+        .route("/api/auto", get(auto).put(set_auto))
+        .route("/api/transactions/{n}", get(transaction))
+        .route("/api/events", get(events))
+        .layer(axum::middleware::from_fn_with_state(ctx.clone(), authorize))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(ctx)
+}
+
+/// An error as the API returns it: a status and `{"error": NAME, "message": TEXT}`.
+pub struct ApiError(StatusCode, String, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let ApiError(code, name, message) = self;
+        let mut r = (code, Json(json!({"error": name, "message": message}))).into_response();
+        if code == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        r
+    }
+}
+
+impl From<zbus::Error> for ApiError {
+    /// The daemon's error names become HTTP statuses a dashboard can act on.
+    fn from(e: zbus::Error) -> Self {
+        let (name, message) = match &e {
+            zbus::Error::MethodError(name, msg, _) => {
+                (name.to_string(), msg.clone().unwrap_or_default())
+            }
+            zbus::Error::FDO(f) => {
+                let name = zbus::DBusError::name(f.as_ref()).to_string();
+                let msg = zbus::DBusError::description(f.as_ref())
+                    .unwrap_or("")
+                    .to_string();
+                (name, msg)
+            }
+            other => ("org.arbor.Arbor1.Error.Failed".into(), other.to_string()),
+        };
+        let code = match name.rsplit('.').next().unwrap_or("") {
+            "AccessDenied" | "AuthFailed" | "InteractiveAuthorizationRequired" => {
+                StatusCode::FORBIDDEN
+            }
+            "Busy" => StatusCode::CONFLICT,
+            "InvalidArgs" | "NoStateroot" | "ChannelNotFound" => StatusCode::BAD_REQUEST,
+            "NothingPending" => StatusCode::CONFLICT,
+            "Offline" | "ServiceUnknown" | "NameHasNoOwner" => StatusCode::SERVICE_UNAVAILABLE,
+            "NoSpace" => StatusCode::INSUFFICIENT_STORAGE,
+            "UnknownObject" => StatusCode::NOT_FOUND,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(code, name, message)
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError(
+        StatusCode::BAD_REQUEST,
+        "org.freedesktop.DBus.Error.InvalidArgs".into(),
+        message.into(),
+    )
+}
+
+/// Refuses, with 401, a request without the token when one is required. The
+/// comparison takes the same time whatever the token sent.
+async fn authorize(State(ctx): State<Arc<Ctx>>, req: Request, next: Next) -> Response {
+    if let Some(want) = &ctx.token {
+        let got = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !same(got.as_bytes(), want.as_bytes()) {
+            return ApiError(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized".into(),
+                "this API needs 'Authorization: Bearer TOKEN' with the token of its token file"
+                    .into(),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Equal bytes, compared in time that depends only on the lengths.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn status(State(ctx): State<Arc<Ctx>>) -> ApiResult {
+    Ok(Json(bus::status(&ctx.conn).await?).into_response())
+}
+
+/// `?wait=true`: answer once the transaction finished, with its outcome.
+#[derive(Deserialize, Default)]
+struct Wait {
+    #[serde(default)]
+    wait: bool,
+}
+
+/// Starts a transaction; 202 with its path at once, or 200 with its outcome when the
+/// client asked to wait (a failed transaction is then 200 too, with success false and
+/// its error name: the request itself worked).
+async fn begin(ctx: &Ctx, method: &str, body: Option<&Value>, wait: bool) -> ApiResult {
+    let opts = match body {
+        Some(b) => bus::options(b).map_err(bad_request)?,
+        None => Default::default(),
+    };
+    let (path, stream) = bus::start(&ctx.conn, method, opts).await?;
+    if !wait {
+        let n = path.as_str().rsplit('/').next().unwrap_or("");
+        let body = json!({"transaction": path.as_str(), "url": format!("/api/transactions/{n}")});
+        return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
+    }
+    let outcome = bus::outcome(&ctx.conn, &path, stream).await?;
+    Ok(Json(outcome).into_response())
+}
+
+async fn check(State(ctx): State<Arc<Ctx>>, Query(q): Query<Wait>) -> ApiResult {
+    let mut r = begin(&ctx, "Check", None, q.wait).await?;
+    if q.wait && r.status() == StatusCode::OK {
+        // What a dashboard wants after a check: the offer itself.
+        let available = bus::property(&ctx.conn, "AvailableUpdate").await?;
+        r = Json(json!({"available": available})).into_response();
+    }
+    Ok(r)
+}
+
+async fn apply(State(ctx): State<Arc<Ctx>>, Query(q): Query<Wait>) -> ApiResult {
+    begin(&ctx, "Upgrade", None, q.wait).await
+}
+
+async fn rollback(State(ctx): State<Arc<Ctx>>, Query(q): Query<Wait>) -> ApiResult {
+    begin(&ctx, "Rollback", None, q.wait).await
+}
+
+async fn auto(State(ctx): State<Arc<Ctx>>) -> ApiResult {
+    Ok(Json(bus::property(&ctx.conn, "AutomaticUpdatePolicy").await?).into_response())
+}
+
+async fn set_auto(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: String) -> ApiResult {
+    let json_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|t| t.starts_with("application/json"));
+    if !json_type {
+        return Err(bad_request("send the changes as application/json"));
+    }
+    let changes: Value =
+        serde_json::from_str(&body).map_err(|e| bad_request(format!("not JSON: {e}")))?;
+    bus::set_policy(&ctx.conn, bus::options(&changes).map_err(bad_request)?).await?;
+    auto(State(ctx)).await
+}
+
+async fn transaction(State(ctx): State<Arc<Ctx>>, Path(n): Path<u64>) -> ApiResult {
+    let path = format!("{}/Transaction/{n}", bus::ROOT);
+    Ok(Json(bus::transaction(&ctx.conn, &path).await?).into_response())
+}
+
+/// The daemon's signals as server-sent events, as they come, until the client goes.
+async fn events(State(ctx): State<Arc<Ctx>>) -> ApiResult {
+    let stream = bus::signals(&ctx.conn).await?;
+    let events = stream.filter_map(|m| async move {
+        let m = m.ok()?;
+        let (name, data) = bus::event(&m)?;
+        Some(Ok::<_, std::convert::Infallible>(
+            Event::default().event(name).data(data.to_string()),
+        ))
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(same(b"s3cret", b"s3cret"));
+        assert!(!same(b"s3cret", b"s3cres"));
+        assert!(!same(b"s3cre", b"s3cret"));
+        assert!(!same(b"", b"x"));
+    }
+
+    #[test]
+    fn daemon_errors_become_statuses() {
+        let e = |name: &str| {
+            let n = zbus::names::OwnedErrorName::try_from(name.to_string()).unwrap();
+            let msg = zbus::message::Message::method_call("/", "X")
+                .unwrap()
+                .build(&())
+                .unwrap();
+            ApiError::from(zbus::Error::MethodError(n, Some("why".into()), msg)).0
+        };
+        assert_eq!(e("org.arbor.Arbor1.Error.Busy"), StatusCode::CONFLICT);
+        assert_eq!(
+            e("org.freedesktop.DBus.Error.AccessDenied"),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            e("org.arbor.Arbor1.Error.Offline"),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            e("org.freedesktop.DBus.Error.InvalidArgs"),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            e("org.arbor.Arbor1.Error.Failed"),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+}

@@ -1,0 +1,236 @@
+//! `arbor serve` as a D-Bus client of `arbord`: it reads the daemon's properties,
+//! starts transactions the race-free way (`wait-for-start`, then `Start`), and turns
+//! the daemon's signals into JSON. It holds no privilege of its own: polkit judges
+//! each call by the uid `arbor serve` runs as.
+
+use std::collections::HashMap;
+
+use futures::StreamExt;
+use serde_json::{Value as Json, json};
+use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
+use zbus::{Connection, MatchRule, MessageStream, Proxy};
+
+/// The daemon's well-known name.
+pub const NAME: &str = "org.arbor.Arbor1";
+/// Its root object.
+pub const ROOT: &str = "/org/arbor/Arbor1";
+const SYSROOT: &str = "org.arbor.Arbor1.Sysroot";
+const TRANSACTION: &str = "org.arbor.Arbor1.Transaction";
+
+/// The properties `GET /api/status` reports, by their JSON names.
+const STATUS: &[(&str, &str)] = &[
+    ("update_state", "UpdateState"),
+    ("booted", "BootedDeployment"),
+    ("pending", "PendingDeployment"),
+    ("rollback", "RollbackDeployment"),
+    ("staged", "StagedDeployment"),
+    ("available", "AvailableUpdate"),
+    ("update_status", "UpdateStatus"),
+    ("active_transaction", "ActiveTransaction"),
+    ("last_transaction", "LastTransaction"),
+];
+
+/// A D-Bus value as JSON: dictionaries become objects, arrays and structures arrays,
+/// variants their content.
+pub fn to_json(v: &Value<'_>) -> Json {
+    match v {
+        Value::U8(n) => json!(n),
+        Value::Bool(b) => json!(b),
+        Value::I16(n) => json!(n),
+        Value::U16(n) => json!(n),
+        Value::I32(n) => json!(n),
+        Value::U32(n) => json!(n),
+        Value::I64(n) => json!(n),
+        Value::U64(n) => json!(n),
+        Value::F64(n) => json!(n),
+        Value::Str(s) => json!(s.as_str()),
+        Value::Signature(s) => json!(s.to_string()),
+        Value::ObjectPath(p) => json!(p.as_str()),
+        Value::Value(inner) => to_json(inner),
+        Value::Array(a) => Json::Array(a.iter().map(to_json).collect()),
+        Value::Dict(d) => Json::Object(
+            d.iter()
+                .map(|(k, v)| {
+                    let key = match to_json(k) {
+                        Json::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    (key, to_json(v))
+                })
+                .collect(),
+        ),
+        Value::Structure(s) => Json::Array(s.fields().iter().map(to_json).collect()),
+        Value::Fd(_) => Json::Null,
+    }
+}
+
+/// JSON options as `a{sv}`: booleans `b`, integers `x`, strings `s`, lists of strings
+/// `as`. Anything else is refused, naming the key.
+pub fn options(body: &Json) -> Result<HashMap<String, OwnedValue>, String> {
+    let Some(map) = body.as_object() else {
+        return Err("the body must be a JSON object".into());
+    };
+    let mut out = HashMap::new();
+    for (k, v) in map {
+        let value = match v {
+            Json::Bool(b) => OwnedValue::from(*b),
+            Json::Number(n) if n.is_i64() => OwnedValue::from(n.as_i64().unwrap()),
+            Json::String(s) => {
+                OwnedValue::try_from(Value::from(s.as_str())).map_err(|e| format!("{k}: {e}"))?
+            }
+            Json::Array(items) if items.iter().all(Json::is_string) => {
+                let list: Vec<&str> = items.iter().filter_map(Json::as_str).collect();
+                OwnedValue::try_from(Value::from(list)).map_err(|e| format!("{k}: {e}"))?
+            }
+            _ => {
+                return Err(format!(
+                    "'{k}' must be a boolean, an integer, a string or a list of strings"
+                ));
+            }
+        };
+        out.insert(k.clone(), value);
+    }
+    Ok(out)
+}
+
+fn sysroot(conn: &Connection) -> impl std::future::Future<Output = zbus::Result<Proxy<'_>>> {
+    Proxy::new(conn, NAME, ROOT, SYSROOT)
+}
+
+/// One property of the sysroot object as JSON. `UpdateStatus`, a JSON document in a
+/// string, is parsed.
+pub async fn property(conn: &Connection, name: &str) -> zbus::Result<Json> {
+    let v: OwnedValue = sysroot(conn).await?.get_property(name).await?;
+    let j = to_json(&v);
+    Ok(match (name, &j) {
+        ("UpdateStatus", Json::String(s)) => serde_json::from_str(s).unwrap_or(j),
+        _ => j,
+    })
+}
+
+/// What `GET /api/status` returns: the sysroot's state and the update's.
+pub async fn status(conn: &Connection) -> zbus::Result<Json> {
+    let mut out = serde_json::Map::new();
+    for (key, prop) in STATUS {
+        out.insert(key.to_string(), property(conn, prop).await?);
+    }
+    Ok(Json::Object(out))
+}
+
+/// Calls a transaction method (`Check`, `Upgrade`, `Rollback`) with `opts` and
+/// "wait-for-start", subscribes to the new transaction's signals, then starts it.
+/// Returns its path and the subscription, which sees every signal from the first.
+pub async fn start(
+    conn: &Connection,
+    method: &str,
+    mut opts: HashMap<String, OwnedValue>,
+) -> zbus::Result<(OwnedObjectPath, MessageStream)> {
+    opts.insert("wait-for-start".into(), OwnedValue::from(true));
+    let path: OwnedObjectPath = sysroot(conn).await?.call(method, &(opts,)).await?;
+    let rule = MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .sender(NAME)?
+        .interface(TRANSACTION)?
+        .path(path.as_str())?
+        .build();
+    let stream = MessageStream::for_match_rule(rule, conn, None).await?;
+    Proxy::new(conn, NAME, path.as_str(), TRANSACTION)
+        .await?
+        .call::<_, _, ()>("Start", &())
+        .await?;
+    Ok((path, stream))
+}
+
+/// Reads a transaction's signals until `Finished`, then its outcome:
+/// `{transaction, success, error, error_name, result}` (`result` parsed from JSON).
+pub async fn outcome(
+    conn: &Connection,
+    path: &OwnedObjectPath,
+    mut stream: MessageStream,
+) -> zbus::Result<Json> {
+    while let Some(msg) = stream.next().await {
+        let msg = msg?;
+        if msg.header().member().is_some_and(|m| m == "Finished") {
+            break;
+        }
+    }
+    transaction(conn, path.as_str()).await
+}
+
+/// A transaction's state as JSON, by its properties.
+pub async fn transaction(conn: &Connection, path: &str) -> zbus::Result<Json> {
+    let t = Proxy::new(conn, NAME, path, TRANSACTION).await?;
+    let text = |name: &'static str| {
+        let t = &t;
+        async move { t.get_property::<String>(name).await }
+    };
+    let result = text("Result").await?;
+    Ok(json!({
+        "transaction": path,
+        "method": text("Method").await?,
+        "running": t.get_property::<bool>("Running").await?,
+        "success": t.get_property::<bool>("Success").await?,
+        "percent": t.get_property::<u32>("Percent").await?,
+        "current_task": text("CurrentTask").await?,
+        "error": text("ErrorMessage").await?,
+        "error_name": text("ErrorName").await?,
+        "result": serde_json::from_str::<Json>(&result).unwrap_or(Json::Null),
+    }))
+}
+
+/// The automatic-update policy, and a change of it.
+pub async fn set_policy(
+    conn: &Connection,
+    changes: HashMap<String, OwnedValue>,
+) -> zbus::Result<()> {
+    sysroot(conn)
+        .await?
+        .call::<_, _, ()>("SetAutomaticUpdatePolicy", &(changes,))
+        .await
+}
+
+/// Every signal of the daemon's objects, for the event stream.
+pub async fn signals(conn: &Connection) -> zbus::Result<MessageStream> {
+    let rule = MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .sender(NAME)?
+        .path_namespace(ROOT)?
+        .build();
+    MessageStream::for_match_rule(rule, conn, Some(64)).await
+}
+
+/// A daemon signal as a server-sent event: (event name, JSON data). Transaction
+/// signals keep their names (`PercentProgress`, `DownloadProgress`, `TaskBegin`,
+/// `Finished`, ...) with named fields; a change of the sysroot's properties is
+/// `PropertiesChanged` with the new values.
+pub fn event(msg: &zbus::Message) -> Option<(String, Json)> {
+    let h = msg.header();
+    let member = h.member()?.to_string();
+    let path = h.path()?.to_string();
+    let body = msg.body();
+    let fields: Vec<Json> = match body.deserialize::<zbus::zvariant::Structure<'_>>() {
+        Ok(s) => s.fields().iter().map(to_json).collect(),
+        Err(_) => Vec::new(),
+    };
+    let names: &[&str] = match member.as_str() {
+        "PercentProgress" => &["text", "percent"],
+        "DownloadProgress" => &[
+            "bytes_done",
+            "bytes_total",
+            "objects_done",
+            "objects_total",
+            "bytes_per_second",
+        ],
+        "Finished" => &["success", "error"],
+        "TaskBegin" | "TaskEnd" => &["task"],
+        "Message" => &["text"],
+        "PropertiesChanged" => &["interface", "changed", "invalidated"],
+        _ => &[],
+    };
+    let mut data = serde_json::Map::new();
+    data.insert("path".into(), json!(path));
+    for (name, value) in names.iter().zip(fields) {
+        data.insert(name.to_string(), value);
+    }
+    Some((member, Json::Object(data)))
+}
