@@ -107,12 +107,12 @@ PY
 exec 3> "$W/to-panel"
 for _ in $(seq 200); do grep -q registered "$W/panel.out" 2>/dev/null && break; sleep 0.05; done
 sleep 2
-registered_rss=$(rss VmRSS)
+registered_rss=$(rss VmRSS); registered_anon=$(rss RssAnon); registered_file=$(rss RssFile)
 echo go >&3
 for _ in $(seq 1200); do grep -q done "$W/panel.out" && break; sleep 0.5; done
 grep -q done "$W/panel.out" || { echo "the panel never finished:" >&2; cat "$W/panel.out" >&2; exit 1; }
 sleep 2
-idle_rss=$(rss VmRSS); peak=$(rss VmHWM)
+idle_rss=$(rss VmRSS); peak=$(rss VmHWM); idle_anon=$(rss RssAnon); idle_file=$(rss RssFile)
 awk '$1 == "check" && $2 > 0 { print $3 }' "$W/panel.out" > "$W/warm"
 cold=$(awk '$1 == "check" && $2 == 0 { print $3 }' "$W/panel.out")
 upgraded=$(awk '$1 == "check" { n = $4 } END { print n }' "$W/panel.out")
@@ -123,7 +123,7 @@ Check -> AvailableUpdate (version 2, $upgraded packages upgraded):
   first (cold):        $cold ms
   median of $RUNS warm:    $(median warm) ms
   arbor upgrade --check, median of $RUNS: $(median cli) ms (the same work from the CLI, process start included)
-arbord RSS with a panel registered, idle: $(mb "$registered_rss")
-arbord RSS idle after the checks: $(mb "$idle_rss") (peak $(mb "$peak"))
+arbord RSS with a panel registered, idle: $(mb "$registered_rss") (anonymous $(mb "$registered_anon"), file-backed $(mb "$registered_file"))
+arbord RSS idle after the checks: $(mb "$idle_rss") (anonymous $(mb "$idle_anon"), file-backed $(mb "$idle_file"); peak $(mb "$peak"))
 goal: idle RSS <= 15 MB with a panel registered
 OUT
