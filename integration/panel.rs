@@ -140,8 +140,16 @@ fn setup(slow_deltas: Option<u32>) -> Setup {
     }
 }
 
+/// The private bus with arbord serving the client. Its policy file is the test's own
+/// (`ARBOR_CONFIG`), never the machine's /etc/arbor/arbor.toml.
 fn bus(setup: &Setup) -> Bus {
-    Bus::launch_env(&setup.client, 60, None, &[("ARBOR_MACHINE_ID", MACHINE)])
+    let config = format!("{}/arbor.toml", setup.client);
+    Bus::launch_env(
+        &setup.client,
+        60,
+        None,
+        &[("ARBOR_MACHINE_ID", MACHINE), ("ARBOR_CONFIG", config.as_str())],
+    )
 }
 
 /// A value of an `a{sv}` as the panel prints it (Python unpacks the variants).
@@ -563,4 +571,137 @@ fn root_a_dashboard_uses_the_http_api_with_curl() {
     assert_eq!(body["staged"]["version"], "2");
     let _ = tcp.kill();
     let _ = tcp.wait();
+}
+
+/// arbor's Cockpit page (`cockpit/arbor`) in a real browser: Debian's cockpit-ws with
+/// a local session whose bridge reaches the test's bus, chromium headless driven
+/// through chromedriver. It clicks Check and Install against the nginx-served
+/// publication and checks what the page shows at each step; the screenshots are kept
+/// in `target/cockpit-screenshots/`.
+#[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+fn root_the_cockpit_page_checks_and_installs_in_a_browser() {
+    require_root!();
+    for tool in [
+        "/usr/lib/cockpit/cockpit-ws",
+        "/usr/bin/chromium",
+        "/usr/bin/chromedriver",
+    ] {
+        assert!(
+            std::path::Path::new(tool).exists(),
+            "{tool} is missing: run scripts/setup.sh"
+        );
+    }
+    // 3 MB/s: the 24 MB delta takes long enough to be seen downloading.
+    let setup = setup(Some(3 << 20));
+    let bus = bus(&setup);
+    let data = tempfile::tempdir().unwrap();
+    std::fs::create_dir(data.path().join("cockpit")).unwrap();
+    let page = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("cockpit/arbor");
+    std::os::unix::fs::symlink(&page, data.path().join("cockpit/arbor")).unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let bin_dir = PathBuf::from(common::arbor_bin())
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut ws = std::process::Command::new("/usr/lib/cockpit/cockpit-ws")
+        .args(["--no-tls", "-a", "127.0.0.1", "-p", &port.to_string()])
+        .arg("--local-session=cockpit-bridge")
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .env(
+            "XDG_DATA_DIRS",
+            format!("{}:/usr/share", data.path().display()),
+        )
+        .env("PATH", path)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cockpit-ws never listened"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/cockpit-screenshots");
+    let url = format!("http://127.0.0.1:{port}/cockpit/@localhost/arbor/index.html");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/integration/clients/cockpit_page.py"
+    );
+    let out = std::process::Command::new("/usr/bin/python3")
+        .args([script, &url, s(&shots)])
+        .output()
+        .unwrap();
+    let _ = ws.kill();
+    let _ = ws.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the browser test failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let steps: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let step = |name: &str| steps.iter().find(|s| s["step"] == name).unwrap().clone();
+    // Nothing booted in a folder sysroot: version 1 waits for a reboot.
+    let initial = step("initial");
+    assert_eq!(initial["state"], "reboot", "{initial}");
+    assert!(
+        initial["deployments"]
+            .as_str()
+            .unwrap()
+            .contains("origin:stable")
+    );
+    let available = step("update-available");
+    assert_eq!(available["chip"], "Update available: 2", "{available}");
+    let text = available["available"].as_str().unwrap();
+    for want in [
+        "Version 2 on origin:stable",
+        "tool 1.0-1 → 2.0-1",
+        "added newpkg 3.1",
+        "removed oldpkg 0.9",
+    ] {
+        assert!(text.contains(want), "no {want:?} in {text:?}");
+    }
+    let downloading = step("downloading");
+    assert!(
+        downloading["chip"]
+            .as_str()
+            .unwrap()
+            .starts_with("Downloading "),
+        "{downloading}"
+    );
+    assert!(
+        downloading["progress"]
+            .as_str()
+            .unwrap()
+            .contains(" MB of "),
+        "{downloading}"
+    );
+    let done = step("reboot-needed");
+    assert_eq!(done["chip"], "Staged, reboot needed", "{done}");
+    assert_eq!(done["error"], "");
+    let table = done["deployments"].as_str().unwrap();
+    assert!(
+        table.contains("staged") && table.contains("tool 1.0-1 → 2.0-1"),
+        "{table}"
+    );
+    for name in ["update-available", "downloading", "reboot-needed"] {
+        let png = std::fs::read(shots.join(format!("{name}.png"))).unwrap();
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 10_000,
+            "{name}.png"
+        );
+    }
 }

@@ -12,6 +12,8 @@ PACKAGES=(
   # the D-Bus daemon's tests: a private dbus-daemon, busctl (systemd), gdbus, polkitd,
   # dbus-python, and GLib (Gio) through Python's gi
   dbus-daemon systemd libglib2.0-bin polkitd python3-dbus python3-gi gir1.2-glib-2.0
+  # the Cockpit page in a real browser, and the HTTP API with curl
+  cockpit-ws cockpit-bridge chromium chromium-driver python3-selenium curl
   # packages: composing trees from a package set, building test .debs
   mmdebstrap
   # remote updates: a real web server serving published repositories
