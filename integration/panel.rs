@@ -148,7 +148,10 @@ fn bus(setup: &Setup) -> Bus {
         &setup.client,
         60,
         None,
-        &[("ARBOR_MACHINE_ID", MACHINE), ("ARBOR_CONFIG", config.as_str())],
+        &[
+            ("ARBOR_MACHINE_ID", MACHINE),
+            ("ARBOR_CONFIG", config.as_str()),
+        ],
     )
 }
 
@@ -272,6 +275,25 @@ fn root_cancel_resume_and_a_panel_that_crashes_mid_download() {
     require_root!();
     // 4 MB/s: the delta (about 24 MB) takes seconds, time to act in the middle.
     let setup = setup(Some(4 << 20));
+    // The CLI's check says what the update changes, as the daemon does.
+    let out = std::process::Command::new(common::arbor_bin())
+        .args(["--sysroot", &setup.client, "upgrade", "--check"])
+        .env("ARBOR_MACHINE_ID", MACHINE)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "upgraded   tool:amd64 1.0-1 -> 2.0-1",
+        "added      newpkg:amd64 3.1",
+        "removed    oldpkg:amd64 0.9",
+    ] {
+        assert!(text.contains(line), "no {line:?} in:\n{text}");
+    }
     let bus = bus(&setup);
     let mut a = Panel::connect(&bus.address);
     let mut b = Panel::connect(&bus.address);
