@@ -659,22 +659,35 @@ fn root_the_cockpit_page_checks_and_installs_in_a_browser() {
         env!("CARGO_MANIFEST_DIR"),
         "/integration/clients/cockpit_page.py"
     );
-    let out = std::process::Command::new("/usr/bin/python3")
+    let mut browser = std::process::Command::new("/usr/bin/python3")
         .args([script, &url, s(&shots)])
-        .output()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let mut go = browser.stdin.take().unwrap();
+    let mut steps: Vec<Value> = Vec::new();
+    {
+        use std::io::{BufRead, Write};
+        let lines = std::io::BufReader::new(browser.stdout.take().unwrap()).lines();
+        for line in lines.map_while(Result::ok) {
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if v["step"] == "reboot-needed" {
+                setup.nginx.stop();
+                writeln!(go, "go").unwrap();
+            }
+            steps.push(v);
+        }
+    }
+    let out = browser.wait_with_output().unwrap();
     let _ = ws.kill();
     let _ = ws.wait();
-    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "the browser test failed:\n{stdout}\n{}",
+        "the browser test failed after {steps:?}:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let steps: Vec<Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     let step = |name: &str| steps.iter().find(|s| s["step"] == name).unwrap().clone();
     // Nothing booted in a folder sysroot: version 1 waits for a reboot.
     let initial = step("initial");
@@ -719,7 +732,16 @@ fn root_the_cockpit_page_checks_and_installs_in_a_browser() {
         table.contains("staged") && table.contains("tool 1.0-1 → 2.0-1"),
         "{table}"
     );
-    for name in ["update-available", "downloading", "reboot-needed"] {
+    // The server gone, a check says so, with the daemon's message.
+    let offline = step("offline");
+    assert_eq!(offline["chip"], "Offline", "{offline}");
+    assert!(!offline["error"].as_str().unwrap().is_empty(), "{offline}");
+    for name in [
+        "update-available",
+        "downloading",
+        "reboot-needed",
+        "offline",
+    ] {
         let png = std::fs::read(shots.join(format!("{name}.png"))).unwrap();
         assert!(
             png.starts_with(b"\x89PNG") && png.len() > 10_000,

@@ -1,7 +1,9 @@
 #!/usr/bin/python3
 """Drives arbor's Cockpit page in a real browser (Debian's chromium, headless, through
 chromedriver and Selenium) the way a user does: reads the status chip, clicks Check and
-Install, and saves a screenshot at each step. Prints one JSON object per step.
+Install, and saves a screenshot at each step. Prints one JSON object per step. After
+"reboot-needed" it waits for a line on stdin (the test stops the web server) and
+checks again, to see the page say it is offline.
 
 Usage: cockpit_page.py URL SCREENSHOT_DIR
 """
@@ -83,6 +85,11 @@ def main():
         while "tool" not in el("deployments").text and time.time() < deadline:
             time.sleep(0.2)
         step("reboot-needed", s, t)
+        # The test stops the web server, then says go: a check now finds it offline.
+        sys.stdin.readline()
+        el("check").click()
+        s, t = wait_for({"offline"}, 120)
+        step("offline", s, t)
     finally:
         driver.quit()
 
