@@ -524,6 +524,23 @@ fn root_a_dashboard_uses_the_http_api_with_curl() {
         lines.join("\n")
     );
 
+    // Rollback, waited for. In a folder sysroot nothing is booted, so there is nothing
+    // to roll back to: the request worked (200) and the transaction failed, named.
+    let (code, rolled) = api("POST", "/api/rollback?wait=true", None);
+    assert_eq!(code, 200, "{rolled}");
+    assert_eq!(rolled["method"], "Rollback", "{rolled}");
+    assert_eq!(rolled["success"], false, "{rolled}");
+    assert_eq!(
+        rolled["error_name"],
+        "org.arbor.Arbor1.Error.NothingPending"
+    );
+    assert!(
+        rolled["error"]
+            .as_str()
+            .unwrap()
+            .contains("no deployment to roll back to")
+    );
+
     // The policy: read, changed, a wrong value refused whole.
     let (code, auto) = api("PUT", "/api/auto", Some(r#"{"auto_install": true}"#));
     assert_eq!(
