@@ -35,10 +35,11 @@ fn dpkg_status(pkgs: &[(&str, &str)]) -> String {
 /// version 2 published after it: tool 1.0-1 → 2.0-1, oldpkg removed, newpkg added, and
 /// 24 MB of incompressible data so that the delta takes a while through a slow nginx.
 struct Setup {
-    _t: tempfile::TempDir,
     client: String,
     nginx: Nginx,
     delta: PathBuf,
+    /// Last: fields drop in order, and nginx needs its folder to be stopped.
+    _t: tempfile::TempDir,
 }
 
 fn setup(slow_deltas: Option<u32>) -> Setup {
