@@ -73,7 +73,7 @@ function chip() {
     }
     if (offline)
         return ["offline", "Offline"];
-    if (status.state === "failed" && /did not boot well/.test(status.error || ""))
+    if (status.state === "failed" && status.rolled_back)
         return ["rolled-back", "Rolled back"];
     if (status.state === "failed")
         return ["failed", "Update failed"];

@@ -548,7 +548,8 @@ impl SysrootIface {
     /// The persisted update state machine (docs/remote.md), as `arbor update-status`
     /// prints it in JSON: state (idle, checking, downloading, verifying, staging,
     /// staged, testing, active, rolling-back, failed), remote, channel, available,
-    /// version, bytes_done, bytes_total, error, last_check.
+    /// version, bytes_done, bytes_total, error, rolled_back (the update did not boot
+    /// well and the previous deployment runs again), last_check, offer.
     #[zbus(property)]
     fn update_status(&self) -> fdo::Result<String> {
         self.shared.touch();

@@ -61,6 +61,11 @@ impl Plan {
     pub fn chosen(&self) -> Option<&Candidate> {
         self.candidates.first()
     }
+
+    /// The chosen way when something must be fetched (`None`: the commit is stored).
+    pub fn to_fetch(&self) -> Option<&Candidate> {
+        self.chosen().filter(|_| !self.present)
+    }
 }
 
 /// Where a verified file the index names is cached: by its BLAKE3, so a changed file
@@ -260,7 +265,7 @@ pub fn execute(
     plan: &Plan,
     obs: &dyn Observer,
 ) -> Result<FetchResult> {
-    let Some(chosen) = plan.chosen().filter(|_| !plan.present) else {
+    let Some(chosen) = plan.to_fetch() else {
         return Ok(FetchResult {
             commit: plan.commit,
             method: Method::Present,

@@ -126,9 +126,10 @@ async fn authorize(State(ctx): State<Arc<Ctx>>, req: Request, next: Next) -> Res
     next.run(req).await
 }
 
-/// Equal bytes, compared in time that depends only on the lengths.
+/// Equal bytes, compared by their BLAKE3 hashes (whose equality is constant-time), so
+/// the time says nothing about the secret: not how much of it matched, nor its length.
 fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    blake3::hash(a) == blake3::hash(b)
 }
 
 async fn status(State(ctx): State<Arc<Ctx>>) -> ApiResult {
@@ -145,37 +146,38 @@ struct Wait {
 /// Starts a transaction; 202 with its path at once, or 200 with its outcome when the
 /// client asked to wait (a failed transaction is then 200 too, with success false and
 /// its error name: the request itself worked).
-async fn begin(ctx: &Ctx, method: &str, body: Option<&Value>, wait: bool) -> ApiResult {
-    let opts = match body {
-        Some(b) => bus::options(b).map_err(bad_request)?,
-        None => Default::default(),
-    };
-    let (path, stream) = bus::start(&ctx.conn, method, opts).await?;
-    if !wait {
-        let n = path.as_str().rsplit('/').next().unwrap_or("");
-        let body = json!({"transaction": path.as_str(), "url": format!("/api/transactions/{n}")});
-        return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
+async fn begin(ctx: &Ctx, method: &str, wait: bool) -> ApiResult {
+    if wait {
+        return Ok(Json(run(ctx, method).await?).into_response());
     }
-    let outcome = bus::outcome(&ctx.conn, &path, stream).await?;
+    let (path, _) = bus::start(&ctx.conn, method).await?;
+    let n = path.as_str().rsplit('/').next().unwrap_or("");
+    let body = json!({"transaction": path.as_str(), "url": format!("/api/transactions/{n}")});
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// Runs a transaction to its end and returns its outcome.
+async fn run(ctx: &Ctx, method: &str) -> Result<Value, ApiError> {
+    let (path, stream) = bus::start(&ctx.conn, method).await?;
+    Ok(bus::outcome(&ctx.conn, &path, stream).await?)
+}
+
+/// A check; waited for, its outcome carries what a dashboard wants next: the offer.
+async fn check(State(ctx): State<Arc<Ctx>>, Query(q): Query<Wait>) -> ApiResult {
+    if !q.wait {
+        return begin(&ctx, "Check", false).await;
+    }
+    let mut outcome = run(&ctx, "Check").await?;
+    outcome["available"] = bus::property(&ctx.conn, "AvailableUpdate").await?;
     Ok(Json(outcome).into_response())
 }
 
-async fn check(State(ctx): State<Arc<Ctx>>, Query(q): Query<Wait>) -> ApiResult {
-    let mut r = begin(&ctx, "Check", None, q.wait).await?;
-    if q.wait && r.status() == StatusCode::OK {
-        // What a dashboard wants after a check: the offer itself.
-        let available = bus::property(&ctx.conn, "AvailableUpdate").await?;
-        r = Json(json!({"available": available})).into_response();
-    }
-    Ok(r)
-}
-
 async fn apply(State(ctx): State<Arc<Ctx>>, Query(q): Query<Wait>) -> ApiResult {
-    begin(&ctx, "Upgrade", None, q.wait).await
+    begin(&ctx, "Upgrade", q.wait).await
 }
 
 async fn rollback(State(ctx): State<Arc<Ctx>>, Query(q): Query<Wait>) -> ApiResult {
-    begin(&ctx, "Rollback", None, q.wait).await
+    begin(&ctx, "Rollback", q.wait).await
 }
 
 async fn auto(State(ctx): State<Arc<Ctx>>) -> ApiResult {

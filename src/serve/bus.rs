@@ -64,8 +64,8 @@ pub fn to_json(v: &Value<'_>) -> Json {
     }
 }
 
-/// JSON options as `a{sv}`: booleans `b`, integers `x`, strings `s`, lists of strings
-/// `as`. Anything else is refused, naming the key.
+/// A JSON object as `a{sv}`: booleans `b`, strings `s` (what the policy's names take).
+/// Anything else is refused, naming the key.
 pub fn options(body: &Json) -> Result<HashMap<String, OwnedValue>, String> {
     let Some(map) = body.as_object() else {
         return Err("the body must be a JSON object".into());
@@ -74,19 +74,10 @@ pub fn options(body: &Json) -> Result<HashMap<String, OwnedValue>, String> {
     for (k, v) in map {
         let value = match v {
             Json::Bool(b) => OwnedValue::from(*b),
-            Json::Number(n) if n.is_i64() => OwnedValue::from(n.as_i64().unwrap()),
             Json::String(s) => {
                 OwnedValue::try_from(Value::from(s.as_str())).map_err(|e| format!("{k}: {e}"))?
             }
-            Json::Array(items) if items.iter().all(Json::is_string) => {
-                let list: Vec<&str> = items.iter().filter_map(Json::as_str).collect();
-                OwnedValue::try_from(Value::from(list)).map_err(|e| format!("{k}: {e}"))?
-            }
-            _ => {
-                return Err(format!(
-                    "'{k}' must be a boolean, an integer, a string or a list of strings"
-                ));
-            }
+            _ => return Err(format!("'{k}' must be a boolean or a string")),
         };
         out.insert(k.clone(), value);
     }
@@ -117,15 +108,14 @@ pub async fn status(conn: &Connection) -> zbus::Result<Json> {
     Ok(Json::Object(out))
 }
 
-/// Calls a transaction method (`Check`, `Upgrade`, `Rollback`) with `opts` and
-/// "wait-for-start", subscribes to the new transaction's signals, then starts it.
-/// Returns its path and the subscription, which sees every signal from the first.
+/// Calls a transaction method (`Check`, `Upgrade`, `Rollback`) with "wait-for-start",
+/// subscribes to the new transaction's signals, then starts it. Returns its path and
+/// the subscription, which sees every signal from the first.
 pub async fn start(
     conn: &Connection,
     method: &str,
-    mut opts: HashMap<String, OwnedValue>,
 ) -> zbus::Result<(OwnedObjectPath, MessageStream)> {
-    opts.insert("wait-for-start".into(), OwnedValue::from(true));
+    let opts = HashMap::from([("wait-for-start".to_string(), OwnedValue::from(true))]);
     let path: OwnedObjectPath = sysroot(conn).await?.call(method, &(opts,)).await?;
     let rule = MatchRule::builder()
         .msg_type(zbus::message::Type::Signal)

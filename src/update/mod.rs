@@ -292,19 +292,15 @@ pub fn run(
         result.packages = package_changes(repo, &remote, current.as_ref(), target)?;
         rec.offer = Some(Offer {
             version: target.version.clone(),
-            commit: Some(target.commit),
+            commit: target.commit,
             remote: remote_name.clone(),
             channel: channel.clone(),
             critical: target.critical,
             release_notes: target.release_notes.clone(),
             published: target.published,
-            download_bytes: plan
-                .chosen()
-                .filter(|_| !plan.present)
-                .map_or(0, |c| c.bytes),
+            download_bytes: plan.to_fetch().map_or(0, |c| c.bytes),
             method: plan
-                .chosen()
-                .filter(|_| !plan.present)
+                .to_fetch()
                 .map_or(Method::Present, |c| c.kind)
                 .to_string(),
             packages: result.packages.clone(),

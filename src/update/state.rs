@@ -88,6 +88,10 @@ pub struct UpdateRecord {
     pub bytes_total: u64,
     /// The error of the last failure.
     pub error: Option<String>,
+    /// The last failure was the update not booting well: the previous deployment
+    /// runs again (what a panel shows as "rolled back").
+    #[serde(default)]
+    pub rolled_back: bool,
     /// Unix time of the last successful check.
     pub last_check: Option<i64>,
     /// Unix time of the last change.
@@ -99,12 +103,12 @@ pub struct UpdateRecord {
 }
 
 /// A version offered to this device, as a check found it: what `AvailableUpdate` shows.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Offer {
     /// The version string.
     pub version: String,
     /// Its commit.
-    pub commit: Option<ObjectId>,
+    pub commit: ObjectId,
     /// The remote offering it.
     pub remote: String,
     /// The channel.
@@ -151,6 +155,7 @@ pub fn enter(sysroot: &Sysroot, rec: &mut UpdateRecord, state: State) -> Result<
     rec.state = state;
     if state != State::Failed {
         rec.error = None;
+        rec.rolled_back = false;
     }
     save(sysroot, rec)
 }
@@ -206,6 +211,7 @@ fn reconcile(rec: &mut UpdateRecord, target_booted: bool, counting: bool) {
             "version {} did not boot well{why}; the previous deployment runs again",
             rec.version.as_deref().unwrap_or("?")
         ));
+        rec.rolled_back = true;
         State::Failed
     } else {
         rec.state
@@ -270,6 +276,7 @@ mod tests {
         // The old deployment runs again: failed, saying which version.
         let r = after(Testing, false, false);
         assert_eq!(r.state, Failed);
+        assert!(r.rolled_back);
         assert!(r.error.unwrap().contains("version 2 did not boot well"));
         let mut r = rec(RollingBack);
         r.error = Some("check 10-web failed".into());
