@@ -1028,3 +1028,59 @@ fn root_prune_and_cleanup_keep_deployed_commits_without_refs() {
     assert_eq!(versions(&s), ["2", "1"]);
     assert_consistent(&s, "after finalizing what cleanup kept");
 }
+
+#[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+fn root_fsck_checks_deployed_commits_and_their_checkouts() {
+    require_root!();
+    let t = scratch();
+    let s = sysroot(t.path());
+    compose(&s, &rootfs(t.path(), "1"), "os/a", "1");
+    arbor_ok(&["--sysroot", &s, "deploy", "os/a"]);
+    let clean = arbor_ok(&["--sysroot", &s, "fsck", "--deployments"]);
+    assert!(clean.contains("no problems"), "{clean}");
+
+    // Changed behind arbor's back: a file rewritten (a new inode), one added, one
+    // removed, a directory's mode; /etc and /var are the machine's and not compared.
+    let d = deployment_dir(&s, 0);
+    std::fs::remove_file(d.join("usr/bin/tool")).unwrap();
+    std::fs::write(d.join("usr/bin/tool"), "patched\n").unwrap();
+    std::fs::write(d.join("usr/bin/extra"), "dropped in\n").unwrap();
+    std::fs::remove_file(d.join("usr/lib/arbor/dpkg/status")).unwrap();
+    std::fs::write(d.join("etc/motd"), "edited, as /etc may be\n").unwrap();
+    let out = arbor(&["--sysroot", &s, "fsck", "--deployments"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!out.status.success(), "{text}");
+    for line in [
+        ": modified /usr/bin/tool",
+        ": added /usr/bin/extra",
+        ": removed /usr/lib/arbor/dpkg/status",
+    ] {
+        assert!(text.contains(line), "{line} in:\n{text}");
+    }
+    assert!(!text.contains("/etc/motd"), "{text}");
+    let json: serde_json::Value = serde_json::from_slice(
+        &arbor(&["--sysroot", &s, "fsck", "--deployments", "--json"]).stdout,
+    )
+    .unwrap();
+    assert_eq!(json["checkouts"].as_array().unwrap().len(), 3, "{json:#}");
+    // Without --deployments the store itself is sound.
+    arbor_ok(&["--sysroot", &s, "fsck"]);
+
+    // A deployment whose commit is gone from the store: fsck names it.
+    arbor_ok(&["--sysroot", &s, "refs", "--delete", "os/a"]);
+    let commit = status(&s)[0]["commit"].as_str().unwrap().to_string();
+    let obj = Path::new(&s).join(format!(
+        "arbor/repo/objects/{}/{}.commit",
+        &commit[..2],
+        &commit[2..]
+    ));
+    std::fs::remove_file(&obj).unwrap();
+    let out = arbor(&["--sysroot", &s, "fsck"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("missing") && text.contains(&format!("deployment debian/{commit}")),
+        "{text}"
+    );
+}

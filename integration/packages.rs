@@ -418,3 +418,79 @@ fn root_db_diff_of_corpus_a_and_b_lists_the_point_update() {
 fn s_(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// The path of a corpus .deb whose name starts with PREFIX.
+fn corpus_deb(prefix: &str) -> PathBuf {
+    std::fs::read_dir(corpus("debs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix}*.deb in the corpus"))
+}
+
+#[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+fn root_every_prune_keeps_the_commits_of_layered_deployments() {
+    require_root!();
+    // The report's steps: corpus a deployed, two local packages layered one after the
+    // other, so that the rollback deployment is the first layered commit, which no
+    // ref names once the second is made.
+    let t = scratch();
+    let s = sysroot(t.path());
+    compose(&s, &corpus("a"), "debian/a", "12.0");
+    arbor_ok(&["--sysroot", &s, "deploy", "debian/a"]);
+    arbor_ok(&["--sysroot", &s, "install", s_(&corpus_deb("hello_"))]);
+    let first_layer = commit_of(&s, 0);
+    arbor_ok(&[
+        "--sysroot",
+        &s,
+        "install",
+        s_(&corpus_deb("cowsay_")),
+        s_(&corpus_deb("libtext-charwidth-perl_")),
+    ]);
+    assert_eq!(
+        commit_of(&s, 1),
+        first_layer,
+        "the rollback is the first layer"
+    );
+    let roots = Path::new(&s).join("arbor/repo/refs/deployments/debian");
+    let names: Vec<String> = std::fs::read_dir(&roots)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.starts_with(&first_layer)),
+        "the repository records the rollback deployment as a root: {names:?}"
+    );
+
+    // An OSTree user prunes the repository as a bare one, by its path.
+    let repo = format!("{s}/arbor/repo");
+    arbor_ok(&["--repo", &repo, "prune"]);
+    arbor_ok(&["--repo", &repo, "show", &first_layer]);
+    // Through the sysroot, cleanup, and undeploying what is not the rollback.
+    arbor_ok(&["--sysroot", &s, "prune"]);
+    arbor_ok(&["--sysroot", &s, "cleanup"]);
+    arbor_ok(&["--sysroot", &s, "show", &first_layer]);
+    let fsck = arbor_ok(&["--sysroot", &s, "fsck", "--deployments"]);
+    assert!(fsck.contains("no problems"), "{fsck}");
+
+    // A sysroot made before the roots existed: a prune by path refuses rather than
+    // guess, and the first transaction on the sysroot records them.
+    std::fs::remove_dir_all(Path::new(&repo).join("refs/deployments")).unwrap();
+    let e = arbor_err(&["--repo", &repo, "prune"]);
+    assert!(
+        e.contains("not recorded as roots") && e.contains("cleanup"),
+        "{e}"
+    );
+    arbor_ok(&["--sysroot", &s, "cleanup"]);
+    arbor_ok(&["--repo", &repo, "prune"]);
+    arbor_ok(&["--repo", &repo, "show", &first_layer]);
+
+    // Undeploying the rollback drops its root, and then a prune may take it.
+    arbor_ok(&["--sysroot", &s, "undeploy", "1"]);
+    arbor_ok(&["--repo", &repo, "prune"]);
+    let gone = arbor_err(&["--repo", &repo, "show", &first_layer]);
+    assert!(gone.contains("not in the repository"), "{gone}");
+    arbor_ok(&["--sysroot", &s, "fsck"]);
+}

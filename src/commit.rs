@@ -603,7 +603,7 @@ mod tests {
         let fresh = Repo::init(&t.path().join("r2")).unwrap();
         let plain = commit_trusting(&fresh, &src);
         assert_eq!(plain.root_tree, changed.root_tree);
-        assert!(crate::store::fsck::fsck(&repo).unwrap().is_clean());
+        assert!(crate::store::fsck::fsck(&repo, &[]).unwrap().is_clean());
     }
 
     #[test]

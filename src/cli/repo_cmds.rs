@@ -15,6 +15,8 @@ use crate::diff::{ChangeKind, diff_commits};
 use crate::inspect;
 use crate::store::refs::RefName;
 use crate::store::{Repo, fsck, prune};
+use crate::sysroot::Sysroot;
+use crate::sysroot::verify::CheckoutChange;
 
 /// `arbor commit`.
 #[derive(Args, Debug)]
@@ -118,6 +120,10 @@ pub struct FsckArgs {
     /// repairs the store; the exit status still says what was found.
     #[arg(long)]
     pub delete: bool,
+    /// Also compare each deployment's checkout with its commit, reporting every path
+    /// outside /etc and /var that was changed, added or removed (sysroot only).
+    #[arg(long)]
+    pub deployments: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -341,13 +347,36 @@ pub fn run(cli: &Cli) -> Result<i32> {
             }
         }
         Command::Fsck(a) => {
-            let report = fsck::fsck(&repo)?;
+            // On a sysroot, every deployment's commit is a root too (whatever the
+            // repository recorded), and --deployments compares the checkouts.
+            let sysroot = match cli.repo {
+                None => Some(Sysroot::open(&cli.sysroot)?),
+                Some(_) if a.deployments => {
+                    bail!("--deployments checks a sysroot: leave out --repo")
+                }
+                Some(_) => None,
+            };
+            let extra = match &sysroot {
+                Some(s) => crate::sysroot::deploy::deployment_roots(s)?,
+                None => Vec::new(),
+            };
+            let report = fsck::fsck(&repo, &extra)?;
             let deleted = match a.delete {
                 true => Some(fsck::delete_corrupt(&repo, &report, lock_wait(cli))?),
                 false => None,
             };
-            let outcome = fsck::FsckOutcome { report, deleted };
-            let (report, deleted) = (&outcome.report, outcome.deleted.as_deref().unwrap_or(&[]));
+            let checkouts = match (&sysroot, a.deployments) {
+                (Some(s), true) => Some(crate::sysroot::verify::verify_deployments(s)?),
+                _ => None,
+            };
+            let outcome = crate::sysroot::verify::SysrootFsck {
+                outcome: fsck::FsckOutcome { report, deleted },
+                checkouts,
+            };
+            let report = &outcome.outcome.report;
+            let deleted = outcome.outcome.deleted.as_deref().unwrap_or(&[]);
+            let changed = outcome.checkouts.as_deref().unwrap_or(&[]);
+            let clean = report.is_clean() && changed.is_empty();
             if a.output.json {
                 json(&outcome)?;
             } else {
@@ -359,14 +388,27 @@ pub fn run(cli: &Cli) -> Result<i32> {
                         .unwrap_or_default();
                     println!("{}: {}{used}", p.problem, p.detail);
                 }
+                for c in changed {
+                    let what = match c.change {
+                        CheckoutChange::Modified => "modified",
+                        CheckoutChange::Added => "added",
+                        CheckoutChange::Removed => "removed",
+                    };
+                    println!("deployment {}: {what} {}", c.deployment, c.path);
+                }
+                let problems = report.problems.len() + changed.len();
                 println!(
-                    "checked {} objects and {} refs: {}",
+                    "checked {} objects and {} refs and deployments{}: {}",
                     report.objects_checked,
                     report.refs_checked,
-                    if report.is_clean() {
+                    match &outcome.checkouts {
+                        Some(_) => ", with their checkouts",
+                        None => "",
+                    },
+                    if problems == 0 {
                         "no problems".to_string()
                     } else {
-                        format!("{} problems", report.problems.len())
+                        format!("{problems} problems")
                     }
                 );
                 for d in deleted {
@@ -379,7 +421,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
                     );
                 }
             }
-            return Ok(if report.is_clean() { 0 } else { 1 });
+            return Ok(if clean { 0 } else { 1 });
         }
         // A sysroot's repository is pruned as an operation on the sysroot, which keeps
         // every deployed commit; a bare repository (--repo) keeps its refs' commits.
@@ -388,7 +430,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
             return super::outcome::run_and_print(cli, &req, &a.output);
         }
         Command::Prune(a) => {
-            let r = prune::prune(&repo, &[], a.dry_run, lock_wait(cli))?;
+            let r = prune::prune(&repo, prune::Owner::Take, &[], a.dry_run, lock_wait(cli))?;
             if a.output.json {
                 return json(&r).map(|_| 0);
             }

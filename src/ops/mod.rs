@@ -230,6 +230,7 @@ fn execute(
         Request::Cleanup => Outcome::Cleanup(Box::new(deploy::cleanup_held(sysroot, held()?)?)),
         Request::Prune { dry_run } => Outcome::Prune(prune::prune(
             sysroot.repo(),
+            prune::Owner::Held(held()?),
             &deploy::deployment_roots(sysroot)?,
             *dry_run,
             LockWait::NoWait,

@@ -6,7 +6,9 @@
 //! format-version = 1
 //! mode = bare
 //! state-db = state.db
+//! owner-lock = ../lock
 //! ```
+//! `owner-lock` is written for the repository of a sysroot only.
 
 use anyhow::{Result, bail};
 
@@ -22,6 +24,10 @@ pub struct RepoConfig {
     /// keeps it inside (`state.db`); the repository of a sysroot shares the sysroot's
     /// (`../state.db`, that is `<sysroot>/arbor/state.db`).
     pub state_db: String,
+    /// The lock of the sysroot this repository belongs to, relative to the repository
+    /// (`../lock`): whoever deletes objects takes it, since the sysroot's deployments
+    /// are recorded as roots under it ([`super::roots`]). `None` for a plain one.
+    pub owner_lock: Option<String>,
 }
 
 impl Default for RepoConfig {
@@ -29,6 +35,7 @@ impl Default for RepoConfig {
         RepoConfig {
             format_version: FORMAT_VERSION,
             state_db: "state.db".into(),
+            owner_lock: None,
         }
     }
 }
@@ -36,10 +43,24 @@ impl Default for RepoConfig {
 impl RepoConfig {
     /// The file's text.
     pub fn to_text(&self) -> String {
-        format!(
+        let mut text = format!(
             "[core]\nformat-version = {}\nmode = bare\nstate-db = {}\n",
             self.format_version, self.state_db
-        )
+        );
+        if let Some(l) = &self.owner_lock {
+            text.push_str(&format!("owner-lock = {l}\n"));
+        }
+        text
+    }
+
+    /// The owner's lock, relative to the repository. A sysroot's repository made
+    /// before `owner-lock` existed is known by its shared state database.
+    pub fn owner_lock(&self) -> Option<&str> {
+        match &self.owner_lock {
+            Some(l) => Some(l),
+            None if self.state_db == "../state.db" => Some("../lock"),
+            None => None,
+        }
     }
 
     /// Parses the file, refusing unknown versions and modes.
@@ -77,6 +98,12 @@ impl RepoConfig {
                     }
                     cfg.state_db = v.to_string()
                 }
+                ("core", "owner-lock") => {
+                    if v.is_empty() || v.starts_with('/') {
+                        bail!("owner-lock must be a relative path");
+                    }
+                    cfg.owner_lock = Some(v.to_string())
+                }
                 _ => {}
             }
         }
@@ -98,9 +125,11 @@ mod tests {
     fn round_trip_and_refusals() {
         let c = RepoConfig {
             state_db: "../state.db".into(),
+            owner_lock: Some("../lock".into()),
             ..Default::default()
         };
         assert_eq!(RepoConfig::parse(&c.to_text()).unwrap(), c);
+        assert_eq!(RepoConfig::default().owner_lock(), None);
         assert!(RepoConfig::parse("[core]\nformat-version = 2\n").is_err());
         assert!(RepoConfig::parse("[core]\nformat-version = 1\nmode = archive\n").is_err());
         assert!(RepoConfig::parse("").is_err());

@@ -66,8 +66,9 @@ fn check_object(repo: &Repo, id: &ObjectId, kind: ObjectKind) -> Result<(), Stor
 }
 
 /// Rehashes every stored object (in parallel) and walks the history of every ref,
-/// reporting corrupt, missing and stray objects with where they are used.
-pub fn fsck(repo: &Repo) -> Result<FsckReport> {
+/// stored root and `extra_roots` (a sysroot's deployments), reporting corrupt, missing
+/// and stray objects with where they are used.
+pub fn fsck(repo: &Repo, extra_roots: &[Root]) -> Result<FsckReport> {
     let (objects, stray) = reach::list_objects(repo).context("listing objects")?;
     let mut problems: Vec<Problem> = objects
         .par_iter()
@@ -92,14 +93,7 @@ pub fn fsck(repo: &Repo) -> Result<FsckReport> {
         used_by: None,
     }));
 
-    let refs = repo.list_refs()?;
-    let roots: Vec<Root> = refs
-        .iter()
-        .map(|(r, id)| Root {
-            label: r.to_string(),
-            commit: *id,
-        })
-        .collect();
+    let roots = super::prune::with_extra(super::prune::repo_roots(repo)?, extra_roots);
     let walked = reach::walk(repo, &roots);
     let stored: HashSet<(ObjectId, ObjectKind)> = objects.into_iter().collect();
     for p in problems.iter_mut() {
@@ -135,7 +129,7 @@ pub fn fsck(repo: &Repo) -> Result<FsckReport> {
     }
     Ok(FsckReport {
         objects_checked: stored.len() as u64,
-        refs_checked: refs.len() as u64,
+        refs_checked: roots.len() as u64,
         problems,
     })
 }

@@ -13,6 +13,7 @@ pub mod object;
 pub mod prune;
 pub mod reach;
 pub mod refs;
+pub mod roots;
 pub mod scratch;
 pub mod transaction;
 pub mod wire;

@@ -2,7 +2,10 @@
 
 use std::collections::HashSet;
 
-use anyhow::{Result, bail};
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
 use rustix::fs::{self as rfs, AtFlags};
 use serde::Serialize;
 
@@ -25,23 +28,26 @@ pub struct PruneReport {
     pub bytes_removed: u64,
 }
 
-/// Deletes every object not reached by a ref or by `extra_roots` (deployments and pins
-/// pass theirs). Refuses to delete anything when part of the history cannot be read,
-/// since what lies below it would look unreachable.
-pub fn prune(
-    repo: &Repo,
-    extra_roots: &[Root],
-    dry_run: bool,
-    wait: LockWait<'_>,
-) -> Result<PruneReport> {
-    let lock =
-        WriterLock::acquire(repo.root_fd(), repo.path(), "lock", wait).map_err(|e| match e {
-            LockError::Held(s) => anyhow::Error::new(s),
-            e => anyhow::Error::new(e),
-        })?;
-    if !dry_run {
-        super::transaction::clean_tmp(repo)?;
-    }
+/// Who guards the roots of the sysroot that owns the repository, if one does.
+pub enum Owner<'a> {
+    /// The caller holds the sysroot's lock (the sysroot's own prune and cleanup).
+    Held(&'a WriterLock),
+    /// Take the owner's lock here, waiting as the prune's `wait` says: a prune through
+    /// `--repo`, which must not run between a deploy's commit and its root.
+    Take,
+}
+
+fn acquire(dir: &Path, wait: LockWait<'_>) -> Result<WriterLock> {
+    let fd = crate::fsutil::open_dir(dir).with_context(|| format!("opening {}", dir.display()))?;
+    WriterLock::acquire(fd.as_fd(), dir, "lock", wait).map_err(|e| match e {
+        LockError::Held(s) => anyhow::Error::new(s),
+        e => anyhow::Error::new(e),
+    })
+}
+
+/// Every root of the repository: its refs and its stored roots (deployments and their
+/// `/etc` snapshots), labelled for messages.
+pub fn repo_roots(repo: &Repo) -> Result<Vec<Root>> {
     let mut roots: Vec<Root> = repo
         .list_refs()?
         .into_iter()
@@ -50,7 +56,60 @@ pub fn prune(
             commit: id,
         })
         .collect();
-    roots.extend_from_slice(extra_roots);
+    roots.extend(repo.list_roots()?.into_iter().map(|r| Root {
+        label: format!("deployment {}", r.name),
+        commit: r.commit,
+    }));
+    Ok(roots)
+}
+
+/// `roots` and `extra` without repeats (a sysroot passes its deployments, which the
+/// repository also records).
+pub fn with_extra(mut roots: Vec<Root>, extra: &[Root]) -> Vec<Root> {
+    for r in extra {
+        if !roots
+            .iter()
+            .any(|k| k.label == r.label && k.commit == r.commit)
+        {
+            roots.push(r.clone());
+        }
+    }
+    roots
+}
+
+/// Deletes every object not reached by a ref, a stored root ([`super::roots`]) or
+/// `extra_roots`. Refuses to delete anything when part of the history cannot be read,
+/// since what lies below it would look unreachable, and when the repository belongs
+/// to a sysroot whose deployments were never recorded as roots.
+pub fn prune(
+    repo: &Repo,
+    owner: Owner<'_>,
+    extra_roots: &[Root],
+    dry_run: bool,
+    wait: LockWait<'_>,
+) -> Result<PruneReport> {
+    let owner_lock = match (owner, repo.owner_lock_path()) {
+        (Owner::Take, Some(path)) => {
+            let dir = path.parent().context("owner lock path")?;
+            let l = acquire(dir, wait)?;
+            if !repo.has_roots() {
+                bail!(
+                    "not pruning: {} belongs to the sysroot at {}, whose deployments are not \
+                     recorded as roots yet; run 'arbor --sysroot {} cleanup' instead",
+                    repo.path().display(),
+                    dir.parent().unwrap_or(dir).display(),
+                    dir.parent().unwrap_or(dir).display()
+                );
+            }
+            Some(l)
+        }
+        _ => None,
+    };
+    let lock = acquire(repo.path(), wait)?;
+    if !dry_run {
+        super::transaction::clean_tmp(repo)?;
+    }
+    let roots = with_extra(repo_roots(repo)?, extra_roots);
     let walked = reach::walk(repo, &roots);
     if let Some((id, kind, used_by, e)) = walked.unreadable.first() {
         bail!(
@@ -89,5 +148,6 @@ pub fn prune(
         StateDb::open(&repo.state_db_path())?.forget_inodes(&forgotten)?;
     }
     drop(lock);
+    drop(owner_lock);
     Ok(report)
 }

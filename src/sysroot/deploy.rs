@@ -88,6 +88,9 @@ pub fn deploy_held(
         .find(|s| !deploy_dir.join(format!("{}.{s}", commit_id)).exists())
         .unwrap();
     let name = format!("{}.{serial}", commit_id);
+    // Rooted before anything names it, so no prune (from any path) can take it.
+    let root = format!("{}/{name}", opts.os);
+    repo.write_root(lock, &root, Some(&commit_id))?;
     let tmp_name = format!(".{name}.tmp");
     let tmp = deploy_dir.join(&tmp_name);
     let deploy_fd = fsutil::open_dir(&deploy_dir)?;
@@ -132,6 +135,7 @@ pub fn deploy_held(
         Ok(a) => a,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
+            let _ = repo.write_root(lock, &root, None);
             return Err(e);
         }
     };
@@ -192,7 +196,7 @@ pub fn deploy_held(
     if opts.stage {
         sysroot.set_staged(lock, Some(&new))?;
         crate::failpoint::hit("deploy-staged")?;
-        let removed = remove_unlisted(sysroot, &current)?;
+        let removed = remove_unlisted(sysroot, lock, &current)?;
         return Ok(DeployResult {
             deployment: new,
             etc_actions,
@@ -205,7 +209,7 @@ pub fn deploy_held(
     let order = next_order(new.clone(), &current);
     sysroot.write_boot_order(lock, &order)?;
     obs.task_end("boot-entries");
-    let removed = remove_unlisted(sysroot, &order)?;
+    let removed = remove_unlisted(sysroot, lock, &order)?;
     obs.percent("done", 100);
     Ok(DeployResult {
         deployment: new,
@@ -289,7 +293,7 @@ pub fn finalize_staged(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<Option<D
         let order = next_order(new.clone(), &current);
         sysroot.write_boot_order(&lock, &order)?;
         sysroot.set_staged(&lock, None)?;
-        let removed = remove_unlisted(sysroot, &order)?;
+        let removed = remove_unlisted(sysroot, &lock, &order)?;
         Ok(Some(DeployResult {
             deployment: new,
             etc_actions,
@@ -336,7 +340,7 @@ pub fn undeploy_held(sysroot: &Sysroot, lock: &WriterLock, index: usize) -> Resu
     }
     let d = order.remove(index);
     sysroot.write_boot_order(lock, &order)?;
-    remove_unlisted(sysroot, &order)?;
+    remove_unlisted(sysroot, lock, &order)?;
     Ok(d)
 }
 
@@ -390,10 +394,10 @@ pub fn cleanup(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<CleanupResult> {
 }
 
 /// [`cleanup`] with the sysroot lock already held.
-pub fn cleanup_held(sysroot: &Sysroot, _lock: &WriterLock) -> Result<CleanupResult> {
+pub fn cleanup_held(sysroot: &Sysroot, lock: &WriterLock) -> Result<CleanupResult> {
     remove_leftovers(sysroot)?;
     let order = sysroot.deployments()?;
-    let deployments_removed = remove_unlisted(sysroot, &order)?;
+    let deployments_removed = remove_unlisted(sysroot, lock, &order)?;
     // The staged deployment's kernel too: finalizing it at shutdown names it.
     let staged = sysroot.staged()?;
     let used: Vec<String> = order
@@ -414,6 +418,7 @@ pub fn cleanup_held(sysroot: &Sysroot, _lock: &WriterLock) -> Result<CleanupResu
     }
     let prune = prune::prune(
         sysroot.repo(),
+        prune::Owner::Held(lock),
         &deployment_roots(sysroot)?,
         false,
         LockWait::NoWait,
@@ -472,8 +477,12 @@ fn list_stateroots(sysroot: &Sysroot) -> Result<Vec<String>> {
 }
 
 /// Deletes deployment folders (with their origins and hotfixes) that neither `order`
-/// nor the staged record names.
-fn remove_unlisted(sysroot: &Sysroot, order: &[Deployment]) -> Result<Vec<String>> {
+/// nor the staged record names, then drops their roots from the repository.
+fn remove_unlisted(
+    sysroot: &Sysroot,
+    lock: &WriterLock,
+    order: &[Deployment],
+) -> Result<Vec<String>> {
     let staged = sysroot.staged()?;
     let order: Vec<&Deployment> = order.iter().chain(staged.as_ref()).collect();
     let mut removed = Vec::new();
@@ -500,5 +509,6 @@ fn remove_unlisted(sysroot: &Sysroot, order: &[Deployment]) -> Result<Vec<String
             }
         }
     }
+    sysroot.sync_roots(lock)?;
     Ok(removed)
 }

@@ -21,7 +21,9 @@ pub mod kargs;
 pub mod origin;
 pub mod plan;
 pub mod prepare_root;
+pub mod roots;
 pub mod status;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 
@@ -182,6 +184,7 @@ impl Sysroot {
         if !repo_path.join("config").exists() {
             let config = RepoConfig {
                 state_db: "../state.db".into(),
+                owner_lock: Some("../lock".into()),
                 ..Default::default()
             };
             Repo::init_with_config(&repo_path, &config)?;
@@ -379,12 +382,13 @@ impl Sysroot {
     pub fn lock(&self, wait: LockWait<'_>) -> Result<WriterLock> {
         let arbor = self.path.join("arbor");
         let dir = crate::fsutil::open_dir(&arbor)?;
-        WriterLock::acquire(std::os::fd::AsFd::as_fd(&dir), &arbor, "lock", wait).map_err(|e| {
-            match e {
+        let lock = WriterLock::acquire(std::os::fd::AsFd::as_fd(&dir), &arbor, "lock", wait)
+            .map_err(|e| match e {
                 LockError::Held(s) => anyhow::Error::new(s),
                 e => anyhow::Error::new(e),
-            }
-        })
+            })?;
+        self.ensure_roots(&lock);
+        Ok(lock)
     }
 
     /// Runs one mutating operation, recording it (who, what, result) in the history of
