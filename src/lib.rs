@@ -17,7 +17,7 @@ mod decoder_props;
 pub mod delta;
 pub mod diff;
 pub mod error;
-pub mod etc_merge;
+pub mod etc;
 pub mod failpoint;
 pub mod fsutil;
 pub mod fuse;

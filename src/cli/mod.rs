@@ -7,6 +7,7 @@
 
 pub mod arbord;
 mod delta_cmds;
+mod etc_cmds;
 mod image_cmds;
 mod interop_cmds;
 mod live_cmds;
@@ -126,6 +127,9 @@ pub enum Command {
     PrepareRoot(sysroot_cmds::PrepareRootArgs),
     /// Remove unreferenced deployments and kernels, then prune the repository.
     Cleanup(OutputArgs),
+    /// The machine's /etc against the image's defaults: diff, restore.
+    #[command(subcommand)]
+    Etc(etc_cmds::EtcCommand),
     /// Layer packages (names, or local .deb files) on the deployment: a new deployment.
     /// `arbor install to-disk` writes a bootable disk instead.
     Install(package_cmds::InstallArgs),
@@ -257,6 +261,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
         Command::GenerateMan { dir } => generate_man(dir).map(|_| 0),
         Command::Ostree(_) => interop_cmds::exec_ostree_helper(),
         Command::Db(cmd) => package_cmds::run_db(cli, cmd),
+        Command::Etc(cmd) => etc_cmds::run(cli, cmd),
         Command::Delta(cmd) => delta_cmds::run(cli, cmd),
         Command::Publish(cmd) => remote_cmds::run_publish(cli, cmd),
         Command::Remote(cmd) => remote_cmds::run_remote(cli, cmd),

@@ -50,6 +50,15 @@ pub fn run_and_print(cli: &Cli, req: &Request, output: &OutputArgs) -> Result<i3
                 "no longer pinned"
             }
         ),
+        (Outcome::EtcRestore(r), _) => {
+            for p in &r.restored {
+                println!("restored {p} from the image of {}", r.deployment);
+            }
+            eprintln!(
+                "the /etc as it was is kept as snapshot {} ('arbor ls {} /')",
+                r.snapshot, r.snapshot
+            );
+        }
         _ => println!("done"),
     }
     Ok(0)
@@ -79,16 +88,31 @@ pub fn print_deployed(r: &DeployResult, staged: bool) {
         eprintln!("it becomes the default boot entry at shutdown ('arbor finalize-staged')");
         return;
     }
-    if !r.etc_actions.is_empty() {
-        eprintln!(
-            "/etc: kept {} local changes from the previous deployment",
-            r.etc_actions.len()
-        );
-    }
+    print_etc_merge(&r.etc_merge);
     for gone in &r.removed {
         eprintln!("removed deployment {gone}");
     }
     eprintln!("it boots next; 'arbor rollback' goes back");
+}
+
+/// What the `/etc` merge did: counts, and every conflict by name.
+pub fn print_etc_merge(entries: &[crate::etc::merge::MergeEntry]) {
+    use crate::etc::merge::MergeOutcome;
+    let count = |o: MergeOutcome| entries.iter().filter(|e| e.outcome == o).count();
+    let kept = count(MergeOutcome::KeptLocal) + count(MergeOutcome::KeptDeleted);
+    if kept > 0 {
+        eprintln!("/etc: kept {kept} local changes from the previous deployment");
+    }
+    for e in entries
+        .iter()
+        .filter(|e| e.outcome == MergeOutcome::Conflict)
+    {
+        eprintln!(
+            "/etc: conflict in /etc/{}: your version stays; the new default is in /etc/{}",
+            e.path,
+            e.saved.as_deref().unwrap_or_default()
+        );
+    }
 }
 
 /// `upgrade`'s outcome: the channel's report, or the local deploy, or nothing new.

@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{Result, bail};
 
 use super::swap;
-use crate::etc_merge;
+use crate::etc::merge as etc_merge;
 use crate::fsutil;
 use crate::inspect;
 use crate::sysroot::{Deployment, Sysroot};
@@ -115,8 +115,8 @@ pub fn prepare_etc_live(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::etc_merge::EtcTree;
-    use crate::etc_merge::testing::file;
+    use crate::etc::merge::EtcTree;
+    use crate::etc::merge::testing::file;
 
     fn tree(entries: &[(&str, u8)]) -> EtcTree {
         entries

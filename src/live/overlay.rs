@@ -13,6 +13,7 @@ use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
 
 use super::{OverlayKind, booted, kind_of, usr_mount};
 use crate::fsutil;
+use crate::sysroot::select::select_deployment;
 use crate::sysroot::{Deployment, Sysroot};
 
 pub use crate::sysroot::hotfix::OverlayInfo;
@@ -45,37 +46,6 @@ impl FoundOverlay {
     /// Its upper layer.
     pub fn upper(&self) -> PathBuf {
         self.dir.join("upper")
-    }
-}
-
-/// Picks a deployment by its boot-order index or by a prefix of its commit id.
-pub fn select_deployment(sysroot: &Sysroot, which: &str) -> Result<Deployment> {
-    let all = sysroot.deployments()?;
-    let commits: Vec<String> = all.iter().map(|d| d.commit.to_hex()).collect();
-    Ok(all[pick(&commits, which)?].clone())
-}
-
-/// The position in `commits` (hex ids in boot order) that `which` names: an index of
-/// the list, or else a prefix of one commit (4 hex digits or more). A prefix can be
-/// all decimal digits (`598763882682`), so a number is an index only when it is one.
-fn pick(commits: &[String], which: &str) -> Result<usize> {
-    let index = which.parse::<usize>().ok();
-    if let Some(i) = index.filter(|i| *i < commits.len()) {
-        return Ok(i);
-    }
-    let hits: Vec<usize> = (0..commits.len())
-        .filter(|i| which.len() >= 4 && commits[*i].starts_with(which))
-        .collect();
-    match (hits.as_slice(), index) {
-        ([i], _) => Ok(*i),
-        ([], Some(i)) => bail!(
-            "there is no deployment {i} (status lists {}), and no commit starts with '{which}'",
-            commits.len()
-        ),
-        ([], None) => bail!(
-            "no deployment is at a commit starting with '{which}' (give 4 hex digits or more, or an index)"
-        ),
-        _ => bail!("'{which}' names several deployments; give their index instead"),
     }
 }
 
@@ -310,32 +280,4 @@ pub fn add(root: &Path, items: &[(PathBuf, String)]) -> Result<Vec<String>> {
         });
     }
     Ok(added)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_deployment_is_named_by_index_or_by_a_commit_prefix_even_an_all_digit_one() {
-        let commits = vec!["598763882682aa".to_string(), "abcdef012345bb".to_string()];
-        assert_eq!(pick(&commits, "1").unwrap(), 1);
-        assert_eq!(pick(&commits, "abcd").unwrap(), 1);
-        // All digits, but no index that large: the commit it starts.
-        assert_eq!(pick(&commits, "598763882682").unwrap(), 0);
-        let e = pick(&commits, "7").unwrap_err().to_string();
-        assert!(e.contains("no deployment 7 (status lists 2)"), "{e}");
-        let e = pick(&commits, "ffff").unwrap_err().to_string();
-        assert!(
-            e.contains("no deployment is at a commit starting with 'ffff'"),
-            "{e}"
-        );
-        let both = vec!["abcd01".to_string(), "abcd02".to_string()];
-        assert!(
-            pick(&both, "abcd")
-                .unwrap_err()
-                .to_string()
-                .contains("several")
-        );
-    }
 }

@@ -18,7 +18,7 @@
 //! tree changed under us (a mount point in the way); the error names the path, the
 //! entries before it are new and the rest old, and running again finishes the work.
 //! Temporaries a crash left behind are removed by the next run ([`remove_temporaries`])
-//! and never read as part of the tree ([`crate::etc_merge::scan`] skips them).
+//! and never read as part of the tree ([`crate::etc::merge::scan`] skips them).
 
 use std::collections::BTreeSet;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -27,8 +27,8 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use rustix::fs::{self as rfs, AtFlags, RenameFlags};
 
-pub use crate::etc_merge::TEMP_PREFIX;
-use crate::etc_merge::{EtcEntry, EtcTree};
+pub use crate::etc::merge::TEMP_PREFIX;
+use crate::etc::merge::{EtcEntry, EtcTree};
 use crate::fsutil;
 use crate::store::encoding::Meta;
 
@@ -270,7 +270,7 @@ pub fn remove_temporaries(live: &Path) -> Result<()> {
 /// Checks that `live` now matches `wanted`: the guard after a swap that must not
 /// silently leave something behind.
 pub fn verify(live: &Path, wanted: &EtcTree, label: &str) -> Result<()> {
-    let now = crate::etc_merge::scan(live)?;
+    let now = crate::etc::merge::scan(live)?;
     if let Some(step) = plan(&now, wanted).first() {
         bail!(
             "{label}/{} does not match the merge after it was applied",
@@ -283,7 +283,7 @@ pub fn verify(live: &Path, wanted: &EtcTree, label: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::etc_merge::testing::{dir, file, meta, tree};
+    use crate::etc::merge::testing::{dir, file, meta, tree};
     use crate::store::encoding::{S_IFDIR, S_IFLNK};
 
     #[test]
@@ -333,8 +333,8 @@ mod tests {
     /// Builds `live` and `source` folders, applies, and returns the live tree.
     fn run(live: &Path, source: &Path) -> Result<()> {
         let steps = plan(
-            &crate::etc_merge::scan(live)?,
-            &crate::etc_merge::scan(source)?,
+            &crate::etc::merge::scan(live)?,
+            &crate::etc::merge::scan(source)?,
         );
         apply(live, source, steps, "/etc")
     }
@@ -358,7 +358,7 @@ mod tests {
         std::fs::write(source.join("d"), "now a file").unwrap();
         std::os::unix::fs::symlink("a/sub/y", source.join("link")).unwrap();
         run(&live, &source).unwrap();
-        verify(&live, &crate::etc_merge::scan(&source).unwrap(), "/etc").unwrap();
+        verify(&live, &crate::etc::merge::scan(&source).unwrap(), "/etc").unwrap();
         assert_eq!(std::fs::read_to_string(live.join("a/sub/y")).unwrap(), "y");
         assert_eq!(
             std::fs::read_to_string(live.join("d")).unwrap(),
@@ -398,8 +398,8 @@ mod tests {
         std::fs::write(source.join("a"), "new a").unwrap();
         std::fs::write(source.join("b"), "new b").unwrap();
         let mut steps = plan(
-            &crate::etc_merge::scan(&live).unwrap(),
-            &crate::etc_merge::scan(&source).unwrap(),
+            &crate::etc::merge::scan(&live).unwrap(),
+            &crate::etc::merge::scan(&source).unwrap(),
         );
         // A step whose source is missing fails while copying, after "a" was copied.
         steps.push(Step::Put("missing".into()));
@@ -416,7 +416,7 @@ mod tests {
         std::fs::create_dir_all(t.path().join("sub")).unwrap();
         std::fs::write(t.path().join("sub").join(format!("{TEMP_PREFIX}3")), "x").unwrap();
         std::fs::write(t.path().join("real"), "x").unwrap();
-        let scanned = crate::etc_merge::scan(t.path()).unwrap();
+        let scanned = crate::etc::merge::scan(t.path()).unwrap();
         assert_eq!(scanned.keys().collect::<Vec<_>>(), ["real", "sub"]);
         remove_temporaries(t.path()).unwrap();
         assert_eq!(walk_names(t.path()).len(), 2);

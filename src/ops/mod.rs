@@ -19,7 +19,7 @@ use crate::store::prune::{self, PruneReport};
 use crate::sysroot::deploy::{self, CleanupResult, DeployResult};
 use crate::sysroot::plan::DeployOptions;
 use crate::sysroot::status::{self, StatusRow};
-use crate::sysroot::{Deployment, Sysroot, kargs};
+use crate::sysroot::{Deployment, Sysroot, etc_state, kargs};
 use crate::update::{self, UpdateOptions, UpdateResult};
 
 pub use request::{DeployRequest, Request, TransactionKind, UpgradeRequest};
@@ -90,6 +90,8 @@ pub enum Outcome {
     UsrStatus(Box<crate::live::UsrStatus>),
     /// usroverlay.
     UsrOverlay(Box<UsrOverlayOutcome>),
+    /// etc restore.
+    EtcRestore(Box<crate::sysroot::etc_state::RestoreResult>),
     /// Nothing to report beyond success (remote remove).
     Done,
 }
@@ -261,6 +263,10 @@ fn execute(
             held()?;
             crate::remote::Remote::remove(sysroot, name)?;
             Outcome::Done
+        }
+        Request::EtcRestore { deployment, paths } => {
+            let d = etc_state::pick(sysroot, deployment.as_deref())?;
+            Outcome::EtcRestore(Box::new(etc_state::restore(sysroot, held()?, &d, paths)?))
         }
         Request::UsrOverlay { root, req } => Outcome::UsrOverlay(Box::new(
             crate::live::request::run(sysroot, lock, root, req, obs)?,

@@ -136,6 +136,13 @@ pub enum Request {
         /// What to do.
         req: UsrOverlayRequest,
     },
+    /// `etc restore PATH…`.
+    EtcRestore {
+        /// The deployment (index, commit prefix, `staged`); the current one if none.
+        deployment: Option<String>,
+        /// Paths below `/etc`.
+        paths: Vec<String>,
+    },
 }
 
 /// What the history calls an operation.
@@ -161,6 +168,7 @@ pub enum TransactionKind {
     Usroverlay,
     AutoUpdate,
     RemoteRemove,
+    EtcRestore,
 }
 
 impl TransactionKind {
@@ -185,6 +193,7 @@ impl TransactionKind {
             TransactionKind::Usroverlay => "usroverlay",
             TransactionKind::AutoUpdate => "auto-update",
             TransactionKind::RemoteRemove => "remote-remove",
+            TransactionKind::EtcRestore => "etc-restore",
         }
     }
 }
@@ -216,6 +225,7 @@ impl Request {
             Request::UsrOverlay { .. } => K::Usroverlay,
             Request::AutoUpdate { .. } => K::AutoUpdate,
             Request::RemoveRemote(_) => K::RemoteRemove,
+            Request::EtcRestore { .. } => K::EtcRestore,
         }
     }
 

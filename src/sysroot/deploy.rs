@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::boot;
 use crate::checkout::TreeCheckout;
-use crate::etc_merge;
+use crate::etc::merge as etc_merge;
 use crate::fsutil;
 use crate::inspect::{self, Node};
 use crate::lock::{LockWait, WriterLock};
@@ -34,8 +34,9 @@ use crate::sysroot::{Deployment, Origin, Sysroot};
 pub struct DeployResult {
     /// The new deployment (index 0: it boots next).
     pub deployment: Deployment,
-    /// The `/etc` merge applied (what local state was carried over).
-    pub etc_actions: Vec<etc_merge::EtcAction>,
+    /// What the `/etc` merge did with each path the user or the update changed
+    /// (empty for a staged deployment, merged when finalized).
+    pub etc_merge: Vec<etc_merge::MergeEntry>,
     /// Deployments no longer in the boot order, removed.
     pub removed: Vec<String>,
 }
@@ -94,7 +95,7 @@ pub fn deploy_held(
     let tmp_name = format!(".{name}.tmp");
     let tmp = deploy_dir.join(&tmp_name);
     let deploy_fd = fsutil::open_dir(&deploy_dir)?;
-    let written = (|| -> Result<(Vec<etc_merge::EtcAction>, boot::KernelFiles)> {
+    let written = (|| -> Result<(Vec<etc_merge::MergeEntry>, boot::KernelFiles)> {
         checkpoint(obs)?;
         obs.task_begin("checkout");
         obs.percent("checking out the tree", 0);
@@ -121,7 +122,7 @@ pub fn deploy_held(
         let actions = if opts.stage {
             Vec::new()
         } else {
-            merge_etc(sysroot, &current, &opts.os, &tmp.join("etc"))?
+            merge_etc(sysroot, lock, &current, &opts.os, &tmp.join("etc"))?
         };
         obs.task_end("etc");
         obs.percent("syncing", 70);
@@ -131,7 +132,7 @@ pub fn deploy_held(
         checkpoint(obs)?;
         Ok((actions, kernel))
     })();
-    let (etc_actions, kernel) = match written {
+    let (etc_merge, kernel) = match written {
         Ok(a) => a,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
@@ -152,6 +153,9 @@ pub fn deploy_held(
         0o644,
     )
     .map_err(|e| crate::store::write_error(e, || format!("writing {name}.origin")))?;
+    if !opts.stage {
+        super::etc_state::write_merge_record(sysroot, &opts.os, &name, &etc_merge)?;
+    }
     crate::failpoint::hit("deploy-origin-written")?;
     std::fs::rename(&tmp, deploy_dir.join(&name))?;
     rustix::fs::fsync(&deploy_fd)?;
@@ -199,7 +203,7 @@ pub fn deploy_held(
         let removed = remove_unlisted(sysroot, lock, &current)?;
         return Ok(DeployResult {
             deployment: new,
-            etc_actions,
+            etc_merge,
             removed,
         });
     }
@@ -213,7 +217,7 @@ pub fn deploy_held(
     obs.percent("done", 100);
     Ok(DeployResult {
         deployment: new,
-        etc_actions,
+        etc_merge,
         removed,
     })
 }
@@ -245,30 +249,20 @@ fn kernel_checksum(
 /// Merges the local /etc of the stateroot's merge source into `new_etc`.
 fn merge_etc(
     sysroot: &Sysroot,
+    lock: &WriterLock,
     current: &[Deployment],
     os: &str,
     new_etc: &Path,
-) -> Result<Vec<etc_merge::EtcAction>> {
+) -> Result<Vec<etc_merge::MergeEntry>> {
     let Some(prev) = merge_source(current, os) else {
         return Ok(Vec::new());
     };
+    // The /etc being left, as it last ran: a snapshot in the store.
+    super::etc_state::snapshot(sysroot, lock, prev)?;
     let prev_root = sysroot.deployment_path(prev);
     let old_default = etc_merge::scan(&prev_root.join("usr/etc"))?;
     let local = etc_merge::scan(&prev_root.join("etc"))?;
-    let actions = etc_merge::plan(&old_default, &local);
-    let retyped = etc_merge::file_over_new_dir(&etc_merge::scan(new_etc)?, &local, &actions);
-    if !retyped.is_empty() {
-        let list: Vec<String> = retyped.iter().map(|p| format!("/etc/{p}")).collect();
-        bail!(
-            "{} changed locally, and the new version makes {} a directory: move the \
-             change aside (or into the new directory once deployed) and deploy again; \
-             nothing was deployed",
-            list.join(", "),
-            if list.len() == 1 { "it" } else { "each" }
-        );
-    }
-    etc_merge::apply(&actions, &local, &prev_root.join("etc"), new_etc)?;
-    Ok(actions)
+    etc_merge::merge_into(&old_default, &local, &prev_root.join("etc"), new_etc)
 }
 
 /// Finalizes the staged deployment (run at shutdown): merges /etc as it is now, then
@@ -288,7 +282,8 @@ pub fn finalize_staged(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<Option<D
                 new.dir_name()
             );
         }
-        let etc_actions = merge_etc(sysroot, &current, &new.os, &root.join("etc"))?;
+        let etc_merge = merge_etc(sysroot, &lock, &current, &new.os, &root.join("etc"))?;
+        super::etc_state::write_merge_record(sysroot, &new.os, &new.dir_name(), &etc_merge)?;
         fsutil::sync_filesystem(fsutil::open_dir(&root)?).context("syncing the deployment")?;
         let order = next_order(new.clone(), &current);
         sysroot.write_boot_order(&lock, &order)?;
@@ -296,7 +291,7 @@ pub fn finalize_staged(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<Option<D
         let removed = remove_unlisted(sysroot, &lock, &order)?;
         Ok(Some(DeployResult {
             deployment: new,
-            etc_actions,
+            etc_merge,
             removed,
         }))
     })
@@ -316,6 +311,10 @@ pub fn rollback_held(sysroot: &Sysroot, lock: &WriterLock) -> Result<Vec<Deploym
             "there is no deployment to roll back to ('arbor status' lists them)".into(),
         )
     })?;
+    // The booted /etc as it was when the machine is sent back: a snapshot.
+    if order.first().is_some_and(|d| !d.booted) {
+        super::etc_state::snapshot_booted(sysroot, lock)?;
+    }
     sysroot.write_boot_order(lock, &order)?;
     sysroot.deployments()
 }
@@ -490,7 +489,10 @@ fn remove_unlisted(
         let dir = sysroot.stateroot(&os).join("deploy");
         for e in std::fs::read_dir(&dir)?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let base = name.strip_suffix(".origin").unwrap_or(&name);
+            let base = name
+                .strip_suffix(".origin")
+                .or_else(|| name.strip_suffix(super::etc_state::MERGE_RECORD_SUFFIX))
+                .unwrap_or(&name);
             if name.starts_with('.') || order.iter().any(|d| d.os == os && d.dir_name() == base) {
                 continue;
             }

@@ -16,12 +16,14 @@
 //! that no entry names is a leftover (of a crash, or of an undeploy) for cleanup.
 
 pub mod deploy;
+pub mod etc_state;
 pub mod hotfix;
 pub mod kargs;
 pub mod origin;
 pub mod plan;
 pub mod prepare_root;
 pub mod roots;
+pub mod select;
 pub mod status;
 pub mod verify;
 

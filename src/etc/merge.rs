@@ -43,6 +43,143 @@ pub enum EtcAction {
     Remove(String),
 }
 
+/// What a merge does with one path that the user or the update changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MergeOutcome {
+    /// The user changed or added it, the update did not: the local version stays.
+    KeptLocal,
+    /// The user deleted it: it stays deleted.
+    KeptDeleted,
+    /// Only the update changed (or added, or removed) it: the new default is taken.
+    TookNewDefault,
+    /// Both changed it: the local version stays, and the new default is saved beside
+    /// it (`<path>` + [`DIST_SUFFIX`]) for the administrator to compare.
+    Conflict,
+}
+
+/// One path of a merge report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct MergeEntry {
+    /// Relative to `/etc` (`ssh/sshd_config`).
+    pub path: String,
+    /// What the merge did, or will do.
+    pub outcome: MergeOutcome,
+    /// For a conflict, where the new default was saved (relative to `/etc`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saved: Option<String>,
+}
+
+/// The name beside a conflicting file under which the new default is saved, in the
+/// manner of dpkg's `.dpkg-dist`.
+pub const DIST_SUFFIX: &str = ".arbor-dist";
+
+/// What merging `local` (judged against `old_default`) into `new_default` does with
+/// each path either side changed: the report `etc diff`, deploy and finalize give.
+/// Paths below a directory the user deleted are not listed (the directory is).
+pub fn report(old_default: &EtcTree, local: &EtcTree, new_default: &EtcTree) -> Vec<MergeEntry> {
+    let mut paths: Vec<&String> = old_default
+        .keys()
+        .chain(local.keys())
+        .chain(new_default.keys())
+        .collect();
+    paths.sort();
+    paths.dedup();
+    let mut out = Vec::new();
+    let mut deleted: Option<&str> = None;
+    for path in paths {
+        if deleted.is_some_and(|d| under(path, d)) {
+            continue;
+        }
+        let (o, l, n) = (
+            old_default.get(path),
+            local.get(path),
+            new_default.get(path),
+        );
+        let local_changed = o != l;
+        let update_changed = o != n;
+        let outcome = match (local_changed, update_changed) {
+            (false, false) => continue,
+            (false, true) => MergeOutcome::TookNewDefault,
+            (true, _) if l.is_none() => {
+                deleted = Some(path);
+                MergeOutcome::KeptDeleted
+            }
+            (true, false) => MergeOutcome::KeptLocal,
+            // Both sides made it the same: nothing to choose.
+            (true, true) if l == n => continue,
+            (true, true) => match n {
+                Some(EtcEntry::File(..) | EtcEntry::Symlink(..)) => MergeOutcome::Conflict,
+                _ => MergeOutcome::KeptLocal,
+            },
+        };
+        out.push(MergeEntry {
+            path: path.clone(),
+            outcome,
+            saved: (outcome == MergeOutcome::Conflict).then(|| format!("{path}{DIST_SUFFIX}")),
+        });
+    }
+    out
+}
+
+/// Merges the local tree at `local_root` (judged against `old_default`) into
+/// `new_root`, which holds the new default: conflicting new defaults are first moved
+/// aside to their [`DIST_SUFFIX`] names, then the plan is applied. Returns the report.
+/// Fails, changing nothing, when a locally changed file would hide a directory the
+/// new default ships ([`file_over_new_dir`]).
+pub fn merge_into(
+    old_default: &EtcTree,
+    local: &EtcTree,
+    local_root: &Path,
+    new_root: &Path,
+) -> Result<Vec<MergeEntry>> {
+    let new_default = scan(new_root)?;
+    let entries = report(old_default, local, &new_default);
+    let saved: std::collections::BTreeSet<&str> =
+        entries.iter().filter_map(|e| e.saved.as_deref()).collect();
+    // A stale saved default from an earlier conflict does not replace this one.
+    let actions: Vec<EtcAction> = plan(old_default, local)
+        .into_iter()
+        .filter(|a| !matches!(a, EtcAction::KeepLocal(p) if saved.contains(p.as_str())))
+        .collect();
+    let retyped = file_over_new_dir(&new_default, local, &actions);
+    if !retyped.is_empty() {
+        return Err(RetypedError(retyped).into());
+    }
+    for e in entries.iter().filter(|e| e.saved.is_some()) {
+        let (dir, name) = parent_beneath(new_root, &e.path)?;
+        rfs::renameat(
+            &dir,
+            name.as_str(),
+            &dir,
+            format!("{name}{DIST_SUFFIX}").as_str(),
+        )
+        .with_context(|| format!("saving the new default of /etc/{}", e.path))?;
+    }
+    apply(&actions, local, local_root, new_root)?;
+    Ok(entries)
+}
+
+/// Locally changed files where the new default has a directory: the merge stops.
+#[derive(Debug)]
+pub struct RetypedError(pub Vec<String>);
+
+impl std::fmt::Display for RetypedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list: Vec<String> = self.0.iter().map(|p| format!("/etc/{p}")).collect();
+        write!(
+            f,
+            "{} changed locally, and the new version makes {} a directory: move the \
+             change aside (or into the new directory once deployed) and deploy again; \
+             nothing was deployed",
+            list.join(", "),
+            if list.len() == 1 { "it" } else { "each" }
+        )
+    }
+}
+
+impl std::error::Error for RetypedError {}
+
 /// Names arbor gives entries it is swapping into a live `/etc` (`crate::live::swap`):
 /// never part of the tree, whoever scans it, even if a crash left one behind.
 pub const TEMP_PREFIX: &str = ".arbor-live.";

@@ -1,0 +1,252 @@
+//! `/etc` of deployments through the real binary: `etc diff` (drift, and what a merge
+//! did or will do, conflicts saved beside the file), `etc restore`, and the snapshot
+//! of the `/etc` a deployment last ran with, kept across a rollback.
+
+#[macro_use]
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+/// `arbor ARGS…` on a "running" system whose kernel command line is `cmdline`.
+fn booted(cmdline: &Path, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(arbor_bin())
+        .args(args)
+        .env("ARBOR_CMDLINE", cmdline)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "arbor {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+fn paths_with(list: &serde_json::Value, key: &str, value: &str) -> Vec<String> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e[key] == value)
+        .map(|e| e["path"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+fn root_etc_diff_lists_drift_and_what_the_merge_did_with_conflicts_saved_beside() {
+    require_root!();
+    let t = scratch();
+    let s = sysroot(t.path());
+    compose(&s, &rootfs(t.path(), "1"), "os", "1");
+    arbor_ok(&["--sysroot", &s, "deploy", "os"]);
+    let cmdline = Path::new(&boot_first(&s, t.path())).to_path_buf();
+    let etc = deployment_dir(&s, 0).join("etc");
+    // Changed by the machine: a file the update changes too (a conflict), one it does
+    // not (kept), a deletion, an addition, a mode.
+    std::fs::write(etc.join("ssh/sshd_config"), "PermitRootLogin no\n").unwrap();
+    std::fs::write(etc.join("hostname"), "web1\n").unwrap();
+    std::fs::remove_file(etc.join("untouched")).unwrap();
+    std::fs::write(etc.join("site.conf"), "local\n").unwrap();
+    std::fs::set_permissions(
+        etc.join("default/grub"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+
+    let d = booted(&cmdline, &["--sysroot", &s, "etc", "diff", "--json"]);
+    assert_eq!(d["booted"], true, "{d:#}");
+    let drift = &d["drift"];
+    assert_eq!(
+        paths_with(drift, "change", "modified"),
+        ["default/grub", "hostname", "ssh/sshd_config"],
+        "{d:#}"
+    );
+    assert_eq!(paths_with(drift, "change", "added"), ["site.conf"]);
+    assert_eq!(paths_with(drift, "change", "removed"), ["untouched"]);
+    let grub = drift
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == "default/grub")
+        .unwrap();
+    assert_eq!(grub["aspects"], serde_json::json!(["mode"]));
+    assert!(
+        d.get("merge").is_none(),
+        "a booted deployment has no pending merge"
+    );
+
+    // The update changes sshd_config, motd and untouched. Staged first: what the
+    // merge will do.
+    compose(&s, &rootfs(&t.path().join("2"), "2"), "os", "2");
+    booted(&cmdline, &["--sysroot", &s, "deploy", "--stage", "os"]);
+    let staged = booted(
+        &cmdline,
+        &["--sysroot", &s, "etc", "diff", "staged", "--json"],
+    );
+    assert_eq!(staged["staged"], true, "{staged:#}");
+    let will = &staged["merge"];
+    assert_eq!(paths_with(will, "outcome", "conflict"), ["ssh/sshd_config"]);
+    assert_eq!(paths_with(will, "outcome", "took-new-default"), ["motd"]);
+    assert_eq!(paths_with(will, "outcome", "kept-deleted"), ["untouched"]);
+    assert_eq!(
+        paths_with(will, "outcome", "kept-local"),
+        ["default/grub", "hostname", "site.conf"]
+    );
+    let text = String::from_utf8(
+        Command::new(arbor_bin())
+            .args(["--sysroot", &s, "etc", "diff", "staged"])
+            .env("ARBOR_CMDLINE", &cmdline)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        text.contains("will:")
+            && text.contains("/etc/ssh/sshd_config: conflict: local kept, new default in /etc/ssh/sshd_config.arbor-dist"),
+        "{text}"
+    );
+
+    // Deployed now: the merge did what it said; the conflict's new default is beside.
+    booted(&cmdline, &["--sysroot", &s, "deploy", "os"]);
+    let pending = booted(&cmdline, &["--sysroot", &s, "etc", "diff", "0", "--json"]);
+    assert_eq!(pending["booted"], false);
+    assert_eq!(
+        paths_with(&pending["merge"], "outcome", "conflict"),
+        ["ssh/sshd_config"],
+        "{pending:#}"
+    );
+    let new_etc = deployment_dir(&s, 0).join("etc");
+    assert_eq!(
+        std::fs::read_to_string(new_etc.join("ssh/sshd_config")).unwrap(),
+        "PermitRootLogin no\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(new_etc.join("ssh/sshd_config.arbor-dist")).unwrap(),
+        "# sshd defaults 2\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(new_etc.join("motd")).unwrap(),
+        "welcome to 2\n"
+    );
+    assert!(!new_etc.join("untouched").exists());
+    // The /etc being left was kept as a snapshot of the booted deployment.
+    let snap = d_snapshot(&s, &cmdline, "1");
+    let motd = arbor_ok(&["--sysroot", &s, "cat", &snap, "/site.conf"]);
+    assert_eq!(motd, "local\n");
+}
+
+/// The snapshot of deployment INDEX as `etc diff` names it.
+fn d_snapshot(s: &str, cmdline: &Path, index: &str) -> String {
+    let d = booted(cmdline, &["--sysroot", s, "etc", "diff", index, "--json"]);
+    d["snapshot"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no snapshot: {d:#}"))
+        .to_string()
+}
+
+#[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+fn root_etc_restore_puts_defaults_back_records_it_and_refuses_what_it_cannot() {
+    require_root!();
+    let t = scratch();
+    let s = sysroot(t.path());
+    compose(&s, &rootfs(t.path(), "1"), "os", "1");
+    arbor_ok(&["--sysroot", &s, "deploy", "os"]);
+    let cmdline = Path::new(&boot_first(&s, t.path())).to_path_buf();
+    let etc = deployment_dir(&s, 0).join("etc");
+    std::fs::write(etc.join("hostname"), "web1\n").unwrap();
+    std::fs::remove_dir_all(etc.join("ssh")).unwrap();
+    std::fs::remove_file(etc.join("default/grub")).unwrap();
+    std::fs::create_dir(etc.join("default/grub")).unwrap();
+
+    let r = booted(
+        &cmdline,
+        &[
+            "--sysroot",
+            &s,
+            "etc",
+            "restore",
+            "/etc/hostname",
+            "/etc/ssh/sshd_config",
+            "/etc/default/grub",
+            "--json",
+        ],
+    );
+    assert_eq!(
+        std::fs::read_to_string(etc.join("hostname")).unwrap(),
+        "debian\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(etc.join("ssh/sshd_config")).unwrap(),
+        "# sshd defaults 1\n"
+    );
+    assert!(
+        etc.join("default/grub").is_file(),
+        "a directory replaced by the file"
+    );
+    let d = booted(&cmdline, &["--sysroot", &s, "etc", "diff", "--json"]);
+    assert_eq!(d["drift"], serde_json::json!([]), "{d:#}");
+    // The /etc as it was is the snapshot; the history has the restore.
+    let snap = r["snapshot"].as_str().unwrap();
+    assert_eq!(
+        arbor_ok(&["--sysroot", &s, "cat", snap, "/hostname"]),
+        "web1\n"
+    );
+    let history = arbor_ok(&["--sysroot", &s, "history"]);
+    assert!(history.contains("etc-restore"), "{history}");
+    arbor_ok(&["--sysroot", &s, "fsck"]);
+
+    for (path, why) in [
+        ("/var/lib/x", "not below /etc"),
+        ("etc/hostname", "not below /etc"),
+        ("/etc/../x", "not a plain path"),
+        ("/etc/not-in-the-image", "not in the image"),
+    ] {
+        let out = Command::new(arbor_bin())
+            .args(["--sysroot", &s, "etc", "restore", path])
+            .env("ARBOR_CMDLINE", &cmdline)
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && e.contains(why), "{path}: {e}");
+    }
+}
+
+#[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+fn root_rollback_boots_the_previous_deployment_with_its_own_etc() {
+    require_root!();
+    let t = scratch();
+    let s = sysroot(t.path());
+    compose(&s, &rootfs(t.path(), "1"), "os", "1");
+    arbor_ok(&["--sysroot", &s, "deploy", "os"]);
+    let cmdline = Path::new(&boot_first(&s, t.path())).to_path_buf();
+    std::fs::write(deployment_dir(&s, 0).join("etc/site.conf"), "edited on 1\n").unwrap();
+    compose(&s, &rootfs(&t.path().join("2"), "2"), "os", "2");
+    booted(&cmdline, &["--sysroot", &s, "deploy", "os"]);
+    // Boot 2; change /etc there; roll back.
+    boot_first(&s, t.path());
+    let two = deployment_dir(&s, 0).join("etc");
+    std::fs::write(two.join("site.conf"), "edited on 2\n").unwrap();
+    std::fs::write(two.join("only-on-2"), "x\n").unwrap();
+    booted(&cmdline, &["--sysroot", &s, "rollback"]);
+    assert_eq!(versions(&s), ["1", "2"]);
+    let one = deployment_dir(&s, 0).join("etc");
+    assert_eq!(
+        std::fs::read_to_string(one.join("site.conf")).unwrap(),
+        "edited on 1\n",
+        "the previous deployment's /etc as it ran, not 2's merged back"
+    );
+    assert!(!one.join("only-on-2").exists());
+    // What 2 ran with is its snapshot, taken when the machine was sent back.
+    let snap = d_snapshot(&s, &cmdline, "1");
+    assert_eq!(
+        arbor_ok(&["--sysroot", &s, "cat", &snap, "/site.conf"]),
+        "edited on 2\n"
+    );
+    arbor_ok(&["--sysroot", &s, "fsck"]);
+}
