@@ -250,3 +250,154 @@ fn root_rollback_boots_the_previous_deployment_with_its_own_etc() {
     );
     arbor_ok(&["--sysroot", &s, "fsck"]);
 }
+
+/// The text of FILE below the /var that prepare-root binds for the deployment booted
+/// by `cmdline`, or "absent".
+fn var_file_at_boot(s: &str, cmdline: &Path, dir: &Path, file: &str) -> String {
+    let out = in_namespace(
+        s,
+        s_(cmdline),
+        dir,
+        &format!("boot\ncat $T/var/{file} 2>/dev/null || echo absent\numount -R $T"),
+    );
+    out.lines().next().unwrap_or_default().trim().to_string()
+}
+
+/// One good boot of what boots next: the loader picks it, its health check passes.
+fn boot_good(s: &str, dir: &Path) -> std::path::PathBuf {
+    let cmdline = Path::new(&boot_first(s, dir)).to_path_buf();
+    booted(&cmdline, &["--sysroot", s, "boot-complete"]);
+    cmdline
+}
+
+fn s_(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+fn root_reset_at_each_level_and_rollback_brings_everything_back() {
+    require_root!();
+    let t = scratch();
+    let s = sysroot(t.path());
+    compose(&s, &rootfs(t.path(), "1"), "os", "1");
+    arbor_ok(&["--sysroot", &s, "deploy", "os"]);
+    let stateroot = Path::new(&s).join("arbor/deploy/debian");
+    let cmdline = boot_good(&s, t.path());
+    // The machine's own state: an /etc edit, data in /var, a user's home.
+    std::fs::write(deployment_dir(&s, 0).join("etc/hostname"), "web1\n").unwrap();
+    std::fs::create_dir_all(stateroot.join("var/lib/app")).unwrap();
+    std::fs::write(stateroot.join("var/lib/app/data"), "app data\n").unwrap();
+    std::fs::create_dir_all(stateroot.join("var/home/alice")).unwrap();
+    std::fs::write(stateroot.join("var/home/alice/notes"), "alice's\n").unwrap();
+    let ns = t.path().join("ns");
+
+    // etc: a pristine /etc, the same /var.
+    booted(&cmdline, &["--sysroot", &s, "reset", "--level", "etc"]);
+    boot_good(&s, t.path());
+    let etc = deployment_dir(&s, 0).join("etc");
+    assert_eq!(
+        std::fs::read_to_string(etc.join("hostname")).unwrap(),
+        "debian\n"
+    );
+    assert_eq!(
+        var_file_at_boot(&s, &cmdline, &ns, "lib/app/data"),
+        "app data"
+    );
+    booted(&cmdline, &["--sysroot", &s, "rollback"]);
+    boot_good(&s, t.path());
+    assert_eq!(
+        std::fs::read_to_string(deployment_dir(&s, 0).join("etc/hostname")).unwrap(),
+        "web1\n",
+        "rollback brings the /etc back"
+    );
+
+    // var: and an empty /var of its own.
+    let r = booted(
+        &cmdline,
+        &["--sysroot", &s, "reset", "--level", "var", "--json"],
+    );
+    assert_eq!(r["var"], "var.1", "{r:#}");
+    boot_good(&s, t.path());
+    assert_eq!(
+        var_file_at_boot(&s, &cmdline, &ns, "lib/app/data"),
+        "absent"
+    );
+    assert_eq!(
+        var_file_at_boot(&s, &cmdline, &ns, "home/alice/notes"),
+        "absent"
+    );
+    std::fs::write(stateroot.join("var.1/after-reset"), "new\n").unwrap();
+    booted(&cmdline, &["--sysroot", &s, "rollback"]);
+    boot_good(&s, t.path());
+    assert_eq!(
+        var_file_at_boot(&s, &cmdline, &ns, "lib/app/data"),
+        "app data"
+    );
+    assert_eq!(
+        std::fs::read_to_string(deployment_dir(&s, 0).join("etc/hostname")).unwrap(),
+        "web1\n"
+    );
+
+    // all: only what the policy keeps (/home by default) comes along.
+    let r = booted(
+        &cmdline,
+        &["--sysroot", &s, "reset", "--level", "all", "--json"],
+    );
+    let var = r["var"].as_str().unwrap().to_string();
+    assert_eq!(r["kept"], serde_json::json!(["home"]), "{r:#}");
+    boot_good(&s, t.path());
+    assert_eq!(
+        var_file_at_boot(&s, &cmdline, &ns, "home/alice/notes"),
+        "alice's"
+    );
+    assert_eq!(
+        var_file_at_boot(&s, &cmdline, &ns, "lib/app/data"),
+        "absent"
+    );
+    assert_eq!(
+        std::fs::read_to_string(deployment_dir(&s, 0).join("etc/hostname")).unwrap(),
+        "debian\n"
+    );
+    let history = arbor_ok(&["--sysroot", &s, "history"]);
+    assert!(history.matches("reset").count() >= 3, "{history}");
+    booted(&cmdline, &["--sysroot", &s, "rollback"]);
+    boot_good(&s, t.path());
+    assert_eq!(
+        var_file_at_boot(&s, &cmdline, &ns, "lib/app/data"),
+        "app data"
+    );
+
+    // Refusals: a staged update, a level that is not one of the three.
+    compose(&s, &rootfs(&t.path().join("2"), "2"), "os", "2");
+    booted(&cmdline, &["--sysroot", &s, "deploy", "--stage", "os"]);
+    let out = Command::new(arbor_bin())
+        .args(["--sysroot", &s, "reset", "--level", "etc"])
+        .env("ARBOR_CMDLINE", &cmdline)
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && e.contains("staged") && e.contains("reboot"),
+        "{e}"
+    );
+    let e = arbor(&["--sysroot", &s, "reset", "--level", "everything"]);
+    assert_eq!(e.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&e.stderr).contains("etc, var, all"));
+
+    // The /var folders go once no deployment uses them.
+    booted(&cmdline, &["--sysroot", &s, "deploy", "os"]);
+    booted(&cmdline, &["--sysroot", &s, "cleanup"]);
+    let in_use: Vec<String> = status(&s)
+        .iter()
+        .map(|d| d["origin"]["var"].as_str().unwrap_or("var").to_string())
+        .collect();
+    for v in ["var", "var.1", &var] {
+        assert_eq!(
+            stateroot.join(v).exists(),
+            in_use.iter().any(|u| u == v),
+            "{v} (in use: {in_use:?})"
+        );
+    }
+    arbor_ok(&["--sysroot", &s, "fsck"]);
+}

@@ -127,6 +127,9 @@ pub enum Command {
     PrepareRoot(sysroot_cmds::PrepareRootArgs),
     /// Remove unreferenced deployments and kernels, then prune the repository.
     Cleanup(OutputArgs),
+    /// Factory reset: a new deployment of the booted commit with a pristine /etc (and
+    /// /var); the previous one stays as the rollback, so 'arbor rollback' undoes it.
+    Reset(sysroot_cmds::ResetArgs),
     /// The machine's /etc against the image's defaults: diff, restore.
     #[command(subcommand)]
     Etc(etc_cmds::EtcCommand),
@@ -295,7 +298,8 @@ pub fn run(cli: &Cli) -> Result<i32> {
         | Command::BootSelect(_)
         | Command::BootComplete(_)
         | Command::HealthCheck(_)
-        | Command::Cleanup(_) => sysroot_cmds::run(cli, &cli.command),
+        | Command::Cleanup(_)
+        | Command::Reset(_) => sysroot_cmds::run(cli, &cli.command),
         _ => repo_cmds::run(cli),
     }
 }

@@ -50,6 +50,22 @@ pub fn run_and_print(cli: &Cli, req: &Request, output: &OutputArgs) -> Result<i3
                 "no longer pinned"
             }
         ),
+        (Outcome::Reset(r), _) => {
+            let d = &r.deploy.deployment;
+            println!(
+                "reset ({}) as {}/{}: it boots next",
+                r.level.as_str(),
+                d.os,
+                d.dir_name()
+            );
+            if let Some(v) = &r.var {
+                eprintln!("a new /var ({v}), keeping: {}", r.kept.join(" "));
+            }
+            eprintln!(
+                "{} stays as the rollback with its /etc and /var: 'arbor rollback' undoes the reset",
+                r.previous
+            );
+        }
         (Outcome::EtcRestore(r), _) => {
             for p in &r.restored {
                 println!("restored {p} from the image of {}", r.deployment);

@@ -18,6 +18,17 @@ use crate::sysroot::Sysroot;
 use crate::sysroot::deploy;
 use crate::sysroot::status;
 
+/// `arbor reset`.
+#[derive(Args, Debug)]
+pub struct ResetArgs {
+    /// etc: a pristine /etc; var: and an empty /var; all: and only what the policy
+    /// keeps of /var (reset_keep: /home and /root), on the base image without layers.
+    #[arg(long, value_enum)]
+    pub level: crate::sysroot::reset::ResetLevel,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
 /// `arbor admin …`.
 #[derive(Subcommand, Debug)]
 pub enum AdminCommand {
@@ -278,6 +289,7 @@ pub fn run(cli: &Cli, cmd: &super::Command) -> Result<i32> {
     let sysroot = Sysroot::open(&cli.sysroot)?;
     let wait = lock_wait(cli);
     match cmd {
+        C::Reset(a) => return run_and_print(cli, &Request::Reset(a.level), &a.output),
         C::Deploy(a) => {
             let req = Request::Deploy(DeployRequest {
                 rev: a.rev.clone(),

@@ -220,6 +220,7 @@ pub fn install_to_disk(opts: &InstallOptions) -> Result<InstallReport> {
         kargs: Some(kargs),
         stage: false,
         layers_built: false,
+        reset: None,
     };
     let lock = sysroot.lock(LockWait::NoWait)?;
     let deployed = sysroot.record("install", || {

@@ -197,6 +197,7 @@ pub fn commit_overlay(
         kargs: None,
         stage: false,
         layers_built: true,
+        reset: None,
     };
     let deploy = deploy_held(sysroot, lock, &opts, obs)?;
     info.committed = Some(id);

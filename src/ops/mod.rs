@@ -90,6 +90,8 @@ pub enum Outcome {
     UsrStatus(Box<crate::live::UsrStatus>),
     /// usroverlay.
     UsrOverlay(Box<UsrOverlayOutcome>),
+    /// reset.
+    Reset(Box<crate::sysroot::reset::ResetResult>),
     /// etc restore.
     EtcRestore(Box<crate::sysroot::etc_state::RestoreResult>),
     /// Nothing to report beyond success (remote remove).
@@ -263,6 +265,20 @@ fn execute(
             held()?;
             crate::remote::Remote::remove(sysroot, name)?;
             Outcome::Done
+        }
+        Request::Reset(level) => {
+            let d = crate::sysroot::select::current(sysroot)?;
+            // The reset machine's own policy (or $ARBOR_CONFIG's).
+            let own = sysroot.deployment_path(&d).join("etc/arbor/arbor.toml");
+            let path = std::env::var_os("ARBOR_CONFIG").map_or(own, Into::into);
+            let policy = crate::update::Policy::load(Some(&path))?;
+            Outcome::Reset(Box::new(crate::sysroot::reset::reset(
+                sysroot,
+                held()?,
+                *level,
+                &policy.reset_keep,
+                obs,
+            )?))
         }
         Request::EtcRestore { deployment, paths } => {
             let d = etc_state::pick(sysroot, deployment.as_deref())?;

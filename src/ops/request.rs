@@ -136,6 +136,8 @@ pub enum Request {
         /// What to do.
         req: UsrOverlayRequest,
     },
+    /// `reset --level LEVEL`.
+    Reset(crate::sysroot::reset::ResetLevel),
     /// `etc restore PATH…`.
     EtcRestore {
         /// The deployment (index, commit prefix, `staged`); the current one if none.
@@ -169,6 +171,7 @@ pub enum TransactionKind {
     AutoUpdate,
     RemoteRemove,
     EtcRestore,
+    Reset,
 }
 
 impl TransactionKind {
@@ -194,6 +197,7 @@ impl TransactionKind {
             TransactionKind::AutoUpdate => "auto-update",
             TransactionKind::RemoteRemove => "remote-remove",
             TransactionKind::EtcRestore => "etc-restore",
+            TransactionKind::Reset => "reset",
         }
     }
 }
@@ -226,6 +230,7 @@ impl Request {
             Request::AutoUpdate { .. } => K::AutoUpdate,
             Request::RemoveRemote(_) => K::RemoteRemove,
             Request::EtcRestore { .. } => K::EtcRestore,
+            Request::Reset(_) => K::Reset,
         }
     }
 

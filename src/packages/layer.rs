@@ -344,6 +344,7 @@ pub fn edit(
         kargs: None,
         stage: false,
         layers_built: false,
+        reset: None,
     })
 }
 
@@ -379,5 +380,6 @@ pub fn upgrade(
         kargs: None,
         stage: false,
         layers_built: false,
+        reset: None,
     }))
 }

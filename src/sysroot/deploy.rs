@@ -118,8 +118,9 @@ pub fn deploy_held(
             std::fs::remove_dir_all(tmp.join("etc"))?;
         }
         TreeCheckout::new(repo, true).run(tmp_fd.as_fd(), b"etc", &etc_tree, &etc_meta)?;
-        // A staged deployment merges /etc when it is finalized, to catch later edits.
-        let actions = if opts.stage {
+        // A staged deployment merges /etc when it is finalized, to catch later edits;
+        // a reset keeps the pristine copy.
+        let actions = if opts.stage || opts.reset.is_some() {
             Vec::new()
         } else {
             merge_etc(sysroot, lock, &current, &opts.os, &tmp.join("etc"))?
@@ -140,11 +141,17 @@ pub fn deploy_held(
             return Err(e);
         }
     };
+    // The machine's /var goes with it, unless a reset made a new one.
+    let var = match &opts.reset {
+        Some(r) => r.var.clone(),
+        None => merge_source(&current, &opts.os).and_then(|d| d.origin.var.clone()),
+    };
     let origin = Origin {
         refspec: opts.refspec.clone(),
         override_commit: opts.override_commit,
         pinned: false,
         layers: opts.layers.clone(),
+        var,
     };
     fsutil::atomic_write(
         deploy_fd.as_fd(),
@@ -512,5 +519,10 @@ fn remove_unlisted(
         }
     }
     sysroot.sync_roots(lock)?;
+    // `order` holds the staged deployment too.
+    let live: Vec<Deployment> = order.iter().map(|d| (*d).clone()).collect();
+    for os in list_stateroots(sysroot)? {
+        removed.extend(super::reset::remove_unused_vars(sysroot, &os, &live)?);
+    }
     Ok(removed)
 }

@@ -22,6 +22,7 @@ pub mod kargs;
 pub mod origin;
 pub mod plan;
 pub mod prepare_root;
+pub mod reset;
 pub mod roots;
 pub mod select;
 pub mod status;

@@ -7,6 +7,7 @@
 //!
 //! [arbor]
 //! pinned=true
+//! var=var.1                       (its own /var after `arbor reset --level var|all`)
 //!
 //! [packages]                      (layered on the base: `arbor install`)
 //! requested=hello;cowsay
@@ -34,6 +35,34 @@ pub struct Origin {
     /// Packages layered on the base and base packages overridden.
     #[serde(default)]
     pub layers: Layers,
+    /// The folder of the stateroot bound on `/var` at boot, when not the shared
+    /// `var` ([`valid_var_name`]): a reset to a fresh `/var` gives the new deployment
+    /// its own, and deployments made from it inherit it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub var: Option<String>,
+}
+
+/// The stateroot's shared `/var` folder name.
+pub const SHARED_VAR: &str = "var";
+
+/// `var`, or `var.` followed by letters, digits, `-` or `_`: a folder of the
+/// stateroot, never a path.
+pub fn valid_var_name(name: &str) -> bool {
+    name == SHARED_VAR
+        || name.strip_prefix("var.").is_some_and(|rest| {
+            !rest.is_empty()
+                && rest.len() <= 64
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+impl Origin {
+    /// The stateroot folder bound on `/var` for this deployment.
+    pub fn var_dir(&self) -> &str {
+        self.var.as_deref().unwrap_or(SHARED_VAR)
+    }
 }
 
 /// A local `.deb` kept in the sysroot (`arbor/debs/<id>.deb`) for re-layering.
@@ -120,8 +149,14 @@ impl Origin {
         if let Some(c) = &self.override_commit {
             s.push_str(&format!("override-commit={c}\n"));
         }
-        if self.pinned {
-            s.push_str("\n[arbor]\npinned=true\n");
+        if self.pinned || self.var.is_some() {
+            s.push_str("\n[arbor]\n");
+            if self.pinned {
+                s.push_str("pinned=true\n");
+            }
+            if let Some(v) = &self.var {
+                s.push_str(&format!("var={v}\n"));
+            }
         }
         let l = &self.layers;
         if !l.packages.is_empty() || !l.local.is_empty() {
@@ -169,6 +204,13 @@ impl Origin {
                     o.override_commit = Some(id);
                 }
                 ("arbor", "pinned") => o.pinned = v.trim() == "true",
+                ("arbor", "var") => {
+                    let v = v.trim();
+                    if !valid_var_name(v) {
+                        bail!("origin var '{v}' is not a /var folder name (var or var.NAME)");
+                    }
+                    o.var = Some(v.to_string()).filter(|v| v != SHARED_VAR);
+                }
                 ("packages", "requested") => o.layers.packages = split_list(v),
                 ("packages", "requested-local") => o.layers.local = split_debs(v)?,
                 ("overrides", "remove") => o.layers.remove = split_list(v),
@@ -204,11 +246,17 @@ mod tests {
                     remove: vec!["nano".into()],
                     replace: vec![deb],
                 },
+                var: pinned.then(|| "var.2".to_string()),
             };
             assert_eq!(Origin::parse(&o.to_text()).unwrap(), o);
         }
         assert!(Origin::parse("[origin]\n").is_err());
         let traversal = "[origin]\nrefspec=a\n[packages]\nrequested-local=../../etc/passwd:x\n";
         assert!(Origin::parse(traversal).is_err());
+        for bad in ["../x", "var/x", "var.", "var..", "/var", "var.a/b"] {
+            assert!(!valid_var_name(bad), "{bad}");
+            let text = format!("[origin]\nrefspec=a\n[arbor]\nvar={bad}\n");
+            assert!(Origin::parse(&text).is_err(), "{bad}");
+        }
     }
 }

@@ -28,6 +28,9 @@ pub struct DeployOptions {
     /// `commit` already holds `layers` (`usroverlay --commit` builds on the booted,
     /// layered commit): the deploy records them in the origin but layers nothing.
     pub layers_built: bool,
+    /// A factory reset: a pristine `/etc` instead of the merge, and the `/var` the
+    /// reset prepared (`arbor reset`).
+    pub reset: Option<super::reset::ResetPlan>,
 }
 
 impl DeployOptions {
@@ -60,6 +63,7 @@ impl DeployOptions {
             kargs: (!kargs.is_empty()).then_some(kargs),
             stage,
             layers_built: false,
+            reset: None,
         })
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! From `arbor=/arbor/deploy/<os>/deploy/<commit>.<serial>` on the kernel command line:
 //! the deployment is bind-mounted at the target, its `/usr` made read-only (with its
-//! kept hotfix overlay on top, if it has one), `/etc` left writable, the stateroot's `/var` bound onto `/var`, and the physical root
+//! kept hotfix overlay on top, if it has one), `/etc` left writable, the stateroot's `/var` (the one its origin names) bound onto `/var`, and the physical root
 //! bound at `/sysroot`; a read-only physical root is first made writable. Tested against a folder inside a private mount namespace; the
 //! initramfs-tools scripts in `initramfs-tools/` run it at boot.
 
@@ -69,6 +69,32 @@ fn drop_committed_hotfixes(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The stateroot folder the deployment binds on `/var`: its origin's (a reset gives a
+/// deployment its own), the shared `var` when it names none or has no origin file.
+/// A folder that is missing stops the boot rather than boot on an empty `/var`.
+fn var_of(deployment: &Path) -> Result<String> {
+    let origin = PathBuf::from(format!("{}.origin", deployment.display()));
+    let var = match std::fs::read_to_string(&origin) {
+        Ok(text) => super::Origin::parse(&text)
+            .with_context(|| format!("reading {}", origin.display()))?
+            .var_dir()
+            .to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => super::origin::SHARED_VAR.into(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", origin.display())),
+    };
+    let stateroot = deployment
+        .parent()
+        .and_then(Path::parent)
+        .context("deployment path")?;
+    if !stateroot.join(&var).is_dir() {
+        bail!(
+            "the deployment's /var ({}) is missing",
+            stateroot.join(&var).display()
+        );
+    }
+    Ok(var)
+}
+
 /// Mounts the root of the deployment named by `cmdline` at `target`. On failure, what
 /// was mounted is unmounted again.
 pub fn prepare_root(sysroot: &Path, cmdline: &str, target: &Path) -> Result<PreparedRoot> {
@@ -97,6 +123,7 @@ pub fn prepare_root(sysroot: &Path, cmdline: &str, target: &Path) -> Result<Prep
         .and_then(Path::parent)
         .context("deployment path")?;
     drop_committed_hotfixes(&stateroot.join("hotfix"))?;
+    let var = var_of(&deployment)?;
     let mut mounts = Vec::new();
     let result = (|| -> Result<()> {
         bind(&deployment, target, &mut mounts)?;
@@ -112,7 +139,7 @@ pub fn prepare_root(sysroot: &Path, cmdline: &str, target: &Path) -> Result<Prep
                 mounts.push(usr.clone());
             }
         }
-        bind(&stateroot.join("var"), &target.join("var"), &mut mounts)?;
+        bind(&stateroot.join(&var), &target.join("var"), &mut mounts)?;
         bind(sysroot, &target.join("sysroot"), &mut mounts)?;
         Ok(())
     })();

@@ -350,6 +350,7 @@ pub fn run(
             kargs: None,
             stage: current_d.is_some(),
             layers_built: false,
+            reset: None,
         };
         obs.percent("staging", spans[2]);
         let r = deploy_held(sysroot, lock, &d_opts, &Span::new(obs, spans[2], 100))?;

@@ -9,6 +9,7 @@
 //! notify_available = true   # say that a version is available (in auto-update's output)
 //! preferred_time = "03:00"  # when the timer runs (local time, HH:MM)
 //! channel = "stable"        # the channel `arbor rebase` uses when none is named
+//! reset_keep = ["/home", "/root"]  # what `arbor reset --level all` carries over
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -37,6 +38,9 @@ pub struct Policy {
     pub preferred_time: String,
     /// The default channel.
     pub channel: String,
+    /// Paths (below `/var`, or linked into it like `/home`) that `arbor reset --level
+    /// all` copies into the new `/var`.
+    pub reset_keep: Vec<String>,
 }
 
 impl Default for Policy {
@@ -49,6 +53,7 @@ impl Default for Policy {
             notify_available: true,
             preferred_time: "03:00".into(),
             channel: "stable".into(),
+            reset_keep: vec!["/home".into(), "/root".into()],
         }
     }
 }
@@ -108,6 +113,14 @@ impl Policy {
                 && m.parse::<u8>().is_ok_and(|m| m < 60)
         });
         ensure!(ok, "preferred_time '{}' is not HH:MM", self.preferred_time);
+        ensure!(
+            self.reset_keep.len() <= 64
+                && self
+                    .reset_keep
+                    .iter()
+                    .all(|p| p.starts_with('/') && !p.split('/').any(|c| c == "..")),
+            "reset_keep must list absolute paths without '..'"
+        );
         ensure!(
             crate::remote::index::valid_channel(&self.channel),
             "channel '{}' is not a channel name",
