@@ -967,3 +967,67 @@ fn root_the_automatic_update_policy_is_read_and_changed_over_dbus() {
     );
     assert_eq!(std::fs::read_to_string(&config).unwrap(), saved);
 }
+
+#[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+fn root_etc_diff_restore_and_reset_over_the_bus() {
+    require_root!();
+    let (bus, s, _t) = two_versions_on_a_bus(60);
+    let etc = deployment_dir(&s, 0).join("etc");
+    std::fs::write(etc.join("hostname"), "web1\n").unwrap();
+    let out = bus.busctl(&[
+        "--json=short",
+        "call",
+        "org.arbor.Arbor1",
+        ROOT,
+        SYSROOT,
+        "EtcDiff",
+        "a{sv}",
+        "0",
+    ]);
+    let diff: serde_json::Value = serde_json::from_slice(&stdout(&out).into_bytes()).unwrap();
+    let drift = &diff["data"][0]["drift"]["data"];
+    assert_eq!(drift[0]["path"]["data"], "hostname", "{diff:#}");
+    assert_eq!(drift[0]["change"]["data"], "modified", "{diff:#}");
+    // Nobody may not restore or reset; a bad path or level is InvalidArgs.
+    let refused = bus.busctl_as_nobody(&[
+        "call",
+        "org.arbor.Arbor1",
+        ROOT,
+        SYSROOT,
+        "Reset",
+        "sa{sv}",
+        "etc",
+        "0",
+    ]);
+    assert!(!refused.status.success());
+    let e = bus
+        .start(&["EtcRestore", "asa{sv}", "1", "/var/x", "0"])
+        .unwrap_err();
+    assert!(e.contains("not below /etc"), "{e}");
+    let e = bus
+        .start(&["Reset", "sa{sv}", "everything", "0"])
+        .unwrap_err();
+    assert!(e.contains("etc, var or all"), "{e}");
+
+    let p = bus
+        .start(&["EtcRestore", "asa{sv}", "1", "/etc/hostname", "0"])
+        .unwrap();
+    assert_eq!(bus.wait(&p), (true, String::new()));
+    assert_eq!(
+        std::fs::read_to_string(etc.join("hostname")).unwrap(),
+        "debian\n"
+    );
+    let p = bus.start(&["Reset", "sa{sv}", "etc", "0"]).unwrap();
+    assert_eq!(bus.wait(&p), (true, String::new()));
+    assert_eq!(
+        status(&s).len(),
+        2,
+        "the reset deployment and the previous one"
+    );
+    let history = arbor_ok(&["--sysroot", &s, "history"]);
+    assert!(
+        history.contains("reset") && history.contains("etc-restore"),
+        "{history}"
+    );
+}

@@ -18,7 +18,9 @@ use crate::live::{self, apply::ApplyOptions};
 use crate::ops::{DeployRequest, Request, UpgradeRequest};
 use crate::packages::layer::LayerEdit;
 use crate::sysroot::Sysroot;
+use crate::sysroot::etc_state;
 use crate::sysroot::kargs::KargEdit;
+use crate::sysroot::reset::ResetLevel;
 use crate::sysroot::status::Status;
 use crate::update::Action;
 
@@ -355,6 +357,91 @@ impl SysrootIface {
         let listing = live::request::list(&sysroot, &self.shared.root, which.as_deref())
             .map_err(DaemonError::failed)?;
         serde_json::to_string(&listing).map_err(|e| DaemonError::failed(e.into()))
+    }
+
+    /// How a deployment's /etc differs from its image, as the JSON of `arbor etc
+    /// diff` says it (docs/dbus.md): deployment, booted, staged, drift (aa{sv}: path,
+    /// change, aspects), merge (for a deployment not booted yet: path, outcome, saved)
+    /// and snapshot. Options: "deployment" (s: index, commit prefix or "staged";
+    /// default the booted one). Needs org.arbor.Arbor1.etc-diff.
+    #[zbus(out_args("diff"))]
+    async fn etc_diff(
+        &self,
+        options: HashMap<String, OwnedValue>,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+    ) -> Result<Dict, DaemonError> {
+        let o = Options::parse(options, &["deployment"])?;
+        self.shared.touch();
+        auth::authorize(conn, &hdr, "org.arbor.Arbor1.etc-diff").await?;
+        let which = o.string("deployment")?;
+        let read = || -> anyhow::Result<Dict> {
+            let sysroot = Sysroot::open(&self.shared.sysroot)?;
+            let d = etc_state::pick(&sysroot, which.as_deref())?;
+            let diff = etc_state::diff(&sysroot, &d)?;
+            Ok(values::dict_from_json(&serde_json::to_value(&diff)?))
+        };
+        read().map_err(DaemonError::failed)
+    }
+
+    /// Puts the image's defaults of PATHS (below /etc) back, as `arbor etc restore`
+    /// does, after a snapshot of /etc as it was. Options: "deployment" (s). Needs
+    /// org.arbor.Arbor1.etc-restore.
+    #[zbus(out_args("transaction"))]
+    async fn etc_restore(
+        &self,
+        paths: Vec<String>,
+        options: HashMap<String, OwnedValue>,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(object_server)] server: &ObjectServer,
+    ) -> Result<OwnedObjectPath, DaemonError> {
+        options::check_args("paths", paths.iter().map(String::as_str))?;
+        let o = Options::for_transaction(options, &["deployment"])?;
+        if paths.is_empty() || paths.len() > etc_state::MAX_RESTORE_PATHS {
+            return Err(DaemonError::InvalidArgs(format!(
+                "give 1 to {} paths below /etc",
+                etc_state::MAX_RESTORE_PATHS
+            )));
+        }
+        for p in &paths {
+            etc_state::etc_relative(p).map_err(|e| DaemonError::InvalidArgs(format!("{e:#}")))?;
+        }
+        let req = Request::EtcRestore {
+            deployment: o.string("deployment")?,
+            paths,
+        };
+        let what = Call::new("EtcRestore", "org.arbor.Arbor1.etc-restore", &o)?;
+        self.begin(&hdr, conn, server, what, transaction::op(req))
+            .await
+    }
+
+    /// A factory reset, as `arbor reset` does at LEVEL: "etc", "var" or "all".
+    /// The previous deployment stays as the rollback, so Rollback undoes it. Refused
+    /// while an update is staged. Needs org.arbor.Arbor1.reset (always asks an
+    /// administrator).
+    #[zbus(out_args("transaction"))]
+    async fn reset(
+        &self,
+        level: String,
+        options: HashMap<String, OwnedValue>,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(object_server)] server: &ObjectServer,
+    ) -> Result<OwnedObjectPath, DaemonError> {
+        options::check_args("level", [level.as_str()])?;
+        let o = Options::for_transaction(options, &[])?;
+        let level =
+            ResetLevel::parse(&level).map_err(|e| DaemonError::InvalidArgs(e.to_string()))?;
+        let what = Call::new("Reset", "org.arbor.Arbor1.reset", &o)?;
+        self.begin(
+            &hdr,
+            conn,
+            server,
+            what,
+            transaction::op(Request::Reset(level)),
+        )
+        .await
     }
 
     /// Removes unreferenced deployments and kernels, then prunes the repository.
