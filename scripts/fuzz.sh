@@ -47,3 +47,13 @@ for t in $(cargo +nightly fuzz list --fuzz-dir fuzz); do
   runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo '?')
   echo "fuzz: $t: $runs inputs in ${secs}s, no failure"
 done
+
+# The interfaces of arbord and `arbor serve` under generated calls and requests
+# (integration/hostile.rs): after each, a legitimate caller is answered at once.
+if ! ARBOR_PROP_SECONDS=$secs cargo test --quiet --test hostile -- --ignored \
+  --test-threads=1 --nocapture fuzz_ >"$log" 2>&1; then
+  grep -E 'ARBOR_PROP_SEED|panicked' -A12 "$log" | tail -n 60 >&2
+  echo "fuzz: the interface property tests failed; rerun with the ARBOR_PROP_SEED above" >&2
+  exit 1
+fi
+grep -E 'generated' "$log" | sed 's/^/fuzz: /'

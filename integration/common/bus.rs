@@ -17,6 +17,37 @@ pub struct Bus {
     /// The bus address for clients.
     pub address: String,
     bus: Child,
+    start: Start,
+}
+
+/// How the bus is started (again).
+struct Start {
+    config: PathBuf,
+    cmdline: Option<PathBuf>,
+    env: Vec<(String, String)>,
+}
+
+impl Start {
+    fn spawn(&self, socket: &Path) -> Child {
+        let mut cmd = Command::new("dbus-daemon");
+        cmd.arg(format!("--config-file={}", self.config.display()))
+            .arg("--nofork")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .env("ARBOR_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        match &self.cmdline {
+            Some(c) => cmd.env("ARBOR_CMDLINE", c),
+            None => cmd.env_remove("ARBOR_CMDLINE"),
+        };
+        let bus = cmd.spawn().expect("starting dbus-daemon");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "dbus-daemon never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bus
+    }
 }
 
 impl Bus {
@@ -93,28 +124,38 @@ impl Bus {
             ),
         )
         .unwrap();
-        let mut cmd = Command::new("dbus-daemon");
-        cmd.arg(format!("--config-file={}", config.display()))
-            .arg("--nofork")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .env("ARBOR_LOG", "info")
-            .envs(env.iter().copied());
-        match cmdline {
-            Some(c) => cmd.env("ARBOR_CMDLINE", c),
-            None => cmd.env_remove("ARBOR_CMDLINE"),
+        let start = Start {
+            config,
+            cmdline: cmdline.map(Path::to_path_buf),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
-        let bus = cmd.spawn().expect("starting dbus-daemon");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
-            assert!(Instant::now() < deadline, "dbus-daemon never listened");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let bus = start.spawn(&socket);
         Bus {
             address: format!("unix:path={}", socket.display()),
             dir,
             bus,
+            start,
         }
+    }
+
+    /// Stops the bus (and the daemon on it) as a crash of the bus would.
+    pub fn stop(&mut self) {
+        if self.daemon_running() {
+            let _ = Command::new("kill")
+                .arg(self.daemon_pid().to_string())
+                .status();
+        }
+        let _ = self.bus.kill();
+        let _ = self.bus.wait();
+        let _ = std::fs::remove_file(self.socket());
+    }
+
+    /// Starts the bus again at the same address after [`Bus::stop`].
+    pub fn start_again(&mut self) {
+        self.bus = self.start.spawn(&self.socket());
     }
 
     /// Runs `busctl --address=… ARGS…`.

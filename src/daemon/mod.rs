@@ -13,6 +13,7 @@
 //! when idle and be started again by D-Bus activation at the next call.
 
 mod auth;
+mod checked;
 mod clients;
 mod error;
 mod options;
@@ -29,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+use checked::Checked;
 pub use error::DaemonError;
 use sysroot_iface::SysrootIface;
 use transaction::Active;
@@ -93,6 +95,20 @@ impl Shared {
             .expect("the connection is set before serving")
     }
 
+    /// A bus name left the bus: a transaction it started that still waits for its
+    /// Start is abandoned, and it is no longer a registered client.
+    fn departed(&self, name: &str) {
+        if let Some(a) = self.active.lock().unwrap().as_ref()
+            && a.owner == name
+            && transaction::abandon(&a.go)
+        {
+            tracing::info!(caller = %name, "the caller left before Start: abandoned");
+        }
+        if self.clients.unregister(name) {
+            tracing::info!(client = %name, "the client left the bus: forgotten");
+        }
+    }
+
     fn next_path(&self) -> String {
         let n = self.next_transaction.fetch_add(1, Ordering::Relaxed);
         format!("{ROOT_PATH}/Transaction/{n}")
@@ -137,7 +153,7 @@ pub fn serve_peer(
     let conn = zbus::blocking::connection::Builder::unix_stream(socket)
         .server(guid)?
         .p2p()
-        .serve_at(ROOT_PATH, SysrootIface::new(shared.clone()))?
+        .serve_at(ROOT_PATH, Checked::new(SysrootIface::new(shared.clone())))?
         .build()
         .context("serving a peer")?;
     let _ = shared.conn.set(conn.inner().clone());
@@ -155,7 +171,7 @@ pub fn run(opts: &DaemonOptions) -> Result<()> {
             .with_context(|| format!("bus address {a}"))?,
         None => zbus::blocking::connection::Builder::system()?,
     };
-    let iface = SysrootIface::new(shared.clone());
+    let iface = Checked::new(SysrootIface::new(shared.clone()));
     let bus = address.as_deref().unwrap_or("the system bus");
     let conn = builder
         .serve_at(ROOT_PATH, iface)?
@@ -166,6 +182,7 @@ pub fn run(opts: &DaemonOptions) -> Result<()> {
     conn.request_name(BUS_NAME)
         .with_context(|| format!("taking the name {BUS_NAME} on {bus}"))?;
     tracing::info!(sysroot = %opts.sysroot.display(), "serving {BUS_NAME}");
+    watch_departures(&conn, shared.clone())?;
     let mut seen = snapshot::Fingerprint::read(&shared.watched);
     loop {
         std::thread::sleep(Duration::from_millis(500));
@@ -189,13 +206,32 @@ pub fn run(opts: &DaemonOptions) -> Result<()> {
     Ok(())
 }
 
+/// Follows NameOwnerChanged: whoever leaves the bus is [`Shared::departed`] at once,
+/// so a caller killed between its call and its Start holds nobody up.
+fn watch_departures(conn: &zbus::blocking::Connection, shared: Arc<Shared>) -> Result<()> {
+    let bus = zbus::blocking::fdo::DBusProxy::new(conn)?;
+    let changes = bus.receive_name_owner_changed()?;
+    std::thread::Builder::new()
+        .name("departures".into())
+        .spawn(move || {
+            for signal in changes {
+                if let Ok(a) = signal.args()
+                    && a.new_owner().is_none()
+                {
+                    shared.departed(a.name());
+                }
+            }
+        })?;
+    Ok(())
+}
+
 /// Emits PropertiesChanged for everything the sysroot's state feeds.
 pub(crate) fn announce_changes(shared: &Shared) {
     let conn = shared.conn().clone();
     let r = zbus::block_on(async {
         let iref = conn
             .object_server()
-            .interface::<_, SysrootIface>(ROOT_PATH)
+            .interface::<_, Checked<SysrootIface>>(ROOT_PATH)
             .await?;
         let i = iref.get().await;
         let e = iref.signal_emitter();

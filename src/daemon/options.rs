@@ -10,6 +10,33 @@ use zbus::zvariant::{Fd, OwnedValue};
 use super::DaemonError;
 use crate::live::{UsrOverlayRequest, overlay};
 
+/// The most entries an options dictionary may have: every method knows a handful.
+pub const MAX_OPTIONS: usize = 32;
+
+/// The most items an array argument may hold (packages, kernel arguments, paths):
+/// far above any real request, and it bounds what one call can make the daemon do.
+pub const MAX_ITEMS: usize = 1024;
+
+/// A name the caller sent, quoted when it is short and printable; otherwise only its
+/// length, so an error never echoes (or floods a log with) what a client made up.
+pub fn shown(name: &str) -> String {
+    if name.len() <= 64 && name.chars().all(|c| !c.is_control()) {
+        format!("'{name}'")
+    } else {
+        format!("of {} bytes", name.len())
+    }
+}
+
+/// Refuses, with `InvalidArgs` naming the limit, an array of more than [`MAX_ITEMS`].
+pub fn check_count(what: &str, n: usize) -> Result<(), DaemonError> {
+    if n > MAX_ITEMS {
+        return Err(DaemonError::InvalidArgs(format!(
+            "{what}: at most {MAX_ITEMS} items"
+        )));
+    }
+    Ok(())
+}
+
 /// Options every method that starts a transaction takes: "wait-for-start" (b), the
 /// work waits for the caller's Start on the transaction object (docs/dbus.md).
 pub const TRANSACTION_OPTIONS: &[&str] = &["wait-for-start"];
@@ -19,10 +46,18 @@ pub struct Options(HashMap<String, OwnedValue>);
 
 impl Options {
     /// Takes the options, refusing a key not in `known`.
+    /// More than [`MAX_OPTIONS`] entries is refused before any is looked at; an unknown
+    /// key is named only when it is short and printable.
     pub fn parse(map: HashMap<String, OwnedValue>, known: &[&str]) -> Result<Self, DaemonError> {
+        if map.len() > MAX_OPTIONS {
+            return Err(DaemonError::InvalidArgs(format!(
+                "at most {MAX_OPTIONS} options are taken"
+            )));
+        }
         if let Some(k) = map.keys().find(|k| !known.contains(&k.as_str())) {
             return Err(DaemonError::InvalidArgs(format!(
-                "unknown option '{k}' (known: {})",
+                "unknown option {} (known: {})",
+                shown(k),
                 if known.is_empty() {
                     "none".to_string()
                 } else {
@@ -75,6 +110,9 @@ impl Options {
     pub fn strings(&self, key: &str) -> Result<Option<Vec<String>>, DaemonError> {
         let v: Option<Vec<String>> = self.typed(key, "an array of strings (as)")?;
         if let Some(list) = &v {
+            check_count(&format!("option '{key}'"), list.len())?;
+        }
+        if let Some(list) = &v {
             check_args(&format!("option '{key}'"), list.iter().map(String::as_str))?;
         }
         Ok(v)
@@ -92,13 +130,14 @@ impl Options {
 pub const MAX_ARG: usize = 4096;
 
 /// Refuses, with `InvalidArgs`, a string argument longer than [`MAX_ARG`] (the
-/// message says how long, never echoes it). The bus itself refuses NUL and invalid
+/// message says how long, never echoes it), and more than [`MAX_ITEMS`] of them. The bus itself refuses NUL and invalid
 /// UTF-8; what a value means (`..`, absolute paths) is the library's to judge.
 pub fn check_args<'a>(
     what: &str,
     values: impl IntoIterator<Item = &'a str>,
 ) -> Result<(), DaemonError> {
-    for v in values {
+    for (i, v) in values.into_iter().enumerate() {
+        check_count(what, i)?;
         if v.len() > MAX_ARG {
             return Err(DaemonError::InvalidArgs(format!(
                 "{what}: a value of {} bytes; at most {MAX_ARG}",

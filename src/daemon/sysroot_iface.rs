@@ -504,8 +504,9 @@ impl SysrootIface {
         let o = Options::parse(options, &["id"])?;
         self.shared.touch();
         let sender = client_name(&hdr)?;
-        self.shared.clients.register(&sender)?;
+        // Every option is checked before anything is recorded.
         let id = o.string("id")?.unwrap_or_default();
+        self.shared.clients.register(&sender)?;
         tracing::info!(client = %sender, id = %id, "client registered");
         Ok(())
     }
@@ -546,7 +547,8 @@ impl SysrootIface {
         Ok(())
     }
 
-    /// Cancels the running transaction (see the transaction's own Cancel).
+    /// Cancels the active transaction: one waiting for its Start is abandoned at once,
+    /// a running one stops at its next safe point (see the transaction's own Cancel).
     async fn cancel(
         &self,
         #[zbus(header)] hdr: Header<'_>,
@@ -561,6 +563,8 @@ impl SysrootIface {
             )
         })?;
         a.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+        // One waiting for its Start is abandoned at once, its lock let go.
+        transaction::abandon(&a.go);
         Ok(())
     }
 

@@ -15,6 +15,7 @@ use zbus::zvariant::OwnedObjectPath;
 use zbus::{interface, message::Header};
 
 use super::auth::{self, Caller};
+use super::checked::Checked;
 use super::{DaemonError, Shared, announce_changes};
 use crate::error::ErrorKind;
 use crate::lock::WriterLock;
@@ -43,8 +44,22 @@ pub fn op(req: Request) -> Job {
 }
 
 /// How long a transaction started with "wait-for-start" waits for its Start before it
-/// gives up (and lets the lock go).
-pub const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// gives up (and lets the lock go). A caller that leaves the bus, or a Cancel, ends
+/// the wait at once; this bounds a caller that stays and never starts it.
+pub const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The switch of a transaction waiting for Start: true starts it, false abandons it.
+/// Shared by the transaction object (Start, Cancel), the daemon's Cancel and the
+/// watch on callers that leave the bus; whoever comes first takes it.
+pub(crate) type Go = Arc<Mutex<Option<std::sync::mpsc::Sender<bool>>>>;
+
+/// Abandons the transaction waiting on `go`, if it still waits; true if it did.
+pub(crate) fn abandon(go: &Go) -> bool {
+    match go.lock().unwrap().take() {
+        Some(tx) => tx.send(false).is_ok(),
+        None => false,
+    }
+}
 
 /// The method call that starts a transaction: its name, the polkit action it needs,
 /// and whether the work waits for the caller's Start.
@@ -75,6 +90,11 @@ pub(crate) struct Active {
     pub initiator: String,
     pub path: String,
     pub cancel: Arc<AtomicBool>,
+    /// The caller's unique bus name: when it leaves, a transaction still waiting for
+    /// its Start is abandoned.
+    pub owner: String,
+    /// Set while the work waits for Start.
+    pub go: Go,
 }
 
 impl Active {
@@ -105,7 +125,7 @@ pub struct TransactionIface {
     cancel: Arc<AtomicBool>,
     shared: Arc<Shared>,
     /// Set while the work waits for Start: true starts it, false abandons it.
-    go: Mutex<Option<std::sync::mpsc::Sender<bool>>>,
+    go: Go,
 }
 
 /// Progress, messages and cancellation of one transaction.
@@ -125,9 +145,7 @@ impl TransactionIface {
         }
         self.cancel.store(true, Ordering::Relaxed);
         // A transaction still waiting for Start is abandoned at once.
-        if let Some(go) = self.go.lock().unwrap().take() {
-            let _ = go.send(false);
-        }
+        abandon(&self.go);
         Ok(())
     }
 
@@ -344,6 +362,21 @@ impl Observer for BusObserver {
     }
 }
 
+/// Clears the daemon's slot for a transaction when dropped, unless the worker took it
+/// over: a start that fails at any step after taking the slot leaves it free.
+struct Slot<'a> {
+    shared: &'a Shared,
+    armed: bool,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            *self.shared.active.lock().unwrap() = None;
+        }
+    }
+}
+
 /// Starts `job` as a new transaction object, or says who is busy.
 ///
 /// The daemon's own slot is checked first, then the sysroot lock is taken here, in the
@@ -358,6 +391,8 @@ pub(crate) async fn start(
     let method = call.method;
     let path = shared.next_path();
     let cancel = Arc::new(AtomicBool::new(false));
+    let (go_tx, started) = std::sync::mpsc::channel();
+    let go: Go = Arc::new(Mutex::new(call.wait_for_start.then_some(go_tx)));
     {
         let mut active = shared.active.lock().unwrap();
         if let Some(a) = active.as_ref() {
@@ -368,38 +403,33 @@ pub(crate) async fn start(
             initiator: caller.describe(),
             path: path.clone(),
             cancel: cancel.clone(),
+            owner: caller.bus_name.clone(),
+            go: go.clone(),
         });
     }
-    let taken = Sysroot::open(&shared.sysroot)
-        .and_then(|s| ops::lock_now(&s).map(|l| (s, l)))
-        // A lock held by the CLI is named org.arbor.Arbor1.Error.Busy by its kind.
-        .map_err(DaemonError::failed);
-    let (sysroot, lock) = match taken {
-        Ok(t) => t,
-        Err(e) => {
-            *shared.active.lock().unwrap() = None;
-            return Err(e);
-        }
+    let mut slot = Slot {
+        shared,
+        armed: true,
     };
+    // A lock held by the CLI is named org.arbor.Arbor1.Error.Busy by its kind.
+    let (sysroot, lock) = Sysroot::open(&shared.sysroot)
+        .and_then(|s| ops::lock_now(&s).map(|l| (s, l)))
+        .map_err(DaemonError::failed)?;
     let state = Arc::new(Mutex::new(State {
         running: true,
         ..State::default()
     }));
-    let (go, started) = std::sync::mpsc::channel();
     let iface = TransactionIface {
         method: method.to_string(),
         caller: caller.clone(),
         state: state.clone(),
         cancel: cancel.clone(),
         shared: shared.clone(),
-        go: Mutex::new(call.wait_for_start.then_some(go)),
+        go: go.clone(),
     };
-    if let Err(e) = server.at(path.as_str(), iface).await {
-        *shared.active.lock().unwrap() = None;
-        return Err(e.into());
-    }
     let object_path = OwnedObjectPath::try_from(path.clone()).map_err(zbus::Error::from)?;
     let emitter = SignalEmitter::new(shared.conn(), path.clone())?.into_owned();
+    server.at(path.as_str(), Checked::new(iface)).await?;
     let obs = BusObserver {
         emitter,
         state,
@@ -407,15 +437,18 @@ pub(crate) async fn start(
         last_download: Mutex::new(None),
         rate: Mutex::new(None),
     };
-    let shared = shared.clone();
     let who = Initiator {
         command: format!("D-Bus {method} by {}", caller.describe()),
         uid: caller.uid,
     };
     let wait = call.wait_for_start;
+    // The worker owns the slot from here: it frees it when it finishes.
+    slot.armed = false;
+    let worker_shared = shared.clone();
     std::thread::spawn(move || {
+        let shared = worker_shared;
         if wait && !started.recv_timeout(START_TIMEOUT).unwrap_or(false) {
-            // Cancelled, or never started: nothing ran. The lock goes with it.
+            // Cancelled, abandoned or never started: nothing ran. The lock goes with it.
             drop(lock);
             let e = anyhow::Error::new(Cancelled).context("not started: no Start came");
             finish(&shared, &obs, &path, Err(e));
@@ -430,7 +463,24 @@ pub(crate) async fn start(
         finish(&shared, &obs, &path, result);
         crate::sys::release_free_memory();
     });
+    // A caller gone before the transaction existed missed the watch on departures:
+    // its transaction would wait for a Start that cannot come.
+    if wait && !caller_present(shared, &caller.bus_name).await {
+        tracing::info!(caller = %caller.bus_name, "the caller left before Start: abandoned");
+        abandon(&go);
+    }
     Ok(object_path)
+}
+
+/// Whether `name` is still on the bus (a peer connection has no bus: always).
+async fn caller_present(shared: &Shared, name: &str) -> bool {
+    let Ok(bus) = zbus::fdo::DBusProxy::new(shared.conn()).await else {
+        return true;
+    };
+    match zbus::names::BusName::try_from(name) {
+        Ok(n) => bus.name_has_owner(n).await.unwrap_or(true),
+        Err(_) => true,
+    }
 }
 
 /// Publishes the outcome: properties first, then the sysroot's new state, then
@@ -464,7 +514,7 @@ fn finish(shared: &Arc<Shared>, obs: &BusObserver, path: &str, result: Result<se
     obs.emit(async {
         let iref = conn
             .object_server()
-            .interface::<_, TransactionIface>(path)
+            .interface::<_, Checked<TransactionIface>>(path)
             .await?;
         let t = iref.get().await;
         let e = iref.signal_emitter();
@@ -491,7 +541,7 @@ fn finish(shared: &Arc<Shared>, obs: &BusObserver, path: &str, result: Result<se
     for p in old {
         obs.emit(async {
             conn.object_server()
-                .remove::<TransactionIface, _>(p.as_str())
+                .remove::<Checked<TransactionIface>, _>(p.as_str())
                 .await
                 .map(|_| ())
         });

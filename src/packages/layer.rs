@@ -7,6 +7,7 @@
 //! then applied onto the checkout ([`super::overlay_apply`]), and the result is
 //! committed with `arbor.base` (the base commit) and its package list in the metadata.
 
+use std::collections::HashSet;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -233,6 +234,10 @@ pub fn default_deployment(sysroot: &Sysroot, os: &str) -> Result<crate::sysroot:
         .with_context(|| format!("stateroot {os} has no deployment to layer on; deploy one first"))
 }
 
+/// The most packages one install, uninstall or override may name: far above any real
+/// change, and it keeps the checks of a change, and apt's command line, bounded.
+pub const MAX_PACKAGES: usize = 1024;
+
 /// Deploy options for the default deployment's base with its layers edited; errors
 /// say why an edit makes no sense (already there, not layered, not in the base).
 pub fn edit(
@@ -254,24 +259,33 @@ pub fn edit(
             .collect())
     };
     let mut layers = d.origin.layers.clone();
+    let count = match change {
+        LayerEdit::Install { names, files } => names.len() + files.len(),
+        LayerEdit::Uninstall(n) | LayerEdit::Remove(n) | LayerEdit::Reset(n) => n.len(),
+        LayerEdit::Replace(f) => f.len(),
+    };
+    if count > MAX_PACKAGES {
+        bail!("at most {MAX_PACKAGES} packages can be named in one change");
+    }
     match change {
         LayerEdit::Install { names, files } => {
-            let base_names = in_base()?;
+            let base_names: HashSet<String> = in_base()?.into_iter().collect();
+            let mut layered: HashSet<String> = layers.installed_names().into_iter().collect();
             for n in names {
                 if !super::treefile::valid_package(n) {
                     bail!("'{n}' is not a Debian package name");
                 }
-                if layers.installed_names().contains(n) {
-                    bail!("{n} is already layered");
-                }
                 if base_names.contains(n) {
                     bail!("{n} is already in the base image");
+                }
+                if !layered.insert(n.clone()) {
+                    bail!("{n} is already layered");
                 }
                 layers.packages.push(n.clone());
             }
             for f in files {
                 let deb = keep_local_deb(sysroot, f)?;
-                if layers.installed_names().contains(&deb.name) {
+                if !layered.insert(deb.name.clone()) {
                     bail!("{} is already layered", deb.name);
                 }
                 layers.local.push(deb);
@@ -290,7 +304,7 @@ pub fn edit(
             }
         }
         LayerEdit::Remove(names) => {
-            let base_names = in_base()?;
+            let base_names: HashSet<String> = in_base()?.into_iter().collect();
             for n in names {
                 if !base_names.contains(n) {
                     bail!("{n} is not in the base image");
@@ -302,7 +316,7 @@ pub fn edit(
             }
         }
         LayerEdit::Replace(files) => {
-            let base_names = in_base()?;
+            let base_names: HashSet<String> = in_base()?.into_iter().collect();
             for f in files {
                 let deb = keep_local_deb(sysroot, f)?;
                 if !base_names.contains(&deb.name) {

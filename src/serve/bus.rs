@@ -64,20 +64,49 @@ pub fn to_json(v: &Value<'_>) -> Json {
     }
 }
 
+/// The most names one request may change (the policy has a handful).
+pub const MAX_KEYS: usize = 32;
+
+/// The longest string sent on to the daemon: what the daemon itself takes.
+pub const MAX_STRING: usize = 4096;
+
+/// Checks a string before it crosses into D-Bus, whose strings are UTF-8 (a Rust
+/// `str` is) and may not hold NUL: the bus would drop the whole connection.
+pub fn check_string(what: &str, s: &str) -> Result<(), String> {
+    if s.contains('\0') {
+        return Err(format!("{what} holds a NUL character"));
+    }
+    if s.len() > MAX_STRING {
+        return Err(format!("{what} is longer than {MAX_STRING} bytes"));
+    }
+    Ok(())
+}
+
 /// A JSON object as `a{sv}`: booleans `b`, strings `s` (what the policy's names take).
-/// Anything else is refused, naming the key.
+/// Anything else is refused, naming the key (when it is short and printable).
 pub fn options(body: &Json) -> Result<HashMap<String, OwnedValue>, String> {
     let Some(map) = body.as_object() else {
         return Err("the body must be a JSON object".into());
     };
+    if map.len() > MAX_KEYS {
+        return Err(format!("at most {MAX_KEYS} names can be changed at once"));
+    }
     let mut out = HashMap::new();
     for (k, v) in map {
+        check_string("a name", k)?;
+        let shown = if k.len() <= 64 && !k.chars().any(char::is_control) {
+            format!("'{k}'")
+        } else {
+            format!("a name of {} bytes", k.len())
+        };
         let value = match v {
             Json::Bool(b) => OwnedValue::from(*b),
             Json::String(s) => {
-                OwnedValue::try_from(Value::from(s.as_str())).map_err(|e| format!("{k}: {e}"))?
+                check_string(&format!("the value of {shown}"), s)?;
+                OwnedValue::try_from(Value::from(s.as_str()))
+                    .map_err(|e| format!("{shown}: {e}"))?
             }
-            _ => return Err(format!("'{k}' must be a boolean or a string")),
+            _ => return Err(format!("{shown} must be a boolean or a string")),
         };
         out.insert(k.clone(), value);
     }
@@ -111,24 +140,44 @@ pub async fn status(conn: &Connection) -> zbus::Result<Json> {
 /// Calls a transaction method (`Check`, `Upgrade`, `Rollback`) with "wait-for-start",
 /// subscribes to the new transaction's signals, then starts it. Returns its path and
 /// the subscription, which sees every signal from the first.
+///
+/// The steps run in a task of their own, so a request dropped half-way (its client
+/// hung up) cannot leave a transaction waiting for a Start that never comes: once
+/// the request is gone, the task cancels what it created instead of starting it.
 pub async fn start(
     conn: &Connection,
     method: &str,
 ) -> zbus::Result<(OwnedObjectPath, MessageStream)> {
-    let opts = HashMap::from([("wait-for-start".to_string(), OwnedValue::from(true))]);
-    let path: OwnedObjectPath = sysroot(conn).await?.call(method, &(opts,)).await?;
-    let rule = MatchRule::builder()
-        .msg_type(zbus::message::Type::Signal)
-        .sender(NAME)?
-        .interface(TRANSACTION)?
-        .path(path.as_str())?
-        .build();
-    let stream = MessageStream::for_match_rule(rule, conn, None).await?;
-    Proxy::new(conn, NAME, path.as_str(), TRANSACTION)
-        .await?
-        .call::<_, _, ()>("Start", &())
-        .await?;
-    Ok((path, stream))
+    let wanted = std::sync::Arc::new(());
+    let watch = std::sync::Arc::downgrade(&wanted);
+    let (conn, method) = (conn.clone(), method.to_string());
+    let task = tokio::spawn(async move {
+        let opts = HashMap::from([("wait-for-start".to_string(), OwnedValue::from(true))]);
+        let path: OwnedObjectPath = sysroot(&conn)
+            .await?
+            .call(method.as_str(), &(opts,))
+            .await?;
+        let txn = Proxy::new(&conn, NAME, path.to_string(), TRANSACTION).await?;
+        if watch.upgrade().is_none() {
+            // Nobody waits for it any more: abandon it rather than start it.
+            txn.call::<_, _, ()>("Cancel", &()).await?;
+            return Err(zbus::Error::Failure("the request was dropped".into()));
+        }
+        let rule = MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .sender(NAME)?
+            .interface(TRANSACTION)?
+            .path(path.as_str())?
+            .build();
+        let stream = MessageStream::for_match_rule(rule, &conn, None).await?;
+        txn.call::<_, _, ()>("Start", &()).await?;
+        Ok((path, stream))
+    });
+    let out = task
+        .await
+        .map_err(|e| zbus::Error::Failure(format!("starting the transaction: {e}")))?;
+    drop(wanted);
+    out
 }
 
 /// Reads a transaction's signals until `Finished`, then its outcome:

@@ -71,20 +71,21 @@ pub fn run(opts: &ServeOptions) -> Result<()> {
         );
     }
     let token = opts.token_file.as_deref().map(read_token).transpose()?;
+    // A client that hangs up mid-answer must not take the server down with SIGPIPE
+    // (which `arbor` restores to its default for the CLI's pipes).
+    crate::sys::ignore_sigpipe();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let conn = match &opts.bus_address {
-            Some(a) => {
-                zbus::connection::Builder::address(a.as_str())?
-                    .build()
-                    .await
-            }
-            None => zbus::Connection::system().await,
-        }
-        .context("connecting to the bus arbord is on")?;
-        let app = api::router(Arc::new(api::Ctx { conn, token }));
+        let conn = api::connect(opts.bus_address.as_deref())
+            .await
+            .context("connecting to the bus arbord is on")?;
+        let app = api::router(Arc::new(api::Ctx::new(
+            conn,
+            opts.bus_address.clone(),
+            token,
+        )));
         let stop = async {
             use tokio::signal::unix::{SignalKind, signal};
             let (mut term, mut int) = (

@@ -27,6 +27,16 @@ pub fn default_sigpipe() {
     }
 }
 
+/// Ignores SIGPIPE: a server (`arbor serve`) must see a client that hung up as an
+/// EPIPE on that one connection, never die of the signal. Called at its start, before
+/// the runtime's threads.
+pub fn ignore_sigpipe() {
+    // SAFETY: setting a signal's disposition to SIG_IGN at startup, before any thread.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
 /// Pins glibc's mmap threshold at its default (128 KiB). Left dynamic, glibc raises it
 /// to the size of the first large buffer freed, after which every thread's read
 /// buffers (a commit's worker threads, the daemon's) stay resident in per-thread
