@@ -1084,3 +1084,130 @@ fn root_fsck_checks_deployed_commits_and_their_checkouts() {
         "{text}"
     );
 }
+
+/// What GRUB does at one boot with the `grub.cfg` and `grubenv` arbor wrote, done by
+/// hand as its script says (the VM boot loop runs the real GRUB): returns the index
+/// of the entry it boots, and writes `boot_counter` back as `save_env` would.
+fn grub_boots(s: &str) -> usize {
+    let dir = Path::new(s).join("boot/grub");
+    let cfg = std::fs::read_to_string(dir.join("grub.cfg")).unwrap();
+    let default = cfg
+        .lines()
+        .find_map(|l| l.strip_prefix("set arbor_default="))
+        .unwrap()
+        .trim_matches('\'')
+        .to_string();
+    let text = std::fs::read_to_string(dir.join("grubenv")).unwrap_or_default();
+    assert!(
+        text.is_empty() || text.len() == 1024,
+        "a whole environment block"
+    );
+    let var = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or("")
+            .to_string()
+    };
+    if var("arbor_entry") != default || var("boot_success") != "0" {
+        return 0;
+    }
+    let (next, boots) = match var("boot_counter").as_str() {
+        "3" => ("2", 0),
+        "2" => ("1", 0),
+        "1" => ("0", 0),
+        _ => ("-1", 1),
+    };
+    // grub-editenv, GRUB's own tool, reads and writes the block arbor made.
+    let out = Command::new("grub-editenv")
+        .arg(dir.join("grubenv"))
+        .args(["set", &format!("boot_counter={next}")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    boots
+}
+
+#[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+fn root_grub_counts_boots_in_its_environment_and_falls_back() {
+    require_root!();
+    let t = scratch();
+    let s = sysroot(t.path());
+    std::fs::write(
+        Path::new(&s).join("arbor/bootloader.toml"),
+        "loader = \"grub\"\n",
+    )
+    .unwrap();
+    compose(&s, &rootfs(t.path(), "1"), "os/1", "1");
+    compose(&s, &rootfs(&t.path().join("2"), "2"), "os/2", "2");
+    arbor_ok(&["--sysroot", &s, "deploy", "os/1"]);
+    let cmdline = t.path().join("cmdline");
+    let boot = |index: usize| {
+        let d = &status(&s)[index];
+        std::fs::write(
+            &cmdline,
+            format!(
+                "arbor=/arbor/deploy/debian/deploy/{}.{}\n",
+                d["commit"].as_str().unwrap(),
+                d["serial"]
+            ),
+        )
+        .unwrap();
+    };
+    // 1 boots, healthy: marked good, nothing counted any more.
+    boot(grub_boots(&s));
+    assert!(arbor_booted(&cmdline, &["--sysroot", &s, "health-check"]).0);
+    let env = std::fs::read_to_string(Path::new(&s).join("boot/grub/grubenv")).unwrap();
+    assert!(
+        env.contains("boot_success=1") && !env.contains("boot_counter"),
+        "{env}"
+    );
+    let script = Command::new("grub-script-check")
+        .arg(Path::new(&s).join("boot/grub/grub.cfg"))
+        .output()
+        .unwrap();
+    assert!(
+        script.status.success(),
+        "{}",
+        String::from_utf8_lossy(&script.stderr)
+    );
+
+    // 2 is deployed and fails its check: three boots, then GRUB boots 1 again.
+    let (ok, out) = arbor_booted(&cmdline, &["--sysroot", &s, "deploy", "os/2"]);
+    assert!(ok, "{out}");
+    let health = deployment_dir(&s, 0).join("etc/arbor/health.d");
+    std::fs::create_dir_all(&health).unwrap();
+    std::fs::write(health.join("10-fail"), "#!/bin/sh\nexit 1\n").unwrap();
+    std::fs::set_permissions(
+        health.join("10-fail"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut booted = Vec::new();
+    for _ in 0..4 {
+        let i = grub_boots(&s);
+        boot(i);
+        booted.push(status(&s)[i]["version"].as_str().unwrap().to_string());
+        let (healthy, _) = arbor_booted(&cmdline, &["--sysroot", &s, "health-check"]);
+        assert_eq!(healthy, i == 1, "{booted:?}");
+    }
+    assert_eq!(
+        booted,
+        ["2", "2", "2", "1"],
+        "three tries, then the fallback"
+    );
+    // The fallback is settled: 1 is the default again, 2 shows it ran out.
+    assert_eq!(versions(&s), ["1", "2"]);
+    assert_eq!(grub_boots(&s), 0);
+    let history = arbor_ok(&["--sysroot", &s, "history"]);
+    assert!(history.contains("rollback (automatic)"), "{history}");
+    let entries: Vec<String> = std::fs::read_dir(Path::new(&s).join("boot/loader/entries"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(entries.iter().any(|e| e.contains("+0-3")), "{entries:?}");
+}

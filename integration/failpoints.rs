@@ -83,6 +83,47 @@ fn sysroot_check(env: &Env, when: &str) -> &'static str {
     "fsck clean; loader on one complete entry set"
 }
 
+/// GRUB boots the old default or the new one, and counts only the one its grub.cfg
+/// names first (never a deployment it does not boot by default).
+fn grub_check(env: &Env, when: &str) -> &'static str {
+    assert_consistent(&env["sysroot"], when);
+    let grub = Path::new(&env["sysroot"]).join("boot/grub");
+    let cfg = std::fs::read_to_string(grub.join("grub.cfg")).unwrap();
+    let default = cfg
+        .lines()
+        .find_map(|l| l.strip_prefix("set arbor_default="))
+        .unwrap()
+        .trim_matches('\'')
+        .to_string();
+    let first = status(&env["sysroot"])[0].clone();
+    let first_id = format!(
+        "{}/{}.{}",
+        first["os"].as_str().unwrap(),
+        first["commit"].as_str().unwrap(),
+        first["serial"]
+    );
+    if when.ends_with("run again") {
+        assert_eq!(
+            default, first_id,
+            "{when}: grub.cfg's default is the boot order's"
+        );
+    } else {
+        assert!(
+            default == first_id || default == env["before"],
+            "{when}: grub.cfg boots {default}, neither the old default nor the new"
+        );
+    }
+    let envblock = std::fs::read_to_string(grub.join("grubenv")).unwrap_or_default();
+    assert!(
+        envblock.is_empty() || envblock.len() == 1024,
+        "{when}: grubenv is {} bytes",
+        envblock.len()
+    );
+    // A count in grubenv for another deployment than grub.cfg's default is ignored by
+    // the script (it compares arbor_entry with arbor_default): nothing to check there.
+    "grub.cfg names the old or the new default; grubenv whole"
+}
+
 fn repo_check(env: &Env, when: &str) -> &'static str {
     let out = arbor(&["--repo", &env["repo"], "fsck"]);
     assert!(
@@ -265,6 +306,31 @@ const SCENARIOS: &[Scenario] = &[
         },
         run: |env| strings(&["--sysroot", &env["sysroot"], "finalize-staged"]),
         check: sysroot_check,
+    },
+    Scenario {
+        name: "deploy (GRUB)",
+        points: &["grubenv-written", "boot-entries-written"],
+        setup: |dir| {
+            let env = deploy_setup(dir);
+            std::fs::write(
+                Path::new(&env["sysroot"]).join("arbor/bootloader.toml"),
+                "loader = \"grub\"\n",
+            )
+            .unwrap();
+            arbor_ok(&["--sysroot", &env["sysroot"], "rollback"]);
+            let first = status(&env["sysroot"])[0].clone();
+            let before = format!(
+                "{}/{}.{}",
+                first["os"].as_str().unwrap(),
+                first["commit"].as_str().unwrap(),
+                first["serial"]
+            );
+            let mut env = env;
+            env.insert("before", before);
+            env
+        },
+        run: |env| strings(&["--sysroot", &env["sysroot"], "deploy", "os/3"]),
+        check: grub_check,
     },
     Scenario {
         name: "rollback",

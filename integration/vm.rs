@@ -326,6 +326,33 @@ while [ ! -e /run/armed ]; do sleep 0.1; done
 }
 
 const STATUS: &str = "arbor status --json | tr -d '\\n' | awk 1\narbor status\n";
+
+/// [`power_cut_when_created`] after the Nth entry created or moved into DIR (an
+/// atomic write makes two: its temporary file, then the rename).
+fn power_cut_after_events(dir: &str, n: u32) -> String {
+    format!(
+        r#"cat > /run/cut.py <<'PY'
+import ctypes, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.inotify_init1(0)
+if libc.inotify_add_watch(fd, sys.argv[1].encode(), 0x100 | 0x80) < 0:
+    sys.exit("cannot watch " + sys.argv[1])
+open("/run/armed", "w").close()
+seen = 0
+while seen < int(sys.argv[2]):
+    buf = os.read(fd, 65536)
+    i = 0
+    while i < len(buf) and seen < int(sys.argv[2]):
+        _, _, _, length = struct.unpack_from("iIII", buf, i)
+        i += 16 + length
+        seen += 1
+open("/proc/sysrq-trigger", "w").write("b")
+PY
+python3 /run/cut.py {dir} {n} &
+while [ ! -e /run/armed ]; do sleep 0.1; done
+"#
+    )
+}
 const LIMIT: Duration = Duration::from_secs(420);
 
 #[test]
@@ -552,9 +579,11 @@ fn root_vm_update_and_reboot_with_grub() {
         b.serial.contains("GNU GRUB") || b.serial.contains("GRUB"),
         "booted by GRUB"
     );
+    lab.publish("3", "broken");
     let b = vm.boot(
         &format!(
-            "{STATUS}\ncat /etc/issue.net\narbor update-status\necho STEP-END\nsystemctl poweroff\n"
+            "{STATUS}\ncat /etc/issue.net\narbor update-status\ncat /boot/grub/grubenv | grep -v '^#'\n\
+             arbor upgrade\necho STEP-END\nsystemctl reboot\n"
         ),
         LIMIT,
     );
@@ -565,4 +594,76 @@ fn root_vm_update_and_reboot_with_grub() {
         "{out}"
     );
     assert!(out.contains("state:     active"), "{out}");
+    assert!(
+        out.contains("boot_success=1"),
+        "the health check told GRUB:\n{out}"
+    );
+
+    // broken fails its check at each boot; GRUB counts down in its environment block
+    // and then boots update again, with no human action.
+    let mut versions = Vec::new();
+    for i in 0..5 {
+        let b = vm.boot(
+            &format!(
+                "{STATUS}\narbor update-status\ngrep -v '^#' /boot/grub/grubenv\n\
+                 echo STEP-END\nsystemctl reboot\n"
+            ),
+            LIMIT,
+        );
+        let out = ran(&b, &format!("grub broken boot {i}"));
+        let v = booted_version(&out);
+        versions.push(v.clone());
+        if v == "2" {
+            assert!(out.contains("state:     failed"), "{out}");
+            break;
+        }
+        assert_eq!(v, "3", "{out}");
+    }
+    assert_eq!(
+        versions,
+        ["3", "3", "3", "2"],
+        "three tries, then GRUB's fallback"
+    );
+
+    // A power cut while the environment block and grub.cfg switch: GRUB boots the
+    // old default or the new one, and the switch completes at the next transaction.
+    let b = vm.boot(
+        &format!(
+            r#"{STATUS}
+arbor history | head -5
+{cut}
+echo "cutting the power while GRUB's configuration switches"
+base=$(arbor status --json | python3 -c 'import json,sys; print([d["commit"] for d in json.load(sys.stdin)["deployments"] if d["version"]=="1"][0])')
+arbor deploy "$base" || true
+echo STEP-END
+"#,
+            cut = power_cut_after_events("/boot/grub", 2)
+        ),
+        LIMIT,
+    );
+    assert!(b.out.is_none(), "the power cut did not happen");
+    let log = std::fs::read_to_string(lab.share().join(format!("out-{}.log", vm.boots())))
+        .unwrap_or_default();
+    assert!(log.contains("rollback (automatic)"), "{log}");
+    let b = vm.boot(
+        &format!(
+            "{STATUS}\narbor fsck && echo FSCK-CLEAN\narbor cleanup\ngrep arbor_default /boot/grub/grub.cfg\n\
+             echo STEP-END\nsystemctl reboot\n"
+        ),
+        LIMIT,
+    );
+    let out = ran(&b, "grub after the cut");
+    let v = booted_version(&out);
+    assert!(v == "2" || v == "1", "neither old nor new: {v}\n{out}");
+    assert!(out.contains("FSCK-CLEAN"), "{out}");
+    let b = vm.boot(
+        &format!("{STATUS}\necho STEP-END\nsystemctl poweroff\n"),
+        LIMIT,
+    );
+    let out = ran(&b, "grub, the switch completed");
+    assert_eq!(
+        booted_version(&out),
+        "1",
+        "the deploy of 1 took effect:\n{out}"
+    );
 }

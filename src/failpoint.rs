@@ -48,6 +48,10 @@ pub const ALL: &[(&str, &str)] = &[
     ),
     ("boot-loader-switched", "the loader uses the new entry set"),
     (
+        "grubenv-written",
+        "GRUB's environment counts the new default; grub.cfg still names the old",
+    ),
+    (
         "deploy-unlisted-removing",
         "one deployment no entry lists is removed; others may remain",
     ),

@@ -31,10 +31,58 @@ insmod ext2
 pub fn write_config(boot: &Path, deployments: &[Deployment]) -> Result<()> {
     let dir = boot.join("grub");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let text = format!("{CONFIG_HEADER}{}", fragment(deployments, "/boot"));
+    let counting = deployments
+        .first()
+        .map(|d| counting_script(&env_id(d)))
+        .unwrap_or_default();
+    let text = format!(
+        "{CONFIG_HEADER}{counting}{}",
+        fragment(deployments, "/boot")
+    );
     let fd = crate::fsutil::open_dir(&dir)?;
     crate::fsutil::atomic_write(fd.as_fd(), "grub.cfg", text.as_bytes(), 0o644)
         .with_context(|| format!("writing {}/grub.cfg", dir.display()))
+}
+
+/// The default entry a `grub.cfg` written by arbor counts (its `arbor_default`).
+pub fn default_of(cfg: &str) -> Option<String> {
+    cfg.lines()
+        .find_map(|l| l.strip_prefix("set arbor_default="))
+        .map(|v| v.trim_matches('\'').to_string())
+}
+
+/// How the environment block names a deployment: `<os>/<commit>.<serial>`.
+pub fn env_id(d: &Deployment) -> String {
+    format!("{}/{}", d.os, d.dir_name())
+}
+
+/// The part of `grub.cfg` that counts the boots of the default entry, `entry`, in the
+/// environment block beside it, and boots the next entry once its tries ran out
+/// (docs/boot.md). Only a count for this very entry is taken: an environment written
+/// for a new default before `grub.cfg` names it counts nothing.
+fn counting_script(entry: &str) -> String {
+    format!(
+        r#"insmod loadenv
+set arbor_default={entry}
+if [ -f "${{prefix}}/grubenv" ]; then
+  load_env --file "${{prefix}}/grubenv" arbor_entry boot_counter boot_success
+fi
+if [ "${{arbor_entry}}" = "${{arbor_default}}" -a "${{boot_success}}" = "0" ]; then
+  if [ "${{boot_counter}}" = "3" ]; then
+    set boot_counter=2
+  elif [ "${{boot_counter}}" = "2" ]; then
+    set boot_counter=1
+  elif [ "${{boot_counter}}" = "1" ]; then
+    set boot_counter=0
+  else
+    set default=1
+    set boot_counter=-1
+  fi
+  save_env --file "${{prefix}}/grubenv" boot_counter
+fi
+"#,
+        entry = quote(entry)
+    )
 }
 
 /// Quotes a word for GRUB's shell-like script language (single quotes; a single quote

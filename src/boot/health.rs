@@ -95,13 +95,27 @@ pub fn settle_fallback(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<Option<S
         return Ok(None);
     };
     // A deployment made default by a deploy or rollback still has tries left: only
-    // entries the loader gave up on mean a fallback.
+    // entries the loader gave up on mean a fallback. GRUB says so in its environment
+    // block: its default's count went below zero.
+    let grub_dir = sysroot.boot_dir().join("grub");
+    let grub_gave_up = sysroot.loader() == boot::Loader::Grub
+        && b == 1
+        && boot::grubenv::fell_back(
+            &boot::grubenv::read(&grub_dir)?,
+            &boot::grub::env_id(&order[0]),
+        );
     if b == 0
-        || !order[..b]
-            .iter()
-            .all(|d| d.tries.is_some_and(|t| t.left == 0))
+        || !(grub_gave_up
+            || order[..b]
+                .iter()
+                .all(|d| d.tries.is_some_and(|t| t.left == 0)))
     {
         return Ok(None);
+    }
+    if grub_gave_up {
+        // Its entry shows it ran out, as systemd-boot's renames would.
+        let max = boot::grubenv::MAX_TRIES;
+        order[0].tries = Some(Tries { left: 0, done: max });
     }
     let failed: Vec<String> = order[..b]
         .iter()
@@ -135,6 +149,15 @@ pub fn settle_fallback(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<Option<S
 pub fn boot_complete(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<Deployment> {
     let _lock = sysroot.lock(wait)?;
     let d = booted(sysroot)?;
+    if sysroot.loader() == boot::Loader::Grub {
+        // GRUB stops counting: it boots this entry from now on.
+        let dir = sysroot.boot_dir().join("grub");
+        let env = boot::grubenv::read(&dir)?;
+        let id = boot::grub::env_id(&d);
+        if env.counting().is_some_and(|(e, _)| e == id) {
+            boot::grubenv::write(&dir, &boot::grubenv::mark_good(&env, &id))?;
+        }
+    }
     if d.tries.is_some() {
         let (base, _) = boot::parse_counter(&d.entry_file);
         sysroot

@@ -10,6 +10,7 @@ pub mod bls;
 pub mod config;
 pub mod esp;
 pub mod grub;
+pub mod grubenv;
 pub mod health;
 
 use std::os::fd::AsFd;

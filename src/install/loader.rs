@@ -41,6 +41,7 @@ const GRUB_MODULES: &[&str] = &[
     "gzio",
     "serial",
     "terminal",
+    "loadenv",
 ];
 
 /// Installs `loader` on the ESP folder `esp` for the deployment at `deployment`,

@@ -391,6 +391,7 @@ impl Sysroot {
                 e => anyhow::Error::new(e),
             })?;
         self.ensure_roots(&lock);
+        self.heal_grub();
         Ok(lock)
     }
 
@@ -461,9 +462,56 @@ impl Sysroot {
             .collect();
         boot::write_entries(&self.boot_dir(), &entries)?;
         if self.boot.loader == boot::Loader::Grub {
-            boot::grub::write_config(&self.boot_dir(), order)?;
+            self.write_grub(order)?;
         }
         Ok(())
+    }
+
+    /// GRUB's side of a boot order: the count for the new default first, then the
+    /// grub.cfg that names it (a cut between leaves the old grub.cfg, which counts
+    /// nothing of it). The BLS entries, written before, are the record; a grub.cfg
+    /// that a cut left behind them is written again by the next transaction
+    /// ([`Sysroot::lock`]).
+    fn write_grub(&self, order: &[Deployment]) -> Result<()> {
+        if let Some(first) = order.first() {
+            let dir = self.boot_dir().join("grub");
+            let env = boot::grubenv::read(&dir)?;
+            let id = boot::grub::env_id(first);
+            let new = boot::grubenv::for_default(&env, &id, first.tries.map(|t| t.left));
+            if new != env {
+                boot::grubenv::write(&dir, &new)?;
+                crate::failpoint::hit("grubenv-written")?;
+            }
+        }
+        boot::grub::write_config(&self.boot_dir(), order)
+    }
+
+    /// Completes a switch of GRUB's configuration that a crash interrupted: when
+    /// grub.cfg's default is not the first deployment of the boot entries, both are
+    /// written again from the entries. Best effort, as GRUB keeps booting the old
+    /// default meanwhile.
+    fn heal_grub(&self) {
+        if self.boot.loader != boot::Loader::Grub {
+            return;
+        }
+        let healed = (|| -> Result<bool> {
+            let order = self.deployments()?;
+            let Some(first) = order.first() else {
+                return Ok(false);
+            };
+            let cfg =
+                std::fs::read_to_string(self.boot_dir().join("grub/grub.cfg")).unwrap_or_default();
+            if boot::grub::default_of(&cfg).as_deref() == Some(&boot::grub::env_id(first)) {
+                return Ok(false);
+            }
+            self.write_grub(&order)?;
+            Ok(true)
+        })();
+        match healed {
+            Ok(true) => tracing::info!("grub.cfg written again after an interrupted switch"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("checking grub.cfg against the boot entries: {e:#}"),
+        }
     }
 
     /// `(os, commit, serial)` of the running deployment: from `arbor=` on the kernel
