@@ -635,6 +635,12 @@ fn root_the_cockpit_page_checks_and_installs_in_a_browser() {
     // 3 MB/s: the 24 MB delta takes long enough to be seen downloading.
     let setup = setup(Some(3 << 20));
     let bus = bus(&setup);
+    // A change to /etc for the page to list, and for the reset to undo.
+    std::fs::write(
+        common::deployment_dir(&setup.client, 0).join("etc/hostname"),
+        "web1\n",
+    )
+    .unwrap();
     let data = tempfile::tempdir().unwrap();
     std::fs::create_dir(data.path().join("cockpit")).unwrap();
     let page = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("cockpit/arbor");
@@ -672,7 +678,8 @@ fn root_the_cockpit_page_checks_and_installs_in_a_browser() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/cockpit-screenshots");
-    let url = format!("http://127.0.0.1:{port}/cockpit/@localhost/arbor/index.html");
+    // The page in Cockpit's shell, where its menu leads.
+    let url = format!("http://127.0.0.1:{port}/arbor");
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/integration/clients/cockpit_page.py"
@@ -710,6 +717,25 @@ fn root_the_cockpit_page_checks_and_installs_in_a_browser() {
     // Nothing booted in a folder sysroot: version 1 waits for a reboot.
     let initial = step("initial");
     assert_eq!(initial["state"], "reboot", "{initial}");
+    let etc = initial["etc"].as_str().unwrap();
+    assert!(
+        etc.contains("/etc/hostname") && etc.contains("Modified"),
+        "{etc}"
+    );
+    let confirm = step("reset-confirm");
+    assert!(
+        confirm["dialog"]
+            .as_str()
+            .unwrap()
+            .contains("Roll back brings it all back"),
+        "{confirm}"
+    );
+    let reset = step("reset-done");
+    assert!(
+        reset["etc"].as_str().unwrap().contains("No changes"),
+        "{reset}"
+    );
+    assert_eq!(reset["error"], "", "{reset}");
     assert!(
         initial["deployments"]
             .as_str()
@@ -755,6 +781,9 @@ fn root_the_cockpit_page_checks_and_installs_in_a_browser() {
     assert_eq!(offline["chip"], "Offline", "{offline}");
     assert!(!offline["error"].as_str().unwrap().is_empty(), "{offline}");
     for name in [
+        "initial",
+        "reset-confirm",
+        "reset-done",
         "update-available",
         "downloading",
         "reboot-needed",

@@ -12,6 +12,9 @@ work=$(mktemp -d "${TMPDIR:-/var/tmp}/arbor-deb.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/arbor" "$out"
 (cd "$here" && git ls-files -co --exclude-standard -z | xargs -0 cp --parents -t "$work/arbor")
+# The page's styles are built from npm, not checked in (cockpit/build.sh).
+bash "$here/cockpit/build.sh"
+cp "$here/cockpit/arbor/patternfly.css" "$work/arbor/cockpit/arbor/"
 (
   cd "$work/arbor"
   # cargo comes from rustup, not from a Debian package: skip the build-dependency check.

@@ -13,7 +13,7 @@ PACKAGES=(
   # dbus-python, and GLib (Gio) through Python's gi
   dbus-daemon systemd libglib2.0-bin polkitd python3-dbus python3-gi gir1.2-glib-2.0
   # the Cockpit page in a real browser, and the HTTP API with curl
-  cockpit-ws cockpit-bridge chromium chromium-driver python3-selenium curl
+  cockpit-ws cockpit-bridge cockpit-system chromium chromium-driver python3-selenium curl
   # packages: composing trees from a package set, building test .debs
   mmdebstrap
   # remote updates: a real web server serving published repositories
@@ -41,6 +41,13 @@ command -v cargo >/dev/null || {
   echo "setup: cargo not found; install a Rust toolchain (rustup, Rust >= 1.85) first" >&2
   exit 1
 }
+
+# The Cockpit page's styles: PatternFly, from npm (cockpit/build.sh, pinned by its lock).
+if ! command -v npm >/dev/null; then
+  [[ $(id -u) == 0 ]] || { echo "setup: installing npm needs root" >&2; exit 1; }
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
+fi
+bash "$here/cockpit/build.sh"
 
 # The TUF conformance suite's Python dependencies (its pyproject.toml's pins), from
 # PyPI into a virtualenv of their own; scripts/tuf-conformance.sh runs the suite.

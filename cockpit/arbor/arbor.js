@@ -1,7 +1,6 @@
 /* The Cockpit page of arbor (docs/cockpit.md). Everything it shows and does goes
- * through the arbord D-Bus daemon (org.arbor.Arbor1 on the system bus), except the
- * history and the package changes between deployments, which it reads with
- * `arbor history --json` and `arbor db diff --json` (read-only commands). */
+ * through the arbord D-Bus daemon (org.arbor.Arbor1 on the system bus): properties,
+ * History, PackageDiff, EtcDiff, and the methods that start transactions. */
 "use strict";
 
 const NAME = "org.arbor.Arbor1";
@@ -58,9 +57,24 @@ function empty(o) {
 }
 
 function showError(message) {
-    const e = $("error");
-    e.textContent = message || "";
-    e.hidden = !message;
+    $("error-text").textContent = message || "";
+    $("error").hidden = !message;
+}
+
+/* A table row of cells (strings or elements). */
+function row(cells) {
+    const tr = document.createElement("tr");
+    tr.className = "pf-v5-c-table__tr";
+    for (const c of cells) {
+        const td = document.createElement("td");
+        td.className = "pf-v5-c-table__td";
+        if (typeof c === "string")
+            td.textContent = c;
+        else
+            td.appendChild(c);
+        tr.appendChild(td);
+    }
+    return tr;
 }
 
 /* The status chip: one word for where the system is. */
@@ -69,7 +83,8 @@ function chip() {
     if (running && running.method !== "Check") {
         if (running.task === "download" || running.download)
             return ["downloading", "Downloading " + running.percent + "%"];
-        return ["busy", (running.method === "Rollback" ? "Rolling back " : "Installing ") + running.percent + "%"];
+        const verb = { Rollback: "Rolling back ", Reset: "Resetting " }[running.method] || "Installing ";
+        return ["busy", verb + running.percent + "%"];
     }
     if (offline)
         return ["offline", "Offline"];
@@ -121,14 +136,14 @@ function renderAvailable() {
         div.appendChild(packageList(a.packages));
 }
 
-/* Package changes from `from` to `to` (commits), read once with arbor db diff. */
+/* Package changes from `from` to `to` (commits), read once with PackageDiff. */
 function diff(from, to, cell) {
     const key = from + ".." + to;
     const show = d => cell.replaceChildren(d ? packageList(d) : text("span", "—", "muted"));
     if (key in diffs)
         return show(diffs[key]);
-    cockpit.spawn(["arbor", "--sysroot", state.Path, "db", "diff", from, to, "--json"], { err: "ignore" })
-        .then(out => { diffs[key] = JSON.parse(out); show(diffs[key]) })
+    client.call(ROOT, SYSROOT, "PackageDiff", [from, to, {}])
+        .then(([d]) => { diffs[key] = unwrap(d); show(diffs[key]) })
         .catch(() => { diffs[key] = null; show(null) });
 }
 
@@ -141,20 +156,45 @@ function renderDeployments() {
     for (const d of state.Deployments || [])
         rows.push(d);
     rows.forEach((d, i) => {
-        const tr = document.createElement("tr");
-        tr.appendChild(text("td", d.role || (d.booted ? "booted" : "")));
-        tr.appendChild(text("td", d.version || ""));
-        tr.appendChild(text("td", (d.origin && d.origin.refspec) || ""));
-        tr.appendChild(text("td", (d.commit || "").slice(0, 12)));
-        const cell = document.createElement("td");
-        tr.appendChild(cell);
+        const cell = document.createElement("span");
         const older = rows[i + 1];
         if (older && older.commit && d.commit && older.commit !== d.commit)
             diff(older.commit, d.commit, cell);
         else
             cell.appendChild(text("span", "—", "muted"));
-        body.appendChild(tr);
+        body.appendChild(row([d.role || (d.booted ? "booted" : ""), d.version || "",
+            (d.origin && d.origin.refspec) || "", text("code", (d.commit || "").slice(0, 12), "commit"),
+            cell]));
     });
+}
+
+const CHANGE = { added: "Added", modified: "Modified", removed: "Removed" };
+const OUTCOME = {
+    "kept-local": "kept local",
+    "kept-deleted": "kept deleted",
+    "took-new-default": "took the new default",
+    "conflict": "conflict",
+};
+
+/* How /etc differs from the image (EtcDiff), and for a deployment not booted yet
+ * what its merge did or will do. */
+function renderEtc() {
+    client.call(ROOT, SYSROOT, "EtcDiff", [{}])
+        .then(([d]) => {
+            d = unwrap(d);
+            const body = $("etc").querySelector("tbody");
+            body.textContent = "";
+            for (const e of d.drift || [])
+                body.appendChild(row(["/etc/" + e.path, CHANGE[e.change] || e.change, (e.aspects || []).join(", ")]));
+            if (!(d.drift || []).length)
+                body.appendChild(row([text("span", "No changes: /etc is as the image ships it.", "muted"), "", ""]));
+            const merge = $("etc-merge");
+            merge.textContent = "";
+            const conflicts = (d.merge || []).filter(m => m.outcome === "conflict");
+            for (const c of conflicts)
+                merge.appendChild(text("p", "Conflict in /etc/" + c.path + ": your version stays; the new default is in /etc/" + c.saved + ".", "muted"));
+        })
+        .catch(e => showError(e.message));
 }
 
 function renderPolicy() {
@@ -171,18 +211,13 @@ function renderPolicy() {
 }
 
 function renderHistory() {
-    cockpit.spawn(["arbor", "--sysroot", state.Path, "history", "--json", "-n", "10"], { err: "ignore" })
-        .then(out => {
+    client.call(ROOT, SYSROOT, "History", [{ limit: { t: "u", v: 10 } }])
+        .then(([list]) => {
             const body = $("history").querySelector("tbody");
             body.textContent = "";
-            for (const h of JSON.parse(out)) {
-                const tr = document.createElement("tr");
-                tr.appendChild(text("td", new Date(h.started * 1000).toLocaleString()));
-                tr.appendChild(text("td", h.kind));
-                tr.appendChild(text("td", h.command));
-                tr.appendChild(text("td", h.result || "running"));
-                body.appendChild(tr);
-            }
+            for (const h of unwrap(list))
+                body.appendChild(row([new Date(h.started * 1000).toLocaleString(), h.kind,
+                    h.command, h.result || "running"]));
         })
         .catch(() => {});
 }
@@ -192,7 +227,8 @@ function renderProgress() {
     p.hidden = !running;
     if (!running)
         return;
-    $("bar").value = running.percent;
+    $("bar").style.width = running.percent + "%";
+    $("progress-measure").textContent = running.percent + "%";
     let t = running.text || running.task || running.method;
     const d = running.download;
     if (d && d.total)
@@ -205,13 +241,14 @@ function render() {
     const [key, label] = chip();
     const c = $("chip");
     c.dataset.state = key;
-    c.textContent = label;
+    c.firstElementChild.textContent = label;
     const busy = !!running || state.UpdateState === "busy";
     $("check").disabled = busy;
     $("download").disabled = busy || empty(state.AvailableUpdate);
     $("install").disabled = busy || empty(state.AvailableUpdate);
     $("rollback").disabled = busy || empty(state.RollbackDeployment);
     $("reboot").disabled = busy || !(state.UpdateState === "staged" || state.UpdateState === "pending-reboot");
+    $("reset").disabled = busy || !empty(state.StagedDeployment);
     renderAvailable();
     renderDeployments();
     renderPolicy();
@@ -229,17 +266,19 @@ function refresh() {
             }
             render();
             renderHistory();
+            renderEtc();
         })
         .catch(e => showError(e.message));
 }
 
-/* Starts METHOD the race-free way: wait-for-start, subscribe, Start. */
-function start(method, options) {
+/* Starts METHOD the race-free way: wait-for-start, subscribe, Start. ARGS go before
+ * the options; OPTIONS are booleans. */
+function start(method, options, args, signature) {
     showError(null);
     const opts = { "wait-for-start": { t: "b", v: true } };
     for (const k in options)
         opts[k] = { t: "b", v: options[k] };
-    return client.call(ROOT, SYSROOT, method, [opts], { type: "a{sv}" })
+    return client.call(ROOT, SYSROOT, method, (args || []).concat([opts]), { type: (signature || "") + "a{sv}" })
         .then(([path]) => {
             running = { path, method, percent: 0, text: "", task: "", download: null };
             render();
@@ -251,6 +290,23 @@ function start(method, options) {
             showError(e.message);
             render();
         });
+}
+
+const RESET_TEXT = {
+    etc: "The configuration in /etc goes back to what the image ships.",
+    var: "The configuration in /etc and all data in /var start afresh, as on a new machine.",
+    all: "The configuration and the data start afresh, layered packages go; home folders are kept.",
+};
+
+function resetLevel() {
+    return document.querySelector("input[name=reset-level]:checked").value;
+}
+
+function askReset() {
+    $("reset-text").replaceChildren(
+        text("p", RESET_TEXT[resetLevel()]),
+        text("p", "It takes effect at the next boot. The current state stays as the rollback until cleanup: Roll back brings it all back."));
+    $("reset-dialog").hidden = false;
 }
 
 function onTransactionSignal(path, iface, signal, args) {
@@ -310,6 +366,12 @@ function init() {
             .catch(e => showError(e.message));
     });
     $("policy").addEventListener("submit", savePolicy);
+    $("reset").addEventListener("click", askReset);
+    $("reset-cancel").addEventListener("click", () => { $("reset-dialog").hidden = true });
+    $("reset-confirm").addEventListener("click", () => {
+        $("reset-dialog").hidden = true;
+        start("Reset", {}, [resetLevel()], "s");
+    });
     refresh();
 }
 

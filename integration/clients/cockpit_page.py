@@ -1,9 +1,11 @@
 #!/usr/bin/python3
 """Drives arbor's Cockpit page in a real browser (Debian's chromium, headless, through
-chromedriver and Selenium) the way a user does: reads the status chip, clicks Check and
-Install, and saves a screenshot at each step. Prints one JSON object per step. After
-"reboot-needed" it waits for a line on stdin (the test stops the web server) and
-checks again, to see the page say it is offline.
+chromedriver and Selenium) the way a user does, inside Cockpit's shell: reads the
+status chip and the configuration changes, resets /etc through the confirmation
+dialog, clicks Check and Install, and saves a screenshot (of the whole shell) at each
+step. Prints one JSON object per step. After "reboot-needed" it waits for a line on
+stdin (the test stops the web server) and checks again, to see the page say it is
+offline.
 
 Usage: cockpit_page.py URL SCREENSHOT_DIR
 """
@@ -36,6 +38,20 @@ def main():
         c = el("chip")
         return c.get_attribute("data-state"), c.text
 
+    def rows(table):
+        return len(el(table).find_elements(By.CSS_SELECTOR, "tbody tr"))
+
+    def until(cond, timeout, what):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                if cond():
+                    return
+            except Exception:
+                pass
+            time.sleep(0.1)
+        raise SystemExit("never: %s; error: %r" % (what, el("error").text))
+
     def wait_for(states, timeout=300):
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -58,13 +74,37 @@ def main():
             "deployments": el("deployments").text,
             "progress": el("progress-text").text if el("progress").is_displayed() else "",
             "error": el("error").text,
+            "etc": el("etc").text,
+            "dialog": el("reset-text").text if el("reset-dialog").is_displayed() else "",
             "screenshot": path,
         }), flush=True)
 
     try:
+        # The shell, with the page in its frame, as a user reaches it from the menu.
         driver.get(url)
+        deadline = time.time() + 60
+        while True:
+            frames = driver.find_elements(By.CSS_SELECTOR, "iframe[name='cockpit1:localhost/arbor']")
+            if frames:
+                break
+            if time.time() > deadline:
+                raise SystemExit("the shell never showed the page's frame")
+            time.sleep(0.2)
+        driver.switch_to.frame(frames[0])
         s, t = wait_for({"current", "reboot", "available"}, 60)
+        until(lambda: "/etc/" in el("etc").text, 30, "the configuration changes listed")
         step("initial", s, t)
+        # A factory reset of /etc, confirmed in the dialog.
+        el("reset").click()
+        until(lambda: el("reset-dialog").is_displayed(), 10, "the reset dialog")
+        step("reset-confirm", s, t)
+        before = rows("deployments")
+        el("reset-confirm").click()
+        until(lambda: rows("deployments") == before + 1 and not el("check").get_attribute("disabled"),
+              120, "the reset deployment listed")
+        until(lambda: "No changes" in el("etc").text, 30, "a pristine /etc")
+        s, t = chip()
+        step("reset-done", s, t)
         el("check").click()
         s, t = wait_for({"available"})
         # The offer shows as soon as the property changes; the check's transaction

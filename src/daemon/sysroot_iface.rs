@@ -444,6 +444,60 @@ impl SysrootIface {
         .await
     }
 
+    /// The transaction history, newest first (keys as LastTransaction's). Options:
+    /// "limit" (u, 1 to 1000; 20 by default).
+    #[zbus(out_args("entries"))]
+    async fn history(
+        &self,
+        options: HashMap<String, OwnedValue>,
+    ) -> Result<Vec<Dict>, DaemonError> {
+        let o = Options::parse(options, &["limit"])?;
+        self.shared.touch();
+        let limit: u32 = o.typed("limit", "an unsigned integer (u)")?.unwrap_or(20);
+        if !(1..=1000).contains(&limit) {
+            return Err(DaemonError::InvalidArgs("limit: 1 to 1000".into()));
+        }
+        let read = || -> anyhow::Result<Vec<Dict>> {
+            let sysroot = Sysroot::open(&self.shared.sysroot)?;
+            let db = crate::statedb::StateDb::open(&sysroot.state_db_path())?;
+            Ok(db
+                .history(limit as usize)?
+                .iter()
+                .map(values::history)
+                .collect())
+        };
+        read().map_err(DaemonError::failed)
+    }
+
+    /// The package changes from commit FROM to commit TO (full ids), as `arbor db
+    /// diff` lists them: upgraded, downgraded (name, from, to), added, removed (name,
+    /// version). Options: none.
+    #[zbus(out_args("changes"))]
+    async fn package_diff(
+        &self,
+        from: String,
+        to: String,
+        options: HashMap<String, OwnedValue>,
+    ) -> Result<Dict, DaemonError> {
+        Options::parse(options, &[])?;
+        self.shared.touch();
+        let id = |s: &str| {
+            s.parse::<crate::store::ObjectId>()
+                .map_err(|_| DaemonError::InvalidArgs("a commit is 64 hexadecimal digits".into()))
+        };
+        let (from, to) = (id(&from)?, id(&to)?);
+        let read = || -> anyhow::Result<Dict> {
+            let sysroot = Sysroot::open(&self.shared.sysroot)?;
+            let repo = sysroot.repo();
+            let d = crate::packages::dpkg::diff(
+                &crate::packages::packages_of(repo, &from)?,
+                &crate::packages::packages_of(repo, &to)?,
+            );
+            Ok(values::dict_from_json(&serde_json::to_value(&d)?))
+        };
+        read().map_err(DaemonError::failed)
+    }
+
     /// Removes unreferenced deployments and kernels, then prunes the repository.
     #[zbus(out_args("transaction"))]
     async fn cleanup(
