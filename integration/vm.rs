@@ -667,3 +667,79 @@ echo STEP-END
         "the deploy of 1 took effect:\n{out}"
     );
 }
+
+#[test]
+#[ignore = "the VM boot loop: minutes of qemu; scripts/test.sh runs it with ARBOR_VM=1 (.ci/run)"]
+fn root_vm_factory_reset_at_each_level_and_rollback() {
+    require_root!();
+    let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::new();
+    let mut vm = Vm::new(&lab, "reset", lab.disk("systemd-boot"));
+    // What the machine's state is, in one line each, for the assertions.
+    const SHOW: &str = r#"grep -q 'local change' /etc/issue.net && echo ETC-CHANGED || echo ETC-PRISTINE
+cat /var/lib/demo/data 2>/dev/null || echo VAR-DATA-ABSENT
+cat /home/alice/notes 2>/dev/null || echo HOME-ABSENT
+arbor etc diff | head -5
+"#;
+    let b = vm.boot(
+        &format!(
+            r#"{STATUS}
+echo "local change" >> /etc/issue.net
+mkdir -p /var/lib/demo /home/alice && echo VAR-DATA-PRESENT > /var/lib/demo/data
+echo HOME-PRESENT > /home/alice/notes
+{SHOW}
+arbor reset --level etc
+echo STEP-END
+systemctl reboot
+"#
+        ),
+        LIMIT,
+    );
+    let out = ran(&b, "reset: the machine's own state");
+    assert!(out.contains("ETC-CHANGED") && out.contains("M    /etc/issue.net"), "{out}");
+    assert!(out.contains("reset (etc)"), "{out}");
+    let mut expect = |step: &str, want: &[&str], next: &str| {
+        let b = vm.boot(
+            &format!("{STATUS}\n{SHOW}\n{next}\necho STEP-END\nsystemctl reboot\n"),
+            LIMIT,
+        );
+        let out = ran(&b, step);
+        for w in want {
+            assert!(out.contains(w), "{step}: no {w}:\n{out}");
+        }
+        out
+    };
+    expect(
+        "after reset --level etc",
+        &["ETC-PRISTINE", "VAR-DATA-PRESENT", "HOME-PRESENT"],
+        "arbor rollback",
+    );
+    expect(
+        "rolled back from the etc reset",
+        &["ETC-CHANGED", "VAR-DATA-PRESENT", "HOME-PRESENT"],
+        "arbor reset --level var",
+    );
+    expect(
+        "after reset --level var",
+        &["ETC-PRISTINE", "VAR-DATA-ABSENT", "HOME-ABSENT"],
+        "arbor rollback",
+    );
+    expect(
+        "rolled back from the var reset",
+        &["ETC-CHANGED", "VAR-DATA-PRESENT", "HOME-PRESENT"],
+        "arbor reset --level all",
+    );
+    expect(
+        "after reset --level all",
+        &["ETC-PRISTINE", "VAR-DATA-ABSENT", "HOME-PRESENT"],
+        "arbor rollback",
+    );
+    let b = vm.boot(
+        &format!("{STATUS}\n{SHOW}\narbor fsck && echo FSCK-CLEAN\necho STEP-END\nsystemctl poweroff\n"),
+        LIMIT,
+    );
+    let out = ran(&b, "rolled back from the all reset");
+    for w in ["ETC-CHANGED", "VAR-DATA-PRESENT", "HOME-PRESENT", "FSCK-CLEAN"] {
+        assert!(out.contains(w), "no {w}:\n{out}");
+    }
+}
