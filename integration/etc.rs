@@ -284,7 +284,8 @@ fn root_reset_at_each_level_and_rollback_brings_everything_back() {
     arbor_ok(&["--sysroot", &s, "deploy", "os"]);
     let stateroot = Path::new(&s).join("arbor/deploy/debian");
     let cmdline = boot_good(&s, t.path());
-    // The machine's own state: an /etc edit, data in /var, a user's home.
+    // The machine's own state: an /etc edit, its identity, data in /var, a home.
+    std::fs::write(deployment_dir(&s, 0).join("etc/motd"), "edited\n").unwrap();
     std::fs::write(deployment_dir(&s, 0).join("etc/hostname"), "web1\n").unwrap();
     std::fs::create_dir_all(stateroot.join("var/lib/app")).unwrap();
     std::fs::write(stateroot.join("var/lib/app/data"), "app data\n").unwrap();
@@ -297,8 +298,13 @@ fn root_reset_at_each_level_and_rollback_brings_everything_back() {
     boot_good(&s, t.path());
     let etc = deployment_dir(&s, 0).join("etc");
     assert_eq!(
+        std::fs::read_to_string(etc.join("motd")).unwrap(),
+        "welcome to 1\n"
+    );
+    assert_eq!(
         std::fs::read_to_string(etc.join("hostname")).unwrap(),
-        "debian\n"
+        "web1\n",
+        "the machine's identity is kept (reset_keep_etc)"
     );
     assert_eq!(
         var_file_at_boot(&s, &cmdline, &ns, "lib/app/data"),
@@ -307,8 +313,8 @@ fn root_reset_at_each_level_and_rollback_brings_everything_back() {
     booted(&cmdline, &["--sysroot", &s, "rollback"]);
     boot_good(&s, t.path());
     assert_eq!(
-        std::fs::read_to_string(deployment_dir(&s, 0).join("etc/hostname")).unwrap(),
-        "web1\n",
+        std::fs::read_to_string(deployment_dir(&s, 0).join("etc/motd")).unwrap(),
+        "edited\n",
         "rollback brings the /etc back"
     );
 
@@ -356,8 +362,8 @@ fn root_reset_at_each_level_and_rollback_brings_everything_back() {
         "absent"
     );
     assert_eq!(
-        std::fs::read_to_string(deployment_dir(&s, 0).join("etc/hostname")).unwrap(),
-        "debian\n"
+        std::fs::read_to_string(deployment_dir(&s, 0).join("etc/motd")).unwrap(),
+        "welcome to 1\n"
     );
     let history = arbor_ok(&["--sysroot", &s, "history"]);
     assert!(history.matches("reset").count() >= 3, "{history}");

@@ -582,7 +582,7 @@ fn root_vm_update_and_reboot_with_grub() {
     lab.publish("3", "broken");
     let b = vm.boot(
         &format!(
-            "{STATUS}\ncat /etc/issue.net\narbor update-status\ncat /boot/grub/grubenv | grep -v '^#'\n\
+            "{STATUS}\ncat /etc/issue.net\narbor update-status\ngrep -v '^#' /sysroot/boot/grub/grubenv\n\
              arbor upgrade\necho STEP-END\nsystemctl reboot\n"
         ),
         LIMIT,
@@ -605,7 +605,7 @@ fn root_vm_update_and_reboot_with_grub() {
     for i in 0..5 {
         let b = vm.boot(
             &format!(
-                "{STATUS}\narbor update-status\ngrep -v '^#' /boot/grub/grubenv\n\
+                "{STATUS}\narbor update-status\ngrep -v '^#' /sysroot/boot/grub/grubenv\n\
                  echo STEP-END\nsystemctl reboot\n"
             ),
             LIMIT,
@@ -637,7 +637,7 @@ base=$(arbor status --json | python3 -c 'import json,sys; print([d["commit"] for
 arbor deploy "$base" || true
 echo STEP-END
 "#,
-            cut = power_cut_after_events("/boot/grub", 2)
+            cut = power_cut_after_events("/sysroot/boot/grub", 2)
         ),
         LIMIT,
     );
@@ -647,7 +647,7 @@ echo STEP-END
     assert!(log.contains("rollback (automatic)"), "{log}");
     let b = vm.boot(
         &format!(
-            "{STATUS}\narbor fsck && echo FSCK-CLEAN\narbor cleanup\ngrep arbor_default /boot/grub/grub.cfg\n\
+            "{STATUS}\narbor fsck && echo FSCK-CLEAN\narbor cleanup\ngrep arbor_default /sysroot/boot/grub/grub.cfg\n\
              echo STEP-END\nsystemctl reboot\n"
         ),
         LIMIT,
@@ -696,7 +696,10 @@ systemctl reboot
         LIMIT,
     );
     let out = ran(&b, "reset: the machine's own state");
-    assert!(out.contains("ETC-CHANGED") && out.contains("M    /etc/issue.net"), "{out}");
+    assert!(
+        out.contains("ETC-CHANGED") && out.contains("M    /etc/issue.net"),
+        "{out}"
+    );
     assert!(out.contains("reset (etc)"), "{out}");
     let mut expect = |step: &str, want: &[&str], next: &str| {
         let b = vm.boot(
@@ -735,11 +738,18 @@ systemctl reboot
         "arbor rollback",
     );
     let b = vm.boot(
-        &format!("{STATUS}\n{SHOW}\narbor fsck && echo FSCK-CLEAN\necho STEP-END\nsystemctl poweroff\n"),
+        &format!(
+            "{STATUS}\n{SHOW}\narbor fsck && echo FSCK-CLEAN\necho STEP-END\nsystemctl poweroff\n"
+        ),
         LIMIT,
     );
     let out = ran(&b, "rolled back from the all reset");
-    for w in ["ETC-CHANGED", "VAR-DATA-PRESENT", "HOME-PRESENT", "FSCK-CLEAN"] {
+    for w in [
+        "ETC-CHANGED",
+        "VAR-DATA-PRESENT",
+        "HOME-PRESENT",
+        "FSCK-CLEAN",
+    ] {
         assert!(out.contains(w), "no {w}:\n{out}");
     }
 }

@@ -277,6 +277,7 @@ fn execute(
                 held()?,
                 *level,
                 &policy.reset_keep,
+                &policy.reset_keep_etc,
                 obs,
             )?))
         }

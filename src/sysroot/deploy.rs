@@ -119,8 +119,14 @@ pub fn deploy_held(
         }
         TreeCheckout::new(repo, true).run(tmp_fd.as_fd(), b"etc", &etc_tree, &etc_meta)?;
         // A staged deployment merges /etc when it is finalized, to catch later edits;
-        // a reset keeps the pristine copy.
-        let actions = if opts.stage || opts.reset.is_some() {
+        // a reset keeps the pristine copy, but for the machine's own files.
+        let actions = if let Some(r) = &opts.reset {
+            if let Some(prev) = merge_source(&current, &opts.os) {
+                let from = sysroot.deployment_path(prev).join("etc");
+                super::reset::carry_etc(&from, &tmp.join("etc"), &r.keep_etc)?;
+            }
+            Vec::new()
+        } else if opts.stage {
             Vec::new()
         } else {
             merge_etc(sysroot, lock, &current, &opts.os, &tmp.join("etc"))?

@@ -6,7 +6,8 @@
 //! policy keeps (`reset_keep`, `/home` and `/root` by default) at level `all`. The
 //! previous deployment keeps its `/etc` and its `/var` untouched and stays as the
 //! rollback, so `arbor rollback` brings everything back; a `/var` folder goes only
-//! once no deployment uses it any more. Level `all` also drops layered packages and
+//! once no deployment uses it any more. Every level keeps what makes the machine boot
+//! and be itself (`reset_keep_etc`: its fstab, machine id, host keys, arbor's policy). Level `all` also drops layered packages and
 //! overrides: the new deployment is the base image.
 
 use std::os::fd::AsFd;
@@ -66,6 +67,54 @@ pub struct ResetPlan {
     /// The `/var` folder the new deployment gets, prepared before the deploy; `None`
     /// shares the previous deployment's.
     pub var: Option<String>,
+    /// Paths of `/etc` (absolute; a last component may end in `*`) copied from the
+    /// previous deployment into the pristine one: the machine's own mounts, identity
+    /// and keys, without which it would not boot or not be itself.
+    pub keep_etc: Vec<String>,
+}
+
+/// Copies what `keep` names from the `/etc` being left (`from`) into the new
+/// pristine one (`to`), replacing the image's defaults there; returns what it copied
+/// (absolute paths). Never through a symlink; what is absent is skipped.
+pub fn carry_etc(from: &Path, to: &Path, keep: &[String]) -> Result<Vec<String>> {
+    let from_fd = fsutil::open_dir(from)?;
+    let to_fd = fsutil::open_dir(to)?;
+    let mut carried = Vec::new();
+    for k in keep {
+        let Some(rel) = k.strip_prefix("/etc/") else {
+            bail!("reset_keep_etc: '{k}' is not below /etc");
+        };
+        let (dir, leaf) = rel.rsplit_once('/').unwrap_or(("", rel));
+        if dir.split('/').any(|c| c == ".." || c == ".") || leaf.is_empty() || leaf == ".." {
+            bail!("reset_keep_etc: '{k}' is not a plain path");
+        }
+        let Ok(src) = fsutil::open_beneath(from_fd.as_fd(), dir) else {
+            continue;
+        };
+        let names: Vec<String> = match leaf.strip_suffix('*') {
+            Some(prefix) => fsutil::list_dir(src.as_fd())?
+                .into_iter()
+                .map(|(n, _)| fsutil::show(&n))
+                .filter(|n| n.starts_with(prefix))
+                .collect(),
+            None => vec![leaf.to_string()],
+        };
+        for name in names {
+            if fsutil::kind_at(src.as_fd(), &name)?.is_none() {
+                continue;
+            }
+            let dst = fsutil::mkdir_p_beneath(to_fd.as_fd(), dir)?;
+            fsutil::remove_at(dst.as_fd(), name.as_bytes())?;
+            fsutil::copy_entry_at(src.as_fd(), &name, dst.as_fd(), &name)
+                .with_context(|| format!("keeping /etc/{dir}/{name}"))?;
+            carried.push(if dir.is_empty() {
+                format!("/etc/{name}")
+            } else {
+                format!("/etc/{dir}/{name}")
+            });
+        }
+    }
+    Ok(carried)
 }
 
 /// What a reset did.
@@ -177,6 +226,7 @@ pub fn reset(
     lock: &WriterLock,
     level: ResetLevel,
     keep: &[String],
+    keep_etc: &[String],
     obs: &dyn Observer,
 ) -> Result<ResetResult> {
     if let Some(s) = sysroot.staged()? {
@@ -220,6 +270,7 @@ pub fn reset(
         reset: Some(ResetPlan {
             level,
             var: var.clone(),
+            keep_etc: keep_etc.to_vec(),
         }),
     };
     let deploy = deploy_held(sysroot, lock, &opts, obs)?;

@@ -10,6 +10,7 @@
 //! preferred_time = "03:00"  # when the timer runs (local time, HH:MM)
 //! channel = "stable"        # the channel `arbor rebase` uses when none is named
 //! reset_keep = ["/home", "/root"]  # what `arbor reset --level all` carries over
+//! reset_keep_etc = ["/etc/fstab", "/etc/machine-id", ...]  # what every reset keeps of /etc
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -41,7 +42,21 @@ pub struct Policy {
     /// Paths (below `/var`, or linked into it like `/home`) that `arbor reset --level
     /// all` copies into the new `/var`.
     pub reset_keep: Vec<String>,
+    /// Paths of `/etc` that every reset carries into the pristine `/etc`: what makes
+    /// this machine boot and be itself (its mounts, identity, host keys, arbor's own
+    /// policy and checks). A last component may end in `*`.
+    pub reset_keep_etc: Vec<String>,
 }
+
+/// What a reset keeps of `/etc` unless the policy says otherwise.
+pub const RESET_KEEP_ETC: &[&str] = &[
+    "/etc/fstab",
+    "/etc/crypttab",
+    "/etc/machine-id",
+    "/etc/hostname",
+    "/etc/arbor",
+    "/etc/ssh/ssh_host_*",
+];
 
 impl Default for Policy {
     fn default() -> Self {
@@ -54,6 +69,7 @@ impl Default for Policy {
             preferred_time: "03:00".into(),
             channel: "stable".into(),
             reset_keep: vec!["/home".into(), "/root".into()],
+            reset_keep_etc: RESET_KEEP_ETC.iter().map(|p| p.to_string()).collect(),
         }
     }
 }
@@ -120,6 +136,14 @@ impl Policy {
                     .iter()
                     .all(|p| p.starts_with('/') && !p.split('/').any(|c| c == "..")),
             "reset_keep must list absolute paths without '..'"
+        );
+        ensure!(
+            self.reset_keep_etc.len() <= 64
+                && self
+                    .reset_keep_etc
+                    .iter()
+                    .all(|p| p.starts_with("/etc/") && !p.split('/').any(|c| c == "..")),
+            "reset_keep_etc must list paths below /etc without '..'"
         );
         ensure!(
             crate::remote::index::valid_channel(&self.channel),
