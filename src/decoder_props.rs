@@ -129,7 +129,7 @@ proptest! {
     fn text_decoders_take_any_text(text in "(?s).{0,400}") {
         let _ = crate::sysroot::Origin::parse(&text);
         let _ = crate::boot::bls::BlsEntry::parse(&text);
-        let _ = crate::packages::dpkg::parse_status(&text);
+        let _ = crate::store::dpkg::parse_status(&text);
         let _ = crate::packages::treefile::Treefile::parse(&text);
         let _ = crate::sysroot::parse_arbor_karg(&text);
         let _ = crate::boot::parse_counter(&text);
@@ -141,7 +141,7 @@ proptest! {
         let text = lines.join("\n");
         let _ = crate::sysroot::Origin::parse(&text);
         let _ = crate::boot::bls::BlsEntry::parse(&text);
-        let _ = crate::packages::dpkg::parse_status(&text);
+        let _ = crate::store::dpkg::parse_status(&text);
         let _ = crate::packages::treefile::Treefile::parse(&text);
     }
 

@@ -21,7 +21,6 @@ pub mod etc;
 pub mod failpoint;
 pub mod fsutil;
 pub mod fuse;
-pub mod image;
 pub mod inspect;
 pub mod install;
 pub mod live;

@@ -1,13 +1,15 @@
 //! The mount table of this mount namespace (`/proc/self/mountinfo`), read with procfs
 //! for every caller: live changes (what is on `/usr`), `install to-disk` (is the disk
-//! mounted), `arbor mount` (is the mount point taken).
+//! mounted), `arbor mount` (is the mount point taken); and mounting an overlay on
+//! `/usr` (a hotfix at boot, a live change).
 //!
 //! procfs splits the records but leaves the kernel's octal escapes (`\040` for a
 //! space) in paths; they are undone here, so a path with a space compares equal.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use rustix::mount::{self, MountFlags};
 
 /// One mount.
 #[derive(Clone, Debug)]
@@ -74,6 +76,32 @@ pub fn list() -> Result<Vec<Mount>> {
                 .collect(),
         })
         .collect())
+}
+
+/// Mounts an overlay on `usr` with `usr` itself (its current content) as the lower
+/// layer.
+pub fn mount_overlay(usr: &Path, upper: &Path, work: &Path) -> Result<()> {
+    for p in [usr, upper, work] {
+        let s = p.to_string_lossy();
+        if s.contains([',', ':', '\\']) {
+            bail!("{s}: overlayfs cannot take a path with ',' ':' or '\\\\'");
+        }
+    }
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        usr.display(),
+        upper.display(),
+        work.display()
+    );
+    let data = std::ffi::CString::new(data).context("an overlay option with a NUL byte")?;
+    mount::mount(
+        "overlay",
+        usr,
+        "overlay",
+        MountFlags::empty(),
+        data.as_c_str(),
+    )
+    .with_context(|| format!("mounting an overlay on {}", usr.display()))
 }
 
 #[cfg(test)]

@@ -11,7 +11,6 @@ pub mod config;
 pub mod esp;
 pub mod grub;
 pub mod grubenv;
-pub mod health;
 
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};

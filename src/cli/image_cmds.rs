@@ -8,7 +8,7 @@ use clap::Args;
 
 use super::output::{human_bytes, json};
 use super::{Cli, OutputArgs, lock_wait};
-use crate::image::{ImageOptions, ImageSource, compose_image};
+use crate::compose::image::{ImageOptions, ImageSource, compose_image};
 use crate::store::Repo;
 use crate::store::refs::RefName;
 
@@ -27,7 +27,7 @@ pub struct ImageArgs {
     pub version: Option<String>,
     /// Refuse a compressed layer that unpacks to more than N times its size (a
     /// decompression bomb).
-    #[arg(long, value_name = "N", default_value_t = crate::image::DEFAULT_MAX_RATIO)]
+    #[arg(long, value_name = "N", default_value_t = crate::compose::image::DEFAULT_MAX_RATIO)]
     pub max_ratio: u64,
     #[command(flatten)]
     pub output: OutputArgs,

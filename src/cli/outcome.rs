@@ -5,7 +5,7 @@ use anyhow::Result;
 use super::output::{human_bytes, json, utc};
 use super::{Cli, OutputArgs, run_op};
 use crate::ops::{Outcome, Request, UpgradeOutcome};
-use crate::packages::dpkg::PackageDiff;
+use crate::store::dpkg::PackageDiff;
 use crate::sysroot::Sysroot;
 use crate::sysroot::deploy::DeployResult;
 use crate::sysroot::status::{Role, StatusRow};

@@ -322,7 +322,14 @@ pub fn run(cli: &Cli, cmd: &super::Command) -> Result<i32> {
         }
         C::GrubConfig(a) => print!(
             "{}",
-            crate::boot::grub::fragment(&sysroot.deployments()?, &a.boot_prefix)
+            crate::boot::grub::fragment(
+                &sysroot
+                    .deployments()?
+                    .iter()
+                    .map(crate::sysroot::Deployment::grub_entry)
+                    .collect::<Vec<_>>(),
+                &a.boot_prefix
+            )
         ),
         C::FinalizeStaged(out) => match deploy::finalize_staged(&sysroot, wait)? {
             r if out.json => return json(&serde_json::json!({ "finalized": r })).map(|_| 0),
@@ -334,7 +341,7 @@ pub fn run(cli: &Cli, cmd: &super::Command) -> Result<i32> {
             None => println!("nothing staged"),
         },
         C::BootSelect(a) => {
-            let sel = crate::boot::health::boot_select(&sysroot, wait)?;
+            let sel = crate::sysroot::health::boot_select(&sysroot, wait)?;
             if let Some(f) = &a.cmdline_out {
                 std::fs::write(f, format!("{}\n", sel.cmdline))
                     .with_context(|| format!("writing {}", f.display()))?;
@@ -348,7 +355,7 @@ pub fn run(cli: &Cli, cmd: &super::Command) -> Result<i32> {
             println!("{}", sel.cmdline);
         }
         C::BootComplete(out) => {
-            let d = crate::boot::health::boot_complete(&sysroot, wait)?;
+            let d = crate::sysroot::health::boot_complete(&sysroot, wait)?;
             if out.json {
                 return json(&d).map(|_| 0);
             }
@@ -356,12 +363,12 @@ pub fn run(cli: &Cli, cmd: &super::Command) -> Result<i32> {
         }
         C::HealthCheck(a) => {
             if let Some(secs) = a.wait_for_startup {
-                crate::boot::health::wait_for_startup(
+                crate::sysroot::health::wait_for_startup(
                     &sysroot,
                     std::time::Duration::from_secs(secs),
                 );
             }
-            let r = crate::boot::health::health_check(
+            let r = crate::ops::health_check(
                 &sysroot,
                 std::time::Duration::from_secs(a.timeout),
                 wait,

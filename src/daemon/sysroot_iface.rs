@@ -489,9 +489,9 @@ impl SysrootIface {
         let read = || -> anyhow::Result<Dict> {
             let sysroot = Sysroot::open(&self.shared.sysroot)?;
             let repo = sysroot.repo();
-            let d = crate::packages::dpkg::diff(
-                &crate::packages::packages_of(repo, &from)?,
-                &crate::packages::packages_of(repo, &to)?,
+            let d = crate::store::dpkg::diff(
+                &crate::store::dpkg::packages_of(repo, &from)?,
+                &crate::store::dpkg::packages_of(repo, &to)?,
             );
             Ok(values::dict_from_json(&serde_json::to_value(&d)?))
         };

@@ -21,12 +21,12 @@ use rustix::mount::{self, MountFlags, UnmountFlags};
 use serde::Serialize;
 
 use crate::boot::{BootConfig, Loader};
-use crate::image::{ImageOptions, ImageSource, compose_image};
+use crate::compose::image::{ImageOptions, ImageSource, compose_image};
 use crate::lock::LockWait;
 use crate::progress::Unobserved;
 use crate::store::Repo;
 use crate::store::refs::RefName;
-use crate::sysroot::deploy::{DeployOptions, deploy_held};
+use crate::sysroot::deploy::{DeployOptions, deploy};
 use crate::sysroot::{Deployment, Sysroot};
 use disk::{Loop, Partition};
 
@@ -202,7 +202,7 @@ pub fn install_to_disk(opts: &InstallOptions) -> Result<InstallReport> {
             let io = ImageOptions {
                 branch: branch.clone(),
                 version: None,
-                max_ratio: crate::image::DEFAULT_MAX_RATIO,
+                max_ratio: crate::compose::image::DEFAULT_MAX_RATIO,
             };
             compose_image(sysroot.repo(), image, &io, LockWait::NoWait)?
                 .commit
@@ -211,7 +211,7 @@ pub fn install_to_disk(opts: &InstallOptions) -> Result<InstallReport> {
     };
     let mut kargs = vec![format!("root=UUID={}", root.uuid), "rw".to_string()];
     kargs.extend(opts.kargs.iter().cloned());
-    let deploy = DeployOptions {
+    let first = DeployOptions {
         os: opts.os.clone(),
         refspec: opts.follow.clone().unwrap_or_else(|| branch.to_string()),
         override_commit: None,
@@ -224,7 +224,7 @@ pub fn install_to_disk(opts: &InstallOptions) -> Result<InstallReport> {
     };
     let lock = sysroot.lock(LockWait::NoWait)?;
     let deployed = sysroot.record("install", || {
-        deploy_held(&sysroot, &lock, &deploy, &Unobserved)
+        deploy(&sysroot, &lock, &first, &Unobserved)
     })?;
     let deployment_dir = sysroot.deployment_path(&deployed.deployment);
     write_fstab(&deployment_dir, &root.uuid, &esp.uuid)?;

@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use super::etc::{plan_etc, prepare_etc_live};
 use super::plan::{self, EtcOutcome, Facts, LivePlan, UNIT_DIR, usr_path};
-use super::record::LiveRecord;
+use crate::sysroot::live_record::LiveRecord;
 use super::upper::{UpperChanges, build_upper};
 use super::{OverlayKind, UsrStatus, booted, live_dir, mount_overlay, usr_mount};
 use crate::diff::diff_commits;
@@ -165,9 +165,9 @@ pub fn plan(sysroot: &Sysroot, root: &Path, opts: &ApplyOptions) -> Result<LiveP
         from: from.commit,
         to: to.commit,
         changes: diff_commits(repo, &from.commit, &to.commit)?,
-        packages: crate::packages::dpkg::diff(
-            &crate::packages::packages_of(repo, &from.commit)?,
-            &crate::packages::packages_of(repo, &to.commit)?,
+        packages: crate::store::dpkg::diff(
+            &crate::store::dpkg::packages_of(repo, &from.commit)?,
+            &crate::store::dpkg::packages_of(repo, &to.commit)?,
         ),
         only,
         units,

@@ -26,7 +26,7 @@ use crate::store::encoding::DirEntry;
 use crate::store::encoding::Xattrs;
 use crate::store::refs::RefName;
 use crate::store::{Commit, ObjectId, ObjectKind, Repo, Transaction};
-use crate::sysroot::deploy::{DeployResult, deploy_held};
+use crate::sysroot::deploy::{DeployResult, deploy};
 use crate::sysroot::plan::DeployOptions;
 use crate::sysroot::{BASE_KEY, Sysroot};
 
@@ -160,7 +160,7 @@ pub fn commit_overlay(
     let root_id = txn.write_meta(ObjectKind::DirTree, &root_tree.encode())?;
     let mut metadata: Vec<(String, String)> = booted.metadata.clone();
     metadata.retain(|(k, _)| k != NAME_KEY && k != FROM_KEY && k != BASE_KEY);
-    let base = crate::packages::layer::base_of(repo, &d.commit)?;
+    let base = crate::sysroot::base_of(repo, &d.commit)?;
     metadata.push((BASE_KEY.into(), base.to_hex()));
     metadata.push((FROM_KEY.into(), d.commit.to_hex()));
     if let Some(n) = &info.name {
@@ -199,7 +199,7 @@ pub fn commit_overlay(
         layers_built: true,
         reset: None,
     };
-    let deploy = deploy_held(sysroot, lock, &opts, obs)?;
+    let deploy = deploy(sysroot, lock, &opts, obs)?;
     info.committed = Some(id);
     info.write(&found.dir)?;
     let label = info

@@ -14,7 +14,6 @@ mod etc;
 pub mod hotfix_commit;
 pub mod overlay;
 pub mod plan;
-pub mod record;
 pub mod request;
 pub mod swap;
 mod upper;
@@ -22,7 +21,7 @@ mod upper;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use rustix::mount::{self, MountFlags, UnmountFlags};
+use rustix::mount::{self, UnmountFlags};
 use serde::Serialize;
 
 use crate::sysroot::{Deployment, Sysroot};
@@ -64,31 +63,7 @@ pub struct UsrStatus {
     pub committed: Option<crate::store::ObjectId>,
 }
 
-/// Mounts an overlay on `usr` with `usr` itself (its current content) as the lower
-/// layer.
-pub fn mount_overlay(usr: &Path, upper: &Path, work: &Path) -> Result<()> {
-    for p in [usr, upper, work] {
-        let s = p.to_string_lossy();
-        if s.contains([',', ':', '\\']) {
-            bail!("{s}: overlayfs cannot take a path with ',' ':' or '\\\\'");
-        }
-    }
-    let data = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        usr.display(),
-        upper.display(),
-        work.display()
-    );
-    let data = std::ffi::CString::new(data).context("an overlay option with a NUL byte")?;
-    mount::mount(
-        "overlay",
-        usr,
-        "overlay",
-        MountFlags::empty(),
-        data.as_c_str(),
-    )
-    .with_context(|| format!("mounting an overlay on {}", usr.display()))
-}
+pub use crate::mounts::mount_overlay;
 
 /// The overlay mounted on `usr` in this mount namespace (the topmost mount there).
 pub fn usr_mount(usr: &Path) -> Result<Option<UsrMount>> {
@@ -120,7 +95,7 @@ fn transient_dir(sysroot: &Sysroot, d: &Deployment) -> PathBuf {
 
 /// Where apply-live keeps its layer and its record.
 pub fn live_dir(sysroot: &Sysroot) -> PathBuf {
-    sysroot.run_dir().join("arbor/live")
+    crate::sysroot::live_record::live_dir(sysroot)
 }
 
 fn kind_of(sysroot: &Sysroot, d: &Deployment, upper: &Path) -> OverlayKind {
@@ -138,7 +113,7 @@ pub fn status(sysroot: &Sysroot, root: &Path) -> Result<UsrStatus> {
     let d = booted(sysroot)?;
     let overlay = usr_mount(&root.join("usr"))?.map(|m| (kind_of(sysroot, &d, &m.upper), m.upper));
     let live_commit = match &overlay {
-        Some((OverlayKind::Live, _)) => record::LiveRecord::read(sysroot)?
+        Some((OverlayKind::Live, _)) => crate::sysroot::live_record::LiveRecord::read(sysroot)?
             .filter(|r| r.booted == d.dir_name())
             .map(|r| r.commit),
         _ => None,

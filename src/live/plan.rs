@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 use serde::Serialize;
 
 use crate::diff::{Change, ChangeKind};
-use crate::packages::dpkg::PackageDiff;
+use crate::store::dpkg::PackageDiff;
 use crate::store::ObjectId;
 
 /// Where systemd's vendor units live in a merged-/usr tree.
@@ -201,7 +201,7 @@ fn affected_units(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packages::dpkg::{Change as PkgChange, Package};
+    use crate::store::dpkg::{Change as PkgChange, Package};
 
     fn id(b: u8) -> ObjectId {
         ObjectId([b; 32])

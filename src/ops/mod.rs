@@ -19,7 +19,7 @@ use crate::store::prune::{self, PruneReport};
 use crate::sysroot::deploy::{self, CleanupResult, DeployResult};
 use crate::sysroot::plan::DeployOptions;
 use crate::sysroot::status::{self, StatusRow};
-use crate::sysroot::{Deployment, Sysroot, etc_state, kargs};
+use crate::sysroot::{Deployment, Sysroot, etc_state, health, kargs};
 use crate::update::{self, UpdateOptions, UpdateResult};
 
 pub use request::{DeployRequest, Request, TransactionKind, UpgradeRequest};
@@ -162,8 +162,9 @@ fn deploy_with(
     opts: &DeployOptions,
     obs: &dyn Observer,
 ) -> Result<Outcome> {
-    Ok(Outcome::Deployed(Box::new(deploy::deploy_held(
-        sysroot, lock, opts, obs,
+    let opts = layer::prepare(sysroot, opts, obs)?;
+    Ok(Outcome::Deployed(Box::new(deploy::deploy(
+        sysroot, lock, &opts, obs,
     )?)))
 }
 
@@ -214,7 +215,7 @@ fn execute(
         }
         Request::Upgrade(u) => Outcome::Upgrade(Box::new(upgrade(sysroot, held()?, u, obs)?)),
         Request::Rollback => {
-            let order = deploy::rollback_held(sysroot, held()?)?;
+            let order = deploy::rollback(sysroot, held()?)?;
             Outcome::Order(BootOrder {
                 deployments: status::with_roles(order),
             })
@@ -230,8 +231,8 @@ fn execute(
                 .map(|d| d.kargs.clone())
                 .unwrap_or_default(),
         ),
-        Request::Kargs(edits) => Outcome::Kargs(kargs::kargs_held(sysroot, held()?, edits)?),
-        Request::Cleanup => Outcome::Cleanup(Box::new(deploy::cleanup_held(sysroot, held()?)?)),
+        Request::Kargs(edits) => Outcome::Kargs(kargs::kargs(sysroot, held()?, edits)?),
+        Request::Cleanup => Outcome::Cleanup(Box::new(deploy::cleanup(sysroot, held()?)?)),
         Request::Prune { dry_run } => Outcome::Prune(prune::prune(
             sysroot.repo(),
             prune::Owner::Held(held()?),
@@ -240,9 +241,9 @@ fn execute(
             LockWait::NoWait,
         )?),
         Request::Undeploy(index) => {
-            Outcome::Deployment(Box::new(deploy::undeploy_held(sysroot, held()?, *index)?))
+            Outcome::Deployment(Box::new(deploy::undeploy(sysroot, held()?, *index)?))
         }
-        Request::Pin { index, pinned } => Outcome::Deployment(Box::new(deploy::pin_held(
+        Request::Pin { index, pinned } => Outcome::Deployment(Box::new(deploy::pin(
             sysroot,
             held()?,
             *index,
@@ -291,6 +292,28 @@ fn execute(
     })
 }
 
+/// `health-check`: the booted deployment's checks ([`health::health_check`]), and
+/// what they mean for the update under way (testing → active, or failed).
+pub fn health_check(
+    sysroot: &Sysroot,
+    timeout: std::time::Duration,
+    wait: LockWait<'_>,
+) -> Result<health::HealthReport> {
+    let report = health::health_check(sysroot, timeout, wait)?;
+    let failed: Vec<String> = report
+        .checks
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| format!("{}: {}", c.name, c.detail))
+        .collect();
+    let verdict = match report.passed {
+        true => Ok(()),
+        false => Err(failed.join("; ")),
+    };
+    update::state::note_health(sysroot, &report.deployment, verdict);
+    Ok(report)
+}
+
 /// `upgrade`: a deployment following a remote channel checks, downloads or stages
 /// what the channel offers; one following a local ref deploys the ref's tip with its
 /// layers again.
@@ -320,7 +343,10 @@ fn upgrade(
         );
     }
     let deploy = match layer::upgrade(sysroot, u.os.as_deref())? {
-        Some(opts) => Some(deploy::deploy_held(sysroot, lock, &opts, obs)?),
+        Some(opts) => {
+            let opts = layer::prepare(sysroot, &opts, obs)?;
+            Some(deploy::deploy(sysroot, lock, &opts, obs)?)
+        }
         None => None,
     };
     Ok(UpgradeOutcome {

@@ -14,7 +14,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use super::compose_tree::run_logged;
+use super::run_logged;
 use super::overlay_apply;
 use crate::checkout::TreeCheckout;
 use crate::commit::{CommitOptions, commit_tree};
@@ -22,7 +22,7 @@ use crate::fsutil;
 use crate::lock::LockWait;
 use crate::progress::{Observer, checkpoint};
 use crate::store::refs::RefName;
-use crate::store::{ObjectId, Repo};
+use crate::store::ObjectId;
 use crate::sysroot::Sysroot;
 use crate::sysroot::origin::{Layers, LocalDeb};
 
@@ -30,15 +30,7 @@ pub use crate::sysroot::BASE_KEY;
 
 const SCRIPT: &str = include_str!("layer.sh");
 
-/// The base commit of a (possibly layered) commit.
-pub fn base_of(repo: &Repo, commit: &ObjectId) -> Result<ObjectId> {
-    match repo.load_commit(commit)?.metadata_value(BASE_KEY) {
-        Some(hex) => hex
-            .parse::<ObjectId>()
-            .with_context(|| format!("commit {commit} names a bad base '{hex}'")),
-        None => Ok(*commit),
-    }
-}
+pub use crate::sysroot::base_of;
 
 /// Where the sysroot keeps local packages for re-layering.
 pub fn debs_dir(sysroot: &Sysroot) -> PathBuf {
@@ -76,6 +68,22 @@ pub fn keep_local_deb(sysroot: &Sysroot, path: &Path) -> Result<LocalDeb> {
             .with_context(|| format!("keeping {} in {}", path.display(), dir.display()))?;
     }
     Ok(LocalDeb { id, name })
+}
+
+/// `opts` with its layered packages built into the commit it deploys (nothing to do
+/// when it has none, or holds them already): what every deploy that layers runs
+/// before `sysroot::deploy::deploy`.
+pub fn prepare(
+    sysroot: &Sysroot,
+    opts: &crate::sysroot::plan::DeployOptions,
+    obs: &dyn Observer,
+) -> Result<crate::sysroot::plan::DeployOptions> {
+    let mut out = opts.clone();
+    if !opts.layers_built {
+        out.commit = build(sysroot, &opts.os, &opts.commit, &opts.layers, obs)?;
+        out.layers_built = true;
+    }
+    Ok(out)
 }
 
 /// Builds `base` + `layers` into a new commit and returns it (`base` itself when there

@@ -53,15 +53,7 @@ fn default_variant() -> String {
     "minbase".into()
 }
 
-/// Debian policy §5.6.1: lower case letters, digits, `+ - .`, at least two long,
-/// starting with an alphanumeric.
-pub fn valid_package(name: &str) -> bool {
-    let b = name.as_bytes();
-    b.len() >= 2
-        && b[0].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"+-.".contains(c))
-}
+pub use crate::store::dpkg::valid_package;
 
 fn valid_word(s: &str) -> bool {
     !s.is_empty()

@@ -475,7 +475,7 @@ impl Publisher {
     /// packages against its own without fetching the tree. `None` for a tree without a
     /// dpkg database.
     fn export_packages(&self, repo: &Repo, commit: &ObjectId) -> Result<Option<FileRef>> {
-        let pkgs = match crate::packages::packages_of(repo, commit) {
+        let pkgs = match crate::store::dpkg::packages_of(repo, commit) {
             Ok(p) if !p.is_empty() => p,
             Ok(_) => return Ok(None),
             Err(e) => {
@@ -486,7 +486,7 @@ impl Publisher {
         let rel = format!("packages/{commit}.list");
         let path = self.dir.join(&rel);
         std::fs::create_dir_all(path.parent().unwrap())?;
-        let text = crate::packages::dpkg::to_metadata(&pkgs);
+        let text = crate::store::dpkg::to_metadata(&pkgs);
         fsutil::write_file_atomic(&path, text.as_bytes(), 0o644)?;
         file_ref(&self.dir, &rel).map(Some)
     }

@@ -19,7 +19,7 @@ use super::http::Http;
 use super::index::{Candidate, ChannelIndex, FileRef, Method, VersionEntry, delta_chains};
 use super::pack::{self, Manifest, ManifestEntry};
 use crate::lock::LockWait;
-use crate::packages::dpkg::{self, Package};
+use crate::store::dpkg::{self, Package};
 use crate::progress::{Download, Observer, checkpoint};
 use crate::statedb::StateDb;
 use crate::store::transaction::Transaction;

@@ -7,6 +7,7 @@
 //! opens a stored object for writing. Writes go through a [`Transaction`].
 
 pub mod copy;
+pub mod dpkg;
 pub mod encoding;
 pub mod fsck;
 pub mod object;

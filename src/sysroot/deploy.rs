@@ -20,11 +20,11 @@ use crate::etc::merge as etc_merge;
 use crate::fsutil;
 use crate::inspect::{self, Node};
 use crate::lock::{LockWait, WriterLock};
-use crate::progress::{Observer, Unobserved, checkpoint};
+use crate::progress::{Observer, checkpoint};
 use crate::store::ObjectId;
 use crate::store::prune::{self, PruneReport};
 use crate::store::reach::Root;
-pub use crate::sysroot::kargs::{KargEdit, edit_kargs, kargs, kargs_held};
+pub use crate::sysroot::kargs::{KargEdit, edit_kargs, kargs};
 use crate::sysroot::plan::rollback_order;
 pub use crate::sysroot::plan::{DeployOptions, merge_source, next_order};
 use crate::sysroot::{Deployment, Origin, Sysroot};
@@ -41,19 +41,12 @@ pub struct DeployResult {
     pub removed: Vec<String>,
 }
 
-/// Deploys `opts.commit` (with `opts.layers` on it) as the new default boot entry.
-pub fn deploy(sysroot: &Sysroot, opts: &DeployOptions, wait: LockWait<'_>) -> Result<DeployResult> {
-    let lock = sysroot.lock(wait)?;
-    sysroot.record("deploy", || deploy_held(sysroot, &lock, opts, &Unobserved))
-}
-
-/// [`deploy`] with the sysroot lock already held, reporting its steps to `obs`.
-///
-/// The daemon takes the lock when a call arrives (so a busy sysroot is an immediate
-/// error naming the holder) and runs this in a worker. `obs` may cancel it until the
-/// deployment is written; after that it runs to the end, since stopping between the
-/// kernel install and the boot switch would only leave more to clean up.
-pub fn deploy_held(
+/// Deploys `opts.commit` (which holds `opts.layers` already: `packages::layer::prepare`)
+/// as the new default boot entry, or stages it, with the sysroot lock held (`lock`
+/// proves it), reporting its steps to `obs`. `obs` may cancel it until the deployment
+/// is written; after that it runs to the end, since stopping between the kernel
+/// install and the boot switch would only leave more to clean up.
+pub fn deploy(
     sysroot: &Sysroot,
     lock: &WriterLock,
     opts: &DeployOptions,
@@ -68,13 +61,11 @@ pub fn deploy_held(
         }
         .into());
     }
+    if !opts.layers_built && !opts.layers.is_empty() {
+        bail!("internal: the layered packages are not built (packages::layer::prepare)");
+    }
     remove_leftovers(sysroot)?;
-    // Layered packages make a new commit out of the base.
-    let commit_id = if opts.layers_built {
-        opts.commit
-    } else {
-        crate::packages::layer::build(sysroot, &opts.os, &opts.commit, &opts.layers, obs)?
-    };
+    let commit_id = opts.commit;
     // A new deploy replaces a deployment staged earlier.
     sysroot.set_staged(lock, None)?;
     let current = sysroot.deployments()?;
@@ -199,7 +190,7 @@ pub fn deploy_held(
             .metadata_value(crate::sysroot::BASE_KEY)
             .and_then(|h| h.parse().ok()),
         image: commit
-            .metadata_value(crate::image::DIGEST_KEY)
+            .metadata_value(crate::sysroot::IMAGE_DIGEST_KEY)
             .map(str::to_string),
         hotfix: false,
         hotfix_name: None,
@@ -312,13 +303,7 @@ pub fn finalize_staged(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<Option<D
 
 /// Makes the rollback deployment the default: the one after the booted one (or, with
 /// nothing booted, the second), or the booted one again when another is pending.
-pub fn rollback(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<Vec<Deployment>> {
-    let lock = sysroot.lock(wait)?;
-    sysroot.record("rollback", || rollback_held(sysroot, &lock))
-}
-
-/// [`rollback`] with the sysroot lock already held.
-pub fn rollback_held(sysroot: &Sysroot, lock: &WriterLock) -> Result<Vec<Deployment>> {
+pub fn rollback(sysroot: &Sysroot, lock: &WriterLock) -> Result<Vec<Deployment>> {
     let order = rollback_order(sysroot.deployments()?).ok_or_else(|| {
         crate::error::Error::NothingPending(
             "there is no deployment to roll back to ('arbor status' lists them)".into(),
@@ -333,13 +318,7 @@ pub fn rollback_held(sysroot: &Sysroot, lock: &WriterLock) -> Result<Vec<Deploym
 }
 
 /// Removes deployment `index` from the boot order and deletes it (never the booted one).
-pub fn undeploy(sysroot: &Sysroot, index: usize, wait: LockWait<'_>) -> Result<Deployment> {
-    let lock = sysroot.lock(wait)?;
-    sysroot.record("undeploy", || undeploy_held(sysroot, &lock, index))
-}
-
-/// [`undeploy`] with the sysroot lock already held.
-pub fn undeploy_held(sysroot: &Sysroot, lock: &WriterLock, index: usize) -> Result<Deployment> {
+pub fn undeploy(sysroot: &Sysroot, lock: &WriterLock, index: usize) -> Result<Deployment> {
     let mut order = sysroot.deployments()?;
     if index >= order.len() {
         bail!(
@@ -358,17 +337,6 @@ pub fn undeploy_held(sysroot: &Sysroot, lock: &WriterLock, index: usize) -> Resu
 
 /// Pins (or unpins) deployment `index`: pinned deployments are never removed by deploy.
 pub fn pin(
-    sysroot: &Sysroot,
-    index: usize,
-    pinned: bool,
-    wait: LockWait<'_>,
-) -> Result<Deployment> {
-    let lock = sysroot.lock(wait)?;
-    pin_held(sysroot, &lock, index, pinned)
-}
-
-/// [`pin`] with the sysroot lock already held.
-pub fn pin_held(
     sysroot: &Sysroot,
     _lock: &WriterLock,
     index: usize,
@@ -400,13 +368,7 @@ pub struct CleanupResult {
 
 /// Removes unreferenced deployments and boot folders, then prunes the repository
 /// (refs and deployed commits are kept).
-pub fn cleanup(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<CleanupResult> {
-    let lock = sysroot.lock(wait)?;
-    sysroot.record("cleanup", || cleanup_held(sysroot, &lock))
-}
-
-/// [`cleanup`] with the sysroot lock already held.
-pub fn cleanup_held(sysroot: &Sysroot, lock: &WriterLock) -> Result<CleanupResult> {
+pub fn cleanup(sysroot: &Sysroot, lock: &WriterLock) -> Result<CleanupResult> {
     remove_leftovers(sysroot)?;
     let order = sysroot.deployments()?;
     let deployments_removed = remove_unlisted(sysroot, lock, &order)?;

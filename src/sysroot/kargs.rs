@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result, bail};
 
-use crate::lock::{LockWait, WriterLock};
+use crate::lock::WriterLock;
 use crate::sysroot::Sysroot;
 
 /// A change to the kernel command line, as `rpm-ostree kargs` takes them.
@@ -66,14 +66,8 @@ pub fn edit_kargs(kargs: &[String], edits: &[KargEdit]) -> Result<Vec<String>> {
 }
 
 /// Edits the kernel arguments of the default deployment (index 0) and writes a new
-/// boot configuration. Returns the new arguments.
-pub fn kargs(sysroot: &Sysroot, edits: &[KargEdit], wait: LockWait<'_>) -> Result<Vec<String>> {
-    let lock = sysroot.lock(wait)?;
-    sysroot.record("kargs", || kargs_held(sysroot, &lock, edits))
-}
-
-/// [`kargs`] with the sysroot lock already held.
-pub fn kargs_held(sysroot: &Sysroot, lock: &WriterLock, edits: &[KargEdit]) -> Result<Vec<String>> {
+/// boot configuration with them, the sysroot lock held; returns them.
+pub fn kargs(sysroot: &Sysroot, lock: &WriterLock, edits: &[KargEdit]) -> Result<Vec<String>> {
     let mut order = sysroot.deployments()?;
     let first = order.first_mut().context("there is no deployment")?;
     first.kargs = edit_kargs(&first.kargs, edits)?;

@@ -17,8 +17,10 @@
 
 pub mod deploy;
 pub mod etc_state;
+pub mod health;
 pub mod hotfix;
 pub mod kargs;
+pub mod live_record;
 pub mod origin;
 pub mod plan;
 pub mod prepare_root;
@@ -40,8 +42,21 @@ use crate::store::refs::RefName;
 use crate::store::{ObjectId, Repo, RepoConfig};
 pub use origin::Origin;
 
+/// The commit metadata key holding the image's manifest digest.
+pub const IMAGE_DIGEST_KEY: &str = "arbor.image.digest";
+
 /// Commit metadata naming the base a layered commit was built on.
 pub const BASE_KEY: &str = "arbor.base";
+
+/// The base commit of a (possibly layered) commit.
+pub fn base_of(repo: &Repo, commit: &ObjectId) -> Result<ObjectId> {
+    match repo.load_commit(commit)?.metadata_value(BASE_KEY) {
+        Some(hex) => hex
+            .parse::<ObjectId>()
+            .with_context(|| format!("commit {commit} names a bad base '{hex}'")),
+        None => Ok(*commit),
+    }
+}
 
 /// An open sysroot.
 pub struct Sysroot {
@@ -136,6 +151,26 @@ impl Deployment {
 }
 
 impl Deployment {
+    /// How GRUB's menu shows and boots it (and its environment block names it).
+    pub fn grub_entry(&self) -> boot::grub::MenuEntry {
+        let title = format!(
+            "{} {} (arbor, {})",
+            self.os,
+            self.version.as_deref().unwrap_or(""),
+            self.commit.short()
+        )
+        .replace("  ", " ");
+        let mut options = vec![format!("arbor={}", self.arbor_karg())];
+        options.extend(self.kargs.iter().cloned());
+        boot::grub::MenuEntry {
+            id: format!("{}/{}", self.os, self.dir_name()),
+            title,
+            linux: self.linux.clone(),
+            initrd: self.initrd.clone(),
+            options,
+        }
+    }
+
     /// `<commit>.<serial>`, the folder's name.
     pub fn dir_name(&self) -> String {
         format!("{}.{}", self.commit, self.serial)
@@ -476,14 +511,15 @@ impl Sysroot {
         if let Some(first) = order.first() {
             let dir = self.boot_dir().join("grub");
             let env = boot::grubenv::read(&dir)?;
-            let id = boot::grub::env_id(first);
+            let id = first.grub_entry().id;
             let new = boot::grubenv::for_default(&env, &id, first.tries.map(|t| t.left));
             if new != env {
                 boot::grubenv::write(&dir, &new)?;
                 crate::failpoint::hit("grubenv-written")?;
             }
         }
-        boot::grub::write_config(&self.boot_dir(), order)
+        let entries: Vec<_> = order.iter().map(Deployment::grub_entry).collect();
+        boot::grub::write_config(&self.boot_dir(), &entries)
     }
 
     /// Completes a switch of GRUB's configuration that a crash interrupted: when
@@ -501,7 +537,7 @@ impl Sysroot {
             };
             let cfg =
                 std::fs::read_to_string(self.boot_dir().join("grub/grub.cfg")).unwrap_or_default();
-            if boot::grub::default_of(&cfg).as_deref() == Some(&boot::grub::env_id(first)) {
+            if boot::grub::default_of(&cfg).as_deref() == Some(&first.grub_entry().id) {
                 return Ok(false);
             }
             self.write_grub(&order)?;
@@ -575,7 +611,7 @@ impl Sysroot {
                 d.base = c.metadata_value(BASE_KEY).and_then(|h| h.parse().ok());
                 d.timestamp = c.timestamp;
                 d.image = c
-                    .metadata_value(crate::image::DIGEST_KEY)
+                    .metadata_value(IMAGE_DIGEST_KEY)
                     .map(str::to_string);
             }
             out.push(d);

@@ -130,7 +130,7 @@ fn split_debs(v: &str) -> Result<Vec<LocalDeb>> {
             Some((id, name))
                 if id.len() == 64
                     && id.bytes().all(|b| b.is_ascii_hexdigit())
-                    && crate::packages::treefile::valid_package(name) =>
+                    && crate::store::dpkg::valid_package(name) =>
             {
                 Ok(LocalDeb {
                     id: id.into(),

@@ -135,7 +135,7 @@ pub fn prepare_root(sysroot: &Path, cmdline: &str, target: &Path) -> Result<Prep
         if let Some(name) = deployment.file_name() {
             let hotfix = stateroot.join("hotfix").join(name);
             if hotfix.join("upper").is_dir() {
-                crate::live::mount_overlay(&usr, &hotfix.join("upper"), &hotfix.join("work"))?;
+                crate::mounts::mount_overlay(&usr, &hotfix.join("upper"), &hotfix.join("work"))?;
                 mounts.push(usr.clone());
             }
         }

@@ -16,7 +16,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use super::deploy::{DeployResult, deploy_held};
+use super::deploy::{DeployResult, deploy};
 use super::origin::{Layers, valid_var_name};
 use super::plan::DeployOptions;
 use super::select::current;
@@ -273,7 +273,7 @@ pub fn reset(
             keep_etc: keep_etc.to_vec(),
         }),
     };
-    let deploy = deploy_held(sysroot, lock, &opts, obs)?;
+    let deploy = deploy(sysroot, lock, &opts, obs)?;
     Ok(ResetResult {
         level,
         deploy,

@@ -113,7 +113,7 @@ pub fn with_roles(list: Vec<Deployment>) -> Vec<StatusRow> {
 pub fn status(sysroot: &Sysroot) -> Result<Status> {
     let deployments = with_roles(sysroot.deployments()?);
     let booted = deployments.iter().find(|r| r.deployment.booted);
-    let live_commit = match (booted, crate::live::record::LiveRecord::read(sysroot)?) {
+    let live_commit = match (booted, super::live_record::LiveRecord::read(sysroot)?) {
         (Some(b), Some(r)) if r.booted == b.deployment.dir_name() => Some(r.commit),
         _ => None,
     };

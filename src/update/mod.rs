@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use crate::lock::{LockWait, WriterLock};
-use crate::packages::dpkg::{self, PackageDiff};
+use crate::store::dpkg::{self, PackageDiff};
 use crate::packages::layer::{base_of, default_deployment};
 use crate::progress::{Download, Observer, Span};
 use crate::remote::fetch::{self, FetchResult, Plan};
@@ -23,7 +23,7 @@ use crate::store::refs::RefName;
 use crate::store::transaction::Transaction;
 use crate::store::{ObjectId, Repo, reach};
 use crate::sysroot::Sysroot;
-use crate::sysroot::deploy::{DeployOptions, deploy_held};
+use crate::sysroot::deploy::{DeployOptions, deploy};
 pub use policy::{Action, Policy};
 use state::{Offer, State, UpdateRecord, enter};
 
@@ -188,7 +188,7 @@ fn package_changes(
         return Ok(None);
     };
     let ours = match current {
-        Some(c) => match crate::packages::packages_of(repo, c) {
+        Some(c) => match crate::store::dpkg::packages_of(repo, c) {
             Ok(p) => p,
             Err(e) => {
                 tracing::info!("no package changes: the running base has no list: {e:#}");
@@ -353,7 +353,9 @@ pub fn run(
             reset: None,
         };
         obs.percent("staging", spans[2]);
-        let r = deploy_held(sysroot, lock, &d_opts, &Span::new(obs, spans[2], 100))?;
+        let span = Span::new(obs, spans[2], 100);
+        let d_opts = crate::packages::layer::prepare(sysroot, &d_opts, &span)?;
+        let r = deploy(sysroot, lock, &d_opts, &span)?;
         let name = r.deployment.dir_name();
         result.deployment = Some(name.clone());
         rec.deployment = Some(name);

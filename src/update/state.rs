@@ -125,7 +125,7 @@ pub struct Offer {
     pub method: String,
     /// The package changes from the running base, when both sides list their
     /// packages.
-    pub packages: Option<crate::packages::dpkg::PackageDiff>,
+    pub packages: Option<crate::store::dpkg::PackageDiff>,
 }
 
 fn now() -> i64 {

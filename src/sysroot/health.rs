@@ -102,7 +102,7 @@ pub fn settle_fallback(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<Option<S
         && b == 1
         && boot::grubenv::fell_back(
             &boot::grubenv::read(&grub_dir)?,
-            &boot::grub::env_id(&order[0]),
+            &order[0].grub_entry().id,
         );
     if b == 0
         || !(grub_gave_up
@@ -153,7 +153,7 @@ pub fn boot_complete(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<Deployment
         // GRUB stops counting: it boots this entry from now on.
         let dir = sysroot.boot_dir().join("grub");
         let env = boot::grubenv::read(&dir)?;
-        let id = boot::grub::env_id(&d);
+        let id = d.grub_entry().id;
         if env.counting().is_some_and(|(e, _)| e == id) {
             boot::grubenv::write(&dir, &boot::grubenv::mark_good(&env, &id))?;
         }
@@ -266,8 +266,9 @@ pub fn wait_for_startup(sysroot: &Sysroot, limit: Duration) {
 }
 
 /// Runs every executable in health.d (in name order, each within `timeout`). All pass:
-/// the boot is marked good. One fails: the result is recorded, the entry keeps
-/// counting down and the loader will fall back once it runs out of tries.
+/// the boot is marked good. One fails: the result is recorded in the history, the
+/// entry keeps counting down and the loader will fall back once it runs out of tries.
+/// (The update state machine hears of it from `ops::health_check`.)
 pub fn health_check(
     sysroot: &Sysroot,
     timeout: Duration,
@@ -307,15 +308,6 @@ pub fn health_check(
         .filter(|c| !c.passed)
         .map(|c| format!("{}: {}", c.name, c.detail))
         .collect();
-    crate::update::state::note_health(
-        sysroot,
-        &report.deployment,
-        if passed {
-            Ok(())
-        } else {
-            Err(failed.join("; "))
-        },
-    );
     sysroot.note(
         "health-check",
         &if passed {

@@ -31,8 +31,7 @@ use crate::store::{Repo, Transaction};
 use layer::{LayerStats, LayerWriter};
 use oci::{Compression, Hasher, Layout};
 
-/// The commit metadata key holding the image's manifest digest.
-pub const DIGEST_KEY: &str = "arbor.image.digest";
+pub use crate::sysroot::IMAGE_DIGEST_KEY as DIGEST_KEY;
 
 /// zstd frames that need a window larger than this (128 MiB) are refused, so a hostile
 /// layer cannot make the decoder allocate without bound.

@@ -8,9 +8,13 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::live_dir;
 use crate::fsutil;
 use crate::sysroot::Sysroot;
+
+/// The folder of the live state: `<run>/arbor/live`.
+pub fn live_dir(sysroot: &Sysroot) -> PathBuf {
+    sysroot.run_dir().join("arbor/live")
+}
 
 /// The record of the live state (`<run>/arbor/live/record.json`).
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -1,9 +1,14 @@
-//! `compose rootfs`: turning a plain Debian root filesystem into the committed shape
-//! of DESIGN §2, as rpm-ostree's postprocess does, and committing it.
+//! Composing images: `compose rootfs` turns a plain Debian root filesystem into the
+//! committed shape of DESIGN §2, as rpm-ostree's postprocess does, and commits it (this
+//! module); `compose tree` builds one from a treefile with mmdebstrap ([`tree`]);
+//! `compose image` commits an OCI image ([`image`]). All three shape the tree here.
 //!
 //! The source is never modified: the work happens in a staging copy made of hardlinks
 //! (a copy when the source is on another filesystem), where entries are only renamed,
 //! removed or created, never written in place.
+
+pub mod image;
+pub mod tree;
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
@@ -320,13 +325,13 @@ pub fn compose_staged(
     postprocess(&root)?;
     let mut opts = opts.clone();
     opts.skip_special = true;
-    let pkgs = crate::packages::tree_packages(&root)?;
+    let pkgs = crate::store::dpkg::tree_packages(&root)?;
     if let Some(p) = &pkgs {
-        crate::packages::add_metadata(&mut opts.metadata, p);
+        crate::store::dpkg::add_metadata(&mut opts.metadata, p);
     }
     let r = commit_tree(repo, &root, &opts, wait)?;
     if let Some(p) = &pkgs {
-        crate::packages::remember(repo, &r.commit, p);
+        crate::store::dpkg::remember(repo, &r.commit, p);
     }
     Ok(r)
 }

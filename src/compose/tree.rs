@@ -15,7 +15,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use super::treefile::Treefile;
+use crate::packages::treefile::Treefile;
 use crate::commit::{CommitOptions, CommitResult, commit_tree};
 use crate::fsutil;
 use crate::lock::LockWait;
@@ -109,49 +109,7 @@ fn build_epoch(tf: &Treefile) -> Result<(i64, bool)> {
     Ok((now.as_secs() as i64, false))
 }
 
-/// The lines of a tool's log that say what went wrong, else its last lines.
-pub fn log_excerpt(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    let telling: Vec<&str> = lines
-        .iter()
-        .copied()
-        .filter(|l| {
-            l.starts_with("E: ")
-                || l.contains("dpkg: error")
-                || l.contains("returned error exit status")
-                || l.contains("rror processing")
-                || l.starts_with("Failed to")
-                || l.contains("has no installation candidate")
-                || l.contains("Unable to locate package")
-                || l.starts_with("sh: ")
-        })
-        .collect();
-    let picked: Vec<&str> = if telling.is_empty() {
-        lines[lines.len().saturating_sub(12)..].to_vec()
-    } else {
-        telling.into_iter().take(12).collect()
-    };
-    picked
-        .iter()
-        .map(|l| format!("  {l}"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Runs a command with its output in `log`; on failure, says what failed with the
-/// telling lines of the log.
-pub fn run_logged(mut cmd: Command, what: &str, log: &Path) -> Result<()> {
-    let file = std::fs::File::create(log)?;
-    cmd.stdout(file.try_clone()?).stderr(file);
-    let status = cmd
-        .status()
-        .with_context(|| format!("{what}: cannot run {:?}", cmd.get_program()))?;
-    if !status.success() {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        bail!("{what} failed ({status}):\n{}", log_excerpt(&text));
-    }
-    Ok(())
-}
+pub use crate::packages::{log_excerpt, run_logged};
 
 /// Builds the tree of `tf` and commits it to `opts.branch`.
 pub fn compose_tree(
@@ -231,12 +189,12 @@ pub fn compose_tree(
     obs.task_end("shape");
 
     obs.task_begin("commit");
-    let pkgs = super::tree_packages(&root)?.context("the built tree has no dpkg database")?;
+    let pkgs = crate::store::dpkg::tree_packages(&root)?.context("the built tree has no dpkg database")?;
     let mut metadata = vec![("arbor.treefile.name".to_string(), tf.name.clone())];
     if let Some(v) = &tf.version {
         metadata.push(("version".into(), v.clone()));
     }
-    super::add_metadata(&mut metadata, &pkgs);
+    crate::store::dpkg::add_metadata(&mut metadata, &pkgs);
     let subject = match &tf.version {
         Some(v) => format!("{} {v}", tf.name),
         None => tf.name.clone(),
@@ -253,7 +211,7 @@ pub fn compose_tree(
         progress: opts.progress.clone(),
     };
     let commit = commit_tree(repo, &root, &copts, wait)?;
-    super::remember(repo, &commit.commit, &pkgs);
+    crate::store::dpkg::remember(repo, &commit.commit, &pkgs);
     obs.task_end("commit");
     Ok(ComposeTreeResult {
         commit,
