@@ -87,7 +87,7 @@ fn systemd_units_verify() {
         }
         let text = std::fs::read_to_string(e.path())
             .unwrap()
-            .replace("/usr/bin/arbord", common::bus::arbord_bin())
+            .replace("/usr/bin/arbord", &common::bus::arbord_bin())
             .replace("/usr/bin/arbor", arbor_bin());
         let out = t.path().join(e.file_name());
         std::fs::write(&out, text).unwrap();

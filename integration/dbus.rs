@@ -938,7 +938,7 @@ fn root_the_automatic_update_policy_is_read_and_changed_over_dbus() {
         "{saved}"
     );
     // What the timer's command reads is what the panel wrote.
-    let loaded = arbor::update::policy::Policy::load(Some(&config)).unwrap();
+    let loaded = arbor_ops::update::policy::Policy::load(Some(&config)).unwrap();
     assert!(loaded.auto_install && loaded.preferred_time == "04:30");
     for (arg, named) in [
         (

@@ -6,7 +6,7 @@ mod common;
 
 use std::os::unix::net::UnixStream;
 
-use arbor::daemon::{DaemonOptions, ROOT_PATH, SYSROOT_INTERFACE, serve_peer};
+use arbor_daemon::{DaemonOptions, ROOT_PATH, SYSROOT_INTERFACE, serve_peer};
 use common::*;
 use zbus::zvariant::{OwnedObjectPath, OwnedValue};
 

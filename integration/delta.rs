@@ -115,8 +115,8 @@ fn root_delta_rebuilds_b_from_a_and_refuses_damage() {
 #[test]
 #[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_a_forged_delta_with_a_traversing_name_is_refused() {
-    use arbor::store::encoding::{Commit, DirTree, FileEntry};
-    use arbor::store::{ObjectId, ObjectKind};
+    use arbor_store::encoding::{Commit, DirTree, FileEntry};
+    use arbor_store::{ObjectId, ObjectKind};
     use integer_encoding::VarInt;
     require_root!();
     let t = scratch();

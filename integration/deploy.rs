@@ -639,7 +639,7 @@ fn root_failing_health_check_runs_out_of_tries_and_falls_back() {
         ["arbor-1-debian+0-3.conf", "arbor-2-debian.conf"],
         "entry 2 (the default) is version 1, entry 1 the failed version 2"
     );
-    let db = arbor::statedb::StateDb::open(&Path::new(&s).join("arbor/state.db")).unwrap();
+    let db = arbor_statedb::StateDb::open(&Path::new(&s).join("arbor/state.db")).unwrap();
     let h = db.history(50).unwrap();
     assert!(
         h.iter().any(|e| e.kind == "rollback (automatic)"

@@ -1,4 +1,4 @@
-//! A crash at every durable step. For each failpoint of `arbor::failpoint::ALL`, a
+//! A crash at every durable step. For each failpoint of `arbor_core::failpoint::ALL`, a
 //! scenario that reaches it runs twice with the point armed: `abort` (the process dies
 //! there, as a power cut leaves it) and `error` (the step fails). After each, the
 //! invariants are checked (fsck clean; the loader on one complete entry set whose
@@ -530,7 +530,7 @@ fn root_a_crash_or_failure_at_every_failpoint_loses_nothing() {
         "{:<26} {:<22} {:<6} {}",
         "failpoint", "scenario", "action", "held after it"
     )];
-    for (point, _) in arbor::failpoint::ALL {
+    for (point, _) in arbor_core::failpoint::ALL {
         let users: Vec<&Scenario> = SCENARIOS
             .iter()
             .filter(|s| s.points.contains(point))
@@ -549,7 +549,7 @@ fn root_a_crash_or_failure_at_every_failpoint_loses_nothing() {
     for s in SCENARIOS {
         for p in s.points {
             assert!(
-                arbor::failpoint::ALL.iter().any(|(n, _)| n == p),
+                arbor_core::failpoint::ALL.iter().any(|(n, _)| n == p),
                 "scenario {} names unknown failpoint {p}",
                 s.name
             );
@@ -557,6 +557,7 @@ fn root_a_crash_or_failure_at_every_failpoint_loses_nothing() {
     }
     let text = table.join("\n") + "\n";
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/failpoint-sweep.txt");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     std::fs::write(&out, &text).unwrap();
     eprintln!("{text}");
 }

@@ -63,7 +63,7 @@ chroot $W/root unmkinitramfs /tmp/arbor.img /tmp/unpacked
 "#,
                 w = s(&work),
                 corpus = s(&corpus),
-                bin = env!("CARGO_BIN_EXE_arbor-prepare-root"),
+                bin = s(&workspace_bin("arbor-prepare-root")),
                 kver = kver.to_string_lossy(),
             ),
             false,

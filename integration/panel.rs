@@ -635,9 +635,10 @@ fn root_the_cockpit_page_checks_and_installs_in_a_browser() {
     // 3 MB/s: the 24 MB delta takes long enough to be seen downloading.
     let setup = setup(Some(3 << 20));
     let bus = bus(&setup);
-    // A change to /etc for the page to list, and for the reset to undo.
+    // A change to /etc for the page to list, and for the reset to undo (not
+    // /etc/hostname: a reset keeps the machine's own name).
     std::fs::write(
-        common::deployment_dir(&setup.client, 0).join("etc/hostname"),
+        common::deployment_dir(&setup.client, 0).join("etc/panel-test.conf"),
         "web1\n",
     )
     .unwrap();
@@ -719,7 +720,7 @@ fn root_the_cockpit_page_checks_and_installs_in_a_browser() {
     assert_eq!(initial["state"], "reboot", "{initial}");
     let etc = initial["etc"].as_str().unwrap();
     assert!(
-        etc.contains("/etc/hostname") && etc.contains("Modified"),
+        etc.contains("/etc/panel-test.conf") && etc.contains("Added"),
         "{etc}"
     );
     let confirm = step("reset-confirm");

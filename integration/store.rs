@@ -11,8 +11,8 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use arbor::store::encoding::{DirEntry, DirTree, FileEntry};
-use arbor::store::{Commit, ObjectId, ObjectKind};
+use arbor_store::encoding::{DirEntry, DirTree, FileEntry};
+use arbor_store::{Commit, ObjectId, ObjectKind};
 use common::*;
 
 fn json(args: &[&str]) -> serde_json::Value {

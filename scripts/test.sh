@@ -7,10 +7,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo fmt --all -- --check
-cargo clippy --all-targets --quiet -- -D warnings
+cargo clippy --workspace --all-targets --quiet -- -D warnings
 # The Debian package, checked by lintian; the image and VM tests install it.
 deb=$(bash scripts/build-deb.sh)
-ARBOR_DEB=$deb cargo test --all-targets --quiet 2>&1
+# Every crate's binaries (arbord, arbor-prepare-root) first: the tests run them.
+cargo build --workspace --bins --quiet
+ARBOR_DEB=$deb cargo test --workspace --all-targets --quiet 2>&1
 # The crash sweep's table: each failpoint, the operation crashed there, what held.
 [[ -f target/failpoint-sweep.txt ]] && cat target/failpoint-sweep.txt
 # An outside judge of the TUF client: the TUF project's conformance suite.

@@ -4,5 +4,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = arbor::remote::index::ChannelIndex::parse(data, "stable");
+    let _ = arbor_remote::index::ChannelIndex::parse(data, "stable");
 });

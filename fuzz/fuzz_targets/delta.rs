@@ -10,10 +10,10 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use arbor::commit::{CommitOptions, commit_tree};
-use arbor::lock::LockWait;
-use arbor::store::refs::RefName;
-use arbor::store::{ObjectId, Repo};
+use arbor_store::commit::{CommitOptions, commit_tree};
+use arbor_core::lock::LockWait;
+use arbor_store::refs::RefName;
+use arbor_store::{ObjectId, Repo};
 use libfuzzer_sys::fuzz_target;
 
 fn place() -> &'static (tempfile::TempDir, Repo, ObjectId) {
@@ -46,5 +46,5 @@ fuzz_target!(|data: &[u8]| {
     }
     let file = dir.path().join("input.delta");
     std::fs::write(&file, &data).unwrap();
-    let _ = arbor::delta::apply(repo, &file, LockWait::NoWait);
+    let _ = arbor_delta::apply(repo, &file, LockWait::NoWait);
 });

@@ -2,7 +2,7 @@
 //! value that encodes back to the same bytes, with only safe names.
 #![no_main]
 
-use arbor::store::encoding::{Commit, DirTree, Meta, check_name};
+use arbor_store::encoding::{Commit, DirMetaEncoding, DirTree, Meta, check_name};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

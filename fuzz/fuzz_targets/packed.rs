@@ -4,9 +4,9 @@
 
 use std::sync::OnceLock;
 
-use arbor::lock::LockWait;
-use arbor::remote::pack::{self, Manifest, ManifestEntry};
-use arbor::store::{ObjectId, Repo};
+use arbor_core::lock::LockWait;
+use arbor_remote::pack::{self, Manifest, ManifestEntry};
+use arbor_store::{ObjectId, Repo};
 use libfuzzer_sys::fuzz_target;
 
 fn repo() -> &'static Repo {
@@ -39,6 +39,6 @@ fuzz_target!(|data: &[u8]| {
         raw,
         packed: data.len() as u64,
     };
-    let txn = arbor::store::Transaction::begin(repo(), LockWait::NoWait).unwrap();
+    let txn = arbor_store::Transaction::begin(repo(), LockWait::NoWait).unwrap();
     let _ = pack::unpack(&txn, &entry, &data[8..]);
 });

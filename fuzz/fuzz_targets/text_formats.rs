@@ -8,10 +8,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let _ = arbor::sysroot::Origin::parse(text);
-    let _ = arbor::boot::bls::BlsEntry::parse(text);
-    let _ = arbor::packages::dpkg::parse_status(text);
-    let _ = arbor::packages::treefile::Treefile::parse(text);
-    let _ = arbor::sysroot::parse_arbor_karg(text);
-    let _ = arbor::boot::parse_counter(text);
+    let _ = arbor_sysroot::Origin::parse(text);
+    let _ = arbor_boot::bls::BlsEntry::parse(text);
+    let _ = arbor_store::dpkg::parse_status(text);
+    let _ = arbor_packages::treefile::Treefile::parse(text);
+    let _ = arbor_sysroot::parse_arbor_karg(text);
+    let _ = arbor_boot::parse_counter(text);
 });

@@ -6,8 +6,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// The daemon under test.
-pub fn arbord_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_arbord")
+pub fn arbord_bin() -> String {
+    super::workspace_bin("arbord")
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// A running private bus; killed (with any daemon it started) at drop.

@@ -32,6 +32,19 @@ pub fn arbor_bin() -> &'static str {
     env!("CARGO_BIN_EXE_arbor")
 }
 
+/// A binary of another crate of the workspace (`arbord`, `arbor-prepare-root`), built
+/// beside `arbor` by `cargo build` or `cargo test` at the top (scripts/test.sh builds
+/// them all first).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let p = Path::new(arbor_bin()).with_file_name(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: build the workspace first (cargo build --workspace)",
+        p.display()
+    );
+    p
+}
+
 /// Runs `arbor ARGS…` and returns its output, whatever the exit code.
 pub fn arbor(args: &[&str]) -> Output {
     Command::new(arbor_bin())

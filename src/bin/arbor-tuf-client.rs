@@ -1,6 +1,6 @@
 //! `arbor-tuf-client`: the client-under-test of the TUF conformance suite
 //! (`../shared/vendor/tuf-conformance/CLIENT-CLI.md`), over arbor's own TUF client
-//! (`arbor::remote::tuf_client`). A test tool: not installed by the package.
+//! (`arbor_remote::tuf_client`). A test tool: not installed by the package.
 #![allow(clippy::print_stderr)] // an edge: it reports the error it exits with
 
 use std::path::PathBuf;
@@ -45,7 +45,7 @@ enum Command {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let client = arbor::remote::tuf_client::TufClient::new(&args.metadata_dir);
+    let client = arbor_remote::tuf_client::TufClient::new(&args.metadata_dir);
     let need = |v: Option<String>, flag: &str| {
         v.ok_or_else(|| anyhow::anyhow!("{flag} is needed for this command"))
     };

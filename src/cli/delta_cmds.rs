@@ -7,9 +7,9 @@ use clap::{Args, Subcommand};
 
 use super::output::{human_bytes, json};
 use super::{Cli, OutputArgs, lock_wait};
-use crate::delta;
-use crate::store::Repo;
-use crate::store::refs::RefName;
+use arbor_delta as delta;
+use arbor_store::Repo;
+use arbor_store::refs::RefName;
 
 /// `arbor delta …`.
 #[derive(Subcommand, Debug)]
@@ -76,7 +76,7 @@ pub fn run(cli: &Cli, cmd: &DeltaCommand) -> Result<i32> {
             let scratch;
             let out = match (cmd, &a.output) {
                 (DeltaCommand::Stats(_), _) => {
-                    scratch = crate::store::scratch::ScratchDir::new(repo.path(), "delta")?;
+                    scratch = arbor_store::scratch::ScratchDir::new(repo.path(), "delta")?;
                     scratch.path().join("stats.delta")
                 }
                 (_, Some(o)) => o.clone(),

@@ -6,11 +6,11 @@ use clap::{Args, Subcommand};
 use super::outcome::run_and_print;
 use super::output::json;
 use super::{Cli, OutputArgs};
-use crate::etc::drift::{Aspect, DriftKind};
-use crate::etc::merge::MergeOutcome;
-use crate::ops::Request;
-use crate::sysroot::Sysroot;
-use crate::sysroot::etc_state;
+use arbor_ops::Request;
+use arbor_sysroot::Sysroot;
+use arbor_sysroot::etc::drift::{Aspect, DriftKind};
+use arbor_sysroot::etc::merge::MergeOutcome;
+use arbor_sysroot::etc_state;
 
 /// `arbor etc …`.
 #[derive(Subcommand, Debug)]

@@ -8,9 +8,9 @@ use clap::Args;
 
 use super::output::{human_bytes, json};
 use super::{Cli, OutputArgs, lock_wait};
-use crate::compose::image::{ImageOptions, ImageSource, compose_image};
-use crate::store::Repo;
-use crate::store::refs::RefName;
+use arbor_compose::image::{ImageOptions, ImageSource, compose_image};
+use arbor_store::Repo;
+use arbor_store::refs::RefName;
 
 /// `arbor compose image`.
 #[derive(Args, Debug)]
@@ -27,7 +27,7 @@ pub struct ImageArgs {
     pub version: Option<String>,
     /// Refuse a compressed layer that unpacks to more than N times its size (a
     /// decompression bomb).
-    #[arg(long, value_name = "N", default_value_t = crate::compose::image::DEFAULT_MAX_RATIO)]
+    #[arg(long, value_name = "N", default_value_t = arbor_compose::image::DEFAULT_MAX_RATIO)]
     pub max_ratio: u64,
     #[command(flatten)]
     pub output: OutputArgs,
@@ -71,7 +71,7 @@ pub struct ToDiskArgs {
     pub source: String,
     /// The boot loader.
     #[arg(long, value_enum, default_value = "systemd-boot")]
-    pub bootloader: crate::boot::Loader,
+    pub bootloader: arbor_boot::Loader,
     /// A kernel argument (repeatable; root= and rw are added).
     #[arg(long = "karg", value_name = "ARG")]
     pub kargs: Vec<String>,
@@ -119,9 +119,9 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 /// Runs `arbor install to-disk`.
 pub fn run_to_disk(cli: &Cli, a: &ToDiskArgs) -> Result<i32> {
-    let opts = crate::install::InstallOptions {
+    let opts = arbor_ops::install::InstallOptions {
         target: a.target.clone(),
-        source: crate::install::InstallSource::parse(&a.source, &cli.repo_path()),
+        source: arbor_ops::install::InstallSource::parse(&a.source, &cli.repo_path()),
         bootloader: a.bootloader,
         kargs: a.kargs.clone(),
         size: a.size,
@@ -143,7 +143,7 @@ pub fn run_to_disk(cli: &Cli, a: &ToDiskArgs) -> Result<i32> {
         label: a.label.clone(),
         esp_size: a.esp_size,
     };
-    let r = crate::install::install_to_disk(&opts)?;
+    let r = arbor_ops::install::install_to_disk(&opts)?;
     if a.output.json {
         return json(&r).map(|_| 0);
     }

@@ -7,9 +7,8 @@ use clap::{Args, Subcommand};
 
 use super::output::json;
 use super::{Cli, OutputArgs, lock_wait};
-use crate::ostree_interop;
-use crate::store::Repo;
-use crate::store::refs::RefName;
+use arbor_store::Repo;
+use arbor_store::refs::RefName;
 
 /// `arbor ostree …`.
 #[derive(Subcommand, Debug)]
@@ -82,7 +81,7 @@ pub fn run_ostree(cli: &Cli, cmd: &OstreeCommand) -> Result<i32> {
         OstreeCommand::Import(a) => {
             let branch = RefName::parse(a.branch.as_deref().unwrap_or(&a.rev))
                 .context("name the arbor branch with -b")?;
-            let r = ostree_interop::import(&repo, &a.ostree_repo, &a.rev, &branch, lock_wait(cli))?;
+            let r = arbor_ostree::import(&repo, &a.ostree_repo, &a.rev, &branch, lock_wait(cli))?;
             if a.output.json {
                 return json(&r).map(|_| 0);
             }
@@ -97,7 +96,7 @@ pub fn run_ostree(cli: &Cli, cmd: &OstreeCommand) -> Result<i32> {
         }
         OstreeCommand::Export(a) => {
             let id = repo.resolve_rev(&a.rev)?;
-            let r = ostree_interop::export(&repo, &id, &a.ostree_repo, &a.branch)?;
+            let r = arbor_ostree::export(&repo, &id, &a.ostree_repo, &a.branch)?;
             if a.output.json {
                 return json(&r).map(|_| 0);
             }
@@ -127,7 +126,7 @@ pub struct MountArgs {
 
 /// True when `path` is a mount point (a line of /proc/self/mountinfo names it).
 fn is_mounted(path: &std::path::Path) -> bool {
-    crate::mounts::list().is_ok_and(|l| l.iter().any(|m| m.mount_point == path))
+    arbor_core::mounts::list().is_ok_and(|l| l.iter().any(|m| m.mount_point == path))
 }
 
 /// Runs `arbor mount`.
@@ -139,7 +138,7 @@ pub fn run_mount(cli: &Cli, a: &MountArgs) -> Result<i32> {
         .canonicalize()
         .with_context(|| format!("mount point {}", a.mountpoint.display()))?;
     if a.foreground {
-        crate::fuse::serve(repo, &commit, &mountpoint, |fs| {
+        arbor_store::fuse::serve(repo, &commit, &mountpoint, |fs| {
             eprintln!(
                 "serving {} ({} inodes) on {}; unmount or press Ctrl-C to stop",
                 commit.short(),

@@ -7,11 +7,11 @@ use clap::Args;
 
 use super::output::json;
 use super::{Cli, OutputArgs, run_op};
-use crate::live::changes::ChangeKind;
-use crate::live::request::OverlayListing;
-use crate::live::{OverlayKind, UsrOverlayOutcome, UsrOverlayRequest, UsrStatus, apply, overlay};
-use crate::ops::{Outcome, Request};
-use crate::sysroot::Sysroot;
+use arbor_live::changes::ChangeKind;
+use arbor_live::request::OverlayListing;
+use arbor_live::{OverlayKind, UsrOverlayOutcome, UsrOverlayRequest, UsrStatus, apply, overlay};
+use arbor_ops::{Outcome, Request};
+use arbor_sysroot::Sysroot;
 
 /// The workflow `arbor usroverlay --help` and its man page describe.
 pub const USROVERLAY_HELP: &str = "\

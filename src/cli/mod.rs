@@ -5,7 +5,6 @@
 //! print.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-pub mod arbord;
 mod delta_cmds;
 mod etc_cmds;
 mod image_cmds;
@@ -14,7 +13,6 @@ mod live_cmds;
 mod outcome;
 mod output;
 mod package_cmds;
-pub mod prepare_root;
 mod remote_cmds;
 mod repo_cmds;
 mod serve_cmd;
@@ -25,9 +23,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use crate::lock::LockWait;
-use crate::ops;
-use crate::sysroot::Sysroot;
+use arbor_core::lock::LockWait;
+use arbor_ops as ops;
+use arbor_sysroot::Sysroot;
 
 const EXIT_CODES: &str = "\
 Exit status:
@@ -124,7 +122,7 @@ pub enum Command {
     /// Run /etc/arbor/health.d/*; all pass: mark the boot good; exit 1 otherwise.
     HealthCheck(sysroot_cmds::HealthCheckArgs),
     /// Assemble a deployment's root at a target, as the initramfs does at boot.
-    PrepareRoot(sysroot_cmds::PrepareRootArgs),
+    PrepareRoot(arbor_prepare_root::PrepareRootArgs),
     /// Remove unreferenced deployments and kernels, then prune the repository.
     Cleanup(OutputArgs),
     /// Factory reset: a new deployment of the booted commit with a pristine /etc (and
@@ -189,7 +187,7 @@ impl Cli {
     pub fn repo_path(&self) -> PathBuf {
         self.repo
             .clone()
-            .unwrap_or_else(|| crate::sysroot::physical_root(&self.sysroot).join("arbor/repo"))
+            .unwrap_or_else(|| arbor_sysroot::physical_root(&self.sysroot).join("arbor/repo"))
     }
 }
 
@@ -238,8 +236,8 @@ fn exit_code(result: Result<i32>) -> i32 {
 /// What `arbor` and `arbor-ostree` set up before anything else: the default SIGPIPE,
 /// a pinned mmap threshold, and logs on stderr filtered by `$ARBOR_LOG`.
 pub fn init_process() {
-    crate::sys::default_sigpipe();
-    crate::sys::pin_mmap_threshold();
+    arbor_core::sys::default_sigpipe();
+    arbor_core::sys::pin_mmap_threshold();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("ARBOR_LOG"))
         .with_writer(std::io::stderr)
@@ -285,7 +283,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
         Command::Mount(a) => interop_cmds::run_mount(cli, a),
         Command::Serve(a) => serve_cmd::run_serve(a),
         Command::Admin(cmd) => sysroot_cmds::run_admin(cli, cmd),
-        Command::PrepareRoot(a) => sysroot_cmds::run_prepare_root(&cli.sysroot, a),
+        Command::PrepareRoot(a) => arbor_prepare_root::run_prepare_root(&cli.sysroot, a),
         Command::Compose(cmd) => sysroot_cmds::run_compose(cli, cmd),
         Command::Deploy(_)
         | Command::Status(_)
@@ -315,10 +313,10 @@ pub fn generate_man(dir: &std::path::Path) -> Result<()> {
         std::fs::write(dir.join(format!("{name}.{section}")), buf)?;
         Ok(())
     };
-    write_section("arbord", arbord::ArbordCli::command(), "8")?;
+    write_section("arbord", arbor_daemon::cli::ArbordCli::command(), "8")?;
     write_section(
         "arbor-prepare-root",
-        prepare_root::PrepareRootCli::command(),
+        arbor_prepare_root::PrepareRootCli::command(),
         "8",
     )?;
     let write = |name: &str, c: clap::Command| write_section(name, c, "1");

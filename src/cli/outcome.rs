@@ -4,12 +4,12 @@ use anyhow::Result;
 
 use super::output::{human_bytes, json, utc};
 use super::{Cli, OutputArgs, run_op};
-use crate::ops::{Outcome, Request, UpgradeOutcome};
-use crate::store::dpkg::PackageDiff;
-use crate::sysroot::Sysroot;
-use crate::sysroot::deploy::DeployResult;
-use crate::sysroot::status::{Role, StatusRow};
-use crate::update::{Action, UpdateResult};
+use arbor_ops::update::{Action, UpdateResult};
+use arbor_ops::{Outcome, Request, UpgradeOutcome};
+use arbor_store::dpkg::PackageDiff;
+use arbor_sysroot::Sysroot;
+use arbor_sysroot::deploy::DeployResult;
+use arbor_sysroot::status::{Role, StatusRow};
 
 /// Runs `req` and prints what it did: the JSON document with `--json`, else text.
 pub fn run_and_print(cli: &Cli, req: &Request, output: &OutputArgs) -> Result<i32> {
@@ -112,8 +112,8 @@ pub fn print_deployed(r: &DeployResult, staged: bool) {
 }
 
 /// What the `/etc` merge did: counts, and every conflict by name.
-pub fn print_etc_merge(entries: &[crate::etc::merge::MergeEntry]) {
-    use crate::etc::merge::MergeOutcome;
+pub fn print_etc_merge(entries: &[arbor_sysroot::etc::merge::MergeEntry]) {
+    use arbor_sysroot::etc::merge::MergeOutcome;
     let count = |o: MergeOutcome| entries.iter().filter(|e| e.outcome == o).count();
     let kept = count(MergeOutcome::KeptLocal) + count(MergeOutcome::KeptDeleted);
     if kept > 0 {

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::inspect::CommitInfo;
+use arbor_store::inspect::CommitInfo;
 
 /// Prints a value as pretty JSON on stdout.
 pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
@@ -40,13 +40,13 @@ pub fn print_commit(c: &CommitInfo) {
 /// drawn (the result lines printed afterwards are the plain output).
 pub fn with_progress<T>(
     what: &str,
-    f: impl FnOnce(Option<std::sync::Arc<crate::progress::Progress>>) -> anyhow::Result<T>,
+    f: impl FnOnce(Option<std::sync::Arc<arbor_core::progress::Progress>>) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
     use std::io::IsTerminal;
     if !std::io::stderr().is_terminal() {
         return f(None);
     }
-    let progress = std::sync::Arc::new(crate::progress::Progress::default());
+    let progress = std::sync::Arc::new(arbor_core::progress::Progress::default());
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_style(
         indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
@@ -85,7 +85,7 @@ pub fn human_bytes(n: u64) -> String {
 /// so a long command says what it is doing, on a terminal or in a log.
 pub struct PrintSteps;
 
-impl crate::progress::Observer for PrintSteps {
+impl arbor_core::progress::Observer for PrintSteps {
     fn task_begin(&self, task: &str) {
         eprintln!("arbor: {task} …");
     }

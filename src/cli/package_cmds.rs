@@ -1,22 +1,22 @@
 //! Package subcommands: db, compose tree, install, uninstall, override.
 
 use super::outcome::run_and_print;
-use crate::ops::{Request, UpgradeRequest};
-use crate::update::Action;
 use anyhow::Result;
+use arbor_ops::update::Action;
+use arbor_ops::{Request, UpgradeRequest};
 use clap::{Args, Subcommand};
 
 use std::path::PathBuf;
 
 use super::output::{PrintSteps, human_bytes, json, with_progress};
 use super::{Cli, OutputArgs, lock_wait};
-use crate::packages::layer::LayerEdit;
-use crate::packages::treefile::Treefile;
-use crate::compose::tree as compose_tree;
-use crate::packages::{self, dpkg};
-use crate::store::Repo;
-use crate::store::refs::RefName;
-use crate::sysroot::Sysroot;
+use arbor_compose::tree as compose_tree;
+use arbor_packages::layer::LayerEdit;
+use arbor_packages::treefile::Treefile;
+use arbor_packages::{self as packages, dpkg};
+use arbor_store::Repo;
+use arbor_store::refs::RefName;
+use arbor_sysroot::Sysroot;
 
 /// `arbor db …`.
 #[derive(Subcommand, Debug)]

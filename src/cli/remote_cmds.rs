@@ -2,7 +2,7 @@
 //! channel: `upgrade`, `deploy REMOTE:CHANNEL`/`--version`, `rebase`, `update-status`,
 //! `auto-update`, `history`.
 
-use crate::ops::{Outcome, Request};
+use arbor_ops::{Outcome, Request};
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -10,13 +10,13 @@ use clap::{Args, Subcommand};
 
 use super::output::{PrintSteps, human_bytes, json, utc};
 use super::{Cli, OutputArgs, lock_wait};
-use crate::progress::{Download, Observer};
-use crate::publish::{self, AddOptions, Expiry, Publisher, parse_duration};
-use crate::remote::Remote;
-use crate::statedb::StateDb;
-use crate::store::Repo;
-use crate::sysroot::Sysroot;
-use crate::update::{self, Action, Policy};
+use arbor_core::progress::{Download, Observer};
+use arbor_ops::update::{self, Action, Policy};
+use arbor_publish::{self as publish, AddOptions, Expiry, Publisher, parse_duration};
+use arbor_remote::Remote;
+use arbor_statedb::StateDb;
+use arbor_store::Repo;
+use arbor_sysroot::Sysroot;
 
 /// `arbor publish …`.
 #[derive(Subcommand, Debug)]

@@ -9,14 +9,14 @@ use clap::Args;
 
 use super::output::{human_bytes, json, print_commit};
 use super::{Cli, Command, OutputArgs, lock_wait};
-use crate::checkout::{CheckoutMode, checkout};
-use crate::commit::{CommitOptions, commit_tree};
-use crate::diff::{ChangeKind, diff_commits};
-use crate::inspect;
-use crate::store::refs::RefName;
-use crate::store::{Repo, fsck, prune};
-use crate::sysroot::Sysroot;
-use crate::sysroot::verify::CheckoutChange;
+use arbor_store::checkout::{CheckoutMode, checkout};
+use arbor_store::commit::{CommitOptions, commit_tree};
+use arbor_store::diff::{ChangeKind, diff_commits};
+use arbor_store::inspect;
+use arbor_store::refs::RefName;
+use arbor_store::{Repo, fsck, prune};
+use arbor_sysroot::Sysroot;
+use arbor_sysroot::verify::CheckoutChange;
 
 /// `arbor commit`.
 #[derive(Args, Debug)]
@@ -194,7 +194,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
                 metadata: parse_metadata(&a.metadata)?,
                 timestamp: match a.timestamp {
                     Some(t) => t,
-                    None => crate::commit::default_timestamp()?,
+                    None => arbor_store::commit::default_timestamp()?,
                 },
                 orphan: a.orphan,
                 skip_special: a.skip_special,
@@ -325,7 +325,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
                 if repo.read_ref(&r)?.is_none() {
                     bail!("no ref named '{r}'");
                 }
-                let lock = crate::lock::WriterLock::acquire(
+                let lock = arbor_core::lock::WriterLock::acquire(
                     repo.root_fd(),
                     repo.path(),
                     "lock",
@@ -357,7 +357,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
                 Some(_) => None,
             };
             let extra = match &sysroot {
-                Some(s) => crate::sysroot::deploy::deployment_roots(s)?,
+                Some(s) => arbor_sysroot::deploy::deployment_roots(s)?,
                 None => Vec::new(),
             };
             let report = fsck::fsck(&repo, &extra)?;
@@ -366,10 +366,10 @@ pub fn run(cli: &Cli) -> Result<i32> {
                 false => None,
             };
             let checkouts = match (&sysroot, a.deployments) {
-                (Some(s), true) => Some(crate::sysroot::verify::verify_deployments(s)?),
+                (Some(s), true) => Some(arbor_sysroot::verify::verify_deployments(s)?),
                 _ => None,
             };
-            let outcome = crate::sysroot::verify::SysrootFsck {
+            let outcome = arbor_sysroot::verify::SysrootFsck {
                 outcome: fsck::FsckOutcome { report, deleted },
                 checkouts,
             };
@@ -426,7 +426,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
         // A sysroot's repository is pruned as an operation on the sysroot, which keeps
         // every deployed commit; a bare repository (--repo) keeps its refs' commits.
         Command::Prune(a) if cli.repo.is_none() => {
-            let req = crate::ops::Request::Prune { dry_run: a.dry_run };
+            let req = arbor_ops::Request::Prune { dry_run: a.dry_run };
             return super::outcome::run_and_print(cli, &req, &a.output);
         }
         Command::Prune(a) => {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::Args;
 
-use crate::serve::{self, ServeOptions};
+use arbor_serve::{self as serve, ServeOptions};
 
 /// `arbor serve`.
 #[derive(Args, Debug)]

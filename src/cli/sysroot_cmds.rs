@@ -2,8 +2,8 @@
 //! cleanup.
 
 use super::outcome::run_and_print;
-use crate::ops::{DeployRequest, Request};
-use crate::sysroot::kargs::KargEdit;
+use arbor_ops::{DeployRequest, Request};
+use arbor_sysroot::kargs::KargEdit;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -11,12 +11,12 @@ use clap::{Args, Subcommand};
 
 use super::output::{human_bytes, json};
 use super::{Cli, OutputArgs, lock_wait};
-use crate::commit::CommitOptions;
-use crate::store::Repo;
-use crate::store::refs::RefName;
-use crate::sysroot::Sysroot;
-use crate::sysroot::deploy;
-use crate::sysroot::status;
+use arbor_store::Repo;
+use arbor_store::commit::CommitOptions;
+use arbor_store::refs::RefName;
+use arbor_sysroot::Sysroot;
+use arbor_sysroot::deploy;
+use arbor_sysroot::status;
 
 /// `arbor reset`.
 #[derive(Args, Debug)]
@@ -24,7 +24,7 @@ pub struct ResetArgs {
     /// etc: a pristine /etc; var: and an empty /var; all: and only what the policy
     /// keeps of /var (reset_keep: /home and /root), on the base image without layers.
     #[arg(long, value_enum)]
-    pub level: crate::sysroot::reset::ResetLevel,
+    pub level: arbor_sysroot::reset::ResetLevel,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -168,19 +168,6 @@ pub struct HealthCheckArgs {
     pub output: OutputArgs,
 }
 
-/// `arbor prepare-root`.
-#[derive(Args, Debug)]
-pub struct PrepareRootArgs {
-    /// The kernel command line to read arbor= from (at boot: /proc/cmdline).
-    #[arg(long, value_name = "FILE", default_value = "/proc/cmdline")]
-    pub cmdline: PathBuf,
-    /// Where to assemble the root.
-    #[arg(long, value_name = "DIR")]
-    pub target: PathBuf,
-    #[command(flatten)]
-    pub output: OutputArgs,
-}
-
 /// `arbor grub-config`.
 #[derive(Args, Debug)]
 pub struct GrubConfigArgs {
@@ -236,14 +223,14 @@ pub fn run_compose(cli: &Cli, cmd: &ComposeCommand) -> Result<i32> {
             .unwrap_or_else(|| format!("compose of {}", a.src.display())),
         body: String::new(),
         metadata,
-        timestamp: crate::commit::default_timestamp()?,
+        timestamp: arbor_store::commit::default_timestamp()?,
         orphan: false,
         skip_special: true,
         use_cache: true,
         progress: None,
     };
     let r = super::output::with_progress("composing", |progress| {
-        crate::compose::compose_rootfs(
+        arbor_compose::compose_rootfs(
             &repo,
             &a.src,
             &CommitOptions { progress, ..opts },
@@ -261,24 +248,6 @@ pub fn run_compose(cli: &Cli, cmd: &ComposeCommand) -> Result<i32> {
         r.stats.files + r.stats.symlinks,
         r.stats.objects_written,
         human_bytes(r.stats.bytes_written)
-    );
-    Ok(0)
-}
-
-/// Runs `arbor prepare-root` (no sysroot lock: it runs before anything else at boot).
-pub fn run_prepare_root(sysroot: &std::path::Path, a: &PrepareRootArgs) -> Result<i32> {
-    let cmdline = std::fs::read_to_string(&a.cmdline)
-        .with_context(|| format!("reading {}", a.cmdline.display()))?;
-    let started = std::time::Instant::now();
-    let r = crate::sysroot::prepare_root::prepare_root(sysroot, &cmdline, &a.target)?;
-    if a.output.json {
-        return json(&r).map(|_| 0);
-    }
-    println!(
-        "assembled {} at {} in {:.1} ms",
-        r.deployment.display(),
-        a.target.display(),
-        started.elapsed().as_secs_f64() * 1000.0
     );
     Ok(0)
 }
@@ -322,11 +291,11 @@ pub fn run(cli: &Cli, cmd: &super::Command) -> Result<i32> {
         }
         C::GrubConfig(a) => print!(
             "{}",
-            crate::boot::grub::fragment(
+            arbor_boot::grub::fragment(
                 &sysroot
                     .deployments()?
                     .iter()
-                    .map(crate::sysroot::Deployment::grub_entry)
+                    .map(arbor_sysroot::Deployment::grub_entry)
                     .collect::<Vec<_>>(),
                 &a.boot_prefix
             )
@@ -341,7 +310,7 @@ pub fn run(cli: &Cli, cmd: &super::Command) -> Result<i32> {
             None => println!("nothing staged"),
         },
         C::BootSelect(a) => {
-            let sel = crate::sysroot::health::boot_select(&sysroot, wait)?;
+            let sel = arbor_sysroot::health::boot_select(&sysroot, wait)?;
             if let Some(f) = &a.cmdline_out {
                 std::fs::write(f, format!("{}\n", sel.cmdline))
                     .with_context(|| format!("writing {}", f.display()))?;
@@ -355,7 +324,7 @@ pub fn run(cli: &Cli, cmd: &super::Command) -> Result<i32> {
             println!("{}", sel.cmdline);
         }
         C::BootComplete(out) => {
-            let d = crate::sysroot::health::boot_complete(&sysroot, wait)?;
+            let d = arbor_sysroot::health::boot_complete(&sysroot, wait)?;
             if out.json {
                 return json(&d).map(|_| 0);
             }
@@ -363,16 +332,13 @@ pub fn run(cli: &Cli, cmd: &super::Command) -> Result<i32> {
         }
         C::HealthCheck(a) => {
             if let Some(secs) = a.wait_for_startup {
-                crate::sysroot::health::wait_for_startup(
+                arbor_sysroot::health::wait_for_startup(
                     &sysroot,
                     std::time::Duration::from_secs(secs),
                 );
             }
-            let r = crate::ops::health_check(
-                &sysroot,
-                std::time::Duration::from_secs(a.timeout),
-                wait,
-            )?;
+            let r =
+                arbor_ops::health_check(&sysroot, std::time::Duration::from_secs(a.timeout), wait)?;
             if a.output.json {
                 json(&r)?;
             } else {

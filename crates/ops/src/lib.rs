@@ -1,0 +1,357 @@
+//! One library operation per verb, for the CLI and the daemon alike.
+//!
+//! Both edges turn their arguments into a [`Request`] and hand it here: what a verb
+//! means (a local ref or a remote channel, which action `--check` asks for), the
+//! sysroot lock, and what the history records are decided in this one place, so the
+//! command line and D-Bus cannot drift apart. The edges only parse, print and map
+//! errors.
+
+pub mod error;
+pub mod install;
+mod request;
+pub mod update;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::update::{UpdateOptions, UpdateResult};
+use arbor_core::lock::{LockWait, WriterLock};
+use arbor_core::progress::Observer;
+use arbor_live::{UsrOverlayOutcome, apply};
+use arbor_packages::layer;
+use arbor_store::prune::{self, PruneReport};
+use arbor_sysroot::deploy::{self, CleanupResult, DeployResult};
+use arbor_sysroot::plan::DeployOptions;
+use arbor_sysroot::status::{self, StatusRow};
+use arbor_sysroot::{Deployment, Sysroot, etc_state, health, kargs};
+
+pub use request::{DeployRequest, Request, TransactionKind, UpgradeRequest};
+
+/// Who asked, as the history records it.
+#[derive(Clone, Debug)]
+pub struct Initiator {
+    /// The command line, or the D-Bus method and caller.
+    pub command: String,
+    /// The caller's uid.
+    pub uid: u32,
+}
+
+impl Initiator {
+    /// This process: its command line and uid (the CLI).
+    pub fn this_process() -> Initiator {
+        Initiator {
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+            uid: rustix::process::getuid().as_raw(),
+        }
+    }
+}
+
+/// What `upgrade` found and did.
+#[derive(Clone, Debug, Serialize)]
+pub struct UpgradeOutcome {
+    /// A new deployment was made (or, with download-only, fetched).
+    pub upgraded: bool,
+    /// The remote update's report, for a deployment following a channel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub update: Option<UpdateResult>,
+    /// The deploy, for a deployment following a local ref.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<DeployResult>,
+}
+
+/// The deployments in boot order, with their roles.
+#[derive(Clone, Debug, Serialize)]
+pub struct BootOrder {
+    /// Index 0 boots next.
+    pub deployments: Vec<StatusRow>,
+}
+
+/// What an operation gave, by verb; serialized as the inner result (the `--json`
+/// document and the D-Bus transaction's `Result`).
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub enum Outcome {
+    /// deploy of a local ref, install/uninstall/override.
+    Deployed(Box<DeployResult>),
+    /// deploy of a remote channel or version, rebase, check, download.
+    Update(Box<UpdateResult>),
+    /// upgrade.
+    Upgrade(Box<UpgradeOutcome>),
+    /// rollback: the boot order after it (`{"deployments": [...]}`, as `status`).
+    Order(BootOrder),
+    /// kargs: the default deployment's kernel arguments after the edit.
+    Kargs(Vec<String>),
+    /// cleanup.
+    Cleanup(Box<CleanupResult>),
+    /// prune.
+    Prune(PruneReport),
+    /// undeploy, pin: the deployment concerned.
+    Deployment(Box<Deployment>),
+    /// apply-live.
+    ApplyLive(Box<apply::ApplyResult>),
+    /// apply-live --reset.
+    UsrStatus(Box<arbor_live::UsrStatus>),
+    /// usroverlay.
+    UsrOverlay(Box<UsrOverlayOutcome>),
+    /// reset.
+    Reset(Box<arbor_sysroot::reset::ResetResult>),
+    /// etc restore.
+    EtcRestore(Box<arbor_sysroot::etc_state::RestoreResult>),
+    /// Nothing to report beyond success (remote remove).
+    Done,
+}
+
+/// Runs `req`: takes the sysroot lock (waiting as `wait` says), then as
+/// [`run_locked`].
+pub fn run(
+    sysroot: &Sysroot,
+    req: &Request,
+    wait: LockWait<'_>,
+    who: &Initiator,
+    obs: &dyn Observer,
+) -> Result<Outcome> {
+    if !req.needs_lock() {
+        return execute(sysroot, None, req, obs);
+    }
+    let lock = sysroot.lock(wait)?;
+    run_locked(sysroot, &lock, req, who, obs)
+}
+
+/// Takes the sysroot lock now or fails naming its holder: how the daemon takes it
+/// when a call arrives, so a busy sysroot is an immediate error, before
+/// [`run_locked`] runs the request in a worker.
+pub fn lock_now(sysroot: &Sysroot) -> Result<WriterLock> {
+    sysroot.lock(LockWait::NoWait)
+}
+
+/// Runs `req` with the sysroot lock held (the daemon takes it when a call arrives, so
+/// a busy sysroot is an immediate error). The history records every request that may
+/// change the system, and nothing else: not checks, dry runs or listings.
+pub fn run_locked(
+    sysroot: &Sysroot,
+    lock: &WriterLock,
+    req: &Request,
+    who: &Initiator,
+    obs: &dyn Observer,
+) -> Result<Outcome> {
+    // A panic (a bug) fails the operation like an error, so its history row ends and
+    // the daemon that runs it carries on.
+    let guarded = || {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            execute(sysroot, Some(lock), req, obs)
+        }))
+        .unwrap_or_else(|p| Err(anyhow::anyhow!("{}", panic_message(&*p))))
+    };
+    if req.recorded() {
+        sysroot.record_as(req.kind().as_str(), &who.command, who.uid, guarded)
+    } else {
+        guarded()
+    }
+}
+
+/// Says what a caught panic was about, for the error that replaces it.
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    let what = p
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_string());
+    format!("internal error (a bug in arbor, please report it): {what}")
+}
+
+fn deploy_with(
+    sysroot: &Sysroot,
+    lock: &WriterLock,
+    opts: &DeployOptions,
+    obs: &dyn Observer,
+) -> Result<Outcome> {
+    let opts = layer::prepare(sysroot, opts, obs)?;
+    Ok(Outcome::Deployed(Box::new(deploy::deploy(
+        sysroot, lock, &opts, obs,
+    )?)))
+}
+
+fn execute(
+    sysroot: &Sysroot,
+    lock: Option<&WriterLock>,
+    req: &Request,
+    obs: &dyn Observer,
+) -> Result<Outcome> {
+    arbor_core::failpoint::hit("ops-execute")?;
+    let held = || lock.context("this operation needs the sysroot lock");
+    Ok(match req {
+        Request::Deploy(d) => match d.update_options(sysroot) {
+            Some(opts) => Outcome::Update(Box::new(update::run(
+                sysroot,
+                held()?,
+                &opts,
+                update::Action::Stage,
+                obs,
+            )?)),
+            None => {
+                let rev = d.rev.as_deref().unwrap_or_default();
+                let opts = DeployOptions::for_rev(
+                    sysroot,
+                    rev,
+                    d.os.as_deref(),
+                    d.kargs.clone(),
+                    d.stage,
+                )?;
+                deploy_with(sysroot, held()?, &opts, obs)?
+            }
+        },
+        Request::Rebase {
+            channel,
+            os,
+            version,
+            phase_override,
+        } => {
+            let opts = UpdateOptions {
+                os: os.clone(),
+                version: version.clone(),
+                rebase: Some(channel.clone()),
+                phase_override: *phase_override,
+                ..Default::default()
+            };
+            let r = update::run(sysroot, held()?, &opts, update::Action::Stage, obs)?;
+            Outcome::Update(Box::new(r))
+        }
+        Request::Upgrade(u) => Outcome::Upgrade(Box::new(upgrade(sysroot, held()?, u, obs)?)),
+        Request::Rollback => {
+            let order = deploy::rollback(sysroot, held()?)?;
+            Outcome::Order(BootOrder {
+                deployments: status::with_roles(order),
+            })
+        }
+        Request::Layer { os, edit } => {
+            let opts = layer::edit(sysroot, os.as_deref(), edit)?;
+            deploy_with(sysroot, held()?, &opts, obs)?
+        }
+        Request::Kargs(edits) if edits.is_empty() => Outcome::Kargs(
+            sysroot
+                .deployments()?
+                .first()
+                .map(|d| d.kargs.clone())
+                .unwrap_or_default(),
+        ),
+        Request::Kargs(edits) => Outcome::Kargs(kargs::kargs(sysroot, held()?, edits)?),
+        Request::Cleanup => Outcome::Cleanup(Box::new(deploy::cleanup(sysroot, held()?)?)),
+        Request::Prune { dry_run } => Outcome::Prune(prune::prune(
+            sysroot.repo(),
+            prune::Owner::Held(held()?),
+            &deploy::deployment_roots(sysroot)?,
+            *dry_run,
+            LockWait::NoWait,
+        )?),
+        Request::Undeploy(index) => {
+            Outcome::Deployment(Box::new(deploy::undeploy(sysroot, held()?, *index)?))
+        }
+        Request::Pin { index, pinned } => {
+            Outcome::Deployment(Box::new(deploy::pin(sysroot, held()?, *index, *pinned)?))
+        }
+        Request::ApplyLive { root, opts } => {
+            Outcome::ApplyLive(Box::new(apply::apply_live(sysroot, held()?, root, opts)?))
+        }
+        Request::ApplyLiveReset { root } => {
+            Outcome::UsrStatus(Box::new(apply::reset(sysroot, held()?, root)?))
+        }
+        Request::AutoUpdate { policy, now } => Outcome::Update(Box::new(update::auto_update(
+            sysroot,
+            held()?,
+            policy,
+            *now,
+            obs,
+        )?)),
+        Request::RemoveRemote(name) => {
+            held()?;
+            arbor_remote::Remote::remove(sysroot, name)?;
+            Outcome::Done
+        }
+        Request::Reset(level) => {
+            let d = arbor_sysroot::select::current(sysroot)?;
+            // The reset machine's own policy (or $ARBOR_CONFIG's).
+            let own = sysroot.deployment_path(&d).join("etc/arbor/arbor.toml");
+            let path = std::env::var_os("ARBOR_CONFIG").map_or(own, Into::into);
+            let policy = crate::update::Policy::load(Some(&path))?;
+            Outcome::Reset(Box::new(arbor_sysroot::reset::reset(
+                sysroot,
+                held()?,
+                *level,
+                &policy.reset_keep,
+                &policy.reset_keep_etc,
+                obs,
+            )?))
+        }
+        Request::EtcRestore { deployment, paths } => {
+            let d = etc_state::pick(sysroot, deployment.as_deref())?;
+            Outcome::EtcRestore(Box::new(etc_state::restore(sysroot, held()?, &d, paths)?))
+        }
+        Request::UsrOverlay { root, req } => Outcome::UsrOverlay(Box::new(
+            arbor_live::request::run(sysroot, lock, root, req, obs)?,
+        )),
+    })
+}
+
+/// `health-check`: the booted deployment's checks ([`health::health_check`]), and
+/// what they mean for the update under way (testing → active, or failed).
+pub fn health_check(
+    sysroot: &Sysroot,
+    timeout: std::time::Duration,
+    wait: LockWait<'_>,
+) -> Result<health::HealthReport> {
+    let report = health::health_check(sysroot, timeout, wait)?;
+    let failed: Vec<String> = report
+        .checks
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| format!("{}: {}", c.name, c.detail))
+        .collect();
+    let verdict = match report.passed {
+        true => Ok(()),
+        false => Err(failed.join("; ")),
+    };
+    update::state::note_health(sysroot, &report.deployment, verdict);
+    Ok(report)
+}
+
+/// `upgrade`: a deployment following a remote channel checks, downloads or stages
+/// what the channel offers; one following a local ref deploys the ref's tip with its
+/// layers again.
+fn upgrade(
+    sysroot: &Sysroot,
+    lock: &WriterLock,
+    u: &UpgradeRequest,
+    obs: &dyn Observer,
+) -> Result<UpgradeOutcome> {
+    if update::follows_remote(sysroot, u.os.as_deref()) {
+        let opts = UpdateOptions {
+            os: u.os.clone(),
+            phase_override: u.phase_override,
+            dry_run: u.dry_run,
+            ..Default::default()
+        };
+        let r = update::run(sysroot, lock, &opts, u.action, obs)?;
+        return Ok(UpgradeOutcome {
+            upgraded: r.deployment.is_some(),
+            update: Some(r),
+            deploy: None,
+        });
+    }
+    if u.action != update::Action::Stage || u.dry_run || u.phase_override {
+        anyhow::bail!(
+            "check, download-only, dry-run and phase-override are for deployments that follow a remote channel"
+        );
+    }
+    let deploy = match layer::upgrade(sysroot, u.os.as_deref())? {
+        Some(opts) => {
+            let opts = layer::prepare(sysroot, &opts, obs)?;
+            Some(deploy::deploy(sysroot, lock, &opts, obs)?)
+        }
+        None => None,
+    };
+    Ok(UpgradeOutcome {
+        upgraded: deploy.is_some(),
+        update: None,
+        deploy,
+    })
+}

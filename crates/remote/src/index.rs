@@ -1,0 +1,473 @@
+//! The channel index: the signed list of a channel's versions (docs/remote.md), and
+//! the choices a client makes from it: which version this device may take (phased
+//! rollout) and how to fetch it (full, or a chain of deltas, fewest bytes).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+
+use anyhow::{Result, bail, ensure};
+use serde::{Deserialize, Serialize};
+
+use arbor_store::ObjectId;
+
+/// The format this arbor writes and reads.
+pub const INDEX_FORMAT: u32 = 1;
+
+/// A file of the published repository that the index vouches for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRef {
+    /// Relative path in the repository (`deltas/…`, `manifests/…`).
+    pub path: String,
+    /// Exact size: a download never reads more.
+    pub size: u64,
+    /// BLAKE3 of the file, hex.
+    pub blake3: String,
+}
+
+/// A static delta to a version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaRef {
+    /// The commit it starts from.
+    pub from: ObjectId,
+    /// The delta file.
+    #[serde(flatten)]
+    pub file: FileRef,
+    /// The bytes it writes into the store (for the disk-space check).
+    pub raw_bytes: u64,
+    /// What a full fetch costs a store that holds `from`: the client weighs the delta
+    /// against it without downloading the target's manifest (absent in indexes written
+    /// before arbor 0.9; the client then reads the manifest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_from: Option<FullFrom>,
+    /// The delta file's format (docs/delta.md); 1 in indexes that predate the field. A
+    /// client passes over a delta newer than it reads, and fetches another way.
+    #[serde(default = "delta_format_1")]
+    pub format: u32,
+}
+
+fn delta_format_1() -> u32 {
+    1
+}
+
+/// The objects of a version that a commit lacks, summed by the publisher.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FullFrom {
+    /// Packed bytes a full fetch transfers.
+    pub bytes: u64,
+    /// Objects a full fetch transfers.
+    pub objects: u64,
+}
+
+/// One published version of a channel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionEntry {
+    /// The version string (`12.1`), unique in the channel.
+    pub version: String,
+    /// Its commit.
+    pub commit: ObjectId,
+    /// Unix time of publication.
+    pub published: i64,
+    /// Security or otherwise urgent: the `critical_install` policy installs it.
+    #[serde(default)]
+    pub critical: bool,
+    /// Percentage of devices offered this version (phased rollout).
+    pub phase: u8,
+    /// Where the release notes are.
+    #[serde(default)]
+    pub release_notes: Option<String>,
+    /// Every object of the commit with its sizes.
+    pub manifest: FileRef,
+    /// The packed size of all its objects (a fetch from nothing).
+    pub full_bytes: u64,
+    /// Their size unpacked.
+    pub raw_bytes: u64,
+    /// Deltas that lead to it.
+    #[serde(default)]
+    pub deltas: Vec<DeltaRef>,
+    /// Its installed packages, one `name:arch version` per line: what a client shows
+    /// an update changes before fetching any of it. Absent when the tree has no dpkg
+    /// database, and in indexes written before arbor 0.10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packages: Option<FileRef>,
+}
+
+/// The largest package list a client reads (a Debian system with every package of
+/// the archive lists about 3 MB).
+pub const MAX_PACKAGE_LIST: u64 = 16 << 20;
+
+/// The index of one channel, oldest version first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelIndex {
+    /// [`INDEX_FORMAT`].
+    pub format: u32,
+    /// The channel's name.
+    pub channel: String,
+    /// Its versions in publication order.
+    pub versions: Vec<VersionEntry>,
+}
+
+/// True for a path a published repository may name: relative, no `..`, plain characters.
+fn safe_path(p: &str, prefix: &str) -> bool {
+    p.starts_with(prefix)
+        && p.len() < 256
+        && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b))
+}
+
+/// True for a channel name: it becomes a file name and a ref component.
+pub fn valid_channel(c: &str) -> bool {
+    c.len() <= 64
+        && c.as_bytes().first().is_some_and(u8::is_ascii_alphanumeric)
+        && c.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+impl ChannelIndex {
+    /// Parses and checks an index that arrived from outside.
+    pub fn parse(bytes: &[u8], channel: &str) -> Result<ChannelIndex> {
+        let idx: ChannelIndex = serde_json::from_slice(bytes)
+            .map_err(|e| anyhow::anyhow!("the index of channel {channel} is malformed: {e}"))?;
+        ensure!(
+            idx.format == INDEX_FORMAT,
+            "the index of channel {channel} has format {}, this arbor reads {INDEX_FORMAT}",
+            idx.format
+        );
+        ensure!(
+            idx.channel == channel,
+            "the index of channel {channel} says it is channel {}",
+            idx.channel
+        );
+        let mut seen = std::collections::HashSet::new();
+        for v in &idx.versions {
+            ensure!(
+                seen.insert(&v.version),
+                "channel {channel} lists version {} twice",
+                v.version
+            );
+            ensure!(v.phase <= 100, "version {}: phase {}%", v.version, v.phase);
+            let refs = std::iter::once(("manifests/", &v.manifest))
+                .chain(v.deltas.iter().map(|d| ("deltas/", &d.file)))
+                .chain(v.packages.iter().map(|f| ("packages/", f)));
+            for (prefix, f) in refs {
+                if !safe_path(&f.path, prefix) || f.blake3.len() != 64 {
+                    bail!("version {}: refusing the file name {:?}", v.version, f.path);
+                }
+            }
+            if let Some(f) = &v.packages {
+                ensure!(
+                    f.size <= MAX_PACKAGE_LIST,
+                    "version {}: a package list of {} bytes (at most {MAX_PACKAGE_LIST})",
+                    v.version,
+                    f.size
+                );
+            }
+        }
+        Ok(idx)
+    }
+
+    /// The version entry of `version`.
+    pub fn version(&self, version: &str) -> Result<&VersionEntry> {
+        self.versions
+            .iter()
+            .find(|v| v.version == version)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "channel {} has no version {version} (it has: {})",
+                    self.channel,
+                    self.versions
+                        .iter()
+                        .map(|v| v.version.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+    }
+
+    /// Position of a commit in the channel, if published there.
+    pub fn position_of(&self, commit: &ObjectId) -> Option<usize> {
+        self.versions.iter().rposition(|v| v.commit == *commit)
+    }
+}
+
+/// This device's phase for a version: `blake3(machine-id, channel, version) mod 100`.
+/// A version published at `p`% is offered when the phase is below `p`.
+pub fn device_phase(machine_id: &str, channel: &str, version: &str) -> u8 {
+    let mut h = blake3::Hasher::new();
+    for part in [machine_id.trim(), channel, version] {
+        h.update(part.as_bytes());
+        h.update(&[0]);
+    }
+    let first: [u8; 8] = h.finalize().as_bytes()[..8].try_into().unwrap();
+    (u64::from_le_bytes(first) % 100) as u8
+}
+
+/// A version this device considered, and why it was or was not offered.
+#[derive(Clone, Debug, Serialize)]
+pub struct Considered {
+    /// The version.
+    pub version: String,
+    /// The device's phase for it.
+    pub device_phase: u8,
+    /// The version's rollout percentage.
+    pub phase: u8,
+    /// Whether it is offered to this device.
+    pub offered: bool,
+}
+
+/// Which version this device should run: the newest offered one, if newer than what it
+/// runs. `None` when the device is current (or ahead of every offered version).
+pub fn choose<'a>(
+    idx: &'a ChannelIndex,
+    current: Option<&ObjectId>,
+    machine_id: &str,
+    phase_override: bool,
+) -> (Option<&'a VersionEntry>, Vec<Considered>) {
+    let current_pos = current.and_then(|c| idx.position_of(c));
+    let mut considered = Vec::new();
+    for (pos, v) in idx.versions.iter().enumerate().rev() {
+        let device_phase = device_phase(machine_id, &idx.channel, &v.version);
+        let offered = phase_override || device_phase < v.phase;
+        considered.push(Considered {
+            version: v.version.clone(),
+            device_phase,
+            phase: v.phase,
+            offered,
+        });
+        if offered {
+            let newer = current_pos.is_none_or(|c| pos > c);
+            return (newer.then_some(v), considered);
+        }
+    }
+    (None, considered)
+}
+
+/// How a candidate fetches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Every missing object on its own.
+    Full,
+    /// A chain of static deltas.
+    Deltas,
+    /// Nothing to fetch: the commit is stored.
+    #[default]
+    Present,
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `pad` so that `{:<7}` aligns it.
+        f.pad(match self {
+            Method::Full => "full",
+            Method::Deltas => "deltas",
+            Method::Present => "present",
+        })
+    }
+}
+
+/// One way to fetch a version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Candidate {
+    /// Full fetch or deltas.
+    pub kind: Method,
+    /// The commit a delta chain starts from.
+    pub from: Option<ObjectId>,
+    /// The deltas, in the order they apply.
+    pub deltas: Vec<DeltaRef>,
+    /// Bytes to download: the score (fewer is better).
+    pub bytes: u64,
+}
+
+/// The first step from a commit toward the target: the delta and the commit it makes.
+type Hop<'a> = (&'a DeltaRef, ObjectId);
+
+/// The delta chains to `target` from every commit `have` accepts, each the cheapest
+/// from its start (Dijkstra on the reversed delta graph), cheapest first.
+pub fn delta_chains(
+    idx: &ChannelIndex,
+    target: &ObjectId,
+    have: impl Fn(&ObjectId) -> bool,
+) -> Vec<Candidate> {
+    // into[c] = the deltas that produce commit c.
+    let mut into: HashMap<ObjectId, Vec<&DeltaRef>> = HashMap::new();
+    for v in &idx.versions {
+        for d in v.deltas.iter().filter(|d| d.format <= arbor_delta::FORMAT) {
+            into.entry(v.commit).or_default().push(d);
+        }
+    }
+    // best[c] = (bytes from c to target, the first delta to take from c and where it
+    // leads)
+    let mut best: BTreeMap<ObjectId, (u64, Option<Hop>)> = BTreeMap::new();
+    let mut heap = BinaryHeap::new();
+    best.insert(*target, (0, None));
+    heap.push(Reverse((0u64, *target)));
+    while let Some(Reverse((cost, node))) = heap.pop() {
+        if best.get(&node).is_some_and(|(c, _)| *c < cost) {
+            continue;
+        }
+        for d in into.get(&node).into_iter().flatten() {
+            let c = cost.saturating_add(d.file.size);
+            if best.get(&d.from).is_none_or(|(old, _)| c < *old) {
+                best.insert(d.from, (c, Some((*d, node))));
+                heap.push(Reverse((c, d.from)));
+            }
+        }
+    }
+    let mut out: Vec<Candidate> = best
+        .iter()
+        .filter(|(c, (_, first))| first.is_some() && have(c))
+        .map(|(start, (bytes, _))| {
+            let mut deltas = Vec::new();
+            let mut at = *start;
+            while let Some((_, Some((d, to)))) = best.get(&at) {
+                deltas.push((*d).clone());
+                at = *to;
+            }
+            Candidate {
+                kind: Method::Deltas,
+                from: Some(*start),
+                deltas,
+                bytes: *bytes,
+            }
+        })
+        .collect();
+    out.sort_by_key(|c| c.bytes);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> ObjectId {
+        ObjectId::of(s.as_bytes())
+    }
+
+    fn file(path: &str, size: u64) -> FileRef {
+        FileRef {
+            path: path.into(),
+            size,
+            blake3: "0".repeat(64),
+        }
+    }
+
+    fn version(v: &str, phase: u8, deltas: Vec<(&str, u64)>) -> VersionEntry {
+        VersionEntry {
+            version: v.into(),
+            commit: id(v),
+            published: 0,
+            critical: false,
+            phase,
+            release_notes: None,
+            manifest: file(&format!("manifests/{v}"), 10),
+            full_bytes: 1000,
+            raw_bytes: 2000,
+            deltas: deltas
+                .into_iter()
+                .map(|(from, size)| DeltaRef {
+                    from: id(from),
+                    file: file(&format!("deltas/{from}-{v}"), size),
+                    raw_bytes: 0,
+                    full_from: None,
+                    format: 1,
+                })
+                .collect(),
+            packages: None,
+        }
+    }
+
+    fn index() -> ChannelIndex {
+        ChannelIndex {
+            format: INDEX_FORMAT,
+            channel: "stable".into(),
+            versions: vec![
+                version("1", 100, vec![]),
+                version("2", 100, vec![("1", 50)]),
+                version("3", 100, vec![("2", 40), ("1", 200)]),
+            ],
+        }
+    }
+
+    #[test]
+    fn the_cheapest_chain_wins_even_through_an_intermediate_version() {
+        let idx = index();
+        let chains = delta_chains(&idx, &id("3"), |c| *c == id("1"));
+        assert_eq!(chains.len(), 1);
+        assert_eq!(chains[0].bytes, 90);
+        let paths: Vec<_> = chains[0]
+            .deltas
+            .iter()
+            .map(|d| d.file.path.clone())
+            .collect();
+        assert_eq!(paths, ["deltas/1-2", "deltas/2-3"]);
+        // With both 1 and 2 at hand, both starts are offered, cheapest first.
+        let chains = delta_chains(&idx, &id("3"), |c| *c == id("1") || *c == id("2"));
+        assert_eq!(chains.iter().map(|c| c.bytes).collect::<Vec<_>>(), [40, 90]);
+        assert!(delta_chains(&idx, &id("3"), |_| false).is_empty());
+        // A delta in a format this arbor cannot read is passed over.
+        let mut idx = index();
+        idx.versions[2].deltas[0].format = arbor_delta::FORMAT + 1;
+        let chains = delta_chains(&idx, &id("3"), |c| *c == id("2"));
+        assert!(chains.is_empty(), "{chains:?}");
+        // An index written before the field names format 1.
+        let json = serde_json::to_string(&index()).unwrap();
+        let old = json.replace(r#","format":1"#, "");
+        assert!(json.contains(r#","format":1}"#) && !old.contains(r#","format":1}"#));
+        let parsed = ChannelIndex::parse(old.as_bytes(), "stable").unwrap();
+        assert_eq!(parsed.versions[2].deltas[0].format, 1);
+    }
+
+    #[test]
+    fn phases_decide_what_is_offered() {
+        let mut idx = index();
+        let m = "0123456789abcdef0123456789abcdef";
+        let p3 = device_phase(m, "stable", "3");
+        assert!(p3 < 100);
+        assert_eq!(p3, device_phase(&format!("{m}\n"), "stable", "3"));
+        idx.versions[2].phase = p3; // just out
+        let (v, considered) = choose(&idx, Some(&id("1")), m, false);
+        assert_eq!(v.unwrap().version, "2");
+        assert!(!considered[0].offered);
+        idx.versions[2].phase = p3 + 1; // just in
+        assert_eq!(
+            choose(&idx, Some(&id("1")), m, false).0.unwrap().version,
+            "3"
+        );
+        idx.versions[2].phase = 0;
+        assert_eq!(
+            choose(&idx, Some(&id("1")), m, true).0.unwrap().version,
+            "3"
+        );
+        // A device on 2 with 3 held back has nothing to do; one on 3 is never sent back.
+        assert!(choose(&idx, Some(&id("2")), m, false).0.is_none());
+        assert!(choose(&idx, Some(&id("3")), m, false).0.is_none());
+    }
+
+    #[test]
+    fn hostile_indexes_are_refused() {
+        let mut idx = index();
+        let ok = serde_json::to_vec(&idx).unwrap();
+        assert!(ChannelIndex::parse(&ok, "stable").is_ok());
+        assert!(ChannelIndex::parse(&ok, "beta").is_err());
+        idx.versions[1].deltas[0].file.path = "deltas/../../etc/passwd".into();
+        assert!(ChannelIndex::parse(&serde_json::to_vec(&idx).unwrap(), "stable").is_err());
+        let mut idx = index();
+        idx.versions[1].manifest.path = "/etc/shadow".into();
+        assert!(ChannelIndex::parse(&serde_json::to_vec(&idx).unwrap(), "stable").is_err());
+        let mut idx = index();
+        idx.versions[1].version = "1".into();
+        assert!(ChannelIndex::parse(&serde_json::to_vec(&idx).unwrap(), "stable").is_err());
+        // A package list outside packages/, or larger than any real one.
+        let with_list = |path: &str, size| {
+            let mut idx = index();
+            idx.versions[1].packages = Some(file(path, size));
+            ChannelIndex::parse(&serde_json::to_vec(&idx).unwrap(), "stable")
+        };
+        assert!(with_list("packages/2.list", 9000).is_ok());
+        assert!(with_list("manifests/2.list", 9000).is_err());
+        let e = with_list("packages/2.list", MAX_PACKAGE_LIST + 1).unwrap_err();
+        assert!(e.to_string().contains("package list of"), "{e}");
+        assert!(!valid_channel("../x") && !valid_channel("") && valid_channel("stable-2"));
+    }
+}

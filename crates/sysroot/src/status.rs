@@ -1,0 +1,239 @@
+//! What `arbor status` and the daemon's properties show: the deployments with their
+//! roles (booted, pending, rollback) and the staged one.
+
+use std::collections::HashMap;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::{Deployment, Sysroot};
+use arbor_store::ObjectId;
+
+/// The version of the status document (`arbor status --json`, the daemon's
+/// deployment dictionaries): raised when a field changes meaning or goes away, not
+/// when one is added.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// What a deployment is to the running system.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    serde::Deserialize,
+    zvariant::Type,
+    zvariant::Value,
+    zvariant::OwnedValue,
+)]
+#[serde(rename_all = "kebab-case")]
+#[zvariant(signature = "s", rename_all = "kebab-case")]
+pub enum Role {
+    /// It is running.
+    Booted,
+    /// It boots next, and is not the running one.
+    Pending,
+    /// What `arbor rollback` would make the default.
+    Rollback,
+    /// Kept in the boot menu (older, or pinned).
+    Other,
+}
+
+/// One deployment with the role words users read. On the bus, one dictionary: the
+/// deployment's fields with `role`, `pending`, `rollback` and `staged` beside them, as
+/// the JSON has them (flattened).
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct StatusRow {
+    /// The deployment.
+    #[serde(flatten)]
+    pub deployment: Deployment,
+    /// Its role, one word (the booleans below say the same, kept for scripts).
+    pub role: Role,
+    /// Boots next but is not running.
+    pub pending: bool,
+    /// What `arbor rollback` would make the default.
+    pub rollback: bool,
+    /// The staged deployment (only the staged row says true).
+    #[serde(default)]
+    pub staged: bool,
+}
+
+impl zvariant::Type for StatusRow {
+    const SIGNATURE: &'static zvariant::Signature = <Deployment as zvariant::Type>::SIGNATURE;
+}
+
+impl From<StatusRow> for zvariant::Value<'_> {
+    fn from(r: StatusRow) -> Self {
+        let mut fields: HashMap<String, zvariant::Value<'_>> =
+            HashMap::try_from(zvariant::Value::from(r.deployment))
+                .expect("a deployment is a dictionary");
+        fields.insert("role".into(), r.role.into());
+        fields.insert("pending".into(), r.pending.into());
+        fields.insert("rollback".into(), r.rollback.into());
+        fields.insert("staged".into(), r.staged.into());
+        zvariant::Value::from(fields)
+    }
+}
+
+impl TryFrom<zvariant::Value<'_>> for StatusRow {
+    type Error = zvariant::Error;
+    fn try_from(v: zvariant::Value<'_>) -> Result<Self, Self::Error> {
+        let fields: HashMap<String, zvariant::Value<'_>> = HashMap::try_from(v.try_clone()?)?;
+        let flag = |k: &str| -> Result<bool, zvariant::Error> {
+            match fields.get(k) {
+                Some(v) => bool::try_from(v.try_clone()?),
+                None => Ok(false),
+            }
+        };
+        Ok(StatusRow {
+            deployment: Deployment::try_from(v.try_to_owned()?)?,
+            role: match fields.get("role") {
+                Some(r) => Role::try_from(r.try_clone()?)?,
+                None => return Err(zvariant::Error::IncorrectType),
+            },
+            pending: flag("pending")?,
+            rollback: flag("rollback")?,
+            staged: flag("staged")?,
+        })
+    }
+}
+
+impl TryFrom<zvariant::OwnedValue> for StatusRow {
+    type Error = zvariant::Error;
+    fn try_from(v: zvariant::OwnedValue) -> Result<Self, Self::Error> {
+        StatusRow::try_from(zvariant::Value::from(v))
+    }
+}
+
+impl TryFrom<StatusRow> for zvariant::OwnedValue {
+    type Error = zvariant::Error;
+    fn try_from(r: StatusRow) -> Result<Self, Self::Error> {
+        zvariant::OwnedValue::try_from(zvariant::Value::from(r))
+    }
+}
+
+/// The whole picture of a sysroot: the status document (`arbor status --json`).
+#[derive(
+    Clone,
+    Debug,
+    Serialize,
+    serde::Deserialize,
+    zvariant::Type,
+    zvariant::Value,
+    zvariant::OwnedValue,
+)]
+#[zvariant(signature = "dict")]
+pub struct Status {
+    /// [`FORMAT_VERSION`].
+    pub format_version: u32,
+    /// Prepared, to become the default at shutdown.
+    pub staged: Option<Deployment>,
+    /// In boot order.
+    pub deployments: Vec<StatusRow>,
+    /// The commit `apply-live` made the running system's `/usr` show, if any.
+    pub live_commit: Option<ObjectId>,
+}
+
+impl Status {
+    /// The running deployment.
+    pub fn booted(&self) -> Option<&StatusRow> {
+        self.deployments.iter().find(|r| r.deployment.booted)
+    }
+
+    /// The deployment that boots next when it is not the running one.
+    pub fn pending(&self) -> Option<&StatusRow> {
+        self.deployments.iter().find(|r| r.pending)
+    }
+
+    /// What runs after the next reboot when it is not the running deployment: the
+    /// staged one (its entry is written at shutdown), else the pending one.
+    pub fn next(&self) -> Option<&Deployment> {
+        self.staged
+            .as_ref()
+            .or_else(|| self.pending().map(|r| &r.deployment))
+    }
+
+    /// The rollback target.
+    pub fn rollback(&self) -> Option<&StatusRow> {
+        self.deployments.iter().find(|r| r.rollback)
+    }
+}
+
+/// Adds roles to a boot order: pending = boots next but is not running; rollback = the
+/// entry after the running one (or after the pending one when nothing of ours runs).
+pub fn with_roles(list: Vec<Deployment>) -> Vec<StatusRow> {
+    let booted = list.iter().position(|d| d.booted);
+    list.into_iter()
+        .enumerate()
+        .map(|(i, deployment)| {
+            let pending = i == 0 && booted != Some(0);
+            let rollback = match booted {
+                Some(b) => i == b + 1,
+                None => i == 1,
+            };
+            let role = if deployment.booted {
+                Role::Booted
+            } else if pending {
+                Role::Pending
+            } else if rollback {
+                Role::Rollback
+            } else {
+                Role::Other
+            };
+            StatusRow {
+                deployment,
+                role,
+                pending,
+                rollback,
+                staged: false,
+            }
+        })
+        .collect()
+}
+
+/// Reads the status of `sysroot`.
+pub fn status(sysroot: &Sysroot) -> Result<Status> {
+    let deployments = with_roles(sysroot.deployments()?);
+    let booted = deployments.iter().find(|r| r.deployment.booted);
+    let live_commit = match (booted, super::live_record::LiveRecord::read(sysroot)?) {
+        (Some(b), Some(r)) if r.booted == b.deployment.dir_name() => Some(r.commit),
+        _ => None,
+    };
+    Ok(Status {
+        format_version: FORMAT_VERSION,
+        staged: sysroot.staged()?,
+        deployments,
+        live_commit,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roles(booted: Option<usize>, n: usize) -> Vec<Role> {
+        with_roles(
+            (0..n)
+                .map(|i| Deployment::for_test(0, booted == Some(i)))
+                .collect(),
+        )
+        .into_iter()
+        .map(|r| r.role)
+        .collect()
+    }
+
+    #[test]
+    fn roles_follow_the_booted_deployment() {
+        use Role::*;
+        // After a deploy: the new one is pending, the running one next, then its rollback.
+        assert_eq!(roles(Some(1), 3), [Pending, Booted, Rollback]);
+        // Running the default: the next one is the rollback.
+        assert_eq!(roles(Some(0), 3), [Booted, Rollback, Other]);
+        // Nothing booted (a folder sysroot): 0 boots next, 1 is what rollback picks.
+        assert_eq!(roles(None, 2), [Pending, Rollback]);
+        assert_eq!(roles(Some(0), 1), [Booted]);
+        let rows = with_roles((0..3).map(|i| Deployment::for_test(0, i == 1)).collect());
+        assert!(rows[0].pending && !rows[0].rollback && rows[2].rollback);
+    }
+}
