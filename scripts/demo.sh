@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo build --release --quiet
+cargo build --release --quiet --workspace --bins
 arbor=$PWD/target/release/arbor
 corpus=${ARBOR_CORPUS:-/var/tmp/arbor-corpus}
 work=$(mktemp -d "${TMPDIR:-/var/tmp}/arbor-demo.XXXXXX")

@@ -14,7 +14,7 @@ corpus=/var/tmp/arbor-fuzz
 mkdir -p "$corpus"
 
 # Real objects as seeds: a commit of a small tree (arbor's own man pages).
-cargo build --quiet --bin arbor
+cargo build --quiet --workspace --bins
 seeds=$(mktemp -d)
 target/debug/arbor --repo "$seeds/repo" init >/dev/null
 target/debug/arbor --repo "$seeds/repo" commit man -b seed --subject seed >/dev/null 2>&1
