@@ -97,8 +97,9 @@ fn root_busctl_and_gdbus_read_status_and_start_a_deploy() {
         .to_string();
     assert!(path.starts_with("/org/arbor/Arbor1/Transaction/"), "{out}");
     assert_eq!(bus.wait(&path), (true, String::new()));
-    let result: serde_json::Value =
-        serde_json::from_str(bus.property(&path, TXN, "Result").as_str().unwrap()).unwrap();
+    let result = bus.document(&path, TXN, "Result");
+    assert_eq!(result["kind"], "deployed", "{result}");
+    assert_eq!(result["format_version"], 1, "{result}");
     assert_eq!(result["deployment"]["version"], "2");
     // The CLI sees what the daemon did, and the daemon's properties follow.
     assert_eq!(versions(&s), ["2", "1"]);
@@ -118,6 +119,33 @@ fn root_busctl_and_gdbus_read_status_and_start_a_deploy() {
             .starts_with("D-Bus Deploy by :"),
         "{last}"
     );
+
+    // Every property, of both interfaces, is typed: no string carries a document.
+    for (object, iface) in [(ROOT, SYSROOT), (path.as_str(), TXN)] {
+        let all = bus.busctl(&[
+            "--json=short",
+            "call",
+            "org.arbor.Arbor1",
+            object,
+            "org.freedesktop.DBus.Properties",
+            "GetAll",
+            "s",
+            iface,
+        ]);
+        let all: serde_json::Value = serde_json::from_slice(&all.stdout).unwrap();
+        let props = all["data"][0].as_object().unwrap();
+        assert!(props.len() > 5, "{all}");
+        for (name, v) in props {
+            if v["type"] == "s" {
+                let text = v["data"].as_str().unwrap();
+                assert!(
+                    serde_json::from_str::<serde_json::Value>(text)
+                        .map_or(true, |j| !j.is_object() && !j.is_array()),
+                    "{iface}.{name} carries JSON: {text}"
+                );
+            }
+        }
+    }
 
     // busctl starts a rollback; a bad argument is named.
     let p = bus.start(&["Rollback", "a{sv}", "0"]).unwrap();
@@ -1030,4 +1058,41 @@ fn root_etc_diff_restore_and_reset_over_the_bus() {
         history.contains("reset") && history.contains("etc-restore"),
         "{history}"
     );
+}
+
+/// The interface file promises typed documents: no method returns a string, and the
+/// string properties are words and messages, never JSON (the documents are `a{sv}`).
+#[test]
+fn the_interface_file_has_no_string_that_carries_a_document() {
+    let xml = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dbus/org.arbor.Arbor1.xml"),
+    )
+    .unwrap();
+    assert!(
+        !xml.contains(r#"type="s" direction="out""#),
+        "a method returns a string: return the document as a{{sv}}"
+    );
+    // The string properties, each a word or a message.
+    let words = [
+        "Path",
+        "UpdateState",
+        "CurrentTask",
+        "ErrorMessage",
+        "ErrorName",
+        "Initiator",
+        "Method",
+    ];
+    let strings: Vec<&str> = xml
+        .split("<property name=\"")
+        .skip(1)
+        .filter(|p| p.split('"').nth(2) == Some("s"))
+        .map(|p| p.split('"').next().unwrap())
+        .collect();
+    assert!(strings.contains(&"UpdateState"), "{strings:?}");
+    for name in strings {
+        assert!(
+            words.contains(&name),
+            "property {name} is a string: a document is a{{sv}}, a word is listed here"
+        );
+    }
 }

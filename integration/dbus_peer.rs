@@ -45,9 +45,10 @@ fn the_sysroot_interface_answers_a_peer() {
     let deployments: Vec<std::collections::HashMap<String, OwnedValue>> =
         p.get_property("Deployments").unwrap();
     assert!(deployments.is_empty());
-    let update: String = p.get_property("UpdateStatus").unwrap();
-    let update: serde_json::Value = serde_json::from_str(&update).unwrap();
-    assert_eq!(update["state"], "idle");
+    // Decoded as the library's own type, as `arbor serve` decodes it.
+    let update: arbor_ops::update::state::UpdateRecord = p.get_property("UpdateStatus").unwrap();
+    assert_eq!(update.state, arbor_ops::update::state::State::Idle);
+    assert_eq!(update.format_version, arbor_core::wire::FORMAT_VERSION);
 
     // A bad option is refused before anything else, naming it.
     let opts: std::collections::HashMap<&str, zbus::zvariant::Value> =

@@ -562,13 +562,15 @@ fn root_the_daemon_deploys_a_remote_channel_as_the_cli_does() {
         .start(&["Deploy", "sa{sv}", "origin:stable", "0"])
         .unwrap();
     assert_eq!(bus.wait(&path), (true, String::new()));
-    let daemon: serde_json::Value = serde_json::from_str(
-        bus.property(&path, "org.arbor.Arbor1.Transaction", "Result")
-            .as_str()
-            .unwrap(),
-    )
-    .unwrap();
-    for key in ["remote", "channel", "offered", "state"] {
+    let daemon = bus.document(&path, "org.arbor.Arbor1.Transaction", "Result");
+    for key in [
+        "format_version",
+        "kind",
+        "remote",
+        "channel",
+        "offered",
+        "state",
+    ] {
         assert_eq!(cli[key], daemon[key], "{key}: {cli:#} vs {daemon:#}");
     }
     assert_eq!(cli["fetched"]["method"], daemon["fetched"]["method"]);

@@ -485,11 +485,12 @@ test "$(cat $T/usr/bin/dbus-fix)" = "from the bus"
         "{out}"
     );
     let reply: serde_json::Value = serde_json::from_str(section(&out, "list").trim()).unwrap();
-    let listing = reply["data"][0].as_str().unwrap();
-    let v: serde_json::Value = serde_json::from_str(listing).unwrap();
-    assert_eq!(v["name"], "via-bus");
+    // A real a{sv}, the listing's fields as the CLI's JSON has them.
+    let v = common::bus::plain(&reply["data"][0]);
+    assert_eq!(v["name"], "via-bus", "{v}");
+    let listing = v.to_string();
     assert_eq!(
-        listed(listing),
+        listed(&listing),
         pairs(&[("/usr/bin/dbus-fix", "added")]),
         "{listing}"
     );

@@ -259,11 +259,6 @@ function refresh() {
     return client.call(ROOT, "org.freedesktop.DBus.Properties", "GetAll", [SYSROOT])
         .then(([props]) => {
             state = unwrap(props);
-            try {
-                state.UpdateStatus = JSON.parse(state.UpdateStatus || "{}");
-            } catch (e) {
-                state.UpdateStatus = {};
-            }
             render();
             renderHistory();
             renderEtc();

@@ -229,6 +229,12 @@ impl Bus {
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["data"].clone()
     }
 
+    /// A document property (`a{sv}`) as plain JSON, busctl's variant wrappers taken
+    /// off: what the CLI prints in JSON for the same document.
+    pub fn document(&self, path: &str, iface: &str, name: &str) -> serde_json::Value {
+        plain(&self.property(path, iface, name))
+    }
+
     /// Calls a Sysroot method with busctl; returns the transaction path.
     pub fn start(&self, args: &[&str]) -> Result<String, String> {
         let mut all = vec![
@@ -368,5 +374,19 @@ impl Drop for Polkitd {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// busctl's JSON of a D-Bus value with its variant wrappers (`{"type": …, "data": …}`)
+/// taken off, recursively.
+pub fn plain(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        J::Object(m) if m.len() == 2 && m.contains_key("type") && m.contains_key("data") => {
+            plain(&m["data"])
+        }
+        J::Object(m) => J::Object(m.iter().map(|(k, v)| (k.clone(), plain(v))).collect()),
+        J::Array(a) => J::Array(a.iter().map(plain).collect()),
+        other => other.clone(),
     }
 }

@@ -9,7 +9,7 @@ use super::output::json;
 use super::{Cli, OutputArgs, run_op};
 use arbor_live::changes::ChangeKind;
 use arbor_live::request::OverlayListing;
-use arbor_live::{OverlayKind, UsrOverlayOutcome, UsrOverlayRequest, UsrStatus, apply, overlay};
+use arbor_live::{OverlayKind, UsrOverlayRequest, UsrStatus, apply, overlay};
 use arbor_ops::{Outcome, Request};
 use arbor_sysroot::Sysroot;
 
@@ -139,18 +139,19 @@ fn print_usr(s: &UsrStatus) {
         .as_deref()
         .map(|n| format!(" '{n}'"))
         .unwrap_or_default();
-    match &s.overlay {
-        None => println!("/usr of {} is the deployment's, read-only", s.deployment),
-        Some((kind, upper)) => {
+    match (&s.overlay, &s.upper) {
+        (None, _) | (_, None) => {
+            println!("/usr of {} is the deployment's, read-only", s.deployment)
+        }
+        (Some(kind), Some(upper)) => {
             let what = match kind {
                 OverlayKind::Transient => "a writable overlay, gone at reboot",
                 OverlayKind::Hotfix => "a writable hotfix overlay, kept across reboots",
                 OverlayKind::Live => "the live-applied commit",
             };
             println!(
-                "/usr of {} has {what}{label} (upper layer {})",
+                "/usr of {} has {what}{label} (upper layer {upper})",
                 s.deployment,
-                upper.display()
             );
             if let Some(c) = &s.committed {
                 println!("committed as {c}: the next boot runs it, and this overlay is dropped");
@@ -207,16 +208,14 @@ pub fn run_usroverlay(cli: &Cli, a: &UsrOverlayArgs) -> Result<i32> {
         root: a.root.clone(),
         req: a.request()?,
     };
-    let Outcome::UsrOverlay(out) = run_op(cli, &sysroot, &req)? else {
-        unreachable!("usroverlay gives a usroverlay outcome")
-    };
+    let out = run_op(cli, &sysroot, &req)?;
     if a.output.json {
         return json(&out).map(|_| 0);
     }
-    match out.as_ref() {
-        UsrOverlayOutcome::Status(st) => print_usr(st),
-        UsrOverlayOutcome::List(l) => print_listing(l),
-        UsrOverlayOutcome::Committed(c) => {
+    match &out {
+        Outcome::UsrStatus(st) => print_usr(st),
+        Outcome::OverlayListing(l) => print_listing(l),
+        Outcome::OverlayCommit(c) => {
             println!(
                 "committed {} changed paths of /usr as {} (on {})",
                 c.changes.len(),
@@ -229,6 +228,7 @@ pub fn run_usroverlay(cli: &Cli, a: &UsrOverlayArgs) -> Result<i32> {
                 c.deploy.deployment.dir_name()
             );
         }
+        other => unreachable!("usroverlay gave a {} outcome", other.kind()),
     }
     Ok(0)
 }
@@ -251,18 +251,18 @@ pub fn run_apply_live(cli: &Cli, a: &ApplyLiveArgs) -> Result<i32> {
             },
         }
     };
-    let r = match run_op(cli, &sysroot, &req)? {
-        Outcome::UsrStatus(st) if a.output.json => return json(&st).map(|_| 0),
+    let out = run_op(cli, &sysroot, &req)?;
+    if a.output.json {
+        return json(&out).map(|_| 0);
+    }
+    let r = match out {
         Outcome::UsrStatus(st) => {
             print_usr(&st);
             return Ok(0);
         }
         Outcome::ApplyLive(r) => r,
-        _ => unreachable!("apply-live gives an apply-live outcome"),
+        other => unreachable!("apply-live gave a {} outcome", other.kind()),
     };
-    if a.output.json {
-        return json(&r).map(|_| 0);
-    }
     let p = &r.plan;
     println!("{} -> {}", p.from.short(), p.to.short());
     println!(

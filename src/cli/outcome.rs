@@ -24,7 +24,7 @@ pub fn run_and_print(cli: &Cli, req: &Request, output: &OutputArgs) -> Result<i3
         (Outcome::Update(r), _) => print_update(r, Action::Stage, false),
         (Outcome::Upgrade(u), Request::Upgrade(q)) => print_upgrade(u, q.action, q.dry_run),
         (Outcome::Order(o), _) => print_status(&o.deployments),
-        (Outcome::Kargs(k), _) => println!("{}", k.join(" ")),
+        (Outcome::Kargs(k), _) => println!("{}", k.kargs.join(" ")),
         (Outcome::Cleanup(r), _) => println!(
             "removed {} deployments, {} kernel folders, {} objects ({})",
             r.deployments_removed.len(),
@@ -243,6 +243,7 @@ pub fn print_status(list: &[StatusRow]) {
             Role::Pending => "pending",
             Role::Rollback => "rollback",
             Role::Other => "",
+            Role::Staged => "staged",
         };
         let mark = if d.booted { '●' } else { ' ' };
         println!(

@@ -366,12 +366,13 @@ pub fn run_auto_update(cli: &Cli, a: &AutoUpdateArgs) -> Result<i32> {
         policy: policy.clone(),
         now: a.now,
     };
-    let Outcome::Update(r) = super::run_op(cli, &sysroot, &req)? else {
-        unreachable!("auto-update gives an update outcome")
-    };
+    let out = super::run_op(cli, &sysroot, &req)?;
     if a.output.json {
-        return json(&r).map(|_| 0);
+        return json(&out).map(|_| 0);
     }
+    let Outcome::Update(r) = out else {
+        unreachable!("auto-update gave a {} outcome", out.kind())
+    };
     if let Some(why) = &r.skipped {
         println!("{why}");
         if r.offered.is_none() {
@@ -390,19 +391,8 @@ pub fn run_auto_update(cli: &Cli, a: &AutoUpdateArgs) -> Result<i32> {
 pub fn run_update_status(cli: &Cli, o: &OutputArgs) -> Result<i32> {
     let sysroot = Sysroot::open(&cli.sysroot)?;
     let rec = update::state::current(&sysroot)?;
-    let db = StateDb::open(&sysroot.state_db_path())?;
-    let downloads = db.downloads()?;
     if o.json {
-        let mut v = serde_json::to_value(&rec)?;
-        v["downloads"] = serde_json::to_value(
-            downloads
-                .iter()
-                .map(
-                    |(url, path, size)| serde_json::json!({"url": url, "path": path, "size": size}),
-                )
-                .collect::<Vec<_>>(),
-        )?;
-        return json(&v).map(|_| 0);
+        return json(&rec).map(|_| 0);
     }
     println!("state:     {}", rec.state.name());
     if let (Some(r), Some(c)) = (&rec.remote, &rec.channel) {
@@ -430,8 +420,8 @@ pub fn run_update_status(cli: &Cli, o: &OutputArgs) -> Result<i32> {
             human_bytes(rec.bytes_total)
         );
     }
-    for (url, _, size) in &downloads {
-        println!("partial:   {url} ({})", human_bytes(*size));
+    for d in &rec.downloads {
+        println!("partial:   {} ({})", d.url, human_bytes(d.size));
     }
     if let Some(e) = &rec.error {
         println!("error:     {e}");

@@ -22,7 +22,6 @@ mod policy;
 mod snapshot;
 mod sysroot_iface;
 mod transaction;
-mod values;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};

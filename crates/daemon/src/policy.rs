@@ -8,7 +8,6 @@ use zbus::zvariant::OwnedValue;
 
 use super::error::DaemonError;
 use super::options::Options;
-use super::values::{Dict, dict_from_json};
 use arbor_ops::update::policy::Policy;
 
 /// The policy's names whose values are booleans; the others are strings.
@@ -21,12 +20,10 @@ const FLAGS: [&str; 4] = [
 /// The policy's names whose values are strings.
 const STRINGS: [&str; 3] = ["check_interval", "preferred_time", "channel"];
 
-/// The policy as `a{sv}`, under the file's names (defaults where it says nothing).
-pub(crate) fn read() -> zbus::fdo::Result<Dict> {
-    let failed = |e: String| zbus::fdo::Error::Failed(e);
-    let p = Policy::load(None).map_err(|e| failed(format!("{e:#}")))?;
-    let json = serde_json::to_value(&p).map_err(|e| failed(e.to_string()))?;
-    Ok(dict_from_json(&json))
+/// The policy (on the bus `a{sv}` under the file's names; defaults where it says
+/// nothing).
+pub(crate) fn read() -> zbus::fdo::Result<Policy> {
+    Policy::load(None).map_err(|e| zbus::fdo::Error::Failed(format!("{e:#}")))
 }
 
 /// Applies `changes` (any of the policy's names) and saves the file. A wrong name,

@@ -12,17 +12,28 @@ use zbus::{fdo, interface};
 use super::options::{self, Options};
 use super::snapshot::{Fingerprint, Snapshot};
 use super::transaction::{self, Call, Job};
-use super::values::{self, Dict};
 use super::{DaemonError, Shared, auth, policy};
+use arbor_core::wire::{Maybe, dict};
 use arbor_live::{self as live, apply::ApplyOptions};
 use arbor_ops::update::Action;
+use arbor_ops::update::policy::Policy;
+use arbor_ops::update::state::{Offer, UpdateRecord};
 use arbor_ops::{DeployRequest, Request, UpgradeRequest};
 use arbor_packages::layer::LayerEdit;
+use arbor_statedb::HistoryEntry;
 use arbor_sysroot::Sysroot;
 use arbor_sysroot::etc_state;
 use arbor_sysroot::kargs::KargEdit;
 use arbor_sysroot::reset::ResetLevel;
-use arbor_sysroot::status::Status;
+use arbor_sysroot::status::{Status, StatusRow, UpdateState};
+
+/// An `a{sv}` dictionary: what the methods that return a document reply with.
+pub type Dict = HashMap<String, OwnedValue>;
+
+/// A document as a method's reply.
+fn reply<'a, T: Into<zbus::zvariant::Value<'a>>>(doc: T) -> anyhow::Result<Dict> {
+    Ok(dict(doc)?)
+}
 
 /// The sysroot interface's object.
 pub struct SysrootIface {
@@ -62,8 +73,11 @@ impl SysrootIface {
             .await
     }
 
-    fn row_where(&self, pick: impl Fn(&Status) -> Option<Dict>) -> fdo::Result<Dict> {
-        Ok(pick(&self.snapshot()?.status).unwrap_or_default())
+    fn row_where(
+        &self,
+        pick: impl Fn(&Status) -> Option<StatusRow>,
+    ) -> fdo::Result<Maybe<StatusRow>> {
+        Ok(Maybe(pick(&self.snapshot()?.status)))
     }
 
     async fn begin(
@@ -342,21 +356,22 @@ impl SysrootIface {
         .await
     }
 
-    /// What an overlay changed, the JSON document `arbor usroverlay` lists it as: the
-    /// booted deployment's, or with "deployment" (s: index or commit prefix) another
-    /// deployment's kept hotfix. It only reads, so any caller may ask.
+    /// What an overlay changed, as the listing of `arbor usroverlay` has it (deployment,
+    /// kind, name, mounted, committed, upper, changes): the booted deployment's, or
+    /// with "deployment" (s: index or commit prefix) another deployment's kept
+    /// hotfix. It only reads, so any caller may ask.
     #[zbus(out_args("listing"))]
     async fn list_usr_overlay(
         &self,
         options: HashMap<String, OwnedValue>,
-    ) -> Result<String, DaemonError> {
+    ) -> Result<Dict, DaemonError> {
         let o = Options::parse(options, &["deployment"])?;
         self.shared.touch();
         let sysroot = Sysroot::open(&self.shared.sysroot).map_err(DaemonError::failed)?;
         let which = o.string("deployment")?;
         let listing = live::request::list(&sysroot, &self.shared.root, which.as_deref())
             .map_err(DaemonError::failed)?;
-        serde_json::to_string(&listing).map_err(|e| DaemonError::failed(e.into()))
+        reply(listing).map_err(DaemonError::failed)
     }
 
     /// How a deployment's /etc differs from its image, as the JSON of `arbor etc
@@ -378,8 +393,7 @@ impl SysrootIface {
         let read = || -> anyhow::Result<Dict> {
             let sysroot = Sysroot::open(&self.shared.sysroot)?;
             let d = etc_state::pick(&sysroot, which.as_deref())?;
-            let diff = etc_state::diff(&sysroot, &d)?;
-            Ok(values::dict_from_json(&serde_json::to_value(&diff)?))
+            reply(etc_state::diff(&sysroot, &d)?)
         };
         read().map_err(DaemonError::failed)
     }
@@ -460,11 +474,7 @@ impl SysrootIface {
         let read = || -> anyhow::Result<Vec<Dict>> {
             let sysroot = Sysroot::open(&self.shared.sysroot)?;
             let db = arbor_statedb::StateDb::open(&sysroot.state_db_path())?;
-            Ok(db
-                .history(limit as usize)?
-                .iter()
-                .map(values::history)
-                .collect())
+            db.history(limit as usize)?.into_iter().map(reply).collect()
         };
         read().map_err(DaemonError::failed)
     }
@@ -493,7 +503,7 @@ impl SysrootIface {
                 &arbor_store::dpkg::packages_of(repo, &from)?,
                 &arbor_store::dpkg::packages_of(repo, &to)?,
             );
-            Ok(values::dict_from_json(&serde_json::to_value(&d)?))
+            reply(d)
         };
         read().map_err(DaemonError::failed)
     }
@@ -625,7 +635,7 @@ impl SysrootIface {
     /// The automatic-update policy (docs/dbus.md): check_interval, auto_download,
     /// auto_install, critical_install, notify_available, preferred_time, channel.
     #[zbus(property)]
-    fn automatic_update_policy(&self) -> fdo::Result<Dict> {
+    fn automatic_update_policy(&self) -> fdo::Result<Policy> {
         self.shared.touch();
         policy::read()
     }
@@ -638,71 +648,55 @@ impl SysrootIface {
 
     /// Every deployment in boot order (keys in docs/dbus.md).
     #[zbus(property)]
-    fn deployments(&self) -> fdo::Result<Vec<Dict>> {
-        Ok(self
-            .snapshot()?
-            .status
-            .deployments
-            .iter()
-            .map(values::row)
-            .collect())
+    fn deployments(&self) -> fdo::Result<Vec<StatusRow>> {
+        Ok(self.snapshot()?.status.deployments.clone())
     }
 
     /// The running deployment; empty when none of ours runs.
     #[zbus(property)]
-    fn booted_deployment(&self) -> fdo::Result<Dict> {
-        self.row_where(|s| s.booted().map(values::row))
+    fn booted_deployment(&self) -> fdo::Result<Maybe<StatusRow>> {
+        self.row_where(|s| s.booted().cloned())
     }
 
     /// The deployment that boots next when it is not the running one; else empty.
     #[zbus(property)]
-    fn pending_deployment(&self) -> fdo::Result<Dict> {
-        self.row_where(|s| s.pending().map(values::row))
+    fn pending_deployment(&self) -> fdo::Result<Maybe<StatusRow>> {
+        self.row_where(|s| s.pending().cloned())
     }
 
     /// What Rollback would make the default; else empty.
     #[zbus(property)]
-    fn rollback_deployment(&self) -> fdo::Result<Dict> {
-        self.row_where(|s| s.rollback().map(values::row))
+    fn rollback_deployment(&self) -> fdo::Result<Maybe<StatusRow>> {
+        self.row_where(|s| s.rollback().cloned())
     }
 
     /// The staged deployment (made the default at shutdown); else empty.
     #[zbus(property)]
-    fn staged_deployment(&self) -> fdo::Result<Dict> {
-        self.row_where(|s| s.staged.as_ref().map(values::staged))
+    fn staged_deployment(&self) -> fdo::Result<Maybe<StatusRow>> {
+        self.row_where(Status::staged_row)
     }
 
     /// idle, busy, staged (an update waits for shutdown) or pending-reboot (the next
     /// boot runs another deployment).
     #[zbus(property)]
-    fn update_state(&self) -> fdo::Result<String> {
+    fn update_state(&self) -> fdo::Result<UpdateState> {
         let snap = self.snapshot()?;
         let busy = self.shared.active.lock().unwrap().is_some();
-        Ok(if busy {
-            "busy"
-        } else if snap.status.staged.is_some() {
-            "staged"
-        } else if snap.status.pending().is_some() {
-            "pending-reboot"
-        } else {
-            "idle"
-        }
-        .into())
+        Ok(UpdateState::of(&snap.status, busy))
     }
 
-    /// The persisted update state machine (docs/remote.md), as `arbor update-status`
-    /// prints it in JSON: state (idle, checking, downloading, verifying, staging,
-    /// staged, testing, active, rolling-back, failed), remote, channel, available,
-    /// version, bytes_done, bytes_total, error, rolled_back (the update did not boot
-    /// well and the previous deployment runs again), last_check, offer.
+    /// The persisted update state machine (docs/remote.md), the document `arbor
+    /// update-status` prints in JSON: state (idle, checking, downloading, verifying,
+    /// staging, staged, testing, active, rolling-back, failed), remote, channel,
+    /// available, version, bytes_done, bytes_total, error, rolled_back (the update did
+    /// not boot well and the previous deployment runs again), last_check, offer,
+    /// downloads.
     #[zbus(property)]
-    fn update_status(&self) -> fdo::Result<String> {
+    fn update_status(&self) -> fdo::Result<UpdateRecord> {
         self.shared.touch();
-        let read = || -> anyhow::Result<String> {
+        let read = || -> anyhow::Result<UpdateRecord> {
             let sysroot = Sysroot::open(&self.shared.sysroot)?;
-            let rec = arbor_ops::update::state::current(&sysroot)?;
-            let v = serde_json::to_value(&rec)?;
-            Ok(v.to_string())
+            arbor_ops::update::state::current(&sysroot)
         };
         read().map_err(|e| fdo::Error::Failed(format!("{e:#}")))
     }
@@ -713,14 +707,11 @@ impl SysrootIface {
     /// packages (upgraded, downgraded, added, removed). Empty when up to date or not yet
     /// checked, and once the offered version is staged.
     #[zbus(property)]
-    fn available_update(&self) -> fdo::Result<Dict> {
+    fn available_update(&self) -> fdo::Result<Maybe<Offer>> {
         self.shared.touch();
-        let read = || -> anyhow::Result<Dict> {
+        let read = || -> anyhow::Result<Maybe<Offer>> {
             let sysroot = Sysroot::open(&self.shared.sysroot)?;
-            Ok(match arbor_ops::update::state::current(&sysroot)?.offer {
-                Some(offer) => values::dict_from_json(&serde_json::to_value(&offer)?),
-                None => Dict::new(),
-            })
+            Ok(Maybe(arbor_ops::update::state::current(&sysroot)?.offer))
         };
         read().map_err(|e| fdo::Error::Failed(format!("{e:#}")))
     }
@@ -739,13 +730,8 @@ impl SysrootIface {
     /// The last recorded transaction, by the CLI or the daemon (keys in docs/dbus.md);
     /// read from the state database, so it survives restarts.
     #[zbus(property)]
-    fn last_transaction(&self) -> fdo::Result<Dict> {
-        Ok(self
-            .snapshot()?
-            .last
-            .as_ref()
-            .map(values::history)
-            .unwrap_or_default())
+    fn last_transaction(&self) -> fdo::Result<Maybe<HistoryEntry>> {
+        Ok(Maybe(self.snapshot()?.last.clone()))
     }
 }
 

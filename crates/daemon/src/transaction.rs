@@ -19,28 +19,25 @@ use super::checked::Checked;
 use super::{DaemonError, Shared, announce_changes};
 use arbor_core::lock::WriterLock;
 use arbor_core::progress::{Cancelled, Download, Observer};
+use arbor_core::wire::Maybe;
 use arbor_ops::error::ErrorKind;
-use arbor_ops::{self as ops, Initiator, Request};
+use arbor_ops::{self as ops, Initiator, Outcome, Request};
 use arbor_sysroot::Sysroot;
 
 /// How many finished transaction objects stay readable.
 pub const KEEP_FINISHED: usize = 16;
 
-/// The work of a transaction: runs with the lock held, returns its typed result as JSON.
+/// The work of a transaction: runs with the lock held, returns its outcome document.
 /// It records itself in the history ([`op`] does it as every operation does).
 pub type Job = Box<
-    dyn FnOnce(&Sysroot, &WriterLock, &Initiator, &dyn Observer) -> Result<serde_json::Value>
+    dyn FnOnce(&Sysroot, &WriterLock, &Initiator, &dyn Observer) -> Result<Outcome>
         + Send
         + 'static,
 >;
 
 /// The job of a library operation: what the CLI runs for the same verb.
 pub fn op(req: Request) -> Job {
-    Box::new(move |sysroot, lock, who, obs| {
-        Ok(serde_json::to_value(ops::run_locked(
-            sysroot, lock, &req, who, obs,
-        )?)?)
-    })
+    Box::new(move |sysroot, lock, who, obs| ops::run_locked(sysroot, lock, &req, who, obs))
 }
 
 /// How long a transaction started with "wait-for-start" waits for its Start before it
@@ -114,7 +111,7 @@ struct State {
     error_name: String,
     percent: u32,
     task: String,
-    result: String,
+    result: Option<Outcome>,
 }
 
 /// The `org.arbor.Arbor1.Transaction` interface of one transaction.
@@ -223,11 +220,11 @@ impl TransactionIface {
         self.state.lock().unwrap().task.clone()
     }
 
-    /// What it did, as JSON (the same document the CLI prints in JSON); empty until
-    /// it succeeded.
+    /// What it did: the outcome document (`format_version`, `kind` and the verb's
+    /// fields, as the CLI prints it in JSON); empty until it succeeded.
     #[zbus(property)]
-    fn result(&self) -> String {
-        self.state.lock().unwrap().result.clone()
+    fn result(&self) -> Maybe<Outcome> {
+        Maybe(self.state.lock().unwrap().result.clone())
     }
 
     /// Something worth telling the user.
@@ -485,7 +482,7 @@ async fn caller_present(shared: &Shared, name: &str) -> bool {
 
 /// Publishes the outcome: properties first, then the sysroot's new state, then
 /// `Finished`, so a client that reacts to `Finished` reads the new state.
-fn finish(shared: &Arc<Shared>, obs: &BusObserver, path: &str, result: Result<serde_json::Value>) {
+fn finish(shared: &Arc<Shared>, obs: &BusObserver, path: &str, result: Result<Outcome>) {
     let error = match &result {
         Ok(_) => String::new(),
         Err(e) if e.chain().any(|c| c.is::<Cancelled>()) => Cancelled.to_string(),
@@ -502,7 +499,7 @@ fn finish(shared: &Arc<Shared>, obs: &BusObserver, path: &str, result: Result<se
             Err(e) => ErrorKind::of(e).dbus_name().to_string(),
         };
         if let Ok(v) = &result {
-            st.result = v.to_string();
+            st.result = Some(v.clone());
         }
     }
     if result.is_ok() {

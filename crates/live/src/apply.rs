@@ -44,7 +44,8 @@ pub struct ApplyOptions {
 }
 
 /// What apply-live did.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, zvariant::Type, zvariant::Value, zvariant::OwnedValue)]
+#[zvariant(signature = "dict")]
 pub struct ApplyResult {
     /// The plan it carried out.
     pub plan: LivePlan,
@@ -301,6 +302,6 @@ pub fn reset(sysroot: &Sysroot, _lock: &WriterLock, root: &Path) -> Result<UsrSt
         fsutil::remove_tree(&dir)?;
     }
     let st = super::status(sysroot, root)?;
-    debug_assert!(!matches!(st.overlay, Some((OverlayKind::Live, _))));
+    debug_assert!(!matches!(st.overlay, Some(OverlayKind::Live)));
     Ok(st)
 }

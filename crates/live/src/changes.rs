@@ -18,7 +18,18 @@ use serde::Serialize;
 use arbor_core::fsutil;
 
 /// How a path differs from the deployment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    zvariant::Type,
+    zvariant::Value,
+    zvariant::OwnedValue,
+)]
+#[zvariant(signature = "s", rename_all = "kebab-case")]
 #[serde(rename_all = "kebab-case")]
 pub enum ChangeKind {
     /// Not in the deployment.
@@ -30,7 +41,18 @@ pub enum ChangeKind {
 }
 
 /// The type of a file system entry, as `--list` shows it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    zvariant::Type,
+    zvariant::Value,
+    zvariant::OwnedValue,
+)]
+#[zvariant(signature = "s", rename_all = "kebab-case")]
 #[serde(rename_all = "kebab-case")]
 pub enum EntryType {
     /// A regular file.
@@ -44,7 +66,10 @@ pub enum EntryType {
 }
 
 /// One changed path.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Serialize, zvariant::Type, zvariant::Value, zvariant::OwnedValue,
+)]
+#[zvariant(signature = "dict")]
 pub struct Change {
     /// The path, from `/` (`/usr/bin/x`).
     pub path: String,
@@ -52,6 +77,7 @@ pub struct Change {
     pub change: ChangeKind,
     /// What it is now (for a deletion: what it was).
     #[serde(rename = "type")]
+    #[zvariant(rename = "type")]
     pub entry_type: EntryType,
     /// Its permission bits and setuid/setgid/sticky (`0o7777` of `st_mode`).
     pub mode: u32,
@@ -60,8 +86,7 @@ pub struct Change {
     /// For a modification, what differs: `content`, `type`, `mode`, `owner`,
     /// `xattrs`, `target` (a symlink's), or `opaque` (a directory whose old content is
     /// hidden; the entries it hid are listed as deleted).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub what: Vec<&'static str>,
+    pub what: Vec<String>,
 }
 
 fn entry_type(st: &rfs::Stat) -> EntryType {
@@ -92,7 +117,7 @@ fn change(path: &str, change: ChangeKind, st: &rfs::Stat, what: Vec<&'static str
         } else {
             st.st_size as u64
         },
-        what,
+        what: what.into_iter().map(String::from).collect(),
     }
 }
 

@@ -37,7 +37,8 @@ pub const NAME_KEY: &str = "arbor.usroverlay.name";
 pub const FROM_KEY: &str = "arbor.usroverlay.from";
 
 /// What `usroverlay --commit` made.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, zvariant::Type, zvariant::Value, zvariant::OwnedValue)]
+#[zvariant(signature = "dict")]
 pub struct OverlayCommit {
     /// The new commit.
     pub commit: ObjectId,

@@ -29,14 +29,25 @@ use arbor_sysroot::{Deployment, Sysroot};
 pub use request::{UsrOverlayOutcome, UsrOverlayRequest};
 
 /// An overlay mounted on a `/usr`, as `/proc/self/mountinfo` describes it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UsrMount {
     /// Its upper layer (where writes go).
     pub upper: PathBuf,
 }
 
 /// What the overlay on `/usr` is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    zvariant::Type,
+    zvariant::Value,
+    zvariant::OwnedValue,
+)]
+#[zvariant(signature = "s", rename_all = "kebab-case")]
 #[serde(rename_all = "kebab-case")]
 pub enum OverlayKind {
     /// `usroverlay`: writable until the next boot.
@@ -49,12 +60,15 @@ pub enum OverlayKind {
 }
 
 /// The state of the live root's `/usr`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, zvariant::Type, zvariant::Value, zvariant::OwnedValue)]
+#[zvariant(signature = "dict")]
 pub struct UsrStatus {
     /// The running deployment.
     pub deployment: String,
-    /// The overlay on `/usr`, if any, and what it is.
-    pub overlay: Option<(OverlayKind, PathBuf)>,
+    /// What the overlay on `/usr` is, if there is one.
+    pub overlay: Option<OverlayKind>,
+    /// The overlay's upper layer (where writes go), if there is one.
+    pub upper: Option<String>,
     /// The commit `/usr` shows when apply-live made it another than the deployment's.
     pub live_commit: Option<arbor_store::ObjectId>,
     /// The overlay's label (`--name`).
@@ -111,22 +125,24 @@ fn kind_of(sysroot: &Sysroot, d: &Deployment, upper: &Path) -> OverlayKind {
 /// What `/usr` of the live root `root` is now.
 pub fn status(sysroot: &Sysroot, root: &Path) -> Result<UsrStatus> {
     let d = booted(sysroot)?;
-    let overlay = usr_mount(&root.join("usr"))?.map(|m| (kind_of(sysroot, &d, &m.upper), m.upper));
-    let live_commit = match &overlay {
-        Some((OverlayKind::Live, _)) => arbor_sysroot::live_record::LiveRecord::read(sysroot)?
+    let mount = usr_mount(&root.join("usr"))?;
+    let overlay = mount.as_ref().map(|m| kind_of(sysroot, &d, &m.upper));
+    let live_commit = match overlay {
+        Some(OverlayKind::Live) => arbor_sysroot::live_record::LiveRecord::read(sysroot)?
             .filter(|r| r.booted == d.dir_name())
             .map(|r| r.commit),
         _ => None,
     };
-    let info = match &overlay {
-        Some((OverlayKind::Transient | OverlayKind::Hotfix, upper)) => {
-            overlay::OverlayInfo::read(upper.parent().unwrap_or(upper))?
+    let info = match (overlay, &mount) {
+        (Some(OverlayKind::Transient | OverlayKind::Hotfix), Some(m)) => {
+            overlay::OverlayInfo::read(m.upper.parent().unwrap_or(&m.upper))?
         }
         _ => overlay::OverlayInfo::default(),
     };
     Ok(UsrStatus {
         deployment: format!("{}/{}", d.os, d.dir_name()),
         overlay,
+        upper: mount.map(|m| m.upper.display().to_string()),
         live_commit,
         name: info.name,
         committed: info.committed,

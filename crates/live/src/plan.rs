@@ -16,7 +16,8 @@ use arbor_store::dpkg::PackageDiff;
 pub const UNIT_DIR: &str = "/usr/lib/systemd/system";
 
 /// What apply-live does (or, with `--dry-run`, would do).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, zvariant::Type, zvariant::Value, zvariant::OwnedValue)]
+#[zvariant(signature = "dict")]
 pub struct LivePlan {
     /// The running deployment's commit.
     pub from: ObjectId,

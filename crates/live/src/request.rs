@@ -65,7 +65,8 @@ impl UsrOverlayRequest {
 }
 
 /// An overlay's changes, as `--list` reports them.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, zvariant::Type, zvariant::Value, zvariant::OwnedValue)]
+#[zvariant(signature = "dict")]
 pub struct OverlayListing {
     /// The deployment below it (`os/commit.serial`).
     pub deployment: String,
@@ -78,14 +79,13 @@ pub struct OverlayListing {
     /// The commit `--commit` made of it, if any.
     pub committed: Option<arbor_store::ObjectId>,
     /// Its upper layer.
-    pub upper: PathBuf,
+    pub upper: String,
     /// Every changed path, sorted.
     pub changes: Vec<Change>,
 }
 
-/// What a request gave.
-#[derive(Clone, Debug, Serialize)]
-#[serde(untagged)]
+/// What a request gave (each is a kind of `ops::Outcome`).
+#[derive(Clone, Debug)]
 pub enum UsrOverlayOutcome {
     /// What is on `/usr` now.
     Status(UsrStatus),
@@ -107,7 +107,7 @@ pub fn list(sysroot: &Sysroot, root: &Path, which: Option<&str>) -> Result<Overl
         mounted: found.mounted,
         committed: info.committed,
         changes: changes::list(&found.upper(), &lower)?,
-        upper: found.upper(),
+        upper: found.upper().display().to_string(),
     })
 }
 

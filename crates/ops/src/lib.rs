@@ -8,23 +8,24 @@
 
 pub mod error;
 pub mod install;
+mod outcome;
 mod request;
 pub mod update;
 
 use anyhow::{Context, Result};
-use serde::Serialize;
 
-use crate::update::{UpdateOptions, UpdateResult};
+use crate::update::UpdateOptions;
 use arbor_core::lock::{LockWait, WriterLock};
 use arbor_core::progress::Observer;
 use arbor_live::{UsrOverlayOutcome, apply};
 use arbor_packages::layer;
-use arbor_store::prune::{self, PruneReport};
-use arbor_sysroot::deploy::{self, CleanupResult, DeployResult};
+use arbor_store::prune;
+use arbor_sysroot::deploy;
 use arbor_sysroot::plan::DeployOptions;
-use arbor_sysroot::status::{self, StatusRow};
-use arbor_sysroot::{Deployment, Sysroot, etc_state, health, kargs};
+use arbor_sysroot::status;
+use arbor_sysroot::{Sysroot, etc_state, health, kargs};
 
+pub use outcome::{BootOrder, Kargs, Outcome, UpgradeOutcome};
 pub use request::{DeployRequest, Request, TransactionKind, UpgradeRequest};
 
 /// Who asked, as the history records it.
@@ -44,61 +45,6 @@ impl Initiator {
             uid: rustix::process::getuid().as_raw(),
         }
     }
-}
-
-/// What `upgrade` found and did.
-#[derive(Clone, Debug, Serialize)]
-pub struct UpgradeOutcome {
-    /// A new deployment was made (or, with download-only, fetched).
-    pub upgraded: bool,
-    /// The remote update's report, for a deployment following a channel.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub update: Option<UpdateResult>,
-    /// The deploy, for a deployment following a local ref.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub deploy: Option<DeployResult>,
-}
-
-/// The deployments in boot order, with their roles.
-#[derive(Clone, Debug, Serialize)]
-pub struct BootOrder {
-    /// Index 0 boots next.
-    pub deployments: Vec<StatusRow>,
-}
-
-/// What an operation gave, by verb; serialized as the inner result (the `--json`
-/// document and the D-Bus transaction's `Result`).
-#[derive(Clone, Debug, Serialize)]
-#[serde(untagged)]
-pub enum Outcome {
-    /// deploy of a local ref, install/uninstall/override.
-    Deployed(Box<DeployResult>),
-    /// deploy of a remote channel or version, rebase, check, download.
-    Update(Box<UpdateResult>),
-    /// upgrade.
-    Upgrade(Box<UpgradeOutcome>),
-    /// rollback: the boot order after it (`{"deployments": [...]}`, as `status`).
-    Order(BootOrder),
-    /// kargs: the default deployment's kernel arguments after the edit.
-    Kargs(Vec<String>),
-    /// cleanup.
-    Cleanup(Box<CleanupResult>),
-    /// prune.
-    Prune(PruneReport),
-    /// undeploy, pin: the deployment concerned.
-    Deployment(Box<Deployment>),
-    /// apply-live.
-    ApplyLive(Box<apply::ApplyResult>),
-    /// apply-live --reset.
-    UsrStatus(Box<arbor_live::UsrStatus>),
-    /// usroverlay.
-    UsrOverlay(Box<UsrOverlayOutcome>),
-    /// reset.
-    Reset(Box<arbor_sysroot::reset::ResetResult>),
-    /// etc restore.
-    EtcRestore(Box<arbor_sysroot::etc_state::RestoreResult>),
-    /// Nothing to report beyond success (remote remove).
-    Done,
 }
 
 /// Runs `req`: takes the sysroot lock (waiting as `wait` says), then as
@@ -219,30 +165,32 @@ fn execute(
         Request::Upgrade(u) => Outcome::Upgrade(Box::new(upgrade(sysroot, held()?, u, obs)?)),
         Request::Rollback => {
             let order = deploy::rollback(sysroot, held()?)?;
-            Outcome::Order(BootOrder {
+            Outcome::Order(Box::new(BootOrder {
                 deployments: status::with_roles(order),
-            })
+            }))
         }
         Request::Layer { os, edit } => {
             let opts = layer::edit(sysroot, os.as_deref(), edit)?;
             deploy_with(sysroot, held()?, &opts, obs)?
         }
-        Request::Kargs(edits) if edits.is_empty() => Outcome::Kargs(
-            sysroot
+        Request::Kargs(edits) if edits.is_empty() => Outcome::Kargs(Box::new(Kargs {
+            kargs: sysroot
                 .deployments()?
                 .first()
                 .map(|d| d.kargs.clone())
                 .unwrap_or_default(),
-        ),
-        Request::Kargs(edits) => Outcome::Kargs(kargs::kargs(sysroot, held()?, edits)?),
+        })),
+        Request::Kargs(edits) => Outcome::Kargs(Box::new(Kargs {
+            kargs: kargs::kargs(sysroot, held()?, edits)?,
+        })),
         Request::Cleanup => Outcome::Cleanup(Box::new(deploy::cleanup(sysroot, held()?)?)),
-        Request::Prune { dry_run } => Outcome::Prune(prune::prune(
+        Request::Prune { dry_run } => Outcome::Prune(Box::new(prune::prune(
             sysroot.repo(),
             prune::Owner::Held(held()?),
             &deploy::deployment_roots(sysroot)?,
             *dry_run,
             LockWait::NoWait,
-        )?),
+        )?)),
         Request::Undeploy(index) => {
             Outcome::Deployment(Box::new(deploy::undeploy(sysroot, held()?, *index)?))
         }
@@ -286,9 +234,13 @@ fn execute(
             let d = etc_state::pick(sysroot, deployment.as_deref())?;
             Outcome::EtcRestore(Box::new(etc_state::restore(sysroot, held()?, &d, paths)?))
         }
-        Request::UsrOverlay { root, req } => Outcome::UsrOverlay(Box::new(
-            arbor_live::request::run(sysroot, lock, root, req, obs)?,
-        )),
+        Request::UsrOverlay { root, req } => {
+            match arbor_live::request::run(sysroot, lock, root, req, obs)? {
+                UsrOverlayOutcome::Status(s) => Outcome::UsrStatus(Box::new(s)),
+                UsrOverlayOutcome::List(l) => Outcome::OverlayListing(Box::new(l)),
+                UsrOverlayOutcome::Committed(c) => Outcome::OverlayCommit(c),
+            }
+        }
     })
 }
 

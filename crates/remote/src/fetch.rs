@@ -34,7 +34,8 @@ const CHUNK_BYTES: u64 = 16 << 20;
 const SPACE_MARGIN: u64 = 64 << 20;
 
 /// How a version would be fetched, and the alternatives.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, zvariant::Type, zvariant::Value, zvariant::OwnedValue)]
+#[zvariant(signature = "dict")]
 pub struct Plan {
     /// The version.
     pub version: String,
@@ -52,8 +53,22 @@ pub struct Plan {
     pub needs_bytes: u64,
     /// Already in the store: nothing to fetch.
     pub present: bool,
-    #[serde(skip)]
+}
+
+/// A [`Plan`] with what carrying it out needs and a report leaves out: the manifest
+/// entries a full fetch transfers.
+#[derive(Clone, Debug)]
+pub struct FetchPlan {
+    /// What is reported.
+    pub plan: Plan,
     missing: Vec<ManifestEntry>,
+}
+
+impl std::ops::Deref for FetchPlan {
+    type Target = Plan;
+    fn deref(&self) -> &Plan {
+        &self.plan
+    }
 }
 
 impl Plan {
@@ -158,7 +173,12 @@ fn plan_from_index(
 }
 
 /// Works out every way to fetch version `v` and picks the one with the fewest bytes.
-pub fn plan(repo: &Repo, remote: &Remote, idx: &ChannelIndex, v: &VersionEntry) -> Result<Plan> {
+pub fn plan(
+    repo: &Repo,
+    remote: &Remote,
+    idx: &ChannelIndex,
+    v: &VersionEntry,
+) -> Result<FetchPlan> {
     let mut plan = Plan {
         version: v.version.clone(),
         commit: v.commit,
@@ -170,10 +190,12 @@ pub fn plan(repo: &Repo, remote: &Remote, idx: &ChannelIndex, v: &VersionEntry) 
         // object, fetching the commit again is how the store is repaired.
         present: repo.has_object(&v.commit, ObjectKind::Commit)
             && arbor_store::reach::check_complete(repo, &v.commit).is_ok(),
-        missing: Vec::new(),
     };
     if plan.present {
-        return Ok(plan);
+        return Ok(FetchPlan {
+            plan,
+            missing: Vec::new(),
+        });
     }
     let have = |c: &ObjectId| repo.has_object(c, ObjectKind::Commit);
     let chains = delta_chains(idx, &v.commit, have);
@@ -192,22 +214,25 @@ pub fn plan(repo: &Repo, remote: &Remote, idx: &ChannelIndex, v: &VersionEntry) 
         plan.missing_objects = full_objects;
         plan.full_estimated = true;
         plan.needs_bytes = delta_needs(&plan.candidates[0]);
-        return Ok(plan);
+        return Ok(FetchPlan {
+            plan,
+            missing: Vec::new(),
+        });
     }
     let m = manifest(remote, v, cached)?;
-    plan.missing = m
+    let missing: Vec<ManifestEntry> = m
         .entries
         .into_iter()
         .filter(|e| !repo.has_object(&e.id, e.kind))
         .collect();
-    plan.missing_objects = plan.missing.len() as u64;
+    plan.missing_objects = missing.len() as u64;
     let full = Candidate {
         kind: Method::Full,
         from: None,
         deltas: Vec::new(),
-        bytes: plan.missing.iter().map(|e| e.packed).sum(),
+        bytes: missing.iter().map(|e| e.packed).sum(),
     };
-    let full_raw: u64 = plan.missing.iter().map(|e| e.raw).sum();
+    let full_raw: u64 = missing.iter().map(|e| e.raw).sum();
     plan.candidates = chains;
     plan.candidates.push(full);
     plan.candidates.sort_by_key(|c| c.bytes);
@@ -217,7 +242,7 @@ pub fn plan(repo: &Repo, remote: &Remote, idx: &ChannelIndex, v: &VersionEntry) 
     } else {
         delta_needs(chosen)
     };
-    Ok(plan)
+    Ok(FetchPlan { plan, missing })
 }
 
 /// The room a delta chain needs: its files while they download, plus what the largest
@@ -245,7 +270,8 @@ pub fn check_space(repo: &Repo, needs: u64) -> Result<()> {
 }
 
 /// What a fetch did.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, zvariant::Type, zvariant::Value, zvariant::OwnedValue)]
+#[zvariant(signature = "dict")]
 pub struct FetchResult {
     /// The commit now complete in the store.
     pub commit: ObjectId,
@@ -262,7 +288,7 @@ pub fn execute(
     repo: &Repo,
     remote: &Remote,
     db: &StateDb,
-    plan: &Plan,
+    plan: &FetchPlan,
     obs: &dyn Observer,
 ) -> Result<FetchResult> {
     let Some(chosen) = plan.to_fetch() else {

@@ -14,7 +14,18 @@ use arbor_store::ObjectId;
 pub const INDEX_FORMAT: u32 = 1;
 
 /// A file of the published repository that the index vouches for.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    zvariant::Type,
+    zvariant::Value,
+    zvariant::OwnedValue,
+)]
+#[zvariant(signature = "dict")]
 pub struct FileRef {
     /// Relative path in the repository (`deltas/…`, `manifests/…`).
     pub path: String,
@@ -50,7 +61,19 @@ fn delta_format_1() -> u32 {
 }
 
 /// The objects of a version that a commit lacks, summed by the publisher.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    zvariant::Type,
+    zvariant::Value,
+    zvariant::OwnedValue,
+)]
+#[zvariant(signature = "dict")]
 pub struct FullFrom {
     /// Packed bytes a full fetch transfers.
     pub bytes: u64,
@@ -59,7 +82,18 @@ pub struct FullFrom {
 }
 
 /// One published version of a channel.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    zvariant::Type,
+    zvariant::Value,
+    zvariant::OwnedValue,
+)]
+#[zvariant(signature = "dict")]
 pub struct VersionEntry {
     /// The version string (`12.1`), unique in the channel.
     pub version: String,
@@ -203,7 +237,8 @@ pub fn device_phase(machine_id: &str, channel: &str, version: &str) -> u8 {
 }
 
 /// A version this device considered, and why it was or was not offered.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, zvariant::Type, zvariant::Value, zvariant::OwnedValue)]
+#[zvariant(signature = "dict")]
 pub struct Considered {
     /// The version.
     pub version: String,
@@ -243,7 +278,19 @@ pub fn choose<'a>(
 }
 
 /// How a candidate fetches.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    zvariant::Type,
+    zvariant::Value,
+    zvariant::OwnedValue,
+)]
+#[zvariant(signature = "s", rename_all = "lowercase")]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     /// Every missing object on its own.
@@ -267,7 +314,10 @@ impl std::fmt::Display for Method {
 }
 
 /// One way to fetch a version.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Serialize, zvariant::Type, zvariant::Value, zvariant::OwnedValue,
+)]
+#[zvariant(signature = "dict")]
 pub struct Candidate {
     /// Full fetch or deltas.
     pub kind: Method,
@@ -335,6 +385,44 @@ pub fn delta_chains(
     out.sort_by_key(|c| c.bytes);
     out
 }
+
+/// On the bus a delta is one dictionary with its file's entries beside its own, as
+/// serde flattens them in the index's JSON.
+impl zvariant::Type for DeltaRef {
+    const SIGNATURE: &'static zvariant::Signature = arbor_core::wire::DICT;
+}
+
+impl From<DeltaRef> for zvariant::Value<'_> {
+    fn from(d: DeltaRef) -> Self {
+        let mut e = arbor_core::wire::entries(d.file.into()).expect("a file ref is a dictionary");
+        e.insert("from".into(), d.from.into());
+        e.insert("raw_bytes".into(), d.raw_bytes.into());
+        if let Some(f) = d.full_from {
+            e.insert("full_from".into(), f.into());
+        }
+        e.insert("format".into(), d.format.into());
+        zvariant::Value::from(e)
+    }
+}
+
+impl TryFrom<zvariant::Value<'_>> for DeltaRef {
+    type Error = zvariant::Error;
+    fn try_from(v: zvariant::Value<'_>) -> Result<Self, Self::Error> {
+        use arbor_core::wire::take;
+        // The derived conversions take owned ('static) values.
+        let v: zvariant::Value<'static> = v.try_to_owned()?.into();
+        let mut e = arbor_core::wire::entries(v.try_clone()?)?;
+        Ok(DeltaRef {
+            from: take(&mut e, "from")?,
+            file: FileRef::try_from(v)?,
+            raw_bytes: take(&mut e, "raw_bytes")?,
+            full_from: e.remove("full_from").map(|f| f.downcast()).transpose()?,
+            format: take(&mut e, "format")?,
+        })
+    }
+}
+
+arbor_core::owned_value_through_value!(DeltaRef);
 
 #[cfg(test)]
 mod tests {

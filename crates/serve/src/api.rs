@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use zbus::Connection;
 
-use super::bus;
+use super::bus::{self, Verb};
 
 /// The largest request body (a policy change is a few hundred bytes).
 const MAX_BODY: usize = 64 << 10;
@@ -290,42 +290,42 @@ struct Wait {
 /// Starts a transaction; 202 with its path at once, or 200 with its outcome when the
 /// client asked to wait (a failed transaction is then 200 too, with success false and
 /// its error name: the request itself worked).
-async fn begin(ctx: &Ctx, method: &str, wait: bool) -> ApiResult {
+async fn begin(ctx: &Ctx, verb: Verb, wait: bool) -> ApiResult {
     if wait {
-        return Ok(Json(run(ctx, method).await?).into_response());
+        return Ok(Json(run(ctx, verb).await?).into_response());
     }
-    let (path, _) = bus::start(&ctx.conn().await?, method).await?;
+    let (path, _) = bus::start(&ctx.conn().await?, verb).await?;
     let n = path.as_str().rsplit('/').next().unwrap_or("");
     let body = json!({"transaction": path.as_str(), "url": format!("/api/transactions/{n}")});
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
 /// Runs a transaction to its end and returns its outcome.
-async fn run(ctx: &Ctx, method: &str) -> Result<Value, ApiError> {
-    let (path, stream) = bus::start(&ctx.conn().await?, method).await?;
+async fn run(ctx: &Ctx, verb: Verb) -> Result<Value, ApiError> {
+    let (path, stream) = bus::start(&ctx.conn().await?, verb).await?;
     Ok(bus::outcome(&ctx.conn().await?, &path, stream).await?)
 }
 
 /// A check; waited for, its outcome carries what a dashboard wants next: the offer.
 async fn check(State(ctx): State<Arc<Ctx>>, Query(q): Query<Wait>) -> ApiResult {
     if !q.wait {
-        return begin(&ctx, "Check", false).await;
+        return begin(&ctx, Verb::Check, false).await;
     }
-    let mut outcome = run(&ctx, "Check").await?;
-    outcome["available"] = bus::property(&ctx.conn().await?, "AvailableUpdate").await?;
+    let mut outcome = run(&ctx, Verb::Check).await?;
+    outcome["available"] = bus::available(&ctx.conn().await?).await?;
     Ok(Json(outcome).into_response())
 }
 
 async fn apply(State(ctx): State<Arc<Ctx>>, Query(q): Query<Wait>) -> ApiResult {
-    begin(&ctx, "Upgrade", q.wait).await
+    begin(&ctx, Verb::Upgrade, q.wait).await
 }
 
 async fn rollback(State(ctx): State<Arc<Ctx>>, Query(q): Query<Wait>) -> ApiResult {
-    begin(&ctx, "Rollback", q.wait).await
+    begin(&ctx, Verb::Rollback, q.wait).await
 }
 
 async fn auto(State(ctx): State<Arc<Ctx>>) -> ApiResult {
-    Ok(Json(bus::property(&ctx.conn().await?, "AutomaticUpdatePolicy").await?).into_response())
+    Ok(Json(bus::policy(&ctx.conn().await?).await?).into_response())
 }
 
 async fn set_auto(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: String) -> ApiResult {

@@ -1,67 +1,45 @@
-//! `arbor serve` as a D-Bus client of `arbord`: it reads the daemon's properties,
-//! starts transactions the race-free way (`wait-for-start`, then `Start`), and turns
-//! the daemon's signals into JSON. It holds no privilege of its own: polkit judges
-//! each call by the uid `arbor serve` runs as.
+//! `arbor serve` as a D-Bus client of `arbord`: it reads the daemon's properties
+//! through typed proxies (`proxy.rs`), starts transactions the race-free way
+//! (`wait-for-start`, then `Start`), and turns the daemon's signals into JSON. It
+//! holds no privilege of its own: polkit judges each call by the uid `arbor serve`
+//! runs as.
 
 use std::collections::HashMap;
 
 use futures::StreamExt;
+use serde::Serialize;
 use serde_json::{Value as Json, json};
 use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
-use zbus::{Connection, MatchRule, MessageStream, Proxy};
+use zbus::{Connection, MatchRule, MessageStream};
+
+use super::proxy::{Options, SysrootProxy, TransactionProxy};
+use arbor_core::wire::Maybe;
+use arbor_ops::Outcome;
+use arbor_ops::update::policy::Policy;
+use arbor_ops::update::state::{Offer, UpdateRecord};
+use arbor_statedb::HistoryEntry;
+use arbor_sysroot::status::{StatusRow, UpdateState};
 
 /// The daemon's well-known name.
 pub const NAME: &str = "org.arbor.Arbor1";
 /// Its root object.
 pub const ROOT: &str = "/org/arbor/Arbor1";
-const SYSROOT: &str = "org.arbor.Arbor1.Sysroot";
 const TRANSACTION: &str = "org.arbor.Arbor1.Transaction";
 
-/// The properties `GET /api/status` reports, by their JSON names.
-const STATUS: &[(&str, &str)] = &[
-    ("update_state", "UpdateState"),
-    ("booted", "BootedDeployment"),
-    ("pending", "PendingDeployment"),
-    ("rollback", "RollbackDeployment"),
-    ("staged", "StagedDeployment"),
-    ("available", "AvailableUpdate"),
-    ("update_status", "UpdateStatus"),
-    ("active_transaction", "ActiveTransaction"),
-    ("last_transaction", "LastTransaction"),
-];
+/// The transactions `arbor serve` starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verb {
+    /// `Check`: what the followed channel offers.
+    Check,
+    /// `Upgrade`: fetch and stage it.
+    Upgrade,
+    /// `Rollback`.
+    Rollback,
+}
 
-/// A D-Bus value as JSON: dictionaries become objects, arrays and structures arrays,
-/// variants their content.
-pub fn to_json(v: &Value<'_>) -> Json {
-    match v {
-        Value::U8(n) => json!(n),
-        Value::Bool(b) => json!(b),
-        Value::I16(n) => json!(n),
-        Value::U16(n) => json!(n),
-        Value::I32(n) => json!(n),
-        Value::U32(n) => json!(n),
-        Value::I64(n) => json!(n),
-        Value::U64(n) => json!(n),
-        Value::F64(n) => json!(n),
-        Value::Str(s) => json!(s.as_str()),
-        Value::Signature(s) => json!(s.to_string()),
-        Value::ObjectPath(p) => json!(p.as_str()),
-        Value::Value(inner) => to_json(inner),
-        Value::Array(a) => Json::Array(a.iter().map(to_json).collect()),
-        Value::Dict(d) => Json::Object(
-            d.iter()
-                .map(|(k, v)| {
-                    let key = match to_json(k) {
-                        Json::String(s) => s,
-                        other => other.to_string(),
-                    };
-                    (key, to_json(v))
-                })
-                .collect(),
-        ),
-        Value::Structure(s) => Json::Array(s.fields().iter().map(to_json).collect()),
-        Value::Fd(_) => Json::Null,
-    }
+/// A typed document as JSON (its serde form: the CLI's).
+fn json<T: Serialize>(doc: T) -> Json {
+    serde_json::to_value(doc).unwrap_or(Json::Null)
 }
 
 /// The most names one request may change (the policy has a handful).
@@ -113,54 +91,78 @@ pub fn options(body: &Json) -> Result<HashMap<String, OwnedValue>, String> {
     Ok(out)
 }
 
-fn sysroot(conn: &Connection) -> impl std::future::Future<Output = zbus::Result<Proxy<'_>>> {
-    Proxy::new(conn, NAME, ROOT, SYSROOT)
+/// The sysroot object's proxy; its properties are read fresh on each request.
+async fn sysroot(conn: &Connection) -> zbus::Result<SysrootProxy<'_>> {
+    SysrootProxy::builder(conn)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
 }
 
-/// One property of the sysroot object as JSON. `UpdateStatus`, a JSON document in a
-/// string, is parsed.
-pub async fn property(conn: &Connection, name: &str) -> zbus::Result<Json> {
-    let v: OwnedValue = sysroot(conn).await?.get_property(name).await?;
-    let j = to_json(&v);
-    Ok(match (name, &j) {
-        ("UpdateStatus", Json::String(s)) => serde_json::from_str(s).unwrap_or(j),
-        _ => j,
-    })
+/// A transaction object's proxy.
+async fn transaction_proxy<'a>(
+    conn: &'a Connection,
+    path: &str,
+) -> zbus::Result<TransactionProxy<'a>> {
+    TransactionProxy::builder(conn)
+        .path(path.to_string())?
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
 }
 
 /// What `GET /api/status` returns: the sysroot's state and the update's.
 pub async fn status(conn: &Connection) -> zbus::Result<Json> {
-    let mut out = serde_json::Map::new();
-    for (key, prop) in STATUS {
-        out.insert(key.to_string(), property(conn, prop).await?);
-    }
-    Ok(Json::Object(out))
+    let p = sysroot(conn).await?;
+    Ok(json!({
+        "update_state": json(p.update_state().await?),
+        "booted": json(p.booted_deployment().await?),
+        "pending": json(p.pending_deployment().await?),
+        "rollback": json(p.rollback_deployment().await?),
+        "staged": json(p.staged_deployment().await?),
+        "available": json(p.available_update().await?),
+        "update_status": json(p.update_status().await?),
+        "active_transaction": json(p.active_transaction().await?),
+        "last_transaction": json(p.last_transaction().await?),
+    }))
 }
 
-/// Calls a transaction method (`Check`, `Upgrade`, `Rollback`) with "wait-for-start",
-/// subscribes to the new transaction's signals, then starts it. Returns its path and
-/// the subscription, which sees every signal from the first.
+/// What the followed channel offers (`null`: nothing, or not checked yet).
+pub async fn available(conn: &Connection) -> zbus::Result<Json> {
+    Ok(json(sysroot(conn).await?.available_update().await?))
+}
+
+/// The automatic-update policy.
+pub async fn policy(conn: &Connection) -> zbus::Result<Json> {
+    Ok(json(sysroot(conn).await?.automatic_update_policy().await?))
+}
+
+/// Calls a transaction method with "wait-for-start", subscribes to the new
+/// transaction's signals, then starts it. Returns its path and the subscription, which
+/// sees every signal from the first.
 ///
 /// The steps run in a task of their own, so a request dropped half-way (its client
 /// hung up) cannot leave a transaction waiting for a Start that never comes: once
 /// the request is gone, the task cancels what it created instead of starting it.
 pub async fn start(
     conn: &Connection,
-    method: &str,
+    verb: Verb,
 ) -> zbus::Result<(OwnedObjectPath, MessageStream)> {
     let wanted = std::sync::Arc::new(());
     let watch = std::sync::Arc::downgrade(&wanted);
-    let (conn, method) = (conn.clone(), method.to_string());
+    let conn = conn.clone();
     let task = tokio::spawn(async move {
         let opts = HashMap::from([("wait-for-start".to_string(), OwnedValue::from(true))]);
-        let path: OwnedObjectPath = sysroot(&conn)
-            .await?
-            .call(method.as_str(), &(opts,))
-            .await?;
-        let txn = Proxy::new(&conn, NAME, path.to_string(), TRANSACTION).await?;
+        let p = sysroot(&conn).await?;
+        let path = match verb {
+            Verb::Check => p.check(opts).await?,
+            Verb::Upgrade => p.upgrade(opts).await?,
+            Verb::Rollback => p.rollback(opts).await?,
+        };
+        let txn = transaction_proxy(&conn, path.as_str()).await?;
         if watch.upgrade().is_none() {
             // Nobody waits for it any more: abandon it rather than start it.
-            txn.call::<_, _, ()>("Cancel", &()).await?;
+            txn.cancel().await?;
             return Err(zbus::Error::Failure("the request was dropped".into()));
         }
         let rule = MatchRule::builder()
@@ -170,7 +172,7 @@ pub async fn start(
             .path(path.as_str())?
             .build();
         let stream = MessageStream::for_match_rule(rule, &conn, None).await?;
-        txn.call::<_, _, ()>("Start", &()).await?;
+        txn.start().await?;
         Ok((path, stream))
     });
     let out = task
@@ -180,8 +182,8 @@ pub async fn start(
     out
 }
 
-/// Reads a transaction's signals until `Finished`, then its outcome:
-/// `{transaction, success, error, error_name, result}` (`result` parsed from JSON).
+/// Reads a transaction's signals until `Finished`, then its outcome (as
+/// [`transaction`]).
 pub async fn outcome(
     conn: &Connection,
     path: &OwnedObjectPath,
@@ -196,35 +198,29 @@ pub async fn outcome(
     transaction(conn, path.as_str()).await
 }
 
-/// A transaction's state as JSON, by its properties.
+/// A transaction's state as JSON, by its properties: `{transaction, method, running,
+/// success, percent, current_task, error, error_name, result}`, `result` being the
+/// outcome document (`null` until it succeeded).
 pub async fn transaction(conn: &Connection, path: &str) -> zbus::Result<Json> {
-    let t = Proxy::new(conn, NAME, path, TRANSACTION).await?;
-    let text = |name: &'static str| {
-        let t = &t;
-        async move { t.get_property::<String>(name).await }
-    };
-    let result = text("Result").await?;
+    let t = transaction_proxy(conn, path).await?;
     Ok(json!({
         "transaction": path,
-        "method": text("Method").await?,
-        "running": t.get_property::<bool>("Running").await?,
-        "success": t.get_property::<bool>("Success").await?,
-        "percent": t.get_property::<u32>("Percent").await?,
-        "current_task": text("CurrentTask").await?,
-        "error": text("ErrorMessage").await?,
-        "error_name": text("ErrorName").await?,
-        "result": serde_json::from_str::<Json>(&result).unwrap_or(Json::Null),
+        "method": t.method().await?,
+        "running": t.running().await?,
+        "success": t.success().await?,
+        "percent": t.percent().await?,
+        "current_task": t.current_task().await?,
+        "error": t.error_message().await?,
+        "error_name": t.error_name().await?,
+        "result": json(t.result().await?),
     }))
 }
 
-/// The automatic-update policy, and a change of it.
-pub async fn set_policy(
-    conn: &Connection,
-    changes: HashMap<String, OwnedValue>,
-) -> zbus::Result<()> {
+/// Changes the automatic-update policy.
+pub async fn set_policy(conn: &Connection, changes: Options) -> zbus::Result<()> {
     sysroot(conn)
         .await?
-        .call::<_, _, ()>("SetAutomaticUpdatePolicy", &(changes,))
+        .set_automatic_update_policy(changes)
         .await
 }
 
@@ -238,38 +234,87 @@ pub async fn signals(conn: &Connection) -> zbus::Result<MessageStream> {
     MessageStream::for_match_rule(rule, conn, Some(64)).await
 }
 
+/// A changed property's new value as JSON, decoded as the type the daemon encodes it
+/// from; `None` for a name this arbor does not know (a newer daemon's).
+fn property_json(name: &str, v: OwnedValue) -> Option<Json> {
+    fn typed<T>(v: OwnedValue) -> Option<Json>
+    where
+        T: TryFrom<OwnedValue> + Serialize,
+    {
+        T::try_from(v).ok().map(json)
+    }
+    match name {
+        "BootedDeployment" | "PendingDeployment" | "RollbackDeployment" | "StagedDeployment" => {
+            typed::<Maybe<StatusRow>>(v)
+        }
+        "Deployments" => typed::<Vec<StatusRow>>(v),
+        "UpdateState" => typed::<UpdateState>(v),
+        "UpdateStatus" => typed::<UpdateRecord>(v),
+        "AvailableUpdate" => typed::<Maybe<Offer>>(v),
+        "LastTransaction" => typed::<Maybe<HistoryEntry>>(v),
+        "AutomaticUpdatePolicy" => typed::<Policy>(v),
+        "ActiveTransaction" => typed::<(String, String, String)>(v),
+        "Result" => typed::<Maybe<Outcome>>(v),
+        "Running" | "Success" => typed::<bool>(v),
+        "Percent" => typed::<u32>(v),
+        "Path" | "Method" | "Initiator" | "CurrentTask" | "ErrorMessage" | "ErrorName" => {
+            typed::<String>(v)
+        }
+        _ => None,
+    }
+}
+
 /// A daemon signal as a server-sent event: (event name, JSON data). Transaction
 /// signals keep their names (`PercentProgress`, `DownloadProgress`, `TaskBegin`,
-/// `Finished`, ...) with named fields; a change of the sysroot's properties is
-/// `PropertiesChanged` with the new values.
+/// `Finished`, ...) with named fields; a change of properties is `PropertiesChanged`
+/// with the new values, decoded as the documents they are.
 pub fn event(msg: &zbus::Message) -> Option<(String, Json)> {
     let h = msg.header();
     let member = h.member()?.to_string();
     let path = h.path()?.to_string();
     let body = msg.body();
-    let fields: Vec<Json> = match body.deserialize::<zbus::zvariant::Structure<'_>>() {
-        Ok(s) => s.fields().iter().map(to_json).collect(),
-        Err(_) => Vec::new(),
+    let mut data = match member.as_str() {
+        "PercentProgress" => {
+            let (text, percent): (String, u32) = body.deserialize().ok()?;
+            json!({"text": text, "percent": percent})
+        }
+        "DownloadProgress" => {
+            let (done, total, objects_done, objects_total, rate): (u64, u64, u32, u32, u64) =
+                body.deserialize().ok()?;
+            json!({
+                "bytes_done": done,
+                "bytes_total": total,
+                "objects_done": objects_done,
+                "objects_total": objects_total,
+                "bytes_per_second": rate,
+            })
+        }
+        "Finished" => {
+            let (success, error): (bool, String) = body.deserialize().ok()?;
+            json!({"success": success, "error": error})
+        }
+        "TaskBegin" | "TaskEnd" => {
+            let (task,): (String,) = body.deserialize().ok()?;
+            json!({ "task": task })
+        }
+        "Message" => {
+            let (text,): (String,) = body.deserialize().ok()?;
+            json!({ "text": text })
+        }
+        "PropertiesChanged" => {
+            let (interface, changed, invalidated): (
+                String,
+                HashMap<String, OwnedValue>,
+                Vec<String>,
+            ) = body.deserialize().ok()?;
+            let changed: serde_json::Map<String, Json> = changed
+                .into_iter()
+                .filter_map(|(k, v)| Some((k.clone(), property_json(&k, v)?)))
+                .collect();
+            json!({"interface": interface, "changed": changed, "invalidated": invalidated})
+        }
+        _ => json!({}),
     };
-    let names: &[&str] = match member.as_str() {
-        "PercentProgress" => &["text", "percent"],
-        "DownloadProgress" => &[
-            "bytes_done",
-            "bytes_total",
-            "objects_done",
-            "objects_total",
-            "bytes_per_second",
-        ],
-        "Finished" => &["success", "error"],
-        "TaskBegin" | "TaskEnd" => &["task"],
-        "Message" => &["text"],
-        "PropertiesChanged" => &["interface", "changed", "invalidated"],
-        _ => &[],
-    };
-    let mut data = serde_json::Map::new();
-    data.insert("path".into(), json!(path));
-    for (name, value) in names.iter().zip(fields) {
-        data.insert(name.to_string(), value);
-    }
-    Some((member, Json::Object(data)))
+    data["path"] = json!(path);
+    Some((member, data))
 }

@@ -6,6 +6,7 @@
 
 mod api;
 pub mod bus;
+pub mod proxy;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};

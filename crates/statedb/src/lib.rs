@@ -15,9 +15,44 @@ use serde::Serialize;
 mod inode_cache;
 pub use inode_cache::{Cached, InodeCache, InodeEntry, InodeRows};
 
+/// A download cut short, kept so the next run resumes it (`update-status` lists them).
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    serde::Deserialize,
+    zvariant::Type,
+    zvariant::Value,
+    zvariant::OwnedValue,
+)]
+#[zvariant(signature = "dict")]
+pub struct PartialDownload {
+    /// What was being fetched.
+    pub url: String,
+    /// Where its bytes so far are.
+    pub path: String,
+    /// How many bytes are there.
+    pub size: u64,
+}
+
 /// One installed package, as the state database keeps package lists (defined here,
 /// below the package code, so the store layer imports nothing above it).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Serialize,
+    serde::Deserialize,
+    zvariant::Type,
+    zvariant::Value,
+    zvariant::OwnedValue,
+)]
+#[zvariant(signature = "dict")]
 pub struct Package {
     /// Its name.
     pub name: String,
@@ -76,7 +111,8 @@ pub struct StateDb {
 }
 
 /// One row of the transaction history.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, zvariant::Type, zvariant::Value, zvariant::OwnedValue)]
+#[zvariant(signature = "dict")]
 pub struct HistoryEntry {
     /// Sequence number.
     pub id: i64,
@@ -227,12 +263,16 @@ impl StateDb {
     }
 
     /// Downloads in progress: (url, partial file, size).
-    pub fn downloads(&self) -> Result<Vec<(String, String, u64)>> {
+    pub fn downloads(&self) -> Result<Vec<PartialDownload>> {
         let mut stmt = self
             .conn
             .prepare("SELECT url, path, size FROM downloads ORDER BY started")?;
         let rows = stmt.query_map([], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+            Ok(PartialDownload {
+                url: r.get(0)?,
+                path: r.get(1)?,
+                size: r.get::<_, i64>(2)? as u64,
+            })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }

@@ -86,7 +86,18 @@ pub fn from_metadata(text: &str) -> Result<Vec<Package>> {
 }
 
 /// A package present on both sides with another version.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    zvariant::Type,
+    zvariant::Value,
+    zvariant::OwnedValue,
+)]
+#[zvariant(signature = "dict")]
 pub struct Change {
     /// Its name.
     pub name: String,
@@ -100,7 +111,19 @@ pub struct Change {
 
 /// What changed in the package set from one tree to another, as `rpm-ostree db diff`
 /// reports it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    zvariant::Type,
+    zvariant::Value,
+    zvariant::OwnedValue,
+)]
+#[zvariant(signature = "dict")]
 pub struct PackageDiff {
     /// Only in the second tree.
     pub added: Vec<Package>,

@@ -15,7 +15,10 @@ use arbor_core::lock::{LockError, LockWait, WriterLock};
 use arbor_statedb::StateDb;
 
 /// What a prune removed, or would remove with `dry_run`.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(
+    Clone, Debug, Default, Serialize, zvariant::Type, zvariant::Value, zvariant::OwnedValue,
+)]
+#[zvariant(signature = "dict")]
 pub struct PruneReport {
     /// Nothing was deleted.
     pub dry_run: bool,

@@ -30,7 +30,8 @@ use arbor_store::prune::{self, PruneReport};
 use arbor_store::reach::Root;
 
 /// What a deploy did.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, zvariant::Type, zvariant::Value, zvariant::OwnedValue)]
+#[zvariant(signature = "dict")]
 pub struct DeployResult {
     /// The new deployment (index 0: it boots next).
     pub deployment: Deployment,
@@ -357,7 +358,8 @@ pub fn pin(
 }
 
 /// What cleanup removed.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, zvariant::Type, zvariant::Value, zvariant::OwnedValue)]
+#[zvariant(signature = "dict")]
 pub struct CleanupResult {
     /// Deployment folders no boot entry names.
     pub deployments_removed: Vec<String>,

@@ -35,7 +35,8 @@ pub const SNAPSHOT_KEY: &str = "arbor.etc-snapshot";
 pub const MERGE_RECORD_SUFFIX: &str = ".etc-merge.json";
 
 /// What `arbor etc diff` reports for one deployment.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, zvariant::Type, zvariant::Value, zvariant::OwnedValue)]
+#[zvariant(signature = "dict")]
 pub struct EtcDiff {
     /// `<os>/<commit>.<serial>`.
     pub deployment: String,
@@ -169,7 +170,8 @@ pub fn snapshot(sysroot: &Sysroot, lock: &WriterLock, d: &Deployment) -> Result<
 }
 
 /// What `arbor etc restore` did.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, zvariant::Type, zvariant::Value, zvariant::OwnedValue)]
+#[zvariant(signature = "dict")]
 pub struct RestoreResult {
     /// `<os>/<commit>.<serial>`.
     pub deployment: String,

@@ -126,7 +126,20 @@ pub fn rollback_order(mut order: Vec<Deployment>) -> Option<Vec<Deployment>> {
 }
 
 /// How much a reset puts back.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+    zvariant::Type,
+    zvariant::Value,
+    zvariant::OwnedValue,
+)]
+#[zvariant(signature = "s", rename_all = "kebab-case")]
 #[serde(rename_all = "kebab-case")]
 pub enum ResetLevel {
     /// A pristine `/etc`; `/var` shared with the previous deployment.

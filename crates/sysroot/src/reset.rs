@@ -25,7 +25,8 @@ use arbor_core::progress::Observer;
 pub use super::plan::ResetLevel;
 
 /// What a reset did.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, zvariant::Type, zvariant::Value, zvariant::OwnedValue)]
+#[zvariant(signature = "dict")]
 pub struct ResetResult {
     /// The level.
     pub level: ResetLevel,

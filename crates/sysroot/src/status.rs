@@ -1,18 +1,14 @@
 //! What `arbor status` and the daemon's properties show: the deployments with their
 //! roles (booted, pending, rollback) and the staged one.
 
-use std::collections::HashMap;
-
 use anyhow::Result;
 use serde::Serialize;
 
 use super::{Deployment, Sysroot};
 use arbor_store::ObjectId;
 
-/// The version of the status document (`arbor status --json`, the daemon's
-/// deployment dictionaries): raised when a field changes meaning or goes away, not
-/// when one is added.
-pub const FORMAT_VERSION: u32 = 1;
+/// The version of the status document, as of every wire document (`arbor_core::wire`).
+pub use arbor_core::wire::FORMAT_VERSION;
 
 /// What a deployment is to the running system.
 #[derive(
@@ -38,6 +34,49 @@ pub enum Role {
     Rollback,
     /// Kept in the boot menu (older, or pinned).
     Other,
+    /// Staged: it becomes the default at shutdown (only `StagedDeployment` has it).
+    Staged,
+}
+
+/// What the sysroot is doing about updates, in one word: the daemon's `UpdateState`.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    serde::Deserialize,
+    zvariant::Type,
+    zvariant::Value,
+    zvariant::OwnedValue,
+)]
+#[serde(rename_all = "kebab-case")]
+#[zvariant(signature = "s", rename_all = "kebab-case")]
+pub enum UpdateState {
+    /// Nothing under way, nothing waiting.
+    Idle,
+    /// A transaction runs.
+    Busy,
+    /// An update waits for shutdown to become the default.
+    Staged,
+    /// The next boot runs another deployment.
+    PendingReboot,
+}
+
+impl UpdateState {
+    /// The word for `status`, with `busy` when a transaction holds the lock.
+    pub fn of(status: &Status, busy: bool) -> UpdateState {
+        if busy {
+            UpdateState::Busy
+        } else if status.staged.is_some() {
+            UpdateState::Staged
+        } else if status.pending().is_some() {
+            UpdateState::PendingReboot
+        } else {
+            UpdateState::Idle
+        }
+    }
 }
 
 /// One deployment with the role words users read. On the bus, one dictionary: the
@@ -60,58 +99,39 @@ pub struct StatusRow {
 }
 
 impl zvariant::Type for StatusRow {
-    const SIGNATURE: &'static zvariant::Signature = <Deployment as zvariant::Type>::SIGNATURE;
+    const SIGNATURE: &'static zvariant::Signature = arbor_core::wire::DICT;
 }
 
 impl From<StatusRow> for zvariant::Value<'_> {
     fn from(r: StatusRow) -> Self {
-        let mut fields: HashMap<String, zvariant::Value<'_>> =
-            HashMap::try_from(zvariant::Value::from(r.deployment))
-                .expect("a deployment is a dictionary");
-        fields.insert("role".into(), r.role.into());
-        fields.insert("pending".into(), r.pending.into());
-        fields.insert("rollback".into(), r.rollback.into());
-        fields.insert("staged".into(), r.staged.into());
-        zvariant::Value::from(fields)
+        let mut e =
+            arbor_core::wire::entries(r.deployment.into()).expect("a deployment is a dictionary");
+        e.insert("role".into(), r.role.into());
+        e.insert("pending".into(), r.pending.into());
+        e.insert("rollback".into(), r.rollback.into());
+        e.insert("staged".into(), r.staged.into());
+        zvariant::Value::from(e)
     }
 }
 
 impl TryFrom<zvariant::Value<'_>> for StatusRow {
     type Error = zvariant::Error;
     fn try_from(v: zvariant::Value<'_>) -> Result<Self, Self::Error> {
-        let fields: HashMap<String, zvariant::Value<'_>> = HashMap::try_from(v.try_clone()?)?;
-        let flag = |k: &str| -> Result<bool, zvariant::Error> {
-            match fields.get(k) {
-                Some(v) => bool::try_from(v.try_clone()?),
-                None => Ok(false),
-            }
-        };
+        use arbor_core::wire::take;
+        // The derived conversions take owned ('static) values.
+        let v: zvariant::Value<'static> = v.try_to_owned()?.into();
+        let mut e = arbor_core::wire::entries(v.try_clone()?)?;
         Ok(StatusRow {
-            deployment: Deployment::try_from(v.try_to_owned()?)?,
-            role: match fields.get("role") {
-                Some(r) => Role::try_from(r.try_clone()?)?,
-                None => return Err(zvariant::Error::IncorrectType),
-            },
-            pending: flag("pending")?,
-            rollback: flag("rollback")?,
-            staged: flag("staged")?,
+            deployment: Deployment::try_from(v)?,
+            role: take(&mut e, "role")?,
+            pending: take(&mut e, "pending")?,
+            rollback: take(&mut e, "rollback")?,
+            staged: take(&mut e, "staged")?,
         })
     }
 }
 
-impl TryFrom<zvariant::OwnedValue> for StatusRow {
-    type Error = zvariant::Error;
-    fn try_from(v: zvariant::OwnedValue) -> Result<Self, Self::Error> {
-        StatusRow::try_from(zvariant::Value::from(v))
-    }
-}
-
-impl TryFrom<StatusRow> for zvariant::OwnedValue {
-    type Error = zvariant::Error;
-    fn try_from(r: StatusRow) -> Result<Self, Self::Error> {
-        zvariant::OwnedValue::try_from(zvariant::Value::from(r))
-    }
-}
+arbor_core::owned_value_through_value!(StatusRow);
 
 /// The whole picture of a sysroot: the status document (`arbor status --json`).
 #[derive(
@@ -157,6 +177,17 @@ impl Status {
     /// The rollback target.
     pub fn rollback(&self) -> Option<&StatusRow> {
         self.deployments.iter().find(|r| r.rollback)
+    }
+
+    /// The staged deployment as a row of its own (role `staged`).
+    pub fn staged_row(&self) -> Option<StatusRow> {
+        self.staged.clone().map(|deployment| StatusRow {
+            deployment,
+            role: Role::Staged,
+            pending: false,
+            rollback: false,
+            staged: true,
+        })
     }
 }
 

@@ -43,7 +43,10 @@ pub struct UpdateOptions {
 }
 
 /// What an update run found and did.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(
+    Clone, Debug, Default, Serialize, zvariant::Type, zvariant::Value, zvariant::OwnedValue,
+)]
+#[zvariant(signature = "dict")]
 pub struct UpdateResult {
     /// The remote.
     pub remote: String,
@@ -288,7 +291,7 @@ pub fn run(
             return step(&mut rec, State::Idle);
         };
         let plan = fetch::plan(repo, &remote, &idx, target)?;
-        result.plan = Some(plan.clone());
+        result.plan = Some(plan.plan.clone());
         result.packages = package_changes(repo, &remote, current.as_ref(), target)?;
         rec.offer = Some(Offer {
             version: target.version.clone(),

@@ -22,7 +22,18 @@ use serde::{Deserialize, Serialize};
 pub const CONFIG_PATH: &str = "/etc/arbor/arbor.toml";
 
 /// The update policies.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    zvariant::Type,
+    zvariant::Value,
+    zvariant::OwnedValue,
+)]
+#[zvariant(signature = "dict")]
 #[serde(default, deny_unknown_fields)]
 pub struct Policy {
     /// Interval between checks, as `30m`, `24h`, `7d`.

@@ -13,12 +13,26 @@
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use arbor_statedb::StateDb;
+use arbor_core::wire::FORMAT_VERSION;
+use arbor_statedb::{PartialDownload, StateDb};
 use arbor_store::ObjectId;
 use arbor_sysroot::Sysroot;
 
 /// Where an update is.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    zvariant::Type,
+    zvariant::Value,
+    zvariant::OwnedValue,
+)]
+#[zvariant(signature = "s", rename_all = "kebab-case")]
 #[serde(rename_all = "kebab-case")]
 pub enum State {
     /// Nothing under way.
@@ -62,9 +76,26 @@ impl State {
     }
 }
 
-/// The persisted record.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The persisted record, and the update-status document (`arbor update-status
+/// --json`, the daemon's `UpdateStatus`, `arbor serve`'s `update_status`): as read by
+/// [`current`], it also lists the partial downloads kept for resuming.
+#[derive(
+    Clone,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    zvariant::Type,
+    zvariant::Value,
+    zvariant::OwnedValue,
+)]
+#[zvariant(signature = "dict")]
 pub struct UpdateRecord {
+    /// [`FORMAT_VERSION`] of the document.
+    #[serde(default = "format_version")]
+    pub format_version: u32,
     /// Where the update is.
     pub state: State,
     /// The remote and channel followed.
@@ -100,10 +131,29 @@ pub struct UpdateRecord {
     /// `None` when up to date, and once the offered version is staged.
     #[serde(default)]
     pub offer: Option<Offer>,
+    /// Downloads cut short, resumed by the next run (filled in by [`current`], not
+    /// stored).
+    #[serde(default)]
+    pub downloads: Vec<PartialDownload>,
+}
+
+fn format_version() -> u32 {
+    FORMAT_VERSION
 }
 
 /// A version offered to this device, as a check found it: what `AvailableUpdate` shows.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    zvariant::Type,
+    zvariant::Value,
+    zvariant::OwnedValue,
+)]
+#[zvariant(signature = "dict")]
 pub struct Offer {
     /// The version string.
     pub version: String,
@@ -136,18 +186,28 @@ fn db(sysroot: &Sysroot) -> Result<StateDb> {
     StateDb::open(&sysroot.state_db_path())
 }
 
-/// Reads the stored record as it is.
+/// Reads the stored record as it is (a record this arbor cannot read is a fresh one:
+/// it only tells, it decides nothing).
 pub fn stored(sysroot: &Sysroot) -> Result<UpdateRecord> {
-    Ok(match db(sysroot)?.update_record()? {
+    let rec: UpdateRecord = match db(sysroot)?.update_record()? {
         Some(json) => serde_json::from_str(&json).unwrap_or_default(),
         None => UpdateRecord::default(),
+    };
+    Ok(UpdateRecord {
+        format_version: FORMAT_VERSION,
+        ..rec
     })
 }
 
 /// Writes a record.
 pub fn save(sysroot: &Sysroot, rec: &mut UpdateRecord) -> Result<()> {
     rec.changed = now();
-    db(sysroot)?.set_update_record(&serde_json::to_string(rec)?)
+    rec.format_version = FORMAT_VERSION;
+    let stored = UpdateRecord {
+        downloads: Vec::new(),
+        ..rec.clone()
+    };
+    db(sysroot)?.set_update_record(&serde_json::to_string(&stored)?)
 }
 
 /// Moves the record to `state` (clearing the error unless failing) and saves it.
@@ -160,8 +220,15 @@ pub fn enter(sysroot: &Sysroot, rec: &mut UpdateRecord, state: State) -> Result<
     save(sysroot, rec)
 }
 
-/// The record, with the boot-time states brought up to date from the boot entries.
+/// The record, with the boot-time states brought up to date from the boot entries,
+/// and the partial downloads: the update-status document.
 pub fn current(sysroot: &Sysroot) -> Result<UpdateRecord> {
+    let mut rec = reconciled(sysroot)?;
+    rec.downloads = db(sysroot)?.downloads()?;
+    Ok(rec)
+}
+
+fn reconciled(sysroot: &Sysroot) -> Result<UpdateRecord> {
     let mut rec = stored(sysroot)?;
     let Some(target) = rec.deployment.clone() else {
         return Ok(rec);

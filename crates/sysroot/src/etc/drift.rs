@@ -8,7 +8,18 @@ use serde::Serialize;
 use super::merge::{EtcEntry, EtcTree};
 
 /// How one path differs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    zvariant::Type,
+    zvariant::Value,
+    zvariant::OwnedValue,
+)]
+#[zvariant(signature = "s", rename_all = "kebab-case")]
 #[serde(rename_all = "kebab-case")]
 pub enum DriftKind {
     /// Not in the defaults.
@@ -20,7 +31,18 @@ pub enum DriftKind {
 }
 
 /// What about a modified path differs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    zvariant::Type,
+    zvariant::Value,
+    zvariant::OwnedValue,
+)]
+#[zvariant(signature = "s", rename_all = "kebab-case")]
 #[serde(rename_all = "kebab-case")]
 pub enum Aspect {
     /// File, directory or symlink changed into another of these.
@@ -38,7 +60,10 @@ pub enum Aspect {
 }
 
 /// One path that differs from the defaults.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Serialize, zvariant::Type, zvariant::Value, zvariant::OwnedValue,
+)]
+#[zvariant(signature = "dict")]
 pub struct DriftEntry {
     /// Relative to `/etc`.
     pub path: String,

@@ -44,7 +44,19 @@ pub enum EtcAction {
 }
 
 /// What a merge does with one path that the user or the update changed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    serde::Deserialize,
+    zvariant::Type,
+    zvariant::Value,
+    zvariant::OwnedValue,
+)]
+#[zvariant(signature = "s", rename_all = "kebab-case")]
 #[serde(rename_all = "kebab-case")]
 pub enum MergeOutcome {
     /// The user changed or added it, the update did not: the local version stays.
@@ -59,7 +71,18 @@ pub enum MergeOutcome {
 }
 
 /// One path of a merge report.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    serde::Deserialize,
+    zvariant::Type,
+    zvariant::Value,
+    zvariant::OwnedValue,
+)]
+#[zvariant(signature = "dict")]
 pub struct MergeEntry {
     /// Relative to `/etc` (`ssh/sshd_config`).
     pub path: String,
