@@ -33,9 +33,9 @@ sleep 2
 start_rss=$(rss VmRSS)
 ARBOR_BUS_ADDRESS=$ADDR cargo bench --quiet --bench dbus_status 2>/dev/null | tee "$W/latency"
 sleep 2
-idle_rss=$(rss VmRSS); peak=$(rss VmHWM)
+idle_rss=$(rss VmRSS); peak=$(rss VmHWM); idle_anon=$(rss RssAnon)
 cat <<OUT
 arbord idle RSS after start-up: $(mb "$start_rss")
-arbord idle RSS after 1100 status reads: $(mb "$idle_rss") (peak $(mb "$peak"))
+arbord idle RSS after 1100 status reads: $(mb "$idle_rss") (anonymous $(mb "$idle_anon"), peak $(mb "$peak"))
 goal: idle RSS <= 15 MB
 OUT

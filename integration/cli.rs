@@ -1,6 +1,7 @@
 //! The command line as a user meets it: man pages, usage errors, exit codes.
 #![allow(clippy::print_stderr, clippy::print_stdout)] // tests may say why they skip
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -107,9 +108,8 @@ fn systemd_units_verify() {
 
 /// Every sysroot command that takes `--json` prints one JSON document with it.
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_every_sysroot_command_honours_json() {
-    assert!(is_root(), "needs root");
+    as_root!();
     let t = scratch();
     let sr = sysroot(t.path());
     compose(&sr, &rootfs(t.path(), "1"), "os/a", "1");

@@ -41,9 +41,8 @@ fn stderr(o: &Output) -> String {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_deploys_started_at_once_land_one_at_a_time_or_name_the_holder() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let s = sysroot(t.path());
     let n = 2 * nproc();
@@ -89,9 +88,8 @@ fn root_deploys_started_at_once_land_one_at_a_time_or_name_the_holder() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_prune_racing_deploys_of_unreferenced_commits_leaves_the_store_whole() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let s = sysroot(t.path());
     let mut commits = Vec::new();
@@ -139,9 +137,8 @@ fn published(dir: &Path) -> (String, String) {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_publishers_on_one_folder_take_turns_and_lose_no_version() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let (r, p) = published(t.path());
     let n = 2 * nproc();

@@ -48,9 +48,8 @@ fn stdout(o: &std::process::Output) -> String {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_busctl_and_gdbus_read_status_and_start_a_deploy() {
-    require_root!();
+    as_root!();
     let (bus, s, _t) = two_versions_on_a_bus(60);
     // The first call activates the daemon.
     let deployments = bus.property(ROOT, SYSROOT, "Deployments");
@@ -180,9 +179,8 @@ enum Event {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_rust_client_follows_progress_to_finished() {
-    require_root!();
+    as_root!();
     let (bus, s, _t) = two_versions_on_a_bus(60);
     let conn = zbus::blocking::connection::Builder::address(bus.address.as_str())
         .unwrap()
@@ -289,9 +287,8 @@ fn root_rust_client_follows_progress_to_finished() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_non_root_reads_status_but_gets_access_denied() {
-    require_root!();
+    as_root!();
     let (bus, s, _t) = two_versions_on_a_bus(60);
     let read = bus.busctl_as_nobody(&[
         "--json=short",
@@ -363,9 +360,8 @@ fn call_py(bus: &Bus, method: &str, args: &str) -> String {
 /// daemon serving. (A NUL cannot be sent: D-Bus strings exclude it, and client
 /// libraries and the bus refuse such a message before it reaches the daemon.)
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_hostile_arguments_get_clear_errors_and_change_nothing() {
-    require_root!();
+    as_root!();
     let (bus, s, _t) = two_versions_on_a_bus(60);
     let before = versions(&s);
     let cases: Vec<(&str, String, &str)> = vec![
@@ -415,9 +411,8 @@ fn root_hostile_arguments_get_clear_errors_and_change_nothing() {
 /// A caller that leaves the bus while polkit is still deciding gets nothing done in
 /// its name, even when polkit then says yes (fail closed).
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_a_caller_that_leaves_during_authorization_is_denied() {
-    require_root!();
+    as_root!();
     let (bus, s, _t) = two_versions_on_a_bus(60);
     // A rule that takes 3 s, then allows: an agent asking for a password, say.
     let _polkit = bus.polkitd(
@@ -464,9 +459,8 @@ fn root_a_caller_that_leaves_during_authorization_is_denied() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_polkit_authorizes_a_non_root_caller_per_action() {
-    require_root!();
+    as_root!();
     let (bus, s, _t) = two_versions_on_a_bus(60);
     // The real polkitd, with a rule that lets nobody roll back and nothing else.
     let _polkit = bus.polkitd(
@@ -516,9 +510,8 @@ fn root_polkit_authorizes_a_non_root_caller_per_action() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_one_transaction_at_a_time_cli_and_daemon_exclude_each_other_and_cancel() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let s = sysroot(t.path());
     // A real tree, so a deploy lasts long enough to overlap with other calls.
@@ -590,9 +583,8 @@ fn root_one_transaction_at_a_time_cli_and_daemon_exclude_each_other_and_cancel()
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_daemon_exits_when_idle_and_is_activated_again_with_its_state() {
-    require_root!();
+    as_root!();
     let (bus, _s, _t) = two_versions_on_a_bus(2);
     assert!(!bus.daemon_running(), "not started before the first call");
     let p = bus.start(&["Deploy", "sa{sv}", "os/b", "0"]).unwrap();
@@ -648,9 +640,8 @@ fn interfaces(xml: &str) -> Vec<(String, String)> {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_interface_xml_equals_live_introspection() {
-    require_root!();
+    as_root!();
     let (bus, _s, _t) = two_versions_on_a_bus(60);
     let p = bus.start(&["Rollback", "a{sv}", "0"]).unwrap();
     bus.wait(&p);
@@ -726,9 +717,8 @@ fn root_interface_xml_equals_live_introspection() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_only_the_last_finished_transactions_stay_exported() {
-    require_root!();
+    as_root!();
     let (bus, s, _t) = two_versions_on_a_bus(60);
     arbor_ok(&["--sysroot", &s, "deploy", "os/b"]);
     let paths: Vec<String> = (0..18)
@@ -758,9 +748,8 @@ fn root_only_the_last_finished_transactions_stay_exported() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_a_panicking_job_fails_its_transaction_and_the_daemon_carries_on() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let s = two_versions(t.path());
     let bus = Bus::launch_env(&s, 3, None, &[("ARBOR_FAILPOINTS", "ops-execute=panic")]);
@@ -801,9 +790,8 @@ fn root_a_panicking_job_fails_its_transaction_and_the_daemon_carries_on() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_failed_transactions_name_their_case() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let s = two_versions(t.path());
     // Deployment 0 is "booted" for the daemon, so apply-live has something to compare.
@@ -848,10 +836,9 @@ fn root_failed_transactions_name_their_case() {
 /// daemon then outlives its idle limit; it exits once the panel unregisters, and
 /// again once a registered panel leaves the bus without a word.
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_a_registered_client_keeps_the_daemon_until_it_leaves() {
     use std::io::{BufRead, BufReader, Write};
-    require_root!();
+    as_root!();
     let (bus, _s, _t) = two_versions_on_a_bus(2);
     let script = format!(
         "import sys\n\
@@ -928,9 +915,8 @@ fn root_a_registered_client_keeps_the_daemon_until_it_leaves() {
 /// gdbus (GLib) into the file `arbor auto-update` reads, refused whole when a name or
 /// value is wrong (the file untouched), and refused to a caller polkit does not allow.
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_the_automatic_update_policy_is_read_and_changed_over_dbus() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let root = two_versions(t.path());
     let config = t.path().join("etc/arbor/arbor.toml");
@@ -997,9 +983,8 @@ fn root_the_automatic_update_policy_is_read_and_changed_over_dbus() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_etc_diff_restore_and_reset_over_the_bus() {
-    require_root!();
+    as_root!();
     let (bus, s, _t) = two_versions_on_a_bus(60);
     let etc = deployment_dir(&s, 0).join("etc");
     std::fs::write(etc.join("hostname"), "web1\n").unwrap();

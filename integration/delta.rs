@@ -32,9 +32,8 @@ fn repo_with(dir: &Path, trees: &[&str]) -> String {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_delta_rebuilds_b_from_a_and_refuses_damage() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let src = repo_with(&t.path().join("src"), &["a", "b"]);
     let delta = t.path().join("ab.delta");
@@ -113,12 +112,11 @@ fn root_delta_rebuilds_b_from_a_and_refuses_damage() {
 /// plain name is taken, which proves the writer here right, and version 1 deltas still
 /// apply.
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_a_forged_delta_with_a_traversing_name_is_refused() {
     use arbor_store::encoding::{Commit, DirTree, FileEntry};
     use arbor_store::{ObjectId, ObjectKind};
     use integer_encoding::VarInt;
-    require_root!();
+    as_root!();
     let t = scratch();
     let src = t.path().join("src");
     std::fs::create_dir_all(&src).unwrap();

@@ -17,9 +17,8 @@ fn s_(p: &Path) -> &str {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_deploy_a_then_b_rollback_pin_undeploy_cleanup_on_corpus() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let s = sysroot(t.path());
     compose(&s, &corpus("a"), "debian/a", "12.0");
@@ -88,9 +87,8 @@ fn root_deploy_a_then_b_rollback_pin_undeploy_cleanup_on_corpus() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_booted_deployment_is_kept_and_cannot_be_undeployed() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let s = sysroot(t.path());
     for v in ["1", "2", "3"] {
@@ -170,9 +168,8 @@ fn merge_case(edit: impl FnOnce(&Path)) -> (tempfile::TempDir, PathBuf) {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_etc_merge_untouched_files_take_the_new_default() {
-    require_root!();
+    as_root!();
     let (_t, etc) = merge_case(|_| {});
     assert_eq!(
         std::fs::read_to_string(etc.join("untouched")).unwrap(),
@@ -185,9 +182,8 @@ fn root_etc_merge_untouched_files_take_the_new_default() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_etc_merge_keeps_local_edit() {
-    require_root!();
+    as_root!();
     let (_t, etc) = merge_case(|etc| std::fs::write(etc.join("motd"), "my motd\n").unwrap());
     assert_eq!(
         std::fs::read_to_string(etc.join("motd")).unwrap(),
@@ -200,9 +196,8 @@ fn root_etc_merge_keeps_local_edit() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_etc_merge_keeps_local_deletion() {
-    require_root!();
+    as_root!();
     let (_t, etc) = merge_case(|etc| std::fs::remove_file(etc.join("motd")).unwrap());
     assert!(
         !etc.join("motd").exists(),
@@ -211,9 +206,8 @@ fn root_etc_merge_keeps_local_deletion() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_etc_merge_keeps_local_addition_in_new_directory() {
-    require_root!();
+    as_root!();
     let (_t, etc) = merge_case(|etc| {
         std::fs::create_dir(etc.join("myapp")).unwrap();
         std::fs::write(etc.join("myapp/config"), "x=1\n").unwrap();
@@ -225,9 +219,8 @@ fn root_etc_merge_keeps_local_addition_in_new_directory() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_etc_merge_counts_mode_and_owner_changes() {
-    require_root!();
+    as_root!();
     let (_t, etc) = merge_case(|etc| {
         std::fs::set_permissions(
             etc.join("untouched"),
@@ -252,9 +245,8 @@ fn root_etc_merge_counts_mode_and_owner_changes() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_etc_merge_counts_symlink_changes() {
-    require_root!();
+    as_root!();
     let (_t, etc) = merge_case(|etc| {
         std::fs::remove_file(etc.join("localtime")).unwrap();
         symlink("/usr/share/zoneinfo/Europe/Paris", etc.join("localtime")).unwrap();
@@ -269,9 +261,8 @@ fn root_etc_merge_counts_symlink_changes() {
 /// 777, 707) are kept; a dangling symlink is kept without being followed; a FIFO and a
 /// socket are not copied; a directory the administrator deleted stays deleted.
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_etc_merge_keeps_odd_modes_and_dangling_links_and_drops_special_files() {
-    require_root!();
+    as_root!();
     let (_t, etc) = merge_case(|etc| {
         for (dir, mode) in [
             ("m700", 0o700),
@@ -346,9 +337,8 @@ fn root_etc_merge_keeps_odd_modes_and_dangling_links_and_drops_special_files() {
 /// A file the administrator changed, which the new version turns into a directory:
 /// neither can win silently, so the deploy stops, says which, and leaves nothing.
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_etc_merge_stops_on_a_changed_file_the_new_version_makes_a_directory() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let s = sysroot(t.path());
     compose(&s, &rootfs(t.path(), "1"), "os", "1");
@@ -383,9 +373,8 @@ fn root_etc_merge_stops_on_a_changed_file_the_new_version_makes_a_directory() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_commit_without_kernel_is_refused_and_nothing_changes() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let s = sysroot(t.path());
     compose(&s, &rootfs(t.path(), "1"), "os", "1");
@@ -408,9 +397,8 @@ fn root_commit_without_kernel_is_refused_and_nothing_changes() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_bootctl_reads_our_entries() {
-    require_root!();
+    as_root!();
     let bootctl = [
         "/var/cache/arbor-tools/bootctl",
         "/usr/bin/bootctl",
@@ -474,9 +462,8 @@ fn root_bootctl_reads_our_entries() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_second_deploy_names_the_running_one() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let s = sysroot(t.path());
     compose(&s, &corpus("a"), "debian/a", "12.0");
@@ -494,9 +481,8 @@ fn root_second_deploy_names_the_running_one() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_disk_full_during_deploy_leaves_boot_configuration_unchanged() {
-    require_root!();
+    as_root!();
     let d = tempfile::tempdir().unwrap();
     assert!(
         Command::new("mount")
@@ -575,9 +561,8 @@ fn boot(s: &str, cmdline: &Path) -> (String, bool) {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_failing_health_check_runs_out_of_tries_and_falls_back() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let s = sysroot(t.path());
     let cmdline = t.path().join("cmdline");
@@ -642,7 +627,7 @@ fn root_failing_health_check_runs_out_of_tries_and_falls_back() {
     let db = arbor_statedb::StateDb::open(&Path::new(&s).join("arbor/state.db")).unwrap();
     let h = db.history(50).unwrap();
     assert!(
-        h.iter().any(|e| e.kind == "rollback (automatic)"
+        h.iter().any(|e| e.kind == "automatic-rollback"
             && e.result
                 .as_deref()
                 .unwrap_or("")
@@ -656,9 +641,8 @@ fn root_failing_health_check_runs_out_of_tries_and_falls_back() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_passing_health_check_marks_the_boot_good_and_slow_checks_time_out() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let s = sysroot(t.path());
     let cmdline = t.path().join("cmdline");
@@ -698,9 +682,8 @@ fn root_passing_health_check_marks_the_boot_good_and_slow_checks_time_out() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_kargs_edit_the_default_entry_and_are_inherited() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let s = sysroot(t.path());
     compose(&s, &rootfs(t.path(), "1"), "os", "1");
@@ -756,9 +739,8 @@ fn root_kargs_edit_the_default_entry_and_are_inherited() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_prepare_root_assembles_the_deployment_in_a_mount_namespace() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let s = sysroot(t.path());
     compose(&s, &rootfs(t.path(), "1"), "os", "1");
@@ -827,9 +809,8 @@ echo assembled"#,
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_staged_deploy_is_finalized_with_etc_edits_made_after_staging() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let s = sysroot(t.path());
     compose(&s, &rootfs(t.path(), "1"), "os", "1");
@@ -859,9 +840,8 @@ fn root_staged_deploy_is_finalized_with_etc_edits_made_after_staging() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_grub_fragment_lists_deployments_and_passes_grub_script_check() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let s = sysroot(t.path());
     compose(&s, &rootfs(t.path(), "1"), "os/1", "1");
@@ -925,7 +905,7 @@ fn root_grub_fragment_lists_deployments_and_passes_grub_script_check() {
 #[test]
 #[ignore = "a torture run of minutes: scripts/test.sh runs it with ARBOR_TORTURE=1 (.ci/run)"]
 fn root_torture_sigkill_during_deploy_leaves_a_bootable_sysroot() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let s = sysroot(t.path());
     // A real tree with a kernel: corpus `small` (hardlinked, not modified) plus one.
@@ -999,9 +979,8 @@ fn root_torture_sigkill_during_deploy_leaves_a_bootable_sysroot() {
 /// (an older layered or hotfix commit) and the staged one, and cleanup keeps the
 /// staged deployment's kernel.
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_prune_and_cleanup_keep_deployed_commits_without_refs() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let s = sysroot(t.path());
     compose(&s, &rootfs(t.path(), "1"), "os/a", "1");
@@ -1030,9 +1009,8 @@ fn root_prune_and_cleanup_keep_deployed_commits_without_refs() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_fsck_checks_deployed_commits_and_their_checkouts() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let s = sysroot(t.path());
     compose(&s, &rootfs(t.path(), "1"), "os/a", "1");
@@ -1132,9 +1110,8 @@ fn grub_boots(s: &str) -> usize {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_grub_counts_boots_in_its_environment_and_falls_back() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let s = sysroot(t.path());
     std::fs::write(
@@ -1204,7 +1181,7 @@ fn root_grub_counts_boots_in_its_environment_and_falls_back() {
     assert_eq!(versions(&s), ["1", "2"]);
     assert_eq!(grub_boots(&s), 0);
     let history = arbor_ok(&["--sysroot", &s, "history"]);
-    assert!(history.contains("rollback (automatic)"), "{history}");
+    assert!(history.contains("automatic-rollback"), "{history}");
     let entries: Vec<String> = std::fs::read_dir(Path::new(&s).join("boot/loader/entries"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -35,9 +35,8 @@ fn paths_with(list: &serde_json::Value, key: &str, value: &str) -> Vec<String> {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_etc_diff_lists_drift_and_what_the_merge_did_with_conflicts_saved_beside() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let s = sysroot(t.path());
     compose(&s, &rootfs(t.path(), "1"), "os", "1");
@@ -149,9 +148,8 @@ fn d_snapshot(s: &str, cmdline: &Path, index: &str) -> String {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_etc_restore_puts_defaults_back_records_it_and_refuses_what_it_cannot() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let s = sysroot(t.path());
     compose(&s, &rootfs(t.path(), "1"), "os", "1");
@@ -217,9 +215,8 @@ fn root_etc_restore_puts_defaults_back_records_it_and_refuses_what_it_cannot() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_rollback_boots_the_previous_deployment_with_its_own_etc() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let s = sysroot(t.path());
     compose(&s, &rootfs(t.path(), "1"), "os", "1");
@@ -275,9 +272,8 @@ fn s_(p: &Path) -> &str {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_reset_at_each_level_and_rollback_brings_everything_back() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let s = sysroot(t.path());
     compose(&s, &rootfs(t.path(), "1"), "os", "1");
@@ -406,4 +402,115 @@ fn root_reset_at_each_level_and_rollback_brings_everything_back() {
         );
     }
     arbor_ok(&["--sysroot", &s, "fsck"]);
+}
+
+/// Writes the four files of users and groups of tree `r`: a base with root and
+/// daemon, plus `extra` (name, id, password hash) as a user with a group of its own;
+/// the shadow files 640 root:shadow, as Debian ships them.
+fn users(r: &Path, extra: &[(&str, u32, &str)]) {
+    use std::os::unix::fs::PermissionsExt;
+    let etc = r.join("etc");
+    let mut passwd =
+        "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"
+            .to_string();
+    let mut group = "root:x:0:\ndaemon:x:1:\nshadow:x:42:\n".to_string();
+    let mut shadow = "root:*:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n".to_string();
+    let mut gshadow = "root:*::\ndaemon:*::\nshadow:*::\n".to_string();
+    for (name, id, hash) in extra {
+        passwd += &format!("{name}:x:{id}:{id}::/home/{name}:/bin/bash\n");
+        group += &format!("{name}:x:{id}:\n");
+        shadow += &format!("{name}:{hash}:20000:0:99999:7:::\n");
+        gshadow += &format!("{name}:!::\n");
+    }
+    for (file, text) in [
+        ("passwd", passwd),
+        ("group", group),
+        ("shadow", shadow),
+        ("gshadow", gshadow),
+    ] {
+        let p = etc.join(file);
+        std::fs::write(&p, text).unwrap();
+        if file.ends_with("shadow") {
+            std::os::unix::fs::chown(&p, Some(0), Some(42)).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        }
+    }
+}
+
+/// Users and groups that both the machine and the update changed are merged entry
+/// by entry: the machine's user (and the password it set for root) and the new
+/// release's system user both end up in the new `/etc`, the shadow files keep their
+/// owner and mode, and a uid both would use stops the deploy with nothing deployed.
+#[test]
+fn root_users_and_groups_are_merged_entry_by_entry() {
+    as_root!();
+    use std::os::unix::fs::MetadataExt;
+    let t = scratch();
+    let s = sysroot(t.path());
+    let tree = |v: &str, extra: &[(&str, u32, &str)]| {
+        let r = rootfs(&t.path().join(v), v);
+        users(&r, extra);
+        compose(&s, &r, "os", v);
+    };
+    tree("1", &[]);
+    arbor_ok(&["--sysroot", &s, "deploy", "os"]);
+    // The administrator adds alice and sets root's password.
+    let etc = deployment_dir(&s, 0).join("etc");
+    let edit = |file: &str, f: &dyn Fn(String) -> String| {
+        let p = etc.join(file);
+        std::fs::write(&p, f(std::fs::read_to_string(&p).unwrap())).unwrap();
+    };
+    edit("passwd", &|t| {
+        t + "alice:x:1000:1000:Alice:/home/alice:/bin/bash\n"
+    });
+    edit("group", &|t| t + "alice:x:1000:\n");
+    edit("shadow", &|t| {
+        t.replace("root:*:", "root:$y$j9T$salt$roothash:")
+            + "alice:$y$j9T$salt$alicehash:20000:0:99999:7:::\n"
+    });
+    edit("gshadow", &|t| t + "alice:!::\n");
+
+    // The new release brings a system user of its own.
+    tree("2", &[("systemd-timesync", 996, "!*")]);
+    let out: serde_json::Value =
+        serde_json::from_str(&arbor_ok(&["--sysroot", &s, "deploy", "os", "--json"])).unwrap();
+    let merged = paths_with(&out["etc_merge"], "outcome", "merged-entries");
+    assert_eq!(merged, ["group", "gshadow", "passwd", "shadow"], "{out:#}");
+    let new_etc = deployment_dir(&s, 0).join("etc");
+    let read = |f: &str| std::fs::read_to_string(new_etc.join(f)).unwrap();
+    for (file, want) in [
+        ("passwd", "alice:x:1000:1000:Alice:/home/alice:/bin/bash"),
+        ("passwd", "systemd-timesync:x:996:996:"),
+        ("group", "alice:x:1000:"),
+        ("group", "systemd-timesync:x:996:"),
+        ("shadow", "root:$y$j9T$salt$roothash:"),
+        ("shadow", "alice:$y$j9T$salt$alicehash:"),
+        ("shadow", "systemd-timesync:!*:"),
+        ("gshadow", "alice:!::"),
+        ("gshadow", "systemd-timesync:!::"),
+    ] {
+        assert!(
+            read(file).contains(want),
+            "{file} lacks {want}:\n{}",
+            read(file)
+        );
+    }
+    for f in ["shadow", "gshadow"] {
+        let m = std::fs::metadata(new_etc.join(f)).unwrap();
+        assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o640, 0, 42), "{f}");
+    }
+    assert!(!new_etc.join("passwd.arbor-dist").exists());
+
+    // A release whose new user takes alice's uid: refused, nothing deployed.
+    tree(
+        "3",
+        &[("systemd-timesync", 996, "!*"), ("_clash", 1000, "!*")],
+    );
+    let before = status(&s).len();
+    let err = arbor_err(&["--sysroot", &s, "deploy", "os"]);
+    for want in ["id 1000 is", "'alice'", "'_clash'", "nothing was deployed"] {
+        assert!(err.contains(want), "{want}: {err}");
+    }
+    assert_eq!(status(&s).len(), before);
+    assert_eq!(status(&s)[0]["version"], "2");
 }

@@ -523,7 +523,10 @@ fn crash_at(scenario: &Scenario, point: &str, action: &str) -> String {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+#[cfg_attr(
+    not(arbor_root),
+    ignore = "needs root: an overlay with redirect_dir=off and trusted xattrs (layering, mmdebstrap) needs real root"
+)]
 fn root_a_crash_or_failure_at_every_failpoint_loses_nothing() {
     require_root!();
     let mut table = vec![format!(

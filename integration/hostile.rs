@@ -166,9 +166,8 @@ fn refused(w: &World, req: &[u8]) -> (u16, String, String) {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_clients_that_hang_up_or_vanish_never_hold_the_daemon() {
-    require_root!();
+    as_root!();
     let w = world();
     // HTTP: a POST whose client hangs up at once or a little later.
     for delay in [0u64, 1, 5, 20, 60] {
@@ -259,9 +258,8 @@ fn root_clients_that_hang_up_or_vanish_never_hold_the_daemon() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_strings_are_checked_before_dbus_and_serve_survives_a_lost_bus() {
-    require_root!();
+    as_root!();
     let mut w = world();
     let put = |body: &[u8]| {
         request(
@@ -300,9 +298,8 @@ fn root_strings_are_checked_before_dbus_and_serve_survives_a_lost_bus() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_oversized_input_is_refused_naming_the_limit() {
-    require_root!();
+    as_root!();
     let w = world();
     let conn = client(&w);
     let error_of = |r: zbus::Result<zbus::Message>| -> (String, String) {
@@ -548,7 +545,7 @@ fn methods() -> Vec<(String, String)> {
 #[test]
 #[ignore = "generated cases for a bounded time: scripts/fuzz.sh runs it (ARBOR_FUZZ=1)"]
 fn fuzz_dbus_methods_with_generated_signatures_options_and_sizes() {
-    require_root!();
+    as_root!();
     let w = world();
     let conn = client(&w);
     let all = methods();
@@ -686,7 +683,7 @@ fn http_case() -> impl Strategy<Value = (Vec<u8>, Option<usize>)> {
 #[test]
 #[ignore = "generated cases for a bounded time: scripts/fuzz.sh runs it (ARBOR_FUZZ=1)"]
 fn fuzz_http_routes_with_generated_requests_and_hang_ups() {
-    require_root!();
+    as_root!();
     let w = world();
     let mut r = runner();
     let deadline = Instant::now() + budget();

@@ -157,9 +157,8 @@ fn import(sr: &str, image: &str, branch: &str) -> std::process::Output {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_image_import_applies_layers_whiteouts_hardlinks_and_xattrs() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let sr = sysroot(t.path());
     let one = base_layer()
@@ -257,9 +256,8 @@ fn root_image_import_applies_layers_whiteouts_hardlinks_and_xattrs() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_image_import_is_reproducible_across_repositories_and_transports() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let img = t.path().join("img");
     layout(
@@ -328,9 +326,8 @@ fn refused(bad: Layer, message: &str) {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_image_import_refuses_hostile_names_and_links() {
-    require_root!();
+    as_root!();
     let r = tar::EntryType::Regular;
     refused(
         base_layer().raw(r, b"../escape", b"", b"x"),
@@ -371,9 +368,8 @@ fn root_image_import_refuses_hostile_names_and_links() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_image_import_refuses_tampered_blobs_and_bombs() {
-    require_root!();
+    as_root!();
     // A layer whose bytes do not match its digest (same size).
     let t = scratch();
     let sr = sysroot(t.path());
@@ -431,7 +427,7 @@ fn build_containerfiles() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+#[cfg_attr(not(arbor_root), ignore = "needs root: podman builds images as root")]
 fn root_containerfile_images_build_offline_and_import_with_arbor_inside() {
     require_root!();
     build_containerfiles();

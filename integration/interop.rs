@@ -106,16 +106,14 @@ fn export_checks_out_equal(tree: &Path) {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_export_of_corpus_a_passes_ostree_fsck_and_checks_out_equal() {
-    require_root!();
+    as_root!();
     export_checks_out_equal(&corpus("a"));
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_export_keeps_xattrs_caps_and_owners() {
-    require_root!();
+    as_root!();
     let t = scratch();
     make_feature_tree(&t.path().join("src"));
     export_checks_out_equal(&t.path().join("src"));
@@ -181,16 +179,14 @@ fn import_equals_commit(tree: &Path) {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_ostree_commit_of_corpus_a_imports_as_the_same_arbor_commit() {
-    require_root!();
+    as_root!();
     import_equals_commit(&corpus("a"));
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_import_keeps_xattrs_caps_and_owners() {
-    require_root!();
+    as_root!();
     let t = scratch();
     make_feature_tree(&t.path().join("src"));
     import_equals_commit(&t.path().join("src"));
@@ -214,9 +210,8 @@ fn mounted(p: &Path) -> bool {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_mount_of_corpus_a_matches_a_checkout_and_unmounts() {
-    require_root!();
+    as_root!();
     let (t, repo) = setup(&corpus("a"));
     let (mnt, co) = (t.path().join("mnt"), t.path().join("co"));
     std::fs::create_dir(&mnt).unwrap();
@@ -259,9 +254,8 @@ fn root_mount_of_corpus_a_matches_a_checkout_and_unmounts() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_mount_shows_xattrs_and_ctrl_c_unmounts() {
-    require_root!();
+    as_root!();
     let t0 = scratch();
     make_feature_tree(&t0.path().join("src"));
     let (t, repo) = setup(&t0.path().join("src"));
@@ -305,12 +299,11 @@ fn root_mount_shows_xattrs_and_ctrl_c_unmounts() {
 /// an OSTree repository (libostree would not write them). The import refuses each
 /// with the name, and neither a ref nor a commit lands in the arbor store.
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_import_refuses_ostree_commits_whose_names_leave_the_tree() {
     use ostree::glib::Variant;
     use ostree::glib::prelude::*;
     use sha2::Digest;
-    require_root!();
+    as_root!();
     let t = scratch();
     let orepo = t.path().join("ostree");
     let o = format!("--repo={}", orepo.display());

@@ -13,9 +13,8 @@ use common::live::*;
 use common::*;
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_usroverlay_transient_goes_at_reboot_and_hotfix_stays() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let sr = sysroot(t.path());
     compose(&sr, &rootfs(t.path(), "1"), "os", "1");
@@ -77,9 +76,8 @@ fn booted_status(cmdline: &str, sysroot: &str) -> Vec<serde_json::Value> {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_apply_live_merges_etc_defaults_across_mounts() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let sr = sysroot(t.path());
     let cmdline = booted_1_pending_2(&sr, t.path());
@@ -120,9 +118,8 @@ fn root_apply_live_merges_etc_defaults_across_mounts() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_apply_live_that_fails_part_way_loses_nothing_and_runs_again() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let sr = sysroot(t.path());
     let cmdline = booted_1_pending_2(&sr, t.path());
@@ -179,9 +176,8 @@ fn root_apply_live_that_fails_part_way_loses_nothing_and_runs_again() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_apply_live_refuses_a_kernel_change_without_force() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let sr = sysroot(t.path());
     let one = rootfs(t.path(), "1");
@@ -232,9 +228,8 @@ fn dpkg_versions(admindir: &Path) -> std::collections::BTreeMap<String, String> 
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_apply_live_of_the_point_update_a_to_b() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let sr = sysroot(t.path());
     compose(&sr, &corpus("a"), "os/a", "a");
@@ -315,7 +310,10 @@ echo reset-ok
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+#[cfg_attr(
+    not(arbor_root),
+    ignore = "needs root: the layering's overlay mount is refused in a user namespace"
+)]
 fn root_apply_live_of_a_layered_package() {
     require_root!();
     let t = scratch();

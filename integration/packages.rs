@@ -159,7 +159,10 @@ fn install_hello_and_sl(s: &str) {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+#[cfg_attr(
+    not(arbor_root),
+    ignore = "needs root: an overlay with redirect_dir=off and trusted xattrs (layering, mmdebstrap) needs real root"
+)]
 fn root_compose_builds_an_image_with_its_etc_units_and_one_kernel() {
     require_root!();
     let t = scratch();
@@ -192,7 +195,10 @@ fn root_compose_builds_an_image_with_its_etc_units_and_one_kernel() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+#[cfg_attr(
+    not(arbor_root),
+    ignore = "needs root: an overlay with redirect_dir=off and trusted xattrs (layering, mmdebstrap) needs real root"
+)]
 fn root_install_layers_an_archive_package_and_a_local_deb_over_an_untouched_base() {
     require_root!();
     let t = scratch();
@@ -225,7 +231,10 @@ fn root_install_layers_an_archive_package_and_a_local_deb_over_an_untouched_base
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+#[cfg_attr(
+    not(arbor_root),
+    ignore = "needs root: an overlay with redirect_dir=off and trusted xattrs (layering, mmdebstrap) needs real root"
+)]
 fn root_a_failed_install_or_uninstall_leaves_no_deployment_and_says_why() {
     require_root!();
     let t = scratch();
@@ -257,7 +266,10 @@ fn root_a_failed_install_or_uninstall_leaves_no_deployment_and_says_why() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+#[cfg_attr(
+    not(arbor_root),
+    ignore = "needs root: an overlay with redirect_dir=off and trusted xattrs (layering, mmdebstrap) needs real root"
+)]
 fn root_uninstall_and_override_remove_and_reset_change_only_their_package() {
     require_root!();
     let t = scratch();
@@ -279,7 +291,10 @@ fn root_uninstall_and_override_remove_and_reset_change_only_their_package() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+#[cfg_attr(
+    not(arbor_root),
+    ignore = "needs root: an overlay with redirect_dir=off and trusted xattrs (layering, mmdebstrap) needs real root"
+)]
 fn root_upgrade_reapplies_the_layers_on_the_new_base() {
     require_root!();
     let t = scratch();
@@ -309,7 +324,10 @@ fn root_upgrade_reapplies_the_layers_on_the_new_base() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+#[cfg_attr(
+    not(arbor_root),
+    ignore = "needs root: an overlay with redirect_dir=off and trusted xattrs (layering, mmdebstrap) needs real root"
+)]
 fn root_compose_twice_gives_one_commit_and_failures_are_clear() {
     require_root!();
     let t = scratch();
@@ -361,9 +379,8 @@ fn root_compose_twice_gives_one_commit_and_failures_are_clear() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_db_diff_of_corpus_a_and_b_lists_the_point_update() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let repo = t.path().join("repo");
     arbor_ok(&["--repo", s_(&repo), "init"]);
@@ -430,7 +447,10 @@ fn corpus_deb(prefix: &str) -> PathBuf {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+#[cfg_attr(
+    not(arbor_root),
+    ignore = "needs root: an overlay with redirect_dir=off and trusted xattrs (layering, mmdebstrap) needs real root"
+)]
 fn root_every_prune_keeps_the_commits_of_layered_deployments() {
     require_root!();
     // The report's steps: corpus a deployed, two local packages layered one after the

@@ -179,9 +179,8 @@ fn available_changed(p: &mut Panel) -> Value {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_a_panel_checks_sees_package_changes_and_upgrades_following_progress() {
-    require_root!();
+    as_root!();
     let setup = setup(None);
     let bus = bus(&setup);
     let mut a = Panel::connect(&bus.address);
@@ -271,9 +270,8 @@ fn root_a_panel_checks_sees_package_changes_and_upgrades_following_progress() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_cancel_resume_and_a_panel_that_crashes_mid_download() {
-    require_root!();
+    as_root!();
     // 4 MB/s: the delta (about 24 MB) takes seconds, time to act in the middle.
     let setup = setup(Some(4 << 20));
     // The CLI's check says what the update changes, as the daemon does.
@@ -412,9 +410,8 @@ fn curl(args: &[&str]) -> (u16, Value) {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_a_dashboard_uses_the_http_api_with_curl() {
-    require_root!();
+    as_root!();
     let setup = setup(None);
     let bus = bus(&setup);
     let dir = tempfile::tempdir().unwrap();
@@ -621,9 +618,8 @@ fn root_a_dashboard_uses_the_http_api_with_curl() {
 /// publication and checks what the page shows at each step; the screenshots are kept
 /// in `target/cockpit-screenshots/`.
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_the_cockpit_page_checks_and_installs_in_a_browser() {
-    require_root!();
+    as_root!();
     for tool in [
         "/usr/lib/cockpit/cockpit-ws",
         "/usr/bin/chromium",

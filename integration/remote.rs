@@ -110,9 +110,8 @@ fn server(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn an_update_comes_by_a_delta_resumes_after_a_kill_and_boots_healthy() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let (build, srv, pubdir) = server(t.path());
     let (b, p) = (s(&build), s(&pubdir));
@@ -268,9 +267,8 @@ fn an_update_comes_by_a_delta_resumes_after_a_kill_and_boots_healthy() {
 /// percentage, and a device outside a newer version's share gets the newest one it is
 /// in.
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_phased_rollout_offers_each_version_to_its_share_of_devices() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let (build, srv, pubdir) = server(t.path());
     let (b, p) = (s(&build), s(&pubdir));
@@ -348,9 +346,8 @@ fn restore(path: &Path, bytes: &[u8]) {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn hostile_servers_are_refused_and_nothing_is_deployed() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let (build, srv, pubdir) = server(t.path());
     let (b, p) = (s(&build), s(&pubdir));
@@ -530,9 +527,8 @@ fn hostile_servers_are_refused_and_nothing_is_deployed() {
 /// The daemon's Deploy("origin:stable") fetches from the remote as `arbor deploy
 /// origin:stable` does: same commit, same version, same origin, same kind of result.
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_the_daemon_deploys_a_remote_channel_as_the_cli_does() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let (build, srv, pubdir) = server(t.path());
     let (b, p) = (s(&build), s(&pubdir));
@@ -571,7 +567,9 @@ fn root_the_daemon_deploys_a_remote_channel_as_the_cli_does() {
         "offered",
         "state",
     ] {
-        assert_eq!(cli[key], daemon[key], "{key}: {cli:#} vs {daemon:#}");
+        let (c, d) = (&cli[key], &daemon[key]);
+        let plain = common::bus::without_nulls;
+        assert_eq!(plain(c), plain(d), "{key}: {cli:#} vs {daemon:#}");
     }
     assert_eq!(cli["fetched"]["method"], daemon["fetched"]["method"]);
     assert_eq!(daemon["offered"]["version"], "1");
@@ -620,10 +618,9 @@ fn files_below(dir: &Path) -> std::collections::BTreeSet<String> {
 /// on one object, a stalled connection, and a flaky server. Each failure is clear,
 /// bounded in time, and deploys nothing; server errors are retried until they pass.
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_portals_missing_objects_stalls_and_flaky_servers() {
     use common::hostile_http::{Behaviour, HostileServer};
-    require_root!();
+    as_root!();
     let t = scratch();
     let b = &common::build_repo(t.path(), &["1", "2"]);
     let pubdir = t.path().join("srv/pub");
@@ -715,9 +712,8 @@ fn root_portals_missing_objects_stalls_and_flaky_servers() {
 /// channel again fetches a sound copy (the commit is no longer whole, so it is not
 /// taken as fetched); fsck is then clean.
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_fsck_delete_then_a_fetch_repairs_a_damaged_store() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let b = &common::build_repo(t.path(), &["1"]);
     let pubdir = t.path().join("srv/pub");

@@ -63,9 +63,8 @@ fn assert_stored(args: &[&str], dir: &str, when: &str) {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_shadow_files_keep_their_modes_through_commit_deploy_merge_rollback_and_delta() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let sr = sysroot(t.path());
     let one = rootfs(t.path(), "1");

@@ -59,9 +59,8 @@ fn assert_same_tree(src: &Path, dest: &Path) {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_corpus_a_round_trip_keeps_content_modes_owners_and_links() {
-    require_root!();
+    as_root!();
     let src = corpus("a");
     let t = scratch();
     let repo = init_repo(t.path());
@@ -92,9 +91,8 @@ fn root_corpus_a_round_trip_keeps_content_modes_owners_and_links() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_xattrs_caps_setuid_owners_survive_hardlink_and_copy_checkouts() {
-    require_root!();
+    as_root!();
     let (t, src, repo) = feature_repo("features");
     for (mode, dest) in [("--hardlink", "co-link"), ("--copy", "co-copy")] {
         let dest = t.path().join(dest);
@@ -115,9 +113,8 @@ fn root_xattrs_caps_setuid_owners_survive_hardlink_and_copy_checkouts() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_same_tree_in_two_fresh_repos_gives_the_same_commit_id() {
-    require_root!();
+    as_root!();
     let src = corpus("a");
     let t = scratch();
     let (r1, r2) = (t.path().join("r1"), t.path().join("r2"));
@@ -159,9 +156,8 @@ fn root_same_tree_in_two_fresh_repos_gives_the_same_commit_id() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_recommit_of_unchanged_tree_and_of_its_checkout_reads_no_file() {
-    require_root!();
+    as_root!();
     let src = corpus("small"); // built long before: no racily-clean files
     let t = scratch();
     let repo = init_repo(t.path());
@@ -194,9 +190,8 @@ fn root_recommit_of_unchanged_tree_and_of_its_checkout_reads_no_file() {
 /// An emptied commit, a truncated one and a missing one (OSTree's corrupt-repo cases):
 /// fsck names each, and log, show and diff fail with a clear error, never a panic.
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_emptied_truncated_and_missing_commits_are_reported_not_crashed_on() {
-    require_root!();
+    as_root!();
     let (t, src, repo) = feature_repo("a");
     let mut ids = vec![
         json(&["--repo", &repo, "show", "--json", "a"])["id"]
@@ -252,9 +247,8 @@ fn root_emptied_truncated_and_missing_commits_are_reported_not_crashed_on() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_fsck_names_a_flipped_byte_and_a_deleted_object() {
-    require_root!();
+    as_root!();
     let (_t, _src, repo) = feature_repo("f");
     assert!(arbor_ok(&["--repo", &repo, "fsck"]).contains("no problems"));
     let object_of = |path: &str| -> ObjectId {
@@ -306,9 +300,8 @@ fn plant(repo: &str, kind: ObjectKind, bytes: &[u8]) -> ObjectId {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_hostile_trees_are_refused_and_nothing_is_written_outside_dest() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let src = t.path().join("src");
     std::fs::create_dir_all(src.join("d")).unwrap();
@@ -492,9 +485,8 @@ fn root_hostile_trees_are_refused_and_nothing_is_written_outside_dest() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_bad_input_leaves_refs_and_store_unchanged() {
-    require_root!();
+    as_root!();
     let (t, src, repo) = feature_repo("b");
     let head = arbor_ok(&["--repo", &repo, "refs"]);
     let count = object_count(Path::new(&repo));
@@ -605,9 +597,8 @@ impl Drop for Tmpfs {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_disk_full_during_commit_publishes_nothing() {
-    require_root!();
+    as_root!();
     let fs = Tmpfs::new("48m");
     let repo = init_repo(fs.0.path());
     let err = arbor_err(&[
@@ -644,9 +635,8 @@ fn root_disk_full_during_commit_publishes_nothing() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_checkout_onto_another_filesystem_copies_and_says_so() {
-    require_root!();
+    as_root!();
     let (_t, src, repo) = feature_repo("f");
     let fs = Tmpfs::new("64m");
     let dest = fs.0.path().join("co");
@@ -666,9 +656,8 @@ fn root_checkout_onto_another_filesystem_copies_and_says_so() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_second_writer_waits_or_names_the_holder() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let repo = init_repo(t.path());
     let mut first = spawn_lock_holder(
@@ -694,9 +683,8 @@ fn root_second_writer_waits_or_names_the_holder() {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_log_show_ls_cat_diff_refs_and_prune_behave() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let src = t.path().join("src");
     make_feature_tree(&src);

@@ -91,7 +91,10 @@ fn expected_changes() -> BTreeSet<(String, String)> {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+#[cfg_attr(
+    not(arbor_root),
+    ignore = "needs root: overlayfs whiteouts need trusted xattrs, so real root"
+)]
 fn root_usroverlay_list_shows_transient_and_hotfix_changes_across_reboots() {
     require_root!();
     let t = scratch();
@@ -175,9 +178,8 @@ echo "BEGIN other"; $A usroverlay --list --json --deployment {} --root $T; echo 
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_usroverlay_add_copies_files_and_folders_and_refuses_escapes() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let (sr, cmdline) = booted_sysroot(t.path());
     let fix = t.path().join("fix");
@@ -284,7 +286,10 @@ fn diffed(sr: &str, from: &str, to: &str) -> BTreeSet<(String, String)> {
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+#[cfg_attr(
+    not(arbor_root),
+    ignore = "needs root: overlayfs whiteouts need trusted xattrs, so real root"
+)]
 fn root_usroverlay_commit_makes_the_tested_fix_a_deployment_of_the_corpus() {
     require_root!();
     let t = scratch();
@@ -382,7 +387,10 @@ test -d $T/usr/share/doc/hostname
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
+#[cfg_attr(
+    not(arbor_root),
+    ignore = "needs root: an overlay with redirect_dir=off and trusted xattrs (layering, mmdebstrap) needs real root"
+)]
 fn root_usroverlay_commit_of_a_layered_deployment_keeps_its_layers() {
     require_root!();
     let t = scratch();
@@ -427,9 +435,8 @@ $A usroverlay --commit --root $T
 }
 
 #[test]
-#[cfg_attr(not(arbor_root), ignore = "needs root: run the tests as root")]
 fn root_daemon_adds_a_file_by_descriptor_and_lists_the_overlay() {
-    require_root!();
+    as_root!();
     let t = scratch();
     let (sr, cmdline) = booted_sysroot(t.path());
     std::fs::write(t.path().join("dbus-fix"), "from the bus\n").unwrap();

@@ -506,7 +506,7 @@ echo STEP-END
     assert_eq!(booted_version(&log), "2", "{log}");
     assert!(log.contains("state:     failed"), "{log}");
     assert!(log.contains("10-required"), "which check failed:\n{log}");
-    assert!(log.contains("rollback (automatic)"), "{log}");
+    assert!(log.contains("automatic-rollback"), "{log}");
     assert!(log.contains("cutting the power"), "{log}");
 
     // 5. After the cut while staging, and again while the boot entries switch: the
@@ -644,7 +644,7 @@ echo STEP-END
     assert!(b.out.is_none(), "the power cut did not happen");
     let log = std::fs::read_to_string(lab.share().join(format!("out-{}.log", vm.boots())))
         .unwrap_or_default();
-    assert!(log.contains("rollback (automatic)"), "{log}");
+    assert!(log.contains("automatic-rollback"), "{log}");
     let b = vm.boot(
         &format!(
             "{STATUS}\narbor fsck && echo FSCK-CLEAN\narbor cleanup\ngrep arbor_default /sysroot/boot/grub/grub.cfg\n\

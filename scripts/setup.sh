@@ -8,7 +8,7 @@ PACKAGES=(
   # build: the bundled SQLite needs a C compiler; libostree/glib/fuse for interop and FUSE
   gcc pkg-config libostree-dev libglib2.0-dev libfuse3-dev
   # tests and benchmarks: real tools users have
-  ostree fuse3 attr libcap2-bin util-linux debootstrap zstd hyperfine findutils grub-common
+  ostree fuse3 attr libcap2-bin util-linux uidmap debootstrap zstd hyperfine findutils grub-common
   # the D-Bus daemon's tests: a private dbus-daemon, busctl (systemd), gdbus, polkitd,
   # dbus-python, and GLib (Gio) through Python's gi
   dbus-daemon systemd libglib2.0-bin polkitd python3-dbus python3-gi gir1.2-glib-2.0

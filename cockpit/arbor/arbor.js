@@ -174,6 +174,7 @@ const OUTCOME = {
     "kept-deleted": "kept deleted",
     "took-new-default": "took the new default",
     "conflict": "conflict",
+    "merged-entries": "merged entry by entry",
 };
 
 /* How /etc differs from the image (EtcDiff), and for a deployment not booted yet

@@ -390,3 +390,19 @@ pub fn plain(v: &serde_json::Value) -> serde_json::Value {
         other => other.clone(),
     }
 }
+
+/// `v` without its null members: a D-Bus dictionary leaves out what JSON writes as
+/// null (docs/wire-format.md), so a document read from both compares this way.
+pub fn without_nulls(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        J::Object(m) => J::Object(
+            m.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), without_nulls(v)))
+                .collect(),
+        ),
+        J::Array(a) => J::Array(a.iter().map(without_nulls).collect()),
+        other => other.clone(),
+    }
+}

@@ -7,6 +7,7 @@ pub mod hostile_http;
 pub mod live;
 pub mod nginx;
 pub mod panel;
+pub mod userns;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::symlink;
@@ -25,6 +26,19 @@ macro_rules! require_root {
             "needs root (bare repositories store owners, mounts): run the tests as root"
         );
     };
+}
+
+/// Runs the rest of the test as root: as it is when the tests run as root, else again
+/// in a user namespace where this user is root (userns.rs): for tests that need root
+/// only for file owners and mounts.
+#[allow(unused_macros)]
+macro_rules! as_root {
+    () => {{
+        fn here() {}
+        if $crate::common::userns::enter(std::any::type_name_of_val(&here)) {
+            return;
+        }
+    }};
 }
 
 /// The binary under test.
@@ -73,13 +87,19 @@ pub fn arbor_err(args: &[&str]) -> String {
     String::from_utf8(out.stderr).unwrap()
 }
 
+/// Where the shared corpus is (`ARBOR_CORPUS`, else make-trees.sh's folder).
+pub fn corpus_base() -> PathBuf {
+    std::env::var_os("ARBOR_CORPUS").map_or_else(|| "/var/tmp/arbor-corpus".into(), PathBuf::from)
+}
+
 /// A tree of the shared corpus; the suite is run after `make-trees.sh`, so a missing
-/// corpus is a broken setup, not a reason to skip.
+/// corpus is a broken setup, not a reason to skip. (In a user namespace,
+/// `ARBOR_CORPUS` names this user's copy of it: userns.rs.)
 pub fn corpus(name: &str) -> PathBuf {
-    let base = std::env::var("ARBOR_CORPUS").unwrap_or_else(|_| "/var/tmp/arbor-corpus".into());
-    let p = Path::new(&base).join(name);
+    let base = corpus_base();
+    let p = base.join(name);
     assert!(
-        Path::new(&base).join("READY").exists() && p.is_dir(),
+        base.join("READY").exists() && p.is_dir(),
         "corpus tree {} missing: run scripts/test.sh (it builds ../shared/corpus first)",
         p.display()
     );

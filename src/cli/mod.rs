@@ -5,18 +5,20 @@
 //! print.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-mod delta_cmds;
-mod etc_cmds;
-mod image_cmds;
-mod interop_cmds;
-mod live_cmds;
+mod boot;
+mod delta;
+mod deployments;
+mod etc;
+mod image;
+mod interop;
+mod live;
 mod outcome;
 mod output;
-mod package_cmds;
-mod remote_cmds;
-mod repo_cmds;
-mod serve_cmd;
-mod sysroot_cmds;
+mod packages;
+mod progress;
+mod serve;
+mod store;
+mod updates;
 
 use std::path::PathBuf;
 
@@ -73,107 +75,107 @@ pub enum Command {
     /// Create an empty object store.
     Init(OutputArgs),
     /// Commit a directory tree to a branch.
-    Commit(repo_cmds::CommitArgs),
+    Commit(store::CommitArgs),
     /// Check a commit out into a new directory.
-    Checkout(repo_cmds::CheckoutArgs),
+    Checkout(store::CheckoutArgs),
     /// Show the history of a branch or commit.
-    Log(repo_cmds::LogArgs),
+    Log(store::LogArgs),
     /// Show one commit.
-    Show(repo_cmds::RevArgs),
+    Show(store::RevArgs),
     /// List a path inside a commit.
-    Ls(repo_cmds::LsArgs),
+    Ls(store::LsArgs),
     /// Print a file inside a commit.
-    Cat(repo_cmds::CatArgs),
+    Cat(store::CatArgs),
     /// List what changed between two commits.
-    Diff(repo_cmds::DiffArgs),
+    Diff(store::DiffArgs),
     /// List the refs.
-    Refs(repo_cmds::RefsArgs),
+    Refs(store::RefsArgs),
     /// Rehash every object and walk every ref; exit 1 if anything is wrong.
-    Fsck(repo_cmds::FsckArgs),
+    Fsck(store::FsckArgs),
     /// Delete objects that no ref reaches.
-    Prune(repo_cmds::PruneArgs),
+    Prune(store::PruneArgs),
     /// Set up a sysroot and its stateroots.
     #[command(subcommand)]
-    Admin(sysroot_cmds::AdminCommand),
+    Admin(deployments::AdminCommand),
     /// Build image trees.
     #[command(subcommand)]
-    Compose(sysroot_cmds::ComposeCommand),
+    Compose(deployments::ComposeCommand),
     /// Deploy a commit: it boots next; the current one becomes the rollback.
     #[command(disable_version_flag = true)]
-    Deploy(sysroot_cmds::DeployArgs),
+    Deploy(deployments::DeployArgs),
     /// Show the deployments: booted, pending, rollback, pinned.
     Status(OutputArgs),
     /// Boot the rollback deployment next.
     Rollback(OutputArgs),
     /// Remove a deployment (never the booted one).
-    Undeploy(sysroot_cmds::IndexArgs),
+    Undeploy(deployments::IndexArgs),
     /// Keep a deployment from being removed by later deploys (--unpin to undo).
-    Pin(sysroot_cmds::IndexArgs),
+    Pin(deployments::IndexArgs),
     /// Show or edit the kernel arguments of the default deployment.
-    Kargs(sysroot_cmds::KargsArgs),
+    Kargs(deployments::KargsArgs),
     /// Print a GRUB menu fragment of the deployments (for loaders without BLS).
-    GrubConfig(sysroot_cmds::GrubConfigArgs),
+    GrubConfig(boot::GrubConfigArgs),
     /// Make the staged deployment the default boot entry (run at shutdown).
     FinalizeStaged(OutputArgs),
     /// Compute what a systemd-boot-style loader boots next, consuming one try.
-    BootSelect(sysroot_cmds::BootSelectArgs),
+    BootSelect(boot::BootSelectArgs),
     /// Mark the booted deployment good (remove its boot-counting suffix).
     BootComplete(OutputArgs),
     /// Run /etc/arbor/health.d/*; all pass: mark the boot good; exit 1 otherwise.
-    HealthCheck(sysroot_cmds::HealthCheckArgs),
+    HealthCheck(boot::HealthCheckArgs),
     /// Assemble a deployment's root at a target, as the initramfs does at boot.
     PrepareRoot(arbor_prepare_root::PrepareRootArgs),
     /// Remove unreferenced deployments and kernels, then prune the repository.
     Cleanup(OutputArgs),
     /// Factory reset: a new deployment of the booted commit with a pristine /etc (and
     /// /var); the previous one stays as the rollback, so 'arbor rollback' undoes it.
-    Reset(sysroot_cmds::ResetArgs),
+    Reset(deployments::ResetArgs),
     /// The machine's /etc against the image's defaults: diff, restore.
     #[command(subcommand)]
-    Etc(etc_cmds::EtcCommand),
+    Etc(etc::EtcCommand),
     /// Layer packages (names, or local .deb files) on the deployment: a new deployment.
     /// `arbor install to-disk` writes a bootable disk instead.
-    Install(package_cmds::InstallArgs),
+    Install(packages::InstallArgs),
     /// Remove layered packages: a new deployment.
-    Uninstall(package_cmds::PackagesArgs),
+    Uninstall(packages::PackagesArgs),
     /// Remove or replace packages of the base image, or undo that: a new deployment.
     #[command(subcommand)]
-    Override(package_cmds::OverrideCommand),
+    Override(packages::OverrideCommand),
     /// Deploy the tip of the tracked ref with the layered packages re-applied.
-    Upgrade(package_cmds::UpgradeArgs),
+    Upgrade(packages::UpgradeArgs),
     /// A writable overlay on /usr: transient, or a hotfix kept across reboots.
-    #[command(after_long_help = live_cmds::USROVERLAY_HELP)]
-    Usroverlay(live_cmds::UsrOverlayArgs),
+    #[command(after_long_help = live::USROVERLAY_HELP)]
+    Usroverlay(live::UsrOverlayArgs),
     /// Make the running system match the pending deployment without a reboot.
-    ApplyLive(live_cmds::ApplyLiveArgs),
+    ApplyLive(live::ApplyLiveArgs),
     /// Publish versions to a folder served over HTTP (TUF-signed).
     #[command(subcommand)]
-    Publish(remote_cmds::PublishCommand),
+    Publish(updates::PublishCommand),
     /// Published repositories this sysroot updates from.
     #[command(subcommand)]
-    Remote(remote_cmds::RemoteCommand),
+    Remote(updates::RemoteCommand),
     /// Follow another channel (CHANNEL, or REMOTE:CHANNEL): fetch and stage its version.
     #[command(disable_version_flag = true)]
-    Rebase(sysroot_cmds::RebaseArgs),
+    Rebase(deployments::RebaseArgs),
     /// Show where the update is (checking, downloading, staged, testing, ...).
     UpdateStatus(OutputArgs),
     /// Check, download or stage as /etc/arbor/arbor.toml says (the timer runs this).
-    AutoUpdate(remote_cmds::AutoUpdateArgs),
+    AutoUpdate(updates::AutoUpdateArgs),
     /// The transaction history: who did what, when, and how it ended.
-    History(remote_cmds::HistoryArgs),
+    History(updates::HistoryArgs),
     /// Static deltas between commits: create, apply, stats.
     #[command(subcommand)]
-    Delta(delta_cmds::DeltaCommand),
+    Delta(delta::DeltaCommand),
     /// The package database of commits: list, diff.
     #[command(subcommand)]
-    Db(package_cmds::DbCommand),
+    Db(packages::DbCommand),
     /// Move commits between arbor and OSTree repositories.
     #[command(subcommand)]
-    Ostree(interop_cmds::OstreeCommand),
+    Ostree(interop::OstreeCommand),
     /// Mount a commit read-only with FUSE, straight from the store.
-    Mount(interop_cmds::MountArgs),
+    Mount(interop::MountArgs),
     /// Serve a JSON HTTP API for dashboards (a D-Bus client of arbord).
-    Serve(serve_cmd::ServeArgs),
+    Serve(serve::ServeArgs),
     /// Write the man pages into DIR (used to keep man/ current).
     #[command(hide = true)]
     GenerateMan {
@@ -207,19 +209,19 @@ pub fn lock_wait(cli: &Cli) -> LockWait<'static> {
 /// Runs a library operation as the CLI does: waiting for the lock unless `--no-wait`,
 /// recorded with this command line, progress on the terminal.
 pub fn run_op(cli: &Cli, sysroot: &Sysroot, req: &ops::Request) -> Result<ops::Outcome> {
-    ops::run(
+    ops::perform(
         sysroot,
         req,
         lock_wait(cli),
         &ops::Initiator::this_process(),
-        &remote_cmds::Term::new(),
+        &progress::Term::new(),
     )
 }
 
 /// Parses the process arguments and runs the command; the whole of `main`.
 pub fn run_from_env() -> i32 {
     let cli = Cli::parse();
-    exit_code(run(&cli))
+    exit_code(dispatch(&cli))
 }
 
 /// A command's exit code, its error printed.
@@ -249,56 +251,74 @@ pub fn init_process() {
 pub fn run_ostree_helper_from_env() -> i32 {
     let cli = Cli::parse();
     exit_code(match &cli.command {
-        Command::Ostree(cmd) => interop_cmds::run_ostree(&cli, cmd),
+        Command::Ostree(cmd) => interop::ostree(&cli, cmd),
         _ => Err(anyhow::anyhow!(
             "arbor-ostree runs only `arbor ostree …`; use arbor for the rest"
         )),
     })
 }
 
-/// Runs one parsed command; returns the exit code.
-pub fn run(cli: &Cli) -> Result<i32> {
+/// Runs one parsed command; returns the exit code. The one place that maps the
+/// command tree to the functions that run it.
+pub fn dispatch(cli: &Cli) -> Result<i32> {
+    use Command as C;
     match &cli.command {
-        Command::GenerateMan { dir } => generate_man(dir).map(|_| 0),
-        Command::Ostree(_) => interop_cmds::exec_ostree_helper(),
-        Command::Db(cmd) => package_cmds::run_db(cli, cmd),
-        Command::Etc(cmd) => etc_cmds::run(cli, cmd),
-        Command::Delta(cmd) => delta_cmds::run(cli, cmd),
-        Command::Publish(cmd) => remote_cmds::run_publish(cli, cmd),
-        Command::Remote(cmd) => remote_cmds::run_remote(cli, cmd),
-        Command::Rebase(a) => sysroot_cmds::run_rebase(cli, a),
-        Command::UpdateStatus(o) => remote_cmds::run_update_status(cli, o),
-        Command::AutoUpdate(a) => remote_cmds::run_auto_update(cli, a),
-        Command::History(a) => remote_cmds::run_history(cli, a),
-        Command::Usroverlay(a) => live_cmds::run_usroverlay(cli, a),
-        Command::ApplyLive(a) => live_cmds::run_apply_live(cli, a),
-        Command::Install(package_cmds::InstallArgs {
-            target: Some(package_cmds::InstallTarget::ToDisk(a)),
+        // The object store.
+        C::Init(o) => store::init(cli, o),
+        C::Commit(a) => store::commit(cli, a),
+        C::Checkout(a) => store::checkout(cli, a),
+        C::Log(a) => store::log(cli, a),
+        C::Show(a) => store::show(cli, a),
+        C::Ls(a) => store::ls(cli, a),
+        C::Cat(a) => store::cat(cli, a),
+        C::Diff(a) => store::diff(cli, a),
+        C::Refs(a) => store::refs(cli, a),
+        C::Fsck(a) => store::fsck(cli, a),
+        C::Prune(a) => store::prune(cli, a),
+        // Deployments.
+        C::Admin(cmd) => deployments::admin(cli, cmd),
+        C::Compose(cmd) => deployments::compose(cli, cmd),
+        C::Deploy(a) => deployments::deploy(cli, a),
+        C::Rebase(a) => deployments::rebase(cli, a),
+        C::Status(o) => deployments::status(cli, o),
+        C::Rollback(o) => deployments::rollback(cli, o),
+        C::Undeploy(a) => deployments::undeploy(cli, a),
+        C::Pin(a) => deployments::pin(cli, a),
+        C::Kargs(a) => deployments::kargs(cli, a),
+        C::Cleanup(o) => deployments::cleanup(cli, o),
+        C::Reset(a) => deployments::reset(cli, a),
+        // Boot.
+        C::GrubConfig(a) => boot::grub_config(cli, a),
+        C::FinalizeStaged(o) => boot::finalize_staged(cli, o),
+        C::BootSelect(a) => boot::boot_select(cli, a),
+        C::BootComplete(o) => boot::boot_complete(cli, o),
+        C::HealthCheck(a) => boot::health_check(cli, a),
+        C::PrepareRoot(a) => arbor_prepare_root::run_prepare_root(&cli.sysroot, a),
+        // /etc, packages, live changes.
+        C::Etc(cmd) => etc::etc(cli, cmd),
+        C::Install(packages::InstallArgs {
+            target: Some(packages::InstallTarget::ToDisk(a)),
             ..
-        }) => image_cmds::run_to_disk(cli, a),
-        Command::Install(_)
-        | Command::Uninstall(_)
-        | Command::Override(_)
-        | Command::Upgrade(_) => package_cmds::run_layering(cli, &cli.command),
-        Command::Mount(a) => interop_cmds::run_mount(cli, a),
-        Command::Serve(a) => serve_cmd::run_serve(a),
-        Command::Admin(cmd) => sysroot_cmds::run_admin(cli, cmd),
-        Command::PrepareRoot(a) => arbor_prepare_root::run_prepare_root(&cli.sysroot, a),
-        Command::Compose(cmd) => sysroot_cmds::run_compose(cli, cmd),
-        Command::Deploy(_)
-        | Command::Status(_)
-        | Command::Rollback(_)
-        | Command::Undeploy(_)
-        | Command::Pin(_)
-        | Command::Kargs(_)
-        | Command::FinalizeStaged(_)
-        | Command::GrubConfig(_)
-        | Command::BootSelect(_)
-        | Command::BootComplete(_)
-        | Command::HealthCheck(_)
-        | Command::Cleanup(_)
-        | Command::Reset(_) => sysroot_cmds::run(cli, &cli.command),
-        _ => repo_cmds::run(cli),
+        }) => image::to_disk(cli, a),
+        C::Install(a) => packages::install(cli, &a.packages),
+        C::Uninstall(a) => packages::uninstall(cli, a),
+        C::Override(cmd) => packages::override_base(cli, cmd),
+        C::Upgrade(a) => packages::upgrade(cli, a),
+        C::Db(cmd) => packages::db(cli, cmd),
+        C::Usroverlay(a) => live::usroverlay(cli, a),
+        C::ApplyLive(a) => live::apply_live(cli, a),
+        // Updates from remotes.
+        C::Publish(cmd) => updates::publish(cli, cmd),
+        C::Remote(cmd) => updates::remote(cli, cmd),
+        C::UpdateStatus(o) => updates::update_status(cli, o),
+        C::AutoUpdate(a) => updates::auto_update(cli, a),
+        C::History(a) => updates::history(cli, a),
+        C::Delta(cmd) => delta::delta(cli, cmd),
+        // Interoperation and the edges.
+        C::Ostree(_) => interop::exec_ostree_helper(),
+        C::Mount(a) => interop::mount(cli, a),
+        C::Serve(a) => serve::serve(a),
+        C::GenerateMan { dir } => generate_man(dir).map(|_| 0),
     }
 }
 

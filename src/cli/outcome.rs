@@ -121,6 +121,15 @@ pub fn print_etc_merge(entries: &[arbor_sysroot::etc::merge::MergeEntry]) {
     }
     for e in entries
         .iter()
+        .filter(|e| e.outcome == MergeOutcome::MergedEntries)
+    {
+        eprintln!(
+            "/etc: merged /etc/{} entry by entry: local users and groups kept, new ones added",
+            e.path
+        );
+    }
+    for e in entries
+        .iter()
         .filter(|e| e.outcome == MergeOutcome::Conflict)
     {
         eprintln!(

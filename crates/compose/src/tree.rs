@@ -148,8 +148,12 @@ pub fn compose_tree(
         "building {} from {mirror} {} ({arch})",
         tf.name, tf.suite
     ));
-    let mut mm = Command::new("mmdebstrap");
-    mm.arg("--mode=root")
+    // In a mount namespace of its own: the /proc, /sys and /dev it mounts in the new
+    // root vanish with it even when it is killed, instead of staying mounted on the
+    // host and making the scratch folder undeletable.
+    let mut mm = Command::new("unshare");
+    mm.args(["--mount", "--propagation", "private", "--", "mmdebstrap"])
+        .arg("--mode=root")
         .arg("--format=directory")
         .arg(format!("--variant={}", tf.variant))
         .arg(format!("--architectures={arch}"))

@@ -46,7 +46,7 @@ pub fn run_from_env() -> i32 {
         bus_address: cli.bus_address,
         idle_exit: (cli.idle_exit > 0).then(|| Duration::from_secs(cli.idle_exit)),
     };
-    match daemon::run(&opts) {
+    match daemon::run_daemon(&opts) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("arbord: error: {e:#}");

@@ -22,6 +22,7 @@ mod policy;
 mod snapshot;
 mod sysroot_iface;
 mod transaction;
+mod watch;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -115,7 +116,6 @@ impl Shared {
     }
 }
 
-/// Serves the sysroot on the bus until idle (or forever without an idle limit).
 /// The daemon's state for `opts`, failing early (with the path) on a bad sysroot.
 fn shared(opts: &DaemonOptions) -> Result<Arc<Shared>> {
     let opened = arbor_sysroot::Sysroot::open(&opts.sysroot)?;
@@ -160,7 +160,8 @@ pub fn serve_peer(
     Ok(conn)
 }
 
-pub fn run(opts: &DaemonOptions) -> Result<()> {
+/// Serves the sysroot on the bus until idle (or for ever without an idle limit).
+pub fn run_daemon(opts: &DaemonOptions) -> Result<()> {
     let shared = shared(opts)?;
     let address = opts
         .bus_address
@@ -183,14 +184,29 @@ pub fn run(opts: &DaemonOptions) -> Result<()> {
         .with_context(|| format!("taking the name {BUS_NAME} on {bus}"))?;
     tracing::info!(sysroot = %opts.sysroot.display(), "serving {BUS_NAME}");
     watch_departures(&conn, shared.clone())?;
+    let watcher = watch::Watcher::new(&shared.watched)?;
     let mut seen = snapshot::Fingerprint::read(&shared.watched);
     loop {
-        std::thread::sleep(Duration::from_millis(500));
-        // State changed by someone else (the CLI, a boot service): tell the watchers.
-        let now = snapshot::Fingerprint::read(&shared.watched);
-        if now != seen {
-            seen = now;
-            announce_changes(&shared);
+        // Asleep until a watched folder changes, or the idle limit may have come.
+        let timeout = opts.idle_exit.map(|limit| match shared.idle_for() {
+            Some(idle) => limit.saturating_sub(idle).max(Duration::from_millis(10)),
+            // Busy (a transaction, a registered client): look again a limit later.
+            None => limit,
+        });
+        if watcher.wait(timeout)? {
+            // A transaction of ours is writing: it announces everything when it ends
+            // (announcing its lock being taken would only come before its progress).
+            if shared.active.lock().unwrap().is_some() {
+                continue;
+            }
+            // State changed by someone else (the CLI, a boot service): tell the
+            // watchers, if what the status is read from moved.
+            let now = snapshot::Fingerprint::read(&shared.watched);
+            if now != seen {
+                seen = now;
+                announce_changes(&shared);
+            }
+            continue;
         }
         shared.clients.forget_departed(&conn);
         if let (Some(limit), Some(idle)) = (opts.idle_exit, shared.idle_for())

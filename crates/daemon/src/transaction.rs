@@ -37,7 +37,7 @@ pub type Job = Box<
 
 /// The job of a library operation: what the CLI runs for the same verb.
 pub fn op(req: Request) -> Job {
-    Box::new(move |sysroot, lock, who, obs| ops::run_locked(sysroot, lock, &req, who, obs))
+    Box::new(move |sysroot, lock, who, obs| ops::perform_locked(sysroot, lock, &req, who, obs))
 }
 
 /// How long a transaction started with "wait-for-start" waits for its Start before it

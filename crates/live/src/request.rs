@@ -113,7 +113,7 @@ pub fn list(sysroot: &Sysroot, root: &Path, which: Option<&str>) -> Result<Overl
 
 /// Runs a request on the live root `root`. `lock` must be held for the requests that
 /// [`UsrOverlayRequest::writes`].
-pub fn run(
+pub fn perform(
     sysroot: &Sysroot,
     lock: Option<&WriterLock>,
     root: &Path,

@@ -7,9 +7,9 @@
 //! errors.
 
 pub mod error;
-pub mod install;
 mod outcome;
 mod request;
+pub mod to_disk;
 pub mod update;
 
 use anyhow::{Context, Result};
@@ -25,8 +25,9 @@ use arbor_sysroot::plan::DeployOptions;
 use arbor_sysroot::status;
 use arbor_sysroot::{Sysroot, etc_state, health, kargs};
 
+pub use arbor_statedb::HistoryKind;
 pub use outcome::{BootOrder, Kargs, Outcome, UpgradeOutcome};
-pub use request::{DeployRequest, Request, TransactionKind, UpgradeRequest};
+pub use request::{DeployRequest, Request, UpgradeRequest};
 
 /// Who asked, as the history records it.
 #[derive(Clone, Debug)]
@@ -48,8 +49,8 @@ impl Initiator {
 }
 
 /// Runs `req`: takes the sysroot lock (waiting as `wait` says), then as
-/// [`run_locked`].
-pub fn run(
+/// [`perform_locked`].
+pub fn perform(
     sysroot: &Sysroot,
     req: &Request,
     wait: LockWait<'_>,
@@ -60,12 +61,12 @@ pub fn run(
         return execute(sysroot, None, req, obs);
     }
     let lock = sysroot.lock(wait)?;
-    run_locked(sysroot, &lock, req, who, obs)
+    perform_locked(sysroot, &lock, req, who, obs)
 }
 
 /// Takes the sysroot lock now or fails naming its holder: how the daemon takes it
 /// when a call arrives, so a busy sysroot is an immediate error, before
-/// [`run_locked`] runs the request in a worker.
+/// [`perform_locked`] runs the request in a worker.
 pub fn lock_now(sysroot: &Sysroot) -> Result<WriterLock> {
     sysroot.lock(LockWait::NoWait)
 }
@@ -73,7 +74,7 @@ pub fn lock_now(sysroot: &Sysroot) -> Result<WriterLock> {
 /// Runs `req` with the sysroot lock held (the daemon takes it when a call arrives, so
 /// a busy sysroot is an immediate error). The history records every request that may
 /// change the system, and nothing else: not checks, dry runs or listings.
-pub fn run_locked(
+pub fn perform_locked(
     sysroot: &Sysroot,
     lock: &WriterLock,
     req: &Request,
@@ -89,7 +90,7 @@ pub fn run_locked(
         .unwrap_or_else(|p| Err(anyhow::anyhow!("{}", panic_message(&*p))))
     };
     if req.recorded() {
-        sysroot.record_as(req.kind().as_str(), &who.command, who.uid, guarded)
+        sysroot.record_as(req.kind(), &who.command, who.uid, guarded)
     } else {
         guarded()
     }
@@ -127,7 +128,7 @@ fn execute(
     let held = || lock.context("this operation needs the sysroot lock");
     Ok(match req {
         Request::Deploy(d) => match d.update_options(sysroot) {
-            Some(opts) => Outcome::Update(Box::new(update::run(
+            Some(opts) => Outcome::Update(Box::new(update::perform(
                 sysroot,
                 held()?,
                 &opts,
@@ -159,7 +160,7 @@ fn execute(
                 phase_override: *phase_override,
                 ..Default::default()
             };
-            let r = update::run(sysroot, held()?, &opts, update::Action::Stage, obs)?;
+            let r = update::perform(sysroot, held()?, &opts, update::Action::Stage, obs)?;
             Outcome::Update(Box::new(r))
         }
         Request::Upgrade(u) => Outcome::Upgrade(Box::new(upgrade(sysroot, held()?, u, obs)?)),
@@ -235,7 +236,7 @@ fn execute(
             Outcome::EtcRestore(Box::new(etc_state::restore(sysroot, held()?, &d, paths)?))
         }
         Request::UsrOverlay { root, req } => {
-            match arbor_live::request::run(sysroot, lock, root, req, obs)? {
+            match arbor_live::request::perform(sysroot, lock, root, req, obs)? {
                 UsrOverlayOutcome::Status(s) => Outcome::UsrStatus(Box::new(s)),
                 UsrOverlayOutcome::List(l) => Outcome::OverlayListing(Box::new(l)),
                 UsrOverlayOutcome::Committed(c) => Outcome::OverlayCommit(c),
@@ -282,7 +283,7 @@ fn upgrade(
             dry_run: u.dry_run,
             ..Default::default()
         };
-        let r = update::run(sysroot, lock, &opts, u.action, obs)?;
+        let r = update::perform(sysroot, lock, &opts, u.action, obs)?;
         return Ok(UpgradeOutcome {
             upgraded: r.deployment.is_some(),
             update: Some(r),

@@ -3,12 +3,11 @@
 
 use std::path::PathBuf;
 
-use serde::Serialize;
-
 use crate::update::{Action, UpdateOptions};
 use arbor_live::UsrOverlayRequest;
 use arbor_live::apply::ApplyOptions;
 use arbor_packages::layer::LayerEdit;
+use arbor_statedb::HistoryKind;
 use arbor_sysroot::Sysroot;
 use arbor_sysroot::kargs::KargEdit;
 
@@ -147,65 +146,10 @@ pub enum Request {
     },
 }
 
-/// What the history calls an operation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-#[allow(missing_docs)] // each is the verb of the same name
-pub enum TransactionKind {
-    Deploy,
-    Rebase,
-    Upgrade,
-    Check,
-    Download,
-    Rollback,
-    Install,
-    Uninstall,
-    Override,
-    Kargs,
-    Cleanup,
-    Prune,
-    Undeploy,
-    Pin,
-    ApplyLive,
-    Usroverlay,
-    AutoUpdate,
-    RemoteRemove,
-    EtcRestore,
-    Reset,
-}
-
-impl TransactionKind {
-    /// Its name in the history.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TransactionKind::Deploy => "deploy",
-            TransactionKind::Rebase => "rebase",
-            TransactionKind::Upgrade => "upgrade",
-            TransactionKind::Check => "check",
-            TransactionKind::Download => "download",
-            TransactionKind::Rollback => "rollback",
-            TransactionKind::Install => "install",
-            TransactionKind::Uninstall => "uninstall",
-            TransactionKind::Override => "override",
-            TransactionKind::Kargs => "kargs",
-            TransactionKind::Cleanup => "cleanup",
-            TransactionKind::Prune => "prune",
-            TransactionKind::Undeploy => "undeploy",
-            TransactionKind::Pin => "pin",
-            TransactionKind::ApplyLive => "apply-live",
-            TransactionKind::Usroverlay => "usroverlay",
-            TransactionKind::AutoUpdate => "auto-update",
-            TransactionKind::RemoteRemove => "remote-remove",
-            TransactionKind::EtcRestore => "etc-restore",
-            TransactionKind::Reset => "reset",
-        }
-    }
-}
-
 impl Request {
-    /// Its kind, for the history and the daemon's transactions.
-    pub fn kind(&self) -> TransactionKind {
-        use TransactionKind as K;
+    /// What the history calls it.
+    pub fn kind(&self) -> HistoryKind {
+        use HistoryKind as K;
         match self {
             Request::Deploy(_) => K::Deploy,
             Request::Rebase { .. } => K::Rebase,

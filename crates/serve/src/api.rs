@@ -292,7 +292,7 @@ struct Wait {
 /// its error name: the request itself worked).
 async fn begin(ctx: &Ctx, verb: Verb, wait: bool) -> ApiResult {
     if wait {
-        return Ok(Json(run(ctx, verb).await?).into_response());
+        return Ok(Json(perform(ctx, verb).await?).into_response());
     }
     let (path, _) = bus::start(&ctx.conn().await?, verb).await?;
     let n = path.as_str().rsplit('/').next().unwrap_or("");
@@ -301,7 +301,7 @@ async fn begin(ctx: &Ctx, verb: Verb, wait: bool) -> ApiResult {
 }
 
 /// Runs a transaction to its end and returns its outcome.
-async fn run(ctx: &Ctx, verb: Verb) -> Result<Value, ApiError> {
+async fn perform(ctx: &Ctx, verb: Verb) -> Result<Value, ApiError> {
     let (path, stream) = bus::start(&ctx.conn().await?, verb).await?;
     Ok(bus::outcome(&ctx.conn().await?, &path, stream).await?)
 }
@@ -311,7 +311,7 @@ async fn check(State(ctx): State<Arc<Ctx>>, Query(q): Query<Wait>) -> ApiResult 
     if !q.wait {
         return begin(&ctx, Verb::Check, false).await;
     }
-    let mut outcome = run(&ctx, Verb::Check).await?;
+    let mut outcome = perform(&ctx, Verb::Check).await?;
     outcome["available"] = bus::available(&ctx.conn().await?).await?;
     Ok(Json(outcome).into_response())
 }

@@ -65,7 +65,7 @@ pub fn read_token(path: &Path) -> Result<String> {
 }
 
 /// Serves until SIGTERM or SIGINT.
-pub fn run(opts: &ServeOptions) -> Result<()> {
+pub fn listen(opts: &ServeOptions) -> Result<()> {
     if opts.listen.is_some() && opts.token_file.is_none() {
         bail!(
             "listening on TCP needs --token-file: without a token anyone who reaches the port could update this system"
@@ -175,7 +175,7 @@ mod tests {
             listen: Some("127.0.0.1:0".parse().unwrap()),
             ..ServeOptions::default()
         };
-        let e = run(&opts).unwrap_err().to_string();
+        let e = listen(&opts).unwrap_err().to_string();
         assert!(e.contains("needs --token-file"), "{e}");
     }
 

@@ -12,7 +12,9 @@ use rusqlite::{Connection, params};
 use rusqlite_migration::M;
 use serde::Serialize;
 
+mod history;
 mod inode_cache;
+pub use history::HistoryKind;
 pub use inode_cache::{Cached, InodeCache, InodeEntry, InodeRows};
 
 /// A download cut short, kept so the next run resumes it (`update-status` lists them).
@@ -103,6 +105,11 @@ const MIGRATIONS: &[&str] = &[
     // file object of an inode (inode_cache.rs). The old rows are only a cache: dropped.
     "DROP TABLE IF EXISTS inode_cache;
      CREATE TABLE inode_records (dev INTEGER PRIMARY KEY, records BLOB NOT NULL);",
+    // 6: one history vocabulary (HistoryKind): the free words older versions wrote
+    // for an automatic rollback and for install to-disk take their kinds' words.
+    "UPDATE transactions SET kind = 'automatic-rollback' WHERE kind = 'rollback (automatic)';
+     UPDATE transactions SET kind = 'install-to-disk'
+        WHERE kind = 'install' AND command LIKE '%install to-disk%';",
 ];
 
 /// An open state database.
@@ -116,7 +123,8 @@ pub struct StateDb {
 pub struct HistoryEntry {
     /// Sequence number.
     pub id: i64,
-    /// What kind of operation (commit, prune, deploy …).
+    /// What it records: a [`HistoryKind`]'s word (kept as a word, so a row written
+    /// by a newer arbor still reads).
     pub kind: String,
     /// The command line or D-Bus call that started it.
     pub command: String,
@@ -163,17 +171,17 @@ impl StateDb {
         Ok(StateDb { conn })
     }
 
-    /// Records the start of a transaction; returns its id for [`StateDb::end_transaction`].
-    pub fn begin_transaction(&self, kind: &str, command: &str, uid: u32) -> Result<i64> {
+    /// Starts a history row; returns its id for [`StateDb::end_history_row`].
+    pub fn begin_history_row(&self, kind: HistoryKind, command: &str, uid: u32) -> Result<i64> {
         self.conn.execute(
             "INSERT INTO transactions (kind, command, uid, started) VALUES (?1, ?2, ?3, ?4)",
-            params![kind, command, uid, now()],
+            params![kind.as_str(), command, uid, now()],
         )?;
         Ok(self.conn.last_insert_rowid())
     }
 
-    /// Records what a transaction touched, beside its command line.
-    pub fn set_transaction_detail(&self, id: i64, detail: &str) -> Result<()> {
+    /// Records what the operation of a history row touched, beside its command line.
+    pub fn set_history_detail(&self, id: i64, detail: &str) -> Result<()> {
         self.conn.execute(
             "UPDATE transactions SET detail = ?1 WHERE id = ?2",
             params![detail, id],
@@ -181,8 +189,8 @@ impl StateDb {
         Ok(())
     }
 
-    /// Records how a transaction ended.
-    pub fn end_transaction(&self, id: i64, result: &Result<(), String>) -> Result<()> {
+    /// Ends a history row: "ok" (once the work is durable) or the error.
+    pub fn end_history_row(&self, id: i64, result: &Result<(), String>) -> Result<()> {
         let text = match result {
             Ok(()) => "ok".to_string(),
             Err(e) => e.clone(),
@@ -306,17 +314,19 @@ mod tests {
     fn history_records_results() {
         let t = tempfile::tempdir().unwrap();
         let db = StateDb::open(&t.path().join("s.db")).unwrap();
-        let id = db.begin_transaction("commit", "arbor commit x", 0).unwrap();
-        db.end_transaction(id, &Err("boom".into())).unwrap();
+        let id = db
+            .begin_history_row(HistoryKind::Commit, "arbor commit x", 0)
+            .unwrap();
+        db.end_history_row(id, &Err("boom".into())).unwrap();
         let h = db.history(10).unwrap();
         assert_eq!(h.len(), 1);
         assert_eq!(h[0].result.as_deref(), Some("boom"));
         assert_eq!(h[0].detail, None);
         let id = db
-            .begin_transaction("usroverlay", "arbor usroverlay", 0)
+            .begin_history_row(HistoryKind::Usroverlay, "arbor usroverlay", 0)
             .unwrap();
-        db.set_transaction_detail(id, "added /usr/bin/x").unwrap();
-        db.end_transaction(id, &Ok(())).unwrap();
+        db.set_history_detail(id, "added /usr/bin/x").unwrap();
+        db.end_history_row(id, &Ok(())).unwrap();
         let h = db.history(1).unwrap();
         assert_eq!(h[0].detail.as_deref(), Some("added /usr/bin/x"));
     }
@@ -335,13 +345,22 @@ mod tests {
                 mtime_ns INTEGER NOT NULL, size INTEGER NOT NULL, content BLOB NOT NULL,
                 PRIMARY KEY (dev, ino)) WITHOUT ROWID;
              INSERT INTO inode_cache VALUES (1, 2, 3, 4, x'00');
+             INSERT INTO transactions (kind, command, uid, started)
+                VALUES ('rollback (automatic)', 'arbor health-check', 0, 1),
+                       ('install', 'arbor install to-disk /dev/vdb', 0, 2),
+                       ('install', 'arbor install htop', 0, 3);
              PRAGMA user_version = 3;",
         )
         .unwrap();
         drop(c);
         let db = StateDb::open(&path).unwrap();
-        let id = db.begin_transaction("deploy", "arbor deploy", 0).unwrap();
-        db.set_transaction_detail(id, "migrated").unwrap();
+        // The old free words take their kinds' words; package layering stays install.
+        let kinds: Vec<String> = db.history(3).unwrap().into_iter().map(|h| h.kind).collect();
+        assert_eq!(kinds, ["install", "install-to-disk", "automatic-rollback"]);
+        let id = db
+            .begin_history_row(HistoryKind::Deploy, "arbor deploy", 0)
+            .unwrap();
+        db.set_history_detail(id, "migrated").unwrap();
         assert_eq!(
             db.history(1).unwrap()[0].detail.as_deref(),
             Some("migrated")

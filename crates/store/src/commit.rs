@@ -23,7 +23,7 @@ use crate::{Commit, DirTree, FileHeader, ObjectId, ObjectKind, Repo, Transaction
 use arbor_core::fsutil::{self, show};
 use arbor_core::lock::LockWait;
 use arbor_core::progress::Progress;
-use arbor_statedb::{Cached, InodeCache, InodeEntry, InodeRows, StateDb};
+use arbor_statedb::{Cached, HistoryKind, InodeCache, InodeEntry, InodeRows, StateDb};
 
 /// What to commit besides the tree.
 #[derive(Clone, Debug)]
@@ -117,20 +117,24 @@ pub fn commit_tree(
         .with_context(|| format!("opening the tree to commit, {}", src.display()))?;
     let mut db = StateDb::open(&repo.state_db_path())?;
     let txn = Transaction::begin(repo, wait)?;
-    let history = db.begin_transaction(
-        "commit",
+    let history = db.begin_history_row(
+        HistoryKind::Commit,
         &std::env::args().collect::<Vec<_>>().join(" "),
         rustix::process::getuid().as_raw(),
     )?;
     let started = std::time::Instant::now();
-    let result = commit_in(&txn, &db, root, opts);
+    let written = commit_in(&txn, &db, root, opts);
     tracing::debug!("wrote the tree in {:?}", started.elapsed());
-    let _ = db.end_transaction(
+    // The row says ok only once the objects and the branch are durable.
+    let result = written.and_then(|(r, rows)| {
+        txn.finish(&[(opts.branch.clone(), Some(r.commit))])?;
+        Ok((r, rows))
+    });
+    let _ = db.end_history_row(
         history,
         &result.as_ref().map(|_| ()).map_err(|e| format!("{e:#}")),
     );
     let (result, cache_rows) = result?;
-    txn.finish(&[(opts.branch.clone(), Some(result.commit))])?;
     if let Err(e) = db.store_inode_cache(cache_rows) {
         // The commit is durable; a cache that fails to save only costs speed next time.
         tracing::warn!("could not update the inode cache: {e:#}");

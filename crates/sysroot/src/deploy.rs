@@ -23,6 +23,7 @@ use arbor_boot as boot;
 use arbor_core::fsutil;
 use arbor_core::lock::{LockWait, WriterLock};
 use arbor_core::progress::{Observer, checkpoint};
+use arbor_statedb::HistoryKind;
 use arbor_store::ObjectId;
 use arbor_store::checkout::TreeCheckout;
 use arbor_store::inspect::{self, Node};
@@ -266,16 +267,23 @@ fn merge_etc(
     // The /etc being left, as it last ran: a snapshot in the store.
     super::etc_state::snapshot(sysroot, lock, prev)?;
     let prev_root = sysroot.deployment_path(prev);
-    let old_default = etc_merge::scan(&prev_root.join("usr/etc"))?;
+    let old_root = prev_root.join("usr/etc");
+    let old_default = etc_merge::scan(&old_root)?;
     let local = etc_merge::scan(&prev_root.join("etc"))?;
-    etc_merge::merge_into(&old_default, &local, &prev_root.join("etc"), new_etc)
+    etc_merge::merge_into(
+        &old_default,
+        &old_root,
+        &local,
+        &prev_root.join("etc"),
+        new_etc,
+    )
 }
 
 /// Finalizes the staged deployment (run at shutdown): merges /etc as it is now, then
 /// makes it the default boot entry. Does nothing when nothing is staged.
 pub fn finalize_staged(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<Option<DeployResult>> {
     let lock = sysroot.lock(wait)?;
-    sysroot.record("finalize-staged", || {
+    sysroot.record(HistoryKind::FinalizeStaged, || {
         let Some(new) = sysroot.staged()? else {
             return Ok(None);
         };

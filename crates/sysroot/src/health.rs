@@ -17,6 +17,7 @@ use serde::Serialize;
 use crate::{Deployment, Sysroot};
 use arbor_boot::{self as boot, Tries};
 use arbor_core::lock::LockWait;
+use arbor_statedb::HistoryKind;
 
 /// What the loader would boot now.
 #[derive(Clone, Debug, Serialize)]
@@ -137,7 +138,7 @@ pub fn settle_fallback(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<Option<S
         d.index = i as u32;
     }
     sysroot.write_boot_order(&lock, &order)?;
-    sysroot.note("rollback (automatic)", &Err(msg.clone()));
+    sysroot.note(HistoryKind::AutomaticRollback, &Err(msg.clone()));
     Ok(Some(msg))
 }
 
@@ -161,7 +162,7 @@ pub fn boot_complete(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<Deployment
             .entry_store()
             .rename(&d.entry_file, &format!("{base}.conf"))?;
     }
-    sysroot.note("boot-complete", &Ok(()));
+    sysroot.note(HistoryKind::BootComplete, &Ok(()));
     Ok(d)
 }
 
@@ -306,7 +307,7 @@ pub fn health_check(
         .map(|c| format!("{}: {}", c.name, c.detail))
         .collect();
     sysroot.note(
-        "health-check",
+        HistoryKind::HealthCheck,
         &if passed {
             Ok(())
         } else {

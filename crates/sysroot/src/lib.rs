@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use arbor_boot::{self as boot, BlsEntry};
 pub use arbor_boot::{hotfix, origin, prepare_root};
 use arbor_core::lock::{LockError, LockWait, WriterLock};
-use arbor_statedb::StateDb;
+use arbor_statedb::{HistoryKind, StateDb};
 use arbor_store::{ObjectId, Repo, RepoConfig};
 pub use origin::Origin;
 
@@ -419,7 +419,7 @@ impl Sysroot {
 
     /// Runs one mutating operation, recording it (who, what, result) in the history of
     /// the state database.
-    pub fn record<T>(&self, kind: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    pub fn record<T>(&self, kind: HistoryKind, f: impl FnOnce() -> Result<T>) -> Result<T> {
         let command = std::env::args().collect::<Vec<_>>().join(" ");
         self.record_as(kind, &command, rustix::process::getuid().as_raw(), f)
     }
@@ -428,19 +428,19 @@ impl Sysroot {
     /// caller and its uid rather than its own command line and root.
     pub fn record_as<T>(
         &self,
-        kind: &str,
+        kind: HistoryKind,
         command: &str,
         uid: u32,
         f: impl FnOnce() -> Result<T>,
     ) -> Result<T> {
         let db = StateDb::open(&self.state_db_path())?;
-        let id = db.begin_transaction(kind, command, uid)?;
+        let id = db.begin_history_row(kind, command, uid)?;
         self.take_history_detail();
         let result = f();
         if let Some(detail) = self.take_history_detail() {
-            let _ = db.set_transaction_detail(id, &detail);
+            let _ = db.set_history_detail(id, &detail);
         }
-        let _ = db.end_transaction(
+        let _ = db.end_history_row(
             id,
             &result.as_ref().map(|_| ()).map_err(|e| format!("{e:#}")),
         );
@@ -459,7 +459,7 @@ impl Sysroot {
 
     /// Records an event that happened rather than an operation run (a failed health
     /// check, an automatic rollback); best effort, as it only informs.
-    pub fn note(&self, kind: &str, result: &Result<(), String>) {
+    pub fn note(&self, kind: HistoryKind, result: &Result<(), String>) {
         let _ = self.record(kind, || result.clone().map_err(anyhow::Error::msg));
     }
 

@@ -209,7 +209,7 @@ fn verify_complete(repo: &Repo, commit: &ObjectId) -> Result<()> {
 }
 
 /// Runs an update as far as `action` says, under the sysroot lock the caller holds.
-pub fn run(
+pub fn perform(
     sysroot: &Sysroot,
     lock: &WriterLock,
     opts: &UpdateOptions,
@@ -428,7 +428,7 @@ pub fn auto_update(
         });
     }
     let opts = UpdateOptions::default();
-    let mut checked = run(sysroot, lock, &opts, Action::Check, obs)?;
+    let mut checked = perform(sysroot, lock, &opts, Action::Check, obs)?;
     let Some(v) = &checked.offered else {
         return Ok(checked);
     };
@@ -452,7 +452,7 @@ pub fn auto_update(
         ));
         return Ok(checked);
     }
-    run(sysroot, lock, &opts, action, obs)
+    perform(sysroot, lock, &opts, action, obs)
 }
 
 #[cfg(test)]

@@ -68,6 +68,9 @@ pub enum MergeOutcome {
     /// Both changed it: the local version stays, and the new default is saved beside
     /// it (`<path>` + [`DIST_SUFFIX`]) for the administrator to compare.
     Conflict,
+    /// Both changed a file of users or groups (`passwd`, `group`, `shadow`,
+    /// `gshadow`): merged entry by entry ([`super::userdb`]).
+    MergedEntries,
 }
 
 /// One path of a merge report.
@@ -131,8 +134,13 @@ pub fn report(old_default: &EtcTree, local: &EtcTree, new_default: &EtcTree) -> 
             (true, false) => MergeOutcome::KeptLocal,
             // Both sides made it the same: nothing to choose.
             (true, true) if l == n => continue,
-            (true, true) => match n {
-                Some(EtcEntry::File(..) | EtcEntry::Symlink(..)) => MergeOutcome::Conflict,
+            (true, true) => match (l, n) {
+                (Some(EtcEntry::File(..)), Some(EtcEntry::File(..)))
+                    if super::userdb::is_userdb(path) =>
+                {
+                    MergeOutcome::MergedEntries
+                }
+                (_, Some(EtcEntry::File(..) | EtcEntry::Symlink(..))) => MergeOutcome::Conflict,
                 _ => MergeOutcome::KeptLocal,
             },
         };
@@ -145,13 +153,16 @@ pub fn report(old_default: &EtcTree, local: &EtcTree, new_default: &EtcTree) -> 
     out
 }
 
-/// Merges the local tree at `local_root` (judged against `old_default`) into
-/// `new_root`, which holds the new default: conflicting new defaults are first moved
-/// aside to their [`DIST_SUFFIX`] names, then the plan is applied. Returns the report.
-/// Fails, changing nothing, when a locally changed file would hide a directory the
-/// new default ships ([`file_over_new_dir`]).
+/// Merges the local tree at `local_root` (judged against `old_default`, the tree at
+/// `old_root`) into `new_root`, which holds the new default: the files of users and
+/// groups that both sides changed are merged entry by entry, conflicting new
+/// defaults are moved aside to their [`DIST_SUFFIX`] names, then the plan is applied.
+/// Returns the report. Fails, changing nothing, when a locally changed file would
+/// hide a directory the new default ships ([`file_over_new_dir`]) or a local user or
+/// group would share its id with a new one ([`super::userdb::IdClash`]).
 pub fn merge_into(
     old_default: &EtcTree,
+    old_root: &Path,
     local: &EtcTree,
     local_root: &Path,
     new_root: &Path,
@@ -160,14 +171,43 @@ pub fn merge_into(
     let entries = report(old_default, local, &new_default);
     let saved: std::collections::BTreeSet<&str> =
         entries.iter().filter_map(|e| e.saved.as_deref()).collect();
-    // A stale saved default from an earlier conflict does not replace this one.
+    let merged: std::collections::BTreeSet<&str> = entries
+        .iter()
+        .filter(|e| e.outcome == MergeOutcome::MergedEntries)
+        .map(|e| e.path.as_str())
+        .collect();
+    // A stale saved default from an earlier conflict does not replace this one, and a
+    // file merged per entry is written whole below.
     let actions: Vec<EtcAction> = plan(old_default, local)
         .into_iter()
-        .filter(|a| !matches!(a, EtcAction::KeepLocal(p) if saved.contains(p.as_str())))
+        .filter(|a| {
+            !matches!(a, EtcAction::KeepLocal(p)
+                if saved.contains(p.as_str()) || merged.contains(p.as_str()))
+        })
         .collect();
     let retyped = file_over_new_dir(&new_default, local, &actions);
     if !retyped.is_empty() {
         return Err(RetypedError(retyped).into());
+    }
+    // Every merge is computed before anything is written, so that a clash changes
+    // nothing.
+    let mut userdb = Vec::new();
+    for path in &merged {
+        let text = |root: &Path| -> Result<String> {
+            let bytes = std::fs::read(root.join(path))
+                .with_context(|| format!("reading {}", root.join(path).display()))?;
+            String::from_utf8(bytes).with_context(|| format!("/etc/{path} is not UTF-8"))
+        };
+        let out =
+            super::userdb::merge(path, &text(old_root)?, &text(local_root)?, &text(new_root)?)?;
+        userdb.push((*path, out));
+    }
+    for (path, text) in &userdb {
+        let Some(EtcEntry::File(meta, _)) = new_default.get(*path) else {
+            unreachable!("only files are merged per entry");
+        };
+        write_with_meta(new_root, path, text.as_bytes(), meta)
+            .with_context(|| format!("writing the merged /etc/{path}"))?;
     }
     for e in entries.iter().filter(|e| e.saved.is_some()) {
         let (dir, name) = parent_beneath(new_root, &e.path)?;
@@ -181,6 +221,32 @@ pub fn merge_into(
     }
     apply(&actions, local, local_root, new_root)?;
     Ok(entries)
+}
+
+/// Replaces `root/rel` with `bytes` carrying `meta` (the owner and mode of the new
+/// default: `shadow` stays 640 root:shadow): temporary name, fsync, rename.
+fn write_with_meta(root: &Path, rel: &str, bytes: &[u8], meta: &Meta) -> Result<()> {
+    use std::io::Write;
+    let (dir, name) = parent_beneath(root, rel)?;
+    let tmp = format!(".{name}.arbor-merge");
+    let _ = rfs::unlinkat(&dir, tmp.as_str(), AtFlags::empty());
+    let fd = rfs::openat(
+        &dir,
+        tmp.as_str(),
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?;
+    let mut f = std::fs::File::from(fd);
+    let written = f
+        .write_all(bytes)
+        .map_err(anyhow::Error::from)
+        .and_then(|_| Ok(fsutil::apply_meta_fd(f.as_fd(), meta)?))
+        .and_then(|_| Ok(f.sync_all()?))
+        .and_then(|_| Ok(rfs::renameat(&dir, tmp.as_str(), &dir, name.as_str())?));
+    if written.is_err() {
+        let _ = rfs::unlinkat(&dir, tmp.as_str(), AtFlags::empty());
+    }
+    written
 }
 
 /// Locally changed files where the new default has a directory: the merge stops.

@@ -67,7 +67,7 @@ fn print_stats(s: &delta::DeltaStats) {
 }
 
 /// Runs `arbor delta …`.
-pub fn run(cli: &Cli, cmd: &DeltaCommand) -> Result<i32> {
+pub fn delta(cli: &Cli, cmd: &DeltaCommand) -> Result<i32> {
     let repo = Repo::open(&cli.repo_path())?;
     match cmd {
         DeltaCommand::Create(a) | DeltaCommand::Stats(a) => {

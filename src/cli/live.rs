@@ -202,7 +202,7 @@ fn print_listing(l: &OverlayListing) {
 }
 
 /// Runs `arbor usroverlay`.
-pub fn run_usroverlay(cli: &Cli, a: &UsrOverlayArgs) -> Result<i32> {
+pub fn usroverlay(cli: &Cli, a: &UsrOverlayArgs) -> Result<i32> {
     let sysroot = Sysroot::open(&cli.sysroot)?;
     let req = Request::UsrOverlay {
         root: a.root.clone(),
@@ -234,7 +234,7 @@ pub fn run_usroverlay(cli: &Cli, a: &UsrOverlayArgs) -> Result<i32> {
 }
 
 /// Runs `arbor apply-live`.
-pub fn run_apply_live(cli: &Cli, a: &ApplyLiveArgs) -> Result<i32> {
+pub fn apply_live(cli: &Cli, a: &ApplyLiveArgs) -> Result<i32> {
     let sysroot = Sysroot::open(&cli.sysroot)?;
     let req = if a.reset {
         Request::ApplyLiveReset {

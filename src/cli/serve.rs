@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::Args;
 
-use arbor_serve::{self as serve, ServeOptions};
+use arbor_serve::ServeOptions;
 
 /// `arbor serve`.
 #[derive(Args, Debug)]
@@ -36,8 +36,8 @@ fn parse_mode(s: &str) -> Result<u32> {
 }
 
 /// Runs `arbor serve` until SIGTERM or SIGINT.
-pub fn run_serve(a: &ServeArgs) -> Result<i32> {
-    serve::run(&ServeOptions {
+pub fn serve(a: &ServeArgs) -> Result<i32> {
+    arbor_serve::listen(&ServeOptions {
         socket: a.socket.clone(),
         socket_mode: a.socket_mode,
         listen: a.listen,

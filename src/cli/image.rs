@@ -8,7 +8,7 @@ use clap::Args;
 
 use super::output::{human_bytes, json};
 use super::{Cli, OutputArgs, lock_wait};
-use arbor_compose::image::{ImageOptions, ImageSource, compose_image};
+use arbor_compose::image::{ImageOptions, ImageSource};
 use arbor_store::Repo;
 use arbor_store::refs::RefName;
 
@@ -34,7 +34,7 @@ pub struct ImageArgs {
 }
 
 /// Runs `arbor compose image`.
-pub fn run_compose_image(cli: &Cli, a: &ImageArgs) -> Result<i32> {
+pub fn compose_image(cli: &Cli, a: &ImageArgs) -> Result<i32> {
     let repo = Repo::open(&cli.repo_path())?;
     let source: ImageSource = a.image.parse()?;
     let opts = ImageOptions {
@@ -42,7 +42,7 @@ pub fn run_compose_image(cli: &Cli, a: &ImageArgs) -> Result<i32> {
         version: a.version.clone(),
         max_ratio: a.max_ratio,
     };
-    let r = compose_image(&repo, &source, &opts, lock_wait(cli))?;
+    let r = arbor_compose::image::compose_image(&repo, &source, &opts, lock_wait(cli))?;
     if a.output.json {
         return json(&r).map(|_| 0);
     }
@@ -118,10 +118,10 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// Runs `arbor install to-disk`.
-pub fn run_to_disk(cli: &Cli, a: &ToDiskArgs) -> Result<i32> {
-    let opts = arbor_ops::install::InstallOptions {
+pub fn to_disk(cli: &Cli, a: &ToDiskArgs) -> Result<i32> {
+    let opts = arbor_ops::to_disk::InstallOptions {
         target: a.target.clone(),
-        source: arbor_ops::install::InstallSource::parse(&a.source, &cli.repo_path()),
+        source: arbor_ops::to_disk::InstallSource::parse(&a.source, &cli.repo_path()),
         bootloader: a.bootloader,
         kargs: a.kargs.clone(),
         size: a.size,
@@ -143,7 +143,7 @@ pub fn run_to_disk(cli: &Cli, a: &ToDiskArgs) -> Result<i32> {
         label: a.label.clone(),
         esp_size: a.esp_size,
     };
-    let r = arbor_ops::install::install_to_disk(&opts)?;
+    let r = arbor_ops::to_disk::install_to_disk(&opts)?;
     if a.output.json {
         return json(&r).map(|_| 0);
     }

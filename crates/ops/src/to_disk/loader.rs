@@ -16,7 +16,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use super::disk::run;
+use super::disk::run_tool;
 use arbor_boot::Loader;
 
 /// `loader/loader.conf`: a short menu (a key shows it); the default is the entry of
@@ -70,17 +70,19 @@ fn systemd_boot(esp: &Path, deployment: &Path) -> Result<()> {
     }
     // The mount point the bind needs; the running system mounts the ESP there too.
     std::fs::create_dir_all(deployment.join("boot/efi"))?;
-    run(Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-ec"])
-        .arg(
-            "mount --bind \"$1\" \"$2/boot/efi\"\n\
+    run_tool(
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-ec"])
+            .arg(
+                "mount --bind \"$1\" \"$2/boot/efi\"\n\
              bootctl --root=\"$2\" --esp-path=/boot/efi install --no-variables --graceful",
-        )
-        .arg("sh")
-        .arg(esp)
-        .arg(deployment)
-        // The ESP is a staging folder, not a FAT mount: bootctl checks neither.
-        .env("SYSTEMD_RELAX_ESP_CHECKS", "1"))
+            )
+            .arg("sh")
+            .arg(esp)
+            .arg(deployment)
+            // The ESP is a staging folder, not a FAT mount: bootctl checks neither.
+            .env("SYSTEMD_RELAX_ESP_CHECKS", "1"),
+    )
     .context("installing systemd-boot with bootctl (package systemd-boot)")?;
     std::fs::write(esp.join("loader/loader.conf"), LOADER_CONF)?;
     Ok(())
@@ -110,19 +112,23 @@ fn grub(esp: &Path, deployment: &Path, sysroot: &Path, root_uuid: &str) -> Resul
     )?;
     let boot = esp.join("EFI/BOOT");
     std::fs::create_dir_all(&boot)?;
-    run(Command::new("grub-mkimage")
-        .args(["-O", "x86_64-efi", "-p", "/boot/grub"])
-        .arg("-d")
-        .arg(&modules)
-        .arg("-c")
-        .arg(&early)
-        .arg("-o")
-        .arg(boot.join("BOOTX64.EFI"))
-        .args(GRUB_MODULES))
+    run_tool(
+        Command::new("grub-mkimage")
+            .args(["-O", "x86_64-efi", "-p", "/boot/grub"])
+            .arg("-d")
+            .arg(&modules)
+            .arg("-c")
+            .arg(&early)
+            .arg("-o")
+            .arg(boot.join("BOOTX64.EFI"))
+            .args(GRUB_MODULES),
+    )
     .context("making GRUB's EFI image (package grub-common)")?;
-    run(Command::new("cp")
-        .args(["-a", "--no-target-directory"])
-        .arg(&modules)
-        .arg(grub_dir.join("x86_64-efi")))?;
+    run_tool(
+        Command::new("cp")
+            .args(["-a", "--no-target-directory"])
+            .arg(&modules)
+            .arg(grub_dir.join("x86_64-efi")),
+    )?;
     Ok(())
 }

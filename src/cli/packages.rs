@@ -63,7 +63,7 @@ pub struct TreeArgs {
 }
 
 /// Runs `arbor compose tree`.
-pub fn run_compose_tree(cli: &Cli, a: &TreeArgs) -> Result<i32> {
+pub fn compose_tree(cli: &Cli, a: &TreeArgs) -> Result<i32> {
     let tf = Treefile::load(&a.treefile)?;
     let repo = Repo::open(&cli.repo_path())?;
     let branch = RefName::parse(&a.branch)?;
@@ -124,7 +124,7 @@ pub struct InstallArgs {
 #[derive(Subcommand, Debug)]
 pub enum InstallTarget {
     /// Make a bootable disk (GPT, ESP, ext4 root) from a commit or a container image.
-    ToDisk(super::image_cmds::ToDiskArgs),
+    ToDisk(super::image::ToDiskArgs),
 }
 
 /// `arbor override …`.
@@ -177,57 +177,68 @@ fn is_file_arg(a: &str) -> bool {
     a.contains('/') || a.ends_with(".deb")
 }
 
-/// Runs install, uninstall, override and upgrade.
-pub fn run_layering(cli: &Cli, cmd: &super::Command) -> Result<i32> {
-    use super::Command as C;
-    let (edit, os, out) = match cmd {
-        C::Install(InstallArgs { packages: a, .. }) => {
-            let (files, names): (Vec<&String>, Vec<&String>) =
-                a.packages.iter().partition(|p| is_file_arg(p));
-            (
-                LayerEdit::Install {
-                    names: names.into_iter().cloned().collect(),
-                    files: files.into_iter().map(PathBuf::from).collect(),
-                },
-                &a.os,
-                &a.output,
-            )
-        }
-        C::Uninstall(a) => (LayerEdit::Uninstall(a.packages.clone()), &a.os, &a.output),
-        C::Override(OverrideCommand::Remove(a)) => {
-            (LayerEdit::Remove(a.packages.clone()), &a.os, &a.output)
-        }
-        C::Override(OverrideCommand::Replace(a)) => (
-            LayerEdit::Replace(a.packages.iter().map(PathBuf::from).collect()),
-            &a.os,
-            &a.output,
-        ),
-        C::Override(OverrideCommand::Reset(a)) => {
-            (LayerEdit::Reset(a.packages.clone()), &a.os, &a.output)
-        }
-        C::Upgrade(a) => {
-            let action = if a.check {
-                Action::Check
-            } else if a.download_only {
-                Action::Download
-            } else {
-                Action::Stage
-            };
-            let req = Request::Upgrade(UpgradeRequest {
-                os: a.os.clone(),
-                action,
-                dry_run: a.dry_run,
-                phase_override: a.phase_override,
-            });
-            return run_and_print(cli, &req, &a.output);
-        }
-        _ => unreachable!("not a layering command"),
-    };
+/// Asks for a new deployment with the layered packages edited.
+fn layer(cli: &Cli, edit: LayerEdit, os: &Option<String>, out: &OutputArgs) -> Result<i32> {
     let req = Request::Layer {
         os: os.clone(),
         edit,
     };
     run_and_print(cli, &req, out)
+}
+
+/// `arbor install PACKAGE…` (`install to-disk` is image::to_disk).
+pub fn install(cli: &Cli, a: &PackagesArgs) -> Result<i32> {
+    let (files, names): (Vec<&String>, Vec<&String>) =
+        a.packages.iter().partition(|p| is_file_arg(p));
+    let edit = LayerEdit::Install {
+        names: names.into_iter().cloned().collect(),
+        files: files.into_iter().map(PathBuf::from).collect(),
+    };
+    layer(cli, edit, &a.os, &a.output)
+}
+
+/// `arbor uninstall`.
+pub fn uninstall(cli: &Cli, a: &PackagesArgs) -> Result<i32> {
+    layer(
+        cli,
+        LayerEdit::Uninstall(a.packages.clone()),
+        &a.os,
+        &a.output,
+    )
+}
+
+/// `arbor override …`.
+pub fn override_base(cli: &Cli, cmd: &OverrideCommand) -> Result<i32> {
+    match cmd {
+        OverrideCommand::Remove(a) => {
+            layer(cli, LayerEdit::Remove(a.packages.clone()), &a.os, &a.output)
+        }
+        OverrideCommand::Replace(a) => {
+            let debs = a.packages.iter().map(PathBuf::from).collect();
+            layer(cli, LayerEdit::Replace(debs), &a.os, &a.output)
+        }
+        OverrideCommand::Reset(a) => {
+            layer(cli, LayerEdit::Reset(a.packages.clone()), &a.os, &a.output)
+        }
+    }
+}
+
+/// `arbor upgrade`.
+pub fn upgrade(cli: &Cli, a: &UpgradeArgs) -> Result<i32> {
+    let action = if a.check {
+        Action::Check
+    } else if a.download_only {
+        Action::Download
+    } else {
+        Action::Stage
+    };
+    let req = Request::Upgrade(UpgradeRequest {
+        os: a.os.clone(),
+        action,
+        dry_run: a.dry_run,
+        phase_override: a.phase_override,
+    });
+    run_and_print(cli, &req, &a.output)
 }
 
 /// The commit a `db` command reads when none is named.
@@ -243,7 +254,7 @@ fn default_commit(cli: &Cli) -> Result<String> {
 }
 
 /// Runs `arbor db …`.
-pub fn run_db(cli: &Cli, cmd: &DbCommand) -> Result<i32> {
+pub fn db(cli: &Cli, cmd: &DbCommand) -> Result<i32> {
     let repo = Repo::open(&cli.repo_path())?;
     match cmd {
         DbCommand::List(a) => {

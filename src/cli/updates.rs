@@ -8,9 +8,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
-use super::output::{PrintSteps, human_bytes, json, utc};
+use super::output::{human_bytes, json, utc};
 use super::{Cli, OutputArgs, lock_wait};
-use arbor_core::progress::{Download, Observer};
 use arbor_ops::update::{self, Action, Policy};
 use arbor_publish::{self as publish, AddOptions, Expiry, Publisher, parse_duration};
 use arbor_remote::Remote;
@@ -143,7 +142,7 @@ fn publisher(a: &PublishDirArgs) -> Result<Publisher> {
 }
 
 /// Runs `arbor publish …`.
-pub fn run_publish(cli: &Cli, cmd: &PublishCommand) -> Result<i32> {
+pub fn publish(cli: &Cli, cmd: &PublishCommand) -> Result<i32> {
     match cmd {
         PublishCommand::Init(a) => {
             let r = publisher(a)?.init(lock_wait(cli))?;
@@ -270,7 +269,7 @@ pub struct RemoteAddArgs {
 }
 
 /// Runs `arbor remote …`.
-pub fn run_remote(cli: &Cli, cmd: &RemoteCommand) -> Result<i32> {
+pub fn remote(cli: &Cli, cmd: &RemoteCommand) -> Result<i32> {
     let sysroot = Sysroot::open(&cli.sysroot)?;
     match cmd {
         RemoteCommand::Add(a) => {
@@ -301,50 +300,6 @@ pub fn run_remote(cli: &Cli, cmd: &RemoteCommand) -> Result<i32> {
     Ok(0)
 }
 
-/// Step messages, and a download bar when stderr is a terminal.
-pub struct Term {
-    steps: PrintSteps,
-    bar: Option<indicatif::ProgressBar>,
-}
-
-impl Term {
-    pub fn new() -> Term {
-        use std::io::IsTerminal;
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let b = indicatif::ProgressBar::new(0);
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{spinner} downloading {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-                )
-                .unwrap(),
-            );
-            b
-        });
-        Term {
-            steps: PrintSteps,
-            bar,
-        }
-    }
-}
-
-impl Observer for Term {
-    fn task_begin(&self, task: &str) {
-        self.steps.task_begin(task)
-    }
-    fn message(&self, text: &str) {
-        self.steps.message(text)
-    }
-    fn download(&self, d: &Download) {
-        if let Some(b) = &self.bar {
-            b.set_length(d.bytes_total);
-            b.set_position(d.bytes_done);
-            if d.bytes_done >= d.bytes_total {
-                b.finish_and_clear();
-            }
-        }
-    }
-}
-
 /// `arbor auto-update`.
 #[derive(Args, Debug)]
 pub struct AutoUpdateArgs {
@@ -359,7 +314,7 @@ pub struct AutoUpdateArgs {
 }
 
 /// Runs `arbor auto-update`.
-pub fn run_auto_update(cli: &Cli, a: &AutoUpdateArgs) -> Result<i32> {
+pub fn auto_update(cli: &Cli, a: &AutoUpdateArgs) -> Result<i32> {
     let policy = Policy::load(a.config.as_deref())?;
     let sysroot = Sysroot::open(&cli.sysroot)?;
     let req = Request::AutoUpdate {
@@ -388,7 +343,7 @@ pub fn run_auto_update(cli: &Cli, a: &AutoUpdateArgs) -> Result<i32> {
 }
 
 /// Runs `arbor update-status`.
-pub fn run_update_status(cli: &Cli, o: &OutputArgs) -> Result<i32> {
+pub fn update_status(cli: &Cli, o: &OutputArgs) -> Result<i32> {
     let sysroot = Sysroot::open(&cli.sysroot)?;
     let rec = update::state::current(&sysroot)?;
     if o.json {
@@ -440,7 +395,7 @@ pub struct HistoryArgs {
 }
 
 /// Runs `arbor history`.
-pub fn run_history(cli: &Cli, a: &HistoryArgs) -> Result<i32> {
+pub fn history(cli: &Cli, a: &HistoryArgs) -> Result<i32> {
     let sysroot = Sysroot::open(&cli.sysroot)?;
     let db = StateDb::open(&sysroot.state_db_path())?;
     let list = db.history(a.limit)?;

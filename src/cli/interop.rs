@@ -75,7 +75,7 @@ pub fn exec_ostree_helper() -> Result<i32> {
 }
 
 /// Runs `arbor ostree …` (in `arbor-ostree`).
-pub fn run_ostree(cli: &Cli, cmd: &OstreeCommand) -> Result<i32> {
+pub fn ostree(cli: &Cli, cmd: &OstreeCommand) -> Result<i32> {
     let repo = Repo::open(&cli.repo_path())?;
     match cmd {
         OstreeCommand::Import(a) => {
@@ -130,7 +130,7 @@ fn is_mounted(path: &std::path::Path) -> bool {
 }
 
 /// Runs `arbor mount`.
-pub fn run_mount(cli: &Cli, a: &MountArgs) -> Result<i32> {
+pub fn mount(cli: &Cli, a: &MountArgs) -> Result<i32> {
     let repo = Repo::open(&cli.repo_path())?;
     let commit = repo.resolve_rev(&a.rev)?;
     let mountpoint = a

@@ -20,7 +20,7 @@ pub const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 pub const ROOT_TYPE: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
 
 /// Runs a tool, failing with its stderr when it fails; returns its stdout.
-pub fn run(cmd: &mut Command) -> Result<String> {
+pub fn run_tool(cmd: &mut Command) -> Result<String> {
     let name = cmd.get_program().to_string_lossy().into_owned();
     let out = cmd
         .output()
@@ -161,7 +161,7 @@ pub fn check_target(
         f.set_len(size)?;
     }
     let size = if block {
-        run(Command::new("blockdev").arg("--getsize64").arg(path))?
+        run_tool(Command::new("blockdev").arg("--getsize64").arg(path))?
             .trim()
             .parse()?
     } else {
@@ -205,8 +205,9 @@ pub fn partition(t: &Target, esp_size: u64) -> Result<(Partition, Partition)> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    let json: serde_json::Value =
-        serde_json::from_str(&run(Command::new("sfdisk").arg("--json").arg(&t.path))?)?;
+    let json: serde_json::Value = serde_json::from_str(&run_tool(
+        Command::new("sfdisk").arg("--json").arg(&t.path),
+    )?)?;
     let sector = json["partitiontable"]["sectorsize"].as_u64().unwrap_or(512);
     let parts = json["partitiontable"]["partitions"]
         .as_array()
@@ -232,11 +233,13 @@ pub struct Loop {
 impl Loop {
     /// Attaches `size` bytes of `file` (an image or a block device) from `offset`.
     pub fn attach(file: &Path, offset: u64, size: u64) -> Result<Loop> {
-        let dev = run(Command::new("losetup")
-            .args(["--find", "--show"])
-            .arg(format!("--offset={offset}"))
-            .arg(format!("--sizelimit={size}"))
-            .arg(file))?;
+        let dev = run_tool(
+            Command::new("losetup")
+                .args(["--find", "--show"])
+                .arg(format!("--offset={offset}"))
+                .arg(format!("--sizelimit={size}"))
+                .arg(file),
+        )?;
         Ok(Loop {
             dev: PathBuf::from(dev.trim()),
         })
@@ -276,18 +279,22 @@ pub fn random_uuid() -> Result<String> {
 /// (`ABCD-1234`).
 pub fn mkfs_esp(dev: &Path) -> Result<String> {
     let id = hex::encode_upper(&random_bytes()?[..4]);
-    run(Command::new("mkfs.vfat")
-        .args(["-F", "32", "-n", "ESP", "-i", &id])
-        .arg(dev))?;
+    run_tool(
+        Command::new("mkfs.vfat")
+            .args(["-F", "32", "-n", "ESP", "-i", &id])
+            .arg(dev),
+    )?;
     Ok(format!("{}-{}", &id[..4], &id[4..]))
 }
 
 /// Makes the root partition's ext4 with `label` and a random UUID; returns the UUID.
 pub fn mkfs_root(dev: &Path, label: &str) -> Result<String> {
     let uuid = random_uuid()?;
-    run(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-L", label, "-U", &uuid])
-        .arg(dev))?;
+    run_tool(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", label, "-U", &uuid])
+            .arg(dev),
+    )?;
     Ok(uuid)
 }
 
@@ -300,19 +307,23 @@ pub fn fill_esp(dev: &Path, dir: &Path) -> Result<()> {
     if names.is_empty() {
         return Ok(());
     }
-    run(Command::new("mcopy")
-        .args(["-s", "-p", "-Q", "-i"])
-        .arg(dev)
-        .args(&names)
-        .arg("::/")
-        .env("MTOOLS_SKIP_CHECK", "1"))?;
-    run(Command::new("blockdev").arg("--flushbufs").arg(dev))?;
+    run_tool(
+        Command::new("mcopy")
+            .args(["-s", "-p", "-Q", "-i"])
+            .arg(dev)
+            .args(&names)
+            .arg("::/")
+            .env("MTOOLS_SKIP_CHECK", "1"),
+    )?;
+    run_tool(Command::new("blockdev").arg("--flushbufs").arg(dev))?;
     // Read back what the firmware will look for first.
-    let listed = run(Command::new("mdir")
-        .args(["-b", "-i"])
-        .arg(dev)
-        .arg("::/EFI/BOOT")
-        .env("MTOOLS_SKIP_CHECK", "1"))?;
+    let listed = run_tool(
+        Command::new("mdir")
+            .args(["-b", "-i"])
+            .arg(dev)
+            .arg("::/EFI/BOOT")
+            .env("MTOOLS_SKIP_CHECK", "1"),
+    )?;
     if !listed.contains("BOOTX64.EFI") {
         bail!(
             "the ESP on {} lacks EFI/BOOT/BOOTX64.EFI after copying",

@@ -24,6 +24,7 @@ use arbor_boot::{BootConfig, Loader};
 use arbor_compose::image::{ImageOptions, ImageSource, compose_image};
 use arbor_core::lock::LockWait;
 use arbor_core::progress::Unobserved;
+use arbor_statedb::HistoryKind;
 use arbor_store::Repo;
 use arbor_store::refs::RefName;
 use arbor_sysroot::deploy::{DeployOptions, deploy};
@@ -223,7 +224,9 @@ pub fn install_to_disk(opts: &InstallOptions) -> Result<InstallReport> {
         reset: None,
     };
     let lock = sysroot.lock(LockWait::NoWait)?;
-    let deployed = sysroot.record("install", || deploy(&sysroot, &lock, &first, &Unobserved))?;
+    let deployed = sysroot.record(HistoryKind::InstallToDisk, || {
+        deploy(&sysroot, &lock, &first, &Unobserved)
+    })?;
     let deployment_dir = sysroot.deployment_path(&deployed.deployment);
     write_fstab(&deployment_dir, &root.uuid, &esp.uuid)?;
     // The first boot makes the machine's identity.

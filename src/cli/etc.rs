@@ -58,7 +58,7 @@ fn aspect_word(a: Aspect) -> &'static str {
 }
 
 /// Runs `arbor etc …`.
-pub fn run(cli: &Cli, cmd: &EtcCommand) -> Result<i32> {
+pub fn etc(cli: &Cli, cmd: &EtcCommand) -> Result<i32> {
     match cmd {
         EtcCommand::Diff(a) => {
             let sysroot = Sysroot::open(&cli.sysroot)?;
@@ -91,6 +91,10 @@ pub fn run(cli: &Cli, cmd: &EtcCommand) -> Result<i32> {
                             "conflict: local kept, new default in /etc/{}",
                             e.saved.as_deref().unwrap_or_default()
                         ),
+                        MergeOutcome::MergedEntries => {
+                            "merged entry by entry (local users and groups kept, new ones added)"
+                                .to_string()
+                        }
                     };
                     println!("  /etc/{}: {what}", e.path);
                 }
