@@ -986,6 +986,11 @@ fn root_the_automatic_update_policy_is_read_and_changed_over_dbus() {
 fn root_etc_diff_restore_and_reset_over_the_bus() {
     as_root!();
     let (bus, s, _t) = two_versions_on_a_bus(60);
+    // No conflict waits for the next boot: an empty list (`as`), as status says.
+    assert_eq!(
+        bus.property(ROOT, SYSROOT, "EtcConflicts"),
+        serde_json::json!([])
+    );
     let etc = deployment_dir(&s, 0).join("etc");
     std::fs::write(etc.join("hostname"), "web1\n").unwrap();
     let out = bus.busctl(&[

@@ -108,6 +108,22 @@ fn root_etc_diff_lists_drift_and_what_the_merge_did_with_conflicts_saved_beside(
             && text.contains("/etc/ssh/sshd_config: conflict: local kept, new default in /etc/ssh/sshd_config.arbor-dist"),
         "{text}"
     );
+    // Listed before the reboot by status too.
+    let st = booted(&cmdline, &["--sysroot", &s, "status", "--json"]);
+    assert_eq!(st["etc_conflicts"], serde_json::json!(["ssh/sshd_config"]));
+    let text = String::from_utf8(
+        Command::new(arbor_bin())
+            .args(["--sysroot", &s, "status"])
+            .env("ARBOR_CMDLINE", &cmdline)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        text.contains("/etc conflicts at the next boot") && text.contains("/etc/ssh/sshd_config"),
+        "{text}"
+    );
 
     // Deployed now: the merge did what it said; the conflict's new default is beside.
     booted(&cmdline, &["--sysroot", &s, "deploy", "os"]);
@@ -118,6 +134,8 @@ fn root_etc_diff_lists_drift_and_what_the_merge_did_with_conflicts_saved_beside(
         ["ssh/sshd_config"],
         "{pending:#}"
     );
+    let st = booted(&cmdline, &["--sysroot", &s, "status", "--json"]);
+    assert_eq!(st["etc_conflicts"], serde_json::json!(["ssh/sshd_config"]));
     let new_etc = deployment_dir(&s, 0).join("etc");
     assert_eq!(
         std::fs::read_to_string(new_etc.join("ssh/sshd_config")).unwrap(),

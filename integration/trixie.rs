@@ -162,3 +162,45 @@ fn tree_listing(dir: &Path) -> Vec<String> {
     lines.sort();
     lines
 }
+
+/// An image for another architecture, or one without a kernel, is refused with a
+/// clear error before anything changes: the deployments stay as they were.
+#[test]
+fn root_an_image_for_another_architecture_or_without_a_kernel_is_refused() {
+    as_root!();
+    let t = scratch();
+    let s = sysroot(t.path());
+    compose(&s, &rootfs(t.path(), "1"), "os", "1");
+    arbor_ok(&["--sysroot", &s, "deploy", "os"]);
+    let before = status(&s);
+
+    let arm = rootfs(&t.path().join("arm"), "2");
+    std::fs::write(
+        arm.join("var/lib/dpkg/status"),
+        "Package: tzdata\nArchitecture: all\n\nPackage: libc6\nArchitecture: arm64\n",
+    )
+    .unwrap();
+    compose(&s, &arm, "os", "2");
+    let err = arbor_err(&["--sysroot", &s, "deploy", "os"]);
+    assert!(
+        err.contains("built for arm64") && err.contains("nothing was deployed"),
+        "{err}"
+    );
+    assert_eq!(status(&s), before);
+
+    let bare = rootfs(&t.path().join("bare"), "3");
+    for f in ["boot/vmlinuz-6.1.0-test", "boot/initrd.img-6.1.0-test"] {
+        std::fs::remove_file(bare.join(f)).unwrap();
+    }
+    compose(&s, &bare, "os", "3");
+    let err = arbor_err(&["--sysroot", &s, "deploy", "os"]);
+    assert!(err.contains("no kernel"), "{err}");
+    assert_eq!(status(&s), before);
+    let deploy_dir = Path::new(&s).join("arbor/deploy/debian/deploy");
+    let leftovers: Vec<_> = std::fs::read_dir(&deploy_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

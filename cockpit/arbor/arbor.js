@@ -166,6 +166,12 @@ function renderDeployments() {
             (d.origin && d.origin.refspec) || "", text("code", (d.commit || "").slice(0, 12), "commit"),
             cell]));
     });
+    /* Listed before the reboot: what the next boot keeps of this machine's /etc
+     * against the update's new defaults. */
+    const next = $("next-conflicts");
+    next.textContent = "";
+    for (const p of state.EtcConflicts || [])
+        next.appendChild(text("p", "Next boot: /etc/" + p + " was changed here and by the update; your version stays, the new default is saved as /etc/" + p + ".arbor-dist.", "muted"));
 }
 
 const CHANGE = { added: "Added", modified: "Modified", removed: "Removed" };

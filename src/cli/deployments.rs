@@ -257,6 +257,15 @@ pub fn status(cli: &Cli, out: &OutputArgs) -> Result<i32> {
     if let Some(c) = &st.live_commit {
         println!("  live: /usr of the booted deployment shows {c} (apply-live)");
     }
+    if !st.etc_conflicts.is_empty() {
+        println!(
+            "  /etc conflicts at the next boot (your version stays, the new default is \
+             saved beside it as .arbor-dist; arbor etc diff):"
+        );
+        for p in &st.etc_conflicts {
+            println!("    /etc/{p}");
+        }
+    }
     Ok(0)
 }
 

@@ -256,6 +256,7 @@ pub(crate) fn announce_changes(shared: &Shared) {
         i.pending_deployment_changed(e).await?;
         i.rollback_deployment_changed(e).await?;
         i.staged_deployment_changed(e).await?;
+        i.etc_conflicts_changed(e).await?;
         i.update_state_changed(e).await?;
         i.active_transaction_changed(e).await?;
         i.last_transaction_changed(e).await?;

@@ -676,6 +676,14 @@ impl SysrootIface {
         self.row_where(Status::staged_row)
     }
 
+    /// The /etc files the next boot has in conflict (both this machine and the update
+    /// changed them), relative to /etc: of the staged deployment, else the pending
+    /// one's; empty when nothing is pending.
+    #[zbus(property)]
+    fn etc_conflicts(&self) -> fdo::Result<Vec<String>> {
+        Ok(self.snapshot()?.status.etc_conflicts.clone())
+    }
+
     /// idle, busy, staged (an update waits for shutdown) or pending-reboot (the next
     /// boot runs another deployment).
     #[zbus(property)]

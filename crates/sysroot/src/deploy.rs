@@ -14,6 +14,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
+use crate::arch;
 use crate::etc::merge as etc_merge;
 pub use crate::kargs::{KargEdit, edit_kargs, kargs};
 use crate::plan::rollback_order;
@@ -66,6 +67,8 @@ pub fn deploy(
     if !opts.layers_built && !opts.layers.is_empty() {
         bail!("internal: the layered packages are not built (packages::layer::prepare)");
     }
+    // Before anything changes (a staged deployment is replaced below).
+    arch::check(repo, &opts.commit)?;
     remove_leftovers(sysroot)?;
     let commit_id = opts.commit;
     // A new deploy replaces a deployment staged earlier.

@@ -87,6 +87,27 @@ pub fn diff(sysroot: &Sysroot, d: &Deployment) -> Result<EtcDiff> {
     })
 }
 
+/// The `/etc` conflicts the next boot brings, listed before the reboot (`status`):
+/// of the staged deployment, what finalizing it would find as of now; else of the
+/// pending one, what its merge found. Paths relative to `/etc`.
+pub fn next_conflicts(
+    sysroot: &Sysroot,
+    staged: Option<&Deployment>,
+    pending: Option<&Deployment>,
+) -> Result<Vec<String>> {
+    let merge = match (staged, pending) {
+        (Some(d), _) => Some(planned_merge(sysroot, d)?),
+        (None, Some(d)) => read_merge_record(sysroot, d)?,
+        (None, None) => None,
+    };
+    Ok(merge
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.outcome == merge::MergeOutcome::Conflict)
+        .map(|e| e.path)
+        .collect())
+}
+
 /// What finalizing the staged deployment `d` will do to `/etc`, as of now.
 fn planned_merge(sysroot: &Sysroot, d: &Deployment) -> Result<Vec<MergeEntry>> {
     let current = sysroot.deployments()?;

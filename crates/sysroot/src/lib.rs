@@ -15,6 +15,7 @@
 //! The boot entries say which deployments exist and in which order; a deployment folder
 //! that no entry names is a leftover (of a crash, or of an undeploy) for cleanup.
 
+pub mod arch;
 pub mod deploy;
 pub mod etc;
 pub mod etc_state;

@@ -153,6 +153,12 @@ pub struct Status {
     pub deployments: Vec<StatusRow>,
     /// The commit `apply-live` made the running system's `/usr` show, if any.
     pub live_commit: Option<ObjectId>,
+    /// The `/etc` files the next boot has in conflict (both the machine and the
+    /// update changed them: the machine's version stays, the new default is saved
+    /// beside it), relative to `/etc`: of the staged deployment as of now, else as the
+    /// pending one's merge found them. Empty when nothing is pending.
+    #[serde(default)]
+    pub etc_conflicts: Vec<String>,
 }
 
 impl Status {
@@ -231,11 +237,23 @@ pub fn status(sysroot: &Sysroot) -> Result<Status> {
         (Some(b), Some(r)) if r.booted == b.deployment.dir_name() => Some(r.commit),
         _ => None,
     };
+    let staged = sysroot.staged()?;
+    let pending = deployments
+        .iter()
+        .find(|r| r.pending)
+        .map(|r| &r.deployment);
+    // The list informs; a tree it cannot read must not make the status unreadable.
+    let etc_conflicts = super::etc_state::next_conflicts(sysroot, staged.as_ref(), pending)
+        .unwrap_or_else(|e| {
+            tracing::warn!("listing the /etc conflicts of the next boot: {e:#}");
+            Vec::new()
+        });
     Ok(Status {
         format_version: FORMAT_VERSION,
-        staged: sysroot.staged()?,
+        staged,
         deployments,
         live_commit,
+        etc_conflicts,
     })
 }
 
