@@ -186,27 +186,41 @@ pub fn run_daemon(opts: &DaemonOptions) -> Result<()> {
     watch_departures(&conn, shared.clone())?;
     let watcher = watch::Watcher::new(&shared.watched)?;
     let mut seen = snapshot::Fingerprint::read(&shared.watched);
+    // Announcements that could not read the state in a row: tried again soon, up to
+    // ten times (a sysroot that stays unreadable waits for the next change instead).
+    let mut failed = 0u32;
     loop {
         // Asleep until a watched folder changes, or the idle limit may have come.
-        let timeout = opts.idle_exit.map(|limit| match shared.idle_for() {
+        let mut timeout = opts.idle_exit.map(|limit| match shared.idle_for() {
             Some(idle) => limit.saturating_sub(idle).max(Duration::from_millis(10)),
             // Busy (a transaction, a registered client): look again a limit later.
             None => limit,
         });
-        if watcher.wait(timeout)? {
+        let retry = (1..10).contains(&failed);
+        if retry {
+            let soon = Duration::from_millis(200);
+            timeout = Some(timeout.map_or(soon, |t| t.min(soon)));
+        }
+        if watcher.wait(timeout)? || retry {
             // A transaction of ours is writing: it announces everything when it ends
             // (announcing its lock being taken would only come before its progress).
             if shared.active.lock().unwrap().is_some() {
+                failed = 0;
                 continue;
             }
             // State changed by someone else (the CLI, a boot service): tell the
             // watchers, if what the status is read from moved.
             let now = snapshot::Fingerprint::read(&shared.watched);
-            if now != seen {
+            if now != seen || retry {
+                failed = if announce_changes(&shared) {
+                    0
+                } else {
+                    failed + 1
+                };
                 seen = now;
-                announce_changes(&shared);
             }
-            continue;
+            // On to the idle check: a folder that keeps changing (the ancestor
+            // watched for a policy folder not made yet) must not keep us up.
         }
         shared.clients.forget_departed(&conn);
         if let (Some(limit), Some(idle)) = (opts.idle_exit, shared.idle_for())
@@ -241,8 +255,10 @@ fn watch_departures(conn: &zbus::blocking::Connection, shared: Arc<Shared>) -> R
     Ok(())
 }
 
-/// Emits PropertiesChanged for everything the sysroot's state feeds.
-pub(crate) fn announce_changes(shared: &Shared) {
+/// Emits PropertiesChanged for everything the sysroot's state feeds; false when the
+/// state could not be read (a CLI transaction halfway through switching the boot
+/// entries), so that the caller tries again.
+pub(crate) fn announce_changes(shared: &Shared) -> bool {
     let conn = shared.conn().clone();
     let r = zbus::block_on(async {
         let iref = conn
@@ -264,7 +280,11 @@ pub(crate) fn announce_changes(shared: &Shared) {
         i.available_update_changed(e).await?;
         i.automatic_update_policy_changed(e).await
     });
-    if let Err(e) = r {
-        tracing::warn!("announcing changes: {e}");
+    match r {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!("announcing changes: {e}");
+            false
+        }
     }
 }

@@ -523,7 +523,9 @@ fn finish(shared: &Arc<Shared>, obs: &BusObserver, path: &str, result: Result<Ou
         t.current_task_changed(e).await?;
         t.result_changed(e).await
     });
-    announce_changes(shared);
+    if !announce_changes(shared) {
+        tracing::warn!("announcing the changes of {path}: the state could not be read");
+    }
     obs.emit(TransactionIface::finished(
         &obs.emitter,
         error.is_empty(),
