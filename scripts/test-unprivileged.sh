@@ -51,9 +51,9 @@ for entry in "${bins[@]}"; do
   p=$(sed -E 's/.* ([0-9]+) passed.*/\1/' <<<"$line"); f=$(sed -E 's/.* ([0-9]+) failed.*/\1/' <<<"$line")
   i=$(sed -E 's/.* ([0-9]+) ignored.*/\1/' <<<"$line")
   [[ -n $line ]] || { p=0; f=$listed; i=0; }
-  printf '%-12s %3d tests: %3d passed, %3d ignored (need root), %d failed\n' "$name" "$listed" "$p" "$i" "$f"
+  printf '%-12s %3d tests: %3d passed, %3d ignored (real root, or a flag), %d failed\n' "$name" "$listed" "$p" "$i" "$f"
   ((f == 0)) || grep -E '^test .* FAILED$' "$log" | sed 's/^/    /'
   total=$((total + listed)) passed=$((passed + p)) failed=$((failed + f)) ignored=$((ignored + i))
 done
-echo "as $user: $passed of $total end-to-end tests ran and passed without root ($((100 * passed / total))%), $ignored need root, $failed failed"
+echo "as $user: $passed of $total end-to-end tests ran and passed without root ($((100 * passed / total))%), $ignored ignored (they need real root, or a flag such as ARBOR_FUZZ), $failed failed"
 ((failed == 0))
