@@ -240,7 +240,7 @@ pub fn deploy(cli: &Cli, a: &DeployArgs) -> Result<i32> {
 /// `arbor status`.
 pub fn status(cli: &Cli, out: &OutputArgs) -> Result<i32> {
     let sysroot = Sysroot::open(&cli.sysroot)?;
-    let st = status::status(&sysroot)?;
+    let st = status::status_with_conflicts(&sysroot)?;
     if out.json {
         return json(&st).map(|_| 0);
     }

@@ -227,6 +227,29 @@ pub fn zero_times_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
 /// Writes `bytes` to `dir/name` so that after a crash the name holds either the old
 /// content or all of the new: temporary name, fsync, rename, fsync of the directory.
 pub fn atomic_write(dir: BorrowedFd<'_>, name: &str, bytes: &[u8], mode: u32) -> io::Result<()> {
+    atomic_write_then(dir, name, bytes, mode, |_| Ok(()))
+}
+
+/// [`atomic_write`] of a file that carries `meta` (owner, mode, xattrs) from the
+/// moment it has its name.
+pub fn atomic_write_meta(
+    dir: BorrowedFd<'_>,
+    name: &str,
+    bytes: &[u8],
+    meta: &Meta,
+) -> io::Result<()> {
+    atomic_write_then(dir, name, bytes, 0o600, |fd| apply_meta_fd(fd, meta))
+}
+
+/// The body of the atomic writes: `finish` runs on the written temporary file before
+/// it is synced and renamed.
+fn atomic_write_then(
+    dir: BorrowedFd<'_>,
+    name: &str,
+    bytes: &[u8],
+    mode: u32,
+    finish: impl FnOnce(BorrowedFd<'_>) -> io::Result<()>,
+) -> io::Result<()> {
     use std::io::Write;
     let tmp = format!(".{name}.tmp-{}", std::process::id());
     let fd = rfs::openat(
@@ -236,11 +259,15 @@ pub fn atomic_write(dir: BorrowedFd<'_>, name: &str, bytes: &[u8], mode: u32) ->
         Mode::from_raw_mode(mode),
     )?;
     let mut f = std::fs::File::from(fd);
-    let result = f.write_all(bytes).and_then(|_| f.sync_all()).and_then(|_| {
-        rfs::renameat(dir, tmp.as_str(), dir, name)?;
-        rfs::fsync(dir)?;
-        Ok(())
-    });
+    let result = f
+        .write_all(bytes)
+        .and_then(|_| finish(f.as_fd()))
+        .and_then(|_| f.sync_all())
+        .and_then(|_| {
+            rfs::renameat(dir, tmp.as_str(), dir, name)?;
+            rfs::fsync(dir)?;
+            Ok(())
+        });
     if result.is_err() {
         let _ = rfs::unlinkat(dir, tmp.as_str(), AtFlags::empty());
     }

@@ -60,7 +60,7 @@ impl Snapshot {
             let sysroot = Sysroot::open(&shared.sysroot)?;
             let db = StateDb::open(&sysroot.state_db_path())?;
             Ok(Snapshot {
-                status: status::status(&sysroot)?,
+                status: status::status_with_conflicts(&sysroot)?,
                 last: db.history(1)?.into_iter().next(),
             })
         };

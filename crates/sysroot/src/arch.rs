@@ -28,9 +28,10 @@ pub fn this_machine() -> &'static str {
     }
 }
 
-/// The architecture of the packages of `commit`, from its package database: the
-/// first `Architecture:` that is not `all`. None for a tree without one (not a
-/// Debian tree, or one without architecture-dependent packages).
+/// The architecture `commit` is built for, from its package database: that of the
+/// `dpkg` package (always the native one; a multiarch tree also has foreign ones),
+/// else the first that is not `all`. None for a tree without one (not a Debian tree,
+/// or one without architecture-dependent packages).
 pub fn of_commit(repo: &Repo, commit: &ObjectId) -> Result<Option<String>> {
     if !matches!(
         inspect::lookup(repo, commit, DPKG_STATUS),
@@ -46,11 +47,20 @@ pub fn of_commit(repo: &Repo, commit: &ObjectId) -> Result<Option<String>> {
 }
 
 fn of_status(text: &str) -> Option<String> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("Architecture:"))
-        .map(str::trim)
-        .find(|a| !a.is_empty() && *a != "all")
-        .map(str::to_string)
+    let arch_of = |stanza: &str| {
+        stanza
+            .lines()
+            .filter_map(|l| l.strip_prefix("Architecture:"))
+            .map(str::trim)
+            .find(|a| !a.is_empty() && *a != "all")
+            .map(str::to_string)
+    };
+    let stanzas: Vec<&str> = text.split("\n\n").collect();
+    stanzas
+        .iter()
+        .find(|s| s.lines().any(|l| l.trim_end() == "Package: dpkg"))
+        .and_then(|s| arch_of(s))
+        .or_else(|| stanzas.iter().find_map(|s| arch_of(s)))
 }
 
 /// Fails, naming both, when `commit` is built for another architecture than this
@@ -78,5 +88,9 @@ mod tests {
         assert_eq!(of_status(status).as_deref(), Some("arm64"));
         assert_eq!(of_status("Package: tool\n"), None);
         assert_eq!(of_status("Package: x\nArchitecture: all\n"), None);
+        // A multiarch tree: the native architecture is dpkg's.
+        let multi =
+            "Package: gcc-12-base\nArchitecture: i386\n\nPackage: dpkg\nArchitecture: amd64\n";
+        assert_eq!(of_status(multi).as_deref(), Some("amd64"));
     }
 }

@@ -156,7 +156,8 @@ pub struct Status {
     /// The `/etc` files the next boot has in conflict (both the machine and the
     /// update changed them: the machine's version stays, the new default is saved
     /// beside it), relative to `/etc`: of the staged deployment as of now, else as the
-    /// pending one's merge found them. Empty when nothing is pending.
+    /// pending one's merge found them. Empty when nothing is pending, and unless read
+    /// by [`status_with_conflicts`].
     #[serde(default)]
     pub etc_conflicts: Vec<String>,
 }
@@ -237,24 +238,28 @@ pub fn status(sysroot: &Sysroot) -> Result<Status> {
         (Some(b), Some(r)) if r.booted == b.deployment.dir_name() => Some(r.commit),
         _ => None,
     };
-    let staged = sysroot.staged()?;
-    let pending = deployments
-        .iter()
-        .find(|r| r.pending)
-        .map(|r| &r.deployment);
+    Ok(Status {
+        format_version: FORMAT_VERSION,
+        staged: sysroot.staged()?,
+        deployments,
+        live_commit,
+        etc_conflicts: Vec::new(),
+    })
+}
+
+/// [`status`] with [`Status::etc_conflicts`] filled in, for what shows the status to
+/// someone (`arbor status`, the daemon): listing a staged deployment's conflicts
+/// reads three `/etc` trees, which no other caller needs.
+pub fn status_with_conflicts(sysroot: &Sysroot) -> Result<Status> {
+    let mut st = status(sysroot)?;
+    let pending = st.pending().map(|r| &r.deployment);
     // The list informs; a tree it cannot read must not make the status unreadable.
-    let etc_conflicts = super::etc_state::next_conflicts(sysroot, staged.as_ref(), pending)
+    st.etc_conflicts = super::etc_state::next_conflicts(sysroot, st.staged.as_ref(), pending)
         .unwrap_or_else(|e| {
             tracing::warn!("listing the /etc conflicts of the next boot: {e:#}");
             Vec::new()
         });
-    Ok(Status {
-        format_version: FORMAT_VERSION,
-        staged,
-        deployments,
-        live_commit,
-        etc_conflicts,
-    })
+    Ok(st)
 }
 
 #[cfg(test)]

@@ -206,7 +206,9 @@ pub fn merge_into(
         let Some(EtcEntry::File(meta, _)) = new_default.get(*path) else {
             unreachable!("only files are merged per entry");
         };
-        write_with_meta(new_root, path, text.as_bytes(), meta)
+        // The new default's owner and mode: `shadow` stays 640 root:shadow.
+        let (dir, name) = parent_beneath(new_root, path)?;
+        fsutil::atomic_write_meta(dir.as_fd(), &name, text.as_bytes(), meta)
             .with_context(|| format!("writing the merged /etc/{path}"))?;
     }
     for e in entries.iter().filter(|e| e.saved.is_some()) {
@@ -221,32 +223,6 @@ pub fn merge_into(
     }
     apply(&actions, local, local_root, new_root)?;
     Ok(entries)
-}
-
-/// Replaces `root/rel` with `bytes` carrying `meta` (the owner and mode of the new
-/// default: `shadow` stays 640 root:shadow): temporary name, fsync, rename.
-fn write_with_meta(root: &Path, rel: &str, bytes: &[u8], meta: &Meta) -> Result<()> {
-    use std::io::Write;
-    let (dir, name) = parent_beneath(root, rel)?;
-    let tmp = format!(".{name}.arbor-merge");
-    let _ = rfs::unlinkat(&dir, tmp.as_str(), AtFlags::empty());
-    let fd = rfs::openat(
-        &dir,
-        tmp.as_str(),
-        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o600),
-    )?;
-    let mut f = std::fs::File::from(fd);
-    let written = f
-        .write_all(bytes)
-        .map_err(anyhow::Error::from)
-        .and_then(|_| Ok(fsutil::apply_meta_fd(f.as_fd(), meta)?))
-        .and_then(|_| Ok(f.sync_all()?))
-        .and_then(|_| Ok(rfs::renameat(&dir, tmp.as_str(), &dir, name.as_str())?));
-    if written.is_err() {
-        let _ = rfs::unlinkat(&dir, tmp.as_str(), AtFlags::empty());
-    }
-    written
 }
 
 /// Locally changed files where the new default has a directory: the merge stops.
