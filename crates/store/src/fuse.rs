@@ -369,6 +369,10 @@ pub fn serve(
     mountpoint: &Path,
     ready: impl FnOnce(&CommitFs),
 ) -> Result<()> {
+    // A long-running server: a write to a pipe or socket whose reader is gone (the
+    // fusermount helper's socket at unmount, a closed stderr) must be an error it
+    // can ignore, not the default SIGPIPE that `arbor` sets for `arbor … | head`.
+    arbor_core::sys::ignore_sigpipe();
     let fs = CommitFs::new(repo, commit)?;
     ready(&fs);
     let mut config = fuser::Config::default();
