@@ -216,3 +216,199 @@ fn root_a_forged_delta_with_a_traversing_name_is_refused() {
     }
     arbor_ok(&["--repo", &repo, "fsck"]);
 }
+
+/// Compresses `data` as the kernel compresses its modules, under xz 5.6+'s default of
+/// threads (`xz --check=crc32 --lzma2=dict=1MiB`, block sizes in block headers).
+fn kernel_xz(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Command::new("xz")
+        .args(["-T2", "-c", "--check=crc32", "--lzma2=dict=1MiB"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = data.to_vec();
+    let feeder = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap().unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+/// The major upgrade's kernel modules: bookworm's plain `.ko` under one kernel version
+/// become trixie's `.ko.xz` under another, and a point update rebuilds a `.ko.xz` in
+/// place. Both are diffed by content (records `recompressed`), the delta is a fraction
+/// of the compressed modules, and applying it gives the very bytes; an xz file arbor
+/// cannot reproduce (a BCJ filter) falls back to an ordinary record and applies too.
+#[test]
+fn root_delta_diffs_xz_modules_by_content_across_kernel_versions() {
+    as_root!();
+    let t = scratch();
+    let modules_of = |tree: &str| -> (String, Vec<std::path::PathBuf>) {
+        let base = corpus(tree).join("usr/lib/modules");
+        let kver = std::fs::read_dir(&base)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .find(|n| base.join(n).join("kernel").is_dir())
+            .expect("a kernel in the corpus");
+        let out = Command::new("find")
+            .arg(base.join(&kver).join("kernel/net"))
+            .args(["-name", "*.ko*", "-size", "+20k"])
+            .output()
+            .unwrap();
+        let mut v: Vec<_> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(std::path::PathBuf::from)
+            .collect();
+        v.sort();
+        (kver, v)
+    };
+    let (kver_a, mods_a) = modules_of("a");
+    let (kver_t, _) = modules_of("t");
+    // Each of bookworm's network modules that trixie still has, both versions.
+    let mut pairs = Vec::new();
+    for m in &mods_a {
+        let rel = m
+            .strip_prefix(corpus("a").join("usr/lib/modules").join(&kver_a))
+            .unwrap();
+        let new = corpus("t")
+            .join("usr/lib/modules")
+            .join(&kver_t)
+            .join(format!("{}.xz", rel.display()));
+        if new.exists() && pairs.len() < 40 {
+            pairs.push((rel.to_path_buf(), m.clone(), new));
+        }
+    }
+    assert!(
+        pairs.len() >= 10,
+        "too few modules in both trees: {}",
+        pairs.len()
+    );
+    let from = t.path().join("from");
+    let to = t.path().join("to");
+    let to2 = t.path().join("to2");
+    let mut xz_bytes = 0;
+    for (rel, old, new) in &pairs {
+        let o = from.join("usr/lib/modules").join(&kver_a).join(rel);
+        std::fs::create_dir_all(o.parent().unwrap()).unwrap();
+        std::fs::copy(old, &o).unwrap();
+        let n = to
+            .join("usr/lib/modules")
+            .join(&kver_t)
+            .join(format!("{}.xz", rel.display()));
+        std::fs::create_dir_all(n.parent().unwrap()).unwrap();
+        std::fs::copy(new, &n).unwrap();
+        xz_bytes += std::fs::metadata(new).unwrap().len();
+    }
+    // A point update: one module rebuilt (its content changed a little), compressed
+    // again the kernel's way, at the same path; and a BCJ-filtered xz file.
+    Command::new("cp")
+        .args(["-a", s(&to), s(&to2)])
+        .status()
+        .unwrap();
+    let (rel, _, new) = &pairs[0];
+    let rebuilt = to2
+        .join("usr/lib/modules")
+        .join(&kver_t)
+        .join(format!("{}.xz", rel.display()));
+    let mut content = Command::new("xz")
+        .args(["-dc", s(new)])
+        .output()
+        .unwrap()
+        .stdout;
+    content.extend_from_slice(b"\0arbor point update\0");
+    std::fs::write(&rebuilt, kernel_xz(&content)).unwrap();
+    let odd = Command::new("sh")
+        .args(["-c", &format!("xz -dc {} | xz -c --x86 --lzma2", s(new))])
+        .output()
+        .unwrap()
+        .stdout;
+    std::fs::write(to2.join("usr/lib/odd.xz"), &odd).unwrap();
+
+    // Commits at a fixed time, so that both repositories get the same ids.
+    let commit = |repo: &str, b: &str, dir: &Path| {
+        let out = Command::new(arbor_bin())
+            .args(["--repo", repo, "commit", "-b", b, s(dir)])
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let src = s(&t.path().join("src")).to_string();
+    arbor_ok(&["--repo", &src, "init"]);
+    for (b, dir) in [("from", &from), ("to", &to), ("to2", &to2)] {
+        commit(&src, b, dir);
+    }
+    let create = |a: &str, b: &str, out: &Path| -> serde_json::Value {
+        serde_json::from_str(&arbor_ok(&[
+            "--repo",
+            &src,
+            "delta",
+            "create",
+            a,
+            b,
+            "-o",
+            s(out),
+            "--json",
+        ]))
+        .unwrap()
+    };
+    let major = create("from", "to", &t.path().join("major.delta"));
+    assert_eq!(major["recompressed"], pairs.len(), "{major}");
+    let delta_bytes = major["delta_bytes"].as_u64().unwrap();
+    // The modules of 6.1 and 6.12 differ in code; their content diff still beats the
+    // compressed files (measured: about 0.8 of them).
+    assert!(
+        delta_bytes < xz_bytes,
+        "{delta_bytes} >= {xz_bytes}: {major}"
+    );
+    let point = create("to", "to2", &t.path().join("point.delta"));
+    // One rebuilt module and one new file: the module costs bytes, not its size.
+    assert_eq!(point["recompressed"], 1, "{point}");
+    let rebuilt_len = std::fs::metadata(&rebuilt).unwrap().len();
+    assert!(
+        point["delta_bytes"].as_u64().unwrap() < odd.len() as u64 + rebuilt_len / 10,
+        "{point} (module {rebuilt_len} bytes, odd {} bytes)",
+        odd.len()
+    );
+
+    let dst = s(&t.path().join("dst")).to_string();
+    arbor_ok(&["--repo", &dst, "init"]);
+    commit(&dst, "from", &from);
+    arbor_ok(&[
+        "--repo",
+        &dst,
+        "delta",
+        "apply",
+        s(&t.path().join("major.delta")),
+        "-b",
+        "to",
+    ]);
+    arbor_ok(&[
+        "--repo",
+        &dst,
+        "delta",
+        "apply",
+        s(&t.path().join("point.delta")),
+        "-b",
+        "to2",
+    ]);
+    arbor_ok(&["--repo", &dst, "fsck"]);
+    let co = t.path().join("co");
+    arbor_ok(&["--repo", &dst, "checkout", "to2", s(&co)]);
+    assert_eq!(describe_tree(&co), describe_tree(&to2));
+    assert_eq!(
+        std::fs::read(
+            co.join("usr/lib/modules")
+                .join(&kver_t)
+                .join(format!("{}.xz", rel.display()))
+        )
+        .unwrap(),
+        std::fs::read(&rebuilt).unwrap()
+    );
+}

@@ -50,8 +50,9 @@ pub struct DeltaApplyArgs {
 
 fn print_stats(s: &delta::DeltaStats) {
     println!(
-        "objects:   {} ({} patched against their old version)",
-        s.objects, s.patched
+        "objects:   {} ({} patched against their old version, {} of them xz files \
+         diffed by content)",
+        s.objects, s.patched, s.recompressed
     );
     println!("raw:       {}", human_bytes(s.raw_bytes));
     if s.full_bytes > 0 {

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::format::{self, Bases, Entry};
-use super::{Encoding, MAX_META, MAX_OBJECT, base_bytes, bsdiff, decompress};
+use super::{Encoding, MAX_META, MAX_OBJECT, base_bytes, bsdiff, decompress, recompress};
 use arbor_core::lock::LockWait;
 use arbor_store::encoding::{Commit, DirTree};
 use arbor_store::refs::RefName;
@@ -67,10 +67,11 @@ pub fn apply_to(
     let size = f.metadata()?.len();
     let mut r = BufReader::with_capacity(1 << 20, f);
     let magic: [u8; 12] = read_exact(&mut r)?;
-    let v2 = match &magic {
-        m if m == format::MAGIC_V2 => true,
-        m if m == format::MAGIC_V1 => false,
-        _ => bail!("{} is not an arbor delta (version 1 or 2)", delta.display()),
+    let (v2, version) = match &magic {
+        m if m == format::MAGIC_V3 => (true, 3),
+        m if m == format::MAGIC_V2 => (true, 2),
+        m if m == format::MAGIC_V1 => (false, 1),
+        _ => bail!("{} is not an arbor delta (version 1 to 3)", delta.display()),
     };
     let from = ObjectId(read_exact(&mut r)?);
     let to = ObjectId(read_exact(&mut r)?);
@@ -79,6 +80,11 @@ pub fn apply_to(
     }
     let (count, mut layout) = if v2 {
         let entries = read_index(&mut r, size)?;
+        if let Some(i) = entries.iter().position(|e| {
+            e.encoding == Encoding::Recompressed && (version < 3 || e.kind != ObjectKind::File)
+        }) {
+            bail!("record {i}: a recompressed record in a version {version} delta, or not a file");
+        }
         let bases = Bases::of(repo, &from)?;
         let count = entries.len() as u64;
         let entries = entries.into_iter();
@@ -202,6 +208,10 @@ fn read_record(r: &mut impl Read, i: u64, size: u64) -> Result<ReadRecord> {
     let id = ObjectId(read_exact(r)?);
     let enc: [u8; 1] = read_exact(r)?;
     let encoding = Encoding::from_byte(enc[0]).with_context(|| format!("record {i}"))?;
+    ensure!(
+        encoding != Encoding::Recompressed,
+        "record {i}: a recompressed record in a version 1 delta"
+    );
     let base = match encoding {
         Encoding::Full => None,
         _ => Some(ObjectId(read_exact(r)?)),
@@ -261,6 +271,9 @@ fn materialize(
             bsdiff::patch_bsdiff40(old, data, raw_len).context(what)?
         }
         (Encoding::BsdiffXz, Some(old)) => bsdiff::patch(old, data, raw_len).context(what)?,
+        (Encoding::Recompressed, Some(old)) => {
+            recompress::rebuild(old, data, raw_len).context(what)?
+        }
         _ => decompress(data, raw_len, old.as_deref()).context(what)?,
     };
     let written = match rec.id {

@@ -18,8 +18,11 @@ use arbor_store::{ObjectId, ObjectKind, Repo, reach};
 
 /// The first bytes of a version 1 delta (still applied).
 pub(super) const MAGIC_V1: &[u8; 12] = b"ARBORDELTA\0\x01";
-/// The first bytes of a version 2 delta (written).
+/// The first bytes of a version 2 delta (still applied).
 pub(super) const MAGIC_V2: &[u8; 12] = b"ARBORDELTA\0\x02";
+/// The first bytes of a version 3 delta (written): version 2's layout, and records
+/// may be recompressed ([`Encoding::Recompressed`](super::Encoding::Recompressed)).
+pub(super) const MAGIC_V3: &[u8; 12] = b"ARBORDELTA\0\x03";
 /// The largest record index accepted, uncompressed.
 pub(super) const MAX_INDEX: u64 = 256 << 20;
 /// The fewest bytes an index entry takes (kind, encoding, three lengths).

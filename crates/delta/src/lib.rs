@@ -4,9 +4,13 @@
 //! A delta carries every object TO reaches and FROM does not. A regular file that
 //! replaces a file at the same path in FROM is compressed with zstd against the old
 //! content, used as a prefix, which is zstd's "patch from" mode; a large executable is
-//! diffed with bsdiff instead ([`bsdiff`]). Everything else is compressed on its own,
-//! and each object gets whichever encoding is smaller. The file's layout is
-//! [`format`]'s.
+//! diffed with bsdiff instead ([`bsdiff`]). An xz file (a `.ko.xz` module) is diffed
+//! by its decompressed content and compressed again on apply, where that reproduces
+//! its bytes exactly ([`recompress`]). A file with no previous version at its path
+//! gets the one at a similar path: the same module under another kernel version, a
+//! library under another version number ([`similar_path`]). Everything else is
+//! compressed on its own, and each object gets whichever encoding is smaller. The
+//! file's layout is [`format`]'s.
 //! Applying a delta hashes every object as it is written, then checks that TO is
 //! complete. A delta from outside is hostile: every length is bounded, and nothing is
 //! trusted that a hash does not confirm.
@@ -14,6 +18,7 @@
 mod apply;
 mod bsdiff;
 mod format;
+mod recompress;
 
 use std::collections::HashMap;
 use std::io::{BufWriter, Read, Write};
@@ -33,7 +38,7 @@ use arbor_store::{reach, wire};
 
 /// The delta format [`create`] writes; [`apply`] reads this one and every earlier one.
 /// A channel index names each delta's format, so a client skips what it cannot read.
-pub const FORMAT: u32 = 2;
+pub const FORMAT: u32 = 3;
 /// Level for objects compressed on their own.
 const FULL_LEVEL: i32 = 15;
 /// Level for files compressed against their previous version.
@@ -57,6 +62,9 @@ enum Encoding {
     Bsdiff = 2,
     /// bsdiff with its three streams in xz, 8% smaller than BSDIFF40 (delta::bsdiff).
     BsdiffXz = 3,
+    /// An xz file rebuilt from its decompressed content, diffed against the base's
+    /// content, then compressed again (delta::recompress; format 3).
+    Recompressed = 4,
 }
 
 impl Encoding {
@@ -66,6 +74,7 @@ impl Encoding {
             1 => Encoding::Patch,
             2 => Encoding::Bsdiff,
             3 => Encoding::BsdiffXz,
+            4 => Encoding::Recompressed,
             e => bail!("unknown encoding {e}"),
         })
     }
@@ -97,6 +106,8 @@ pub struct DeltaStats {
     pub delta_bytes: u64,
     /// Files sent as a patch against their previous version.
     pub patched: u64,
+    /// Of those, xz files diffed by their content and compressed again on apply.
+    pub recompressed: u64,
 }
 
 impl DeltaStats {
@@ -177,6 +188,67 @@ fn objects_by_path(repo: &Repo, commit: &ObjectId) -> Result<HashMap<(String, ch
     Ok(out)
 }
 
+/// How a new file's base was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Match {
+    /// The file at the same path in FROM.
+    SamePath,
+    /// The file at a similar path ([`similar_path`]): maybe unrelated, so the record
+    /// on its own is tried as well.
+    Similar,
+}
+
+/// A path with what changes between releases taken out, so that a file moved by a
+/// version finds its previous version: a kernel module's kernel version
+/// (`/usr/lib/modules/6.1.0-28-amd64/…` and `…/6.12.117+deb13-amd64/…`), a file in
+/// /boot named after it, an `.xz` suffix (bookworm's `.ko` is trixie's `.ko.xz`), and
+/// every run of digits (`python3.11/` and `python3.13/`, `libicuuc.so.72` and `.76`).
+fn similar_path(path: &str) -> String {
+    let mut p = path.strip_suffix(".xz").unwrap_or(path);
+    let mut out = String::with_capacity(p.len());
+    for tree in ["/usr/lib/modules/", "/lib/modules/"] {
+        if let Some((_, rest)) = p.strip_prefix(tree).and_then(|r| r.split_once('/')) {
+            out.push_str("/usr/lib/modules/*/");
+            p = rest;
+            break;
+        }
+    }
+    if let Some((name, _)) = p.strip_prefix("/boot/").and_then(|n| n.split_once('-')) {
+        out.push_str("/boot/");
+        out.push_str(name);
+        out.push_str("-*");
+        return out;
+    }
+    let mut in_digits = false;
+    for c in p.chars() {
+        if c.is_ascii_digit() {
+            if !in_digits {
+                out.push('#');
+            }
+        } else {
+            out.push(c);
+        }
+        in_digits = c.is_ascii_digit();
+    }
+    out
+}
+
+/// FROM's regular files by [`similar_path`]; where several share one, the first path
+/// in sort order wins, so the same commits always give the same delta.
+fn similar_files(old_paths: &HashMap<(String, char), ObjectId>) -> HashMap<String, ObjectId> {
+    let mut files: Vec<(&String, &ObjectId)> = old_paths
+        .iter()
+        .filter(|((_, t), _)| *t == '-')
+        .map(|((p, _), id)| (p, id))
+        .collect();
+    files.sort_unstable();
+    let mut out = HashMap::with_capacity(files.len());
+    for (p, id) in files {
+        out.entry(similar_path(p)).or_insert(*id);
+    }
+    out
+}
+
 /// The bytes of a base object (a file's content, a dirtree's encoding).
 fn base_bytes(repo: &Repo, id: &ObjectId, kind: ObjectKind) -> Result<Vec<u8>> {
     match kind {
@@ -195,7 +267,7 @@ fn record_for(
     repo: &Repo,
     id: ObjectId,
     kind: ObjectKind,
-    base: Option<ObjectId>,
+    base: Option<(ObjectId, Match)>,
     measure_full: bool,
 ) -> Result<(Record, u64)> {
     let wire::Parts {
@@ -210,11 +282,12 @@ fn record_for(
         data: Vec::new(),
     };
     let mut full_len = 0;
-    if base.is_none() || measure_full {
+    // A base found by a similar path may be unrelated: the record alone is tried too.
+    if measure_full || !matches!(base, Some((_, Match::SamePath))) {
         rec.data = compress(&payload, FULL_LEVEL, None)?;
         full_len = rec.data.len() as u64;
     }
-    if let Some(b) = base {
+    if let Some((b, _)) = base {
         let old = base_bytes(repo, &b, kind)?;
         let mut consider = |data: Vec<u8>, enc: Encoding| {
             if rec.data.is_empty() || data.len() < rec.data.len() {
@@ -224,7 +297,13 @@ fn record_for(
         };
         // A large executable shifts addresses all over when rebuilt: bsdiff follows
         // that, zstd does not. For the rest zstd's patch is as good and much faster.
-        if payload.starts_with(b"\x7fELF") && payload.len() > BSDIFF_FROM {
+        if let Some((recipe, content)) = recompress::reproducible(&payload) {
+            // Compressed bytes share nothing with the base: the content is diffed.
+            let old = recompress::base_content(&old)?;
+            let (inner, data) = recompress::inner_record(&old, &content, PATCH_LEVEL)?;
+            let data = recompress::encode(recipe, inner, content.len() as u64, &data);
+            consider(data, Encoding::Recompressed);
+        } else if payload.starts_with(b"\x7fELF") && payload.len() > BSDIFF_FROM {
             consider(bsdiff::diff(&old, &payload)?, Encoding::BsdiffXz);
         } else {
             consider(
@@ -254,15 +333,20 @@ pub fn create(
     }
     let bases = Bases::walked(&have, from)?;
     let old_paths = objects_by_path(repo, from)?;
-    let mut new: Vec<(ObjectId, ObjectKind, Option<ObjectId>)> = Vec::new();
+    let old_similar = similar_files(&old_paths);
+    let mut new: Vec<(ObjectId, ObjectKind, Option<(ObjectId, Match)>)> = Vec::new();
     for ((id, kind), used_at) in &want.objects {
         if have.objects.contains_key(&(*id, *kind)) {
             continue;
         }
         let path = used_at.split_once(':').map_or("", |(_, p)| p);
+        let same = |t: char| old_paths.get(&(path.to_string(), t)).copied();
         let base = match kind {
-            ObjectKind::File => old_paths.get(&(path.to_string(), '-')).copied(),
-            ObjectKind::DirTree => old_paths.get(&(path.to_string(), 'd')).copied(),
+            ObjectKind::File => same('-').map(|b| (b, Match::SamePath)).or_else(|| {
+                let b = old_similar.get(&similar_path(path))?;
+                Some((*b, Match::Similar))
+            }),
+            ObjectKind::DirTree => same('d').map(|b| (b, Match::SamePath)),
             _ => None,
         };
         new.push((*id, *kind, base));
@@ -307,6 +391,7 @@ pub fn create(
         full_bytes: 0,
         delta_bytes: 0,
         patched: 0,
+        recompressed: 0,
     };
     let mut entries = Vec::with_capacity(records.len());
     for (r, full_len) in &records {
@@ -331,13 +416,14 @@ pub fn create(
             data_len: r.data.len() as u64,
         });
         stats.patched += u64::from(r.base.is_some());
+        stats.recompressed += u64::from(matches!(r.base, Some((_, Encoding::Recompressed))));
         stats.raw_bytes += r.raw_len;
         stats.full_bytes += full_len;
     }
     let index = format::encode_index(&entries);
     let packed_index = compress(&index, PATCH_LEVEL, None)?;
     let mut w = BufWriter::new(std::fs::File::from(file));
-    w.write_all(format::MAGIC_V2)?;
+    w.write_all(format::MAGIC_V3)?;
     w.write_all(&from.0)?;
     w.write_all(&to.0)?;
     w.write_all(&(packed_index.len() as u64).to_le_bytes())?;
@@ -355,4 +441,37 @@ pub fn create(
     rustix::fs::renameat(&dir_fd, tmp.as_str(), &dir_fd, name.as_str())?;
     rustix::fs::fsync(&dir_fd)?;
     Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::similar_path;
+
+    #[test]
+    fn a_file_moved_by_a_version_finds_its_previous_version() {
+        let same = |a: &str, b: &str| similar_path(a) == similar_path(b);
+        assert!(same(
+            "/usr/lib/modules/6.1.0-28-amd64/kernel/net/llc/llc2.ko",
+            "/usr/lib/modules/6.12.117+deb13-amd64/kernel/net/llc/llc2.ko.xz"
+        ));
+        assert!(same(
+            "/usr/lib/python3.11/json/decoder.py",
+            "/usr/lib/python3.13/json/decoder.py"
+        ));
+        assert!(same(
+            "/boot/config-6.1.0-28-amd64",
+            "/boot/config-6.12.117+deb13-amd64"
+        ));
+        assert!(same(
+            "/usr/lib/x86_64-linux-gnu/libicuuc.so.72.1",
+            "/usr/lib/x86_64-linux-gnu/libicuuc.so.76.1"
+        ));
+        // Another name, another directory, another module: no match.
+        assert!(!same("/usr/bin/ls", "/usr/bin/lz"));
+        assert!(!same("/usr/lib/python3.11/a.py", "/usr/lib/perl5/a.py"));
+        assert!(!same(
+            "/usr/lib/modules/6.1.0-28-amd64/kernel/net/llc/llc2.ko",
+            "/usr/lib/modules/6.1.0-28-amd64/kernel/net/llc/llc.ko"
+        ));
+    }
 }
