@@ -755,3 +755,105 @@ fn root_fsck_delete_then_a_fetch_repairs_a_damaged_store() {
     let path = common::deployment_dir(&sys, 0).join("usr/bin/tool");
     assert_eq!(std::fs::read_to_string(path).unwrap(), "tool 1\n");
 }
+
+/// A version that requires an earlier one (`publish add --requires`, the last release
+/// before a major upgrade): a machine before it is offered the required version in its
+/// place and upgrades to that; asked for by name (`deploy --version`), the later version is refused with
+/// the step to take and nothing staged; once the machine boots the required version,
+/// the later one is offered. A publisher cannot require a version the channel lacks.
+#[test]
+fn root_a_required_version_comes_first() {
+    as_root!();
+    let t = scratch();
+    let (build, srv, pubdir) = server(t.path());
+    let (b, p) = (s(&build), s(&pubdir));
+    for v in ["1", "2", "3"] {
+        let tree = common::rootfs(&t.path().join(v), v);
+        let branch = format!("os/{v}");
+        ok(&[
+            "--repo",
+            b,
+            "compose",
+            "rootfs",
+            s(&tree),
+            "-b",
+            &branch,
+            "--version",
+            v,
+        ]);
+    }
+    ok(&["publish", "init", p]);
+    publish(b, p, "1", "os/1", &[]);
+    let nginx = Nginx::start(&srv, &t.path().join("nginx"), None);
+    let url = format!("{}pub", nginx.url);
+    let sys = client(
+        &t.path().join("client"),
+        &url,
+        &pubdir.join("metadata/1.root.json"),
+    );
+    ok(&["--sysroot", &sys, "deploy", "origin:stable"]);
+    publish(b, p, "2", "os/2", &[]);
+    let e = err(&[
+        "--repo",
+        b,
+        "publish",
+        "add",
+        p,
+        "--channel",
+        "stable",
+        "--version",
+        "3",
+        "--ref",
+        "os/3",
+        "--requires",
+        "2.5",
+    ]);
+    assert!(
+        e.contains("cannot require 2.5") && e.contains("no version 2.5"),
+        "{e}"
+    );
+    publish(b, p, "3", "os/3", &["--requires", "2"]);
+    let shown = ok(&["publish", "show", p, "stable"]);
+    assert!(shown.contains("\"requires\": \"2\""), "{shown}");
+
+    assert_eq!(offered(&sys).as_deref(), Some("2"), "3 requires 2 first");
+    let e = err(&["--sysroot", &sys, "deploy", "--version", "3"]);
+    assert!(
+        e.contains("requires that this machine run version 2 first")
+            && e.contains("deploy --version 2"),
+        "{e}"
+    );
+    let st = json(&["--sysroot", &sys, "status", "--json"]);
+    assert!(st["staged"].is_null(), "nothing staged: {st:#}");
+    assert_eq!(common::versions(&sys).len(), 1);
+    let out = ok(&["--sysroot", &sys, "upgrade"]);
+    assert!(out.contains("staged"), "{out}");
+    assert_eq!(
+        json(&["--sysroot", &sys, "update-status", "--json"])["version"],
+        "2"
+    );
+
+    // Boot 2: now 3 is the next step.
+    ok(&["--sysroot", &sys, "finalize-staged"]);
+    let cmdline = t.path().join("cmdline");
+    ok(&[
+        "--sysroot",
+        &sys,
+        "boot-select",
+        "--cmdline-out",
+        s(&cmdline),
+    ]);
+    let out = Command::new(common::arbor_bin())
+        .args(["--sysroot", &sys, "upgrade", "--check", "--json"])
+        .env("ARBOR_CMDLINE", &cmdline)
+        .env("ARBOR_MACHINE_ID", MACHINE)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["update"]["offered"]["version"], "3", "{v:#}");
+}

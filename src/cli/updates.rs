@@ -88,6 +88,10 @@ pub struct PublishAddArgs {
     /// Where the release notes are (a URL).
     #[arg(long, value_name = "URL")]
     pub release_notes: Option<String>,
+    /// Machines on an older version must run VERSION (of this channel) first: the
+    /// last release before a major upgrade. They are offered VERSION in this one's place.
+    #[arg(long, value_name = "VERSION")]
+    pub requires: Option<String>,
 }
 
 /// `arbor publish phase`.
@@ -166,6 +170,7 @@ pub fn publish(cli: &Cli, cmd: &PublishCommand) -> Result<i32> {
                 phase: a.phase,
                 deltas_from: a.deltas_from,
                 release_notes: a.release_notes.clone(),
+                requires: a.requires.clone(),
             };
             let r = publisher(&a.dir)?.add(&repo, &opts, lock_wait(cli))?;
             if a.dir.output.json {

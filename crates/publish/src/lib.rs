@@ -110,6 +110,9 @@ pub struct AddOptions {
     pub deltas_from: usize,
     /// Where the release notes are.
     pub release_notes: Option<String>,
+    /// A version of the channel that machines must run before this one
+    /// ([`VersionEntry::requires`]).
+    pub requires: Option<String>,
 }
 
 fn now() -> DateTime<Utc> {
@@ -360,6 +363,11 @@ impl Publisher {
             opts.channel,
             opts.version
         );
+        if let Some(r) = &opts.requires {
+            // Checked before anything is written: a channel must never skip it.
+            idx.version(r)
+                .with_context(|| format!("version {} cannot require {r}", opts.version))?;
+        }
         let (manifest, written) = self.export_objects(repo, &opts.commit)?;
         let manifest_bytes = manifest.encode();
         let manifest_path = format!("manifests/{}.manifest", opts.commit);
@@ -410,6 +418,7 @@ impl Publisher {
             raw_bytes: manifest.entries.iter().map(|e| e.raw).sum(),
             deltas,
             packages,
+            requires: opts.requires.clone(),
         };
         idx.versions.push(entry.clone());
         self.sign(Some(&idx))?;

@@ -463,6 +463,7 @@ mod tests {
                 })
                 .collect(),
             packages: None,
+            requires: None,
         }
     }
 

@@ -123,6 +123,13 @@ pub struct VersionEntry {
     /// database, and in indexes written before arbor 0.10.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packages: Option<FileRef>,
+    /// A version a machine must run before this one: the last release of a major
+    /// version, carrying what the next one's migration needs. A machine on an older
+    /// version, or on one the channel does not list, is offered that version in this
+    /// one's place (whatever its phase) and is refused this one when it asks for it
+    /// by name ([`next_step`]). Absent in indexes written before arbor 0.12.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requires: Option<String>,
 }
 
 /// The largest package list a client reads (a Debian system with every package of
@@ -186,6 +193,18 @@ impl ChannelIndex {
             for (prefix, f) in refs {
                 if !safe_path(&f.path, prefix) || f.blake3.len() != 64 {
                     bail!("version {}: refusing the file name {:?}", v.version, f.path);
+                }
+            }
+            if let Some(r) = &v.requires {
+                // A required version listed after this one would be a loop; one the
+                // channel does not list is the publisher's error, told to each machine
+                // that needs it (next_step), not a reason to distrust the index.
+                if let Some(at) = idx.versions.iter().position(|o| &o.version == r) {
+                    ensure!(
+                        idx.versions.iter().position(|o| o.version == v.version) > Some(at),
+                        "version {} requires {r}, which is not an earlier version",
+                        v.version
+                    );
                 }
             }
             if let Some(f) = &v.packages {
@@ -275,6 +294,51 @@ pub fn choose<'a>(
         }
     }
     (None, considered)
+}
+
+/// A version's required version ([`VersionEntry::requires`]) that the channel does not
+/// list: the publication skips it, and no machine that needs it may update past it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "version {version} requires that machines run {required} first, and channel {channel} \
+     does not list {required}: the publication skips a required version (ask its \
+     publisher); nothing was changed"
+)]
+pub struct RequiredVersionMissing {
+    /// The version chosen or asked for.
+    pub version: String,
+    /// The version it requires.
+    pub required: String,
+    /// The channel.
+    pub channel: String,
+}
+
+/// Where a machine running `current` goes on its way to `target`: `target` itself, or
+/// the earliest version it requires, directly or through another required version,
+/// that the machine has not reached. A machine whose commit the channel does not list
+/// has reached none. Positions fall at each step (checked when the index is read), so
+/// the walk ends.
+pub fn next_step<'a>(
+    idx: &'a ChannelIndex,
+    current: Option<&ObjectId>,
+    target: &'a VersionEntry,
+) -> Result<&'a VersionEntry, RequiredVersionMissing> {
+    let current_pos = current.and_then(|c| idx.position_of(c));
+    let mut step = target;
+    while let Some(required) = &step.requires {
+        let Some(at) = idx.versions.iter().position(|v| &v.version == required) else {
+            return Err(RequiredVersionMissing {
+                version: step.version.clone(),
+                required: required.clone(),
+                channel: idx.channel.clone(),
+            });
+        };
+        if current_pos.is_some_and(|c| c >= at) {
+            break;
+        }
+        step = &idx.versions[at];
+    }
+    Ok(step)
 }
 
 /// How a candidate fetches.
@@ -462,6 +526,7 @@ mod tests {
                 })
                 .collect(),
             packages: None,
+            requires: None,
         }
     }
 
@@ -475,6 +540,45 @@ mod tests {
                 version("3", 100, vec![("2", 40), ("1", 200)]),
             ],
         }
+    }
+
+    #[test]
+    fn a_required_version_is_the_next_step_until_reached() {
+        let mut idx = index();
+        idx.versions.push(version("4", 100, vec![]));
+        idx.versions[3].requires = Some("2".into());
+        fn step(idx: &ChannelIndex, cur: Option<&str>) -> Result<String, RequiredVersionMissing> {
+            next_step(idx, cur.map(id).as_ref(), &idx.versions[3]).map(|v| v.version.clone())
+        }
+        assert_eq!(step(&idx, Some("1")).unwrap(), "2");
+        assert_eq!(
+            step(&idx, None).unwrap(),
+            "2",
+            "an unlisted machine has reached nothing"
+        );
+        assert_eq!(step(&idx, Some("2")).unwrap(), "4");
+        assert_eq!(step(&idx, Some("3")).unwrap(), "4");
+        // Through a chain: 4 requires 3, which requires 2.
+        idx.versions[3].requires = Some("3".into());
+        idx.versions[2].requires = Some("2".into());
+        assert_eq!(step(&idx, Some("1")).unwrap(), "2");
+        assert_eq!(step(&idx, Some("2")).unwrap(), "3");
+        // A publication that skips the required version: named, for the machines that
+        // need it only.
+        idx.versions[3].requires = Some("3.9".into());
+        let e = step(&idx, Some("1")).unwrap_err().to_string();
+        assert!(
+            e.contains("requires") && e.contains("3.9") && e.contains("skips"),
+            "{e}"
+        );
+        // A required version listed later is refused when the index is read.
+        let mut bad = index();
+        bad.versions[1].requires = Some("3".into());
+        let json = serde_json::to_vec(&bad).unwrap();
+        let e = ChannelIndex::parse(&json, "stable")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not an earlier version"), "{e}");
     }
 
     #[test]

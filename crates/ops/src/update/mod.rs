@@ -8,7 +8,7 @@ pub mod state;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use serde::Serialize;
 
 use arbor_core::lock::{LockWait, WriterLock};
@@ -266,6 +266,17 @@ pub fn perform(
                     phase: e.phase,
                     offered: true,
                 });
+                // Asked for by name: a required version not yet reached is an error,
+                // not a silent detour.
+                let step = remote::index::next_step(&idx, current.as_ref(), e)?;
+                ensure!(
+                    std::ptr::eq(step, e),
+                    "version {v} requires that this machine run version {} first: \
+                     deploy it (`arbor deploy --version {}`), boot it, then upgrade \
+                     again; nothing was changed",
+                    step.version,
+                    step.version
+                );
                 (current != Some(e.commit) || opts.rebase.is_some()).then_some(e)
             }
             None => {
@@ -277,7 +288,11 @@ pub fn perform(
                     opts.phase_override,
                 );
                 result.considered = considered;
-                v.filter(|v| Some(v.commit) != current || !same_channel)
+                match v.filter(|v| Some(v.commit) != current || !same_channel) {
+                    // A required version not yet reached comes first.
+                    Some(v) => Some(remote::index::next_step(&idx, current.as_ref(), v)?),
+                    None => None,
+                }
             }
         };
         obs.task_end("check");
