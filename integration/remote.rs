@@ -857,3 +857,78 @@ fn root_a_required_version_comes_first() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["update"]["offered"]["version"], "3", "{v:#}");
 }
+
+/// `upgrade --dry-run` lists the `/etc` files both the machine and the offered version
+/// changed, once the version is downloaded (a dry run downloads nothing, and says so
+/// until then); staging it then saves the new default beside the machine's file.
+#[test]
+fn root_a_dry_run_lists_etc_conflicts_before_anything_is_staged() {
+    as_root!();
+    let t = scratch();
+    let (build, srv, pubdir) = server(t.path());
+    let (b, p) = (s(&build), s(&pubdir));
+    for v in ["1", "2"] {
+        let tree = common::rootfs(&t.path().join(v), v);
+        let branch = format!("os/{v}");
+        ok(&[
+            "--repo",
+            b,
+            "compose",
+            "rootfs",
+            s(&tree),
+            "-b",
+            &branch,
+            "--version",
+            v,
+        ]);
+    }
+    ok(&["publish", "init", p]);
+    publish(b, p, "1", "os/1", &[]);
+    let nginx = Nginx::start(&srv, &t.path().join("nginx"), None);
+    let url = format!("{}pub", nginx.url);
+    let sys = client(
+        &t.path().join("client"),
+        &url,
+        &pubdir.join("metadata/1.root.json"),
+    );
+    ok(&["--sysroot", &sys, "deploy", "origin:stable"]);
+    publish(b, p, "2", "os/2", &[]);
+    // The administrator edits sshd_config (which 2 changes too) and the hostname
+    // (which 2 leaves alone).
+    let etc = common::deployment_dir(&sys, 0).join("etc");
+    std::fs::write(etc.join("ssh/sshd_config"), "PermitRootLogin no\n").unwrap();
+    std::fs::write(etc.join("hostname"), "web1\n").unwrap();
+
+    let dry = |json_out: bool| {
+        let mut args = vec!["--sysroot", sys.as_str(), "upgrade", "--dry-run"];
+        if json_out {
+            args.push("--json");
+        }
+        ok(&args)
+    };
+    assert!(dry(false).contains("not known until the update is downloaded"));
+    ok(&["--sysroot", &sys, "upgrade", "--download-only"]);
+    let v: serde_json::Value = serde_json::from_str(&dry(true)).unwrap();
+    assert_eq!(
+        v["update"]["etc_conflicts"],
+        serde_json::json!(["ssh/sshd_config"]),
+        "{v:#}"
+    );
+    let text = dry(false);
+    assert!(
+        text.contains("/etc conflict: /etc/ssh/sshd_config"),
+        "{text}"
+    );
+    assert!(!text.contains("hostname"), "{text}");
+    let st = json(&["--sysroot", &sys, "status", "--json"]);
+    assert!(st["staged"].is_null(), "a dry run stages nothing: {st:#}");
+
+    // What the dry run said is what staging finds.
+    ok(&["--sysroot", &sys, "upgrade"]);
+    let st = json(&["--sysroot", &sys, "status", "--json"]);
+    assert_eq!(
+        st["etc_conflicts"],
+        serde_json::json!(["ssh/sshd_config"]),
+        "{st:#}"
+    );
+}

@@ -198,6 +198,21 @@ pub fn print_update(r: &UpdateResult, action: Action, dry_run: bool) {
         }
     }
     if dry_run {
+        match &r.etc_conflicts {
+            None => println!(
+                "/etc conflicts: not known until the update is downloaded \
+                 ('arbor upgrade --download-only', then --dry-run again)"
+            ),
+            Some(c) if c.is_empty() => println!("/etc conflicts: none"),
+            Some(c) => {
+                for p in c {
+                    println!(
+                        "/etc conflict: /etc/{p} (changed here and by the update: yours \
+                         is kept, the new default saved as /etc/{p}.arbor-dist)"
+                    );
+                }
+            }
+        }
         return;
     }
     if let Some(f) = &r.fetched {

@@ -108,6 +108,39 @@ pub fn next_conflicts(
         .collect())
 }
 
+/// The `/etc` conflicts deploying `commit` into stateroot `os` would find as of now
+/// (`upgrade --dry-run`): the merge source's `/etc` against its defaults and the
+/// commit's `/usr/etc`, read from the store. `None` when the commit is not stored (a
+/// dry run downloads nothing). Package layers are not applied for this: their files
+/// under `/etc` are rare, and would only add defaults.
+pub fn conflicts_with_commit(
+    sysroot: &Sysroot,
+    os: &str,
+    commit: &ObjectId,
+) -> Result<Option<Vec<String>>> {
+    let repo = sysroot.repo();
+    if !repo.has_object(commit, ObjectKind::Commit) {
+        return Ok(None);
+    }
+    let current = sysroot.deployments()?;
+    let Some(src) = super::plan::merge_source(&current, os) else {
+        return Ok(Some(Vec::new()));
+    };
+    let src_root = sysroot.deployment_path(src);
+    let report = merge::report(
+        &merge::scan(&src_root.join("usr/etc"))?,
+        &merge::scan(&src_root.join("etc"))?,
+        &crate::etc::stored::scan_commit(repo, commit, "/usr/etc")?,
+    );
+    Ok(Some(
+        report
+            .into_iter()
+            .filter(|e| e.outcome == merge::MergeOutcome::Conflict)
+            .map(|e| e.path)
+            .collect(),
+    ))
+}
+
 /// What finalizing the staged deployment `d` will do to `/etc`, as of now.
 fn planned_merge(sysroot: &Sysroot, d: &Deployment) -> Result<Vec<MergeEntry>> {
     let current = sysroot.deployments()?;

@@ -71,6 +71,11 @@ pub struct UpdateResult {
     pub state: State,
     /// Why `auto-update` did nothing (not due, waiting for the preferred time).
     pub skipped: Option<String>,
+    /// A dry run's list of the `/etc` files (relative to `/etc`) that both the
+    /// machine and the offered version changed: the merge keeps the machine's and
+    /// saves the new default beside it. None when unknown: the version is not
+    /// downloaded yet, or this is not a dry run.
+    pub etc_conflicts: Option<Vec<String>>,
 }
 
 /// Where updates come from for this sysroot: (remote, channel, current base commit,
@@ -323,6 +328,10 @@ pub fn perform(
                 .to_string(),
             packages: result.packages.clone(),
         });
+        if opts.dry_run {
+            result.etc_conflicts =
+                arbor_sysroot::etc_state::conflicts_with_commit(sysroot, &os, &target.commit)?;
+        }
         if opts.dry_run || action == Action::Check {
             return step(&mut rec, State::Idle);
         }

@@ -7,4 +7,5 @@
 
 pub mod drift;
 pub mod merge;
+pub mod stored;
 pub mod userdb;
