@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the test images from the Containerfiles here, offline, into podman's storage:
-# localhost/arbor-base, localhost/arbor-update and localhost/arbor-broken.
+# localhost/arbor-base, localhost/arbor-update, localhost/arbor-broken and
+# localhost/arbor-trixie.
 #
-#   containerfiles/build.sh [IMAGE...]        default: base update broken
+#   containerfiles/build.sh [IMAGE...]        default: base update broken trixie
 #
 # The base image's root comes from corpus a as a tarball (FROM scratch + ADD), and it
 # installs arbor from its Debian package (scripts/build-deb.sh) with the packages the
@@ -14,13 +15,18 @@ root=$(cd "$here/.." && pwd)
 CORPUS=${ARBOR_CORPUS:-/var/tmp/arbor-corpus}
 IMAGES=${ARBOR_IMAGES:-/var/tmp/arbor-images}
 names=("$@")
-((${#names[@]})) || names=(base update broken)
+((${#names[@]})) || names=(base update broken trixie)
 deb=${ARBOR_DEB:-$(bash "$root/scripts/build-deb.sh")}
 [[ -f $IMAGES/debs/READY ]] || { echo "build.sh: run scripts/setup.sh first ($IMAGES/debs)" >&2; exit 1; }
-if [[ ! -f $IMAGES/rootfs-a.tar || $CORPUS/READY -nt $IMAGES/rootfs-a.tar ]]; then
-  tar --xattrs --xattrs-include='*' --numeric-owner -C "$CORPUS/a" -cf "$IMAGES/rootfs-a.tar.tmp" .
-  mv "$IMAGES/rootfs-a.tar.tmp" "$IMAGES/rootfs-a.tar"
-fi
+# rootfs_tar TREE: the corpus tree as a tarball, made again when the corpus is newer.
+rootfs_tar() {
+  local t=$1
+  if [[ ! -f $IMAGES/rootfs-$t.tar || $CORPUS/READY -nt $IMAGES/rootfs-$t.tar ]]; then
+    tar --xattrs --xattrs-include='*' --numeric-owner -C "$CORPUS/$t" -cf "$IMAGES/rootfs-$t.tar.tmp" .
+    mv "$IMAGES/rootfs-$t.tar.tmp" "$IMAGES/rootfs-$t.tar"
+  fi
+}
+rootfs_tar a
 for name in "${names[@]}"; do
   ctx=$IMAGES/context-$name
   rm -rf "$ctx"
@@ -33,6 +39,13 @@ for name in "${names[@]}"; do
       cp "$here"/base/* "$ctx/" ;;
     update)
       cp "$CORPUS"/debs/hello_*.deb "$ctx/hello.deb" ;;
+    trixie)
+      [[ -f $IMAGES/debs-trixie/READY ]] || { echo "build.sh: run scripts/setup.sh first ($IMAGES/debs-trixie)" >&2; exit 1; }
+      rootfs_tar t
+      ln "$IMAGES/rootfs-t.tar" "$ctx/rootfs.tar"
+      mkdir "$ctx/debs"
+      cp "$IMAGES"/debs-trixie/*.deb "$deb" "$ctx/debs/"
+      for f in "$here"/base/*; do [[ $(basename "$f") == Containerfile ]] || cp "$f" "$ctx/"; done ;;
   esac
   # chroot isolation: RUN steps need no OCI runtime or cgroups (build hosts and CI
   # machines often have neither in a usable state). It shares the caller's network,

@@ -91,6 +91,30 @@ fetch_image_debs() {
   rm -rf "$images/debs" && mv "$images/debs.tmp" "$images/debs"
 }
 
+# The same for the trixie images (corpus t), from trixie's archive through a private
+# apt configuration: the packages are trixie's (libglib2.0-0t64, trixie's
+# systemd-boot), whatever release this machine runs.
+fetch_trixie_debs() {
+  [[ -f $images/debs-trixie/READY || ! -d $corpus_dir/t ]] && return
+  local apt=$images/apt-trixie mirror
+  mirror=$(awk '/^URIs:/ && !/security/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+  [[ -n $mirror ]] || mirror=$(awk '/^deb / && !/security/ {print $2; exit}' /etc/apt/sources.list)
+  rm -rf "$apt" "$images/debs-trixie.tmp"
+  mkdir -p "$apt/lists/partial" "$apt/cache" "$images/debs-trixie.tmp/partial"
+  echo "deb $mirror trixie main" > "$apt/sources.list"
+  local opts=(-o Dir::Etc::SourceList="$apt/sources.list" -o Dir::Etc::SourceParts=/nonexistent
+    -o Dir::State::Lists="$apt/lists" -o Dir::Cache="$apt/cache"
+    -o Dir::State::status="$corpus_dir/t/var/lib/dpkg/status"
+    -o Dir::Cache::archives="$images/debs-trixie.tmp" -o Debug::NoLocking=1)
+  { apt-get "${opts[@]}" update -q &&
+    apt-get "${opts[@]}" install --download-only -y -q --no-install-recommends \
+      libostree-1-1 libglib2.0-0t64 polkitd systemd-boot-efi; } >/dev/null ||
+    { echo "setup: downloading the packages the trixie test images need failed" >&2; exit 1; }
+  rm -rf "$images/debs-trixie.tmp/partial" "$images/debs-trixie.tmp/lock" "$apt"
+  touch "$images/debs-trixie.tmp/READY"
+  rm -rf "$images/debs-trixie" && mv "$images/debs-trixie.tmp" "$images/debs-trixie"
+}
+
 # The corpus: real Debian bookworm trees, built once and cached.
 shared=${ARBOR_SHARED:-$here/../shared}
 if [[ ${ARBOR_SKIP_CORPUS:-} != 1 ]]; then
@@ -100,4 +124,5 @@ if [[ ${ARBOR_SKIP_CORPUS:-} != 1 ]]; then
   }
   bash "$shared/corpus/make-trees.sh" >/dev/null
   fetch_image_debs
+  fetch_trixie_debs
 fi

@@ -43,6 +43,8 @@ pub const FORMAT: u32 = 3;
 const FULL_LEVEL: i32 = 15;
 /// Level for files compressed against their previous version.
 const PATCH_LEVEL: i32 = 19;
+/// Level for content that is compressed already (see [`is_dense`]).
+const DENSE_LEVEL: i32 = 3;
 /// Executables larger than this are diffed with bsdiff.
 const BSDIFF_FROM: usize = 256 << 10;
 /// The largest object a delta may carry (decompressed).
@@ -188,6 +190,23 @@ fn objects_by_path(repo: &Repo, commit: &ObjectId) -> Result<HashMap<(String, ch
     Ok(out)
 }
 
+/// True for a payload of 64 KiB or more that barely compresses: four slices of it
+/// (up to 256 KiB each, one from each quarter) shrink by less than 5% at zstd's
+/// fastest level.
+fn is_dense(payload: &[u8]) -> Result<bool> {
+    const SLICE: usize = 256 << 10;
+    if payload.len() < 64 << 10 {
+        return Ok(false);
+    }
+    // Slices that do not overlap, or the sample would repeat itself.
+    let (quarter, mut sample) = (payload.len() / 4, Vec::with_capacity(4 * SLICE));
+    for q in 0..4 {
+        let at = quarter * q;
+        sample.extend_from_slice(&payload[at..at + SLICE.min(quarter)]);
+    }
+    Ok(compress(&sample, 1, None)?.len() * 100 >= sample.len() * 95)
+}
+
 /// How a new file's base was found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Match {
@@ -281,10 +300,19 @@ fn record_for(
         raw_len: payload.len() as u64,
         data: Vec::new(),
     };
+    // Compressed content (an initramfs, a kernel image, `.gz` files): zstd's strongest
+    // levels spend tens of seconds on it for nothing (41 s on trixie's initramfs, to
+    // save 1%); only runs it shares verbatim with its base can help, and a fast level
+    // with long-distance matching finds those too.
+    let (full_level, patch_level) = if is_dense(&payload)? {
+        (DENSE_LEVEL, DENSE_LEVEL)
+    } else {
+        (FULL_LEVEL, PATCH_LEVEL)
+    };
     let mut full_len = 0;
     // A base found by a similar path may be unrelated: the record alone is tried too.
     if measure_full || !matches!(base, Some((_, Match::SamePath))) {
-        rec.data = compress(&payload, FULL_LEVEL, None)?;
+        rec.data = compress(&payload, full_level, None)?;
         full_len = rec.data.len() as u64;
     }
     if let Some((b, _)) = base {
@@ -307,7 +335,7 @@ fn record_for(
             consider(bsdiff::diff(&old, &payload)?, Encoding::BsdiffXz);
         } else {
             consider(
-                compress(&payload, PATCH_LEVEL, Some(&old))?,
+                compress(&payload, patch_level, Some(&old))?,
                 Encoding::Patch,
             );
         }
@@ -446,6 +474,29 @@ pub fn create(
 #[cfg(test)]
 mod tests {
     use super::similar_path;
+
+    #[test]
+    fn compressed_content_is_told_from_compressible() {
+        let text: Vec<u8> = (0..400_000u32)
+            .flat_map(|i| format!("line {}\n", i % 5000).into_bytes())
+            .collect();
+        assert!(!super::is_dense(&text).unwrap());
+        // Bytes as compressed data looks: no redundancy (xorshift).
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: Vec<u8> = (0..300_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        assert!(super::is_dense(&noise).unwrap());
+        assert!(
+            !super::is_dense(&noise[..1000]).unwrap(),
+            "small: not judged"
+        );
+    }
 
     #[test]
     fn a_file_moved_by_a_version_finds_its_previous_version() {

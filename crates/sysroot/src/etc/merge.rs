@@ -134,6 +134,7 @@ pub fn report(old_default: &EtcTree, local: &EtcTree, new_default: &EtcTree) -> 
             (true, false) => MergeOutcome::KeptLocal,
             // Both sides made it the same: nothing to choose.
             (true, true) if l == n => continue,
+            (true, true) if super::userdb::is_backup(path) => MergeOutcome::KeptLocal,
             (true, true) => match (l, n) {
                 (Some(EtcEntry::File(..)), Some(EtcEntry::File(..)))
                     if super::userdb::is_userdb(path) =>
@@ -537,6 +538,30 @@ mod tests {
                 KeepLocal("mine".into())
             ]
         );
+    }
+
+    #[test]
+    fn the_user_databases_backups_are_the_machines_never_a_conflict() {
+        let old = tree(&[
+            ("passwd-", file(1)),
+            ("shadow-", file(1)),
+            ("issue", file(1)),
+        ]);
+        let local = tree(&[
+            ("passwd-", file(2)),
+            ("shadow-", file(2)),
+            ("issue", file(2)),
+        ]);
+        let new = tree(&[
+            ("passwd-", file(3)),
+            ("shadow-", file(3)),
+            ("issue", file(3)),
+        ]);
+        let report = report(&old, &local, &new);
+        let outcome = |p: &str| report.iter().find(|e| e.path == p).unwrap().outcome;
+        assert_eq!(outcome("passwd-"), MergeOutcome::KeptLocal);
+        assert_eq!(outcome("shadow-"), MergeOutcome::KeptLocal);
+        assert_eq!(outcome("issue"), MergeOutcome::Conflict);
     }
 
     /// A new default that turns a directory into a symlink pointing outside must not

@@ -25,6 +25,15 @@ pub fn is_userdb(path: &str) -> bool {
     FILES.contains(&path)
 }
 
+/// True for the backup copy (`passwd-`, `subuid-`, …) that shadow's tools write of the
+/// machine's user database before each change: the machine's own, never a
+/// conflict. Its new default would be the image builder's backup, which means nothing
+/// on this machine; the merged database itself is the file that counts.
+pub fn is_backup(path: &str) -> bool {
+    path.strip_suffix('-')
+        .is_some_and(|p| FILES.contains(&p) || p == "subuid" || p == "subgid")
+}
+
 /// Two entries of the merged file that would share an id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdClash {
