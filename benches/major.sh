@@ -40,8 +40,10 @@ for i in $(seq "$RUNS"); do
   rm -rf "$W/ost/deltas"
   msk ostree-gen ostree static-delta generate --repo="$W/ost" --from="$OA" --to="$OT"
   msk arbor-gen "$ARBOR" --repo "$W/src" delta create a t -o "$W/at.delta"
+  msk arbor-gen-rc "$ARBOR" --repo "$W/src" delta create a t -o "$W/at-rc.delta" --recompress
 done
 arb_bytes=$(stat -c %s "$W/at.delta")
+rc_bytes=$(stat -c %s "$W/at-rc.delta")
 ostree summary --repo="$W/ost" -u  # a pull finds deltas through the summary
 
 PORT=$((20000 + RANDOM % 20000))
@@ -60,6 +62,10 @@ for i in $(seq "$RUNS"); do
   "$ARBOR" --repo "$W/adst" init >/dev/null
   "$ARBOR" --repo "$W/adst" commit -b a "$CORPUS/a" >/dev/null 2>&1
   ms arbor-apply "$ARBOR" --repo "$W/adst" delta apply "$W/at.delta" -b t
+  rm -rf "$W/adst"
+  "$ARBOR" --repo "$W/adst" init >/dev/null
+  "$ARBOR" --repo "$W/adst" commit -b a "$CORPUS/a" >/dev/null 2>&1
+  ms arbor-apply-rc "$ARBOR" --repo "$W/adst" delta apply "$W/at-rc.delta" -b t
 done
 ostree fsck --repo="$W/odst" >/dev/null
 # "… 2 delta parts, 21 loose fetched; 226372 KiB transferred in 41 seconds …"
@@ -67,14 +73,17 @@ ost_bytes=$(($(grep -o '[0-9]* KiB transferred' "$W/pull.out" | tail -1 | cut -d
 ost_detail=$(tr '\r' '\n' < "$W/pull.out" | grep 'transferred' | tail -1)
 "$ARBOR" --repo "$W/adst" fsck >/dev/null
 
-og=$(median ostree-gen); ag=$(median arbor-gen)
-oa=$(median ostree-apply); aa=$(median arbor-apply)
-om=$(median "$W/ostree-gen.kb"); am=$(median "$W/arbor-gen.kb")
+og=$(median ostree-gen); ag=$(median arbor-gen); agr=$(median arbor-gen-rc)
+oa=$(median ostree-apply); aa=$(median arbor-apply); aar=$(median arbor-apply-rc)
+om=$(median "$W/ostree-gen.kb"); am=$(median "$W/arbor-gen.kb"); amr=$(median "$W/arbor-gen-rc.kb")
 cat <<OUT
 bytes vs image:  tar+xz -6 $tar_xz_bytes, arbor $arb_bytes, ratio $(ratio "$arb_bytes" "$tar_xz_bytes") (goal <= 0.5)
 bytes vs ostree: ostree $ost_bytes, arbor $arb_bytes, ratio $(ratio "$arb_bytes" "$ost_bytes") (goal <= 0.8)
 generation:      ostree $og ms, arbor $ag ms, ratio $(ratio "$ag" "$og") (goal <= 0.5)
 peak memory:     ostree $om KB, arbor $am KB (goal: arbor <= 1048576 KB)
 apply:           ostree $oa ms, arbor $aa ms, ratio $(ratio "$aa" "$oa") (goal <= 0.5)
+with --recompress (xz files diffed by content, compressed again on apply):
+  bytes $rc_bytes (vs image $(ratio "$rc_bytes" "$tar_xz_bytes"), vs ostree $(ratio "$rc_bytes" "$ost_bytes")),
+  generation $agr ms ($(ratio "$agr" "$og")), peak memory $amr KB, apply $aar ms ($(ratio "$aar" "$oa"))
 (median of $RUNS; apply into a repository holding only a; ostree pull: $ost_detail)
 OUT

@@ -355,6 +355,7 @@ fn root_delta_diffs_xz_modules_by_content_across_kernel_versions() {
             "-o",
             s(out),
             "--json",
+            "--recompress",
         ]))
         .unwrap()
     };

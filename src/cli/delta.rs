@@ -32,6 +32,10 @@ pub struct DeltaPairArgs {
     /// The delta file (create; default FROM-TO.delta with short ids).
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Diff xz files (`.ko.xz` modules) by their content, compressed again on apply:
+    /// fewer bytes, much more CPU for the client (docs/delta.md).
+    #[arg(long)]
+    pub recompress: bool,
     #[command(flatten)]
     pub out: OutputArgs,
 }
@@ -84,7 +88,11 @@ pub fn delta(cli: &Cli, cmd: &DeltaCommand) -> Result<i32> {
                 (_, None) => PathBuf::from(format!("{}-{}.delta", from.short(), to.short())),
             };
             let measure = matches!(cmd, DeltaCommand::Stats(_));
-            let s = delta::create(&repo, &from, &to, &out, measure)?;
+            let how = delta::CreateOptions {
+                measure_full: measure,
+                recompress: a.recompress,
+            };
+            let s = delta::create(&repo, &from, &to, &out, how)?;
             if a.out.json {
                 return json(&s).map(|_| 0);
             }

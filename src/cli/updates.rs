@@ -92,6 +92,10 @@ pub struct PublishAddArgs {
     /// last release before a major upgrade. They are offered VERSION in this one's place.
     #[arg(long, value_name = "VERSION")]
     pub requires: Option<String>,
+    /// Make the deltas with xz files diffed by their content (`delta create
+    /// --recompress`): for fleets on slow or metered links.
+    #[arg(long)]
+    pub recompress: bool,
 }
 
 /// `arbor publish phase`.
@@ -171,6 +175,7 @@ pub fn publish(cli: &Cli, cmd: &PublishCommand) -> Result<i32> {
                 deltas_from: a.deltas_from,
                 release_notes: a.release_notes.clone(),
                 requires: a.requires.clone(),
+                recompress: a.recompress,
             };
             let r = publisher(&a.dir)?.add(&repo, &opts, lock_wait(cli))?;
             if a.dir.output.json {

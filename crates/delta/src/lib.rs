@@ -207,6 +207,9 @@ fn is_dense(payload: &[u8]) -> Result<bool> {
     Ok(compress(&sample, 1, None)?.len() * 100 >= sample.len() * 95)
 }
 
+/// A new object's previous version, and how it was found.
+type Base = (ObjectId, Match);
+
 /// How a new file's base was found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Match {
@@ -286,8 +289,8 @@ fn record_for(
     repo: &Repo,
     id: ObjectId,
     kind: ObjectKind,
-    base: Option<(ObjectId, Match)>,
-    measure_full: bool,
+    base: Option<Base>,
+    opts: CreateOptions,
 ) -> Result<(Record, u64)> {
     let wire::Parts {
         header: meta,
@@ -311,7 +314,7 @@ fn record_for(
     };
     let mut full_len = 0;
     // A base found by a similar path may be unrelated: the record alone is tried too.
-    if measure_full || !matches!(base, Some((_, Match::SamePath))) {
+    if opts.measure_full || !matches!(base, Some((_, Match::SamePath))) {
         rec.data = compress(&payload, full_level, None)?;
         full_len = rec.data.len() as u64;
     }
@@ -325,7 +328,11 @@ fn record_for(
         };
         // A large executable shifts addresses all over when rebuilt: bsdiff follows
         // that, zstd does not. For the rest zstd's patch is as good and much faster.
-        if let Some((recipe, content)) = recompress::reproducible(&payload) {
+        let recompressible = opts
+            .recompress
+            .then(|| recompress::reproducible(&payload))
+            .flatten();
+        if let Some((recipe, content)) = recompressible {
             // Compressed bytes share nothing with the base: the content is diffed.
             let old = recompress::base_content(&old)?;
             let (inner, data) = recompress::inner_record(&old, &content, PATCH_LEVEL)?;
@@ -343,17 +350,29 @@ fn record_for(
     Ok((rec, full_len))
 }
 
+/// How [`create`] works.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CreateOptions {
+    /// Also compress every object on its own, to report what a full fetch would
+    /// transfer (`delta stats`); otherwise that work is skipped.
+    pub measure_full: bool,
+    /// Diff xz files by their content and compress them again on apply
+    /// ([`recompress`]). Off by default: on the major upgrade a → t it saves 19 MB of
+    /// 190 and costs the client about 100 s of CPU (xz compresses 3 MB/s a core),
+    /// worth it only on links slower than about 0.2 MB/s (docs/delta.md).
+    pub recompress: bool,
+}
+
 /// Writes the delta from `from` to `to` into `out` (written aside and renamed, so a
 /// crash leaves no half delta); returns its sizes.
-/// With `measure_full`, every object is also compressed on its own, to report what a
-/// full fetch would transfer (`delta stats`); otherwise that work is skipped.
 pub fn create(
     repo: &Repo,
     from: &ObjectId,
     to: &ObjectId,
     out: &Path,
-    measure_full: bool,
+    opts: CreateOptions,
 ) -> Result<DeltaStats> {
+    let measure_full = opts.measure_full;
     let have = reach::walk_commit(repo, from);
     let want = reach::walk_commit(repo, to);
     if let Some((id, kind, at, e)) = want.unreadable.first().or(have.unreadable.first()) {
@@ -362,7 +381,7 @@ pub fn create(
     let bases = Bases::walked(&have, from)?;
     let old_paths = objects_by_path(repo, from)?;
     let old_similar = similar_files(&old_paths);
-    let mut new: Vec<(ObjectId, ObjectKind, Option<(ObjectId, Match)>)> = Vec::new();
+    let mut new: Vec<(ObjectId, ObjectKind, Option<Base>)> = Vec::new();
     for ((id, kind), used_at) in &want.objects {
         if have.objects.contains_key(&(*id, *kind)) {
             continue;
@@ -387,7 +406,7 @@ pub fn create(
             let regular =
                 *kind != ObjectKind::File || repo.file_info(id).is_ok_and(|i| i.target.is_none());
             let base = base.filter(|_| regular);
-            record_for(repo, *id, *kind, base, measure_full)
+            record_for(repo, *id, *kind, base, opts)
                 .with_context(|| format!("object {id} ({kind})"))
         })
         .collect::<Result<_>>()?;

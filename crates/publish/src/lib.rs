@@ -113,6 +113,8 @@ pub struct AddOptions {
     /// A version of the channel that machines must run before this one
     /// ([`VersionEntry::requires`]).
     pub requires: Option<String>,
+    /// Diff xz files in the deltas by their content ([`delta::CreateOptions`]).
+    pub recompress: bool,
 }
 
 fn now() -> DateTime<Utc> {
@@ -390,7 +392,11 @@ impl Publisher {
                 "cannot make a delta from {from}: the repository does not hold that commit"
             );
             let rel = format!("deltas/{from}-{}.delta", opts.commit);
-            let s = delta::create(repo, &from, &opts.commit, &self.dir.join(&rel), false)?;
+            let how = delta::CreateOptions {
+                measure_full: false,
+                recompress: opts.recompress,
+            };
+            let s = delta::create(repo, &from, &opts.commit, &self.dir.join(&rel), how)?;
             deltas.push(DeltaRef {
                 from,
                 file: file_ref(&self.dir, &rel)?,
