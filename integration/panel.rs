@@ -171,10 +171,15 @@ fn names(list: &Value) -> Vec<String> {
 }
 
 /// Waits until the panel sees AvailableUpdate change, and returns the new value.
-fn available_changed(p: &mut Panel) -> Value {
-    let e = p.until(MINUTES, |e| {
-        e["path"] == ROOT && e["changed"].get("AvailableUpdate").is_some()
-    });
+/// The `AvailableUpdate` change a panel saw after its `since`-th event, waited for if
+/// it has not come yet. It may come before or after the check's `Finished` signal
+/// (which `finished` reads past), so the events already read count too.
+fn available_changed(p: &mut Panel, since: usize) -> Value {
+    let is_change = |e: &Value| e["path"] == ROOT && e["changed"].get("AvailableUpdate").is_some();
+    let e = match p.seen[since..].iter().find(|e| is_change(e)) {
+        Some(e) => e.clone(),
+        None => p.until(MINUTES, is_change),
+    };
     e["changed"]["AvailableUpdate"].clone()
 }
 
@@ -195,10 +200,11 @@ fn root_a_panel_checks_sees_package_changes_and_upgrades_following_progress() {
     );
 
     // Check: both panels learn what version 2 changes, before anything is fetched.
+    let (since_a, since_b) = (a.seen.len(), b.seen.len());
     let check = a.ok("start Check").as_str().unwrap().to_string();
     assert_eq!(a.finished(&check, MINUTES), (true, String::new()));
-    let offer = available_changed(&mut b);
-    assert_eq!(available_changed(&mut a), offer);
+    let offer = available_changed(&mut b, since_b);
+    assert_eq!(available_changed(&mut a, since_a), offer);
     assert_eq!(offer["version"], "2");
     assert_eq!(offer["remote"], "origin");
     assert_eq!(offer["channel"], "stable");

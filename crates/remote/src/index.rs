@@ -127,7 +127,7 @@ pub struct VersionEntry {
     /// version, carrying what the next one's migration needs. A machine on an older
     /// version, or on one the channel does not list, is offered that version in this
     /// one's place (whatever its phase) and is refused this one when it asks for it
-    /// by name ([`next_step`]). Absent in indexes written before arbor 0.12.
+    /// by name ([`next_step`]). Absent unless the publisher set one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requires: Option<String>,
 }
