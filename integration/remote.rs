@@ -756,19 +756,13 @@ fn root_fsck_delete_then_a_fetch_repairs_a_damaged_store() {
     assert_eq!(std::fs::read_to_string(path).unwrap(), "tool 1\n");
 }
 
-/// A version that requires an earlier one (`publish add --requires`, the last release
-/// before a major upgrade): a machine before it is offered the required version in its
-/// place and upgrades to that; asked for by name (`deploy --version`), the later version is refused with
-/// the step to take and nothing staged; once the machine boots the required version,
-/// the later one is offered. A publisher cannot require a version the channel lacks.
-#[test]
-fn root_a_required_version_comes_first() {
-    as_root!();
-    let t = scratch();
-    let (build, srv, pubdir) = server(t.path());
+/// A build repository with `versions` composed (`os/V`), a publication of version 1
+/// served by nginx, and a client that deployed it: (build, publication, nginx, sysroot).
+fn client_on_version_1(dir: &Path, versions: &[&str]) -> (PathBuf, PathBuf, Nginx, String) {
+    let (build, srv, pubdir) = server(dir);
     let (b, p) = (s(&build), s(&pubdir));
-    for v in ["1", "2", "3"] {
-        let tree = common::rootfs(&t.path().join(v), v);
+    for v in versions {
+        let tree = common::rootfs(&dir.join(v), v);
         let branch = format!("os/{v}");
         ok(&[
             "--repo",
@@ -784,14 +778,28 @@ fn root_a_required_version_comes_first() {
     }
     ok(&["publish", "init", p]);
     publish(b, p, "1", "os/1", &[]);
-    let nginx = Nginx::start(&srv, &t.path().join("nginx"), None);
+    let nginx = Nginx::start(&srv, &dir.join("nginx"), None);
     let url = format!("{}pub", nginx.url);
     let sys = client(
-        &t.path().join("client"),
+        &dir.join("client"),
         &url,
         &pubdir.join("metadata/1.root.json"),
     );
     ok(&["--sysroot", &sys, "deploy", "origin:stable"]);
+    (build, pubdir, nginx, sys)
+}
+
+/// A version that requires an earlier one (`publish add --requires`, the last release
+/// before a major upgrade): a machine before it is offered the required version in its
+/// place and upgrades to that; asked for by name (`deploy --version`), the later version is refused with
+/// the step to take and nothing staged; once the machine boots the required version,
+/// the later one is offered. A publisher cannot require a version the channel lacks.
+#[test]
+fn root_a_required_version_comes_first() {
+    as_root!();
+    let t = scratch();
+    let (build, pubdir, _nginx, sys) = client_on_version_1(t.path(), &["1", "2", "3"]);
+    let (b, p) = (s(&build), s(&pubdir));
     publish(b, p, "2", "os/2", &[]);
     let e = err(&[
         "--repo",
@@ -865,33 +873,8 @@ fn root_a_required_version_comes_first() {
 fn root_a_dry_run_lists_etc_conflicts_before_anything_is_staged() {
     as_root!();
     let t = scratch();
-    let (build, srv, pubdir) = server(t.path());
+    let (build, pubdir, _nginx, sys) = client_on_version_1(t.path(), &["1", "2"]);
     let (b, p) = (s(&build), s(&pubdir));
-    for v in ["1", "2"] {
-        let tree = common::rootfs(&t.path().join(v), v);
-        let branch = format!("os/{v}");
-        ok(&[
-            "--repo",
-            b,
-            "compose",
-            "rootfs",
-            s(&tree),
-            "-b",
-            &branch,
-            "--version",
-            v,
-        ]);
-    }
-    ok(&["publish", "init", p]);
-    publish(b, p, "1", "os/1", &[]);
-    let nginx = Nginx::start(&srv, &t.path().join("nginx"), None);
-    let url = format!("{}pub", nginx.url);
-    let sys = client(
-        &t.path().join("client"),
-        &url,
-        &pubdir.join("metadata/1.root.json"),
-    );
-    ok(&["--sysroot", &sys, "deploy", "origin:stable"]);
     publish(b, p, "2", "os/2", &[]);
     // The administrator edits sshd_config (which 2 changes too) and the hostname
     // (which 2 leaves alone).

@@ -208,7 +208,8 @@ pub fn print_update(r: &UpdateResult, action: Action, dry_run: bool) {
                 for p in c {
                     println!(
                         "/etc conflict: /etc/{p} (changed here and by the update: yours \
-                         is kept, the new default saved as /etc/{p}.arbor-dist)"
+                         is kept, the new default saved as /etc/{p}{})",
+                        arbor_sysroot::etc::merge::DIST_SUFFIX
                     );
                 }
             }
