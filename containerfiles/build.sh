@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds the test images from the Containerfiles here, offline, into podman's storage:
-# localhost/arbor-base, localhost/arbor-update, localhost/arbor-broken and
-# localhost/arbor-trixie.
+# localhost/arbor-base, localhost/arbor-update, localhost/arbor-broken,
+# localhost/arbor-trixie, localhost/arbor-trixie-dracut and localhost/arbor-trixie-broken.
 #
-#   containerfiles/build.sh [IMAGE...]        default: base update broken trixie
+#   containerfiles/build.sh [IMAGE...]   default: all, in that order (each FROM an earlier)
 #
 # The base image's root comes from corpus a as a tarball (FROM scratch + ADD), and it
 # installs arbor from its Debian package (scripts/build-deb.sh) with the packages the
@@ -15,7 +15,7 @@ root=$(cd "$here/.." && pwd)
 CORPUS=${ARBOR_CORPUS:-/var/tmp/arbor-corpus}
 IMAGES=${ARBOR_IMAGES:-/var/tmp/arbor-images}
 names=("$@")
-((${#names[@]})) || names=(base update broken trixie)
+((${#names[@]})) || names=(base update broken trixie trixie-dracut trixie-broken)
 deb=${ARBOR_DEB:-$(bash "$root/scripts/build-deb.sh")}
 [[ -f $IMAGES/debs/READY ]] || { echo "build.sh: run scripts/setup.sh first ($IMAGES/debs)" >&2; exit 1; }
 # rootfs_tar TREE: the corpus tree as a tarball, made again when the corpus is newer.
@@ -46,6 +46,13 @@ for name in "${names[@]}"; do
       mkdir "$ctx/debs"
       cp "$IMAGES"/debs-trixie/*.deb "$deb" "$ctx/debs/"
       for f in "$here"/base/*; do [[ $(basename "$f") == Containerfile ]] || cp "$f" "$ctx/"; done ;;
+    trixie-dracut)
+      [[ -f $IMAGES/debs-trixie-dracut/READY ]] || { echo "build.sh: run scripts/setup.sh first ($IMAGES/debs-trixie-dracut)" >&2; exit 1; }
+      mkdir "$ctx/debs"
+      cp "$IMAGES"/debs-trixie-dracut/*.deb "$ctx/debs/" ;;
+    trixie-broken)
+      cp "$CORPUS"/debs/hello_*.deb "$ctx/hello.deb"
+      cp "$here"/update/demo-server "$here"/update/arbor-demo.conf "$here"/broken/10-required "$ctx/" ;;
   esac
   # chroot isolation: RUN steps need no OCI runtime or cgroups (build hosts and CI
   # machines often have neither in a usable state). It shares the caller's network,

@@ -93,26 +93,31 @@ fetch_image_debs() {
 
 # The same for the trixie images (corpus t), from trixie's archive through a private
 # apt configuration: the packages are trixie's (libglib2.0-0t64, trixie's
-# systemd-boot), whatever release this machine runs.
+# systemd-boot), whatever release this machine runs. fetch_trixie_debs DIR PACKAGE...
+# fills $images/DIR once (debs-trixie: what the trixie image adds to the corpus, with
+# systemd-boot, whose systemd-bless-boot must agree with arbor's health check;
+# debs-trixie-dracut: Debian's dracut, which the trixie-dracut image puts in place of
+# initramfs-tools).
 fetch_trixie_debs() {
-  [[ -f $images/debs-trixie/READY || ! -d $corpus_dir/t ]] && return
-  local apt=$images/apt-trixie mirror
+  local dir=$images/$1 apt=$images/apt-$1 mirror
+  shift
+  # READY names the packages: a changed list fetches again.
+  [[ ! -d $corpus_dir/t || ( -f $dir/READY && $(cat "$dir/READY") == "$*" ) ]] && return
   mirror=$(awk '/^URIs:/ && !/security/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
   [[ -n $mirror ]] || mirror=$(awk '/^deb / && !/security/ {print $2; exit}' /etc/apt/sources.list)
-  rm -rf "$apt" "$images/debs-trixie.tmp"
-  mkdir -p "$apt/lists/partial" "$apt/cache" "$images/debs-trixie.tmp/partial"
+  rm -rf "$apt" "$dir.tmp"
+  mkdir -p "$apt/lists/partial" "$apt/cache" "$dir.tmp/partial"
   echo "deb $mirror trixie main" > "$apt/sources.list"
   local opts=(-o Dir::Etc::SourceList="$apt/sources.list" -o Dir::Etc::SourceParts=/nonexistent
     -o Dir::State::Lists="$apt/lists" -o Dir::Cache="$apt/cache"
     -o Dir::State::status="$corpus_dir/t/var/lib/dpkg/status"
-    -o Dir::Cache::archives="$images/debs-trixie.tmp" -o Debug::NoLocking=1)
+    -o Dir::Cache::archives="$dir.tmp" -o Debug::NoLocking=1)
   { apt-get "${opts[@]}" update -q &&
-    apt-get "${opts[@]}" install --download-only -y -q --no-install-recommends \
-      libostree-1-1 libglib2.0-0t64 polkitd systemd-boot-efi; } >/dev/null ||
-    { echo "setup: downloading the packages the trixie test images need failed" >&2; exit 1; }
-  rm -rf "$images/debs-trixie.tmp/partial" "$images/debs-trixie.tmp/lock" "$apt"
-  touch "$images/debs-trixie.tmp/READY"
-  rm -rf "$images/debs-trixie" && mv "$images/debs-trixie.tmp" "$images/debs-trixie"
+    apt-get "${opts[@]}" install --download-only -y -q --no-install-recommends "$@"; } >/dev/null ||
+    { echo "setup: downloading the trixie packages $* failed" >&2; exit 1; }
+  rm -rf "$dir.tmp/partial" "$dir.tmp/lock" "$apt"
+  echo "$*" > "$dir.tmp/READY"
+  rm -rf "$dir" && mv "$dir.tmp" "$dir"
 }
 
 # The corpus: real Debian bookworm trees, built once and cached.
@@ -124,5 +129,6 @@ if [[ ${ARBOR_SKIP_CORPUS:-} != 1 ]]; then
   }
   bash "$shared/corpus/make-trees.sh" >/dev/null
   fetch_image_debs
-  fetch_trixie_debs
+  fetch_trixie_debs debs-trixie libostree-1-1 libglib2.0-0t64 polkitd systemd-boot-efi systemd-boot
+  fetch_trixie_debs debs-trixie-dracut dracut
 fi

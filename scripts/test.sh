@@ -24,5 +24,5 @@ if [[ ${ARBOR_FUZZ:-} == 1 ]]; then
   bash scripts/fuzz.sh
 fi
 if [[ ${ARBOR_VM:-} == 1 ]]; then
-  ARBOR_DEB=$deb cargo test --test vm --quiet -- --ignored --test-threads=1 2>&1
+  ARBOR_DEB=$deb cargo test --test vm --test vm_trixie --quiet -- --ignored --test-threads=1 2>&1
 fi

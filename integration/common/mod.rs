@@ -8,6 +8,7 @@ pub mod live;
 pub mod nginx;
 pub mod panel;
 pub mod userns;
+pub mod vm;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::symlink;

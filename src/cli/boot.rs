@@ -28,7 +28,8 @@ pub struct HealthCheckArgs {
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
     /// On a running system, first wait up to this many seconds for systemd to finish
-    /// starting the system (what arbor-health-check.service does at boot).
+    /// starting the system (for a run by hand during the boot; the unit is ordered
+    /// after multi-user.target instead).
     #[arg(long, value_name = "SECONDS")]
     pub wait_for_startup: Option<u64>,
     #[command(flatten)]
