@@ -333,7 +333,9 @@ fn root_compose_twice_gives_one_commit_and_failures_are_clear() {
     let t = scratch();
     let repo = t.path().join("repo");
     arbor_ok(&["--repo", s_(&repo), "init"]);
-    let small = "name = \"small\"\nversion = \"1\"\nsuite = \"bookworm\"\npackages = [\"less\"]\n[etc]\n\"hostname\" = \"small\\n\"\n";
+    // Trixie (Debian 13, stable since 2025), where SERVER is bookworm: compose tree
+    // is tested with both releases.
+    let small = "name = \"small\"\nversion = \"1\"\nsuite = \"trixie\"\npackages = [\"less\"]\n[etc]\n\"hostname\" = \"small\\n\"\n";
     let tf = treefile(t.path(), "small", small);
     let one = ok(
         arbor_at_epoch(&["--repo", s_(&repo), "compose", "tree", s_(&tf), "-b", "one"]),
