@@ -915,3 +915,81 @@ fn root_a_dry_run_lists_etc_conflicts_before_anything_is_staged() {
         "{st:#}"
     );
 }
+
+/// The update says the mildest way to apply it (docs/activation.md), from what
+/// changes between the booted deployment and the update: a changed program goes
+/// live; a new kernel needs kexec, which a folder sysroot (not the running system)
+/// cannot do, so a reboot, with each milder step named and why it was passed over.
+/// A dry run says it once the version is downloaded; staging says it too.
+#[test]
+fn root_an_update_says_the_mildest_way_to_apply_it() {
+    as_root!();
+    let t = scratch();
+    let (build, pubdir, _nginx, sys) = client_on_version_1(t.path(), &["1", "2", "3"]);
+    let (b, p) = (s(&build), s(&pubdir));
+    let cmdline = t.path().join("cmdline");
+    ok(&[
+        "--sysroot",
+        &sys,
+        "boot-select",
+        "--cmdline-out",
+        s(&cmdline),
+    ]);
+    let booted = |args: &[&str]| {
+        let out = Command::new(common::arbor_bin())
+            .args(["--sysroot", &sys])
+            .args(args)
+            .env("ARBOR_CMDLINE", &cmdline)
+            .env("ARBOR_MACHINE_ID", MACHINE)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{args:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+
+    // 2 changes a program: live.
+    publish(b, p, "2", "os/2", &[]);
+    let dry = booted(&["upgrade", "--dry-run"]);
+    assert!(!dry.contains("mildest way"), "not downloaded yet:\n{dry}");
+    booted(&["upgrade", "--download-only"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&booted(&["upgrade", "--dry-run", "--json"])).unwrap();
+    assert_eq!(v["update"]["activation"]["step"], "live", "{v:#}");
+    assert_eq!(
+        v["update"]["activation"]["passed_over"],
+        serde_json::json!([]),
+        "{v:#}"
+    );
+    let out = booted(&["upgrade"]);
+    assert!(out.contains("mildest way to apply it: live"), "{out}");
+
+    // 3 brings another kernel.
+    let tree = t.path().join("3").join("rootfs-3");
+    std::fs::write(tree.join("boot/vmlinuz-6.1.0-test"), "another kernel").unwrap();
+    ok(&[
+        "--repo",
+        b,
+        "compose",
+        "rootfs",
+        s(&tree),
+        "-b",
+        "os/3",
+        "--version",
+        "3",
+    ]);
+    publish(b, p, "3", "os/3", &[]);
+    let out = booted(&["upgrade"]);
+    assert!(out.contains("mildest way to apply it: reboot"), "{out}");
+    for want in [
+        "not live: the kernel or the initramfs changes",
+        "not soft-reboot: the kernel or the initramfs changes",
+        "not kexec: not the running system",
+    ] {
+        assert!(out.contains(want), "no {want:?}:\n{out}");
+    }
+}

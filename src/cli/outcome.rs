@@ -214,6 +214,7 @@ pub fn print_update(r: &UpdateResult, action: Action, dry_run: bool) {
                 }
             }
         }
+        print_activation(r);
         return;
     }
     if let Some(f) = &r.fetched {
@@ -229,6 +230,17 @@ pub fn print_update(r: &UpdateResult, action: Action, dry_run: bool) {
         (_, Some(d)) => println!("staged {d}: it runs after the next reboot"),
         (Action::Download, _) => println!("downloaded; 'arbor upgrade' stages it"),
         _ => {}
+    }
+    print_activation(r);
+}
+
+/// The activation ladder's choice for the update (docs/activation.md), when known.
+fn print_activation(r: &UpdateResult) {
+    if let Some(a) = &r.activation {
+        println!("mildest way to apply it: {}", a.step);
+        for p in &a.passed_over {
+            println!("  not {p}");
+        }
     }
 }
 

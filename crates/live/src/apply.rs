@@ -26,6 +26,7 @@ use arbor_core::lock::WriterLock;
 use arbor_store::ObjectId;
 use arbor_store::diff::diff_commits;
 use arbor_store::inspect;
+use arbor_sysroot::etc::merge as etc_merge;
 use arbor_sysroot::live_record::LiveRecord;
 use arbor_sysroot::status;
 use arbor_sysroot::{Deployment, Sysroot};
@@ -134,18 +135,45 @@ fn pending(sysroot: &Sysroot) -> Result<Deployment> {
 /// Works out what apply-live would do, without changing anything: reads the facts
 /// from the store and the live root, and leaves the decisions to [`plan::decide`].
 pub fn plan(sysroot: &Sysroot, root: &Path, opts: &ApplyOptions) -> Result<LivePlan> {
-    let from = booted(sysroot)?;
     let to = pending(sysroot)?;
+    let new_default = || etc_merge::scan(&sysroot.deployment_path(&to).join("usr/etc"));
+    plan_to(sysroot, root, opts, &to.commit, &new_default)
+}
+
+/// [`plan`] for a commit in the store that is not deployed yet (an update a dry run
+/// found downloaded), with its `/etc` defaults read from the store.
+pub fn plan_for_commit(sysroot: &Sysroot, root: &Path, commit: &ObjectId) -> Result<LivePlan> {
+    let new_default =
+        || arbor_sysroot::etc::stored::scan_commit(sysroot.repo(), commit, "/usr/etc");
+    plan_to(
+        sysroot,
+        root,
+        &ApplyOptions::default(),
+        commit,
+        &new_default,
+    )
+}
+
+/// [`plan`] from the booted deployment to `to`, whose `/etc` defaults `new_default`
+/// reads.
+fn plan_to(
+    sysroot: &Sysroot,
+    root: &Path,
+    opts: &ApplyOptions,
+    to: &ObjectId,
+    new_default: &dyn Fn() -> Result<etc_merge::EtcTree>,
+) -> Result<LivePlan> {
+    let from = booted(sysroot)?;
     let repo = sysroot.repo();
     let only = opts.packages.as_deref().map(|names| {
         let mut files = BTreeSet::new();
         for n in names {
             files.extend(package_files(sysroot, &from.commit, n));
-            files.extend(package_files(sysroot, &to.commit, n));
+            files.extend(package_files(sysroot, to, n));
         }
         (names, files)
     });
-    let units = match inspect::list(repo, &to.commit, UNIT_DIR, false) {
+    let units = match inspect::list(repo, to, UNIT_DIR, false) {
         Ok(list) => list
             .into_iter()
             .filter_map(|e| e.path.rsplit('/').next().map(str::to_string))
@@ -154,7 +182,7 @@ pub fn plan(sysroot: &Sysroot, root: &Path, opts: &ApplyOptions) -> Result<LiveP
     };
     let etc = match opts.packages {
         None => {
-            let etc = plan_etc(sysroot, &from, &to, root)?;
+            let etc = plan_etc(sysroot, &from, new_default()?, root)?;
             Some(EtcOutcome {
                 changed: etc.changed,
                 conflicts: etc.conflicts,
@@ -164,15 +192,15 @@ pub fn plan(sysroot: &Sysroot, root: &Path, opts: &ApplyOptions) -> Result<LiveP
     };
     plan::decide(Facts {
         from: from.commit,
-        to: to.commit,
-        changes: diff_commits(repo, &from.commit, &to.commit)?,
+        to: *to,
+        changes: diff_commits(repo, &from.commit, to)?,
         packages: arbor_store::dpkg::diff(
             &arbor_store::dpkg::packages_of(repo, &from.commit)?,
-            &arbor_store::dpkg::packages_of(repo, &to.commit)?,
+            &arbor_store::dpkg::packages_of(repo, to)?,
         ),
         only,
         units,
-        read: &|path| read_text(sysroot, &to.commit, path),
+        read: &|path| read_text(sysroot, to, path),
         etc,
         open: &|removed| open_elsewhere(root, removed),
     })
@@ -243,7 +271,8 @@ pub fn apply_live(
     // overlay is mounted; the /etc entries then switch by renames beside themselves.
     let etc_swap = match opts.packages {
         None => {
-            let etc = plan_etc(sysroot, &from, &to, root)?;
+            let new_default = etc_merge::scan(&sysroot.deployment_path(&to).join("usr/etc"))?;
+            let etc = plan_etc(sysroot, &from, new_default, root)?;
             Some(prepare_etc_live(sysroot, &to, root, &etc, &dir)?)
         }
         Some(_) => None,

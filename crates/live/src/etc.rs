@@ -27,15 +27,14 @@ pub struct EtcPlan {
 }
 
 /// Plans the live `/etc` merge: the booted deployment's defaults against the pending
-/// one's, with the live `/etc` as the local state.
+/// one's (`new_default`), with the live `/etc` as the local state.
 pub fn plan_etc(
     sysroot: &Sysroot,
     from: &Deployment,
-    to: &Deployment,
+    new_default: etc_merge::EtcTree,
     root: &Path,
 ) -> Result<EtcPlan> {
     let old_default = etc_merge::scan(&sysroot.deployment_path(from).join("usr/etc"))?;
-    let new_default = etc_merge::scan(&sysroot.deployment_path(to).join("usr/etc"))?;
     let local = etc_merge::scan(&root.join("etc"))?;
     let actions = etc_merge::plan(&old_default, &local);
     let (changed, conflicts) = classify(&old_default, &new_default, &local, &actions);

@@ -8,10 +8,12 @@
 //! machine, so a reboot drops it); a hotfix lives beside its deployment and
 //! prepare-root mounts it again at each boot.
 
+pub mod activation;
 pub mod apply;
 pub mod changes;
 mod etc;
 pub mod hotfix_commit;
+pub mod ladder;
 pub mod overlay;
 pub mod plan;
 pub mod request;

@@ -76,6 +76,10 @@ pub struct UpdateResult {
     /// saves the new default beside it. None when unknown: the version is not
     /// downloaded yet, or this is not a dry run.
     pub etc_conflicts: Option<Vec<String>>,
+    /// The mildest step that brings the machine to the update (live, soft-reboot,
+    /// kexec or reboot) and why (docs/activation.md): for the staged deployment, or
+    /// in a dry run for a version already downloaded. None when unknown.
+    pub activation: Option<arbor_live::ladder::Activation>,
 }
 
 /// Where updates come from for this sysroot: (remote, channel, current base commit,
@@ -331,6 +335,11 @@ pub fn perform(
         if opts.dry_run {
             result.etc_conflicts =
                 arbor_sysroot::etc_state::conflicts_with_commit(sysroot, &os, &target.commit)?;
+            if result.etc_conflicts.is_some() {
+                result.activation = activation(sysroot, |l| {
+                    arbor_live::ladder::for_commit(sysroot, &target.commit, l)
+                });
+            }
         }
         if opts.dry_run || action == Action::Check {
             return step(&mut rec, State::Idle);
@@ -388,6 +397,10 @@ pub fn perform(
         rec.deployment = Some(name);
         // What was offered is what boots next: nothing is available beyond it.
         rec.offer = None;
+        if current_d.is_some() {
+            result.activation =
+                activation(sysroot, |l| arbor_live::ladder::for_pending(sysroot, l));
+        }
         // A first deployment has nothing to stage behind: it is simply the default.
         step(&mut rec, State::Staged)
     })();
@@ -400,6 +413,24 @@ pub fn perform(
     outcome?;
     result.state = rec.state;
     Ok(result)
+}
+
+/// The activation ladder's choice, where the machine has a booted deployment to
+/// compare with. Advisory: a fact it cannot read is logged, and the update goes on.
+fn activation(
+    sysroot: &Sysroot,
+    choose: impl FnOnce(&arbor_live::ladder::Limits) -> Result<arbor_live::activation::Choice>,
+) -> Option<arbor_live::ladder::Activation> {
+    if arbor_live::booted(sysroot).is_err() {
+        return None;
+    }
+    match choose(&arbor_live::ladder::Limits::default()) {
+        Ok(c) => Some((&c).into()),
+        Err(e) => {
+            tracing::warn!("cannot tell how the update can be applied: {e:#}");
+            None
+        }
+    }
 }
 
 /// True when local time is in the hour that starts at `preferred` (`HH:MM`).
