@@ -967,6 +967,11 @@ fn root_an_update_says_the_mildest_way_to_apply_it() {
     );
     let out = booted(&["upgrade"]);
     assert!(out.contains("mildest way to apply it: live"), "{out}");
+    // Kept with the update's state, for update-status and the daemon's UpdateStatus.
+    let st: serde_json::Value =
+        serde_json::from_str(&booted(&["update-status", "--json"])).unwrap();
+    assert_eq!(st["activation"]["step"], "live", "{st:#}");
+    assert!(booted(&["update-status"]).contains("apply:     live: the mildest step"));
 
     // 3 brings another kernel.
     let tree = t.path().join("3").join("rootfs-3");

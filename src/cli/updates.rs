@@ -388,6 +388,9 @@ pub fn update_status(cli: &Cli, o: &OutputArgs) -> Result<i32> {
     for d in &rec.downloads {
         println!("partial:   {} ({})", d.url, human_bytes(d.size));
     }
+    if let Some(a) = &rec.activation {
+        println!("apply:     {}", a.summary);
+    }
     if let Some(e) = &rec.error {
         println!("error:     {e}");
     }

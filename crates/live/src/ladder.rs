@@ -36,7 +36,16 @@ impl Default for Limits {
 
 /// The choice as the CLI, JSON and D-Bus carry it.
 #[derive(
-    Clone, Debug, Default, Serialize, zvariant::Type, zvariant::Value, zvariant::OwnedValue,
+    Clone,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    serde::Deserialize,
+    zvariant::Type,
+    zvariant::Value,
+    zvariant::OwnedValue,
 )]
 #[zvariant(signature = "dict")]
 pub struct Activation {

@@ -347,6 +347,7 @@ pub fn perform(
         rec.version = Some(target.version.clone());
         rec.commit = Some(target.commit);
         rec.deployment = None;
+        rec.activation = None;
         rec.bytes_total = plan.chosen().map_or(0, |c| c.bytes);
         rec.bytes_done = 0;
         step(&mut rec, State::Downloading)?;
@@ -400,6 +401,7 @@ pub fn perform(
         if current_d.is_some() {
             result.activation =
                 activation(sysroot, |l| arbor_live::ladder::for_pending(sysroot, l));
+            rec.activation = result.activation.clone();
         }
         // A first deployment has nothing to stage behind: it is simply the default.
         step(&mut rec, State::Staged)

@@ -135,6 +135,10 @@ pub struct UpdateRecord {
     /// stored).
     #[serde(default)]
     pub downloads: Vec<PartialDownload>,
+    /// The mildest way to apply the staged update (docs/activation.md), worked out
+    /// when it was staged; `None` otherwise.
+    #[serde(default)]
+    pub activation: Option<arbor_live::ladder::Activation>,
 }
 
 fn format_version() -> u32 {
@@ -283,6 +287,9 @@ fn reconcile(rec: &mut UpdateRecord, target_booted: bool, counting: bool) {
     } else {
         rec.state
     };
+    if next != State::Staged {
+        rec.activation = None;
+    }
     rec.state = next;
 }
 
