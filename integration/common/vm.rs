@@ -43,6 +43,8 @@ pub fn path_with_tools() -> String {
 pub struct Lab {
     pub dir: tempfile::TempDir,
     pub publisher: String,
+    /// What it was set up with (images, versions): the key of its template.
+    key: String,
 }
 
 impl Lab {
@@ -55,7 +57,9 @@ impl Lab {
         )
     }
 
-    /// A lab with IMAGES composed into `os/NAME` and (version, image) published.
+    /// A lab with IMAGES composed into `os/NAME` and (version, image) published. A
+    /// lab like one set up before in this process starts as a copy of it (composing
+    /// and publishing take a minute and a half a lab under TCG's neighbour load).
     pub fn with(images: &[&str], published: &[(&str, &str)]) -> Lab {
         images_built();
         let dir = tempfile::Builder::new()
@@ -63,7 +67,17 @@ impl Lab {
             .tempdir_in("/var/tmp")
             .unwrap();
         std::fs::create_dir_all(dir.path().join("share")).unwrap();
-        let publisher = sysroot(dir.path());
+        let key = format!("{images:?} {published:?}");
+        let publisher = s(&dir.path().join("sysroot")).to_string();
+        if let Some(t) = template(&key) {
+            copy_into(&t, dir.path(), LAB_PARTS);
+            return Lab {
+                dir,
+                publisher,
+                key,
+            };
+        }
+        assert_eq!(sysroot(dir.path()), publisher);
         for name in images {
             arbor_ok(&[
                 "--sysroot",
@@ -75,7 +89,11 @@ impl Lab {
                 &format!("os/{name}"),
             ]);
         }
-        let lab = Lab { dir, publisher };
+        let lab = Lab {
+            dir,
+            publisher,
+            key,
+        };
         arbor_ok(&[
             "--sysroot",
             &lab.publisher,
@@ -88,6 +106,7 @@ impl Lab {
         for (version, name) in published {
             lab.publish(version, name);
         }
+        keep_template(&lab.key, lab.dir.path(), LAB_PARTS);
         lab
     }
 
@@ -155,6 +174,56 @@ impl Lab {
             String::from_utf8_lossy(&out.stderr)
         );
         disk
+    }
+}
+
+/// What a lab's setup made: the publishing sysroot, the signing keys, the share.
+const LAB_PARTS: &[&str] = &["sysroot", "keys", "share"];
+
+/// Copies of labs as they were right after their setup, by key; removed when the
+/// test process exits. (Disks are not kept: `install to-disk` takes seconds.)
+static TEMPLATES: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+
+fn template(key: &str) -> Option<PathBuf> {
+    let list = TEMPLATES.lock().unwrap_or_else(|e| e.into_inner());
+    list.iter().find(|(k, _)| k == key).map(|(_, p)| p.clone())
+}
+
+/// Keeps a copy of PARTS of `from` as the template for `key`.
+fn keep_template(key: &str, from: &Path, parts: &[&str]) {
+    extern "C" fn remove_templates() {
+        for (_, p) in TEMPLATES.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+    let mut list = TEMPLATES.lock().unwrap_or_else(|e| e.into_inner());
+    if list.is_empty() {
+        // SAFETY: registers a plain function; it runs once, at exit.
+        unsafe { libc::atexit(remove_templates) };
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("arbor-vm-template.")
+        .tempdir_in("/var/tmp")
+        .unwrap()
+        .keep();
+    copy_into(from, &dir, parts);
+    list.push((key.to_string(), dir));
+}
+
+/// Copies PARTS of `from` into `to`, owners, modes and xattrs kept.
+fn copy_into(from: &Path, to: &Path, parts: &[&str]) {
+    for part in parts {
+        let out = Command::new("cp")
+            .arg("-a")
+            .arg(from.join(part))
+            .arg(to)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "copying {part}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
