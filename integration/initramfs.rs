@@ -31,6 +31,16 @@ fn sh(script: &str, pid_namespace: bool) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// The one kernel version a corpus tree has modules for.
+fn kernel_version(tree: &Path) -> std::ffi::OsString {
+    std::fs::read_dir(tree.join("usr/lib/modules"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .file_name()
+}
+
 /// The unpacked initramfs of corpus `a` with arbor's hook, built once per run.
 fn initramfs() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
@@ -39,12 +49,7 @@ fn initramfs() -> &'static Path {
         let _ = std::fs::remove_dir_all(&work);
         std::fs::create_dir_all(&work).unwrap();
         let corpus = corpus("a");
-        let kver = std::fs::read_dir(corpus.join("usr/lib/modules"))
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .file_name();
+        let kver = kernel_version(&corpus);
         let here = env!("CARGO_MANIFEST_DIR");
         let (ok, out) = sh(
             &format!(
@@ -121,12 +126,7 @@ fn dracut_initramfs() -> &'static Path {
         let _ = std::fs::remove_dir_all(&work);
         std::fs::create_dir_all(&work).unwrap();
         let corpus = corpus("t");
-        let kver = std::fs::read_dir(corpus.join("usr/lib/modules"))
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .file_name();
+        let kver = kernel_version(&corpus);
         let images =
             std::env::var("ARBOR_IMAGES").unwrap_or_else(|_| "/var/tmp/arbor-images".into());
         let debs = Path::new(&images).join("debs-trixie-dracut");

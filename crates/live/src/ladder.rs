@@ -14,7 +14,7 @@ use crate::activation::{self, Choice, Facts, Step};
 use crate::apply::{self, ApplyOptions};
 use crate::plan::{LivePlan, usr_path};
 use arbor_store::ObjectId;
-use arbor_sysroot::{Sysroot, status};
+use arbor_sysroot::{Deployment, Sysroot, status};
 
 /// What the administrator and the policy allow.
 #[derive(Clone, Debug)]
@@ -76,18 +76,18 @@ impl From<&Choice> for Activation {
 
 /// The live root of a sysroot: `/` on the running system, else the booted
 /// deployment's checkout (a folder sysroot, where `ARBOR_CMDLINE` names the booted).
-pub fn live_root(sysroot: &Sysroot) -> Result<PathBuf> {
+pub fn live_root(sysroot: &Sysroot, booted: &Deployment) -> PathBuf {
     if sysroot.is_running_system() {
-        return Ok(PathBuf::from("/"));
+        return PathBuf::from("/");
     }
-    Ok(sysroot.deployment_path(&crate::booted(sysroot)?))
+    sysroot.deployment_path(booted)
 }
 
 /// The step that brings the machine to its pending (staged) deployment.
 pub fn for_pending(sysroot: &Sysroot, limits: &Limits) -> Result<Choice> {
-    let root = live_root(sysroot)?;
-    let plan = apply::plan(sysroot, &root, &ApplyOptions::default())?;
     let booted = crate::booted(sysroot)?;
+    let root = live_root(sysroot, &booted);
+    let plan = apply::plan(sysroot, &root, &ApplyOptions::default())?;
     let pending = status::status(sysroot)?.next().cloned();
     let kargs_changed = pending.is_some_and(|p| own_kargs(&p.kargs) != own_kargs(&booted.kargs));
     Ok(choose(sysroot, &root, &plan, kargs_changed, limits))
@@ -96,7 +96,7 @@ pub fn for_pending(sysroot: &Sysroot, limits: &Limits) -> Result<Choice> {
 /// The step that would bring the machine to `commit` (downloaded, not deployed),
 /// with the booted deployment's kernel arguments.
 pub fn for_commit(sysroot: &Sysroot, commit: &ObjectId, limits: &Limits) -> Result<Choice> {
-    let root = live_root(sysroot)?;
+    let root = live_root(sysroot, &crate::booted(sysroot)?);
     let plan = apply::plan_for_commit(sysroot, &root, commit)?;
     Ok(choose(sysroot, &root, &plan, false, limits))
 }
