@@ -972,6 +972,31 @@ fn root_an_update_says_the_mildest_way_to_apply_it() {
         serde_json::from_str(&booted(&["update-status", "--json"])).unwrap();
     assert_eq!(st["activation"]["step"], "live", "{st:#}");
     assert!(booted(&["update-status"]).contains("apply:     live: the mildest step"));
+    // `--apply` carries the staged update out: nothing newer is offered, so the staged
+    // one goes live, its changed program in the booted /usr. (In a mount namespace of
+    // its own: the live overlay on the folder's /usr goes with it.)
+    let karg = std::fs::read_to_string(&cmdline).unwrap();
+    let booted_dir = karg
+        .split_whitespace()
+        .find_map(|a| a.strip_prefix("arbor="))
+        .unwrap()
+        .to_string();
+    let script = format!(
+        "{} --sysroot {sys} upgrade --apply auto && cat {sys}{booted_dir}/usr/bin/tool",
+        common::arbor_bin()
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .env("ARBOR_CMDLINE", &cmdline)
+        .env("ARBOR_MACHINE_ID", MACHINE)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("applied live") && text.contains("tool 2"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // 3 brings another kernel.
     let tree = t.path().join("3").join("rootfs-3");
@@ -997,4 +1022,7 @@ fn root_an_update_says_the_mildest_way_to_apply_it() {
     ] {
         assert!(out.contains(want), "no {want:?}:\n{out}");
     }
+    // A reboot is never started on a sysroot that is not the running system.
+    let out = booted(&["upgrade", "--apply", "kexec"]);
+    assert!(out.contains("apply it by reboot"), "{out}");
 }

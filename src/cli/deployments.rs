@@ -94,6 +94,10 @@ pub struct DeployArgs {
     /// Prepare it now; write the boot entries at shutdown (finalize-staged).
     #[arg(long)]
     pub stage: bool,
+    /// With a remote version, once staged, apply it at once by the mildest safe way: auto, or a step that is
+    /// the mildest allowed (live, soft-reboot, kexec, reboot; docs/activation.md).
+    #[arg(long, value_name = "STEP", value_parser = ["auto", "live", "soft-reboot", "kexec", "reboot"])]
+    pub apply: Option<String>,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -233,6 +237,11 @@ pub fn deploy(cli: &Cli, a: &DeployArgs) -> Result<i32> {
         kargs: a.kargs.clone(),
         stage: a.stage,
         phase_override: a.phase_override,
+        apply: a
+            .apply
+            .as_deref()
+            .map(super::packages::parse_apply)
+            .transpose()?,
     });
     run_and_print(cli, &req, &a.output)
 }

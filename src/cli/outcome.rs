@@ -16,9 +16,22 @@ pub fn run_and_print(cli: &Cli, req: &Request, output: &OutputArgs) -> Result<i3
     let sysroot = Sysroot::open(&cli.sysroot)?;
     let out = run_op(cli, &sysroot, req)?;
     if output.json {
-        return json(&out).map(|_| 0);
+        json(&out)?;
+    } else {
+        print_outcome(&out, req);
     }
-    match (&out, req) {
+    if let Some(s) = out.switch() {
+        // Said first: this process ends with the userspace it runs in.
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        arbor_live::activate::start(s)?;
+    }
+    Ok(0)
+}
+
+/// The outcome of a request in words.
+fn print_outcome(out: &Outcome, req: &Request) {
+    match (out, req) {
         (Outcome::Deployed(r), Request::Deploy(d)) => print_deployed(r, d.stage),
         (Outcome::Deployed(r), _) => print_deployed(r, false),
         (Outcome::Update(r), _) => print_update(r, Action::Stage, false),
@@ -77,7 +90,6 @@ pub fn run_and_print(cli: &Cli, req: &Request, output: &OutputArgs) -> Result<i3
         }
         _ => println!("done"),
     }
-    Ok(0)
 }
 
 /// A new deployment, as deploy, install and the others report it.
@@ -165,6 +177,7 @@ pub fn print_update(r: &UpdateResult, action: Action, dry_run: bool) {
             "no update: {}:{} has nothing newer for this device",
             r.remote, r.channel
         );
+        print_activation(r);
         return;
     };
     println!(
@@ -234,13 +247,35 @@ pub fn print_update(r: &UpdateResult, action: Action, dry_run: bool) {
     print_activation(r);
 }
 
-/// The activation ladder's choice for the update (docs/activation.md), when known.
+/// The activation ladder's choice for the update (docs/activation.md), when known,
+/// and what `--apply` did with it.
 fn print_activation(r: &UpdateResult) {
     if let Some(a) = &r.activation {
         println!("mildest way to apply it: {}", a.step);
         for p in &a.passed_over {
             println!("  not {p}");
         }
+    }
+    let Some(ap) = &r.applied else { return };
+    if !ap.note.is_empty() {
+        eprintln!("{}", ap.note);
+    }
+    match &ap.switch {
+        _ if ap.step == "live" => match ap.restarted.as_slice() {
+            [] => println!("applied live"),
+            units => println!("applied live; restarted {}", units.join(" ")),
+        },
+        Some(s) => println!(
+            "applying by {}: {} ({}) comes up now",
+            s.step,
+            if s.version.is_empty() {
+                "the update"
+            } else {
+                &s.version
+            },
+            s.deployment
+        ),
+        None => println!("apply it by {}", ap.step),
     }
 }
 

@@ -169,8 +169,17 @@ pub struct UpgradeArgs {
     /// Ignore phased rollout: take the newest version.
     #[arg(long)]
     pub phase_override: bool,
+    /// Once staged, apply it at once by the mildest safe way: auto, or a step that is
+    /// the mildest allowed (live, soft-reboot, kexec, reboot; docs/activation.md).
+    #[arg(long, value_name = "STEP", value_parser = ["auto", "live", "soft-reboot", "kexec", "reboot"])]
+    pub apply: Option<String>,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+/// `--apply`'s word as the step it allows at the mildest.
+pub fn parse_apply(word: &str) -> Result<arbor_live::activation::Step> {
+    arbor_ops::update::apply_step::parse_apply(word)
 }
 
 fn is_file_arg(a: &str) -> bool {
@@ -237,6 +246,7 @@ pub fn upgrade(cli: &Cli, a: &UpgradeArgs) -> Result<i32> {
         action,
         dry_run: a.dry_run,
         phase_override: a.phase_override,
+        apply: a.apply.as_deref().map(parse_apply).transpose()?,
     });
     run_and_print(cli, &req, &a.output)
 }

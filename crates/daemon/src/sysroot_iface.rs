@@ -130,7 +130,14 @@ impl SysrootIface {
         options::check_args("refspec", [refspec])?;
         let o = Options::for_transaction(
             options,
-            &["os", "stage", "kernel-args", "version", "phase-override"],
+            &[
+                "os",
+                "stage",
+                "kernel-args",
+                "version",
+                "phase-override",
+                "apply",
+            ],
         )?;
         let what = Call::new("Deploy", "org.arbor.Arbor1.deploy", &o)?;
         let shared = self.shared.clone();
@@ -142,6 +149,7 @@ impl SysrootIface {
                 kargs: o.strings("kernel-args")?.unwrap_or_default(),
                 stage: o.bool("stage")?.unwrap_or(false),
                 phase_override: o.bool("phase-override")?.unwrap_or(false),
+                apply: apply_option(&o)?,
             };
             // A local ref that does not exist is the caller's mistake: say so now.
             let sysroot = Sysroot::open(&shared.sysroot).map_err(DaemonError::failed)?;
@@ -249,8 +257,10 @@ impl SysrootIface {
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(object_server)] server: &ObjectServer,
     ) -> Result<OwnedObjectPath, DaemonError> {
-        let o =
-            Options::for_transaction(options, &["os", "check", "download-only", "phase-override"])?;
+        let o = Options::for_transaction(
+            options,
+            &["os", "check", "download-only", "phase-override", "apply"],
+        )?;
         let action = if o.bool("check")?.unwrap_or(false) {
             Action::Check
         } else if o.bool("download-only")?.unwrap_or(false) {
@@ -751,7 +761,18 @@ fn upgrade_request(o: &Options, action: Action) -> Result<Request, DaemonError> 
         action,
         dry_run: false,
         phase_override: o.bool("phase-override")?.unwrap_or(false),
+        apply: apply_option(o)?,
     }))
+}
+
+/// The "apply" option: "auto" or a step (docs/activation.md).
+fn apply_option(o: &Options) -> Result<Option<arbor_live::activation::Step>, DaemonError> {
+    o.string("apply")?
+        .map(|w| {
+            arbor_ops::update::apply_step::parse_apply(&w)
+                .map_err(|e| DaemonError::InvalidArgs(format!("apply: {e:#}")))
+        })
+        .transpose()
 }
 
 /// The caller's unique bus name, which registration is kept under.

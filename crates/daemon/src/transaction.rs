@@ -506,6 +506,7 @@ fn finish(shared: &Arc<Shared>, obs: &BusObserver, path: &str, result: Result<Ou
         // The figure ends at 100 on success, whatever the last step reported.
         obs.percent("done", 100);
     }
+    let switch = result.as_ref().ok().and_then(|o| o.switch().cloned());
     *shared.active.lock().unwrap() = None;
     let conn = shared.conn().clone();
     obs.emit(async {
@@ -543,6 +544,15 @@ fn finish(shared: &Arc<Shared>, obs: &BusObserver, path: &str, result: Result<Ou
                 .remove::<Checked<TransactionIface>, _>(p.as_str())
                 .await
                 .map(|_| ())
+        });
+    }
+    if let Some(s) = switch {
+        // `apply`: the machine switches once the callers have heard it is done.
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            if let Err(e) = arbor_live::activate::start(&s) {
+                tracing::error!("starting the {}: {e:#}", s.step);
+            }
         });
     }
 }

@@ -228,10 +228,14 @@ fn parse_systemd_version(text: &str) -> Option<u32> {
         .ok()
 }
 
-/// Why kexec cannot be used here, if it cannot: no kexec tool, kexec disabled by
-/// sysctl, or the kernel locked down (Secure Boot): a locked-down kernel loads only
-/// signed kernels, which arbor does not check for.
+/// Why kexec cannot be used here, if it cannot: a kernel without kexec, kexec disabled
+/// by sysctl, or the kernel locked down (Secure Boot): a locked-down kernel loads only
+/// signed kernels, which arbor does not check for. arbor loads the kernel itself
+/// (`kexec_file_load`), so no kexec tool is needed.
 fn kexec_unavailable() -> Option<String> {
+    if !Path::new("/sys/kernel/kexec_loaded").exists() {
+        return Some("the running kernel has no kexec".to_string());
+    }
     if std::fs::read_to_string("/proc/sys/kernel/kexec_load_disabled")
         .is_ok_and(|s| s.trim() == "1")
     {
@@ -242,10 +246,7 @@ fn kexec_unavailable() -> Option<String> {
     {
         return Some(format!("the kernel is locked down ({mode}; Secure Boot)"));
     }
-    let on_path = ["/usr/sbin/kexec", "/sbin/kexec", "/usr/bin/kexec"]
-        .iter()
-        .any(|p| Path::new(p).is_file());
-    (!on_path).then(|| "no kexec tool (package kexec-tools)".to_string())
+    None
 }
 
 /// The active lockdown mode from `/sys/kernel/security/lockdown` ("none [integrity]

@@ -8,6 +8,7 @@
 //! machine, so a reboot drops it); a hotfix lives beside its deployment and
 //! prepare-root mounts it again at each boot.
 
+pub mod activate;
 pub mod activation;
 pub mod apply;
 pub mod changes;

@@ -128,13 +128,14 @@ fn execute(
     let held = || lock.context("this operation needs the sysroot lock");
     Ok(match req {
         Request::Deploy(d) => match d.update_options(sysroot) {
-            Some(opts) => Outcome::Update(Box::new(update::perform(
-                sysroot,
-                held()?,
-                &opts,
-                update::Action::Stage,
-                obs,
-            )?)),
+            Some(mut opts) => {
+                opts.forbid = forbidden_steps(opts.apply.is_some())?;
+                let r = update::perform(sysroot, held()?, &opts, update::Action::Stage, obs)?;
+                Outcome::Update(Box::new(r))
+            }
+            None if d.apply.is_some() => {
+                anyhow::bail!("--apply is for deploys from a remote (a channel or --version)")
+            }
             None => {
                 let rev = d.rev.as_deref().unwrap_or_default();
                 let opts = DeployOptions::for_rev(
@@ -264,7 +265,47 @@ pub fn health_check(
         false => Err(failed.join("; ")),
     };
     update::state::note_health(sysroot, &report.deployment, verdict);
+    after_switch(sysroot, &report, wait)?;
     Ok(report)
+}
+
+/// The verdict on a boot that a soft-reboot or a kexec started (no loader counted its
+/// try): a pass forgets the switch; a failure falls back at once to the deployment it
+/// came from, by the same kind of switch (docs/activation.md).
+fn after_switch(
+    sysroot: &Sysroot,
+    report: &health::HealthReport,
+    wait: LockWait<'_>,
+) -> Result<()> {
+    let Some(mark) = sysroot.switch_mark() else {
+        return Ok(());
+    };
+    if mark.deployment != report.deployment {
+        return Ok(());
+    }
+    if report.passed {
+        return sysroot.clear_switch_mark();
+    }
+    let lock = sysroot.lock(wait)?;
+    let back = arbor_live::activate::fall_back(sysroot, &lock, &report.deployment)?;
+    drop(lock);
+    match back {
+        Some(s) => arbor_live::activate::start(&s),
+        None => sysroot.clear_switch_mark(),
+    }
+}
+
+/// The steps the policy forbids. Read for the report too, where a policy that
+/// cannot be read only leaves the report without them; with `--apply` it is an error.
+fn forbidden_steps(applying: bool) -> Result<Vec<String>> {
+    match update::Policy::load(None) {
+        Ok(p) => Ok(p.apply_forbid),
+        Err(e) if applying => Err(e),
+        Err(e) => {
+            tracing::warn!("reading the update policy: {e:#}");
+            Ok(Vec::new())
+        }
+    }
 }
 
 /// `upgrade`: a deployment following a remote channel checks, downloads or stages
@@ -281,6 +322,8 @@ fn upgrade(
             os: u.os.clone(),
             phase_override: u.phase_override,
             dry_run: u.dry_run,
+            apply: u.apply,
+            forbid: forbidden_steps(u.apply.is_some())?,
             ..Default::default()
         };
         let r = update::perform(sysroot, lock, &opts, u.action, obs)?;
@@ -290,9 +333,9 @@ fn upgrade(
             deploy: None,
         });
     }
-    if u.action != update::Action::Stage || u.dry_run || u.phase_override {
+    if u.action != update::Action::Stage || u.dry_run || u.phase_override || u.apply.is_some() {
         anyhow::bail!(
-            "check, download-only, dry-run and phase-override are for deployments that follow a remote channel"
+            "check, download-only, dry-run, phase-override and apply are for deployments that follow a remote channel"
         );
     }
     let deploy = match layer::upgrade(sysroot, u.os.as_deref())? {

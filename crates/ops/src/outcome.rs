@@ -170,6 +170,19 @@ outcomes! {
     EtcRestore(RestoreResult) = "etc-restore",
 }
 
+impl Outcome {
+    /// The switch `--apply` prepared (soft-reboot, kexec or reboot), which the caller
+    /// starts once it has reported the outcome ([`arbor_live::activate::start`]).
+    pub fn switch(&self) -> Option<&arbor_live::activate::Switch> {
+        let update = match self {
+            Outcome::Update(r) => Some(r.as_ref()),
+            Outcome::Upgrade(u) => u.update.as_ref(),
+            _ => None,
+        };
+        update?.applied.as_ref()?.switch.as_ref()
+    }
+}
+
 impl zvariant::Type for Outcome {
     const SIGNATURE: &'static zvariant::Signature = arbor_core::wire::DICT;
 }

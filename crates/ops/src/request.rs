@@ -26,6 +26,9 @@ pub struct DeployRequest {
     pub stage: bool,
     /// Ignore phased rollout (remote deploys).
     pub phase_override: bool,
+    /// `--apply`: carry the staged update out by the mildest step at least this
+    /// strong (remote deploys; docs/activation.md).
+    pub apply: Option<arbor_live::activation::Step>,
 }
 
 impl DeployRequest {
@@ -44,6 +47,7 @@ impl DeployRequest {
             version: self.version.clone(),
             rebase: remote.map(str::to_string),
             phase_override: self.phase_override,
+            apply: self.apply,
             ..Default::default()
         })
     }
@@ -60,6 +64,9 @@ pub struct UpgradeRequest {
     pub dry_run: bool,
     /// Ignore phased rollout.
     pub phase_override: bool,
+    /// `--apply`: carry the staged update out by the mildest step at least this
+    /// strong (docs/activation.md).
+    pub apply: Option<arbor_live::activation::Step>,
 }
 
 /// One verb, with its arguments.
@@ -211,6 +218,7 @@ mod tests {
             action,
             dry_run,
             phase_override: false,
+            apply: None,
         })
     }
 

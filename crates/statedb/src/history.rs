@@ -74,11 +74,14 @@ pub enum HistoryKind {
     /// The health checks failed and the loader was told to boot the previous
     /// deployment.
     AutomaticRollback,
+    /// A staged deployment brought up without a firmware reboot (`--apply`):
+    /// soft-reboot or kexec, or the fall back from one.
+    Activate,
 }
 
 impl HistoryKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [HistoryKind; 26] = [
+    pub const ALL: [HistoryKind; 27] = [
         HistoryKind::Deploy,
         HistoryKind::Rebase,
         HistoryKind::Upgrade,
@@ -105,6 +108,7 @@ impl HistoryKind {
         HistoryKind::BootComplete,
         HistoryKind::HealthCheck,
         HistoryKind::AutomaticRollback,
+        HistoryKind::Activate,
     ];
 
     /// Its word in the history (and in `arbor history --json`).
@@ -136,6 +140,7 @@ impl HistoryKind {
             HistoryKind::BootComplete => "boot-complete",
             HistoryKind::HealthCheck => "health-check",
             HistoryKind::AutomaticRollback => "automatic-rollback",
+            HistoryKind::Activate => "activate",
         }
     }
 

@@ -286,6 +286,15 @@ fn merge_etc(
 /// makes it the default boot entry. Does nothing when nothing is staged.
 pub fn finalize_staged(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<Option<DeployResult>> {
     let lock = sysroot.lock(wait)?;
+    finalize_staged_locked(sysroot, &lock)
+}
+
+/// [`finalize_staged`] under the lock the caller holds: a soft-reboot or a kexec
+/// finalizes right before its switch (docs/activation.md), as the shutdown would.
+pub fn finalize_staged_locked(
+    sysroot: &Sysroot,
+    lock: &WriterLock,
+) -> Result<Option<DeployResult>> {
     sysroot.record(HistoryKind::FinalizeStaged, || {
         let Some(new) = sysroot.staged()? else {
             return Ok(None);
@@ -293,19 +302,19 @@ pub fn finalize_staged(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<Option<D
         let current = sysroot.deployments()?;
         let root = sysroot.deployment_path(&new);
         if !root.is_dir() {
-            sysroot.set_staged(&lock, None)?;
+            sysroot.set_staged(lock, None)?;
             bail!(
                 "the staged deployment {} is gone; deploy again",
                 new.dir_name()
             );
         }
-        let etc_merge = merge_etc(sysroot, &lock, &current, &new.os, &root.join("etc"))?;
+        let etc_merge = merge_etc(sysroot, lock, &current, &new.os, &root.join("etc"))?;
         super::etc_state::write_merge_record(sysroot, &new.os, &new.dir_name(), &etc_merge)?;
         fsutil::sync_filesystem(fsutil::open_dir(&root)?).context("syncing the deployment")?;
         let order = next_order(new.clone(), &current);
-        sysroot.write_boot_order(&lock, &order)?;
-        sysroot.set_staged(&lock, None)?;
-        let removed = remove_unlisted(sysroot, &lock, &order)?;
+        sysroot.write_boot_order(lock, &order)?;
+        sysroot.set_staged(lock, None)?;
+        let removed = remove_unlisted(sysroot, lock, &order)?;
         Ok(Some(DeployResult {
             deployment: new,
             etc_merge,

@@ -27,6 +27,7 @@ pub mod reset;
 pub mod roots;
 pub mod select;
 pub mod status;
+pub mod switch_mark;
 pub mod var_dirs;
 pub mod verify;
 
@@ -539,13 +540,19 @@ impl Sysroot {
     }
 
     /// `(os, commit, serial)` of the running deployment: from `arbor=` on the kernel
-    /// command line, when this sysroot is the running system's (`/`). `ARBOR_CMDLINE`
+    /// command line (or the mark of a soft-reboot, [`switch_mark`]), when this sysroot
+    /// is the running system's (`/`). `ARBOR_CMDLINE`
     /// names a file to read instead, for any sysroot: what a chroot, a test or the
     /// initramfs uses to say which deployment runs.
     pub fn booted_id(&self) -> Option<(String, ObjectId, u32)> {
         let cmdline = match std::env::var_os("ARBOR_CMDLINE") {
             Some(file) => std::fs::read_to_string(file).ok()?,
-            None if self.running => std::fs::read_to_string("/proc/cmdline").ok()?,
+            // After a soft-reboot the kernel's command line still names the deployment
+            // the loader booted; the mark names the one now at `/`.
+            None if self.running => match self.soft_rebooted_karg() {
+                Some(value) => format!("arbor={value}"),
+                None => std::fs::read_to_string("/proc/cmdline").ok()?,
+            },
             None => return None,
         };
         cmdline

@@ -60,3 +60,38 @@ pub fn release_free_memory() {
         libc::malloc_trim(0);
     }
 }
+
+/// Loads a kernel and its initramfs to be started by kexec (`kexec_file_load`), with
+/// `cmdline` as its command line; `systemctl kexec` then starts it after the shutdown.
+/// The kernel checks the image itself (and its signature where lockdown asks for one),
+/// so no kexec tool is needed.
+pub fn kexec_file_load(
+    kernel: BorrowedFd<'_>,
+    initrd: Option<BorrowedFd<'_>>,
+    cmdline: &std::ffi::CStr,
+) -> io::Result<()> {
+    const KEXEC_FILE_NO_INITRAMFS: libc::c_ulong = 4;
+    let len = cmdline.to_bytes_with_nul().len();
+    let (initrd, flags) = match initrd {
+        Some(fd) => (fd.as_raw_fd(), 0),
+        None => (-1, KEXEC_FILE_NO_INITRAMFS),
+    };
+    // SAFETY: borrowed open fds (or -1 with the flag that says there is no
+    // initramfs), and a NUL-terminated string whose length (with the NUL, as the call
+    // wants) is passed with it.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_kexec_file_load,
+            kernel.as_raw_fd(),
+            initrd,
+            len,
+            cmdline.as_ptr(),
+            flags,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

@@ -2,6 +2,7 @@
 //! `arbor upgrade`, `deploy --version`, `rebase`, `auto-update` and the daemon's
 //! Upgrade all run [`run`]; each step moves the persisted [`state::State`].
 
+pub mod apply_step;
 pub mod policy;
 pub mod state;
 
@@ -40,6 +41,11 @@ pub struct UpdateOptions {
     pub phase_override: bool,
     /// Only compute and report the plan (`--dry-run`): nothing fetched or persisted.
     pub dry_run: bool,
+    /// `--apply`: once staged, carry the update out by the mildest step at least this
+    /// strong (live allows every step); None stages it for the next boot.
+    pub apply: Option<arbor_live::activation::Step>,
+    /// The steps the policy forbids (`apply_forbid`).
+    pub forbid: Vec<String>,
 }
 
 /// What an update run found and did.
@@ -80,6 +86,8 @@ pub struct UpdateResult {
     /// kexec or reboot) and why (docs/activation.md): for the staged deployment, or
     /// in a dry run for a version already downloaded. None when unknown.
     pub activation: Option<arbor_live::ladder::Activation>,
+    /// What `--apply` did: the step taken, and the switch the caller starts.
+    pub applied: Option<apply_step::Applied>,
 }
 
 /// Where updates come from for this sysroot: (remote, channel, current base commit,
@@ -242,6 +250,7 @@ pub fn perform(
         current,
         ..UpdateResult::default()
     };
+    let limits = apply_step::limits(opts.apply, &opts.forbid)?;
     let mut rec = state::stored(sysroot)?;
     let persist = !opts.dry_run;
     let step = |rec: &mut UpdateRecord, s: State| -> Result<()> {
@@ -312,6 +321,13 @@ pub fn perform(
         rec.offer = None;
         result.offered = offered.cloned();
         let Some(target) = offered else {
+            // Up to date, with the update already staged: `--apply` carries it out.
+            if opts.apply.is_some() && action == Action::Stage && !opts.dry_run && pending(sysroot)?
+            {
+                apply_pending(sysroot, lock, &limits, &mut result)?;
+                rec.activation = result.activation.clone();
+                return step(&mut rec, State::Staged);
+            }
             return step(&mut rec, State::Idle);
         };
         let plan = fetch::plan(repo, &remote, &idx, target)?;
@@ -336,8 +352,8 @@ pub fn perform(
             result.etc_conflicts =
                 arbor_sysroot::etc_state::conflicts_with_commit(sysroot, &os, &target.commit)?;
             if result.etc_conflicts.is_some() {
-                result.activation = activation(sysroot, |l| {
-                    arbor_live::ladder::for_commit(sysroot, &target.commit, l)
+                result.activation = activation(sysroot, || {
+                    arbor_live::ladder::for_commit(sysroot, &target.commit, &limits)
                 });
             }
         }
@@ -399,8 +415,13 @@ pub fn perform(
         // What was offered is what boots next: nothing is available beyond it.
         rec.offer = None;
         if current_d.is_some() {
-            result.activation =
-                activation(sysroot, |l| arbor_live::ladder::for_pending(sysroot, l));
+            if opts.apply.is_some() {
+                apply_pending(sysroot, lock, &limits, &mut result)?;
+            } else {
+                result.activation = activation(sysroot, || {
+                    arbor_live::ladder::for_pending(sysroot, &limits)
+                });
+            }
             rec.activation = result.activation.clone();
         }
         // A first deployment has nothing to stage behind: it is simply the default.
@@ -417,16 +438,43 @@ pub fn perform(
     Ok(result)
 }
 
+/// A deployment other than the booted one boots next (staged, or made the default).
+fn pending(sysroot: &Sysroot) -> Result<bool> {
+    Ok(sysroot.staged()?.is_some() || sysroot.deployments()?.first().is_some_and(|d| !d.booted))
+}
+
+/// Chooses the step for the pending deployment and carries it out (`--apply`). A
+/// choice that cannot be made is a reboot: the step in doubt.
+fn apply_pending(
+    sysroot: &Sysroot,
+    lock: &WriterLock,
+    limits: &arbor_live::ladder::Limits,
+    result: &mut UpdateResult,
+) -> Result<()> {
+    result.activation = activation(sysroot, || arbor_live::ladder::for_pending(sysroot, limits));
+    let chosen = result
+        .activation
+        .clone()
+        .unwrap_or_else(|| arbor_live::ladder::Activation {
+            step: "reboot".into(),
+            needed: "reboot".into(),
+            passed_over: Vec::new(),
+            summary: "reboot: the changes could not be read".into(),
+        });
+    result.applied = Some(apply_step::carry_out(sysroot, lock, &chosen)?);
+    Ok(())
+}
+
 /// The activation ladder's choice, where the machine has a booted deployment to
 /// compare with. Advisory: a fact it cannot read is logged, and the update goes on.
 fn activation(
     sysroot: &Sysroot,
-    choose: impl FnOnce(&arbor_live::ladder::Limits) -> Result<arbor_live::activation::Choice>,
+    choose: impl FnOnce() -> Result<arbor_live::activation::Choice>,
 ) -> Option<arbor_live::ladder::Activation> {
     if arbor_live::booted(sysroot).is_err() {
         return None;
     }
-    match choose(&arbor_live::ladder::Limits::default()) {
+    match choose() {
         Ok(c) => Some((&c).into()),
         Err(e) => {
             tracing::warn!("cannot tell how the update can be applied: {e:#}");
@@ -509,6 +557,11 @@ pub fn auto_update(
         ));
         return Ok(checked);
     }
+    let opts = UpdateOptions {
+        apply: policy.apply_step()?.filter(|_| action == Action::Stage),
+        forbid: policy.apply_forbid.clone(),
+        ..opts
+    };
     perform(sysroot, lock, &opts, action, obs)
 }
 

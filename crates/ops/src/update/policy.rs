@@ -11,6 +11,9 @@
 //! channel = "stable"        # the channel `arbor rebase` uses when none is named
 //! reset_keep = ["/home", "/root"]  # what `arbor reset --level all` carries over
 //! reset_keep_etc = ["/etc/fstab", "/etc/machine-id", ...]  # what every reset keeps of /etc
+//! apply = ""                # once auto_install staged a version: "" (at the next boot),
+//!                           # "auto" or a step (docs/activation.md)
+//! apply_forbid = []         # steps never taken: "live", "soft-reboot", "kexec"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -57,6 +60,13 @@ pub struct Policy {
     /// this machine boot and be itself (its mounts, identity, host keys, arbor's own
     /// policy and checks). A last component may end in `*`.
     pub reset_keep_etc: Vec<String>,
+    /// What an automatic update does once staged: empty (it runs from the next boot),
+    /// `auto` (the mildest safe step) or a step, the mildest allowed
+    /// (docs/activation.md).
+    pub apply: String,
+    /// Steps never taken, fleet-wide (`live`, `soft-reboot`, `kexec`; a reboot
+    /// cannot be forbidden): for `--apply` and for automatic updates.
+    pub apply_forbid: Vec<String>,
 }
 
 /// What a reset keeps of `/etc` unless the policy says otherwise.
@@ -81,6 +91,8 @@ impl Default for Policy {
             channel: "stable".into(),
             reset_keep: vec!["/home".into(), "/root".into()],
             reset_keep_etc: RESET_KEEP_ETC.iter().map(|p| p.to_string()).collect(),
+            apply: String::new(),
+            apply_forbid: Vec::new(),
         }
     }
 }
@@ -156,12 +168,22 @@ impl Policy {
                     .all(|p| p.starts_with("/etc/") && !p.split('/').any(|c| c == "..")),
             "reset_keep_etc must list paths below /etc without '..'"
         );
+        self.apply_step().context("apply")?;
+        super::apply_step::limits(None, &self.apply_forbid)?;
         ensure!(
             arbor_remote::index::valid_channel(&self.channel),
             "channel '{}' is not a channel name",
             self.channel
         );
         Ok(())
+    }
+
+    /// The `apply` setting: None when a staged version waits for the next boot.
+    pub fn apply_step(&self) -> Result<Option<arbor_live::activation::Step>> {
+        match self.apply.as_str() {
+            "" => Ok(None),
+            w => super::apply_step::parse_apply(w).map(Some),
+        }
     }
 
     /// What `arbor auto-update` does with an offered version.
@@ -231,6 +253,12 @@ mod tests {
             ("auto_install", "yes".into(), "auto_install"),
             ("check_interval", "often".into(), "check_interval"),
             ("channel", "../x".into(), "channel"),
+            ("apply", "fast".into(), "apply"),
+            (
+                "apply_forbid",
+                toml::Value::Array(vec!["reboot".into()]),
+                "reboot",
+            ),
         ] {
             let e = pol.with_changes(change(k, v)).unwrap_err();
             assert!(format!("{e:#}").contains(named), "{k}: {e:#}");
