@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the test images from the Containerfiles here, offline, into podman's storage:
 # localhost/arbor-base, localhost/arbor-update, localhost/arbor-broken,
-# localhost/arbor-trixie, localhost/arbor-trixie-dracut and localhost/arbor-trixie-broken.
+# localhost/arbor-trixie, localhost/arbor-trixie-dracut, and the trixie-dracut versions
+# of the activation scenario: trixie-live, trixie-soft, trixie-kexec, trixie-bad and
+# trixie-broken.
 #
 #   containerfiles/build.sh [IMAGE...]   default: all, in that order (each FROM an earlier)
 #
@@ -15,7 +17,7 @@ root=$(cd "$here/.." && pwd)
 CORPUS=${ARBOR_CORPUS:-/var/tmp/arbor-corpus}
 IMAGES=${ARBOR_IMAGES:-/var/tmp/arbor-images}
 names=("$@")
-((${#names[@]})) || names=(base update broken trixie trixie-dracut trixie-broken)
+((${#names[@]})) || names=(base update broken trixie trixie-dracut trixie-live trixie-soft trixie-kexec trixie-bad trixie-broken)
 deb=${ARBOR_DEB:-$(bash "$root/scripts/build-deb.sh")}
 [[ -f $IMAGES/debs/READY ]] || { echo "build.sh: run scripts/setup.sh first ($IMAGES/debs)" >&2; exit 1; }
 # rootfs_tar TREE: the corpus tree as a tarball, made again when the corpus is newer.
@@ -50,9 +52,15 @@ for name in "${names[@]}"; do
       [[ -f $IMAGES/debs-trixie-dracut/READY ]] || { echo "build.sh: run scripts/setup.sh first ($IMAGES/debs-trixie-dracut)" >&2; exit 1; }
       mkdir "$ctx/debs"
       cp "$IMAGES"/debs-trixie-dracut/*.deb "$ctx/debs/" ;;
+    trixie-live)
+      cp "$CORPUS"/debs/hello_*.deb "$ctx/hello.deb"
+      cp "$here"/update/demo-server "$here"/update/arbor-demo.conf "$ctx/" ;;
+    trixie-bad)
+      cp "$here"/trixie-soft/rebuild-package "$here"/broken/10-required "$ctx/" ;;
     trixie-broken)
       cp "$CORPUS"/debs/hello_*.deb "$ctx/hello.deb"
-      cp "$here"/update/demo-server "$here"/update/arbor-demo.conf "$here"/broken/10-required "$ctx/" ;;
+      cp "$here"/update/demo-server "$here"/update/arbor-demo.conf "$here"/broken/10-required "$ctx/"
+      cp "$here"/trixie-live/probe "$here"/trixie-live/arbor-test-probe.service "$ctx/" ;;
   esac
   # chroot isolation: RUN steps need no OCI runtime or cgroups (build hosts and CI
   # machines often have neither in a usable state). It shares the caller's network,

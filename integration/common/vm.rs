@@ -244,6 +244,42 @@ impl Drop for Lab {
     }
 }
 
+impl Vm<'_> {
+    /// Records the `ARBOR-` lines of the serial log past byte `seen`; returns how far
+    /// it read (to the end of the last whole line).
+    fn read_marks(&mut self, serial: &Path, seen: usize) -> usize {
+        let bytes = std::fs::read(serial).unwrap_or_default();
+        let Some(end) = bytes[seen.min(bytes.len())..]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map(|i| seen + i + 1)
+        else {
+            return seen;
+        };
+        let now = Instant::now();
+        for line in String::from_utf8_lossy(&bytes[seen..end]).lines() {
+            if let Some(i) = line.find("ARBOR-") {
+                self.marks.push((line[i..].trim().to_string(), now));
+            }
+        }
+        end
+    }
+
+    /// When the first console line starting with `text` appeared after `after`.
+    pub fn mark_after(&self, text: &str, after: Instant) -> Option<Instant> {
+        self.marks
+            .iter()
+            .find(|(l, t)| l.starts_with(text) && *t >= after)
+            .map(|(_, t)| *t)
+    }
+
+    /// What the step printed at the agent's run N (several in one qemu run when the
+    /// guest soft-reboots or kexecs), whether or not it finished.
+    pub fn out_of(&self, n: u32) -> String {
+        std::fs::read_to_string(self.lab.share().join(format!("out-{n}.log"))).unwrap_or_default()
+    }
+}
+
 /// What one boot's step printed (None: the guest never finished it, as after a power
 /// cut), and the serial log of that boot.
 pub struct Boot {
@@ -259,6 +295,10 @@ pub struct Vm<'l> {
     disk: PathBuf,
     vars: PathBuf,
     runs: u32,
+    /// Lines the guest wrote to its console that start with `ARBOR-`, with the
+    /// moment the host first saw each: the host's clock times what spans switches
+    /// (a kexec and a reboot restart the guest's).
+    pub marks: Vec<(String, Instant)>,
 }
 
 impl<'l> Vm<'l> {
@@ -272,6 +312,7 @@ impl<'l> Vm<'l> {
             disk,
             vars,
             runs: 0,
+            marks: Vec::new(),
         }
     }
 
@@ -322,8 +363,11 @@ impl<'l> Vm<'l> {
             .spawn()
             .expect("qemu-system-x86_64 (package qemu-system-x86)");
         let start = Instant::now();
+        let mut seen = 0;
         loop {
-            if child.try_wait().unwrap().is_some() {
+            let exited = child.try_wait().unwrap().is_some();
+            seen = self.read_marks(&serial, seen);
+            if exited {
                 break;
             }
             if start.elapsed() > limit {
@@ -335,7 +379,7 @@ impl<'l> Vm<'l> {
                     serial.display()
                 );
             }
-            std::thread::sleep(Duration::from_millis(500));
+            std::thread::sleep(Duration::from_millis(50));
         }
         let out = share.join(format!("done-{n}")).exists().then(|| {
             std::fs::read_to_string(share.join(format!("out-{n}.log"))).unwrap_or_default()

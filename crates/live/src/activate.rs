@@ -11,7 +11,7 @@
 //! userspace that says it goes away.
 
 use std::ffi::CString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
@@ -176,9 +176,8 @@ fn assemble_next_root(sysroot: &Sysroot, target: &Deployment) -> Result<()> {
 /// Loads `target`'s kernel and initramfs (the files its boot entry names) with its
 /// boot entry's command line.
 fn load_kernel(sysroot: &Sysroot, target: &Deployment) -> Result<()> {
-    let boot = sysroot.boot_dir();
     let file = |p: &str| -> Result<std::fs::File> {
-        let path: PathBuf = boot.join(p.trim_start_matches('/'));
+        let path = sysroot.entry_file_path(p);
         std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))
     };
     let kernel = file(&target.linux)?;

@@ -268,6 +268,16 @@ impl Sysroot {
         }
     }
 
+    /// The file a boot entry's `linux` or `initrd` line names: on the ESP for
+    /// systemd-boot, below `boot/` for the other loaders.
+    pub fn entry_file_path(&self, name: &str) -> PathBuf {
+        let dir = match self.boot.loader {
+            boot::Loader::SystemdBoot => self.esp_dir(),
+            boot::Loader::Bls | boot::Loader::Grub => self.boot_dir(),
+        };
+        dir.join(name.trim_start_matches('/'))
+    }
+
     /// Where the boot entries are.
     pub fn entry_store(&self) -> boot::EntryStore {
         match self.boot.loader {
