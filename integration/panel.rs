@@ -209,6 +209,8 @@ fn root_a_panel_checks_sees_package_changes_and_upgrades_following_progress() {
     assert_eq!(offer["remote"], "origin");
     assert_eq!(offer["channel"], "stable");
     assert_eq!(offer["method"], "deltas");
+    // How it would be applied, estimated from the package lists before any download.
+    assert_eq!(offer["activation"]["step"], "live", "{offer}");
     assert!(
         offer["download_bytes"].as_i64().unwrap() > 1 << 20,
         "{offer}"
@@ -749,6 +751,12 @@ fn root_the_cockpit_page_checks_and_installs_in_a_browser() {
     );
     let available = step("update-available");
     assert_eq!(available["chip"], "Update available: 2", "{available}");
+    // Beside Install: the step, estimated from the package lists (leaf packages).
+    let hint = available["apply"].as_str().unwrap();
+    assert!(
+        hint.starts_with("Applies by live") && hint.contains("estimated from the package lists"),
+        "{available}"
+    );
     let text = available["available"].as_str().unwrap();
     for want in [
         "Version 2 on origin:stable",

@@ -244,6 +244,15 @@ function renderProgress() {
     $("progress-text").textContent = t;
 }
 
+/* Beside Install: how the update would be applied (live, soft-reboot, kexec or
+   reboot) and why, from the offer's estimate or, once staged, the staged choice. */
+function renderApplyHint() {
+    const a = state.AvailableUpdate;
+    const staged = (state.UpdateStatus || {}).activation;
+    const act = (!empty(a) && !empty(a.activation)) ? a.activation : staged;
+    $("apply-hint").textContent = empty(act) ? "" : "Applies by " + act.step + " — " + act.summary;
+}
+
 function render() {
     const [key, label] = chip();
     const c = $("chip");
@@ -257,6 +266,7 @@ function render() {
     $("reboot").disabled = busy || !(state.UpdateState === "staged" || state.UpdateState === "pending-reboot");
     $("reset").disabled = busy || !empty(state.StagedDeployment);
     renderAvailable();
+    renderApplyHint();
     renderDeployments();
     renderPolicy();
     renderProgress();

@@ -71,6 +71,7 @@ def main():
         print(json.dumps({
             "step": name, "state": state, "chip": label,
             "available": el("available").text,
+            "apply": el("apply-hint").text,
             "deployments": el("deployments").text,
             "progress": el("progress-text").text if el("progress").is_displayed() else "",
             "error": el("error").text,

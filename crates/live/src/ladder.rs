@@ -14,6 +14,7 @@ use crate::activation::{self, Choice, Facts, Step};
 use crate::apply::{self, ApplyOptions};
 use crate::plan::{LivePlan, usr_path};
 use arbor_store::ObjectId;
+use arbor_store::dpkg::PackageDiff;
 use arbor_sysroot::{Deployment, Sysroot, status};
 
 /// What the administrator and the policy allow.
@@ -90,7 +91,8 @@ pub fn for_pending(sysroot: &Sysroot, limits: &Limits) -> Result<Choice> {
     let plan = apply::plan(sysroot, &root, &ApplyOptions::default())?;
     let pending = status::status(sysroot)?.next().cloned();
     let kargs_changed = pending.is_some_and(|p| own_kargs(&p.kargs) != own_kargs(&booted.kargs));
-    Ok(choose(sysroot, &root, &plan, kargs_changed, limits))
+    let kernel = kernel_changes(&plan);
+    Ok(choose(sysroot, &root, &plan, kernel, kargs_changed, limits))
 }
 
 /// The step that would bring the machine to `commit` (downloaded, not deployed),
@@ -98,20 +100,57 @@ pub fn for_pending(sysroot: &Sysroot, limits: &Limits) -> Result<Choice> {
 pub fn for_commit(sysroot: &Sysroot, commit: &ObjectId, limits: &Limits) -> Result<Choice> {
     let root = live_root(sysroot, &crate::booted(sysroot)?);
     let plan = apply::plan_for_commit(sysroot, &root, commit)?;
-    Ok(choose(sysroot, &root, &plan, false, limits))
+    let kernel = kernel_changes(&plan);
+    Ok(choose(sysroot, &root, &plan, kernel, false, limits))
+}
+
+/// The step an offered version would take, estimated before anything is downloaded
+/// from the package lists its publisher recorded (`AvailableUpdate`): a kernel or
+/// initramfs generator package changes → kexec, a core package → soft-reboot, else
+/// live. The choice is made again from the trees once the version is staged.
+pub fn estimate(sysroot: &Sysroot, packages: &PackageDiff, limits: &Limits) -> Choice {
+    // Without a booted deployment (a first deploy) there is nothing running to keep.
+    let root = match crate::booted(sysroot) {
+        Ok(b) => live_root(sysroot, &b),
+        Err(_) => sysroot.path().to_path_buf(),
+    };
+    let kernel = packages
+        .added
+        .iter()
+        .chain(&packages.removed)
+        .map(|p| p.name.as_str())
+        .chain(packages.upgraded.iter().map(|c| c.name.as_str()))
+        .chain(packages.downgraded.iter().map(|c| c.name.as_str()))
+        .any(|n| {
+            n.starts_with("linux-image-")
+                || matches!(n, "initramfs-tools" | "dracut" | "dracut-core")
+        });
+    let plan = LivePlan {
+        from: ObjectId([0; 32]),
+        to: ObjectId([0; 32]),
+        added: Vec::new(),
+        changed: Vec::new(),
+        removed: Vec::new(),
+        packages: packages.clone(),
+        services: Vec::new(),
+        etc_changed: Vec::new(),
+        refusals: Vec::new(),
+    };
+    choose(sysroot, &root, &plan, kernel, false, limits)
 }
 
 fn choose(
     sysroot: &Sysroot,
     root: &Path,
     plan: &LivePlan,
+    kernel_changed: bool,
     kargs_changed: bool,
     limits: &Limits,
 ) -> Choice {
     let running = sysroot.is_running_system();
     activation::choose(&Facts {
         live: plan,
-        kernel_changed: kernel_changes(plan),
+        kernel_changed,
         kargs_changed,
         mapped_libraries: if running {
             mapped_elsewhere(root, plan)

@@ -347,6 +347,13 @@ pub fn perform(
                 .map_or(Method::Present, |c| c.kind)
                 .to_string(),
             packages: result.packages.clone(),
+            activation: result.packages.as_ref().map(|p| {
+                let mut a = arbor_live::ladder::Activation::from(&arbor_live::ladder::estimate(
+                    sysroot, p, &limits,
+                ));
+                a.summary = format!("estimated from the package lists: {}", a.summary);
+                a
+            }),
         });
         if opts.dry_run {
             result.etc_conflicts =

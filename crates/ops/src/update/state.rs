@@ -180,6 +180,9 @@ pub struct Offer {
     /// The package changes from the running base, when both sides list their
     /// packages.
     pub packages: Option<arbor_store::dpkg::PackageDiff>,
+    /// How it would be applied, estimated from `packages` before it is downloaded
+    /// (docs/activation.md); None without package lists or a booted deployment.
+    pub activation: Option<arbor_live::ladder::Activation>,
 }
 
 fn now() -> i64 {
