@@ -20,13 +20,19 @@ pub fn run_and_print(cli: &Cli, req: &Request, output: &OutputArgs) -> Result<i3
     } else {
         print_outcome(&out, req);
     }
+    start_switch(&out)?;
+    Ok(0)
+}
+
+/// Starts the switch `--apply` (or the policy's `apply`) prepared, once the outcome
+/// is printed: this process ends with the userspace it runs in.
+pub fn start_switch(out: &Outcome) -> Result<()> {
     if let Some(s) = out.switch() {
-        // Said first: this process ends with the userspace it runs in.
         use std::io::Write;
         let _ = std::io::stdout().flush();
         arbor_live::activate::start(s)?;
     }
-    Ok(0)
+    Ok(())
 }
 
 /// The outcome of a request in words.

@@ -333,23 +333,30 @@ pub fn auto_update(cli: &Cli, a: &AutoUpdateArgs) -> Result<i32> {
     };
     let out = super::run_op(cli, &sysroot, &req)?;
     if a.output.json {
-        return json(&out).map(|_| 0);
+        json(&out)?;
+    } else {
+        print_auto_update(&out, &policy);
     }
+    // The policy's `apply`: a switch prepared for the staged version starts now.
+    super::outcome::start_switch(&out)?;
+    Ok(0)
+}
+
+fn print_auto_update(out: &Outcome, policy: &Policy) {
     let Outcome::Update(r) = out else {
         unreachable!("auto-update gave a {} outcome", out.kind())
     };
     if let Some(why) = &r.skipped {
         println!("{why}");
         if r.offered.is_none() {
-            return Ok(0);
+            return;
         }
     }
     let action = match (&r.offered, &r.skipped) {
         (Some(v), None) => policy.action(v.critical),
         _ => Action::Check,
     };
-    super::outcome::print_update(&r, action, false);
-    Ok(0)
+    super::outcome::print_update(r, action, false);
 }
 
 /// Runs `arbor update-status`.
