@@ -127,6 +127,12 @@ pub fn prepare_root(sysroot: &Path, cmdline: &str, target: &Path) -> Result<Prep
     let mut mounts = Vec::new();
     let result = (|| -> Result<()> {
         bind(&deployment, target, &mut mounts)?;
+        // The bind is a peer of the physical root's mount when that is shared (the
+        // running system's is, for a soft-reboot's /run/nextroot): the mounts below
+        // would show up under the deployment's folder too, where systemd unmounts
+        // them at the switch, and the unmount would come back here.
+        mount::mount_change(target, mount::MountPropagationFlags::PRIVATE)
+            .with_context(|| format!("making {} a private mount", target.display()))?;
         let usr = target.join("usr");
         bind(&usr, &usr, &mut mounts)?;
         mount::mount_remount(&usr, MountFlags::BIND | MountFlags::RDONLY, "")

@@ -133,8 +133,11 @@ fn switch_to(
         sysroot.set_history_detail(what.clone());
         match step {
             Step::SoftReboot => assemble_next_root(sysroot, target)?,
-            Step::Kexec => load_kernel(sysroot, target)?,
-            Step::Reboot => {}
+            Step::Kexec => {
+                clear_next_root()?;
+                load_kernel(sysroot, target)?
+            }
+            Step::Reboot => clear_next_root()?,
             Step::Live => bail!("live is apply-live, not a switch"),
         }
         sysroot.write_switch_mark(&SwitchMark {
@@ -154,15 +157,8 @@ fn switch_to(
 /// Mounts `target`'s root at [`NEXTROOT`] as prepare-root mounts it at boot, and
 /// notes it as the deployment the soft-reboot switches into.
 fn assemble_next_root(sysroot: &Sysroot, target: &Deployment) -> Result<()> {
+    clear_next_root()?;
     let next = Path::new(NEXTROOT);
-    // A root assembled before (a switch prepared and not started) goes first.
-    let mounted = arbor_core::mounts::list()?
-        .iter()
-        .any(|m| m.mount_point == next);
-    if mounted {
-        rustix::mount::unmount(next, rustix::mount::UnmountFlags::DETACH)
-            .with_context(|| format!("unmounting the earlier {NEXTROOT}"))?;
-    }
     std::fs::create_dir_all(next).with_context(|| format!("creating {NEXTROOT}"))?;
     prepare_root::prepare_root(
         sysroot.path(),
@@ -171,6 +167,21 @@ fn assemble_next_root(sysroot: &Sysroot, target: &Deployment) -> Result<()> {
     )
     .with_context(|| format!("assembling {} at {NEXTROOT}", target.dir_name()))?;
     sysroot.write_soft_reboot_mark(target)
+}
+
+/// Unmounts a root assembled before (a switch prepared and never started): systemd
+/// would switch into it at any later reboot (`systemctl reboot` soft-reboots when
+/// `/run/nextroot` holds a root).
+fn clear_next_root() -> Result<()> {
+    let next = Path::new(NEXTROOT);
+    let mounted = arbor_core::mounts::list()?
+        .iter()
+        .any(|m| m.mount_point == next);
+    if mounted {
+        rustix::mount::unmount(next, rustix::mount::UnmountFlags::DETACH)
+            .with_context(|| format!("unmounting the earlier {NEXTROOT}"))?;
+    }
+    Ok(())
 }
 
 /// Loads `target`'s kernel and initramfs (the files its boot entry names) with its
