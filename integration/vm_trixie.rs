@@ -334,19 +334,33 @@ esac
     );
     let b = vm.boot(&step, Duration::from_secs(1500));
     assert!(b.out.is_none(), "the first run ends with a reboot");
-    let find = |n: u32, what: &str, want: &[&str]| -> String {
-        let out = vm.out_of(n);
+    // The agent's runs, by the version each saw booted (13.5 may have none: its check
+    // failed and the fall back began before the agent's turn).
+    let runs: Vec<(String, String)> = (1..=vm.boots())
+        .map(|n| vm.out_of(n))
+        .filter(|o| o.contains("\"deployments\""))
+        .map(|o| (booted_version(&o), o))
+        .collect();
+    let find = |version: &str, nth: usize, what: &str, want: &[&str]| -> String {
+        let out = runs
+            .iter()
+            .filter(|(v, _)| v == version)
+            .nth(nth)
+            .map(|(_, o)| o.clone())
+            .unwrap_or_else(|| {
+                panic!(
+                    "{what}: no run of the step on {version}; serial:\n{}",
+                    tail(&b.serial)
+                )
+            });
         for w in want {
-            assert!(
-                out.contains(w),
-                "{what}: no {w}:\n{out}\nserial:\n{}",
-                tail(&b.serial)
-            );
+            assert!(out.contains(w), "{what}: no {w}:\n{out}");
         }
         out
     };
     let out = find(
-        1,
+        "13.1",
+        0,
         "13.1",
         &[
             "RELEASE=13 KERNEL=6.12.",
@@ -362,10 +376,10 @@ esac
             "Hello, world!",
             "mildest way to apply it: soft-reboot",
             "not live: core packages change: libcap2",
+            "applying by soft-reboot: 13.3",
             "STEP-END",
         ],
     );
-    assert_eq!(booted_version(&out), "13.1", "{out}");
     assert!(
         !out.contains("PKG: initramfs-tools install ok installed"),
         "{out}"
@@ -382,70 +396,84 @@ esac
         out.contains("commit"),
         "BootedDeployment over the bus:\n{out}"
     );
+    let cmdline_of = |out: &str| {
+        out.lines()
+            .find(|l| l.starts_with("CMDLINE "))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let first_cmdline = cmdline_of(&out);
 
     let out = find(
-        2,
+        "13.3",
+        0,
         "13.3 after the soft-reboot",
         &[
             "CHECK-Result=success",
             "COMPLETE-ActiveState=active",
             "PKG: libcap2 ",
             "+arbor1",
-            "HISTORY: ",
-            "activate",
+            "soft-reboot into 13.3",
             "mildest way to apply it: kexec",
+            "applying by kexec: 13.4",
             "STEP-END",
         ],
     );
-    assert_eq!(booted_version(&out), "13.3", "{out}");
-    let cmdline = out
-        .lines()
-        .find(|l| l.starts_with("CMDLINE "))
-        .unwrap_or_default();
-    let first = vm.out_of(1);
-    let first_cmdline = first
-        .lines()
-        .find(|l| l.starts_with("CMDLINE "))
-        .unwrap_or("?");
     assert_eq!(
-        cmdline, first_cmdline,
+        cmdline_of(&out),
+        first_cmdline,
         "a soft-reboot keeps the kernel and its command line"
     );
 
     let out = find(
-        3,
+        "13.4",
+        0,
         "13.4 after the kexec",
         &[
             "CHECK-Result=success",
             "COMPLETE-ActiveState=active",
+            "kexec into 13.4",
+            "applying by soft-reboot: 13.5",
             "STEP-END",
         ],
     );
-    assert_eq!(booted_version(&out), "13.4", "{out}");
-    let cmdline = out
-        .lines()
-        .find(|l| l.starts_with("CMDLINE "))
-        .unwrap_or_default();
+    let cmdline = cmdline_of(&out);
     assert!(
         cmdline != first_cmdline
             && cmdline.contains("arbor=/arbor/deploy/")
             && cmdline.contains("arbor.test"),
         "the kexec'd kernel has 13.4's own command line: {cmdline}\n{out}"
     );
-
-    let out = find(4, "13.5 after the soft-reboot", &[]);
-    assert_eq!(booted_version(&out), "13.5", "{out}");
     let out = find(
-        5,
+        "13.4",
+        1,
         "13.4 after the fall back",
         &[
             "CHECK-Result=success",
-            "automatic-rollback",
+            "automatic rollback: 13.5 failed its health check after a soft-reboot",
             "falling back",
+            "state:     failed",
+            "applying by reboot: 13.6",
             "STEP-END",
         ],
     );
-    assert_eq!(booted_version(&out), "13.4", "{out}");
+    // The failed entry keeps no tries: nothing boots it by mistake.
+    let line = out
+        .lines()
+        .find(|l| l.starts_with('{') && l.contains("\"deployments\""))
+        .unwrap();
+    let st: serde_json::Value = serde_json::Deserializer::from_str(line)
+        .into_iter()
+        .next()
+        .unwrap()
+        .unwrap();
+    let bad = st["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["version"] == "13.5")
+        .expect("13.5 is still deployed");
+    assert_eq!(bad["tries"]["left"], 0, "{bad}");
 
     let b = vm.boot(&step, LIMIT);
     let out = ran(&b, "13.6 after the reboot");

@@ -97,6 +97,12 @@ pub fn fall_back(sysroot: &Sysroot, lock: &WriterLock, failed: &str) -> Result<O
             .into_iter()
             .filter(|d| d.dir_name() != back.dir_name()),
     );
+    // The failed entry keeps no tries, as one the loader gave up on: neither the
+    // loader nor a later `arbor rollback` picks it by mistake.
+    for d in new_order.iter_mut().filter(|d| d.dir_name() == failed) {
+        let done = d.tries.map_or(0, |t| t.done + t.left);
+        d.tries = Some(arbor_boot::Tries { left: 0, done });
+    }
     sysroot.write_boot_order(lock, &new_order)?;
     let msg = format!(
         "automatic rollback: {} failed its health check after a {}; back to {} ({})",
