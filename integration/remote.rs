@@ -997,6 +997,9 @@ fn root_an_update_says_the_mildest_way_to_apply_it() {
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The step taken is in the history.
+    let history = booted(&["history"]);
+    assert!(history.contains("applied live"), "{history}");
 
     // 3 brings another kernel.
     let tree = t.path().join("3").join("rootfs-3");

@@ -91,6 +91,11 @@ pub(crate) fn carry_out(
         };
         let r = arbor_live::apply::apply_live(sysroot, lock, &root, &opts)
             .context("applying the update live")?;
+        // The step taken, in this operation's row of the history.
+        sysroot.set_history_detail(match r.restarted.as_slice() {
+            [] => "applied live".to_string(),
+            units => format!("applied live; restarted {}", units.join(" ")),
+        });
         return Ok(Applied {
             step: step.name().to_string(),
             restarted: r.restarted,
