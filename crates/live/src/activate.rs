@@ -137,13 +137,11 @@ fn switch_to(
     );
     sysroot.record(HistoryKind::Activate, || {
         sysroot.set_history_detail(what.clone());
+        clear_next_root()?;
         match step {
             Step::SoftReboot => assemble_next_root(sysroot, target)?,
-            Step::Kexec => {
-                clear_next_root()?;
-                load_kernel(sysroot, target)?
-            }
-            Step::Reboot => clear_next_root()?,
+            Step::Kexec => load_kernel(sysroot, target)?,
+            Step::Reboot => {}
             Step::Live => bail!("live is apply-live, not a switch"),
         }
         sysroot.write_switch_mark(&SwitchMark {
@@ -163,7 +161,6 @@ fn switch_to(
 /// Mounts `target`'s root at [`NEXTROOT`] as prepare-root mounts it at boot, and
 /// notes it as the deployment the soft-reboot switches into.
 fn assemble_next_root(sysroot: &Sysroot, target: &Deployment) -> Result<()> {
-    clear_next_root()?;
     let next = Path::new(NEXTROOT);
     std::fs::create_dir_all(next).with_context(|| format!("creating {NEXTROOT}"))?;
     prepare_root::prepare_root(
@@ -175,8 +172,8 @@ fn assemble_next_root(sysroot: &Sysroot, target: &Deployment) -> Result<()> {
     sysroot.write_soft_reboot_mark(target)
 }
 
-/// Unmounts a root assembled before (a switch prepared and never started): systemd
-/// would switch into it at any later reboot (`systemctl reboot` soft-reboots when
+/// Unmounts a root assembled before (a switch prepared and never started), before
+/// any switch is prepared: systemd would switch into it at any later reboot (`systemctl reboot` soft-reboots when
 /// `/run/nextroot` holds a root).
 fn clear_next_root() -> Result<()> {
     let next = Path::new(NEXTROOT);
