@@ -5,6 +5,9 @@
 # shared with the checkout's target/ folder. Prints the path of the .deb.
 #
 #   scripts/build-deb.sh [OUT_DIR]     default OUT_DIR: target/debian
+#
+# ARBOR_DEB_TARGET names another cargo target folder for the release build: CI keeps
+# one under /var/tmp, so the dependencies' release builds carry over between runs.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-$here/target/debian}
@@ -18,7 +21,7 @@ cp "$here/cockpit/arbor/patternfly.css" "$work/arbor/cockpit/arbor/"
 (
   cd "$work/arbor"
   # cargo comes from rustup, not from a Debian package: skip the build-dependency check.
-  CARGO_TARGET_DIR="$here/target" CARGO_MANIFEST="$here/Cargo.toml" dpkg-buildpackage -b -us -uc -d >"$work/build.log" 2>&1 ||
+  CARGO_TARGET_DIR="${ARBOR_DEB_TARGET:-$here/target}" CARGO_MANIFEST="$here/Cargo.toml" dpkg-buildpackage -b -us -uc -d >"$work/build.log" 2>&1 ||
     { tail -40 "$work/build.log" >&2; echo "build-deb: dpkg-buildpackage failed" >&2; exit 1; }
 )
 rm -f "$out"/arbor_*.deb "$out"/arbor-dbgsym_*.deb

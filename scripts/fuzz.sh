@@ -11,6 +11,10 @@ secs=${FUZZ_SECONDS:-20}
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
 corpus=/var/tmp/arbor-fuzz
+# ARBOR_FUZZ_TARGET: a cargo target folder kept between runs (CI), for the nightly
+# release build of the fuzz targets' dependencies.
+target_dir=()
+[[ -n ${ARBOR_FUZZ_TARGET:-} ]] && target_dir=(--target-dir "$ARBOR_FUZZ_TARGET")
 mkdir -p "$corpus"
 
 # Real objects as seeds: a commit of a small tree (arbor's own man pages).
@@ -37,7 +41,7 @@ for t in $(cargo +nightly fuzz list --fuzz-dir fuzz); do
   # keeps no empty folders), and libFuzzer refuses a corpus folder that is missing.
   dirs=("$corpus/$t")
   [ -d "fuzz/seeds/$t" ] && dirs+=("fuzz/seeds/$t")
-  if ! cargo +nightly fuzz run --fuzz-dir fuzz -O --sanitizer none "$t" "${dirs[@]}" -- \
+  if ! cargo +nightly fuzz run --fuzz-dir fuzz -O --sanitizer none "${target_dir[@]}" "$t" "${dirs[@]}" -- \
     -max_total_time="$secs" -rss_limit_mb=2048 -max_len=65536 \
     -print_final_stats=1 >"$log" 2>&1; then
     tail -n 60 "$log" >&2

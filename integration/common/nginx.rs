@@ -24,11 +24,34 @@ impl Nginx {
     /// Serves `root` from a new nginx whose files live in `dir`. `slow_deltas` limits
     /// each delta download to that many bytes a second (to interrupt one mid-way).
     pub fn start(root: &Path, dir: &Path, slow_deltas: Option<u32>) -> Nginx {
-        std::fs::create_dir_all(dir).unwrap();
-        let port = free_port();
         let limit = slow_deltas
             .map(|r| format!("location ~ /deltas/ {{ limit_rate {r}; }}"))
             .unwrap_or_default();
+        Nginx::start_with(root, dir, &limit)
+    }
+
+    /// Serves `root`, and takes health reports by WebDAV `PUT` below `/reports/`
+    /// (stored in `root/reports/`), as a fleet's report location would.
+    pub fn start_with_reports(root: &Path, dir: &Path) -> Nginx {
+        // nginx creates the folders below the location's, not its own; its workers
+        // (nobody) write there.
+        let reports = root.join("reports");
+        std::fs::create_dir_all(&reports).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&reports, std::fs::Permissions::from_mode(0o777)).unwrap();
+        Nginx::start_with(
+            root,
+            dir,
+            "location /reports/ { dav_methods PUT; create_full_put_path on; \
+             dav_access user:rw group:r all:r; client_max_body_size 8k; }",
+        )
+    }
+
+    /// Serves `root` with `extra` in the server block.
+    fn start_with(root: &Path, dir: &Path, extra: &str) -> Nginx {
+        std::fs::create_dir_all(dir).unwrap();
+        let port = free_port();
+        let limit = extra;
         let d = dir.display();
         let conf = dir.join("nginx.conf");
         std::fs::write(

@@ -16,6 +16,7 @@ mod outcome;
 mod output;
 mod packages;
 mod progress;
+mod publish;
 mod serve;
 mod store;
 mod updates;
@@ -150,7 +151,7 @@ pub enum Command {
     ApplyLive(live::ApplyLiveArgs),
     /// Publish versions to a folder served over HTTP (TUF-signed).
     #[command(subcommand)]
-    Publish(updates::PublishCommand),
+    Publish(publish::PublishCommand),
     /// Published repositories this sysroot updates from.
     #[command(subcommand)]
     Remote(updates::RemoteCommand),
@@ -308,7 +309,7 @@ pub fn dispatch(cli: &Cli) -> Result<i32> {
         C::Usroverlay(a) => live::usroverlay(cli, a),
         C::ApplyLive(a) => live::apply_live(cli, a),
         // Updates from remotes.
-        C::Publish(cmd) => updates::publish(cli, cmd),
+        C::Publish(cmd) => publish::publish(cli, cmd),
         C::Remote(cmd) => updates::remote(cli, cmd),
         C::UpdateStatus(o) => updates::update_status(cli, o),
         C::AutoUpdate(a) => updates::auto_update(cli, a),

@@ -175,7 +175,17 @@ pub fn print_update(r: &UpdateResult, action: Action, dry_run: bool) {
             c.version,
             c.phase,
             c.device_phase,
-            if c.offered { "offered" } else { "not yet" }
+            match (c.offered, c.withdrawn) {
+                (true, _) => "offered",
+                (false, true) => "withdrawn",
+                (false, false) => "not yet",
+            }
+        );
+    }
+    if let Some(v) = &r.withdrawn {
+        println!(
+            "version {v} was withdrawn by its publisher: its staged deployment was dropped, \
+             the booted deployment boots again"
         );
     }
     let Some(v) = &r.offered else {

@@ -8,6 +8,7 @@
 
 pub mod error;
 mod outcome;
+pub mod report;
 mod request;
 pub mod to_disk;
 pub mod update;
@@ -265,6 +266,17 @@ pub fn health_check(
         false => Err(failed.join("; ")),
     };
     update::state::note_health(sysroot, &report.deployment, verdict);
+    // Before a fall back switches away: the report is out first, or queued.
+    match report::after_verdict(sysroot, &report) {
+        Ok(s) if s.made > 0 => tracing::info!(
+            "health reports: {} made, {} sent, {} waiting",
+            s.made,
+            s.sent,
+            s.kept
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("health report: {e:#}"),
+    }
     after_switch(sysroot, &report, wait)?;
     Ok(report)
 }

@@ -5,6 +5,7 @@
 //! old repository or the new one, never a mix.
 
 pub mod keys;
+pub mod rollout;
 
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -213,6 +214,7 @@ impl Publisher {
             format: INDEX_FORMAT,
             channel: channel.into(),
             versions: Vec::new(),
+            rollout: None,
         };
         let bytes = runtime()?.block_on(async {
             let Some(repo) = self.load().await? else {
@@ -425,6 +427,8 @@ impl Publisher {
             deltas,
             packages,
             requires: opts.requires.clone(),
+            withdrawn: false,
+            phase_since: Some(now().timestamp()),
         };
         idx.versions.push(entry.clone());
         self.sign(Some(&idx))?;
@@ -453,6 +457,7 @@ impl Publisher {
             .find(|v| v.version == version)
             .unwrap();
         v.phase = phase;
+        v.phase_since = Some(now().timestamp());
         let out = v.clone();
         self.sign(Some(&idx))?;
         Ok(out)

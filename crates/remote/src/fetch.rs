@@ -464,6 +464,8 @@ mod tests {
                 .collect(),
             packages: None,
             requires: None,
+            withdrawn: false,
+            phase_since: None,
         }
     }
 
@@ -472,6 +474,7 @@ mod tests {
             format: super::super::index::INDEX_FORMAT,
             channel: "stable".into(),
             versions: vec![v.clone()],
+            rollout: None,
         };
         delta_chains(&idx, &v.commit, have)
     }

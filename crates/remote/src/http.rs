@@ -151,6 +151,27 @@ fn classify(url: &str, e: ureq::Error, timeout: Duration) -> FetchError {
     }
 }
 
+/// Sends `body` by HTTP `PUT` to `url` (a health report: docs/fleet.md), the whole
+/// exchange bounded by `timeout`, the answer's body unread. Any 2xx is success.
+pub fn put(url: &str, body: &[u8], timeout: Duration) -> Result<(), FetchError> {
+    let config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .max_redirects(0)
+        .user_agent(concat!("arbor/", env!("CARGO_PKG_VERSION")))
+        .build();
+    let agent: ureq::Agent = config.into();
+    let resp = agent
+        .put(url)
+        .header("Content-Type", "application/json")
+        .send(body)
+        .map_err(|e| classify(url, e, timeout))?;
+    match resp.status().as_u16() {
+        200..=299 => Ok(()),
+        code => Err(classify(url, ureq::Error::StatusCode(code), timeout)),
+    }
+}
+
 impl Http {
     /// A client for the repository at `base` (a folder URL; a missing trailing `/` is
     /// added so relative paths land inside it).

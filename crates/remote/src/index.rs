@@ -130,6 +130,20 @@ pub struct VersionEntry {
     /// by name ([`next_step`]). Absent unless the publisher set one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requires: Option<String>,
+    /// Withdrawn by the publisher (`arbor publish rollout` halted it, or `publish
+    /// withdraw`): offered to no machine, and a machine that staged it and has not
+    /// booted it drops the staged deployment at its next check. A machine already
+    /// running it stays there unless its own health check says otherwise.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub withdrawn: bool,
+    /// Unix time its phase was last set: the rollout controller widens it only after
+    /// the channel's soak time has passed since (absent in indexes before arbor 0.14).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_since: Option<i64>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The largest package list a client reads (a Debian system with every package of
@@ -145,6 +159,10 @@ pub struct ChannelIndex {
     pub channel: String,
     /// Its versions in publication order.
     pub versions: Vec<VersionEntry>,
+    /// Where its machines send health reports, and the rules the rollout controller
+    /// widens and halts by (docs/fleet.md). Absent: no reports, phases by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::RolloutRules>,
 }
 
 /// True for a path a published repository may name: relative, no `..`, plain characters.
@@ -179,6 +197,10 @@ impl ChannelIndex {
             "the index of channel {channel} says it is channel {}",
             idx.channel
         );
+        if let Some(r) = &idx.rollout {
+            r.check()
+                .map_err(|e| e.context(format!("the index of channel {channel}")))?;
+        }
         let mut seen = std::collections::HashSet::new();
         for v in &idx.versions {
             ensure!(
@@ -267,6 +289,9 @@ pub struct Considered {
     pub phase: u8,
     /// Whether it is offered to this device.
     pub offered: bool,
+    /// Withdrawn by its publisher: offered to no device.
+    #[serde(default)]
+    pub withdrawn: bool,
 }
 
 /// Which version this device should run: the newest offered one, if newer than what it
@@ -281,12 +306,13 @@ pub fn choose<'a>(
     let mut considered = Vec::new();
     for (pos, v) in idx.versions.iter().enumerate().rev() {
         let device_phase = device_phase(machine_id, &idx.channel, &v.version);
-        let offered = phase_override || device_phase < v.phase;
+        let offered = !v.withdrawn && (phase_override || device_phase < v.phase);
         considered.push(Considered {
             version: v.version.clone(),
             device_phase,
             phase: v.phase,
             offered,
+            withdrawn: v.withdrawn,
         });
         if offered {
             let newer = current_pos.is_none_or(|c| pos > c);
@@ -527,6 +553,8 @@ mod tests {
                 .collect(),
             packages: None,
             requires: None,
+            withdrawn: false,
+            phase_since: None,
         }
     }
 
@@ -539,6 +567,7 @@ mod tests {
                 version("2", 100, vec![("1", 50)]),
                 version("3", 100, vec![("2", 40), ("1", 200)]),
             ],
+            rollout: None,
         }
     }
 

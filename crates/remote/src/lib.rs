@@ -10,6 +10,8 @@ pub mod fetch;
 pub mod http;
 pub mod index;
 pub mod pack;
+pub mod report;
+pub mod rollout;
 pub mod tuf;
 pub mod tuf_client;
 

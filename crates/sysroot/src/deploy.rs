@@ -357,6 +357,23 @@ pub fn undeploy(sysroot: &Sysroot, lock: &WriterLock, index: usize) -> Result<De
     Ok(d)
 }
 
+/// Drops the deployment that would boot next instead of the booted one (staged, or
+/// made the default and not booted yet), as `rpm-ostree cleanup --pending` does:
+/// the booted deployment boots again. Returns it, or None when nothing was pending.
+pub fn drop_pending(sysroot: &Sysroot, lock: &WriterLock) -> Result<Option<Deployment>> {
+    if let Some(d) = sysroot.staged()? {
+        sysroot.set_staged(lock, None)?;
+        remove_unlisted(sysroot, lock, &sysroot.deployments()?)?;
+        return Ok(Some(d));
+    }
+    match sysroot.deployments()?.first() {
+        Some(d) if !d.booted && sysroot.deployments()?.iter().any(|d| d.booted) => {
+            undeploy(sysroot, lock, 0).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
 /// Pins (or unpins) deployment `index`: pinned deployments are never removed by deploy.
 pub fn pin(
     sysroot: &Sysroot,

@@ -87,13 +87,13 @@ pub fn choose_entry(tries: &[Option<Tries>]) -> (usize, Option<Tries>) {
 /// After the loader fell back (every entry before the booted one ran out of tries), makes
 /// the booted deployment the default again and records the automatic rollback, as
 /// greenboot runs `rpm-ostree rollback`: the loader then boots it without skipping a
-/// dead entry first, and the failed deployment stays below it. Returns the message
-/// when there was a fallback to settle.
-pub fn settle_fallback(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<Option<String>> {
+/// dead entry first, and the failed deployment stays below it. Returns the deployments
+/// the loader gave up on (none when there was no fallback to settle).
+pub fn settle_fallback(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<Vec<Deployment>> {
     let lock = sysroot.lock(wait)?;
     let mut order = sysroot.deployments()?;
     let Some(b) = order.iter().position(|d| d.booted) else {
-        return Ok(None);
+        return Ok(Vec::new());
     };
     // A deployment made default by a deploy or rollback still has tries left: only
     // entries the loader gave up on mean a fallback. GRUB says so in its environment
@@ -108,7 +108,7 @@ pub fn settle_fallback(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<Option<S
                 .iter()
                 .all(|d| d.tries.is_some_and(|t| t.left == 0)))
     {
-        return Ok(None);
+        return Ok(Vec::new());
     }
     if grub_gave_up {
         // Its entry shows it ran out, as systemd-boot's renames would.
@@ -138,8 +138,8 @@ pub fn settle_fallback(sysroot: &Sysroot, wait: LockWait<'_>) -> Result<Option<S
         d.index = i as u32;
     }
     sysroot.write_boot_order(&lock, &order)?;
-    sysroot.note(HistoryKind::AutomaticRollback, &Err(msg.clone()));
-    Ok(Some(msg))
+    sysroot.note(HistoryKind::AutomaticRollback, &Err(msg));
+    Ok(order[1..=b].to_vec())
 }
 
 /// Marks the booted deployment's entry good: its tries suffix is removed, so the loader
@@ -194,6 +194,10 @@ pub struct HealthReport {
     pub checks: Vec<CheckResult>,
     /// All passed (and the boot was marked good).
     pub passed: bool,
+    /// The deployments the loader gave up on before booting this one (an automatic
+    /// rollback this run settled), by folder name.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rolled_back: Vec<String>,
 }
 
 fn run_check(path: &Path, timeout: Duration) -> Result<CheckResult> {
@@ -272,7 +276,10 @@ pub fn health_check(
     timeout: Duration,
     wait: LockWait<'_>,
 ) -> Result<HealthReport> {
-    settle_fallback(sysroot, wait)?;
+    let rolled_back = settle_fallback(sysroot, wait)?
+        .iter()
+        .map(Deployment::dir_name)
+        .collect();
     let d = booted(sysroot)?;
     let dir = health_dir(sysroot, &d);
     let mut paths: Vec<PathBuf> = match std::fs::read_dir(&dir) {
@@ -296,6 +303,7 @@ pub fn health_check(
         deployment: d.dir_name(),
         checks,
         passed,
+        rolled_back,
     };
     if passed {
         boot_complete(sysroot, wait)?;

@@ -3,6 +3,7 @@
 //! Upgrade all run [`run`]; each step moves the persisted [`state::State`].
 
 pub mod apply_step;
+mod fleet;
 pub mod policy;
 pub mod state;
 
@@ -88,6 +89,9 @@ pub struct UpdateResult {
     pub activation: Option<arbor_live::ladder::Activation>,
     /// What `--apply` did: the step taken, and the switch the caller starts.
     pub applied: Option<apply_step::Applied>,
+    /// A version this machine had staged that its publisher withdrew: the staged
+    /// deployment was dropped (docs/fleet.md).
+    pub withdrawn: Option<String>,
 }
 
 /// Where updates come from for this sysroot: (remote, channel, current base commit,
@@ -237,10 +241,10 @@ pub fn perform(
         Some(o) => o.clone(),
         None => sysroot.default_os()?,
     };
-    let (remote_name, channel, current_d) = source(sysroot, &os, opts.rebase.as_deref())?;
+    let (remote_name, channel, mut current_d) = source(sysroot, &os, opts.rebase.as_deref())?;
     let remote = Remote::open(sysroot, &remote_name)?;
     let repo = sysroot.repo();
-    let current = match &current_d {
+    let mut current = match &current_d {
         Some(d) => Some(base_of(repo, &d.commit)?),
         None => None,
     };
@@ -274,15 +278,33 @@ pub fn perform(
         obs.percent("checking", 0);
         obs.task_begin("check");
         let idx = remote.channel(&channel)?;
+        if !opts.dry_run {
+            fleet::note_reports(sysroot, &os, &remote_name, &idx);
+            if let Some(v) = fleet::drop_withdrawn(sysroot, lock, &os, &idx)? {
+                result.withdrawn = Some(v);
+                current_d = next_deployment(sysroot, &os)?;
+                current = match &current_d {
+                    Some(d) => Some(base_of(repo, &d.commit)?),
+                    None => None,
+                };
+                result.current = current;
+            }
+        }
         let machine = remote::machine_id()?;
         let offered = match &opts.version {
             Some(v) => {
                 let e = idx.version(v)?;
+                ensure!(
+                    !e.withdrawn,
+                    "version {v} of channel {channel} was withdrawn by its publisher \
+                     (its rollout was halted): nothing was changed"
+                );
                 result.considered.push(Considered {
                     version: v.clone(),
                     device_phase: device_phase(&machine, &channel, v),
                     phase: e.phase,
                     offered: true,
+                    withdrawn: false,
                 });
                 // Asked for by name: a required version not yet reached is an error,
                 // not a silent detour.

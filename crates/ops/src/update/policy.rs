@@ -14,6 +14,8 @@
 //! apply = ""                # once auto_install staged a version: "" (at the next boot),
 //!                           # "auto" or a step (docs/activation.md)
 //! apply_forbid = []         # steps never taken: "live", "soft-reboot", "kexec"
+//! reports = "off"           # health reports to the channel's report location:
+//!                           # "off", "on", "no-boot-time" (docs/fleet.md)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -67,6 +69,10 @@ pub struct Policy {
     /// Steps never taken, fleet-wide (`live`, `soft-reboot`, `kexec`; a reboot
     /// cannot be forbidden): for `--apply` and for automatic updates.
     pub apply_forbid: Vec<String>,
+    /// Health reports after each boot verdict (docs/fleet.md): `off`, `on`, or
+    /// `no-boot-time` (without the time from boot to verdict). Never a hostname or
+    /// an address either way.
+    pub reports: String,
 }
 
 /// What a reset keeps of `/etc` unless the policy says otherwise.
@@ -93,6 +99,7 @@ impl Default for Policy {
             reset_keep_etc: RESET_KEEP_ETC.iter().map(|p| p.to_string()).collect(),
             apply: String::new(),
             apply_forbid: Vec::new(),
+            reports: "off".into(),
         }
     }
 }
@@ -170,6 +177,7 @@ impl Policy {
         );
         self.apply_step().context("apply")?;
         super::apply_step::limits(None, &self.apply_forbid)?;
+        crate::report::parse_reporting(&self.reports)?;
         ensure!(
             arbor_remote::index::valid_channel(&self.channel),
             "channel '{}' is not a channel name",
@@ -254,6 +262,7 @@ mod tests {
             ("check_interval", "often".into(), "check_interval"),
             ("channel", "../x".into(), "channel"),
             ("apply", "fast".into(), "apply"),
+            ("reports", "always".into(), "reports"),
             (
                 "apply_forbid",
                 toml::Value::Array(vec!["reboot".into()]),

@@ -1,0 +1,436 @@
+//! Fleets (docs/fleet.md): machines that send signed health reports by WebDAV `PUT`
+//! to a real nginx after each boot verdict, and the publisher's rollout controller
+//! that reads them and halts a failing release or widens a good one.
+
+#[macro_use]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::nginx::Nginx;
+use common::{s, scratch};
+
+/// One client machine: a folder sysroot with its own machine id and policy, and the
+/// kernel command line of its last "boot" (ARBOR_CMDLINE).
+struct Machine {
+    sys: String,
+    id: String,
+    config: PathBuf,
+    cmdline: PathBuf,
+}
+
+impl Machine {
+    fn new(dir: &Path, name: &str, url: &str, root_json: &Path) -> Machine {
+        let m = Machine {
+            sys: s(&dir.join(name)).to_string(),
+            id: format!("{:0>32}", format!("{:x}", blake_ish(name))),
+            config: dir.join(format!("{name}.toml")),
+            cmdline: dir.join(format!("{name}.cmdline")),
+        };
+        std::fs::write(&m.config, "reports = \"on\"\n").unwrap();
+        m.ok(&["admin", "init-fs", &m.sys]);
+        m.ok(&["admin", "os-init", "debian"]);
+        m.ok(&["remote", "add", "origin", url, "--trust", s(root_json)]);
+        m
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut c = Command::new(common::arbor_bin());
+        if args[0] != "admin" || args[1] != "init-fs" {
+            c.args(["--sysroot", &self.sys]);
+        }
+        c.args(args)
+            .env_remove("ARBOR_REPO")
+            .env("ARBOR_MACHINE_ID", &self.id)
+            .env("ARBOR_CONFIG", &self.config);
+        if self.cmdline.exists() {
+            c.env("ARBOR_CMDLINE", &self.cmdline);
+        }
+        c.output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "arbor {args:?} on {} failed:\n{}",
+            self.sys,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Shuts down (finalizing what is staged), lets the loader choose, and runs the
+    /// health check as the boot would: the booted version.
+    fn reboot(&self) -> String {
+        self.ok(&["finalize-staged"]);
+        self.ok(&["boot-select", "--cmdline-out", s(&self.cmdline)]);
+        // A failing check is the machine's verdict, not the test's failure.
+        let _ = self.run(&["health-check", "--timeout", "5"]);
+        self.booted()
+    }
+
+    fn booted(&self) -> String {
+        let st: serde_json::Value = serde_json::from_str(&self.ok(&["status", "--json"])).unwrap();
+        st["deployments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["booted"] == true)
+            .map(|d| d["version"].as_str().unwrap().to_string())
+            .unwrap_or_default()
+    }
+
+    fn phase_of(&self, version: &str) -> u64 {
+        let v: serde_json::Value =
+            serde_json::from_str(&self.ok(&["upgrade", "--dry-run", "--phase-override", "--json"]))
+                .unwrap();
+        let c = v["update"]["considered"].as_array().unwrap();
+        c.iter()
+            .find(|x| x["version"] == version)
+            .unwrap_or_else(|| panic!("{version} not considered: {v:#}"))["device_phase"]
+            .as_u64()
+            .unwrap()
+    }
+}
+
+/// A stable, distinct machine id per name.
+fn blake_ish(name: &str) -> u128 {
+    name.bytes().fold(0xcbf29ce484222325u128, |h, b| {
+        (h ^ u128::from(b)).wrapping_mul(0x100000001b3)
+    })
+}
+
+fn arbor(args: &[&str]) -> String {
+    let out = Command::new(common::arbor_bin())
+        .args(args)
+        .env_remove("ARBOR_REPO")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "arbor {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn arbor_json(args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&arbor(args)).unwrap()
+}
+
+/// The reports the server holds for `channel`, as parsed JSON.
+fn reports_on_server(srv: &Path) -> Vec<serde_json::Value> {
+    let mut out: Vec<_> = std::fs::read_dir(srv.join("reports/stable"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_else(|_| Vec::new());
+    out.sort();
+    out.iter()
+        .map(|p| {
+            let env: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+            serde_json::from_str(env["report"].as_str().unwrap()).unwrap()
+        })
+        .collect()
+}
+
+/// Version 2 fails its health check on its canary: the machine reports it (signed, by
+/// WebDAV PUT, no hostname), the controller halts the rollout and withdraws 2, a
+/// machine that had staged 2 drops it at its next check, a machine outside the canary
+/// phase is never offered it, and the canary's automatic rollback is reported too.
+/// A report that cannot be sent waits in the outbox for the next check; forged,
+/// malformed and impossible reports are counted and ignored. Then version 3, healthy,
+/// widens step by step.
+#[test]
+fn root_a_failing_canary_halts_the_rollout_and_a_good_release_widens() {
+    as_root!();
+    let t = scratch();
+    let build = t.path().join("build");
+    let srv = t.path().join("srv");
+    let pubdir = srv.join("pub");
+    let (b, p) = (s(&build).to_string(), s(&pubdir).to_string());
+    arbor(&["--repo", &b, "init"]);
+    for v in ["1", "2", "3"] {
+        let tree = common::rootfs(&t.path().join(v), v);
+        if v == "2" {
+            let d = tree.join("etc/arbor/health.d");
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("10-web"), "#!/bin/sh\necho web is down\nexit 1\n").unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(d.join("10-web"), std::fs::Permissions::from_mode(0o755))
+                .unwrap();
+        }
+        let branch = format!("os/{v}");
+        arbor(&[
+            "--repo",
+            &b,
+            "compose",
+            "rootfs",
+            s(&tree),
+            "-b",
+            &branch,
+            "--version",
+            v,
+        ]);
+    }
+    arbor(&["publish", "init", &p]);
+    let add = |v: &str, phase: &str| {
+        arbor(&[
+            "--repo",
+            &b,
+            "publish",
+            "add",
+            &p,
+            "--channel",
+            "stable",
+            "--version",
+            v,
+            "--ref",
+            &format!("os/{v}"),
+            "--phase",
+            phase,
+        ])
+    };
+    add("1", "100");
+    let nginx = Nginx::start_with_reports(&srv, &t.path().join("nginx"));
+    let reports_url = format!("{}reports", nginx.url);
+    let rules = arbor(&[
+        "publish",
+        "rollout-rules",
+        &p,
+        "--channel",
+        "stable",
+        "--reports",
+        &reports_url,
+        "--steps",
+        "1,50,100",
+        "--min-good",
+        "1",
+        "--max-failed",
+        "20",
+        "--soak",
+        "0s",
+    ]);
+    assert!(rules.contains("reports to http://127.0.0.1"), "{rules}");
+    let url = format!("{}pub", nginx.url);
+    let root = pubdir.join("metadata/1.root.json");
+    let machines: Vec<Machine> = ["m1", "m2", "m3", "m4", "m5", "m6"]
+        .iter()
+        .map(|n| Machine::new(t.path(), n, &url, &root))
+        .collect();
+
+    // Every machine installs 1 and boots it: a good report each, on the server.
+    for m in &machines {
+        m.ok(&["deploy", "origin:stable"]);
+        assert_eq!(m.reboot(), "1");
+    }
+    let on_server = reports_on_server(&srv);
+    assert_eq!(on_server.len(), machines.len(), "{on_server:#?}");
+    let hostname = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    for r in &on_server {
+        assert_eq!(r["verdict"], "good");
+        assert_eq!(r["version"], "1");
+        let keys: Vec<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "at_ms", "bucket", "channel", "commit", "format", "verdict", "version"
+            ],
+            "nothing else, no hostname or address (a folder sysroot has no boot time)"
+        );
+        assert!(hostname.trim().is_empty() || !r.to_string().contains(hostname.trim()));
+    }
+    let status = arbor_json(&[
+        "publish",
+        "status",
+        &p,
+        "--channel",
+        "stable",
+        "--reports",
+        s(&srv.join("reports")),
+        "--json",
+    ]);
+    assert_eq!(status["versions"][0]["good"], 6, "{status:#}");
+
+    // Version 2 goes to the canaries: the machine with the lowest phase for it.
+    add("2", "0");
+    let mut by_phase: Vec<(u64, &Machine)> =
+        machines.iter().map(|m| (m.phase_of("2"), m)).collect();
+    by_phase.sort_by_key(|(ph, _)| *ph);
+    let (canary_phase, canary) = by_phase[0];
+    let (stager, outsider) = (by_phase[1].1, by_phase[5].1);
+    assert!(
+        by_phase[5].0 > canary_phase,
+        "{:?}",
+        by_phase.iter().map(|x| x.0).collect::<Vec<_>>()
+    );
+    arbor(&[
+        "publish",
+        "phase",
+        &p,
+        "--channel",
+        "stable",
+        "--version",
+        "2",
+        &(canary_phase + 1).to_string(),
+    ]);
+    let out = canary.ok(&["upgrade"]);
+    assert!(out.contains("staged"), "{out}");
+    // Another machine stages 2 by name (an administrator ahead of the rollout).
+    stager.ok(&["deploy", "--version", "2"]);
+    assert!(
+        !outsider
+            .ok(&["upgrade", "--check"])
+            .contains("update: stable 2")
+    );
+
+    // The canary boots 2 and fails its check; its report goes out at once.
+    assert_eq!(canary.reboot(), "2");
+    let failed: Vec<_> = reports_on_server(&srv)
+        .into_iter()
+        .filter(|r| r["version"] == "2")
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:#?}");
+    assert_eq!(failed[0]["verdict"], "failed");
+    assert_eq!(failed[0]["bucket"], canary_phase);
+
+    // Hostile reports: garbage, a forged verdict, a report about a version the
+    // channel does not have (signed), and an oversized file.
+    let folder = srv.join("reports/stable");
+    std::fs::write(folder.join("garbage.json"), "not json").unwrap();
+    let real = std::fs::read_dir(&folder)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    let mut env: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&real).unwrap()).unwrap();
+    let forged = env["report"]
+        .as_str()
+        .unwrap()
+        .replace("\"good\"", "\"failed\"");
+    env["report"] = forged.into();
+    std::fs::write(folder.join("forged.json"), env.to_string()).unwrap();
+    std::fs::write(folder.join("huge.json"), vec![b' '; 100_000]).unwrap();
+
+    // The controller halts 2 and signs the index.
+    let run = arbor(&[
+        "publish",
+        "rollout",
+        &p,
+        "--channel",
+        "stable",
+        "--reports",
+        s(&srv.join("reports")),
+    ]);
+    assert!(run.contains("2: HALTED, 1 of 1 machines failed"), "{run}");
+    assert!(run.contains("2 malformed, 1 bad signature"), "{run}");
+    assert!(run.contains("index of stable signed"), "{run}");
+    let shown = arbor(&["publish", "show", &p, "stable"]);
+    assert!(shown.contains("\"withdrawn\": true"), "{shown}");
+
+    // The machine that staged 2 drops it at its next check; the outsider never gets it
+    // and cannot ask for it by name.
+    let out = stager.ok(&["upgrade", "--check"]);
+    assert!(out.contains("version 2 was withdrawn"), "{out}");
+    let st: serde_json::Value = serde_json::from_str(&stager.ok(&["status", "--json"])).unwrap();
+    assert!(st["staged"].is_null(), "{st:#}");
+    assert_eq!(stager.reboot(), "1");
+    let out = outsider.ok(&["upgrade", "--check", "--phase-override"]);
+    assert!(
+        out.contains("withdrawn") && !out.contains("update: stable 2"),
+        "{out}"
+    );
+    let e = outsider.run(&["deploy", "--version", "2"]);
+    assert!(!e.status.success());
+    assert!(String::from_utf8_lossy(&e.stderr).contains("withdrawn by its publisher"));
+
+    // The canary keeps failing until the loader gives up on 2: the rollback is
+    // reported. With the server down, the report waits for the next check.
+    nginx.stop();
+    let mut booted = String::new();
+    for _ in 0..6 {
+        booted = canary.reboot();
+        if booted == "1" {
+            break;
+        }
+    }
+    assert_eq!(booted, "1", "the loader fell back to 1");
+    let outbox = Path::new(&canary.sys).join("arbor/deploy/debian/var/lib/arbor/reports/outbox");
+    let waiting = std::fs::read_dir(&outbox).unwrap().count();
+    assert!(
+        waiting >= 2,
+        "the rollback and the good boot of 1 wait: {waiting}"
+    );
+    nginx.resume();
+    canary.ok(&["upgrade", "--check"]);
+    assert_eq!(
+        std::fs::read_dir(&outbox).unwrap().count(),
+        0,
+        "sent at the check"
+    );
+    let status = arbor_json(&[
+        "publish",
+        "status",
+        &p,
+        "--channel",
+        "stable",
+        "--reports",
+        s(&srv.join("reports")),
+        "--json",
+    ]);
+    let v2 = &status["versions"][1];
+    assert_eq!(
+        (v2["rolled_back"].as_u64(), v2["failed"].as_u64()),
+        (Some(1), Some(0)),
+        "{status:#}"
+    );
+    assert_eq!(v2["withdrawn"], true);
+
+    // Version 3 is healthy: a good canary widens it to the next step, and the
+    // controller holds while the wider phase has not reported.
+    add("3", "0");
+    arbor(&[
+        "publish",
+        "phase",
+        &p,
+        "--channel",
+        "stable",
+        "--version",
+        "3",
+        &(canary.phase_of("3") + 1).to_string(),
+    ]);
+    let out = canary.ok(&["upgrade"]);
+    assert!(out.contains("staged"), "{out}");
+    assert_eq!(canary.reboot(), "3");
+    let run = arbor(&[
+        "publish",
+        "rollout",
+        &p,
+        "--channel",
+        "stable",
+        "--reports",
+        s(&srv.join("reports")),
+    ]);
+    assert!(run.contains("3: widened from"), "{run}");
+    let shown: serde_json::Value =
+        serde_json::from_str(&arbor(&["publish", "show", &p, "stable"])).unwrap();
+    let phase3 = shown["versions"][2]["phase"].as_u64().unwrap();
+    assert!(phase3 == 50 || phase3 == 100, "{shown:#}");
+    let run = arbor(&[
+        "publish",
+        "rollout",
+        &p,
+        "--channel",
+        "stable",
+        "--reports",
+        s(&srv.join("reports")),
+        "--dry-run",
+    ]);
+    assert!(
+        run.contains("dry run: nothing signed") || run.contains("holding"),
+        "{run}"
+    );
+}

@@ -1,0 +1,427 @@
+//! `arbor publish`: versions into a folder served over HTTP, signed with TUF, and the
+//! rollout controller that widens or halts them by the machines' health reports
+//! (docs/remote.md, docs/fleet.md).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+
+use super::output::{human_bytes, json};
+use super::{Cli, OutputArgs, lock_wait};
+use arbor_publish::rollout::{ChannelStatus, Decision};
+use arbor_publish::{self as publish, AddOptions, Expiry, Publisher, parse_duration};
+use arbor_remote::rollout::RolloutRules;
+use arbor_store::Repo;
+
+/// `arbor publish …`.
+#[derive(Subcommand, Debug)]
+pub enum PublishCommand {
+    /// Create a published folder and its signing keys.
+    Init(PublishDirArgs),
+    /// Publish a commit as a new version of a channel (objects, manifest, deltas, signed index).
+    #[command(disable_version_flag = true)]
+    Add(PublishAddArgs),
+    /// Change the rollout percentage of a published version.
+    #[command(disable_version_flag = true)]
+    Phase(PublishPhaseArgs),
+    /// Sign the metadata again with fresh expiry dates (run from cron before the
+    /// timestamp expires).
+    Refresh(PublishDirArgs),
+    /// Replace one role's key (root, targets, snapshot, timestamp); a new root names it.
+    RotateKey(PublishRotateArgs),
+    /// Print a channel's index as published.
+    Show(PublishShowArgs),
+    /// Set a channel's rollout rules: where machines send health reports, and when
+    /// `publish rollout` widens or halts a version.
+    RolloutRules(PublishRulesArgs),
+    /// One run of the rollout controller: read the health reports, widen each
+    /// version's phase or halt it by the channel's rules, sign the index if changed.
+    Rollout(PublishRolloutArgs),
+    /// How many machines report each version good, failed or rolled back.
+    Status(PublishStatusArgs),
+    /// Withdraw a version by hand, as a halted rollout does: no machine is offered
+    /// it, and machines that staged it drop it at their next check.
+    #[command(disable_version_flag = true)]
+    Withdraw(PublishVersionArgs),
+}
+
+/// `arbor publish rollout-rules`.
+#[derive(Args, Debug)]
+pub struct PublishRulesArgs {
+    #[command(flatten)]
+    pub dir: PublishDirArgs,
+    /// The channel.
+    #[arg(long)]
+    pub channel: String,
+    /// Where machines PUT their reports: an http(s) folder URL (WebDAV, or an
+    /// S3-compatible prefix). Without it, machines send none.
+    #[arg(long, value_name = "URL")]
+    pub reports: Option<String>,
+    /// The phases a version goes through, ending in 100.
+    #[arg(
+        long,
+        value_name = "PCT,…",
+        value_delimiter = ',',
+        default_value = "1,10,50,100"
+    )]
+    pub steps: Vec<u8>,
+    /// Good reports from the current phase's machines before it widens.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub min_good: u32,
+    /// Halt when more than this percentage of a version's machines failed…
+    #[arg(long, value_name = "PCT", default_value_t = 10)]
+    pub max_failed: u8,
+    /// …and at least this many did.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub min_failed: u32,
+    /// How long a phase soaks before it widens (e.g. 30m, 2h, 1d).
+    #[arg(long, value_name = "DURATION", default_value = "1h")]
+    pub soak: String,
+}
+
+/// `arbor publish rollout`.
+#[derive(Args, Debug)]
+pub struct PublishRolloutArgs {
+    #[command(flatten)]
+    pub dir: PublishDirArgs,
+    /// The channel.
+    #[arg(long)]
+    pub channel: String,
+    /// The folder the reports were PUT into (its `<channel>/` folder is read).
+    #[arg(long, value_name = "DIR")]
+    pub reports: PathBuf,
+    /// Decide and print, sign nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `arbor publish status`.
+#[derive(Args, Debug)]
+pub struct PublishStatusArgs {
+    /// The published folder.
+    pub dir: PathBuf,
+    /// The channel.
+    #[arg(long)]
+    pub channel: String,
+    /// The folder the reports were PUT into.
+    #[arg(long, value_name = "DIR")]
+    pub reports: PathBuf,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `arbor publish withdraw`.
+#[derive(Args, Debug)]
+pub struct PublishVersionArgs {
+    #[command(flatten)]
+    pub dir: PublishDirArgs,
+    /// The channel.
+    #[arg(long)]
+    pub channel: String,
+    /// The version.
+    #[arg(long = "version", id = "target_version")]
+    pub version: String,
+}
+
+/// The published folder, its keys and expiry dates.
+#[derive(Args, Debug)]
+pub struct PublishDirArgs {
+    /// The folder to serve over HTTP.
+    pub dir: PathBuf,
+    /// The private keys (default: DIR.keys beside it; never inside DIR).
+    #[arg(long, value_name = "DIR")]
+    pub keys: Option<PathBuf>,
+    /// Validity of the timestamp (e.g. 7d, 12h, 30s): how long devices trust that
+    /// nothing newer was published.
+    #[arg(long, value_name = "DURATION", default_value = "7d")]
+    pub timestamp_expires: String,
+    /// Validity of the snapshot.
+    #[arg(long, value_name = "DURATION", default_value = "30d")]
+    pub snapshot_expires: String,
+    /// Validity of the targets (channel indexes).
+    #[arg(long, value_name = "DURATION", default_value = "90d")]
+    pub targets_expires: String,
+    /// Validity of the root metadata (init, rotate-key).
+    #[arg(long, value_name = "DURATION", default_value = "365d")]
+    pub root_expires: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `arbor publish add`.
+#[derive(Args, Debug)]
+pub struct PublishAddArgs {
+    #[command(flatten)]
+    pub dir: PublishDirArgs,
+    /// The channel.
+    #[arg(long)]
+    pub channel: String,
+    /// The version's name (unique in the channel).
+    #[arg(long = "version", id = "target_version")]
+    pub version: String,
+    /// The ref or commit to publish (from --repo, or the sysroot's repository).
+    #[arg(long = "ref", value_name = "REF")]
+    pub rev: String,
+    /// A security or otherwise urgent update (installed by the critical_install policy).
+    #[arg(long)]
+    pub critical: bool,
+    /// Offer it to this percentage of devices (phased rollout).
+    #[arg(long, value_name = "PCT", default_value_t = 100)]
+    pub phase: u8,
+    /// Make static deltas from the N previous versions of the channel.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub deltas_from: usize,
+    /// Where the release notes are (a URL).
+    #[arg(long, value_name = "URL")]
+    pub release_notes: Option<String>,
+    /// Machines on an older version must run VERSION (of this channel) first: the
+    /// last release before a major upgrade. They are offered VERSION in this one's place.
+    #[arg(long, value_name = "VERSION")]
+    pub requires: Option<String>,
+    /// Make the deltas with xz files diffed by their content (`delta create
+    /// --recompress`): for fleets on slow or metered links.
+    #[arg(long)]
+    pub recompress: bool,
+}
+
+/// `arbor publish phase`.
+#[derive(Args, Debug)]
+pub struct PublishPhaseArgs {
+    #[command(flatten)]
+    pub dir: PublishDirArgs,
+    /// The channel.
+    #[arg(long)]
+    pub channel: String,
+    /// The version.
+    #[arg(long = "version", id = "target_version")]
+    pub version: String,
+    /// The new percentage.
+    pub percent: u8,
+}
+
+/// `arbor publish rotate-key`.
+#[derive(Args, Debug)]
+pub struct PublishRotateArgs {
+    #[command(flatten)]
+    pub dir: PublishDirArgs,
+    /// root, targets, snapshot or timestamp.
+    pub role: String,
+}
+
+/// `arbor publish show`.
+#[derive(Args, Debug)]
+pub struct PublishShowArgs {
+    /// The published folder.
+    pub dir: PathBuf,
+    /// The channel.
+    pub channel: String,
+}
+
+fn publisher(a: &PublishDirArgs) -> Result<Publisher> {
+    let keys = a.keys.clone().unwrap_or_else(|| {
+        let mut s = a.dir.clone().into_os_string();
+        s.push(".keys");
+        PathBuf::from(s)
+    });
+    Ok(Publisher {
+        dir: a.dir.clone(),
+        keys,
+        expiry: Expiry {
+            root: parse_duration(&a.root_expires)?,
+            targets: parse_duration(&a.targets_expires)?,
+            snapshot: parse_duration(&a.snapshot_expires)?,
+            timestamp: parse_duration(&a.timestamp_expires)?,
+        },
+    })
+}
+
+/// Runs `arbor publish …`.
+pub fn publish(cli: &Cli, cmd: &PublishCommand) -> Result<i32> {
+    match cmd {
+        PublishCommand::Init(a) => {
+            let r = publisher(a)?.init(lock_wait(cli))?;
+            if a.output.json {
+                return json(&r).map(|_| 0);
+            }
+            println!("published folder {} ready", a.dir.display());
+            println!("trust anchor for clients: {}", r.root.display());
+            println!(
+                "private keys: {} (keep them off the server)",
+                r.keys.display()
+            );
+        }
+        PublishCommand::Add(a) => {
+            let repo = Repo::open(&cli.repo_path())?;
+            let opts = AddOptions {
+                channel: a.channel.clone(),
+                version: a.version.clone(),
+                commit: repo.resolve_rev(&a.rev)?,
+                critical: a.critical,
+                phase: a.phase,
+                deltas_from: a.deltas_from,
+                release_notes: a.release_notes.clone(),
+                requires: a.requires.clone(),
+                recompress: a.recompress,
+            };
+            let r = publisher(&a.dir)?.add(&repo, &opts, lock_wait(cli))?;
+            if a.dir.output.json {
+                return json(&r).map(|_| 0);
+            }
+            println!(
+                "published {} {} = {} ({} new objects, {} in all, phase {}%{})",
+                a.channel,
+                a.version,
+                r.entry.commit,
+                r.objects_written,
+                human_bytes(r.entry.full_bytes),
+                r.entry.phase,
+                if r.entry.critical { ", critical" } else { "" }
+            );
+            for d in &r.entry.deltas {
+                println!(
+                    "delta from {}: {}",
+                    d.from.short(),
+                    human_bytes(d.file.size)
+                );
+            }
+        }
+        PublishCommand::Phase(a) => {
+            let v =
+                publisher(&a.dir)?.set_phase(&a.channel, &a.version, a.percent, lock_wait(cli))?;
+            if a.dir.output.json {
+                return json(&v).map(|_| 0);
+            }
+            println!(
+                "{} {} now offered to {}% of devices",
+                a.channel, v.version, v.phase
+            );
+        }
+        PublishCommand::Refresh(a) => {
+            publisher(a)?.refresh(lock_wait(cli))?;
+            if a.output.json {
+                return json(&serde_json::json!({ "signed": a.dir })).map(|_| 0);
+            }
+            println!("metadata of {} signed again", a.dir.display());
+        }
+        PublishCommand::RotateKey(a) => {
+            let role = publish::keys::parse_role(&a.role)?;
+            let v = publisher(&a.dir)?.rotate(role, lock_wait(cli))?;
+            if a.dir.output.json {
+                return json(&serde_json::json!({ "role": a.role, "root_version": v })).map(|_| 0);
+            }
+            println!("new {} key; root metadata version {v} names it", a.role);
+        }
+        PublishCommand::Show(a) => {
+            json(&reader(&a.dir).channel(&a.channel)?)?;
+        }
+        PublishCommand::RolloutRules(a) => {
+            let rules = RolloutRules {
+                reports: a.reports.clone(),
+                steps: a.steps.clone(),
+                min_good: a.min_good,
+                max_failed_percent: a.max_failed,
+                min_failed: a.min_failed,
+                soak_secs: parse_duration(&a.soak)?.num_seconds().max(0) as u64,
+            };
+            let idx = publisher(&a.dir)?.set_rollout_rules(&a.channel, rules, lock_wait(cli))?;
+            if a.dir.output.json {
+                return json(&idx.rollout).map(|_| 0);
+            }
+            let r = idx.rollout.expect("just set");
+            println!(
+                "{}: phases {:?}, widen after {} good reports and {} s, halt above {}% failed \
+                 (at least {}); reports to {}",
+                a.channel,
+                r.steps,
+                r.min_good,
+                r.soak_secs,
+                r.max_failed_percent,
+                r.min_failed,
+                r.reports
+                    .as_deref()
+                    .unwrap_or("nowhere (machines send none)")
+            );
+        }
+        PublishCommand::Rollout(a) => {
+            let run =
+                publisher(&a.dir)?.rollout(&a.channel, &a.reports, a.dry_run, lock_wait(cli))?;
+            if a.dir.output.json {
+                return json(&run).map(|_| 0);
+            }
+            print_status(&run.status);
+            for d in &run.decisions {
+                match d {
+                    Decision::Widen { version, from, to } => {
+                        println!("{version}: widened from {from}% to {to}%")
+                    }
+                    Decision::Halt {
+                        version,
+                        failures,
+                        machines,
+                    } => println!(
+                        "{version}: HALTED, {failures} of {machines} machines failed: withdrawn"
+                    ),
+                    Decision::Hold { version, why } => println!("{version}: holding, {why}"),
+                }
+            }
+            match (run.signed, a.dry_run) {
+                (true, _) => println!("index of {} signed", a.channel),
+                (false, true) => println!("dry run: nothing signed"),
+                (false, false) => println!("nothing changed"),
+            }
+        }
+        PublishCommand::Status(a) => {
+            let s = reader(&a.dir).rollout_status(&a.channel, &a.reports)?;
+            if a.output.json {
+                return json(&s).map(|_| 0);
+            }
+            print_status(&s);
+        }
+        PublishCommand::Withdraw(a) => {
+            publisher(&a.dir)?.withdraw(&a.channel, &a.version, lock_wait(cli))?;
+            println!(
+                "{} {} withdrawn: offered to no machine; machines that staged it drop it",
+                a.channel, a.version
+            );
+        }
+    }
+    Ok(0)
+}
+
+/// A publisher that only reads the folder (no keys needed).
+fn reader(dir: &std::path::Path) -> Publisher {
+    Publisher {
+        dir: dir.to_path_buf(),
+        keys: PathBuf::new(),
+        expiry: Expiry::default(),
+    }
+}
+
+fn print_status(s: &ChannelStatus) {
+    println!(
+        "{:<14} {:>5} {:>6} {:>6} {:>11}  boot to verdict (median)",
+        "version", "phase", "good", "failed", "rolled-back"
+    );
+    for v in &s.versions {
+        println!(
+            "{:<14} {:>4}% {:>6} {:>6} {:>11}  {}{}",
+            v.version,
+            v.phase,
+            v.good,
+            v.failed,
+            v.rolled_back,
+            v.median_boot_to_verdict_ms
+                .map_or("-".to_string(), |ms| format!("{:.1} s", ms as f64 / 1000.0)),
+            if v.withdrawn { "  WITHDRAWN" } else { "" }
+        );
+    }
+    let i = &s.ignored;
+    let ignored = i.malformed + i.bad_signature + i.unknown_format + i.impossible + i.not_read;
+    if ignored > 0 {
+        println!(
+            "ignored: {} malformed, {} bad signature, {} unknown format, {} impossible, {} not read",
+            i.malformed, i.bad_signature, i.unknown_format, i.impossible, i.not_read
+        );
+    }
+}
