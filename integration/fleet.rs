@@ -299,10 +299,11 @@ fn root_a_failing_canary_halts_the_rollout_and_a_good_release_widens() {
     // channel does not have (signed), and an oversized file.
     let folder = srv.join("reports/stable");
     std::fs::write(folder.join("garbage.json"), "not json").unwrap();
+    // A good report turned into a failure (its signature no longer matches).
     let real = std::fs::read_dir(&folder)
         .unwrap()
         .flatten()
-        .next()
+        .find(|e| String::from_utf8_lossy(&std::fs::read(e.path()).unwrap()).contains("good"))
         .unwrap()
         .path();
     let mut env: serde_json::Value =

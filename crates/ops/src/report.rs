@@ -15,8 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use arbor_core::fsutil;
 use arbor_remote::index::{ChannelIndex, device_phase};
-use arbor_remote::report::{MachineKey, REPORT_FORMAT, Report, Verdict};
-use arbor_remote::rollout::report_url;
+use arbor_remote::report::{MachineKey, REPORT_FORMAT, Report, Verdict, report_url};
 use arbor_sysroot::{Deployment, Sysroot, health::HealthReport};
 
 use crate::update::Policy;

@@ -319,7 +319,11 @@ impl Publisher {
                     v.phase = *to;
                     v.phase_since = Some(now.timestamp());
                 }
-                Decision::Halt { .. } => v.withdrawn = true,
+                Decision::Halt { .. } => {
+                    v.withdrawn = true;
+                    v.phase = 0;
+                    v.phase_since = Some(now.timestamp());
+                }
                 Decision::Hold { .. } => {}
             }
             decisions.push(d);
@@ -363,6 +367,8 @@ impl Publisher {
         idx.version(version)?;
         for v in idx.versions.iter_mut().filter(|v| v.version == version) {
             v.withdrawn = true;
+            v.phase = 0;
+            v.phase_since = Some(now().timestamp());
         }
         self.sign(Some(&idx))
     }

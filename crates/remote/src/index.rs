@@ -133,17 +133,15 @@ pub struct VersionEntry {
     /// Withdrawn by the publisher (`arbor publish rollout` halted it, or `publish
     /// withdraw`): offered to no machine, and a machine that staged it and has not
     /// booted it drops the staged deployment at its next check. A machine already
-    /// running it stays there unless its own health check says otherwise.
-    #[serde(default, skip_serializing_if = "is_false")]
+    /// running it stays there unless its own health check says otherwise. Its phase
+    /// is 0 too, so that clients before arbor 0.14, which do not read this, offer it
+    /// to no new machine either.
+    #[serde(default)]
     pub withdrawn: bool,
     /// Unix time its phase was last set: the rollout controller widens it only after
     /// the channel's soak time has passed since (absent in indexes before arbor 0.14).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase_since: Option<i64>,
-}
-
-fn is_false(b: &bool) -> bool {
-    !*b
 }
 
 /// The largest package list a client reads (a Debian system with every package of

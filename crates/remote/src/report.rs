@@ -15,6 +15,7 @@ use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{self, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
 
+use crate::index::valid_channel;
 use arbor_core::fsutil;
 use arbor_store::ObjectId;
 
@@ -176,6 +177,22 @@ impl MachineKey {
     }
 }
 
+/// Where one report goes: `<reports>/<channel>/<first 16 of key>-<ms>.json`. A
+/// machine's reports never overwrite another's, and its later reports sort after
+/// its earlier ones.
+pub fn report_url(reports: &str, channel: &str, key_hex: &str, at_ms: i64) -> Result<String> {
+    ensure!(valid_channel(channel), "'{channel}' is not a channel name");
+    ensure!(
+        key_hex.len() >= 16 && key_hex.bytes().all(|b| b.is_ascii_hexdigit()),
+        "a report key must be hex"
+    );
+    Ok(format!(
+        "{}/{channel}/{}-{at_ms}.json",
+        reports.trim_end_matches('/'),
+        &key_hex[..16]
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,5 +260,14 @@ mod tests {
             SignedReport::verify(&serde_json::to_vec(&env).unwrap()).unwrap_err(),
             Rejected::UnknownFormat
         );
+    }
+
+    #[test]
+    fn a_report_goes_below_its_channel_under_its_key() {
+        assert_eq!(
+            report_url("http://h/r/", "stable", &"ab".repeat(32), 5).unwrap(),
+            "http://h/r/stable/abababababababab-5.json"
+        );
+        assert!(report_url("http://h/r", "../x", &"ab".repeat(32), 5).is_err());
     }
 }

@@ -7,8 +7,6 @@
 use anyhow::{Result, ensure};
 use serde::{Deserialize, Serialize};
 
-use crate::index::valid_channel;
-
 /// The rules, as the publisher set them (`arbor publish rollout-rules`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RolloutRules {
@@ -86,22 +84,6 @@ impl RolloutRules {
     }
 }
 
-/// Where one report goes: `<reports>/<channel>/<first 16 of key>-<ms>.json`. A
-/// machine's reports never overwrite another's, and its later reports sort after
-/// its earlier ones.
-pub fn report_url(reports: &str, channel: &str, key_hex: &str, at_ms: i64) -> Result<String> {
-    ensure!(valid_channel(channel), "'{channel}' is not a channel name");
-    ensure!(
-        key_hex.len() >= 16 && key_hex.bytes().all(|b| b.is_ascii_hexdigit()),
-        "a report key must be hex"
-    );
-    Ok(format!(
-        "{}/{channel}/{}-{at_ms}.json",
-        reports.trim_end_matches('/'),
-        &key_hex[..16]
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,10 +121,5 @@ mod tests {
             };
             assert!(r.check().is_err(), "{url}");
         }
-        assert_eq!(
-            report_url("http://h/r/", "stable", &"ab".repeat(32), 5).unwrap(),
-            "http://h/r/stable/abababababababab-5.json"
-        );
-        assert!(report_url("http://h/r", "../x", &"ab".repeat(32), 5).is_err());
     }
 }
