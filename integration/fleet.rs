@@ -435,3 +435,107 @@ fn root_a_failing_canary_halts_the_rollout_and_a_good_release_widens() {
         "{run}"
     );
 }
+
+/// Downloads on a leash: `--max-rate` and the policy's `max_rate` hold an update's
+/// download to the cap (the whole transfer, not one file), and an uncapped one is not
+/// held back. A rate that cannot be read is refused with its name.
+#[test]
+fn root_downloads_keep_to_the_rate_cap() {
+    as_root!();
+    let t = scratch();
+    let build = t.path().join("build");
+    let srv = t.path().join("srv");
+    let pubdir = srv.join("pub");
+    let (b, p) = (s(&build).to_string(), s(&pubdir).to_string());
+    arbor(&["--repo", &b, "init"]);
+    for v in ["1", "2"] {
+        let tree = common::rootfs(&t.path().join(v), v);
+        if v == "2" {
+            // Incompressible: what crosses the wire is what the cap sees.
+            let mut noise = vec![0u8; 768 << 10];
+            let mut x = 0x9e3779b97f4a7c15u64;
+            for b in noise.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            std::fs::write(tree.join("usr/bin/big"), noise).unwrap();
+        }
+        let branch = format!("os/{v}");
+        arbor(&[
+            "--repo",
+            &b,
+            "compose",
+            "rootfs",
+            s(&tree),
+            "-b",
+            &branch,
+            "--version",
+            v,
+        ]);
+    }
+    arbor(&["publish", "init", &p]);
+    let add = |v: &str| {
+        arbor(&[
+            "--repo",
+            &b,
+            "publish",
+            "add",
+            &p,
+            "--channel",
+            "stable",
+            "--version",
+            v,
+            "--ref",
+            &format!("os/{v}"),
+            "--deltas-from",
+            "0",
+        ])
+    };
+    add("1");
+    let nginx = Nginx::start(&srv, &t.path().join("nginx"), None);
+    let url = format!("{}pub", nginx.url);
+    let root = pubdir.join("metadata/1.root.json");
+    let machines: Vec<Machine> = ["m", "m2", "m3"]
+        .iter()
+        .map(|n| {
+            let m = Machine::new(t.path(), n, &url, &root);
+            std::fs::write(&m.config, "").unwrap();
+            m.ok(&["deploy", "origin:stable"]);
+            m
+        })
+        .collect();
+    add("2");
+    let (m, m2, m3) = (&machines[0], &machines[1], &machines[2]);
+    let timed = |args: &[&str]| {
+        let begun = std::time::Instant::now();
+        let out = m.ok(args);
+        (begun.elapsed().as_secs_f64(), out)
+    };
+    // 768 KiB at 256 KiB/s: at least 3 s less the quarter second saved up.
+    let (secs, out) = timed(&["upgrade", "--download-only", "--max-rate", "256K"]);
+    assert!(secs >= 2.5, "{secs:.2} s for 768 KiB at 256K/s: {out}");
+    let bad = m.run(&["upgrade", "--max-rate", "fast"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a rate"));
+
+    // The same cap from the policy, on a fresh machine.
+    std::fs::write(&m2.config, "max_rate = \"256K\"\n").unwrap();
+    let begun = std::time::Instant::now();
+    m2.ok(&["upgrade", "--download-only"]);
+    let secs = begun.elapsed().as_secs_f64();
+    assert!(secs >= 2.5, "{secs:.2} s under the policy's 256K");
+    std::fs::write(&m2.config, "max_rate = \"quick\"\n").unwrap();
+    let bad = m2.run(&["upgrade", "--check"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("max_rate"));
+
+    // Uncapped, a third machine takes it at once.
+    let begun = std::time::Instant::now();
+    m3.ok(&["upgrade", "--download-only"]);
+    assert!(
+        begun.elapsed().as_secs_f64() < 2.5,
+        "uncapped took {:?}",
+        begun.elapsed()
+    );
+}

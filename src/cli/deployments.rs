@@ -98,6 +98,10 @@ pub struct DeployArgs {
     /// the mildest allowed (live, soft-reboot, kexec, reboot; docs/activation.md).
     #[arg(long, value_name = "STEP", value_parser = ["auto", "live", "soft-reboot", "kexec", "reboot"])]
     pub apply: Option<String>,
+    /// Download at most this fast, in bytes a second with an optional K, M or G
+    /// (500K, 2M); overrides the policy's max_rate.
+    #[arg(long, value_name = "RATE", value_parser = arbor_remote::rate::parse_rate)]
+    pub max_rate: Option<u64>,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -242,6 +246,7 @@ pub fn deploy(cli: &Cli, a: &DeployArgs) -> Result<i32> {
             .as_deref()
             .map(super::packages::parse_apply)
             .transpose()?,
+        max_rate: a.max_rate,
     });
     run_and_print(cli, &req, &a.output)
 }

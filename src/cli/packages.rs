@@ -173,6 +173,10 @@ pub struct UpgradeArgs {
     /// the mildest allowed (live, soft-reboot, kexec, reboot; docs/activation.md).
     #[arg(long, value_name = "STEP", value_parser = ["auto", "live", "soft-reboot", "kexec", "reboot"])]
     pub apply: Option<String>,
+    /// Download at most this fast, in bytes a second with an optional K, M or G
+    /// (500K, 2M); overrides the policy's max_rate.
+    #[arg(long, value_name = "RATE", value_parser = arbor_remote::rate::parse_rate)]
+    pub max_rate: Option<u64>,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -247,6 +251,7 @@ pub fn upgrade(cli: &Cli, a: &UpgradeArgs) -> Result<i32> {
         dry_run: a.dry_run,
         phase_override: a.phase_override,
         apply: a.apply.as_deref().map(parse_apply).transpose()?,
+        max_rate: a.max_rate,
     });
     run_and_print(cli, &req, &a.output)
 }

@@ -150,6 +150,8 @@ impl SysrootIface {
                 stage: o.bool("stage")?.unwrap_or(false),
                 phase_override: o.bool("phase-override")?.unwrap_or(false),
                 apply: apply_option(&o)?,
+                // The policy's max_rate caps the daemon's downloads.
+                max_rate: None,
             };
             // A local ref that does not exist is the caller's mistake: say so now.
             let sysroot = Sysroot::open(&shared.sysroot).map_err(DaemonError::failed)?;
@@ -762,6 +764,7 @@ fn upgrade_request(o: &Options, action: Action) -> Result<Request, DaemonError> 
         dry_run: false,
         phase_override: o.bool("phase-override")?.unwrap_or(false),
         apply: apply_option(o)?,
+        max_rate: None,
     }))
 }
 

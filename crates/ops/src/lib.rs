@@ -336,6 +336,7 @@ fn upgrade(
             dry_run: u.dry_run,
             apply: u.apply,
             forbid: forbidden_steps(u.apply.is_some())?,
+            max_rate: u.max_rate,
             ..Default::default()
         };
         let r = update::perform(sysroot, lock, &opts, u.action, obs)?;

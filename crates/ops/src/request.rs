@@ -29,6 +29,8 @@ pub struct DeployRequest {
     /// `--apply`: carry the staged update out by the mildest step at least this
     /// strong (remote deploys; docs/activation.md).
     pub apply: Option<arbor_live::activation::Step>,
+    /// `--max-rate`: download at most this many bytes a second (remote deploys).
+    pub max_rate: Option<u64>,
 }
 
 impl DeployRequest {
@@ -48,6 +50,7 @@ impl DeployRequest {
             rebase: remote.map(str::to_string),
             phase_override: self.phase_override,
             apply: self.apply,
+            max_rate: self.max_rate,
             ..Default::default()
         })
     }
@@ -67,6 +70,8 @@ pub struct UpgradeRequest {
     /// `--apply`: carry the staged update out by the mildest step at least this
     /// strong (docs/activation.md).
     pub apply: Option<arbor_live::activation::Step>,
+    /// `--max-rate`: download at most this many bytes a second.
+    pub max_rate: Option<u64>,
 }
 
 /// One verb, with its arguments.

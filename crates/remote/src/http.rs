@@ -125,6 +125,7 @@ pub struct Http {
     agent: ureq::Agent,
     base: Url,
     timeout: Duration,
+    limiter: Option<std::sync::Arc<crate::rate::Limiter>>,
 }
 
 fn classify(url: &str, e: ureq::Error, timeout: Duration) -> FetchError {
@@ -201,7 +202,14 @@ impl Http {
             agent: config.into(),
             base,
             timeout,
+            limiter: None,
         })
+    }
+
+    /// This client with every body it reads kept under `limiter`'s rate.
+    pub fn with_limiter(mut self, limiter: std::sync::Arc<crate::rate::Limiter>) -> Http {
+        self.limiter = Some(limiter);
+        self
     }
 
     /// The URL of a path inside the repository.
@@ -226,10 +234,16 @@ impl Http {
             .call()
             .map_err(|e| classify(url.as_str(), e, self.timeout))?;
         match resp.status().as_u16() {
-            code @ (200 | 206) => Ok(Fetched {
-                status: code,
-                body: Box::new(resp.into_body().into_reader()),
-            }),
+            code @ (200 | 206) => {
+                let body = resp.into_body().into_reader();
+                Ok(Fetched {
+                    status: code,
+                    body: match &self.limiter {
+                        Some(l) => Box::new(crate::rate::Throttled::new(body, l.clone())),
+                        None => Box::new(body),
+                    },
+                })
+            }
             code => Err(classify(
                 url.as_str(),
                 ureq::Error::StatusCode(code),

@@ -10,6 +10,7 @@ pub mod fetch;
 pub mod http;
 pub mod index;
 pub mod pack;
+pub mod rate;
 pub mod report;
 pub mod rollout;
 pub mod tuf;
@@ -39,6 +40,10 @@ pub struct Remote {
     /// Its folder in the sysroot.
     #[serde(skip)]
     pub dir: PathBuf,
+    /// The rate cap of this run's downloads (`--max-rate`, the policy's `max_rate`),
+    /// shared by every download from it.
+    #[serde(skip)]
+    pub limiter: Option<std::sync::Arc<rate::Limiter>>,
 }
 
 /// True for a remote name: a folder name and a ref component.
@@ -104,6 +109,7 @@ impl Remote {
             url: url.into(),
             timeout_secs: timeout.map(|t| t.as_secs()),
             dir: dir.clone(),
+            limiter: None,
         };
         std::fs::create_dir_all(&dir)?;
         if !offline {
@@ -169,7 +175,11 @@ impl Remote {
         let timeout = self
             .timeout_secs
             .map_or(http::DEFAULT_TIMEOUT, std::time::Duration::from_secs);
-        http::Http::with_timeout(&self.url, timeout)
+        let h = http::Http::with_timeout(&self.url, timeout)?;
+        Ok(match &self.limiter {
+            Some(l) => h.with_limiter(l.clone()),
+            None => h,
+        })
     }
 
     /// Verifies the remote's metadata and returns a channel's index.

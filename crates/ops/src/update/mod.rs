@@ -47,6 +47,9 @@ pub struct UpdateOptions {
     pub apply: Option<arbor_live::activation::Step>,
     /// The steps the policy forbids (`apply_forbid`).
     pub forbid: Vec<String>,
+    /// Download at most this many bytes a second (`--max-rate`); None: the policy's
+    /// `max_rate`, if any.
+    pub max_rate: Option<u64>,
 }
 
 /// What an update run found and did.
@@ -242,7 +245,10 @@ pub fn perform(
         None => sysroot.default_os()?,
     };
     let (remote_name, channel, mut current_d) = source(sysroot, &os, opts.rebase.as_deref())?;
-    let remote = Remote::open(sysroot, &remote_name)?;
+    let mut remote = Remote::open(sysroot, &remote_name)?;
+    if let Some(rate) = max_rate(opts.max_rate)? {
+        remote.limiter = Some(remote::rate::Limiter::new(rate)?);
+    }
     let repo = sysroot.repo();
     let mut current = match &current_d {
         Some(d) => Some(base_of(repo, &d.commit)?),
@@ -465,6 +471,18 @@ pub fn perform(
     outcome?;
     result.state = rec.state;
     Ok(result)
+}
+
+/// The download rate cap: the caller's, else the policy's. A policy that cannot be
+/// read is an error: downloading uncapped where a cap was meant could cost the
+/// machine's owner (`--max-rate` overrides it).
+fn max_rate(asked: Option<u64>) -> Result<Option<u64>> {
+    match asked {
+        Some(r) => Ok(Some(r)),
+        None => Policy::load(None)
+            .and_then(|p| p.max_rate())
+            .context("the download rate cap (max_rate; --max-rate overrides it)"),
+    }
 }
 
 /// A deployment other than the booted one boots next (staged, or made the default).

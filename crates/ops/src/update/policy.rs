@@ -14,6 +14,7 @@
 //! apply = ""                # once auto_install staged a version: "" (at the next boot),
 //!                           # "auto" or a step (docs/activation.md)
 //! apply_forbid = []         # steps never taken: "live", "soft-reboot", "kexec"
+//! max_rate = ""             # download at most this fast: "" (no cap), "500K", "2M"
 //! reports = "off"           # health reports to the channel's report location:
 //!                           # "off", "on", "no-boot-time" (docs/fleet.md)
 //! ```
@@ -73,6 +74,9 @@ pub struct Policy {
     /// `no-boot-time` (without the time from boot to verdict). Never a hostname or
     /// an address either way.
     pub reports: String,
+    /// The download rate cap in bytes a second with an optional K/M/G (`500K`); empty:
+    /// none. `--max-rate` overrides it for one run.
+    pub max_rate: String,
 }
 
 /// What a reset keeps of `/etc` unless the policy says otherwise.
@@ -100,6 +104,7 @@ impl Default for Policy {
             apply: String::new(),
             apply_forbid: Vec::new(),
             reports: "off".into(),
+            max_rate: String::new(),
         }
     }
 }
@@ -178,6 +183,7 @@ impl Policy {
         self.apply_step().context("apply")?;
         super::apply_step::limits(None, &self.apply_forbid)?;
         crate::report::parse_reporting(&self.reports)?;
+        self.max_rate().context("max_rate")?;
         ensure!(
             arbor_remote::index::valid_channel(&self.channel),
             "channel '{}' is not a channel name",
@@ -191,6 +197,14 @@ impl Policy {
         match self.apply.as_str() {
             "" => Ok(None),
             w => super::apply_step::parse_apply(w).map(Some),
+        }
+    }
+
+    /// The `max_rate` setting in bytes a second (None: no cap).
+    pub fn max_rate(&self) -> Result<Option<u64>> {
+        match self.max_rate.trim() {
+            "" => Ok(None),
+            r => arbor_remote::rate::parse_rate(r).map(Some),
         }
     }
 
@@ -263,6 +277,7 @@ mod tests {
             ("channel", "../x".into(), "channel"),
             ("apply", "fast".into(), "apply"),
             ("reports", "always".into(), "reports"),
+            ("max_rate", "fast".into(), "max_rate"),
             (
                 "apply_forbid",
                 toml::Value::Array(vec!["reboot".into()]),
