@@ -224,6 +224,7 @@ mod tests {
             dry_run,
             phase_override: false,
             apply: None,
+            max_rate: None,
         })
     }
 
