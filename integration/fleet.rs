@@ -539,3 +539,167 @@ fn root_downloads_keep_to_the_rate_cap() {
         begun.elapsed()
     );
 }
+
+/// A stand-in for NetworkManager on a private bus: only its `Metered` property.
+struct FakeNetworkManager {
+    metered: u32,
+}
+
+#[zbus::interface(name = "org.freedesktop.NetworkManager")]
+impl FakeNetworkManager {
+    #[zbus(property)]
+    fn metered(&self) -> u32 {
+        self.metered
+    }
+}
+
+/// A private dbus-daemon (stopped at drop) and its address.
+struct PrivateBus(std::process::Child, String);
+
+impl PrivateBus {
+    fn start() -> PrivateBus {
+        use std::io::BufRead;
+        let mut child = Command::new("dbus-daemon")
+            .args(["--session", "--nofork", "--print-address=1"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("dbus-daemon (scripts/setup.sh installs dbus)");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        PrivateBus(child, line.trim().to_string())
+    }
+}
+
+impl Drop for PrivateBus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Automatic downloads wait on a metered connection (NetworkManager's `Metered`, read
+/// over D-Bus from a stand-in on a private bus) unless the policy allows them, and
+/// wait once the daily quota would be passed; an administrator's own upgrade is not
+/// held back, and its bytes count toward the day.
+#[test]
+fn root_automatic_downloads_wait_on_a_metered_connection_and_at_the_quota() {
+    as_root!();
+    let t = scratch();
+    let build = t.path().join("build");
+    let srv = t.path().join("srv");
+    let pubdir = srv.join("pub");
+    let (b, p) = (s(&build).to_string(), s(&pubdir).to_string());
+    arbor(&["--repo", &b, "init"]);
+    for v in ["1", "2", "3"] {
+        let tree = common::rootfs(&t.path().join(v), v);
+        std::fs::write(tree.join("usr/bin/payload"), v.repeat(64 << 10)).unwrap();
+        let branch = format!("os/{v}");
+        arbor(&[
+            "--repo",
+            &b,
+            "compose",
+            "rootfs",
+            s(&tree),
+            "-b",
+            &branch,
+            "--version",
+            v,
+        ]);
+    }
+    arbor(&["publish", "init", &p]);
+    let add = |v: &str| {
+        arbor(&[
+            "--repo",
+            &b,
+            "publish",
+            "add",
+            &p,
+            "--channel",
+            "stable",
+            "--version",
+            v,
+            "--ref",
+            &format!("os/{v}"),
+        ])
+    };
+    add("1");
+    let nginx = Nginx::start(&srv, &t.path().join("nginx"), None);
+    let url = format!("{}pub", nginx.url);
+    let m = Machine::new(t.path(), "m", &url, &pubdir.join("metadata/1.root.json"));
+    m.ok(&["deploy", "origin:stable"]);
+    add("2");
+
+    let bus = PrivateBus::start();
+    let _nm = zbus::blocking::connection::Builder::address(bus.1.as_str())
+        .unwrap()
+        .name("org.freedesktop.NetworkManager")
+        .unwrap()
+        .serve_at(
+            "/org/freedesktop/NetworkManager",
+            FakeNetworkManager { metered: 1 },
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+    let now =
+        String::from_utf8(Command::new("date").arg("+%H:%M").output().unwrap().stdout).unwrap();
+    let policy = |extra: &str| {
+        std::fs::write(
+            &m.config,
+            format!(
+                "check_interval = \"1s\"\npreferred_time = \"{}\"\n{extra}",
+                now.trim()
+            ),
+        )
+        .unwrap()
+    };
+    let auto = || {
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let out = Command::new(common::arbor_bin())
+            .args([
+                "--sysroot",
+                &m.sys,
+                "auto-update",
+                "--config",
+                s(&m.config),
+                "--json",
+            ])
+            .env("ARBOR_MACHINE_ID", &m.id)
+            .env("ARBOR_CONFIG", &m.config)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.1)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let state =
+        || serde_json::from_str::<serde_json::Value>(&m.ok(&["update-status", "--json"])).unwrap();
+
+    policy("");
+    let r = auto();
+    let skipped = r["skipped"].as_str().unwrap_or_default().to_string();
+    assert!(skipped.contains("metered"), "{r:#}");
+    assert!(r["fetched"].is_null(), "nothing downloaded: {r:#}");
+    policy("metered_download = true\n");
+    let r = auto();
+    assert!(r["skipped"].is_null(), "{r:#}");
+    assert!(r["fetched"]["bytes"].as_u64().unwrap() > 0, "{r:#}");
+    let today = state()["downloaded_bytes"].as_u64().unwrap();
+    assert!(today >= r["fetched"]["bytes"].as_u64().unwrap());
+
+    // The quota: what was downloaded today plus version 3 would pass 1K.
+    add("3");
+    policy("metered_download = true\ndaily_quota = \"1K\"\n");
+    let r = auto();
+    let skipped = r["skipped"].as_str().unwrap_or_default().to_string();
+    assert!(skipped.contains("daily quota"), "{r:#}");
+    // The administrator's own upgrade goes regardless, and counts.
+    m.ok(&["upgrade", "--download-only"]);
+    assert!(state()["downloaded_bytes"].as_u64().unwrap() > today);
+}

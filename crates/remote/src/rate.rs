@@ -81,7 +81,15 @@ impl<R: Read> Read for Throttled<R> {
 /// Parses a rate as `--max-rate` and the policy take it: bytes a second, with an
 /// optional K, M or G suffix (powers of 1024), `/s` allowed: `500K`, `2M/s`.
 pub fn parse_rate(s: &str) -> Result<u64> {
-    let t = s.trim().trim_end_matches("/s");
+    let rate = parse_size(s.trim().trim_end_matches("/s"))
+        .map_err(|_| anyhow::anyhow!("'{s}' is not a rate (such as 500K, 2M)"))?;
+    ensure!(rate >= MIN_RATE, "a rate of {s}: at least 4K");
+    Ok(rate)
+}
+
+/// Parses a size: bytes with an optional K, M or G suffix (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
     let (num, mult) = match t.char_indices().last() {
         Some((i, c)) if c.eq_ignore_ascii_case(&'k') => (&t[..i], 1u64 << 10),
         Some((i, c)) if c.eq_ignore_ascii_case(&'m') => (&t[..i], 1 << 20),
@@ -91,12 +99,9 @@ pub fn parse_rate(s: &str) -> Result<u64> {
     let n: u64 = num
         .trim()
         .parse()
-        .map_err(|_| anyhow::anyhow!("'{s}' is not a rate (such as 500K, 2M)"))?;
-    let rate = n
-        .checked_mul(mult)
-        .ok_or_else(|| anyhow::anyhow!("'{s}' is too large a rate"))?;
-    ensure!(rate >= MIN_RATE, "a rate of {s}: at least 4K");
-    Ok(rate)
+        .map_err(|_| anyhow::anyhow!("'{s}' is not a size (such as 500K, 2G)"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| anyhow::anyhow!("'{s}' is too large"))
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 pub mod apply_step;
 mod fleet;
+pub mod leash;
 pub mod policy;
 pub mod state;
 
@@ -412,8 +413,11 @@ pub fn perform(
             last: Mutex::new(Instant::now()),
         };
         let db = StateDb::open(&sysroot.state_db_path())?;
-        result.fetched = Some(fetch::execute(repo, &remote, &db, &plan, &recording)?);
+        let fetched = fetch::execute(repo, &remote, &db, &plan, &recording);
         rec = shared.into_inner().unwrap();
+        let fetched = fetched?;
+        leash::count(&mut rec, fetched.bytes);
+        result.fetched = Some(fetched);
         obs.task_end("download");
         step(&mut rec, State::Verifying)?;
         obs.percent("verifying", spans[1]);
@@ -603,6 +607,14 @@ pub fn auto_update(
             v.version, policy.preferred_time
         ));
         return Ok(checked);
+    }
+    if !force {
+        let rec = state::stored(sysroot)?;
+        let bytes = rec.offer.as_ref().map_or(0, |o| o.download_bytes);
+        if let Some(why) = leash::hold_back(policy, &rec, v.critical, bytes, leash::metered)? {
+            checked.skipped = Some(format!("version {} waits: {why}", v.version));
+            return Ok(checked);
+        }
     }
     let opts = UpdateOptions {
         apply: policy.apply_step()?.filter(|_| action == Action::Stage),

@@ -15,6 +15,8 @@
 //!                           # "auto" or a step (docs/activation.md)
 //! apply_forbid = []         # steps never taken: "live", "soft-reboot", "kexec"
 //! max_rate = ""             # download at most this fast: "" (no cap), "500K", "2M"
+//! daily_quota = ""          # automatic downloads stop at this many bytes a day: "" (none), "2G"
+//! metered_download = false  # download automatically on a metered connection too
 //! reports = "off"           # health reports to the channel's report location:
 //!                           # "off", "on", "no-boot-time" (docs/fleet.md)
 //! ```
@@ -77,6 +79,12 @@ pub struct Policy {
     /// The download rate cap in bytes a second with an optional K/M/G (`500K`); empty:
     /// none. `--max-rate` overrides it for one run.
     pub max_rate: String,
+    /// Automatic downloads that would pass this many bytes in a day (UTC) wait for the
+    /// next day (`500M`, `2G`); empty: no quota.
+    pub daily_quota: String,
+    /// Download automatically on a metered connection (NetworkManager's `Metered`)
+    /// too; critical versions come regardless.
+    pub metered_download: bool,
 }
 
 /// What a reset keeps of `/etc` unless the policy says otherwise.
@@ -105,6 +113,8 @@ impl Default for Policy {
             apply_forbid: Vec::new(),
             reports: "off".into(),
             max_rate: String::new(),
+            daily_quota: String::new(),
+            metered_download: false,
         }
     }
 }
@@ -184,6 +194,7 @@ impl Policy {
         super::apply_step::limits(None, &self.apply_forbid)?;
         crate::report::parse_reporting(&self.reports)?;
         self.max_rate().context("max_rate")?;
+        self.daily_quota().context("daily_quota")?;
         ensure!(
             arbor_remote::index::valid_channel(&self.channel),
             "channel '{}' is not a channel name",
@@ -205,6 +216,14 @@ impl Policy {
         match self.max_rate.trim() {
             "" => Ok(None),
             r => arbor_remote::rate::parse_rate(r).map(Some),
+        }
+    }
+
+    /// The `daily_quota` setting in bytes (None: no quota).
+    pub fn daily_quota(&self) -> Result<Option<u64>> {
+        match self.daily_quota.trim() {
+            "" => Ok(None),
+            q => arbor_remote::rate::parse_size(q).map(Some),
         }
     }
 

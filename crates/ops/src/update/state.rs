@@ -139,6 +139,12 @@ pub struct UpdateRecord {
     /// when it was staged; `None` otherwise.
     #[serde(default)]
     pub activation: Option<arbor_live::ladder::Activation>,
+    /// The day (UTC, `YYYY-MM-DD`) `downloaded_bytes` counts, for the daily quota.
+    #[serde(default)]
+    pub downloaded_day: String,
+    /// Bytes downloaded by updates that day.
+    #[serde(default)]
+    pub downloaded_bytes: u64,
 }
 
 fn format_version() -> u32 {
