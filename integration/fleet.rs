@@ -5,120 +5,12 @@
 #[macro_use]
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
+use common::fleet::{Machine, arbor, arbor_json};
 use common::nginx::Nginx;
 use common::{s, scratch};
-
-/// One client machine: a folder sysroot with its own machine id and policy, and the
-/// kernel command line of its last "boot" (ARBOR_CMDLINE).
-struct Machine {
-    sys: String,
-    id: String,
-    config: PathBuf,
-    cmdline: PathBuf,
-}
-
-impl Machine {
-    fn new(dir: &Path, name: &str, url: &str, root_json: &Path) -> Machine {
-        let m = Machine {
-            sys: s(&dir.join(name)).to_string(),
-            id: format!("{:0>32}", format!("{:x}", blake_ish(name))),
-            config: dir.join(format!("{name}.toml")),
-            cmdline: dir.join(format!("{name}.cmdline")),
-        };
-        std::fs::write(&m.config, "reports = \"on\"\n").unwrap();
-        m.ok(&["admin", "init-fs", &m.sys]);
-        m.ok(&["admin", "os-init", "debian"]);
-        m.ok(&["remote", "add", "origin", url, "--trust", s(root_json)]);
-        m
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let mut c = Command::new(common::arbor_bin());
-        if args[0] != "admin" || args[1] != "init-fs" {
-            c.args(["--sysroot", &self.sys]);
-        }
-        c.args(args)
-            .env_remove("ARBOR_REPO")
-            .env("ARBOR_MACHINE_ID", &self.id)
-            .env("ARBOR_CONFIG", &self.config);
-        if self.cmdline.exists() {
-            c.env("ARBOR_CMDLINE", &self.cmdline);
-        }
-        c.output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "arbor {args:?} on {} failed:\n{}",
-            self.sys,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// Shuts down (finalizing what is staged), lets the loader choose, and runs the
-    /// health check as the boot would: the booted version.
-    fn reboot(&self) -> String {
-        self.ok(&["finalize-staged"]);
-        self.ok(&["boot-select", "--cmdline-out", s(&self.cmdline)]);
-        // A failing check is the machine's verdict, not the test's failure.
-        let _ = self.run(&["health-check", "--timeout", "5"]);
-        self.booted()
-    }
-
-    fn booted(&self) -> String {
-        let st: serde_json::Value = serde_json::from_str(&self.ok(&["status", "--json"])).unwrap();
-        st["deployments"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|d| d["booted"] == true)
-            .map(|d| d["version"].as_str().unwrap().to_string())
-            .unwrap_or_default()
-    }
-
-    fn phase_of(&self, version: &str) -> u64 {
-        let v: serde_json::Value =
-            serde_json::from_str(&self.ok(&["upgrade", "--dry-run", "--phase-override", "--json"]))
-                .unwrap();
-        let c = v["update"]["considered"].as_array().unwrap();
-        c.iter()
-            .find(|x| x["version"] == version)
-            .unwrap_or_else(|| panic!("{version} not considered: {v:#}"))["device_phase"]
-            .as_u64()
-            .unwrap()
-    }
-}
-
-/// A stable, distinct machine id per name.
-fn blake_ish(name: &str) -> u128 {
-    name.bytes().fold(0xcbf29ce484222325u128, |h, b| {
-        (h ^ u128::from(b)).wrapping_mul(0x100000001b3)
-    })
-}
-
-fn arbor(args: &[&str]) -> String {
-    let out = Command::new(common::arbor_bin())
-        .args(args)
-        .env_remove("ARBOR_REPO")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "arbor {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn arbor_json(args: &[&str]) -> serde_json::Value {
-    serde_json::from_str(&arbor(args)).unwrap()
-}
 
 /// The reports the server holds for `channel`, as parsed JSON.
 fn reports_on_server(srv: &Path) -> Vec<serde_json::Value> {

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The full test suite: formatting, lints, unit tests, the end-to-end tests on real
-# Debian trees, and the TUF conformance suite. `ARBOR_TORTURE=1` adds the multi-minute torture runs, `ARBOR_FUZZ=1`
-# a bounded run of every fuzz target (scripts/fuzz.sh) and `ARBOR_VM=1` the VM boot
-# loop (qemu, about 16 minutes); CI sets all three.
+# Debian trees, and the TUF conformance suite. `ARBOR_TORTURE=1` adds the
+# multi-minute torture runs and the hundred-machine fleet, `ARBOR_FUZZ=1` a bounded
+# run of every fuzz target (scripts/fuzz.sh) and `ARBOR_VM=1` the VM boot loop (qemu,
+# about 35 minutes); CI sets all three.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Each phase's minutes, printed as it ends and summed up at the end: the whole run
@@ -36,7 +37,7 @@ phase "tests"
 bash scripts/tuf-conformance.sh
 phase "tuf conformance"
 if [[ ${ARBOR_TORTURE:-} == 1 ]]; then
-  cargo test --test deploy --quiet -- --ignored torture 2>&1
+  cargo test --test deploy --test fleet_hundred --quiet -- --ignored torture 2>&1
   phase torture
 fi
 if [[ ${ARBOR_FUZZ:-} == 1 ]]; then

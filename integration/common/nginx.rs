@@ -27,12 +27,18 @@ impl Nginx {
         let limit = slow_deltas
             .map(|r| format!("location ~ /deltas/ {{ limit_rate {r}; }}"))
             .unwrap_or_default();
-        Nginx::start_with(root, dir, &limit)
+        Nginx::start_with(root, dir, "127.0.0.1", &limit)
     }
 
     /// Serves `root`, and takes health reports by WebDAV `PUT` below `/reports/`
     /// (stored in `root/reports/`), as a fleet's report location would.
     pub fn start_with_reports(root: &Path, dir: &Path) -> Nginx {
+        Nginx::start_with_reports_on(root, dir, "127.0.0.1")
+    }
+
+    /// [`Nginx::start_with_reports`] listening on `host` (an address of this
+    /// machine that network namespaces reach too).
+    pub fn start_with_reports_on(root: &Path, dir: &Path, host: &str) -> Nginx {
         // nginx creates the folders below the location's, not its own; its workers
         // (nobody) write there.
         let reports = root.join("reports");
@@ -42,13 +48,14 @@ impl Nginx {
         Nginx::start_with(
             root,
             dir,
+            host,
             "location /reports/ { dav_methods PUT; create_full_put_path on; \
              dav_access user:rw group:r all:r; client_max_body_size 8k; }",
         )
     }
 
     /// Serves `root` with `extra` in the server block.
-    fn start_with(root: &Path, dir: &Path, extra: &str) -> Nginx {
+    fn start_with(root: &Path, dir: &Path, host: &str, extra: &str) -> Nginx {
         std::fs::create_dir_all(dir).unwrap();
         let port = free_port();
         let limit = extra;
@@ -61,7 +68,7 @@ impl Nginx {
                  events {{ worker_connections 256; }}\n\
                  http {{\n default_type application/octet-stream;\n access_log {d}/access.log;\n\
                  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
-                 server {{ listen 127.0.0.1:{port}; root {}; {limit} }}\n}}\n",
+                 server {{ listen {host}:{port}; root {}; {limit} }}\n}}\n",
                 root.display()
             ),
         )
@@ -69,7 +76,7 @@ impl Nginx {
         let n = Nginx {
             conf,
             dir: dir.to_path_buf(),
-            url: format!("http://127.0.0.1:{port}/"),
+            url: format!("http://{host}:{port}/"),
         };
         n.resume();
         n

@@ -1,0 +1,117 @@
+//! Client machines of a fleet for the end-to-end tests (integration/fleet.rs,
+//! integration/fleet_hundred.rs): folder sysroots, each with its own machine id and
+//! policy, that "boot" by ARBOR_CMDLINE.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use super::s;
+
+/// One client machine: a folder sysroot with its own machine id and policy, and the
+/// kernel command line of its last "boot" (ARBOR_CMDLINE).
+pub struct Machine {
+    pub sys: String,
+    pub id: String,
+    pub config: PathBuf,
+    pub cmdline: PathBuf,
+}
+
+impl Machine {
+    pub fn new(dir: &Path, name: &str, url: &str, root_json: &Path) -> Machine {
+        let m = Machine {
+            sys: s(&dir.join(name)).to_string(),
+            id: format!("{:0>32}", format!("{:x}", blake_ish(name))),
+            config: dir.join(format!("{name}.toml")),
+            cmdline: dir.join(format!("{name}.cmdline")),
+        };
+        std::fs::write(&m.config, "reports = \"on\"\n").unwrap();
+        m.ok(&["admin", "init-fs", &m.sys]);
+        m.ok(&["admin", "os-init", "debian"]);
+        m.ok(&["remote", "add", "origin", url, "--trust", s(root_json)]);
+        m
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut c = Command::new(super::arbor_bin());
+        if args[0] != "admin" || args[1] != "init-fs" {
+            c.args(["--sysroot", &self.sys]);
+        }
+        c.args(args)
+            .env_remove("ARBOR_REPO")
+            .env("ARBOR_MACHINE_ID", &self.id)
+            .env("ARBOR_CONFIG", &self.config);
+        if self.cmdline.exists() {
+            c.env("ARBOR_CMDLINE", &self.cmdline);
+        }
+        c.output().unwrap()
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "arbor {args:?} on {} failed:\n{}",
+            self.sys,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Shuts down (finalizing what is staged), lets the loader choose, and runs the
+    /// health check as the boot would: the booted version.
+    pub fn reboot(&self) -> String {
+        self.ok(&["finalize-staged"]);
+        self.ok(&["boot-select", "--cmdline-out", s(&self.cmdline)]);
+        // A failing check is the machine's verdict, not the test's failure.
+        let _ = self.run(&["health-check", "--timeout", "5"]);
+        self.booted()
+    }
+
+    pub fn booted(&self) -> String {
+        let st: serde_json::Value = serde_json::from_str(&self.ok(&["status", "--json"])).unwrap();
+        st["deployments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["booted"] == true)
+            .map(|d| d["version"].as_str().unwrap().to_string())
+            .unwrap_or_default()
+    }
+
+    pub fn phase_of(&self, version: &str) -> u64 {
+        let v: serde_json::Value =
+            serde_json::from_str(&self.ok(&["upgrade", "--dry-run", "--phase-override", "--json"]))
+                .unwrap();
+        let c = v["update"]["considered"].as_array().unwrap();
+        c.iter()
+            .find(|x| x["version"] == version)
+            .unwrap_or_else(|| panic!("{version} not considered: {v:#}"))["device_phase"]
+            .as_u64()
+            .unwrap()
+    }
+}
+
+/// A stable, distinct machine id per name.
+pub fn blake_ish(name: &str) -> u128 {
+    name.bytes().fold(0xcbf29ce484222325u128, |h, b| {
+        (h ^ u128::from(b)).wrapping_mul(0x100000001b3)
+    })
+}
+
+pub fn arbor(args: &[&str]) -> String {
+    let out = Command::new(super::arbor_bin())
+        .args(args)
+        .env_remove("ARBOR_REPO")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "arbor {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+pub fn arbor_json(args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&arbor(args)).unwrap()
+}

@@ -1,0 +1,552 @@
+//! The fleet test (docs/fleet.md): a hundred client machines, each a folder sysroot
+//! with its own machine id and report key, each its own process with its own timer
+//! (`arbor auto-update` under a policy whose check interval is seconds: the time
+//! compression), some of them in a network namespace behind a shaped link, and the
+//! publisher's rollout controller running beside them. A broken release halts on its
+//! canaries; a good one then rolls out to every machine in its steps. The test prints
+//! the timeline.
+
+#[macro_use]
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use common::fleet::{Machine, arbor, arbor_json};
+use common::nginx::Nginx;
+use common::{s, scratch};
+
+const MACHINES: usize = 100;
+/// Machines that run in the network namespace.
+const SHAPED: usize = 10;
+const STEPS: &str = "5,20,50,100";
+
+/// A network namespace joined to this one by a veth pair, its link shaped; removed
+/// at drop.
+struct Netns {
+    name: String,
+    host_if: String,
+    /// How the link is shaped, in words for the timeline.
+    shaping: String,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    match out.status.success() {
+        true => Ok(()),
+        false => Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+    }
+}
+
+fn tc(ns: Option<&str>, args: &str) -> Result<(), String> {
+    let mut c = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "tc"]);
+            c
+        }
+        None => Command::new("tc"),
+    };
+    let out = c
+        .args(args.split_whitespace())
+        .output()
+        .map_err(|e| e.to_string())?;
+    match out.status.success() {
+        true => Ok(()),
+        false => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+    }
+}
+
+impl Netns {
+    /// 10.251.0.1 here, 10.251.0.2 there. Latency and loss by netem where the kernel
+    /// has it; otherwise (a kernel without sch_netem) a rate cap alone, by tbf, said so.
+    fn create() -> Result<Netns, String> {
+        let id = std::process::id() % 10000;
+        let ns = Netns {
+            name: format!("arbor-fleet-{id}"),
+            host_if: format!("afh{id}"),
+            shaping: String::new(),
+        };
+        let peer = format!("afn{id}");
+        ip(&["netns", "add", &ns.name])?;
+        ip(&[
+            "link",
+            "add",
+            &ns.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+        ])?;
+        ip(&["link", "set", &peer, "netns", &ns.name])?;
+        ip(&["addr", "add", "10.251.0.1/24", "dev", &ns.host_if])?;
+        ip(&["link", "set", &ns.host_if, "up"])?;
+        let inside = |args: &[&str]| {
+            let mut a = vec!["netns", "exec", &ns.name, "ip"];
+            a.extend_from_slice(args);
+            ip(&a)
+        };
+        inside(&["addr", "add", "10.251.0.2/24", "dev", &peer])?;
+        inside(&["link", "set", &peer, "up"])?;
+        inside(&["link", "set", "lo", "up"])?;
+        // Both directions: downloads leave by the host's end, reports by the peer's.
+        let netem = "delay 40ms 10ms loss 1% rate 8mbit";
+        let shaped = tc(
+            None,
+            &format!("qdisc add dev {} root netem {netem}", ns.host_if),
+        )
+        .and_then(|_| {
+            tc(
+                Some(&ns.name),
+                &format!("qdisc add dev {peer} root netem {netem}"),
+            )
+        });
+        let mut ns = ns;
+        ns.shaping = match shaped {
+            Ok(()) => format!("netem {netem}"),
+            Err(e) => {
+                let tbf = "tbf rate 8mbit burst 64kb latency 400ms";
+                tc(None, &format!("qdisc add dev {} root {tbf}", ns.host_if))?;
+                tc(Some(&ns.name), &format!("qdisc add dev {peer} root {tbf}"))?;
+                format!(
+                    "{tbf} (netem refused: {e}; this kernel lacks sch_netem, so no latency or loss)"
+                )
+            }
+        };
+        Ok(ns)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", &self.host_if]);
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+/// One machine's process: boots, then runs `arbor auto-update` on its own timer and
+/// reboots whenever an update is staged or its boot is still being judged.
+const AGENT: &str = r#"
+set -u
+a() { "$ARBOR" --sysroot "$SYS" "$@"; }
+boot() {
+  a finalize-staged >/dev/null 2>&1
+  a boot-select --cmdline-out "$CMDLINE" >/dev/null 2>&1
+  export ARBOR_CMDLINE=$CMDLINE
+  a health-check --timeout 5 >/dev/null 2>&1
+  echo "$(date +%s.%N) boot" >> "$LOG"
+}
+boot
+while [ ! -e "$STOP" ]; do
+  sleep "$TICK"
+  out=$(a auto-update --json 2>>"$LOG.err")
+  state=$(printf '%s' "$out" | grep -o '"state": *"[a-z-]*"' | head -1 | grep -o '[a-z-]*"$' | tr -d '"')
+  case $state in
+    staged)
+      v=$(a update-status --json | grep -o '"version": *"[^"]*"' | head -1 | cut -d'"' -f4)
+      echo "$(date +%s.%N) staged $v" >> "$LOG"
+      boot ;;
+    testing|rolling-back) boot ;;
+  esac
+done
+"#;
+
+struct Agent {
+    machine: Machine,
+    log: PathBuf,
+    child: Child,
+    shaped: bool,
+}
+
+/// What the controller decided, with the seconds since the start.
+#[derive(Debug)]
+struct Event {
+    at: f64,
+    what: String,
+}
+
+/// Runs the controller once; returns its decisions that changed something.
+fn controller(p: &str, reports: &Path) -> Vec<String> {
+    let run = arbor_json(&[
+        "publish",
+        "rollout",
+        p,
+        "--channel",
+        "stable",
+        "--reports",
+        s(reports),
+        "--json",
+    ]);
+    run["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["decision"] != "hold")
+        .map(|d| match d["decision"].as_str().unwrap() {
+            "widen" => format!(
+                "{} widened {}% -> {}%",
+                d["version"].as_str().unwrap(),
+                d["from"],
+                d["to"]
+            ),
+            _ => format!(
+                "{} HALTED: {} of {} machines failed",
+                d["version"].as_str().unwrap(),
+                d["failures"],
+                d["machines"]
+            ),
+        })
+        .collect()
+}
+
+fn status_line(p: &str, reports: &Path) -> String {
+    let st = arbor_json(&[
+        "publish",
+        "status",
+        p,
+        "--channel",
+        "stable",
+        "--reports",
+        s(reports),
+        "--json",
+    ]);
+    st["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            format!(
+                "{}@{}%{}: {} good {} failed {} rolled back",
+                v["version"].as_str().unwrap(),
+                v["phase"],
+                if v["withdrawn"] == true {
+                    " withdrawn"
+                } else {
+                    ""
+                },
+                v["good"],
+                v["failed"],
+                v["rolled_back"]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+#[test]
+#[ignore = "a hundred machine processes for minutes; scripts/test.sh runs it with ARBOR_TORTURE=1"]
+fn root_torture_a_hundred_machines_halt_a_broken_release_and_take_a_good_one() {
+    as_root!();
+    let t = scratch();
+    let begun = Instant::now();
+    let since = || begun.elapsed().as_secs_f64();
+    let build = t.path().join("build");
+    let srv = t.path().join("srv");
+    let pubdir = srv.join("pub");
+    let reports = srv.join("reports");
+    let (b, p) = (s(&build).to_string(), s(&pubdir).to_string());
+    arbor(&["--repo", &b, "init"]);
+    for v in ["1", "2", "3"] {
+        let tree = common::rootfs(&t.path().join(v), v);
+        if v == "2" {
+            let d = tree.join("etc/arbor/health.d");
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("10-web"), "#!/bin/sh\necho web is down\nexit 1\n").unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(d.join("10-web"), std::fs::Permissions::from_mode(0o755))
+                .unwrap();
+        }
+        let branch = format!("os/{v}");
+        arbor(&[
+            "--repo",
+            &b,
+            "compose",
+            "rootfs",
+            s(&tree),
+            "-b",
+            &branch,
+            "--version",
+            v,
+        ]);
+    }
+    arbor(&["publish", "init", &p]);
+    let add = |v: &str, phase: &str| {
+        arbor(&[
+            "--repo",
+            &b,
+            "publish",
+            "add",
+            &p,
+            "--channel",
+            "stable",
+            "--version",
+            v,
+            "--ref",
+            &format!("os/{v}"),
+            "--phase",
+            phase,
+        ]);
+    };
+    add("1", "100");
+    let netns = Netns::create();
+    let host = if netns.is_ok() {
+        "10.251.0.1"
+    } else {
+        "127.0.0.1"
+    };
+    let nginx = Nginx::start_with_reports_on(&srv, &t.path().join("nginx"), host);
+    arbor(&[
+        "publish",
+        "rollout-rules",
+        &p,
+        "--channel",
+        "stable",
+        "--reports",
+        &format!("{}reports", nginx.url),
+        "--steps",
+        STEPS,
+        "--min-good",
+        "3",
+        "--max-failed",
+        "10",
+        "--soak",
+        "3s",
+    ]);
+    let mut timeline: Vec<Event> = Vec::new();
+    timeline.push(Event {
+        at: since(),
+        what: match &netns {
+            Ok(ns) => format!(
+                "{SHAPED} of {MACHINES} machines in namespace {} behind {}",
+                ns.name, ns.shaping
+            ),
+            Err(e) => format!("no network namespace ({e}): every machine on loopback"),
+        },
+    });
+
+    // One machine installed, then copied: each copy its own machine (id, key, policy).
+    let url = format!("{}pub", nginx.url);
+    let template = Machine::new(
+        t.path(),
+        "template",
+        &url,
+        &pubdir.join("metadata/1.root.json"),
+    );
+    template.ok(&["deploy", "origin:stable"]);
+    let now =
+        String::from_utf8(Command::new("date").arg("+%H:%M").output().unwrap().stdout).unwrap();
+    let stop = t.path().join("stop");
+    let mut agents: Vec<Agent> = (0..MACHINES)
+        .map(|i| {
+            let name = format!("m{i:03}");
+            let sys = t.path().join(&name);
+            let cp = Command::new("cp")
+                .args(["-a", &template.sys, s(&sys)])
+                .status()
+                .unwrap();
+            assert!(cp.success());
+            let machine = Machine {
+                sys: s(&sys).to_string(),
+                id: format!("{:032x}", common::fleet::blake_ish(&name)),
+                config: t.path().join(format!("{name}.toml")),
+                cmdline: t.path().join(format!("{name}.cmdline")),
+            };
+            std::fs::write(
+                &machine.config,
+                format!(
+                    "check_interval = \"2s\"\nauto_install = true\npreferred_time = \"{}\"\n\
+                     reports = \"on\"\n",
+                    now.trim()
+                ),
+            )
+            .unwrap();
+            let log = t.path().join(format!("{name}.log"));
+            let shaped = netns.is_ok() && i < SHAPED;
+            let mut c = match &netns {
+                Ok(ns) if shaped => {
+                    let mut c = Command::new("ip");
+                    c.args(["netns", "exec", &ns.name, "bash", "-c", AGENT]);
+                    c
+                }
+                _ => {
+                    let mut c = Command::new("bash");
+                    c.args(["-c", AGENT]);
+                    c
+                }
+            };
+            let child = c
+                .env("ARBOR", common::arbor_bin())
+                .env("SYS", &machine.sys)
+                .env("CMDLINE", &machine.cmdline)
+                .env("LOG", &log)
+                .env("STOP", &stop)
+                .env("TICK", format!("{}", 2.0 + (i % 10) as f64 / 10.0))
+                .env("ARBOR_MACHINE_ID", &machine.id)
+                .env("ARBOR_CONFIG", &machine.config)
+                .env_remove("ARBOR_REPO")
+                .spawn()
+                .unwrap();
+            Agent {
+                machine,
+                log,
+                child,
+                shaped,
+            }
+        })
+        .collect();
+    let booted_everywhere = |version: &str, agents: &[Agent]| {
+        agents
+            .iter()
+            .filter(|a| a.machine.booted() == version)
+            .count()
+    };
+    let wait_for = |what: &str, limit: Duration, f: &mut dyn FnMut() -> bool| {
+        let until = Instant::now() + limit;
+        while !f() {
+            assert!(Instant::now() < until, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    wait_for(
+        "every machine to report version 1 good",
+        Duration::from_secs(240),
+        &mut || std::fs::read_dir(reports.join("stable")).map_or(0, |d| d.count()) >= MACHINES,
+    );
+    timeline.push(Event {
+        at: since(),
+        what: format!(
+            "all {MACHINES} machines booted 1: {}",
+            status_line(&p, &reports)
+        ),
+    });
+
+    // The broken release, to the first step's canaries.
+    let first_step = STEPS.split(',').next().unwrap();
+    add("2", first_step);
+    let published_2 = since();
+    timeline.push(Event {
+        at: published_2,
+        what: format!("2 published at {first_step}% (it fails its health check)"),
+    });
+    let mut halted_at = None;
+    let mut first_failure_at = None;
+    wait_for(
+        "the rollout of 2 to halt",
+        Duration::from_secs(180),
+        &mut || {
+            let before = since();
+            let st = status_line(&p, &reports);
+            if first_failure_at.is_none() && !st.contains("2@5%: 0 good 0 failed 0 rolled back") {
+                first_failure_at = Some(before);
+            }
+            for d in controller(&p, &reports) {
+                timeline.push(Event {
+                    at: since(),
+                    what: d.clone(),
+                });
+                if d.contains("HALTED") {
+                    halted_at = Some(since());
+                }
+            }
+            timeline.push(Event {
+                at: since(),
+                what: st,
+            });
+            std::thread::sleep(Duration::from_secs(2));
+            halted_at.is_some()
+        },
+    );
+
+    // The good release rolls out in its steps, the controller every two seconds.
+    add("3", first_step);
+    timeline.push(Event {
+        at: since(),
+        what: format!("3 published at {first_step}%"),
+    });
+    let mut widened = Vec::new();
+    wait_for(
+        "every machine to boot 3",
+        Duration::from_secs(420),
+        &mut || {
+            for d in controller(&p, &reports) {
+                timeline.push(Event {
+                    at: since(),
+                    what: d.clone(),
+                });
+                widened.push(d);
+            }
+            let on_3 = booted_everywhere("3", &agents);
+            timeline.push(Event {
+                at: since(),
+                what: format!("{on_3} machines run 3; {}", status_line(&p, &reports)),
+            });
+            std::thread::sleep(Duration::from_secs(2));
+            on_3 == MACHINES
+        },
+    );
+    std::fs::write(&stop, "").unwrap();
+    for a in agents.iter_mut() {
+        let _ = a.child.wait();
+    }
+
+    // The timeline, then what must hold.
+    let mut text = String::new();
+    for e in &timeline {
+        text.push_str(&format!("fleet: {:7.1} s  {}\n", e.at, e.what));
+    }
+    std::fs::write(t.path().join("timeline.txt"), &text).unwrap();
+    println!("{text}");
+
+    let mut staged_2 = Vec::new();
+    for a in &agents {
+        let log = std::fs::read_to_string(&a.log).unwrap_or_default();
+        if log.lines().any(|l| l.ends_with("staged 2")) {
+            staged_2.push(arbor_remote::index::device_phase(
+                &a.machine.id,
+                "stable",
+                "2",
+            ));
+        }
+    }
+    let canaries = agents
+        .iter()
+        .filter(|a| arbor_remote::index::device_phase(&a.machine.id, "stable", "2") < 5)
+        .count();
+    assert!(canaries > 0, "no machine is in 2's first step");
+    assert!(!staged_2.is_empty(), "no canary staged 2");
+    assert!(
+        staged_2.iter().all(|b| *b < 5),
+        "a machine outside the canary phase staged 2: buckets {staged_2:?}"
+    );
+    // Halted within one check interval of the controller (2 s) and one of the
+    // machines (2 s), after the failure was there to read.
+    let (first, halted) = (first_failure_at.unwrap(), halted_at.unwrap());
+    assert!(
+        halted - first <= 8.0,
+        "halted {:.1} s after the first failure",
+        halted - first
+    );
+    for step in ["5% -> 20%", "20% -> 50%", "50% -> 100%"] {
+        assert!(
+            widened.iter().any(|w| w.contains(step)),
+            "no widening {step}: {widened:?}"
+        );
+    }
+    let shaped: Vec<_> = agents.iter().filter(|a| a.shaped).collect();
+    assert!(netns.is_err() || shaped.len() == SHAPED);
+    let mut versions = BTreeMap::new();
+    for a in &agents {
+        *versions.entry(a.machine.booted()).or_insert(0) += 1;
+    }
+    assert_eq!(versions.get("3"), Some(&MACHINES), "{versions:?}");
+}
