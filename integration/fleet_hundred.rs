@@ -5,6 +5,7 @@
 //! publisher's rollout controller running beside them. A broken release halts on its
 //! canaries; a good one then rolls out to every machine in its steps. The test prints
 //! the timeline.
+#![allow(clippy::print_stdout)] // the timeline
 
 #[macro_use]
 mod common;
