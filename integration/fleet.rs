@@ -595,3 +595,120 @@ fn root_automatic_downloads_wait_on_a_metered_connection_and_at_the_quota() {
     m.ok(&["upgrade", "--download-only"]);
     assert!(state()["downloaded_bytes"].as_u64().unwrap() > today);
 }
+
+/// A flood of reports, twenty times a fleet of a thousand: every machine's ten
+/// reports, as many forged ones and as much garbage. The controller counts each
+/// machine once, counts and ignores the rest, and stays small (its peak memory is
+/// measured by GNU time).
+#[test]
+fn root_a_flood_of_reports_neither_stops_the_controller_nor_fills_its_memory() {
+    as_root!();
+    use arbor_remote::report::{MachineKey, REPORT_FORMAT, Report, Verdict};
+    let t = scratch();
+    let build = t.path().join("build");
+    let pubdir = t.path().join("pub");
+    let (b, p) = (s(&build).to_string(), s(&pubdir).to_string());
+    arbor(&["--repo", &b, "init"]);
+    let tree = common::rootfs(t.path(), "1");
+    arbor(&[
+        "--repo",
+        &b,
+        "compose",
+        "rootfs",
+        s(&tree),
+        "-b",
+        "os/1",
+        "--version",
+        "1",
+    ]);
+    arbor(&["publish", "init", &p]);
+    arbor(&[
+        "--repo",
+        &b,
+        "publish",
+        "add",
+        &p,
+        "--channel",
+        "stable",
+        "--version",
+        "1",
+        "--ref",
+        "os/1",
+    ]);
+    let shown: serde_json::Value =
+        serde_json::from_str(&arbor(&["publish", "show", &p, "stable"])).unwrap();
+    let commit = shown["versions"][0]["commit"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let folder = t.path().join("reports/stable");
+    std::fs::create_dir_all(&folder).unwrap();
+    let keys = t.path().join("keys");
+    let fleet = 1000;
+    for m in 0..fleet {
+        let key = MachineKey::load_or_create(&keys.join(format!("{m}"))).unwrap();
+        for n in 0..10 {
+            let r = Report {
+                format: REPORT_FORMAT,
+                channel: "stable".into(),
+                version: "1".into(),
+                commit,
+                bucket: (m % 100) as u8,
+                verdict: if n == 9 {
+                    Verdict::Good
+                } else {
+                    Verdict::Failed
+                },
+                boot_to_verdict_ms: Some(20_000),
+                at_ms: 1_700_000_000_000 + n,
+            };
+            let bytes = key.sign(&r).unwrap();
+            std::fs::write(folder.join(format!("{m}-{n}.json")), &bytes).unwrap();
+            let mut forged: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            forged["report"] = forged["report"]
+                .as_str()
+                .unwrap()
+                .replace("\"1\"", "\"9\"")
+                .into();
+            std::fs::write(
+                folder.join(format!("{m}-{n}-forged.json")),
+                forged.to_string(),
+            )
+            .unwrap();
+            std::fs::write(folder.join(format!("{m}-{n}-junk.json")), [n as u8; 300]).unwrap();
+        }
+    }
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "%M"])
+        .arg(common::arbor_bin())
+        .args(["publish", "status", &p, "--channel", "stable", "--reports"])
+        .arg(t.path().join("reports"))
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        st["versions"][0]["good"], fleet,
+        "each machine once, by its latest: {st:#}"
+    );
+    assert_eq!(st["versions"][0]["failed"], 0);
+    assert_eq!(st["ignored"]["bad_signature"], fleet * 10);
+    assert_eq!(st["ignored"]["malformed"], fleet * 10);
+    let peak_kb: u64 = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        peak_kb < 128 << 10,
+        "the controller peaked at {peak_kb} KB over 30000 reports"
+    );
+}
