@@ -240,8 +240,13 @@ pub fn flush(sysroot: &Sysroot, os: &str, timeout: Duration) -> Result<Sent> {
             continue;
         };
         let body = std::fs::read(&path)?;
-        let (key, report) = arbor_remote::report::SignedReport::verify(&body)
-            .map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?;
+        let Ok((key, report)) = arbor_remote::report::SignedReport::verify(&body) else {
+            // Not what this machine wrote (a disk error, an older arbor's format):
+            // dropped, or it would stop every later report behind it.
+            tracing::warn!("dropping {}: not a signed report", path.display());
+            std::fs::remove_file(&path)?;
+            continue;
+        };
         let url = report_url(&sink.reports, &pair.1, &key, report.at_ms)?;
         match arbor_remote::http::put(&url, &body, timeout) {
             Ok(()) => {
