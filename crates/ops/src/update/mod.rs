@@ -619,6 +619,8 @@ pub fn auto_update(
     let opts = UpdateOptions {
         apply: policy.apply_step()?.filter(|_| action == Action::Stage),
         forbid: policy.apply_forbid.clone(),
+        // The policy auto-update was given (`--config`), not only the default file.
+        max_rate: policy.max_rate()?,
         ..opts
     };
     perform(sysroot, lock, &opts, action, obs)
