@@ -262,3 +262,102 @@ pub fn flush(sysroot: &Sysroot, os: &str, timeout: Duration) -> Result<Sent> {
     }
     Ok(sent)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+
+    /// A server that answers every request with `status` and records request lines.
+    fn server(status: u16) -> (String, std::sync::mpsc::Receiver<String>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/r", listener.local_addr().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let mut len = 0;
+                loop {
+                    let mut h = String::new();
+                    reader.read_line(&mut h).unwrap();
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                    if h.trim().is_empty() {
+                        break;
+                    }
+                }
+                let mut body = vec![0; len];
+                std::io::Read::read_exact(&mut reader, &mut body).unwrap();
+                let _ = tx.send(line.trim().to_string());
+                let mut conn = conn;
+                let _ = write!(conn, "HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n");
+            }
+        });
+        (url, rx)
+    }
+
+    fn queued_report(sysroot: &Sysroot, dir: &Path, n: i64) {
+        let key = MachineKey::load_or_create(&dir.join("key.pk8")).unwrap();
+        let report = Report {
+            format: REPORT_FORMAT,
+            channel: "stable".into(),
+            version: "2".into(),
+            commit: "ab".repeat(32).parse().unwrap(),
+            bucket: 3,
+            verdict: Verdict::Good,
+            boot_to_verdict_ms: None,
+            at_ms: n,
+        };
+        let outbox = reports_dir(sysroot, "debian").join("outbox");
+        std::fs::create_dir_all(&outbox).unwrap();
+        let name = format!("{n:015}~origin~stable~good.json");
+        std::fs::write(outbox.join(name), key.sign(&report).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn the_outbox_waits_for_a_server_that_takes_it_and_drops_what_is_not_a_report() {
+        let t = tempfile::tempdir().unwrap();
+        let sysroot = Sysroot::init_fs(t.path()).unwrap();
+        let dir = reports_dir(&sysroot, "debian");
+        std::fs::create_dir_all(dir.join("outbox")).unwrap();
+        std::fs::write(
+            dir.join("outbox/000000000000001~origin~stable~good.json"),
+            "junk",
+        )
+        .unwrap();
+        queued_report(&sysroot, &dir, 2);
+        queued_report(&sysroot, &dir, 3);
+        let sink = |url: &str| {
+            let s = Sink {
+                reports: url.to_string(),
+                versions: BTreeMap::new(),
+            };
+            std::fs::write(
+                sink_path(&dir, "origin", "stable"),
+                serde_json::to_vec(&s).unwrap(),
+            )
+            .unwrap();
+        };
+        // A server that refuses: the junk is dropped, both reports wait, and only
+        // the first was tried.
+        let (url, seen) = server(503);
+        sink(&url);
+        let sent = flush(&sysroot, "debian", Duration::from_secs(5)).unwrap();
+        assert_eq!((sent.sent, sent.kept), (0, 2));
+        assert_eq!(seen.try_iter().count(), 1);
+        assert_eq!(queued(&dir.join("outbox")).unwrap().len(), 2);
+        // One that takes them: both go, oldest first, below the channel and the key.
+        let (url, seen) = server(201);
+        sink(&url);
+        let sent = flush(&sysroot, "debian", Duration::from_secs(5)).unwrap();
+        assert_eq!((sent.sent, sent.kept), (2, 0));
+        let lines: Vec<String> = seen.try_iter().collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].starts_with("PUT /r/stable/") && lines[0].contains("-2.json"));
+        assert!(lines[1].contains("-3.json"));
+        assert!(queued(&dir.join("outbox")).unwrap().is_empty());
+    }
+}
