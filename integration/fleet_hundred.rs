@@ -4,7 +4,8 @@
 //! compression), some of them in a network namespace behind a shaped link, and the
 //! publisher's rollout controller running beside them. A broken release halts on its
 //! canaries; a good one then rolls out to every machine in its steps. The test prints
-//! the timeline.
+//! the timeline (and writes it to target/fleet-timeline.txt, which scripts/test.sh
+//! shows).
 #![allow(clippy::print_stdout)] // the timeline
 
 #[macro_use]
@@ -506,6 +507,9 @@ fn root_torture_a_hundred_machines_halt_a_broken_release_and_take_a_good_one() {
         text.push_str(&format!("fleet: {:7.1} s  {}\n", e.at, e.what));
     }
     std::fs::write(t.path().join("timeline.txt"), &text).unwrap();
+    // scripts/test.sh shows it, as the crash sweep's table.
+    let shown = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fleet-timeline.txt");
+    std::fs::write(shown, &text).unwrap();
     println!("{text}");
 
     let mut staged_2 = Vec::new();

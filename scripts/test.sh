@@ -38,6 +38,8 @@ bash scripts/tuf-conformance.sh
 phase "tuf conformance"
 if [[ ${ARBOR_TORTURE:-} == 1 ]]; then
   cargo test --test deploy --test fleet_hundred --quiet -- --ignored torture 2>&1
+  # The hundred-machine fleet's timeline: phases, reports, the controller's decisions.
+  [[ -f target/fleet-timeline.txt ]] && cat target/fleet-timeline.txt
   phase torture
 fi
 if [[ ${ARBOR_FUZZ:-} == 1 ]]; then
