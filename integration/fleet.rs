@@ -410,6 +410,16 @@ fn root_downloads_keep_to_the_rate_cap() {
     assert!(secs >= 2.5, "{secs:.2} s for 768 KiB at 256K/s: {out}");
     let bad = m.run(&["upgrade", "--max-rate", "fast"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not a rate"));
+    // A local deploy downloads nothing: the cap is refused, not ignored.
+    let st = arbor_json(&["--sysroot", &m.sys, "status", "--json"]);
+    let commit = st["deployments"][0]["commit"].as_str().unwrap().to_string();
+    let bad = m.run(&["deploy", &commit, "--max-rate", "1M"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--max-rate are for deploys from a remote"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
 
     // The same cap from the policy, on a fresh machine.
     std::fs::write(&m2.config, "max_rate = \"256K\"\n").unwrap();

@@ -134,8 +134,10 @@ fn execute(
                 let r = update::perform(sysroot, held()?, &opts, update::Action::Stage, obs)?;
                 Outcome::Update(Box::new(r))
             }
-            None if d.apply.is_some() => {
-                anyhow::bail!("--apply is for deploys from a remote (a channel or --version)")
+            None if d.apply.is_some() || d.max_rate.is_some() => {
+                anyhow::bail!(
+                    "--apply and --max-rate are for deploys from a remote (a channel or --version)"
+                )
             }
             None => {
                 let rev = d.rev.as_deref().unwrap_or_default();
@@ -346,9 +348,14 @@ fn upgrade(
             deploy: None,
         });
     }
-    if u.action != update::Action::Stage || u.dry_run || u.phase_override || u.apply.is_some() {
+    if u.action != update::Action::Stage
+        || u.dry_run
+        || u.phase_override
+        || u.apply.is_some()
+        || u.max_rate.is_some()
+    {
         anyhow::bail!(
-            "check, download-only, dry-run, phase-override and apply are for deployments that follow a remote channel"
+            "check, download-only, dry-run, phase-override, apply and max-rate are for deployments that follow a remote channel"
         );
     }
     let deploy = match layer::upgrade(sysroot, u.os.as_deref())? {
