@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::fleet::{Machine, arbor, arbor_json};
+use common::fleet::{Machine, Publication, arbor, arbor_json, failing_health_check};
 use common::nginx::Nginx;
 use common::{s, scratch};
 
@@ -38,52 +38,13 @@ fn reports_on_server(srv: &Path) -> Vec<serde_json::Value> {
 fn root_a_failing_canary_halts_the_rollout_and_a_good_release_widens() {
     as_root!();
     let t = scratch();
-    let build = t.path().join("build");
-    let srv = t.path().join("srv");
-    let pubdir = srv.join("pub");
-    let (b, p) = (s(&build).to_string(), s(&pubdir).to_string());
-    arbor(&["--repo", &b, "init"]);
-    for v in ["1", "2", "3"] {
-        let tree = common::rootfs(&t.path().join(v), v);
+    let publ = Publication::new(t.path(), &["1", "2", "3"], |v, tree| {
         if v == "2" {
-            let d = tree.join("etc/arbor/health.d");
-            std::fs::create_dir_all(&d).unwrap();
-            std::fs::write(d.join("10-web"), "#!/bin/sh\necho web is down\nexit 1\n").unwrap();
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(d.join("10-web"), std::fs::Permissions::from_mode(0o755))
-                .unwrap();
+            failing_health_check(tree)
         }
-        let branch = format!("os/{v}");
-        arbor(&[
-            "--repo",
-            &b,
-            "compose",
-            "rootfs",
-            s(&tree),
-            "-b",
-            &branch,
-            "--version",
-            v,
-        ]);
-    }
-    arbor(&["publish", "init", &p]);
-    let add = |v: &str, phase: &str| {
-        arbor(&[
-            "--repo",
-            &b,
-            "publish",
-            "add",
-            &p,
-            "--channel",
-            "stable",
-            "--version",
-            v,
-            "--ref",
-            &format!("os/{v}"),
-            "--phase",
-            phase,
-        ])
-    };
+    });
+    let (srv, p) = (publ.srv.clone(), publ.dir.clone());
+    let add = |v: &str, phase: &str| publ.add(v, &["--phase", phase]);
     add("1", "100");
     let nginx = Nginx::start_with_reports(&srv, &t.path().join("nginx"));
     let reports_url = format!("{}reports", nginx.url);
@@ -106,7 +67,7 @@ fn root_a_failing_canary_halts_the_rollout_and_a_good_release_widens() {
     ]);
     assert!(rules.contains("reports to http://127.0.0.1"), "{rules}");
     let url = format!("{}pub", nginx.url);
-    let root = pubdir.join("metadata/1.root.json");
+    let root = publ.root();
     let machines: Vec<Machine> = ["m1", "m2", "m3", "m4", "m5", "m6"]
         .iter()
         .map(|n| Machine::new(t.path(), n, &url, &root))
@@ -157,16 +118,7 @@ fn root_a_failing_canary_halts_the_rollout_and_a_good_release_widens() {
         "{:?}",
         by_phase.iter().map(|x| x.0).collect::<Vec<_>>()
     );
-    arbor(&[
-        "publish",
-        "phase",
-        &p,
-        "--channel",
-        "stable",
-        "--version",
-        "2",
-        &(canary_phase + 1).to_string(),
-    ]);
+    publ.phase("2", canary_phase + 1);
     let out = canary.ok(&["upgrade"]);
     assert!(out.contains("staged"), "{out}");
     // Another machine stages 2 by name (an administrator ahead of the rollout).
@@ -285,16 +237,7 @@ fn root_a_failing_canary_halts_the_rollout_and_a_good_release_widens() {
     // Version 3 is healthy: a good canary widens it to the next step, and the
     // controller holds while the wider phase has not reported.
     add("3", "0");
-    arbor(&[
-        "publish",
-        "phase",
-        &p,
-        "--channel",
-        "stable",
-        "--version",
-        "3",
-        &(canary.phase_of("3") + 1).to_string(),
-    ]);
+    publ.phase("3", canary.phase_of("3") + 1);
     let out = canary.ok(&["upgrade"]);
     assert!(out.contains("staged"), "{out}");
     assert_eq!(canary.reboot(), "3");
@@ -335,13 +278,7 @@ fn root_a_failing_canary_halts_the_rollout_and_a_good_release_widens() {
 fn root_downloads_keep_to_the_rate_cap() {
     as_root!();
     let t = scratch();
-    let build = t.path().join("build");
-    let srv = t.path().join("srv");
-    let pubdir = srv.join("pub");
-    let (b, p) = (s(&build).to_string(), s(&pubdir).to_string());
-    arbor(&["--repo", &b, "init"]);
-    for v in ["1", "2"] {
-        let tree = common::rootfs(&t.path().join(v), v);
+    let publ = Publication::new(t.path(), &["1", "2"], |v, tree| {
         if v == "2" {
             // Incompressible: what crosses the wire is what the cap sees.
             let mut noise = vec![0u8; 768 << 10];
@@ -354,41 +291,13 @@ fn root_downloads_keep_to_the_rate_cap() {
             }
             std::fs::write(tree.join("usr/bin/big"), noise).unwrap();
         }
-        let branch = format!("os/{v}");
-        arbor(&[
-            "--repo",
-            &b,
-            "compose",
-            "rootfs",
-            s(&tree),
-            "-b",
-            &branch,
-            "--version",
-            v,
-        ]);
-    }
-    arbor(&["publish", "init", &p]);
-    let add = |v: &str| {
-        arbor(&[
-            "--repo",
-            &b,
-            "publish",
-            "add",
-            &p,
-            "--channel",
-            "stable",
-            "--version",
-            v,
-            "--ref",
-            &format!("os/{v}"),
-            "--deltas-from",
-            "0",
-        ])
-    };
+    });
+    let srv = publ.srv.clone();
+    let add = |v: &str| publ.add(v, &["--deltas-from", "0"]);
     add("1");
     let nginx = Nginx::start(&srv, &t.path().join("nginx"), None);
     let url = format!("{}pub", nginx.url);
-    let root = pubdir.join("metadata/1.root.json");
+    let root = publ.root();
     let machines: Vec<Machine> = ["m", "m2", "m3"]
         .iter()
         .map(|n| {
@@ -489,47 +398,15 @@ impl Drop for PrivateBus {
 fn root_automatic_downloads_wait_on_a_metered_connection_and_at_the_quota() {
     as_root!();
     let t = scratch();
-    let build = t.path().join("build");
-    let srv = t.path().join("srv");
-    let pubdir = srv.join("pub");
-    let (b, p) = (s(&build).to_string(), s(&pubdir).to_string());
-    arbor(&["--repo", &b, "init"]);
-    for v in ["1", "2", "3"] {
-        let tree = common::rootfs(&t.path().join(v), v);
+    let publ = Publication::new(t.path(), &["1", "2", "3"], |v, tree| {
         std::fs::write(tree.join("usr/bin/payload"), v.repeat(64 << 10)).unwrap();
-        let branch = format!("os/{v}");
-        arbor(&[
-            "--repo",
-            &b,
-            "compose",
-            "rootfs",
-            s(&tree),
-            "-b",
-            &branch,
-            "--version",
-            v,
-        ]);
-    }
-    arbor(&["publish", "init", &p]);
-    let add = |v: &str| {
-        arbor(&[
-            "--repo",
-            &b,
-            "publish",
-            "add",
-            &p,
-            "--channel",
-            "stable",
-            "--version",
-            v,
-            "--ref",
-            &format!("os/{v}"),
-        ])
-    };
+    });
+    let srv = publ.srv.clone();
+    let add = |v: &str| publ.add(v, &[]);
     add("1");
     let nginx = Nginx::start(&srv, &t.path().join("nginx"), None);
     let url = format!("{}pub", nginx.url);
-    let m = Machine::new(t.path(), "m", &url, &pubdir.join("metadata/1.root.json"));
+    let m = Machine::new(t.path(), "m", &url, &publ.root());
     m.ok(&["deploy", "origin:stable"]);
     add("2");
 
@@ -615,36 +492,9 @@ fn root_a_flood_of_reports_neither_stops_the_controller_nor_fills_its_memory() {
     as_root!();
     use arbor_remote::report::{MachineKey, REPORT_FORMAT, Report, Verdict};
     let t = scratch();
-    let build = t.path().join("build");
-    let pubdir = t.path().join("pub");
-    let (b, p) = (s(&build).to_string(), s(&pubdir).to_string());
-    arbor(&["--repo", &b, "init"]);
-    let tree = common::rootfs(t.path(), "1");
-    arbor(&[
-        "--repo",
-        &b,
-        "compose",
-        "rootfs",
-        s(&tree),
-        "-b",
-        "os/1",
-        "--version",
-        "1",
-    ]);
-    arbor(&["publish", "init", &p]);
-    arbor(&[
-        "--repo",
-        &b,
-        "publish",
-        "add",
-        &p,
-        "--channel",
-        "stable",
-        "--version",
-        "1",
-        "--ref",
-        "os/1",
-    ]);
+    let publ = Publication::new(t.path(), &["1"], |_, _| {});
+    publ.add("1", &[]);
+    let p = publ.dir.clone();
     let shown: serde_json::Value =
         serde_json::from_str(&arbor(&["publish", "show", &p, "stable"])).unwrap();
     let commit = shown["versions"][0]["commit"]

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::fleet::{Machine, arbor, arbor_json};
+use common::fleet::{Machine, Publication, arbor, arbor_json, failing_health_check};
 use common::nginx::Nginx;
 use common::{s, scratch};
 
@@ -252,53 +252,14 @@ fn root_torture_a_hundred_machines_halt_a_broken_release_and_take_a_good_one() {
     let t = scratch();
     let begun = Instant::now();
     let since = || begun.elapsed().as_secs_f64();
-    let build = t.path().join("build");
-    let srv = t.path().join("srv");
-    let pubdir = srv.join("pub");
-    let reports = srv.join("reports");
-    let (b, p) = (s(&build).to_string(), s(&pubdir).to_string());
-    arbor(&["--repo", &b, "init"]);
-    for v in ["1", "2", "3"] {
-        let tree = common::rootfs(&t.path().join(v), v);
+    let publ = Publication::new(t.path(), &["1", "2", "3"], |v, tree| {
         if v == "2" {
-            let d = tree.join("etc/arbor/health.d");
-            std::fs::create_dir_all(&d).unwrap();
-            std::fs::write(d.join("10-web"), "#!/bin/sh\necho web is down\nexit 1\n").unwrap();
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(d.join("10-web"), std::fs::Permissions::from_mode(0o755))
-                .unwrap();
+            failing_health_check(tree)
         }
-        let branch = format!("os/{v}");
-        arbor(&[
-            "--repo",
-            &b,
-            "compose",
-            "rootfs",
-            s(&tree),
-            "-b",
-            &branch,
-            "--version",
-            v,
-        ]);
-    }
-    arbor(&["publish", "init", &p]);
-    let add = |v: &str, phase: &str| {
-        arbor(&[
-            "--repo",
-            &b,
-            "publish",
-            "add",
-            &p,
-            "--channel",
-            "stable",
-            "--version",
-            v,
-            "--ref",
-            &format!("os/{v}"),
-            "--phase",
-            phase,
-        ]);
-    };
+    });
+    let (srv, p) = (publ.srv.clone(), publ.dir.clone());
+    let reports = srv.join("reports");
+    let add = |v: &str, phase: &str| publ.add(v, &["--phase", phase]);
     add("1", "100");
     let netns = Netns::create();
     let host = if netns.is_ok() {
@@ -338,12 +299,7 @@ fn root_torture_a_hundred_machines_halt_a_broken_release_and_take_a_good_one() {
 
     // One machine installed, then copied: each copy its own machine (id, key, policy).
     let url = format!("{}pub", nginx.url);
-    let template = Machine::new(
-        t.path(),
-        "template",
-        &url,
-        &pubdir.join("metadata/1.root.json"),
-    );
+    let template = Machine::new(t.path(), "template", &url, &publ.root());
     template.ok(&["deploy", "origin:stable"]);
     let now =
         String::from_utf8(Command::new("date").arg("+%H:%M").output().unwrap().stdout).unwrap();

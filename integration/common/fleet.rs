@@ -115,3 +115,77 @@ pub fn arbor(args: &[&str]) -> String {
 pub fn arbor_json(args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&arbor(args)).unwrap()
 }
+
+/// A publisher's side for the fleet tests: a build repository with one small tree per
+/// version composed (`os/V`), and a published folder `srv/pub` (initialized, empty)
+/// that nginx serves from `srv`.
+pub struct Publication {
+    /// The build repository.
+    pub build: String,
+    /// What nginx serves (`pub/`, and `reports/` where machines PUT).
+    pub srv: PathBuf,
+    /// The published folder.
+    pub dir: String,
+}
+
+impl Publication {
+    /// Composes `versions`; `shape` may change each version's tree first.
+    pub fn new(work: &Path, versions: &[&str], shape: impl Fn(&str, &Path)) -> Publication {
+        let srv = work.join("srv");
+        let p = Publication {
+            build: super::build_repo_shaped(work, versions, shape),
+            dir: s(&srv.join("pub")).to_string(),
+            srv,
+        };
+        arbor(&["publish", "init", &p.dir]);
+        p
+    }
+
+    /// Publishes `os/V` as version V of channel stable, with `extra` options.
+    pub fn add(&self, v: &str, extra: &[&str]) {
+        let rev = format!("os/{v}");
+        let mut args = vec![
+            "--repo",
+            &self.build,
+            "publish",
+            "add",
+            &self.dir,
+            "--channel",
+            "stable",
+            "--version",
+            v,
+            "--ref",
+            &rev,
+        ];
+        args.extend_from_slice(extra);
+        arbor(&args);
+    }
+
+    /// Sets version V's phase.
+    pub fn phase(&self, v: &str, percent: u64) {
+        arbor(&[
+            "publish",
+            "phase",
+            &self.dir,
+            "--channel",
+            "stable",
+            "--version",
+            v,
+            &percent.to_string(),
+        ]);
+    }
+
+    /// The trust anchor machines add the remote with.
+    pub fn root(&self) -> PathBuf {
+        Path::new(&self.dir).join("metadata/1.root.json")
+    }
+}
+
+/// Makes the tree's health check fail ("web is down"): a release that is broken.
+pub fn failing_health_check(tree: &Path) {
+    let d = tree.join("etc/arbor/health.d");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("10-web"), "#!/bin/sh\necho web is down\nexit 1\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.join("10-web"), std::fs::Permissions::from_mode(0o755)).unwrap();
+}

@@ -352,11 +352,17 @@ pub fn rootfs(dir: &Path, version: &str) -> PathBuf {
 /// A build repository in DIR/build with one small tree per version composed into
 /// branch `os/VERSION` (what a publisher publishes from); returns its path.
 pub fn build_repo(dir: &Path, versions: &[&str]) -> String {
+    build_repo_shaped(dir, versions, |_, _| {})
+}
+
+/// [`build_repo`], with `shape` changing each version's tree before it is composed.
+pub fn build_repo_shaped(dir: &Path, versions: &[&str], shape: impl Fn(&str, &Path)) -> String {
     let repo = dir.join("build");
     let r = s(&repo).to_string();
     arbor_ok(&["--repo", &r, "init"]);
     for v in versions {
         let tree = rootfs(&dir.join(format!("tree-{v}")), v);
+        shape(v, &tree);
         let branch = format!("os/{v}");
         arbor_ok(&[
             "--repo",

@@ -87,21 +87,13 @@ pub fn parse_rate(s: &str) -> Result<u64> {
     Ok(rate)
 }
 
-/// Parses a size: bytes with an optional K, M or G suffix (powers of 1024).
+/// Parses a size: bytes with an optional K, M or G suffix (powers of 1024), as the
+/// `parse_size` crate reads it (the same rules as `install to-disk --size`).
 pub fn parse_size(s: &str) -> Result<u64> {
-    let t = s.trim();
-    let (num, mult) = match t.char_indices().last() {
-        Some((i, c)) if c.eq_ignore_ascii_case(&'k') => (&t[..i], 1u64 << 10),
-        Some((i, c)) if c.eq_ignore_ascii_case(&'m') => (&t[..i], 1 << 20),
-        Some((i, c)) if c.eq_ignore_ascii_case(&'g') => (&t[..i], 1 << 30),
-        _ => (t, 1),
-    };
-    let n: u64 = num
-        .trim()
-        .parse()
-        .map_err(|_| anyhow::anyhow!("'{s}' is not a size (such as 500K, 2G)"))?;
-    n.checked_mul(mult)
-        .ok_or_else(|| anyhow::anyhow!("'{s}' is too large"))
+    parse_size::Config::new()
+        .with_binary()
+        .parse_size(s.trim())
+        .map_err(|e| anyhow::anyhow!("'{s}' is not a size (such as 500K, 2G): {e}"))
 }
 
 #[cfg(test)]

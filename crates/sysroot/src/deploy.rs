@@ -366,8 +366,9 @@ pub fn drop_pending(sysroot: &Sysroot, lock: &WriterLock) -> Result<Option<Deplo
         remove_unlisted(sysroot, lock, &sysroot.deployments()?)?;
         return Ok(Some(d));
     }
-    match sysroot.deployments()?.first() {
-        Some(d) if !d.booted && sysroot.deployments()?.iter().any(|d| d.booted) => {
+    let order = sysroot.deployments()?;
+    match order.first() {
+        Some(d) if !d.booted && order.iter().any(|d| d.booted) => {
             undeploy(sysroot, lock, 0).map(Some)
         }
         _ => Ok(None),
