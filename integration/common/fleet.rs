@@ -18,6 +18,17 @@ pub struct Machine {
 
 impl Machine {
     pub fn new(dir: &Path, name: &str, url: &str, root_json: &Path) -> Machine {
+        Machine::with_remote(dir, name, url, root_json, &[])
+    }
+
+    /// [`Machine::new`] with `extra` arguments to `remote add` (mirrors, a timeout).
+    pub fn with_remote(
+        dir: &Path,
+        name: &str,
+        url: &str,
+        root_json: &Path,
+        extra: &[&str],
+    ) -> Machine {
         let m = Machine {
             sys: s(&dir.join(name)).to_string(),
             id: format!("{:0>32}", format!("{:x}", blake_ish(name))),
@@ -27,7 +38,9 @@ impl Machine {
         std::fs::write(&m.config, "reports = \"on\"\n").unwrap();
         m.ok(&["admin", "init-fs", &m.sys]);
         m.ok(&["admin", "os-init", "debian"]);
-        m.ok(&["remote", "add", "origin", url, "--trust", s(root_json)]);
+        let mut add = vec!["remote", "add", "origin", url, "--trust", s(root_json)];
+        add.extend_from_slice(extra);
+        m.ok(&add);
         m
     }
 

@@ -169,6 +169,9 @@ pub fn print_upgrade(u: &UpgradeOutcome, action: Action, dry_run: bool) {
 
 /// Prints an update's result as text.
 pub fn print_update(r: &UpdateResult, action: Action, dry_run: bool) {
+    for m in &r.mirrors_skipped {
+        eprintln!("mirror skipped: {m}");
+    }
     for c in &r.considered {
         println!(
             "version {:<12} rollout {:>3}%  this device's phase {:>2}  {}",

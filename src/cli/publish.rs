@@ -40,10 +40,26 @@ pub enum PublishCommand {
     Rollout(PublishRolloutArgs),
     /// How many machines report each version good, failed or rolled back.
     Status(PublishStatusArgs),
+    /// Set the mirrors a channel's signed index names: machines ask them after the
+    /// servers they were configured with (no URL: none).
+    Mirrors(PublishMirrorsArgs),
     /// Withdraw a version by hand, as a halted rollout does: no machine is offered
     /// it, and machines that staged it drop it at their next check.
     #[command(disable_version_flag = true)]
     Withdraw(PublishVersionArgs),
+}
+
+/// `arbor publish mirrors`.
+#[derive(Args, Debug)]
+pub struct PublishMirrorsArgs {
+    #[command(flatten)]
+    pub dir: PublishDirArgs,
+    /// The channel.
+    #[arg(long)]
+    pub channel: String,
+    /// http(s) folder URLs serving a copy of this publication, in the order machines
+    /// should ask them (at most 16).
+    pub urls: Vec<String>,
 }
 
 /// `arbor publish rollout-rules`.
@@ -314,6 +330,18 @@ pub fn publish(cli: &Cli, cmd: &PublishCommand) -> Result<i32> {
         }
         PublishCommand::Show(a) => {
             json(&reader(&a.dir).channel(&a.channel)?)?;
+        }
+        PublishCommand::Mirrors(a) => {
+            let idx = publisher(&a.dir)?.set_mirrors(&a.channel, &a.urls, lock_wait(cli))?;
+            if a.dir.output.json {
+                return json(&idx.mirrors).map(|_| 0);
+            }
+            if idx.mirrors.is_empty() {
+                println!("{}: no mirrors named", a.channel);
+            }
+            for m in &idx.mirrors {
+                println!("{}: mirror {m}", a.channel);
+            }
         }
         PublishCommand::RolloutRules(a) => {
             let rules = RolloutRules {

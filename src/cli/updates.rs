@@ -27,6 +27,20 @@ pub enum RemoteCommand {
         /// Its name.
         name: String,
     },
+    /// Print a remote's mirrors, or replace them: other servers of the same
+    /// publication, asked in order after its URL when it is down, stalls, or serves
+    /// stale, forged or corrupt files.
+    Mirrors {
+        /// The remote.
+        name: String,
+        /// The new list, in the order to ask them (with none: print the list).
+        urls: Vec<String>,
+        /// Remove every configured mirror.
+        #[arg(long, conflicts_with = "urls")]
+        clear: bool,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
     /// Print a channel's verified index.
     Show {
         /// The remote.
@@ -54,6 +68,11 @@ pub struct RemoteAddArgs {
     /// transfers) are tried up to 4 times.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub timeout: Option<std::time::Duration>,
+    /// Another server of the same publication, asked after URL and the mirrors
+    /// before it (repeat, in order; at most 16). Everything a mirror serves is
+    /// verified as if URL had served it.
+    #[arg(long = "mirror", value_name = "URL")]
+    pub mirrors: Vec<String>,
 }
 
 /// Runs `arbor remote …`.
@@ -61,15 +80,28 @@ pub fn remote(cli: &Cli, cmd: &RemoteCommand) -> Result<i32> {
     let sysroot = Sysroot::open(&cli.sysroot)?;
     match cmd {
         RemoteCommand::Add(a) => {
-            let r = Remote::add(&sysroot, &a.name, &a.url, &a.trust, a.no_verify, a.timeout)?;
+            let r = Remote::add(
+                &sysroot,
+                &a.name,
+                &a.url,
+                &a.trust,
+                a.no_verify,
+                a.timeout,
+                &a.mirrors,
+            )?;
             println!("remote {} at {} added", r.name, r.url);
+            for m in &r.mirrors {
+                println!("  mirror {m}");
+            }
         }
         RemoteCommand::List(o) => {
             let list = Remote::list(&sysroot)?;
             if o.json {
                 let v: Vec<_> = list
                     .iter()
-                    .map(|r| serde_json::json!({"name": r.name, "url": r.url}))
+                    .map(
+                        |r| serde_json::json!({"name": r.name, "url": r.url, "mirrors": r.mirrors}),
+                    )
                     .collect();
                 return json(&v).map(|_| 0);
             }
@@ -80,6 +112,32 @@ pub fn remote(cli: &Cli, cmd: &RemoteCommand) -> Result<i32> {
         RemoteCommand::Remove { name } => {
             super::run_op(cli, &sysroot, &Request::RemoveRemote(name.clone()))?;
             println!("remote {name} removed");
+        }
+        RemoteCommand::Mirrors {
+            name,
+            urls,
+            clear,
+            output,
+        } => {
+            let r = if urls.is_empty() && !clear {
+                Remote::open(&sysroot, name)?
+            } else {
+                Remote::set_mirrors(&sysroot, name, urls)?
+            };
+            let named = r.index_mirrors();
+            if output.json {
+                let v = serde_json::json!({
+                    "name": r.name, "url": r.url, "mirrors": r.mirrors, "index_mirrors": named
+                });
+                return json(&v).map(|_| 0);
+            }
+            println!("{}\t{}", r.name, r.url);
+            for m in &r.mirrors {
+                println!("mirror\t{m}");
+            }
+            for m in &named {
+                println!("mirror\t{m}\t(named by the signed index)");
+            }
         }
         RemoteCommand::Show { name, channel } => {
             json(&Remote::open(&sysroot, name)?.channel(channel)?)?;

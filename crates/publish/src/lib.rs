@@ -5,6 +5,7 @@
 //! old repository or the new one, never a mix.
 
 pub mod keys;
+mod mirrors;
 pub mod rollout;
 
 use std::os::fd::AsFd;
@@ -215,6 +216,7 @@ impl Publisher {
             channel: channel.into(),
             versions: Vec::new(),
             rollout: None,
+            mirrors: Vec::new(),
         };
         let bytes = runtime()?.block_on(async {
             let Some(repo) = self.load().await? else {

@@ -15,8 +15,8 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::Remote;
-use super::http::Http;
 use super::index::{Candidate, ChannelIndex, FileRef, Method, VersionEntry, delta_chains};
+use super::mirrors::Sources;
 use super::pack::{self, Manifest, ManifestEntry};
 use arbor_core::lock::LockWait;
 use arbor_core::progress::{Download, Observer, checkpoint};
@@ -109,12 +109,14 @@ fn verified(
     if let Some(b) = cached {
         return Ok(b);
     }
-    let b = remote.http()?.get_bounded(&f.path, f.size)?;
-    ensure!(
-        blake3::hash(&b).to_hex().as_str() == f.blake3,
-        "{}: not the {what} the signed index names (corrupt or tampered)",
-        f.path
-    );
+    let b = remote.sources()?.get_checked(&f.path, f.size, |b| {
+        ensure!(
+            blake3::hash(b).to_hex().as_str() == f.blake3,
+            "{}: not the {what} the signed index names (corrupt or tampered)",
+            f.path
+        );
+        Ok(())
+    })?;
     let path = cache_path(remote, f, ext);
     std::fs::create_dir_all(path.parent().unwrap())?;
     arbor_core::fsutil::write_file_atomic(&path, &b, 0o644)?;
@@ -304,7 +306,7 @@ pub fn execute(
         "internal error: a full fetch planned without the manifest"
     );
     check_space(repo, plan.needs_bytes)?;
-    let http = remote.http()?;
+    let http = remote.sources()?;
     let (bytes, items) = if chosen.kind == Method::Full {
         fetch_full(repo, &http, &plan.missing, chosen.bytes, obs)?
     } else {
@@ -326,7 +328,7 @@ pub fn execute(
 /// Fetches each missing object; returns the bytes and objects transferred.
 fn fetch_full(
     repo: &Repo,
-    http: &Http,
+    http: &Sources,
     missing: &[ManifestEntry],
     total: u64,
     obs: &dyn Observer,
@@ -354,16 +356,20 @@ fn fetch_full(
                 if txn.is_present(&e.id, e.kind) {
                     return Ok(());
                 }
-                let data = http.get_bounded(&e.path(), e.packed)?;
-                ensure!(
-                    data.len() as u64 == e.packed,
-                    "{}: {} bytes where the manifest says {}",
-                    e.path(),
-                    data.len(),
-                    e.packed
-                );
-                pack::unpack(&txn, e, &data)?;
-                let d = done.fetch_add(data.len() as u64, Ordering::Relaxed) + data.len() as u64;
+                // Checked as it is stored: a server with a corrupt copy is passed over.
+                let len = http.each(&e.path(), |h| {
+                    let data = h.get_bounded(&e.path(), e.packed)?;
+                    ensure!(
+                        data.len() as u64 == e.packed,
+                        "{}: {} bytes where the manifest says {}",
+                        e.path(),
+                        data.len(),
+                        e.packed
+                    );
+                    pack::unpack(&txn, e, &data)?;
+                    Ok(data.len() as u64)
+                })?;
+                let d = done.fetch_add(len, Ordering::Relaxed) + len;
                 obs.download(&Download {
                     bytes_done: d,
                     bytes_total: total,
@@ -390,7 +396,7 @@ fn part_path(remote: &Remote, blake3: &str) -> PathBuf {
 fn fetch_deltas(
     repo: &Repo,
     remote: &Remote,
-    http: &Http,
+    http: &Sources,
     db: &StateDb,
     chain: &Candidate,
     obs: &dyn Observer,
@@ -475,6 +481,7 @@ mod tests {
             channel: "stable".into(),
             versions: vec![v.clone()],
             rollout: None,
+            mirrors: Vec::new(),
         };
         delta_chains(&idx, &v.commit, have)
     }

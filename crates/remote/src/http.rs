@@ -14,7 +14,7 @@ use super::index::FileRef;
 use arbor_core::progress::Cancelled;
 
 /// Why a fetch failed, where a caller must tell the cases apart.
-#[derive(Debug, Error)]
+#[derive(Clone, Debug, Error)]
 pub enum FetchError {
     /// The server could not be reached at all.
     #[error("cannot reach {url}: {detail} (offline?)")]
@@ -210,6 +210,11 @@ impl Http {
     pub fn with_limiter(mut self, limiter: std::sync::Arc<crate::rate::Limiter>) -> Http {
         self.limiter = Some(limiter);
         self
+    }
+
+    /// The repository's base URL (ends with `/`).
+    pub fn base(&self) -> &Url {
+        &self.base
     }
 
     /// The URL of a path inside the repository.

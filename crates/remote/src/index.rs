@@ -161,6 +161,10 @@ pub struct ChannelIndex {
     /// widens and halts by (docs/fleet.md). Absent: no reports, phases by hand.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<crate::rollout::RolloutRules>,
+    /// Other servers of this publication, asked after the ones a machine configured
+    /// (docs/remote.md, "Mirrors"). Signed, so a server cannot add one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<String>,
 }
 
 /// True for a path a published repository may name: relative, no `..`, plain characters.
@@ -198,6 +202,20 @@ impl ChannelIndex {
         if let Some(r) = &idx.rollout {
             r.check()
                 .map_err(|e| e.context(format!("the index of channel {channel}")))?;
+        }
+        ensure!(
+            idx.mirrors.len() <= crate::mirror_url::MAX_MIRRORS,
+            "the index of channel {channel} names {} mirrors (at most {})",
+            idx.mirrors.len(),
+            crate::mirror_url::MAX_MIRRORS
+        );
+        for m in &idx.mirrors {
+            let u = crate::mirror_url::check_url(m)
+                .map_err(|e| e.context(format!("the index of channel {channel}")))?;
+            ensure!(
+                matches!(u.scheme(), "http" | "https"),
+                "the index of channel {channel} names the mirror {m}: only http and https"
+            );
         }
         let mut seen = std::collections::HashSet::new();
         for v in &idx.versions {
@@ -566,6 +584,7 @@ mod tests {
                 version("3", 100, vec![("2", 40), ("1", 200)]),
             ],
             rollout: None,
+            mirrors: Vec::new(),
         }
     }
 

@@ -9,6 +9,8 @@
 pub mod fetch;
 pub mod http;
 pub mod index;
+pub mod mirror_url;
+pub mod mirrors;
 pub mod pack;
 pub mod rate;
 pub mod report;
@@ -37,6 +39,10 @@ pub struct Remote {
     /// (default: [`http::DEFAULT_TIMEOUT`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+    /// Other servers of the same publication, asked in this order after `url`
+    /// (docs/remote.md, "Mirrors").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<String>,
     /// Its folder in the sysroot.
     #[serde(skip)]
     pub dir: PathBuf,
@@ -44,7 +50,14 @@ pub struct Remote {
     /// shared by every download from it.
     #[serde(skip)]
     pub limiter: Option<std::sync::Arc<rate::Limiter>>,
+    /// The servers this run passed over, and why (shared by its clones).
+    #[serde(skip)]
+    pub skips: mirrors::SkipLog,
 }
+
+/// The file, in a remote's folder, of the mirrors its last verified channel index
+/// named: asked after the configured ones.
+const INDEX_MIRRORS: &str = "index-mirrors.json";
 
 /// True for a remote name: a folder name and a ref component.
 pub fn valid_name(n: &str) -> bool {
@@ -74,8 +87,8 @@ pub fn channel_ref(remote: &str, channel: &str) -> String {
 }
 
 impl Remote {
-    /// Adds a remote, trusting `root_json`; checks the URL and the root now, and that
-    /// the remote's metadata verifies against it (unless `offline`).
+    /// Adds a remote, trusting `root_json`; checks the URL, the mirrors and the root
+    /// now, and that the remote's metadata verifies against it (unless `offline`).
     pub fn add(
         sysroot: &Sysroot,
         name: &str,
@@ -83,6 +96,7 @@ impl Remote {
         root_json: &Path,
         offline: bool,
         timeout: Option<std::time::Duration>,
+        mirror_urls: &[String],
     ) -> Result<Remote> {
         ensure!(
             valid_name(name),
@@ -108,15 +122,17 @@ impl Remote {
             name: name.into(),
             url: url.into(),
             timeout_secs: timeout.map(|t| t.as_secs()),
+            mirrors: checked_mirrors(mirror_urls)?,
             dir: dir.clone(),
             limiter: None,
+            skips: Default::default(),
         };
         std::fs::create_dir_all(&dir)?;
         if !offline {
             // Verified into a scratch datastore: a remote that does not verify is not
             // added.
             let probe = tempfile::tempdir_in(&dir)?;
-            if let Err(e) = tuf::load_channel(&remote.http()?, &root, probe.path(), "probe")
+            if let Err(e) = remote.load_channel(&root, probe.path(), "probe")
                 && !e.chain().any(|c| {
                     matches!(
                         c.downcast_ref::<arbor_core::error::Error>(),
@@ -170,25 +186,131 @@ impl Remote {
         fsutil::remove_tree(&r.dir).with_context(|| format!("removing {}", r.dir.display()))
     }
 
-    /// An HTTP client for it.
-    pub fn http(&self) -> Result<http::Http> {
+    /// Replaces the remote's mirrors (empty: none).
+    pub fn set_mirrors(sysroot: &Sysroot, name: &str, mirror_urls: &[String]) -> Result<Remote> {
+        let mut r = Remote::open(sysroot, name)?;
+        r.mirrors = checked_mirrors(mirror_urls)?;
+        let text = toml::to_string(&r)?;
+        fsutil::write_file_atomic(&r.dir.join("remote.toml"), text.as_bytes(), 0o644)?;
+        Ok(r)
+    }
+
+    /// The mirrors its last verified channel index named.
+    pub fn index_mirrors(&self) -> Vec<String> {
+        std::fs::read(self.dir.join(INDEX_MIRRORS))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Vec<String>>(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Every server of the publication, in the order they are asked: its URL, its
+    /// mirrors, then those the last verified index named; each under the remote's
+    /// timeout and this run's rate cap.
+    pub fn servers(&self) -> Result<Vec<http::Http>> {
         let timeout = self
             .timeout_secs
             .map_or(http::DEFAULT_TIMEOUT, std::time::Duration::from_secs);
-        let h = http::Http::with_timeout(&self.url, timeout)?;
-        Ok(match &self.limiter {
-            Some(l) => h.with_limiter(l.clone()),
-            None => h,
-        })
+        let mut out: Vec<http::Http> = Vec::new();
+        let named = self.index_mirrors();
+        let urls = std::iter::once(&self.url)
+            .chain(&self.mirrors)
+            .chain(named.iter().take(mirrors::MAX_MIRRORS));
+        for u in urls {
+            let h = http::Http::with_timeout(u, timeout)?;
+            if out.iter().any(|o| o.base() == h.base()) {
+                continue;
+            }
+            out.push(match &self.limiter {
+                Some(l) => h.with_limiter(l.clone()),
+                None => h,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Its servers as one source of files, asked in order, preferring the one whose
+    /// metadata verified this run.
+    pub fn sources(&self) -> Result<mirrors::Sources> {
+        Ok(mirrors::Sources::new(self.servers()?, self.skips.clone()))
     }
 
     /// Verifies the remote's metadata and returns a channel's index.
     pub fn channel(&self, channel: &str) -> Result<ChannelIndex> {
         ensure!(valid_channel(channel), "'{channel}' is not a channel name");
         let root = std::fs::read(self.dir.join("root.json"))?;
-        tuf::load_channel(&self.http()?, &root, &self.dir.join("tuf"), channel)
-            .with_context(|| format!("remote '{}' ({})", self.name, self.url))
+        let idx = self
+            .load_channel(&root, &self.dir.join("tuf"), channel)
+            .with_context(|| format!("remote '{}' ({})", self.name, self.url))?;
+        self.remember_index_mirrors(&idx);
+        Ok(idx)
     }
+
+    /// [`tuf::load_channel`] from the first server whose metadata verifies; the others
+    /// are skipped with their reasons (a mirror that is down, stale or lying), and the
+    /// one that verified is asked first for the files.
+    fn load_channel(&self, root: &[u8], datastore: &Path, channel: &str) -> Result<ChannelIndex> {
+        let servers = self.servers()?;
+        let mut passed = Vec::new();
+        let mut not_found = 0;
+        for (i, h) in servers.iter().enumerate() {
+            match tuf::load_channel(h, root, datastore, channel) {
+                Ok(idx) => {
+                    if servers.len() > 1 {
+                        self.skips.prefer(h.base().as_str());
+                    }
+                    return Ok(idx);
+                }
+                Err(e) if i + 1 < servers.len() => {
+                    let missing = e.chain().any(|c| {
+                        matches!(
+                            c.downcast_ref::<arbor_core::error::Error>(),
+                            Some(arbor_core::error::Error::ChannelNotFound(_))
+                        )
+                    });
+                    not_found += usize::from(missing);
+                    self.skips.note(h.base().as_str(), "signed metadata", &e);
+                    passed.push(h.base().to_string());
+                }
+                Err(e) if passed.is_empty() => return Err(e),
+                Err(e) if not_found == passed.len() => return Err(e),
+                Err(e) => {
+                    return Err(e.context(format!(
+                        "no server's metadata could be used (also tried {})",
+                        passed.join(", ")
+                    )));
+                }
+            }
+        }
+        unreachable!("the loop returns at the last server")
+    }
+
+    /// Keeps the mirrors a verified index names for the next runs (a cache: failing to
+    /// write it only means asking the configured servers).
+    fn remember_index_mirrors(&self, idx: &ChannelIndex) {
+        if idx.mirrors == self.index_mirrors() {
+            return;
+        }
+        let path = self.dir.join(INDEX_MIRRORS);
+        let written = serde_json::to_vec(&idx.mirrors)
+            .map_err(std::io::Error::other)
+            .and_then(|b| fsutil::write_file_atomic(&path, &b, 0o644));
+        if let Err(e) = written {
+            tracing::warn!("keeping the mirrors the index names: {e:#}");
+        }
+    }
+}
+
+/// Mirror URLs checked, each a folder URL (`/` added), at most [`mirrors::MAX_MIRRORS`].
+fn checked_mirrors(urls: &[String]) -> Result<Vec<String>> {
+    ensure!(
+        urls.len() <= mirrors::MAX_MIRRORS,
+        "{} mirrors: at most {}",
+        urls.len(),
+        mirrors::MAX_MIRRORS
+    );
+    urls.iter()
+        .map(|u| mirrors::check_url(u).map(|u| u.to_string()))
+        .collect()
 }
 
 /// This machine's id, for phased rollout: `/etc/machine-id` of the running system.

@@ -357,6 +357,11 @@ fn describe(e: tough::error::Error, doing: &str) -> anyhow::Error {
     if let Some(f @ FetchError::Offline { .. }) = fetch {
         return arbor_core::error::Error::Offline(f.to_string()).into();
     }
+    if let Some(f @ FetchError::TimedOut { .. }) = fetch {
+        // A stall said in arbor's words, and typed: a caller with mirrors passes over
+        // this server for the rest of its run.
+        return anyhow::Error::new(f.clone()).context(format!("{doing}; nothing was changed"));
+    }
     let transport = fetch.is_some();
     let mut msg = e.to_string();
     let mut cur = std::error::Error::source(&e);

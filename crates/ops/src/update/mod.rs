@@ -96,6 +96,9 @@ pub struct UpdateResult {
     /// A version this machine had staged that its publisher withdrew: the staged
     /// deployment was dropped (docs/fleet.md).
     pub withdrawn: Option<String>,
+    /// The servers of the remote this run passed over (down, stalled, stale, forged
+    /// or corrupt), each as "URL: what: why" (docs/remote.md, "Mirrors").
+    pub mirrors_skipped: Vec<String>,
 }
 
 /// Where updates come from for this sysroot: (remote, channel, current base commit,
@@ -474,6 +477,12 @@ pub fn perform(
     }
     outcome?;
     result.state = rec.state;
+    result.mirrors_skipped = remote
+        .skips
+        .skips()
+        .into_iter()
+        .map(|k| format!("{}: {}", k.url, k.reason))
+        .collect();
     Ok(result)
 }
 

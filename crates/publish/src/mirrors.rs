@@ -1,0 +1,46 @@
+//! The mirrors a channel's signed index names (docs/remote.md, "Mirrors"): machines
+//! ask them after the servers they were configured with, so a publisher can add a
+//! region or a CDN without touching a single machine.
+
+use anyhow::Result;
+
+use arbor_core::lock::LockWait;
+use arbor_remote::index::ChannelIndex;
+use arbor_remote::mirrors::{MAX_MIRRORS, check_url};
+
+use super::Publisher;
+
+impl Publisher {
+    /// Sets the mirrors channel `channel`'s index names (empty: none) and signs it
+    /// again. Each is an http or https folder URL serving a copy of this publication.
+    pub fn set_mirrors(
+        &self,
+        channel: &str,
+        mirrors: &[String],
+        wait: LockWait<'_>,
+    ) -> Result<ChannelIndex> {
+        anyhow::ensure!(
+            mirrors.len() <= MAX_MIRRORS,
+            "{} mirrors: at most {MAX_MIRRORS}",
+            mirrors.len()
+        );
+        let mut urls = Vec::new();
+        for m in mirrors {
+            let u = check_url(m)?;
+            anyhow::ensure!(
+                matches!(u.scheme(), "http" | "https"),
+                "mirror {m}: machines reach a mirror by http or https"
+            );
+            urls.push(u.to_string());
+        }
+        let _lock = self.lock(wait)?;
+        let mut idx = self.channel(channel)?;
+        anyhow::ensure!(
+            !idx.versions.is_empty(),
+            "channel {channel} has no versions yet ('arbor publish add' first)"
+        );
+        idx.mirrors = urls;
+        self.sign(Some(&idx))?;
+        Ok(idx)
+    }
+}
