@@ -16,8 +16,9 @@ PACKAGES=(
   cockpit-ws cockpit-bridge cockpit-system chromium chromium-driver python3-selenium curl
   # packages: composing trees from a package set, building test .debs
   mmdebstrap
-  # remote updates: a real web server serving published repositories
-  nginx-light
+  # remote updates: a real web server serving published repositories, and a real OCI
+  # registry (the CNCF distribution registry) with htpasswd logins
+  nginx-light docker-registry apache2-utils
   # images and disks: the Debian package and lintian, podman and skopeo for
   # Containerfiles, partitioning and file systems, GRUB's EFI modules
   debhelper dpkg-dev lintian podman skopeo fdisk dosfstools mtools e2fsprogs cpio
@@ -36,6 +37,11 @@ if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# The registry package starts a system-wide registry on :5000; the tests start their
+# own on free ports, so the package's service stays off.
+if command -v systemctl >/dev/null && systemctl is-enabled docker-registry >/dev/null 2>&1; then
+  systemctl disable --now docker-registry >/dev/null 2>&1 || true
 fi
 command -v cargo >/dev/null || {
   echo "setup: cargo not found; install a Rust toolchain (rustup, Rust >= 1.85) first" >&2

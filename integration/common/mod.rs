@@ -8,6 +8,7 @@ pub mod hostile_http;
 pub mod live;
 pub mod nginx;
 pub mod panel;
+pub mod registry;
 pub mod userns;
 pub mod vm;
 

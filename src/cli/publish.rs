@@ -4,13 +4,14 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
 use super::output::{human_bytes, json};
 use super::{Cli, OutputArgs, lock_wait};
 use arbor_publish::rollout::{ChannelStatus, Decision};
 use arbor_publish::{self as publish, AddOptions, Expiry, Publisher, parse_duration};
+use arbor_remote::oci;
 use arbor_remote::rollout::RolloutRules;
 use arbor_store::Repo;
 
@@ -43,10 +44,27 @@ pub enum PublishCommand {
     /// Set the mirrors a channel's signed index names: machines ask them after the
     /// servers they were configured with (no URL: none).
     Mirrors(PublishMirrorsArgs),
+    /// Push a published folder to a registry repository (oci://HOST/NAME), as
+    /// commands on an oci:// publication do after signing: a copy machines can follow.
+    Push(PublishPushArgs),
     /// Withdraw a version by hand, as a halted rollout does: no machine is offered
     /// it, and machines that staged it drop it at their next check.
     #[command(disable_version_flag = true)]
     Withdraw(PublishVersionArgs),
+}
+
+/// `arbor publish push`.
+#[derive(Args, Debug)]
+pub struct PublishPushArgs {
+    /// The published folder.
+    pub folder: PathBuf,
+    /// The registry repository (oci://HOST/NAME).
+    pub registry: String,
+    /// The login to the registry (a TOML file of mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub credentials: Option<PathBuf>,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// `arbor publish mirrors`.
@@ -143,11 +161,17 @@ pub struct PublishVersionArgs {
 /// The published folder, its keys and expiry dates.
 #[derive(Args, Debug)]
 pub struct PublishDirArgs {
-    /// The folder to serve over HTTP.
+    /// The folder to serve over HTTP, or a registry repository (oci://HOST/NAME,
+    /// docs/registry.md: made in KEYS/publication, then pushed).
     pub dir: PathBuf,
-    /// The private keys (default: DIR.keys beside it; never inside DIR).
+    /// The private keys (default: DIR.keys beside it; never inside DIR; needed for
+    /// a registry).
     #[arg(long, value_name = "DIR")]
     pub keys: Option<PathBuf>,
+    /// The login to the registry: a TOML file of mode 0600 (`username`, `password` or
+    /// `token_file`; default KEYS/registry.toml when it exists).
+    #[arg(long, value_name = "FILE")]
+    pub credentials: Option<PathBuf>,
     /// Validity of the timestamp (e.g. 7d, 12h, 30s): how long devices trust that
     /// nothing newer was published.
     #[arg(long, value_name = "DURATION", default_value = "7d")]
@@ -234,14 +258,31 @@ pub struct PublishShowArgs {
     pub channel: String,
 }
 
+/// The registry a publication goes to, when DIR is `oci://…`.
+fn registry_of(a: &PublishDirArgs) -> Option<&str> {
+    a.dir.to_str().filter(|d| oci::is_oci(d))
+}
+
 fn publisher(a: &PublishDirArgs) -> Result<Publisher> {
-    let keys = a.keys.clone().unwrap_or_else(|| {
-        let mut s = a.dir.clone().into_os_string();
-        s.push(".keys");
-        PathBuf::from(s)
-    });
+    let (dir, keys) = match registry_of(a) {
+        Some(r) => {
+            oci::Location::parse(r)?;
+            let keys = a.keys.clone().with_context(|| {
+                format!("publishing to {r} needs --keys DIR (its staging copy is kept there)")
+            })?;
+            (keys.join("publication"), keys)
+        }
+        None => {
+            let keys = a.keys.clone().unwrap_or_else(|| {
+                let mut s = a.dir.clone().into_os_string();
+                s.push(".keys");
+                PathBuf::from(s)
+            });
+            (a.dir.clone(), keys)
+        }
+    };
     Ok(Publisher {
-        dir: a.dir.clone(),
+        dir,
         keys,
         expiry: Expiry {
             root: parse_duration(&a.root_expires)?,
@@ -252,9 +293,90 @@ fn publisher(a: &PublishDirArgs) -> Result<Publisher> {
     })
 }
 
-/// Runs `arbor publish …`.
-pub fn publish(cli: &Cli, cmd: &PublishCommand) -> Result<i32> {
+/// The folder, keys and login of a command that signs (None: it reads only, or
+/// pushes on its own).
+fn signing_args(cmd: &PublishCommand) -> Option<&PublishDirArgs> {
     match cmd {
+        PublishCommand::Init(a) | PublishCommand::Refresh(a) => Some(a),
+        PublishCommand::Add(a) => Some(&a.dir),
+        PublishCommand::Phase(a) => Some(&a.dir),
+        PublishCommand::RotateKey(a) => Some(&a.dir),
+        PublishCommand::Mirrors(a) => Some(&a.dir),
+        PublishCommand::RolloutRules(a) => Some(&a.dir),
+        PublishCommand::Rollout(a) if !a.dry_run => Some(&a.dir),
+        PublishCommand::Withdraw(a) => Some(&a.dir),
+        _ => None,
+    }
+}
+
+/// A client of `registry` logged in with the credentials file `creds`, if any.
+fn registry_client(registry: &str, creds: Option<PathBuf>) -> Result<oci::Registry> {
+    let creds = match creds {
+        Some(f) => oci::Credentials::load(&f)?,
+        None => oci::Credentials::default(),
+    };
+    let timeout = std::time::Duration::from_secs(60);
+    Ok(oci::Registry::new(
+        oci::Location::parse(registry)?,
+        creds,
+        timeout,
+    ))
+}
+
+/// The registry client of a publication in `registry`, its login checked (and the
+/// registry reached) before anything is signed.
+fn push_client(a: &PublishDirArgs, registry: &str) -> Result<oci::Registry> {
+    let p = publisher(a)?;
+    let default = p.keys.join("registry.toml");
+    let creds = a
+        .credentials
+        .clone()
+        .or(default.exists().then_some(default));
+    let reg = registry_client(registry, creds)?;
+    reg.has_blob(&oci::digest_of(b"{}"))
+        .with_context(|| format!("{registry}: nothing was signed"))?;
+    Ok(reg)
+}
+
+fn print_push(r: &publish::oci_push::PushResult) {
+    println!(
+        "pushed {} new files ({}) to {}; {} were there already",
+        r.blobs_pushed,
+        human_bytes(r.bytes_pushed),
+        r.registry,
+        r.blobs_present
+    );
+}
+
+/// Runs `arbor publish …`; a command that signed a registry's publication pushes it.
+pub fn publish(cli: &Cli, cmd: &PublishCommand) -> Result<i32> {
+    let to_push = signing_args(cmd).and_then(|a| registry_of(a).map(|r| (a, r)));
+    let client = match to_push {
+        Some((a, r)) => Some((a, r, push_client(a, r)?)),
+        None => None,
+    };
+    let code = publish_here(cli, cmd)?;
+    if let Some((a, registry, reg)) = client {
+        let staging = publisher(a)?.dir;
+        let r = publish::oci_push::push(&staging, &reg)
+            .with_context(|| format!("pushing to {registry} (run `arbor publish push` again)"))?;
+        if !a.output.json {
+            print_push(&r);
+        }
+    }
+    Ok(code)
+}
+
+fn publish_here(cli: &Cli, cmd: &PublishCommand) -> Result<i32> {
+    match cmd {
+        PublishCommand::Push(a) => {
+            let reg = registry_client(&a.registry, a.credentials.clone())?;
+            let r = publish::oci_push::push(&a.folder, &reg)?;
+            if a.output.json {
+                return json(&r).map(|_| 0);
+            }
+            print_push(&r);
+        }
         PublishCommand::Init(a) => {
             let r = publisher(a)?.init(lock_wait(cli))?;
             if a.output.json {

@@ -55,7 +55,7 @@ pub enum RemoteCommand {
 pub struct RemoteAddArgs {
     /// A name for it.
     pub name: String,
-    /// The published folder's URL.
+    /// The published folder's URL, or a registry repository (oci://HOST/NAME).
     pub url: String,
     /// Its TUF root metadata (from the publisher; `1.root.json` of `publish init`).
     #[arg(long, value_name = "ROOT.JSON")]
@@ -73,6 +73,10 @@ pub struct RemoteAddArgs {
     /// verified as if URL had served it.
     #[arg(long = "mirror", value_name = "URL")]
     pub mirrors: Vec<String>,
+    /// The login to a registry (oci://): a TOML file of mode 0600 with `username` and
+    /// `password`, or `token_file`; kept in the remote's folder, readable by root only.
+    #[arg(long, value_name = "FILE")]
+    pub credentials: Option<PathBuf>,
 }
 
 /// Runs `arbor remote …`.
@@ -80,15 +84,13 @@ pub fn remote(cli: &Cli, cmd: &RemoteCommand) -> Result<i32> {
     let sysroot = Sysroot::open(&cli.sysroot)?;
     match cmd {
         RemoteCommand::Add(a) => {
-            let r = Remote::add(
-                &sysroot,
-                &a.name,
-                &a.url,
-                &a.trust,
-                a.no_verify,
-                a.timeout,
-                &a.mirrors,
-            )?;
+            let opts = arbor_remote::AddOptions {
+                offline: a.no_verify,
+                timeout: a.timeout,
+                mirrors: a.mirrors.clone(),
+                credentials: a.credentials.clone(),
+            };
+            let r = Remote::add(&sysroot, &a.name, &a.url, &a.trust, &opts)?;
             println!("remote {} at {} added", r.name, r.url);
             for m in &r.mirrors {
                 println!("  mirror {m}");

@@ -4,8 +4,10 @@
 //! and snapshot metadata; `timestamp.json` last. A client reading mid-publish sees the
 //! old repository or the new one, never a mix.
 
+mod digests;
 pub mod keys;
 mod mirrors;
+pub mod oci_push;
 pub mod rollout;
 
 use std::os::fd::AsFd;
@@ -403,13 +405,14 @@ impl Publisher {
             let s = delta::create(repo, &from, &opts.commit, &self.dir.join(&rel), how)?;
             deltas.push(DeltaRef {
                 from,
-                file: file_ref(&self.dir, &rel)?,
+                file: digests::file_ref(&self.dir, &rel)?,
                 raw_bytes: s.raw_bytes,
                 full_from: Some(full_from(repo, &from, &manifest)?),
                 format: delta::FORMAT,
             });
             stats.push(s);
         }
+        let digest_table = digests::write_table(&self.dir, &manifest)?;
         fsutil::sync_filesystem(fsutil::open_dir(&self.dir)?)?;
         arbor_core::failpoint::hit("publish-objects-written")?;
         let entry = VersionEntry {
@@ -419,11 +422,7 @@ impl Publisher {
             critical: opts.critical,
             phase: opts.phase,
             release_notes: opts.release_notes.clone(),
-            manifest: FileRef {
-                path: manifest_path,
-                size: manifest_bytes.len() as u64,
-                blake3: blake3::hash(&manifest_bytes).to_hex().to_string(),
-            },
+            manifest: digests::bytes_ref(&manifest_path, &manifest_bytes),
             full_bytes: manifest.entries.iter().map(|e| e.packed).sum(),
             raw_bytes: manifest.entries.iter().map(|e| e.raw).sum(),
             deltas,
@@ -431,6 +430,7 @@ impl Publisher {
             requires: opts.requires.clone(),
             withdrawn: false,
             phase_since: Some(now().timestamp()),
+            digests: Some(digest_table),
         };
         idx.versions.push(entry.clone());
         self.sign(Some(&idx))?;
@@ -510,7 +510,7 @@ impl Publisher {
         std::fs::create_dir_all(path.parent().unwrap())?;
         let text = arbor_store::dpkg::to_metadata(&pkgs);
         fsutil::write_file_atomic(&path, text.as_bytes(), 0o644)?;
-        file_ref(&self.dir, &rel).map(Some)
+        digests::file_ref(&self.dir, &rel).map(Some)
     }
 
     /// Packs every object of `commit` not yet published; returns the manifest and how
@@ -569,15 +569,4 @@ fn full_from(repo: &Repo, from: &ObjectId, target: &Manifest) -> Result<FullFrom
         .filter(|e| !have.contains(&(e.id, e.kind)));
     let (bytes, objects) = missing.fold((0, 0), |(b, n), e| (b + e.packed, n + 1));
     Ok(FullFrom { bytes, objects })
-}
-
-fn file_ref(dir: &Path, rel: &str) -> Result<FileRef> {
-    let mut hasher = blake3::Hasher::new();
-    let path = dir.join(rel);
-    let size = hasher.update_mmap(&path)?.count();
-    Ok(FileRef {
-        path: rel.into(),
-        size,
-        blake3: hasher.finalize().to_hex().to_string(),
-    })
 }

@@ -28,8 +28,11 @@ impl Publisher {
         for m in mirrors {
             let u = check_url(m)?;
             anyhow::ensure!(
-                matches!(u.scheme(), "http" | "https"),
-                "mirror {m}: machines reach a mirror by http or https"
+                matches!(
+                    u.scheme(),
+                    "http" | "https" | "oci" | "oci+http" | "oci+https"
+                ),
+                "mirror {m}: machines reach a mirror by http, https or oci"
             );
             urls.push(u.to_string());
         }

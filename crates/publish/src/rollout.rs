@@ -383,6 +383,7 @@ mod tests {
             path: "manifests/x".into(),
             size: 1,
             blake3: "0".repeat(64),
+            sha256: None,
         };
         VersionEntry {
             version: "2".into(),
@@ -399,6 +400,7 @@ mod tests {
             requires: None,
             withdrawn: false,
             phase_since: Some(since),
+            digests: None,
         }
     }
 

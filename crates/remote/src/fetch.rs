@@ -141,6 +141,26 @@ fn manifest(remote: &Remote, v: &VersionEntry, cached: Option<Vec<u8>>) -> Resul
     Ok(m)
 }
 
+/// Learns the registry digest of each object of version `v` from its signed object
+/// table (docs/registry.md): a full fetch from a registry asks for blobs by them.
+fn register_object_digests(remote: &Remote, v: &VersionEntry, m: &Manifest) -> Result<()> {
+    let f = v.digests.as_ref().with_context(|| {
+        format!(
+            "version {} was published without an object table (before arbor 0.15): \
+             publish it again to fetch it whole from a registry",
+            v.version
+        )
+    })?;
+    let table = verified(
+        remote,
+        f,
+        "sha256",
+        "object table",
+        cached(remote, f, "sha256"),
+    )?;
+    remote.book.register_objects(m, &table)
+}
+
 /// The installed packages of a version, from the list its publisher recorded (a few
 /// kilobytes, verified against the signed index and cached): what an update changes
 /// is known before any of it is fetched. `None` when the index names no list.
@@ -222,6 +242,9 @@ pub fn plan(
         });
     }
     let m = manifest(remote, v, cached)?;
+    if remote.is_oci() {
+        register_object_digests(remote, v, &m)?;
+    }
     let missing: Vec<ManifestEntry> = m
         .entries
         .into_iter()
@@ -447,6 +470,7 @@ mod tests {
             path,
             size,
             blake3: "0".repeat(64),
+            sha256: None,
         };
         VersionEntry {
             version: "2".into(),
@@ -472,6 +496,7 @@ mod tests {
             requires: None,
             withdrawn: false,
             phase_since: None,
+            digests: None,
         }
     }
 

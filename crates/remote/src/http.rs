@@ -119,6 +119,16 @@ const ATTEMPTS: u32 = 4;
 /// the remote says otherwise (`remote add --timeout`).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Maps a path of a publication to the URL it is fetched from, where that is not the
+/// base URL joined with the path: a blob of an OCI registry (`oci_files`).
+pub trait Resolve: Send + Sync {
+    /// The URL of `rel`, and the `Authorization` header to send with it.
+    fn resolve(&self, rel: &str) -> Result<(Url, Option<String>), FetchError>;
+    /// After a 401: true when authorization was renewed and the request may be sent
+    /// again.
+    fn unauthorized(&self) -> bool;
+}
+
 /// A client for one remote's base URL.
 #[derive(Clone)]
 pub struct Http {
@@ -126,7 +136,11 @@ pub struct Http {
     base: Url,
     timeout: Duration,
     limiter: Option<std::sync::Arc<crate::rate::Limiter>>,
+    resolver: Option<std::sync::Arc<dyn Resolve>>,
 }
+
+/// The longest `Retry-After` a 429 or 503 is waited for before the next attempt.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 fn classify(url: &str, e: ureq::Error, timeout: Duration) -> FetchError {
     match e {
@@ -188,9 +202,12 @@ impl Http {
         }
         let base = Url::parse(&base).with_context(|| format!("'{base}' is not a URL"))?;
         anyhow::ensure!(
-            matches!(base.scheme(), "http" | "https" | "file"),
-            "remote URL {base}: only http, https and file are supported"
+            matches!(base.scheme(), "http" | "https" | "file") || crate::oci::is_oci(base.as_str()),
+            "remote URL {base}: only http, https, file and oci (a registry) are supported"
         );
+        if crate::oci::is_oci(base.as_str()) {
+            crate::oci::Location::parse(base.as_str())?;
+        }
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(15)))
@@ -203,7 +220,14 @@ impl Http {
             base,
             timeout,
             limiter: None,
+            resolver: None,
         })
+    }
+
+    /// This client with paths found by `resolver` (an OCI registry's blobs).
+    pub fn with_resolver(mut self, resolver: std::sync::Arc<dyn Resolve>) -> Http {
+        self.resolver = Some(resolver);
+        self
     }
 
     /// This client with every body it reads kept under `limiter`'s rate.
@@ -231,13 +255,51 @@ impl Http {
         if url.scheme() == "file" {
             return open_file(url, range_from);
         }
-        let mut req = self.agent.get(url.as_str());
-        if let Some(from) = range_from {
-            req = req.header("Range", format!("bytes={from}-"));
+        let (target, auth) = match &self.resolver {
+            Some(r) => {
+                let rel = url
+                    .as_str()
+                    .strip_prefix(self.base.as_str())
+                    .ok_or_else(|| FetchError::NotFound {
+                        url: format!("{url} (outside {})", self.base),
+                    })?;
+                r.resolve(rel)?
+            }
+            None => (url.clone(), None),
+        };
+        let call = |auth: &Option<String>| {
+            let mut req = self.agent.get(target.as_str());
+            if let Some(from) = range_from {
+                req = req.header("Range", format!("bytes={from}-"));
+            }
+            if let Some(a) = auth {
+                req = req.header("Authorization", a);
+            }
+            req.call()
+                .map_err(|e| classify(target.as_str(), e, self.timeout))
+        };
+        let mut resp = call(&auth)?;
+        if resp.status().as_u16() == 401
+            && let Some(r) = &self.resolver
+            && r.unauthorized()
+        {
+            let (_, renewed) =
+                r.resolve(url.as_str().strip_prefix(self.base.as_str()).unwrap_or(""))?;
+            resp = call(&renewed)?;
         }
-        let resp = req
-            .call()
-            .map_err(|e| classify(url.as_str(), e, self.timeout))?;
+        let code = resp.status().as_u16();
+        if matches!(code, 429 | 503)
+            && let Some(secs) = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            // The server says when to come back: the retry waits that long (bounded).
+            let wait = Duration::from_secs(secs).min(MAX_RETRY_AFTER);
+            tracing::warn!("{target}: status {code}, asked to wait {wait:?}");
+            std::thread::sleep(wait);
+        }
         match resp.status().as_u16() {
             code @ (200 | 206) => {
                 let body = resp.into_body().into_reader();

@@ -33,6 +33,10 @@ pub struct FileRef {
     pub size: u64,
     /// BLAKE3 of the file, hex.
     pub blake3: String,
+    /// SHA-256 of the file, hex: its blob digest in an OCI registry (docs/registry.md).
+    /// Absent in indexes written before arbor 0.15.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// A static delta to a version.
@@ -142,6 +146,12 @@ pub struct VersionEntry {
     /// the channel's soak time has passed since (absent in indexes before arbor 0.14).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase_since: Option<i64>,
+    /// The SHA-256 of every packed object of the manifest, 32 bytes each in the
+    /// manifest's order (`manifests/<commit>.sha256`): what a client following an OCI
+    /// registry asks the registry for (docs/registry.md). Absent in indexes written
+    /// before arbor 0.15.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digests: Option<FileRef>,
 }
 
 /// The largest package list a client reads (a Debian system with every package of
@@ -213,8 +223,11 @@ impl ChannelIndex {
             let u = crate::mirror_url::check_url(m)
                 .map_err(|e| e.context(format!("the index of channel {channel}")))?;
             ensure!(
-                matches!(u.scheme(), "http" | "https"),
-                "the index of channel {channel} names the mirror {m}: only http and https"
+                matches!(
+                    u.scheme(),
+                    "http" | "https" | "oci" | "oci+http" | "oci+https"
+                ),
+                "the index of channel {channel} names the mirror {m}: only http, https and oci"
             );
         }
         let mut seen = std::collections::HashSet::new();
@@ -227,9 +240,14 @@ impl ChannelIndex {
             ensure!(v.phase <= 100, "version {}: phase {}%", v.version, v.phase);
             let refs = std::iter::once(("manifests/", &v.manifest))
                 .chain(v.deltas.iter().map(|d| ("deltas/", &d.file)))
-                .chain(v.packages.iter().map(|f| ("packages/", f)));
+                .chain(v.packages.iter().map(|f| ("packages/", f)))
+                .chain(v.digests.iter().map(|f| ("manifests/", f)));
             for (prefix, f) in refs {
-                if !safe_path(&f.path, prefix) || f.blake3.len() != 64 {
+                let hex64 = |h: &str| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit());
+                if !safe_path(&f.path, prefix)
+                    || !hex64(&f.blake3)
+                    || f.sha256.as_deref().is_some_and(|h| !hex64(h))
+                {
                     bail!("version {}: refusing the file name {:?}", v.version, f.path);
                 }
             }
@@ -543,6 +561,7 @@ mod tests {
             path: path.into(),
             size,
             blake3: "0".repeat(64),
+            sha256: None,
         }
     }
 
@@ -571,6 +590,7 @@ mod tests {
             requires: None,
             withdrawn: false,
             phase_since: None,
+            digests: None,
         }
     }
 

@@ -11,6 +11,8 @@ pub mod http;
 pub mod index;
 pub mod mirror_url;
 pub mod mirrors;
+pub mod oci;
+pub mod oci_files;
 pub mod pack;
 pub mod rate;
 pub mod report;
@@ -53,11 +55,31 @@ pub struct Remote {
     /// The servers this run passed over, and why (shared by its clones).
     #[serde(skip)]
     pub skips: mirrors::SkipLog,
+    /// The blob digests the verified metadata gave this run (for a registry).
+    #[serde(skip)]
+    pub book: oci_files::Book,
 }
+
+/// The file, in a remote's folder, of the login to its registry (mode 0600; never
+/// printed, logged or sent over D-Bus).
+const CREDENTIALS: &str = "credentials.toml";
 
 /// The file, in a remote's folder, of the mirrors its last verified channel index
 /// named: asked after the configured ones.
 const INDEX_MIRRORS: &str = "index-mirrors.json";
+
+/// How a remote is added, beyond its name, URL and trust anchor.
+#[derive(Clone, Debug, Default)]
+pub struct AddOptions {
+    /// Do not contact it now.
+    pub offline: bool,
+    /// How long its servers may send nothing (default [`http::DEFAULT_TIMEOUT`]).
+    pub timeout: Option<std::time::Duration>,
+    /// Its mirrors, in order.
+    pub mirrors: Vec<String>,
+    /// A registry login to keep for it (copied, mode 0600).
+    pub credentials: Option<PathBuf>,
+}
 
 /// True for a remote name: a folder name and a ref component.
 pub fn valid_name(n: &str) -> bool {
@@ -94,14 +116,25 @@ impl Remote {
         name: &str,
         url: &str,
         root_json: &Path,
-        offline: bool,
-        timeout: Option<std::time::Duration>,
-        mirror_urls: &[String],
+        opts: &AddOptions,
     ) -> Result<Remote> {
+        let AddOptions {
+            offline,
+            timeout,
+            mirrors: mirror_urls,
+            credentials,
+        } = opts;
+        let (offline, timeout, credentials) = (*offline, *timeout, credentials.as_deref());
         ensure!(
             valid_name(name),
             "'{name}' is not a remote name (letters, digits, . _ -)"
         );
+        if credentials.is_some() {
+            ensure!(
+                oci::is_oci(url) || mirror_urls.iter().any(|m| oci::is_oci(m)),
+                "credentials are for a registry (oci://): remote '{name}' has none"
+            );
+        }
         let dir = remotes_dir(sysroot).join(name);
         if dir.join("remote.toml").exists() {
             bail!("remote '{name}' exists ('arbor remote remove {name}' first)");
@@ -126,8 +159,14 @@ impl Remote {
             dir: dir.clone(),
             limiter: None,
             skips: Default::default(),
+            book: Default::default(),
         };
         std::fs::create_dir_all(&dir)?;
+        if let Some(c) = credentials {
+            oci::Credentials::load(c)?;
+            let bytes = std::fs::read(c)?;
+            fsutil::write_file_atomic(&dir.join(CREDENTIALS), &bytes, 0o600)?;
+        }
         if !offline {
             // Verified into a scratch datastore: a remote that does not verify is not
             // added.
@@ -195,6 +234,25 @@ impl Remote {
         Ok(r)
     }
 
+    /// The login to its registry, if it was given one.
+    fn credentials(&self) -> Result<oci::Credentials> {
+        let path = self.dir.join(CREDENTIALS);
+        if !path.exists() {
+            return Ok(oci::Credentials::default());
+        }
+        oci::Credentials::load(&path)
+    }
+
+    /// True when any of its servers is an OCI registry.
+    pub fn is_oci(&self) -> bool {
+        oci::is_oci(&self.url)
+            || self
+                .mirrors
+                .iter()
+                .chain(&self.index_mirrors())
+                .any(|m| oci::is_oci(m))
+    }
+
     /// The mirrors its last verified channel index named.
     pub fn index_mirrors(&self) -> Vec<String> {
         std::fs::read(self.dir.join(INDEX_MIRRORS))
@@ -215,8 +273,18 @@ impl Remote {
         let urls = std::iter::once(&self.url)
             .chain(&self.mirrors)
             .chain(named.iter().take(mirrors::MAX_MIRRORS));
+        let creds = self.credentials()?;
         for u in urls {
-            let h = http::Http::with_timeout(u, timeout)?;
+            let mut h = http::Http::with_timeout(u, timeout)?;
+            if oci::is_oci(u) {
+                let files = oci_files::OciFiles::new(
+                    oci::Location::parse(u)?,
+                    creds.clone(),
+                    timeout,
+                    self.book.clone(),
+                );
+                h = h.with_resolver(std::sync::Arc::new(files));
+            }
             if out.iter().any(|o| o.base() == h.base()) {
                 continue;
             }
@@ -242,6 +310,7 @@ impl Remote {
             .load_channel(&root, &self.dir.join("tuf"), channel)
             .with_context(|| format!("remote '{}' ({})", self.name, self.url))?;
         self.remember_index_mirrors(&idx);
+        self.book.register_index(&idx);
         Ok(idx)
     }
 

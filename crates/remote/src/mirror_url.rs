@@ -11,6 +11,10 @@ pub const MAX_MIRRORS: usize = 16;
 /// Checks a mirror URL from the command line or a signed index: http or https, a
 /// folder, no credentials (they would end up in logs and history).
 pub fn check_url(url: &str) -> Result<Url> {
+    if crate::oci::is_oci(url) {
+        crate::oci::Location::parse(url)?;
+        return Ok(Url::parse(url.trim_end_matches('/'))?);
+    }
     let mut s = url.to_string();
     if !s.ends_with('/') {
         s.push('/');

@@ -183,7 +183,11 @@ pub fn install_to_disk(opts: &InstallOptions) -> Result<InstallReport> {
             .context("--remote needs --trust ROOT.json (the remote's TUF root)")?;
         // Not reachable from here, perhaps (a URL of the machine's own world): it is
         // verified at the first fetch, as `remote add --offline` does.
-        arbor_remote::Remote::add(&sysroot, name, url, trust, true, None, &[])?;
+        let offline = arbor_remote::AddOptions {
+            offline: true,
+            ..Default::default()
+        };
+        arbor_remote::Remote::add(&sysroot, name, url, trust, &offline)?;
     }
     let commit = match &opts.source {
         InstallSource::Commit { repo, rev } => {

@@ -1,0 +1,265 @@
+//! A publication in an OCI registry (docs/registry.md), against Debian's real
+//! `docker-registry`: `publish init|add oci://…` pushes it, machines follow it with
+//! `remote add origin oci://…` (a full install, then a delta upgrade that moves the
+//! same bytes as over HTTP), a login by htpasswd, a registry whose blob was tampered
+//! with, and a pull-through mirror that serves an upgrade with the origin stopped.
+
+#![allow(clippy::print_stdout)] // the byte counts, for the log
+
+#[macro_use]
+mod common;
+
+use std::path::Path;
+
+use common::fleet::Machine;
+use common::nginx::Nginx;
+use common::registry::Registry;
+use common::{arbor, arbor_ok, build_repo, s, scratch};
+
+/// Publishes version V of the build repository to `target` (a folder or oci://).
+fn publish_add(build: &str, target: &str, keys: &Path, v: &str, extra: &[&str]) -> String {
+    let rev = format!("os/{v}");
+    let mut args = vec![
+        "--repo",
+        build,
+        "publish",
+        "add",
+        target,
+        "--keys",
+        s(keys),
+        "--channel",
+        "stable",
+        "--version",
+        v,
+        "--ref",
+        &rev,
+    ];
+    args.extend_from_slice(extra);
+    arbor_ok(&args)
+}
+
+fn upgrade(m: &Machine) -> serde_json::Value {
+    serde_json::from_str(&m.ok(&["upgrade", "--json"])).unwrap()
+}
+
+/// Publish to a registry, follow it from a machine (install, then a delta upgrade),
+/// and compare with the same publication over HTTP; then a pull-through mirror takes
+/// over with the origin registry stopped, and a tampered blob is refused.
+#[test]
+fn root_a_publication_in_a_registry_is_followed_like_a_folder() {
+    as_root!();
+    let t = scratch();
+    let build = build_repo(t.path(), &["1", "2"]);
+    let mut origin = Registry::start(&t.path().join("registry"), None);
+    let target = origin.url("arbor/os");
+    let keys = t.path().join("keys");
+    let init = arbor_ok(&["publish", "init", &target, "--keys", s(&keys)]);
+    assert!(init.contains("pushed"), "{init}");
+    let out = publish_add(&build, &target, &keys, "1", &[]);
+    assert!(out.contains("pushed"), "{out}");
+    let staging = keys.join("publication");
+    let root = staging.join("metadata/1.root.json");
+
+    // The registry holds an OCI 1.1 artifact manifest under the metadata tag.
+    let manifest = std::process::Command::new("curl")
+        .args([
+            "-sf",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+        ])
+        .arg(format!(
+            "http://{}/v2/arbor/os/manifests/arbor-metadata",
+            origin.host
+        ))
+        .output()
+        .unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&manifest.stdout).unwrap();
+    assert_eq!(
+        m["artifactType"], "application/vnd.arbor.publication.v1",
+        "{m:#}"
+    );
+    assert!(
+        m["layers"].as_array().unwrap().iter().any(
+            |l| l["annotations"]["org.opencontainers.image.title"] == "metadata/timestamp.json"
+        ),
+        "{m:#}"
+    );
+
+    let a = Machine::new(t.path(), "a", &target, &root);
+    a.ok(&["deploy", "origin:stable"]);
+    assert_eq!(a.reboot(), "1");
+
+    // The same publication over HTTP, for the comparison (a copy: the keys folder is
+    // the publisher's alone).
+    let srv = t.path().join("srv");
+    let copy = |to: &Path| {
+        let _ = std::fs::remove_dir_all(to);
+        let st = std::process::Command::new("cp")
+            .args(["-a", s(&staging), s(to)])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    copy(&srv);
+    let nginx = Nginx::start(&srv, &t.path().join("nginx"), None);
+    let b = Machine::new(t.path(), "b", &nginx.url, &root);
+    b.ok(&["deploy", "origin:stable"]);
+    assert_eq!(b.reboot(), "1");
+
+    publish_add(&build, &target, &keys, "2", &["--deltas-from", "1"]);
+    copy(&srv);
+    origin.clear_log();
+    let via_registry = upgrade(&a);
+    let via_http = upgrade(&b);
+    for v in [&via_registry, &via_http] {
+        assert_eq!(v["update"]["offered"]["version"], "2", "{v:#}");
+        assert_eq!(v["update"]["fetched"]["method"], "deltas", "{v:#}");
+    }
+    let (reg_bytes, http_bytes) = (
+        via_registry["update"]["fetched"]["bytes"].as_u64().unwrap(),
+        via_http["update"]["fetched"]["bytes"].as_u64().unwrap(),
+    );
+    let log = origin.requests();
+    let served: u64 = log.iter().map(|r| r.3).sum();
+    println!(
+        "delta upgrade: {reg_bytes} bytes from the registry ({served} bytes served in all), \
+         {http_bytes} over HTTP"
+    );
+    assert_eq!(reg_bytes, http_bytes);
+    let manifests = log.iter().filter(|r| r.1.contains("/manifests/")).count();
+    assert_eq!(
+        manifests, 1,
+        "one read of the metadata tag per check: {log:?}"
+    );
+    assert_eq!(a.reboot(), "2");
+    a.ok(&["fsck"]);
+
+    // A pull-through mirror, warmed by one machine, serves another with the origin
+    // registry stopped.
+    let mut proxy = Registry::start_proxy(&t.path().join("proxy"), &origin.host);
+    let c = Machine::new(t.path(), "c", &proxy.url("arbor/os"), &root);
+    c.ok(&["deploy", "origin:stable", "--version", "1"]);
+    assert_eq!(c.reboot(), "1");
+    let warm = Machine::new(t.path(), "warm", &proxy.url("arbor/os"), &root);
+    warm.ok(&["deploy", "origin:stable", "--version", "1"]);
+    warm.reboot();
+    upgrade(&warm);
+    origin.stop();
+    let v = upgrade(&c);
+    assert_eq!(v["update"]["offered"]["version"], "2", "{v:#}");
+    assert_eq!(c.reboot(), "2");
+    proxy.stop();
+    origin.resume();
+
+    // A registry that serves other bytes for a blob than its digest: caught by the
+    // signed hashes, nothing staged.
+    let d = Machine::new(t.path(), "d", &target, &root);
+    d.ok(&["deploy", "origin:stable", "--version", "1"]);
+    assert_eq!(d.reboot(), "1");
+    let idx: serde_json::Value =
+        serde_json::from_str(&d.ok(&["remote", "show", "origin", "stable"])).unwrap();
+    let sha = idx["versions"][1]["deltas"][0]["sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let blob = origin.blob_file(&sha);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&blob, bytes).unwrap();
+    let out = d.run(&["upgrade"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("BLAKE3"), "{err}");
+    assert_eq!(d.booted(), "1");
+    let st: serde_json::Value = serde_json::from_str(&d.ok(&["status", "--json"])).unwrap();
+    assert_eq!(
+        st["deployments"].as_array().unwrap().len(),
+        1,
+        "nothing staged: {st:#}"
+    );
+}
+
+/// A registry that asks for a login: the publisher and the machine log in with
+/// credentials files of mode 0600, a machine without them gets a clear error, and
+/// the secrets appear nowhere in the output, the history or the remote's config.
+#[test]
+fn root_a_registry_with_a_login_is_published_to_and_followed() {
+    as_root!();
+    let t = scratch();
+    let build = build_repo(t.path(), &["1"]);
+    let reg = Registry::start(&t.path().join("registry"), Some(("fleet", "s3cret-pw")));
+    let target = reg.url("os");
+    let keys = t.path().join("keys");
+    let creds = t.path().join("login.toml");
+    std::fs::write(&creds, "username = \"fleet\"\npassword = \"s3cret-pw\"\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let open = arbor(&[
+        "publish",
+        "init",
+        &target,
+        "--keys",
+        s(&keys),
+        "--credentials",
+        s(&creds),
+    ]);
+    let err = String::from_utf8_lossy(&open.stderr);
+    assert!(!open.status.success() && err.contains("0600"), "{err}");
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let no_login = arbor(&[
+        "publish",
+        "init",
+        &target,
+        "--keys",
+        s(&t.path().join("k2")),
+    ]);
+    let err = String::from_utf8_lossy(&no_login.stderr);
+    assert!(
+        !no_login.status.success() && err.contains("asks for a login"),
+        "{err}"
+    );
+    arbor_ok(&[
+        "publish",
+        "init",
+        &target,
+        "--keys",
+        s(&keys),
+        "--credentials",
+        s(&creds),
+    ]);
+    publish_add(&build, &target, &keys, "1", &["--credentials", s(&creds)]);
+    let root = keys.join("publication/metadata/1.root.json");
+
+    let refused = common::sysroot(&t.path().join("anon"));
+    let out = arbor(&[
+        "--sysroot",
+        &refused,
+        "remote",
+        "add",
+        "origin",
+        &target,
+        "--trust",
+        s(&root),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("asks for a login"),
+        "{err}"
+    );
+
+    let m = Machine::with_remote(t.path(), "m", &target, &root, &["--credentials", s(&creds)]);
+    m.ok(&["deploy", "origin:stable"]);
+    assert_eq!(m.reboot(), "1");
+    let kept = Path::new(&m.sys).join("arbor/remotes/origin/credentials.toml");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&kept).unwrap().mode() & 0o777, 0o600);
+    let history = m.ok(&["history", "--json"]);
+    let config =
+        std::fs::read_to_string(Path::new(&m.sys).join("arbor/remotes/origin/remote.toml"))
+            .unwrap();
+    let status = m.ok(&["status", "--json"]);
+    for text in [&history, &config, &status] {
+        assert!(!text.contains("s3cret-pw"), "the password leaked: {text}");
+    }
+}
