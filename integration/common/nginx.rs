@@ -12,7 +12,8 @@ pub struct Nginx {
     pub url: String,
 }
 
-fn free_port() -> u16 {
+/// A port of 127.0.0.1 nothing listens on (now).
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

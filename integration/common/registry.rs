@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
+use super::nginx::free_port;
+
 /// A running registry; stopped at drop.
 pub struct Registry {
     child: Option<Child>,
@@ -13,14 +15,6 @@ pub struct Registry {
     dir: PathBuf,
     /// `127.0.0.1:PORT`.
     pub host: String,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Registry {

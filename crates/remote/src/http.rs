@@ -208,15 +208,8 @@ impl Http {
         if crate::oci::is_oci(base.as_str()) {
             crate::oci::Location::parse(base.as_str())?;
         }
-        let config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(15)))
-            .timeout_recv_response(Some(timeout))
-            .timeout_per_read(Some(timeout))
-            .user_agent(concat!("arbor/", env!("CARGO_PKG_VERSION")))
-            .build();
         Ok(Http {
-            agent: config.into(),
+            agent: crate::oci::agent(timeout),
             base,
             timeout,
             limiter: None,

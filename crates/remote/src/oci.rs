@@ -304,19 +304,25 @@ fn param<'a>(challenge: &'a str, key: &str) -> Option<&'a str> {
     })
 }
 
+/// The HTTP agent of a remote's fetches (here and in `http`): statuses as answers,
+/// not errors; a server that sends nothing for `timeout` ends the request.
+pub fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(15)))
+        .timeout_recv_response(Some(timeout))
+        .timeout_per_read(Some(timeout))
+        .user_agent(concat!("arbor/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into()
+}
+
 impl Registry {
     /// A client for `loc`, each request bounded by `timeout`.
     pub fn new(loc: Location, creds: Credentials, timeout: Duration) -> Registry {
-        let config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(15)))
-            .timeout_recv_response(Some(timeout))
-            .timeout_per_read(Some(timeout))
-            .user_agent(concat!("arbor/", env!("CARGO_PKG_VERSION")))
-            .build();
         Registry {
             loc,
-            agent: config.into(),
+            agent: agent(timeout),
             creds,
             auth: Mutex::new(None),
         }
