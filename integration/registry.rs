@@ -11,6 +11,7 @@ mod common;
 
 use std::path::Path;
 
+use common::fake_registry::{FakeRegistry, Fault};
 use common::fleet::Machine;
 use common::nginx::Nginx;
 use common::registry::Registry;
@@ -262,4 +263,96 @@ fn root_a_registry_with_a_login_is_published_to_and_followed() {
     for text in [&history, &config, &status] {
         assert!(!text.contains("s3cret-pw"), "the password leaked: {text}");
     }
+}
+
+/// A registry that answers 429 (tried again after its `Retry-After`), sends a manifest
+/// whose bytes are not its digest, cuts blobs short (clear errors, nothing staged),
+/// and one that asks for the bearer-token exchange (a machine with a token file logs
+/// in; one without is told).
+#[test]
+fn root_a_misbehaving_registry_gets_retries_or_clear_errors_and_nothing_unverified_is_staged() {
+    as_root!();
+    let t = scratch();
+    let build = build_repo(t.path(), &["1", "2"]);
+    let (dir, keys) = (t.path().join("pub"), t.path().join("keys"));
+    arbor_ok(&["publish", "init", s(&dir), "--keys", s(&keys)]);
+    publish_add(&build, s(&dir), &keys, "1", &[]);
+    let reg = FakeRegistry::start(dir.clone());
+    let root = dir.join("metadata/1.root.json");
+    let m = Machine::new(t.path(), "m", &reg.url(), &root);
+    m.ok(&["deploy", "origin:stable"]);
+    assert_eq!(m.reboot(), "1");
+    publish_add(&build, s(&dir), &keys, "2", &["--deltas-from", "1"]);
+    let nothing_staged = |m: &Machine| {
+        let st: serde_json::Value = serde_json::from_str(&m.ok(&["status", "--json"])).unwrap();
+        assert_eq!(st["deployments"].as_array().unwrap().len(), 1, "{st:#}");
+    };
+
+    reg.fault(Fault::TooMany { n: 2, secs: 1 });
+    let started = std::time::Instant::now();
+    let check = m.ok(&["upgrade", "--check"]);
+    assert!(check.contains('2'), "{check}");
+    let waited = started.elapsed();
+    let slowed = reg.log().iter().filter(|(_, st)| *st == 429).count();
+    assert_eq!(slowed, 2, "{:?}", reg.log());
+    assert!(
+        waited >= std::time::Duration::from_secs(2),
+        "Retry-After honoured: {waited:?}"
+    );
+
+    reg.fault(Fault::WrongManifestDigest);
+    let out = m.run(&["upgrade"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("not to the digest the registry gives"),
+        "{err}"
+    );
+    nothing_staged(&m);
+
+    reg.fault(Fault::Truncated);
+    let out = m.run(&["upgrade"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("broke off"), "{err}");
+    nothing_staged(&m);
+
+    reg.fault(Fault::None);
+    reg.require_login("fleet", "tok-file-secret");
+    let out = m.run(&["upgrade", "--check"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("token service"),
+        "{err}"
+    );
+    let token = t.path().join("token");
+    std::fs::write(&token, "tok-file-secret\n").unwrap();
+    let creds = t.path().join("login.toml");
+    std::fs::write(
+        &creds,
+        format!(
+            "username = \"fleet\"\ntoken_file = \"{}\"\n",
+            token.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for f in [&token, &creds] {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let n = Machine::with_remote(
+        t.path(),
+        "n",
+        &reg.url(),
+        &root,
+        &["--credentials", s(&creds)],
+    );
+    n.ok(&["deploy", "origin:stable", "--version", "1"]);
+    assert_eq!(n.reboot(), "1");
+    let v = upgrade(&n);
+    assert_eq!(v["update"]["fetched"]["method"], "deltas", "{v:#}");
+    assert_eq!(n.reboot(), "2");
+    assert!(
+        reg.log()
+            .iter()
+            .any(|(p, st)| p.starts_with("/token") && *st == 200)
+    );
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bus;
+pub mod fake_registry;
 pub mod fleet;
 pub mod hostile_http;
 pub mod live;

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# The same delta upgrade (corpus point update a → b) from an OCI registry and from a
+# static folder over HTTP, in one run: bytes on the wire and wall time (issue 31's goal:
+# the registry path moves <= 1.05x the bytes of the HTTP path and takes <= 1.2x its
+# time).
+#
+#   benches/registry.sh [RUNS]
+#
+# One publication: `publish init|add oci://…` into Debian's docker-registry on a free
+# port, whose staging copy (the very same files) nginx serves. A client of each
+# deploys version 1 once (not measured); each run copies both clients and times, in
+# alternating order, `arbor upgrade` from the registry and from nginx. Bytes are what
+# each server's access log says it sent. Prints medians of RUNS (default 3). Needs
+# root, nginx and docker-registry. Work folder: $BENCH_DIR or /var/tmp.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. benches/lib.sh
+RUNS=${1:-3}
+CORPUS=${ARBOR_CORPUS:-/var/tmp/arbor-corpus}
+[[ -d $CORPUS/b ]] || { echo "no corpus at $CORPUS; run ../shared/corpus/make-trees.sh" >&2; exit 1; }
+cargo build --release --quiet --bins
+ARBOR=$PWD/target/release/arbor
+W=$(mktemp -d "${BENCH_DIR:-/var/tmp}/arbor-bench.XXXXXX")
+chmod 755 "$W" # nginx workers run unprivileged
+NGINX_CONF=$W/nginx/nginx.conf
+cleanup() {
+  nginx -c "$NGINX_CONF" -s stop 2>/dev/null || true
+  [[ -n ${REG_PID:-} ]] && kill "$REG_PID" 2>/dev/null || true
+  [[ -n ${BENCH_KEEP:-} ]] && { echo "kept $W" >&2; return; }
+  rm -rf "$W"
+}
+trap cleanup EXIT
+export SOURCE_DATE_EPOCH=1700000000 ARBOR_MACHINE_ID=0123456789abcdef0123456789abcdef
+quiet() { "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; "$@" >&2 || true; exit 1; }; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# nginx serving $W/srv, logging the bytes of every response.
+PORT=$(free_port)
+mkdir -p "$W/nginx" "$W/srv"
+cat > "$NGINX_CONF" <<EOF
+worker_processes 1; pid $W/nginx/nginx.pid; error_log $W/nginx/error.log;
+events { worker_connections 256; }
+http {
+  default_type application/octet-stream;
+  log_format bytes '\$body_bytes_sent \$request_uri';
+  access_log $W/nginx/access.log bytes;
+  client_body_temp_path $W/nginx/body;
+  server { listen 127.0.0.1:$PORT; root $W/srv; }
+}
+EOF
+nginx -c "$NGINX_CONF"
+URL=http://127.0.0.1:$PORT/os
+
+# docker-registry on a free port, its access log (Apache format) on stdout.
+RPORT=$(free_port)
+mkdir -p "$W/registry"
+cat > "$W/registry/config.yml" <<EOF
+version: 0.1
+log: { level: error }
+storage: { filesystem: { rootdirectory: $W/registry/data } }
+http: { addr: 127.0.0.1:$RPORT }
+EOF
+docker-registry serve "$W/registry/config.yml" > "$W/registry/access.log" 2>&1 &
+REG_PID=$!
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$RPORT/v2/" >/dev/null && break; sleep 0.1; done
+REG=oci://127.0.0.1:$RPORT/arbor/os
+reg_bytes() { awk -F'"' '/"(GET|HEAD) \/v2\// { split($3, f, " "); s += f[2] } END { print s + 0 }' "$W/registry/access.log"; }
+http_bytes() { awk '{ s += $1 } END { print s + 0 }' "$W/nginx/access.log"; }
+
+echo "composing versions 1 and 2, publishing 1 to the registry, deploying it on both clients" >&2
+K=$W/keys
+quiet "$ARBOR" --repo "$W/build" init
+quiet "$ARBOR" --repo "$W/build" compose rootfs "$CORPUS/a" -b v1 --version 1
+quiet "$ARBOR" --repo "$W/build" compose rootfs "$CORPUS/b" -b v2 --version 2
+quiet "$ARBOR" publish init "$REG" --keys "$K"
+publish() {
+  quiet "$ARBOR" --repo "$W/build" publish add "$REG" --keys "$K" --channel stable --version "$1" --ref "v$1"
+  rm -rf "$W/srv/os" && cp -a "$K/publication" "$W/srv/os" && chmod 755 "$W/srv/os"
+}
+publish 1
+ROOT=$K/publication/metadata/1.root.json
+client() {
+  quiet "$ARBOR" admin init-fs "$1"
+  quiet "$ARBOR" --sysroot "$1" admin os-init debian
+  quiet "$ARBOR" --sysroot "$1" remote add origin "$2" --trust "$ROOT"
+  quiet "$ARBOR" --sysroot "$1" deploy origin:stable
+}
+client "$W/client-registry" "$REG"
+client "$W/client-http" "$URL"
+
+echo "publishing version 2" >&2
+publish 2
+DELTA=$(find "$W/srv/os/deltas" -name '*.delta' -printf '%s\n' | head -1)
+
+run() { # NAME SYSROOT LOG-CLEAR BYTES-FN
+  : > "$3"
+  ms "$1" "$ARBOR" --sysroot "$2" upgrade
+  "$4" >> "$W/$1.bytes"
+  "$ARBOR" --sysroot "$2" status --json | grep -q '"version": *"2"' ||
+    { echo "$1: version 2 was not staged" >&2; exit 1; }
+}
+for i in $(seq "$RUNS"); do
+  rm -rf "$W/r" "$W/h"
+  if (( i > 1 )); then sync; sleep "${SETTLE:-30}"; fi
+  cp -a "$W/client-registry" "$W/r"
+  cp -a "$W/client-http" "$W/h"
+  sync
+  reg() { run registry "$W/r" "$W/registry/access.log" reg_bytes; }
+  web() { run http "$W/h" "$W/nginx/access.log" http_bytes; }
+  if (( i % 2 )); then reg; web; else web; reg; fi
+  echo "run $i/$RUNS: registry $(tail -1 "$W/registry") ms $(tail -1 "$W/registry.bytes") B," \
+    "HTTP $(tail -1 "$W/http") ms $(tail -1 "$W/http.bytes") B" >&2
+done
+
+rt=$(median registry); ht=$(median http)
+rb=$(median "$W/registry.bytes"); hb=$(median "$W/http.bytes")
+cat <<OUT
+delta upgrade a -> b, median of $RUNS runs, delta file $DELTA bytes
+  bytes:  registry $rb, HTTP $hb, ratio $(ratio "$rb" "$hb")x (goal <= 1.05)
+  time:   registry $rt ms, HTTP $ht ms, ratio $(ratio "$rt" "$ht")x (goal <= 1.2)
+OUT
