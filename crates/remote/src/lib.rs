@@ -13,6 +13,7 @@ pub mod mirror_url;
 pub mod mirrors;
 pub mod oci;
 pub mod oci_files;
+pub mod oci_login;
 pub mod pack;
 pub mod rate;
 pub mod report;

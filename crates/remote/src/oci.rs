@@ -8,13 +8,13 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use base64::Engine;
 use serde::{Deserialize, Serialize};
+
+pub use crate::oci_login::{Credentials, check_private};
 use sha2::Digest;
 use url::Url;
 
@@ -118,77 +118,6 @@ impl Location {
         self.api
             .join(&format!("manifests/{reference}"))
             .expect("a reference is a path")
-    }
-}
-
-/// What a registry is logged into with, from a root-only file (docs/registry.md):
-/// `username` and `password`, or `token_file` (a file holding a token: the password
-/// of the token exchange, or the bearer itself where the registry names no realm).
-#[derive(Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Credentials {
-    /// The user name.
-    #[serde(default)]
-    pub username: Option<String>,
-    /// The password.
-    #[serde(default)]
-    pub password: Option<String>,
-    /// A file holding a token.
-    #[serde(default)]
-    pub token_file: Option<PathBuf>,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never the secrets, whatever prints this.
-        f.write_str("Credentials(…)")
-    }
-}
-
-/// Refuses a secrets file others can read (or that is not a plain file).
-pub fn check_private(path: &Path) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let m =
-        std::fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
-    ensure!(m.is_file(), "{} is not a plain file", path.display());
-    ensure!(
-        m.mode() & 0o077 == 0,
-        "{} can be read by others (mode {:o}): make it 0600",
-        path.display(),
-        m.mode() & 0o777
-    );
-    Ok(())
-}
-
-impl Credentials {
-    /// Reads a credentials file (TOML), which must be private to its owner.
-    pub fn load(path: &Path) -> Result<Credentials> {
-        check_private(path)?;
-        let text = std::fs::read_to_string(path)?;
-        let c: Credentials = toml::from_str(&text)
-            .with_context(|| format!("{} is not a credentials file", path.display()))?;
-        if let Some(t) = &c.token_file {
-            check_private(t)?;
-        }
-        Ok(c)
-    }
-
-    fn token(&self) -> Result<Option<String>> {
-        match &self.token_file {
-            Some(t) => Ok(Some(std::fs::read_to_string(t)?.trim().to_string())),
-            None => Ok(None),
-        }
-    }
-
-    fn basic(&self) -> Result<Option<String>> {
-        let secret = match (&self.password, self.token()?) {
-            (Some(p), _) => p.clone(),
-            (None, Some(t)) => t,
-            (None, None) => return Ok(None),
-        };
-        let user = self.username.clone().unwrap_or_default();
-        let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{secret}"));
-        Ok(Some(format!("Basic {b64}")))
     }
 }
 
@@ -296,14 +225,6 @@ pub struct Answer {
     pub body: Vec<u8>,
 }
 
-fn param<'a>(challenge: &'a str, key: &str) -> Option<&'a str> {
-    challenge.split(',').find_map(|p| {
-        let (k, v) = p.trim().split_once('=')?;
-        let k = k.rsplit(' ').next()?;
-        (k.eq_ignore_ascii_case(key)).then(|| v.trim().trim_matches('"'))
-    })
-}
-
 /// The HTTP agent of a remote's fetches (here and in `http`): statuses as answers,
 /// not errors; a server that sends nothing for `timeout` ends the request.
 pub fn agent(timeout: Duration) -> ureq::Agent {
@@ -335,68 +256,13 @@ impl Registry {
 
     /// Works out the `Authorization` header from a 401's challenge.
     fn answer_challenge(&self, challenge: &str) -> Result<()> {
-        let scheme = challenge.split_whitespace().next().unwrap_or("");
-        let header = if scheme.eq_ignore_ascii_case("basic") {
-            self.creds.basic()?.with_context(|| {
-                format!(
-                    "registry {} asks for a login: give a credentials file",
-                    self.loc.host
-                )
-            })?
-        } else if scheme.eq_ignore_ascii_case("bearer") {
-            let Some(realm) = param(challenge, "realm") else {
-                let token = self.creds.token()?.with_context(|| {
-                    format!(
-                        "registry {} asks for a bearer token: give a token_file",
-                        self.loc.host
-                    )
-                })?;
-                *self.auth.lock().unwrap() = Some(format!("Bearer {token}"));
-                return Ok(());
-            };
-            let mut url = Url::parse(realm).with_context(|| format!("token realm '{realm}'"))?;
-            ensure!(
-                matches!(url.scheme(), "http" | "https"),
-                "token realm {realm}: not http(s)"
-            );
-            for key in ["service", "scope"] {
-                if let Some(v) = param(challenge, key) {
-                    url.query_pairs_mut().append_pair(key, v);
-                }
-            }
-            let mut req = self.agent.get(url.as_str());
-            if let Some(b) = self.creds.basic()? {
-                req = req.header("Authorization", b);
-            }
-            let mut resp = req.call().with_context(|| {
-                format!(
-                    "asking {} for a registry token",
-                    url.host_str().unwrap_or("")
-                )
-            })?;
-            ensure!(
-                resp.status() == 200,
-                "the token service of {} answered {}: is the login right?",
-                self.loc.host,
-                resp.status()
-            );
-            let body = resp
-                .body_mut()
-                .with_config()
-                .limit(64 << 10)
-                .read_to_vec()?;
-            let v: serde_json::Value = serde_json::from_slice(&body).context("the token answer")?;
-            let token = v["token"]
-                .as_str()
-                .or(v["access_token"].as_str())
-                .context("the token answer holds no token")?;
-            format!("Bearer {token}")
-        } else {
-            bail!(
-                "registry {} asks for '{scheme}' authentication, which arbor does not speak",
-                self.loc.host
-            );
-        };
+        let header = crate::oci_login::authorization(
+            &self.agent,
+            &self.loc.host,
+            &self.loc.api,
+            &self.creds,
+            challenge,
+        )?;
         *self.auth.lock().unwrap() = Some(header);
         Ok(())
     }
@@ -604,15 +470,6 @@ mod tests {
         ] {
             assert!(Location::parse(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn challenges_are_read_as_registries_write_them() {
-        let c = r#"Bearer realm="https://auth.example.org/token",service="registry.example.org",scope="repository:os:pull""#;
-        assert_eq!(param(c, "realm"), Some("https://auth.example.org/token"));
-        assert_eq!(param(c, "service"), Some("registry.example.org"));
-        assert_eq!(param(c, "scope"), Some("repository:os:pull"));
-        assert_eq!(param(c, "nothing"), None);
     }
 
     #[test]
