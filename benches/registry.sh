@@ -105,15 +105,15 @@ for i in $(seq "$RUNS"); do
   cp -a "$W/client-registry" "$W/r"
   cp -a "$W/client-http" "$W/h"
   sync
-  reg() { run registry "$W/r" "$W/registry/access.log" reg_bytes; }
-  web() { run http "$W/h" "$W/nginx/access.log" http_bytes; }
+  reg() { run via-registry "$W/r" "$W/registry/access.log" reg_bytes; }
+  web() { run via-http "$W/h" "$W/nginx/access.log" http_bytes; }
   if (( i % 2 )); then reg; web; else web; reg; fi
-  echo "run $i/$RUNS: registry $(tail -1 "$W/registry") ms $(tail -1 "$W/registry.bytes") B," \
-    "HTTP $(tail -1 "$W/http") ms $(tail -1 "$W/http.bytes") B" >&2
+  echo "run $i/$RUNS: registry $(tail -1 "$W/via-registry") ms $(tail -1 "$W/via-registry.bytes") B," \
+    "HTTP $(tail -1 "$W/via-http") ms $(tail -1 "$W/via-http.bytes") B" >&2
 done
 
-rt=$(median registry); ht=$(median http)
-rb=$(median "$W/registry.bytes"); hb=$(median "$W/http.bytes")
+rt=$(median via-registry); ht=$(median via-http)
+rb=$(median "$W/via-registry.bytes"); hb=$(median "$W/via-http.bytes")
 cat <<OUT
 delta upgrade a -> b, median of $RUNS runs, delta file $DELTA bytes
   bytes:  registry $rb, HTTP $hb, ratio $(ratio "$rb" "$hb")x (goal <= 1.05)
