@@ -278,9 +278,17 @@ impl Remote {
         for u in urls {
             let mut h = http::Http::with_timeout(u, timeout)?;
             if oci::is_oci(u) {
+                // The login is the administrator's, for the servers they configured:
+                // a registry the publisher's index names is asked anonymously.
+                let configured = *u == self.url || self.mirrors.contains(u);
+                let login = if configured {
+                    creds.clone()
+                } else {
+                    oci::Credentials::default()
+                };
                 let files = oci_files::OciFiles::new(
                     oci::Location::parse(u)?,
-                    creds.clone(),
+                    login,
                     timeout,
                     self.book.clone(),
                 );
