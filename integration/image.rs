@@ -513,3 +513,81 @@ fn root_containerfile_images_build_offline_and_import_with_arbor_inside() {
         "{st:?}"
     );
 }
+
+/// An image pushed (with skopeo) to a real registry imports from it as
+/// `docker://HOST/NAME:TAG`, streamed, into the very commit the same image gives from
+/// a layout; a blob the registry serves changed is refused, with no branch made.
+#[test]
+fn root_image_import_from_a_registry_is_the_same_commit_as_from_a_layout() {
+    as_root!();
+    let t = scratch();
+    let img = t.path().join("img");
+    layout(
+        &img,
+        vec![
+            (
+                base_layer().file("usr/bin/a", 0o755, 0, b"a").bytes(),
+                Packing::Gzip,
+            ),
+            (
+                Layer::new().file("usr/bin/b", 0o755, 0, b"b").bytes(),
+                Packing::Zstd,
+            ),
+        ],
+    );
+    let reg = common::registry::Registry::start(&t.path().join("registry"), None);
+    let dest = format!("docker://{}/test/img:7", reg.host);
+    let st = std::process::Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:latest", s(&img)))
+        .arg(&dest)
+        .status()
+        .unwrap();
+    assert!(st.success(), "skopeo copy to the registry");
+    let sr = sysroot(&t.path().join("sys"));
+    let from_layout = import(&sr, &format!("oci:{}", s(&img)), "img");
+    assert!(from_layout.status.success());
+    let from_registry = import(&sr, &dest, "img-reg");
+    assert!(
+        from_registry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&from_registry.stderr)
+    );
+    assert_eq!(from_registry.stdout, from_layout.stdout);
+    let spelled = import(
+        &sr,
+        &format!("registry:{}/test/img:7", reg.host),
+        "img-reg2",
+    );
+    assert_eq!(spelled.stdout, from_layout.stdout);
+
+    // The registry serves other bytes for the second layer: refused, no branch.
+    let fresh = sysroot(&t.path().join("sys2"));
+    let manifest: serde_json::Value = {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sf",
+                "-H",
+                "Accept: application/vnd.oci.image.manifest.v1+json",
+            ])
+            .arg(format!("http://{}/v2/test/img/manifests/7", reg.host))
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let layer = manifest["layers"][1]["digest"].as_str().unwrap();
+    let blob = reg.blob_file(layer.trim_start_matches("sha256:"));
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&blob, bytes).unwrap();
+    let out = import(&fresh, &dest, "bad");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a tampered layer imported");
+    assert!(
+        err.contains("corrupt or tampered") || err.contains("unpacks to"),
+        "{err}"
+    );
+    let refs = arbor(&["--sysroot", &fresh, "refs"]);
+    assert!(!String::from_utf8_lossy(&refs.stdout).contains("bad"));
+}

@@ -15,7 +15,8 @@ use arbor_store::refs::RefName;
 /// `arbor compose image`.
 #[derive(Args, Debug)]
 pub struct ImageArgs {
-    /// The image: oci:DIR[:TAG], oci-archive:FILE[:TAG] or containers-storage:NAME.
+    /// The image: oci:DIR[:TAG], oci-archive:FILE[:TAG], containers-storage:NAME or
+    /// docker://HOST/NAME[:TAG|@DIGEST] (a registry).
     #[arg(value_name = "TRANSPORT:REF")]
     pub image: String,
     /// Branch to commit to.
@@ -66,7 +67,8 @@ pub struct ToDiskArgs {
     /// A block device, or a disk image file (with --via-loopback).
     pub target: PathBuf,
     /// What to deploy: a branch or commit of the repository (--repo), or an image
-    /// (oci:DIR[:TAG], oci-archive:FILE[:TAG], containers-storage:NAME).
+    /// (oci:DIR[:TAG], oci-archive:FILE[:TAG], containers-storage:NAME,
+    /// docker://HOST/NAME[:TAG|@DIGEST]).
     #[arg(long, value_name = "REF|TRANSPORT:REF")]
     pub source: String,
     /// The boot loader.

@@ -268,16 +268,15 @@ impl Registry {
     }
 
     /// Sends a request (`body` for PUT/POST), answering one authentication challenge
-    /// and retrying 429/503 after `Retry-After` (at most [`MAX_RETRY_AFTER`]); reads at
-    /// most `max` bytes of the answer.
-    pub fn send(
+    /// and retrying 429/503 after `Retry-After` (at most [`MAX_RETRY_AFTER`]); the
+    /// answer's body is left to the caller to read.
+    pub fn call(
         &self,
         method: &str,
         url: &Url,
         headers: &[(&str, &str)],
         body: Option<&[u8]>,
-        max: u64,
-    ) -> Result<Answer> {
+    ) -> Result<(u16, BTreeMap<String, String>, ureq::Body)> {
         let mut challenged = false;
         let mut attempt = 1;
         let mut delay = Duration::from_millis(250);
@@ -293,7 +292,7 @@ impl Registry {
                 Some(b) => self.agent.run(req.body(b.to_vec())?),
                 None => self.agent.run(req.body(())?),
             };
-            let mut resp = resp.map_err(|e| match e {
+            let resp = resp.map_err(|e| match e {
                 ureq::Error::Timeout(_) => {
                     anyhow::anyhow!("{url}: the registry sent nothing in time")
                 }
@@ -331,36 +330,61 @@ impl Registry {
                 attempt += 1;
                 continue;
             }
-            let mut out = Vec::new();
-            resp.body_mut()
-                .as_reader()
-                .take(max + 1)
-                .read_to_end(&mut out)
-                .with_context(|| format!("{url}: reading the answer"))?;
-            ensure!(
-                out.len() as u64 <= max,
-                "{url}: the registry sent more than {max} bytes"
-            );
-            return Ok(Answer {
-                status,
-                headers,
-                body: out,
-            });
+            return Ok((status, headers, resp.into_body()));
         }
     }
 
-    /// The manifest tagged or digested `reference`; `None` when there is none. Its
-    /// bytes must hash to the digest the registry gives (and to `reference` when that
-    /// is a digest).
-    pub fn manifest(&self, reference: &str) -> Result<Option<ImageManifest>> {
+    /// [`Registry::call`], reading at most `max` bytes of the answer.
+    pub fn send(
+        &self,
+        method: &str,
+        url: &Url,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        max: u64,
+    ) -> Result<Answer> {
+        let (status, headers, mut resp) = self.call(method, url, headers, body)?;
+        let mut out = Vec::new();
+        resp.as_reader()
+            .take(max + 1)
+            .read_to_end(&mut out)
+            .with_context(|| format!("{url}: reading the answer"))?;
+        ensure!(
+            out.len() as u64 <= max,
+            "{url}: the registry sent more than {max} bytes"
+        );
+        Ok(Answer {
+            status,
+            headers,
+            body: out,
+        })
+    }
+
+    /// The raw manifest (or index) `reference` names, of one of the `accept` media
+    /// types, with its media type and digest; its bytes must hash to the digest the
+    /// registry gives, and to `reference` when that is a digest.
+    pub fn raw_manifest(
+        &self,
+        reference: &str,
+        accept: &[&str],
+    ) -> Result<(Vec<u8>, String, String)> {
+        self.find_manifest(reference, accept)?.with_context(|| {
+            format!(
+                "{}: no such image or tag on the registry",
+                self.loc.manifest_url(reference)
+            )
+        })
+    }
+
+    /// [`Registry::raw_manifest`]; `None` when the registry has none.
+    fn find_manifest(
+        &self,
+        reference: &str,
+        accept: &[&str],
+    ) -> Result<Option<(Vec<u8>, String, String)>> {
         let url = self.loc.manifest_url(reference);
-        let a = self.send(
-            "GET",
-            &url,
-            &[("Accept", MANIFEST_MEDIA_TYPE)],
-            None,
-            MAX_MANIFEST,
-        )?;
+        let accept = accept.join(", ");
+        let a = self.send("GET", &url, &[("Accept", &accept)], None, MAX_MANIFEST)?;
         match a.status {
             200 => {}
             404 => return Ok(None),
@@ -376,7 +400,27 @@ impl Registry {
                  gives: refusing it"
             );
         }
-        let m: ImageManifest = serde_json::from_slice(&a.body)
+        let media = a.headers.get("content-type").cloned().unwrap_or_default();
+        Ok(Some((a.body, media, digest)))
+    }
+
+    /// A blob as a stream (its length from the registry, if said); the caller checks
+    /// the size and digest it expects as it reads.
+    pub fn open_blob(&self, digest: &str) -> Result<(Box<dyn Read + Send>, Option<u64>)> {
+        let url = self.loc.blob_url(digest);
+        let (status, headers, body) = self.call("GET", &url, &[], None)?;
+        ensure!(status == 200, "{url}: the registry answered {status}");
+        let len = headers.get("content-length").and_then(|l| l.parse().ok());
+        Ok((Box::new(body.into_reader()), len))
+    }
+
+    /// The arbor manifest tagged or digested `reference`; `None` when there is none.
+    pub fn manifest(&self, reference: &str) -> Result<Option<ImageManifest>> {
+        let url = self.loc.manifest_url(reference);
+        let Some((bytes, _, _)) = self.find_manifest(reference, &[MANIFEST_MEDIA_TYPE])? else {
+            return Ok(None);
+        };
+        let m: ImageManifest = serde_json::from_slice(&bytes)
             .with_context(|| format!("{url}: not an OCI image manifest"))?;
         Ok(Some(m))
     }

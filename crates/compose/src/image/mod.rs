@@ -2,7 +2,8 @@
 //! Containerfiles (podman, buildah, docker) deploy like any composed tree.
 //!
 //! The image is read from an OCI layout folder (`oci:DIR[:TAG]`), an OCI archive
-//! (`oci-archive:FILE[:TAG]`), or podman's storage (`containers-storage:NAME`, copied to
+//! (`oci-archive:FILE[:TAG]`), a registry (`docker://HOST/NAME[:TAG|@DIGEST]`, each blob
+//! streamed as it is read), or podman's storage (`containers-storage:NAME`, copied to
 //! a layout with skopeo first). Its layers are applied in order ([`layer`]) with every
 //! blob checked against the manifest ([`oci`]); the tree then gets the same rules as
 //! `compose rootfs` and is committed. Format and decisions: `docs/image.md`.
@@ -46,6 +47,9 @@ pub enum ImageSource {
     OciArchive { file: PathBuf, tag: Option<String> },
     /// `containers-storage:NAME`: podman's (or buildah's) local storage.
     ContainersStorage { name: String },
+    /// `docker://HOST/NAME[:TAG|@DIGEST]` (or `registry:HOST/NAME…`): an image in a
+    /// registry, its layers streamed into the store as they arrive.
+    Registry { spec: String },
 }
 
 /// Splits `PATH[:TAG]`: a last `:` followed by something without `/` is a tag.
@@ -62,7 +66,10 @@ impl FromStr for ImageSource {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
         let (transport, rest) = s.split_once(':').with_context(|| {
-            format!("'{s}' names no transport: use oci:DIR[:TAG], oci-archive:FILE[:TAG] or containers-storage:NAME")
+            format!(
+                "'{s}' names no transport: use oci:DIR[:TAG], oci-archive:FILE[:TAG], \
+                 containers-storage:NAME or docker://HOST/NAME[:TAG]"
+            )
         })?;
         if rest.is_empty() {
             bail!("'{s}' names no image after '{transport}:'");
@@ -79,8 +86,12 @@ impl FromStr for ImageSource {
             "containers-storage" => ImageSource::ContainersStorage {
                 name: rest.to_string(),
             },
+            "docker" | "registry" => ImageSource::Registry {
+                spec: rest.trim_start_matches("//").to_string(),
+            },
             other => bail!(
-                "transport '{other}' is not supported: use oci:, oci-archive: or containers-storage:"
+                "transport '{other}' is not supported: use oci:, oci-archive:, \
+                 containers-storage: or docker://"
             ),
         })
     }
@@ -183,10 +194,12 @@ pub fn compose_image(
             from_containers_storage(name, &dir)?;
             Layout::open_dir(&dir)?
         }
+        ImageSource::Registry { spec } => Layout::open_registry(spec)?,
     };
     let tag = match source {
         ImageSource::OciDir { tag, .. } | ImageSource::OciArchive { tag, .. } => tag.as_deref(),
         ImageSource::ContainersStorage { .. } => Some("arbor"),
+        ImageSource::Registry { .. } => None,
     };
     let image = layout.image(tag)?;
     let root = scratch.path().join("root");

@@ -25,7 +25,22 @@ enum Storage {
     Dir(PathBuf),
     /// A tar archive of the folder: path → (offset, size) of each member.
     Archive(PathBuf, HashMap<String, (u64, u64)>),
+    /// A registry repository, and the tag or digest of the image in it: blobs are
+    /// streamed from it as they are read.
+    Registry(Box<arbor_remote::oci::Registry>, String),
 }
+
+/// The size of a registry's blob that came without a length: only the descriptor's
+/// then bounds it.
+const UNKNOWN_SIZE: u64 = u64::MAX;
+
+/// The media types of a manifest or index a registry may answer with.
+const MANIFEST_TYPES: [&str; 4] = [
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+];
 
 /// An opened OCI image layout.
 pub struct Layout {
@@ -222,6 +237,99 @@ impl Layout {
         Ok(layout)
     }
 
+    /// A registry's image: `HOST/NAME:TAG` or `HOST/NAME@sha256:…` (a loopback host
+    /// over plain HTTP, any other over HTTPS; anonymous).
+    pub fn open_registry(spec: &str) -> Result<Layout> {
+        let (repo, reference) = match spec.split_once('@') {
+            Some((r, d)) => {
+                parse_digest(d)?;
+                (r, d.to_string())
+            }
+            None => match spec.rsplit_once(':') {
+                Some((r, t)) if !t.contains('/') => (r, t.to_string()),
+                _ => (spec, "latest".to_string()),
+            },
+        };
+        let tag_ok = reference.contains(':')
+            || (reference.len() <= 128
+                && reference
+                    .bytes()
+                    .next()
+                    .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && reference
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)));
+        if !tag_ok {
+            bail!("'{reference}' is not an image tag");
+        }
+        let loc = arbor_remote::oci::Location::parse(&format!("oci://{repo}"))
+            .with_context(|| format!("'{spec}': give HOST/NAME[:TAG|@DIGEST]"))?;
+        let timeout = std::time::Duration::from_secs(60);
+        let registry = arbor_remote::oci::Registry::new(
+            loc,
+            arbor_remote::oci::Credentials::default(),
+            timeout,
+        );
+        Ok(Layout {
+            storage: Storage::Registry(Box::new(registry), reference),
+            label: format!("docker://{spec}"),
+        })
+    }
+
+    /// The image a registry's tag or digest names: an index (or Docker list) is
+    /// resolved to linux/amd64; every document is checked against its digest.
+    fn registry_image(
+        &self,
+        registry: &arbor_remote::oci::Registry,
+        reference: &str,
+    ) -> Result<Image> {
+        let (bytes, media, mut digest) = registry.raw_manifest(reference, &MANIFEST_TYPES)?;
+        let is_index = media.contains("index") || media.contains("manifest.list");
+        let bytes = if is_index {
+            let index: ImageIndex = serde_json::from_slice(&bytes)
+                .with_context(|| format!("{}: the image index is not an OCI index", self.label))?;
+            let d = index
+                .manifests()
+                .iter()
+                .find(|d| {
+                    d.platform().as_ref().is_some_and(|p| {
+                        p.os().to_string() == "linux" && p.architecture().to_string() == "amd64"
+                    })
+                })
+                .with_context(|| {
+                    format!("{}: the image index has no linux/amd64 image", self.label)
+                })?;
+            let (b, _, got) = registry.raw_manifest(d.digest().as_ref(), &MANIFEST_TYPES)?;
+            digest = got;
+            b
+        } else {
+            bytes
+        };
+        let manifest: ImageManifest = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}: not an image manifest", self.label))?;
+        let config: ImageConfiguration = self.json_blob(manifest.config(), "the image config")?;
+        if config.architecture().to_string() != "amd64" || config.os().to_string() != "linux" {
+            bail!(
+                "{} is an image for {}/{}, not linux/amd64",
+                self.label,
+                config.os(),
+                config.architecture()
+            );
+        }
+        if config.rootfs().diff_ids().len() != manifest.layers().len() {
+            bail!(
+                "the image config lists {} layers, the manifest {}",
+                config.rootfs().diff_ids().len(),
+                manifest.layers().len()
+            );
+        }
+        Ok(Image {
+            digest,
+            manifest,
+            config,
+        })
+    }
+
     fn check_marker(&self) -> Result<()> {
         let text = self
             .read_small("oci-layout")
@@ -258,6 +366,16 @@ impl Layout {
                 f.seek(SeekFrom::Start(offset))?;
                 Ok((Box::new(f.take(size)), size))
             }
+            Storage::Registry(registry, _) => {
+                let digest = rel
+                    .strip_prefix("blobs/")
+                    .and_then(|r| r.split_once('/'))
+                    .map(|(alg, hex)| format!("{alg}:{hex}"))
+                    .with_context(|| format!("{}: no {rel} in a registry", self.label))?;
+                let (r, len) = registry.open_blob(&digest)?;
+                // The descriptor's size bounds the read whatever the registry says.
+                Ok((r, len.unwrap_or(UNKNOWN_SIZE)))
+            }
         }
     }
 
@@ -277,7 +395,7 @@ impl Layout {
         let (alg, hex) = parse_digest(&digest)?;
         let size = d.size();
         let (r, stored) = self.open(&format!("blobs/{alg}/{hex}"))?;
-        if stored != size {
+        if stored != size && stored != UNKNOWN_SIZE {
             bail!(
                 "{what} ({digest}) has {stored} bytes in the layout, not the {size} its descriptor declares"
             );
@@ -307,6 +425,9 @@ impl Layout {
     /// Chooses the image `tag` names (its `org.opencontainers.image.ref.name`), or the
     /// only one when no tag is given; a nested index is resolved to linux/amd64.
     pub fn image(&self, tag: Option<&str>) -> Result<Image> {
+        if let Storage::Registry(registry, reference) = &self.storage {
+            return self.registry_image(registry, reference);
+        }
         let index: ImageIndex = serde_json::from_slice(&self.read_small("index.json")?)
             .with_context(|| format!("{}: index.json is not an OCI index", self.label))?;
         let name = |d: &Descriptor| {
