@@ -152,6 +152,23 @@ fn base_layer() -> Layer {
         .file("etc/hostname", 0o644, 0, b"image\n")
 }
 
+/// A layout of two layers (gzip, then zstd) at `img`.
+fn two_layer_image(img: &Path) -> String {
+    layout(
+        img,
+        vec![
+            (
+                base_layer().file("usr/bin/a", 0o755, 0, b"a").bytes(),
+                Packing::Gzip,
+            ),
+            (
+                Layer::new().file("usr/bin/b", 0o755, 0, b"b").bytes(),
+                Packing::Zstd,
+            ),
+        ],
+    )
+}
+
 fn import(sr: &str, image: &str, branch: &str) -> std::process::Output {
     arbor(&["--sysroot", sr, "compose", "image", image, "-b", branch])
 }
@@ -260,19 +277,7 @@ fn root_image_import_is_reproducible_across_repositories_and_transports() {
     as_root!();
     let t = scratch();
     let img = t.path().join("img");
-    layout(
-        &img,
-        vec![
-            (
-                base_layer().file("usr/bin/a", 0o755, 0, b"a").bytes(),
-                Packing::Gzip,
-            ),
-            (
-                Layer::new().file("usr/bin/b", 0o755, 0, b"b").bytes(),
-                Packing::Zstd,
-            ),
-        ],
-    );
+    two_layer_image(&img);
     let archive = t.path().join("img.tar");
     let st = std::process::Command::new("tar")
         .args(["-C", s(&img), "-cf", s(&archive), "."])
@@ -522,19 +527,7 @@ fn root_image_import_from_a_registry_is_the_same_commit_as_from_a_layout() {
     as_root!();
     let t = scratch();
     let img = t.path().join("img");
-    layout(
-        &img,
-        vec![
-            (
-                base_layer().file("usr/bin/a", 0o755, 0, b"a").bytes(),
-                Packing::Gzip,
-            ),
-            (
-                Layer::new().file("usr/bin/b", 0o755, 0, b"b").bytes(),
-                Packing::Zstd,
-            ),
-        ],
-    );
+    two_layer_image(&img);
     let reg = common::registry::Registry::start(&t.path().join("registry"), None);
     let dest = format!("docker://{}/test/img:7", reg.host);
     let st = std::process::Command::new("skopeo")
