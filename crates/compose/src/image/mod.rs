@@ -86,9 +86,13 @@ impl FromStr for ImageSource {
             "containers-storage" => ImageSource::ContainersStorage {
                 name: rest.to_string(),
             },
-            "docker" | "registry" => ImageSource::Registry {
-                spec: rest.trim_start_matches("//").to_string(),
-            },
+            "docker" | "registry" => {
+                let spec = rest.trim_start_matches("//");
+                if !spec.contains('/') {
+                    bail!("'{s}': give the registry and the image, HOST/NAME[:TAG|@DIGEST]");
+                }
+                ImageSource::Registry { spec: spec.into() }
+            }
             other => bail!(
                 "transport '{other}' is not supported: use oci:, oci-archive:, \
                  containers-storage: or docker://"
@@ -332,6 +336,20 @@ mod tests {
                 .unwrap(),
             ImageSource::ContainersStorage {
                 name: "localhost/base".into()
+            }
+        );
+        assert_eq!(
+            "docker://127.0.0.1:5000/os/img:7"
+                .parse::<ImageSource>()
+                .unwrap(),
+            ImageSource::Registry {
+                spec: "127.0.0.1:5000/os/img:7".into()
+            }
+        );
+        assert_eq!(
+            "registry:quay.io/os/img".parse::<ImageSource>().unwrap(),
+            ImageSource::Registry {
+                spec: "quay.io/os/img".into()
             }
         );
         for bad in ["docker://x", "oci:", "plain", "dir:/x"] {
