@@ -75,8 +75,8 @@ pub struct PublishMirrorsArgs {
     /// The channel.
     #[arg(long)]
     pub channel: String,
-    /// http(s) folder URLs serving a copy of this publication, in the order machines
-    /// should ask them (at most 16).
+    /// http(s) folder URLs or registry repositories (oci://HOST/NAME) serving a copy
+    /// of this publication, in the order machines should ask them (at most 16).
     pub urls: Vec<String>,
 }
 
