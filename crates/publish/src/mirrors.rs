@@ -6,13 +6,14 @@ use anyhow::Result;
 
 use arbor_core::lock::LockWait;
 use arbor_remote::index::ChannelIndex;
-use arbor_remote::mirrors::{MAX_MIRRORS, check_url};
+use arbor_remote::mirror_url::{MAX_MIRRORS, check_named};
 
 use super::Publisher;
 
 impl Publisher {
     /// Sets the mirrors channel `channel`'s index names (empty: none) and signs it
-    /// again. Each is an http or https folder URL serving a copy of this publication.
+    /// again. Each is an http(s) folder URL or a registry (oci://) serving a copy of
+    /// this publication.
     pub fn set_mirrors(
         &self,
         channel: &str,
@@ -26,15 +27,7 @@ impl Publisher {
         );
         let mut urls = Vec::new();
         for m in mirrors {
-            let u = check_url(m)?;
-            anyhow::ensure!(
-                matches!(
-                    u.scheme(),
-                    "http" | "https" | "oci" | "oci+http" | "oci+https"
-                ),
-                "mirror {m}: machines reach a mirror by http, https or oci"
-            );
-            urls.push(u.to_string());
+            urls.push(check_named(m)?.to_string());
         }
         let _lock = self.lock(wait)?;
         let mut idx = self.channel(channel)?;

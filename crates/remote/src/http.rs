@@ -45,6 +45,9 @@ pub enum FetchError {
         url: String,
         /// The status.
         code: u16,
+        /// How long the server asked to wait before the next try (`Retry-After`, in
+        /// seconds), if it said.
+        retry_after: Option<u64>,
     },
     /// The server accepted the connection and then sent nothing for too long.
     #[error("{url}: the server sent nothing for {secs} s (the remote's timeout): giving up")]
@@ -139,9 +142,6 @@ pub struct Http {
     resolver: Option<std::sync::Arc<dyn Resolve>>,
 }
 
-/// The longest `Retry-After` a 429 or 503 is waited for before the next attempt.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
-
 fn classify(url: &str, e: ureq::Error, timeout: Duration) -> FetchError {
     match e {
         ureq::Error::Timeout(_) => FetchError::TimedOut {
@@ -152,6 +152,7 @@ fn classify(url: &str, e: ureq::Error, timeout: Duration) -> FetchError {
         ureq::Error::StatusCode(code) => FetchError::Status {
             url: url.into(),
             code,
+            retry_after: None,
         },
         ureq::Error::Io(ref io) if io.kind() != std::io::ErrorKind::ConnectionRefused => {
             FetchError::Broken {
@@ -280,19 +281,6 @@ impl Http {
                 r.resolve(url.as_str().strip_prefix(self.base.as_str()).unwrap_or(""))?;
             resp = call(&renewed)?;
         }
-        let code = resp.status().as_u16();
-        if matches!(code, 429 | 503)
-            && let Some(secs) = resp
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        {
-            // The server says when to come back: the retry waits that long (bounded).
-            let wait = Duration::from_secs(secs).min(MAX_RETRY_AFTER);
-            tracing::warn!("{target}: status {code}, asked to wait {wait:?}");
-            std::thread::sleep(wait);
-        }
         match resp.status().as_u16() {
             code @ (200 | 206) => {
                 let body = resp.into_body().into_reader();
@@ -304,11 +292,17 @@ impl Http {
                     },
                 })
             }
-            code => Err(classify(
-                url.as_str(),
-                ureq::Error::StatusCode(code),
-                self.timeout,
-            )),
+            code => {
+                let mut e = classify(url.as_str(), ureq::Error::StatusCode(code), self.timeout);
+                if let FetchError::Status { retry_after, .. } = &mut e {
+                    *retry_after = resp
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok());
+                }
+                Err(e)
+            }
         }
     }
 
@@ -343,8 +337,17 @@ impl Http {
         loop {
             match f() {
                 Err(e) if attempt < ATTEMPTS && e.transient() => {
-                    tracing::warn!("{e}; trying {url} again ({attempt} of {ATTEMPTS})");
-                    std::thread::sleep(delay);
+                    // A server that says when to come back (429, 503) is waited for
+                    // that long, bounded; otherwise the wait doubles.
+                    let wait = match &e {
+                        FetchError::Status {
+                            retry_after: Some(secs),
+                            ..
+                        } => Duration::from_secs(*secs).min(crate::oci::MAX_RETRY_AFTER),
+                        _ => delay,
+                    };
+                    tracing::warn!("{e}; trying {url} again in {wait:?} ({attempt} of {ATTEMPTS})");
+                    std::thread::sleep(wait);
                     delay *= 2;
                     attempt += 1;
                 }

@@ -220,15 +220,8 @@ impl ChannelIndex {
             crate::mirror_url::MAX_MIRRORS
         );
         for m in &idx.mirrors {
-            let u = crate::mirror_url::check_url(m)
+            crate::mirror_url::check_named(m)
                 .map_err(|e| e.context(format!("the index of channel {channel}")))?;
-            ensure!(
-                matches!(
-                    u.scheme(),
-                    "http" | "https" | "oci" | "oci+http" | "oci+https"
-                ),
-                "the index of channel {channel} names the mirror {m}: only http, https and oci"
-            );
         }
         let mut seen = std::collections::HashSet::new();
         for v in &idx.versions {

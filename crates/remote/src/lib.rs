@@ -119,13 +119,8 @@ impl Remote {
         root_json: &Path,
         opts: &AddOptions,
     ) -> Result<Remote> {
-        let AddOptions {
-            offline,
-            timeout,
-            mirrors: mirror_urls,
-            credentials,
-        } = opts;
-        let (offline, timeout, credentials) = (*offline, *timeout, credentials.as_deref());
+        let (offline, timeout, mirror_urls) = (opts.offline, opts.timeout, &opts.mirrors);
+        let credentials = opts.credentials.as_deref();
         ensure!(
             valid_name(name),
             "'{name}' is not a remote name (letters, digits, . _ -)"
@@ -273,7 +268,7 @@ impl Remote {
         let named = self.index_mirrors();
         let urls = std::iter::once(&self.url)
             .chain(&self.mirrors)
-            .chain(named.iter().take(mirrors::MAX_MIRRORS));
+            .chain(named.iter().take(mirror_url::MAX_MIRRORS));
         let creds = self.credentials()?;
         for u in urls {
             let mut h = http::Http::with_timeout(u, timeout)?;
@@ -378,16 +373,16 @@ impl Remote {
     }
 }
 
-/// Mirror URLs checked, each a folder URL (`/` added), at most [`mirrors::MAX_MIRRORS`].
+/// Mirror URLs checked, each a folder URL (`/` added), at most [`mirror_url::MAX_MIRRORS`].
 fn checked_mirrors(urls: &[String]) -> Result<Vec<String>> {
     ensure!(
-        urls.len() <= mirrors::MAX_MIRRORS,
+        urls.len() <= mirror_url::MAX_MIRRORS,
         "{} mirrors: at most {}",
         urls.len(),
-        mirrors::MAX_MIRRORS
+        mirror_url::MAX_MIRRORS
     );
     urls.iter()
-        .map(|u| mirrors::check_url(u).map(|u| u.to_string()))
+        .map(|u| mirror_url::check_url(u).map(|u| u.to_string()))
         .collect()
 }
 

@@ -35,6 +35,20 @@ pub fn check_url(url: &str) -> Result<Url> {
     Ok(u)
 }
 
+/// [`check_url`] for a mirror a signed index names: http, https or a registry, never
+/// a path on the machine (`file://`).
+pub fn check_named(url: &str) -> Result<Url> {
+    let u = check_url(url)?;
+    anyhow::ensure!(
+        matches!(
+            u.scheme(),
+            "http" | "https" | "oci" | "oci+http" | "oci+https"
+        ),
+        "mirror {url}: machines reach a mirror by http, https or oci"
+    );
+    Ok(u)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,5 +63,8 @@ mod tests {
         assert!(check_url("https://user:pw@m.example.org/os").is_err());
         assert!(check_url("https://m.example.org/os?x=1").is_err());
         assert!(check_url("not a url").is_err());
+        assert!(check_url("file:///srv/os").is_ok());
+        assert!(check_named("file:///srv/os").is_err());
+        assert!(check_named("oci://127.0.0.1:5000/os").is_ok());
     }
 }

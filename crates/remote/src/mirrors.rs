@@ -12,7 +12,6 @@ use url::Url;
 
 use super::http::{FetchError, Http};
 use super::index::FileRef;
-pub use super::mirror_url::{MAX_MIRRORS, check_url};
 use arbor_core::error::StoreError;
 use arbor_core::progress::Cancelled;
 
@@ -60,11 +59,11 @@ impl SkipLog {
         if down && !s.down.iter().any(|d| d == url) {
             s.down.push(url.to_string());
         }
-        // One line per server and kind of failure is the story; repeats add nothing.
-        let first_words = |r: &str| r.split(':').next().unwrap_or("").to_string();
+        // One line per server and file is the story: a server that is down fails the
+        // same way whatever the details (ports, timings) of each attempt say.
+        let prefix = format!("{what}: ");
         let repeat = s.skips.iter().any(|k| {
-            k.url == url
-                && (k.reason == reason || (down && first_words(&k.reason) == first_words(&reason)))
+            k.url == url && (k.reason == reason || (down && k.reason.starts_with(&prefix)))
         });
         if !repeat && s.skips.len() < MAX_SKIPS {
             s.skips.push(Skip {

@@ -34,8 +34,9 @@ pub const TITLE: &str = "org.opencontainers.image.title";
 pub const MAX_MANIFEST: u64 = 4 << 20;
 /// How many times a request that got 429 or 503 is tried in all.
 const ATTEMPTS: u32 = 5;
-/// The longest `Retry-After` honoured; a registry asking for more gets this.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+/// The longest `Retry-After` honoured (by this client and by `http`'s); a server
+/// asking for more gets this.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// A registry repository: `oci://HOST[:PORT]/NAME` (plain HTTP for a loopback host, as
 /// docker and podman do; HTTPS otherwise), `oci+http://` or `oci+https://` to say.
@@ -296,7 +297,11 @@ impl Registry {
                 ureq::Error::Timeout(_) => {
                     anyhow::anyhow!("{url}: the registry sent nothing in time")
                 }
-                e => anyhow::anyhow!("cannot reach registry {}: {e} (offline?)", self.loc.host),
+                e => arbor_core::error::Error::Offline(format!(
+                    "cannot reach registry {}: {e} (offline?)",
+                    self.loc.host
+                ))
+                .into(),
             })?;
             let status = resp.status().as_u16();
             let headers: BTreeMap<String, String> = resp

@@ -5,7 +5,6 @@
 //! arrive. A path nothing signed names is not asked for at all.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Result, ensure};
@@ -64,9 +63,8 @@ impl Book {
 pub struct OciFiles {
     registry: Registry,
     book: Book,
-    /// Metadata paths of the last `arbor-metadata` manifest read this run.
-    metadata: Mutex<HashMap<String, String>>,
-    metadata_read: AtomicBool,
+    /// Metadata paths of the `arbor-metadata` manifest, once read by this client.
+    metadata: Mutex<Option<HashMap<String, String>>>,
 }
 
 impl OciFiles {
@@ -80,17 +78,22 @@ impl OciFiles {
         OciFiles {
             registry: Registry::new(loc, creds, timeout),
             book,
-            metadata: Mutex::new(HashMap::new()),
-            metadata_read: AtomicBool::new(false),
+            metadata: Mutex::new(None),
         }
     }
 
     /// Reads the metadata manifest (the tag that moves).
-    fn read_metadata(&self, rel: &str) -> Result<(), FetchError> {
+    fn read_metadata(&self, rel: &str) -> Result<HashMap<String, String>, FetchError> {
         let url = self.registry.loc.manifest_url(oci::METADATA_TAG);
         let failed = |e: anyhow::Error| {
             let text = format!("{e:#}");
-            if text.contains("cannot reach") {
+            let offline = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<arbor_core::error::Error>(),
+                    Some(arbor_core::error::Error::Offline(_))
+                )
+            });
+            if offline {
                 FetchError::Offline {
                     url: url.to_string(),
                     detail: text,
@@ -109,25 +112,22 @@ impl OciFiles {
             .ok_or_else(|| FetchError::NotFound {
                 url: format!("{url}: no arbor publication is tagged here"),
             })?;
-        let files = m
-            .files()
+        Ok(m.files()
             .into_iter()
             .filter(|(p, _)| p.starts_with("metadata/"))
             .map(|(p, (sha, _))| (p, sha))
-            .collect();
-        *self.metadata.lock().unwrap() = files;
-        self.metadata_read.store(true, Ordering::Relaxed);
-        Ok(())
+            .collect())
     }
 
     fn digest_of(&self, rel: &str) -> Result<Option<String>, FetchError> {
         if rel.starts_with("metadata/") {
             // Once per client: each verification of the metadata makes a new one, so
             // a check reads the tag once, and the files of one check agree.
-            if !self.metadata_read.load(Ordering::Relaxed) {
-                self.read_metadata(rel)?;
+            let mut metadata = self.metadata.lock().unwrap();
+            if metadata.is_none() {
+                *metadata = Some(self.read_metadata(rel)?);
             }
-            return Ok(self.metadata.lock().unwrap().get(rel).cloned());
+            return Ok(metadata.as_ref().and_then(|m| m.get(rel).cloned()));
         }
         if let Some(name) = rel.strip_prefix("targets/")
             && let Some((sha, _)) = name.split_once('.')
