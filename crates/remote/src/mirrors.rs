@@ -139,6 +139,11 @@ impl Sources {
     /// server may not share is noted as a skip of `rel` and the next is asked. The
     /// last server's error is returned, with the others' reasons as context.
     pub fn each<T>(&self, rel: &str, f: impl Fn(&Http) -> Result<T>) -> Result<T> {
+        if let [only] = self.servers.as_slice() {
+            // No mirrors (the common case, once per object of a full fetch): nothing
+            // to order or pass over.
+            return f(only);
+        }
         let order = self.skips.order(&self.servers);
         let mut passed = Vec::new();
         for (i, h) in order.iter().enumerate() {
