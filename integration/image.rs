@@ -310,6 +310,76 @@ fn root_image_import_is_reproducible_across_repositories_and_transports() {
     assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
 }
 
+/// An image whose lower layer an earlier import kept fetches only the layer above it,
+/// and its upper layer's whiteouts and hardlinks on the kept tree give the very commit
+/// a fresh import gives; the store stays sound (nothing linked was written through).
+#[test]
+fn root_image_import_reuses_kept_lower_layers() {
+    as_root!();
+    let t = scratch();
+    let first = t.path().join("first");
+    two_layer_image(&first);
+    let second = t.path().join("second");
+    let upper = Layer::new()
+        .file("usr/bin/c", 0o755, 0, b"c")
+        .file("usr/bin/.wh.a", 0o644, 0, b"")
+        .link(tar::EntryType::Link, "usr/bin/host", "etc/hostname");
+    let upper = upper.bytes();
+    layout(
+        &second,
+        vec![
+            (
+                base_layer().file("usr/bin/a", 0o755, 0, b"a").bytes(),
+                Packing::Gzip,
+            ),
+            (upper.clone(), Packing::Plain),
+        ],
+    );
+    let sr = sysroot(&t.path().join("a"));
+    assert!(
+        import(&sr, &format!("oci:{}", s(&first)), "one")
+            .status
+            .success()
+    );
+    let out = arbor(&[
+        "--sysroot",
+        &sr,
+        "compose",
+        "image",
+        &format!("oci:{}", s(&second)),
+        "-b",
+        "two",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["layers_reused"], 1, "{r}");
+    assert_eq!(r["fetched_bytes"], upper.len() as u64, "{r}");
+    let fresh = sysroot(&t.path().join("b"));
+    let again = import(&fresh, &format!("oci:{}", s(&second)), "two");
+    assert_eq!(
+        String::from_utf8(again.stdout).unwrap().trim(),
+        r["commit"]["commit"].as_str().unwrap()
+    );
+    let ls = arbor_ok(&["--sysroot", &sr, "ls", "two", "/usr/bin"]);
+    assert!(
+        ls.contains("/usr/bin/c") && !ls.contains("/usr/bin/a"),
+        "{ls}"
+    );
+    assert_eq!(
+        arbor_ok(&["--sysroot", &sr, "cat", "one", "/usr/bin/a"]),
+        "a"
+    );
+    // Only the newest image's chains stay kept.
+    let refs = arbor_ok(&["--sysroot", &sr, "refs"]);
+    assert_eq!(refs.matches("image-layers/").count(), 2, "{refs}");
+    arbor_ok(&["--sysroot", &sr, "fsck"]);
+}
+
 /// Imports a one-layer image whose layer is `bad` and checks it is refused with
 /// `message`, with no branch and no object left behind.
 fn refused(bad: Layer, message: &str) {

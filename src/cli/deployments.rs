@@ -135,6 +135,37 @@ pub fn rebase(cli: &Cli, a: &RebaseArgs) -> Result<i32> {
     run_and_print(cli, &req, &a.output)
 }
 
+/// `arbor switch`.
+#[derive(Args, Debug)]
+pub struct SwitchArgs {
+    /// The image to follow: docker://HOST/NAME[:TAG] (or registry:HOST/NAME[:TAG]).
+    pub image: String,
+    /// Deploy this manifest digest (sha256:…) of the image and stay on it: upgrade
+    /// refuses until a switch without --digest.
+    #[arg(long, value_name = "DIGEST")]
+    pub digest: Option<String>,
+    /// The login to the registry: a credentials file, mode 0600 (username/password, or
+    /// token_file; docs/registry.md). Kept, root-only, for the upgrades that follow.
+    #[arg(long, value_name = "FILE")]
+    pub credentials: Option<std::path::PathBuf>,
+    /// The stateroot (default: the only one).
+    #[arg(long, value_name = "NAME")]
+    pub os: Option<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Runs `arbor switch`.
+pub fn switch(cli: &Cli, a: &SwitchArgs) -> Result<i32> {
+    let req = Request::Switch(arbor_ops::image_follow::SwitchRequest {
+        image: a.image.clone(),
+        digest: a.digest.clone(),
+        os: a.os.clone(),
+        credentials: a.credentials.clone(),
+    });
+    run_and_print(cli, &req, &a.output)
+}
+
 /// `arbor kargs`.
 #[derive(Args, Debug)]
 pub struct KargsArgs {

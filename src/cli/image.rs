@@ -30,6 +30,10 @@ pub struct ImageArgs {
     /// decompression bomb).
     #[arg(long, value_name = "N", default_value_t = arbor_compose::image::DEFAULT_MAX_RATIO)]
     pub max_ratio: u64,
+    /// The login to the registry (docker://): a credentials file, mode 0600
+    /// (username/password, or token_file; docs/registry.md).
+    #[arg(long, value_name = "FILE")]
+    pub credentials: Option<PathBuf>,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -42,6 +46,7 @@ pub fn compose_image(cli: &Cli, a: &ImageArgs) -> Result<i32> {
         branch: RefName::parse(&a.branch)?,
         version: a.version.clone(),
         max_ratio: a.max_ratio,
+        login: a.credentials.clone(),
     };
     let r = arbor_compose::image::compose_image(&repo, &source, &opts, lock_wait(cli))?;
     if a.output.json {
@@ -49,11 +54,16 @@ pub fn compose_image(cli: &Cli, a: &ImageArgs) -> Result<i32> {
     }
     println!("{}", r.commit.commit);
     let files: u64 = r.layers.iter().map(|l| l.files).sum();
+    let reused = match r.layers_reused {
+        0 => String::new(),
+        n => format!(" over {n} kept from an earlier import"),
+    };
     eprintln!(
-        "imported {} ({}, {} layers, {files} files) into {} ({} new objects, {})",
+        "imported {} ({}, {} layers{reused}, {files} files, {} fetched) into {} ({} new objects, {})",
         a.image,
         r.digest,
         r.layers.len(),
+        human_bytes(r.fetched_bytes),
         r.commit.branch,
         r.commit.stats.objects_written,
         human_bytes(r.commit.stats.bytes_written)

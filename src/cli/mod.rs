@@ -158,6 +158,9 @@ pub enum Command {
     /// Follow another channel (CHANNEL, or REMOTE:CHANNEL): fetch and stage its version.
     #[command(disable_version_flag = true)]
     Rebase(deployments::RebaseArgs),
+    /// Follow a bootable container image in a registry (docker://HOST/NAME:TAG): fetch
+    /// the layers not already here and stage it; upgrade then follows its tag.
+    Switch(deployments::SwitchArgs),
     /// Show where the update is (checking, downloading, staged, testing, ...).
     UpdateStatus(OutputArgs),
     /// Check, download or stage as /etc/arbor/arbor.toml says (the timer runs this).
@@ -281,6 +284,7 @@ pub fn dispatch(cli: &Cli) -> Result<i32> {
         C::Compose(cmd) => deployments::compose(cli, cmd),
         C::Deploy(a) => deployments::deploy(cli, a),
         C::Rebase(a) => deployments::rebase(cli, a),
+        C::Switch(a) => deployments::switch(cli, a),
         C::Status(o) => deployments::status(cli, o),
         C::Rollback(o) => deployments::rollback(cli, o),
         C::Undeploy(a) => deployments::undeploy(cli, a),

@@ -42,6 +42,7 @@ fn print_outcome(out: &Outcome, req: &Request) {
         (Outcome::Deployed(r), _) => print_deployed(r, false),
         (Outcome::Update(r), _) => print_update(r, Action::Stage, false),
         (Outcome::Upgrade(u), Request::Upgrade(q)) => print_upgrade(u, q.action, q.dry_run),
+        (Outcome::Upgrade(u), _) => print_upgrade(u, Action::Stage, false),
         (Outcome::Order(o), _) => print_status(&o.deployments),
         (Outcome::Kargs(k), _) => println!("{}", k.kargs.join(" ")),
         (Outcome::Cleanup(r), _) => println!(
@@ -160,11 +161,37 @@ pub fn print_etc_merge(entries: &[arbor_sysroot::etc::merge::MergeEntry]) {
 
 /// `upgrade`'s outcome: the channel's report, or the local deploy, or nothing new.
 pub fn print_upgrade(u: &UpgradeOutcome, action: Action, dry_run: bool) {
+    if let Some(i) = &u.image {
+        print_image(i, u.deploy.as_ref());
+        return;
+    }
     match (&u.update, &u.deploy) {
         (Some(r), _) => print_update(r, action, dry_run),
         (None, Some(d)) => print_deployed(d, false),
         (None, None) => println!("no upgrade: the deployment is at the tip of its ref"),
     }
+}
+
+/// What following a registry image did, in words.
+fn print_image(i: &arbor_ops::image_follow::ImageUpdate, deploy: Option<&DeployResult>) {
+    let held = if i.pinned {
+        " (held at this digest)"
+    } else {
+        ""
+    };
+    let Some(d) = deploy else {
+        println!("no upgrade: {} is {}{held}, as deployed", i.image, i.digest);
+        return;
+    };
+    println!(
+        "image {} {}{held}: fetched {} layers ({}), {} kept from an earlier import",
+        i.image,
+        i.digest,
+        i.layers_fetched,
+        human_bytes(i.fetched_bytes),
+        i.layers_reused
+    );
+    print_deployed(d, i.staged);
 }
 
 /// Prints an update's result as text.

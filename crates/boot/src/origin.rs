@@ -4,6 +4,7 @@
 //! [origin]
 //! refspec=debian/bookworm/x86_64
 //! override-commit=<commit id>     (only when an older commit of the ref was deployed)
+//! image-digest=sha256:<hex>       (a container image's manifest digest, `arbor switch`)
 //!
 //! [arbor]
 //! pinned=true
@@ -42,6 +43,11 @@ pub struct Origin {
     /// Set when an older commit of the ref was deployed (`REF^`), as rpm-ostree's
     /// `override-commit`: the deployment holds this commit, not the ref's tip.
     pub override_commit: Option<ObjectId>,
+    /// For a deployment of a container image from a registry (`refspec` is then
+    /// `docker://HOST/NAME:TAG`): the manifest digest deployed, which `upgrade`
+    /// compares with the tag's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
     /// Pinned deployments are never removed by deploy or cleanup.
     pub pinned: bool,
     /// Packages layered on the base and base packages overridden.
@@ -186,6 +192,9 @@ impl Origin {
         if let Some(c) = &self.override_commit {
             s.push_str(&format!("override-commit={c}\n"));
         }
+        if let Some(d) = &self.image_digest {
+            s.push_str(&format!("image-digest={d}\n"));
+        }
         if self.pinned || self.var.is_some() {
             s.push_str("\n[arbor]\n");
             if self.pinned {
@@ -240,6 +249,14 @@ impl Origin {
                     })?;
                     o.override_commit = Some(id);
                 }
+                ("origin", "image-digest") => {
+                    let d = v.trim();
+                    let hex = d.strip_prefix("sha256:").unwrap_or_default();
+                    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        bail!("origin image-digest '{d}' is not sha256:<64 hex digits>");
+                    }
+                    o.image_digest = Some(d.to_string());
+                }
                 ("arbor", "pinned") => o.pinned = v.trim() == "true",
                 ("arbor", "var") => {
                     let v = v.trim();
@@ -284,10 +301,13 @@ mod tests {
                     replace: vec![deb],
                 },
                 var: pinned.then(|| "var.2".to_string()),
+                image_digest: pinned.then(|| format!("sha256:{}", "ab".repeat(32))),
             };
             assert_eq!(Origin::parse(&o.to_text()).unwrap(), o);
         }
         assert!(Origin::parse("[origin]\n").is_err());
+        let bad_digest = "[origin]\nrefspec=docker://h/n:1\nimage-digest=sha256:../x\n";
+        assert!(Origin::parse(bad_digest).is_err());
         let traversal = "[origin]\nrefspec=a\n[packages]\nrequested-local=../../etc/passwd:x\n";
         assert!(Origin::parse(traversal).is_err());
         for bad in ["../x", "var/x", "var.", "var..", "/var", "var.a/b"] {

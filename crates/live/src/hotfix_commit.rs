@@ -200,6 +200,7 @@ pub fn commit_overlay(
         stage: false,
         layers_built: true,
         reset: None,
+        image_digest: d.origin.image_digest.clone(),
     };
     let deploy = deploy(sysroot, lock, &opts, obs)?;
     info.committed = Some(id);

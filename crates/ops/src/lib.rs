@@ -7,6 +7,7 @@
 //! errors.
 
 pub mod error;
+pub mod image_follow;
 mod outcome;
 pub mod report;
 mod request;
@@ -168,6 +169,15 @@ fn execute(
             Outcome::Update(Box::new(r))
         }
         Request::Upgrade(u) => Outcome::Upgrade(Box::new(upgrade(sysroot, held()?, u, obs)?)),
+        Request::Switch(s) => {
+            let (image, deploy) = image_follow::switch(sysroot, held()?, s, obs)?;
+            Outcome::Upgrade(Box::new(UpgradeOutcome {
+                upgraded: deploy.is_some(),
+                update: None,
+                deploy,
+                image: Some(image),
+            }))
+        }
         Request::Rollback => {
             let order = deploy::rollback(sysroot, held()?)?;
             Outcome::Order(Box::new(BootOrder {
@@ -346,6 +356,23 @@ fn upgrade(
             upgraded: r.deployment.is_some(),
             update: Some(r),
             deploy: None,
+            image: None,
+        });
+    }
+    let plain = u.action == update::Action::Stage && !u.dry_run && !u.phase_override;
+    if image_follow::follows_image(sysroot, u.os.as_deref()) {
+        if !plain || u.apply.is_some() || u.max_rate.is_some() {
+            anyhow::bail!(
+                "check, download-only, dry-run, phase-override, apply and max-rate are for \
+                 deployments that follow a remote channel, not a registry image"
+            );
+        }
+        let (image, deploy) = image_follow::upgrade(sysroot, lock, u.os.as_deref(), obs)?;
+        return Ok(UpgradeOutcome {
+            upgraded: deploy.is_some(),
+            update: None,
+            deploy,
+            image: Some(image),
         });
     }
     if u.action != update::Action::Stage
@@ -369,5 +396,6 @@ fn upgrade(
         upgraded: deploy.is_some(),
         update: None,
         deploy,
+        image: None,
     })
 }

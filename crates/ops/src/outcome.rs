@@ -32,6 +32,10 @@ pub struct UpgradeOutcome {
     /// The deploy, for a deployment following a local ref.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deploy: Option<DeployResult>,
+    /// What following a registry image found and fetched (`switch`, and `upgrade` of
+    /// a deployment that follows an image).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<crate::image_follow::ImageUpdate>,
 }
 
 /// The deployments in boot order, with their roles.

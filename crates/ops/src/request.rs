@@ -92,6 +92,8 @@ pub enum Request {
     },
     /// `upgrade` (also `--check` and `--download-only`).
     Upgrade(UpgradeRequest),
+    /// `switch docker://…`: follow a container image in a registry.
+    Switch(crate::image_follow::SwitchRequest),
     /// `rollback`.
     Rollback,
     /// `install`, `uninstall`, `override`.
@@ -164,7 +166,7 @@ impl Request {
         use HistoryKind as K;
         match self {
             Request::Deploy(_) => K::Deploy,
-            Request::Rebase { .. } => K::Rebase,
+            Request::Rebase { .. } | Request::Switch(_) => K::Rebase,
             Request::Upgrade(u) => match u.action {
                 Action::Check => K::Check,
                 Action::Download => K::Download,

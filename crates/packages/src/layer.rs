@@ -367,6 +367,7 @@ pub fn edit(
         stage: false,
         layers_built: false,
         reset: None,
+        image_digest: d.origin.image_digest.clone(),
     })
 }
 
@@ -403,5 +404,6 @@ pub fn upgrade(
         stage: false,
         layers_built: false,
         reset: None,
+        image_digest: None,
     }))
 }

@@ -106,22 +106,47 @@ pub fn default_timestamp() -> Result<i64> {
 }
 
 /// Commits the tree at `src` to `opts.branch`; on any error nothing is published and
-/// the branch is unchanged.
+/// the branch is unchanged. The history records it.
 pub fn commit_tree(
     repo: &Repo,
     src: &Path,
     opts: &CommitOptions,
     wait: LockWait<'_>,
 ) -> Result<CommitResult> {
+    commit_tree_recorded(repo, src, opts, wait, true)
+}
+
+/// [`commit_tree`] for a commit that is a step of a larger operation (the layers an
+/// image import keeps), which the history records once, as that operation.
+pub fn commit_tree_unrecorded(
+    repo: &Repo,
+    src: &Path,
+    opts: &CommitOptions,
+    wait: LockWait<'_>,
+) -> Result<CommitResult> {
+    commit_tree_recorded(repo, src, opts, wait, false)
+}
+
+fn commit_tree_recorded(
+    repo: &Repo,
+    src: &Path,
+    opts: &CommitOptions,
+    wait: LockWait<'_>,
+    record: bool,
+) -> Result<CommitResult> {
     let root = fsutil::open_dir(src)
         .with_context(|| format!("opening the tree to commit, {}", src.display()))?;
     let mut db = StateDb::open(&repo.state_db_path())?;
     let txn = Transaction::begin(repo, wait)?;
-    let history = db.begin_history_row(
-        HistoryKind::Commit,
-        &std::env::args().collect::<Vec<_>>().join(" "),
-        rustix::process::getuid().as_raw(),
-    )?;
+    let history = if record {
+        Some(db.begin_history_row(
+            HistoryKind::Commit,
+            &std::env::args().collect::<Vec<_>>().join(" "),
+            rustix::process::getuid().as_raw(),
+        )?)
+    } else {
+        None
+    };
     let started = std::time::Instant::now();
     let written = commit_in(&txn, &db, root, opts);
     tracing::debug!("wrote the tree in {:?}", started.elapsed());
@@ -130,10 +155,12 @@ pub fn commit_tree(
         txn.finish(&[(opts.branch.clone(), Some(r.commit))])?;
         Ok((r, rows))
     });
-    let _ = db.end_history_row(
-        history,
-        &result.as_ref().map(|_| ()).map_err(|e| format!("{e:#}")),
-    );
+    if let Some(history) = history {
+        let _ = db.end_history_row(
+            history,
+            &result.as_ref().map(|_| ()).map_err(|e| format!("{e:#}")),
+        );
+    }
     let (result, cache_rows) = result?;
     if let Err(e) = db.store_inode_cache(cache_rows) {
         // The commit is durable; a cache that fails to save only costs speed next time.

@@ -151,6 +151,7 @@ pub fn deploy(
     let origin = Origin {
         refspec: opts.refspec.clone(),
         override_commit: opts.override_commit,
+        image_digest: opts.image_digest.clone(),
         pinned: false,
         layers: opts.layers.clone(),
         var,

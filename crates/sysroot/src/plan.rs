@@ -32,6 +32,9 @@ pub struct DeployOptions {
     /// A factory reset: a pristine `/etc` instead of the merge, and the `/var` the
     /// reset prepared (`arbor reset`).
     pub reset: Option<ResetPlan>,
+    /// The container image's manifest digest, for a deployment of a registry image
+    /// (`arbor switch docker://…`): recorded in the origin.
+    pub image_digest: Option<String>,
 }
 
 impl DeployOptions {
@@ -65,6 +68,7 @@ impl DeployOptions {
             stage,
             layers_built: false,
             reset: None,
+            image_digest: None,
         })
     }
 }

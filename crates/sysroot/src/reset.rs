@@ -95,6 +95,7 @@ pub fn reset(
             var: var.clone(),
             keep_etc: keep_etc.to_vec(),
         }),
+        image_digest: d.origin.image_digest.clone(),
     };
     let deploy = deploy(sysroot, lock, &opts, obs)?;
     Ok(ResetResult {

@@ -12,25 +12,23 @@
 //! its manifest digest in the metadata (`arbor.image.digest`), so importing the same
 //! image twice, on any machine, gives the same commit id.
 
+pub mod chain;
+mod import;
 pub mod layer;
 pub mod oci;
 
-use std::io::{self, Read};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use arbor_core::lock::LockWait;
-use arbor_statedb::StateDb;
-use arbor_store::commit::{CommitOptions, CommitResult};
+use arbor_store::Repo;
+use arbor_store::commit::CommitResult;
 use arbor_store::refs::RefName;
-use arbor_store::scratch::ScratchDir;
-use arbor_store::{Repo, Transaction};
-use layer::{LayerStats, LayerWriter};
-use oci::{Compression, Hasher, Layout};
+pub use import::OpenedImage;
+use layer::LayerStats;
 
 pub use arbor_sysroot::IMAGE_DIGEST_KEY as DIGEST_KEY;
 
@@ -50,6 +48,19 @@ pub enum ImageSource {
     /// `docker://HOST/NAME[:TAG|@DIGEST]` (or `registry:HOST/NAME…`): an image in a
     /// registry, its layers streamed into the store as they arrive.
     Registry { spec: String },
+}
+
+/// A reference as docker and skopeo complete it: a first component that is no host
+/// (no `.` or `:`, not `localhost`) means Docker Hub, and a single name there is in
+/// `library/` (`debian:trixie` is `docker.io/library/debian:trixie`).
+fn with_registry(spec: &str) -> String {
+    let first = spec.split('/').next().unwrap_or_default();
+    let is_host = first.contains('.') || first.contains(':') || first == "localhost";
+    match (is_host && spec.contains('/'), spec.contains('/')) {
+        (true, _) => spec.to_string(),
+        (false, true) => format!("docker.io/{spec}"),
+        (false, false) => format!("docker.io/library/{spec}"),
+    }
 }
 
 /// Splits `PATH[:TAG]`: a last `:` followed by something without `/` is a tag.
@@ -88,10 +99,12 @@ impl FromStr for ImageSource {
             },
             "docker" | "registry" => {
                 let spec = rest.trim_start_matches("//");
-                if !spec.contains('/') {
+                if spec.is_empty() || spec.starts_with('/') {
                     bail!("'{s}': give the registry and the image, HOST/NAME[:TAG|@DIGEST]");
                 }
-                ImageSource::Registry { spec: spec.into() }
+                ImageSource::Registry {
+                    spec: with_registry(spec),
+                }
             }
             other => bail!(
                 "transport '{other}' is not supported: use oci:, oci-archive:, \
@@ -111,6 +124,8 @@ pub struct ImageOptions {
     /// A compressed layer may unpack to at most this many times its size (plus 1 MiB):
     /// the bound that stops a decompression bomb. OS layers unpack 2 to 5 times.
     pub max_ratio: u64,
+    /// The login to a registry (a credentials file, mode 0600: docs/registry.md).
+    pub login: Option<PathBuf>,
 }
 
 /// [`ImageOptions::max_ratio`] unless the caller says otherwise.
@@ -123,62 +138,13 @@ pub struct ImageImport {
     pub commit: CommitResult,
     /// The image's manifest digest.
     pub digest: String,
-    /// What each layer held, bottom first.
+    /// What each fetched layer held, bottom first.
     pub layers: Vec<LayerStats>,
-}
-
-/// Hashes and counts what passes, refusing more than `limit` bytes.
-struct Counting<R> {
-    inner: R,
-    hasher: Option<Hasher>,
-    read: u64,
-    limit: u64,
-    what: String,
-}
-
-impl<R: Read> Read for Counting<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.read += n as u64;
-        if self.read > self.limit {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "{} unpacks to more than {} bytes (the bound is its compressed size times \
-                     --max-ratio, and the free space of the repository): refusing it",
-                    self.what, self.limit
-                ),
-            ));
-        }
-        if let Some(h) = &mut self.hasher {
-            h.update(&buf[..n]);
-        }
-        Ok(n)
-    }
-}
-
-/// Copies a containers-storage image to a layout folder with skopeo.
-fn from_containers_storage(name: &str, dir: &Path) -> Result<()> {
-    let out = Command::new("skopeo")
-        .arg("copy")
-        .arg("--quiet")
-        .arg(format!("containers-storage:{name}"))
-        .arg(format!("oci:{}:arbor", dir.display()))
-        .output()
-        .context("running skopeo (Debian package skopeo) to read containers-storage")?;
-    if !out.status.success() {
-        bail!(
-            "skopeo could not copy containers-storage:{name}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-/// The bytes free on the file system of `path`.
-fn free_bytes(path: &Path) -> Result<u64> {
-    let v = rustix::fs::statvfs(path)?;
-    Ok(v.f_bavail.saturating_mul(v.f_frsize))
+    /// The lower layers not fetched: an earlier import kept the tree they make
+    /// ([`chain`]).
+    pub layers_reused: usize,
+    /// The bytes of the layer blobs fetched (as stored: compressed).
+    pub fetched_bytes: u64,
 }
 
 /// Imports the image into `repo` and commits it to `opts.branch`. On any error
@@ -189,118 +155,7 @@ pub fn compose_image(
     opts: &ImageOptions,
     wait: LockWait<'_>,
 ) -> Result<ImageImport> {
-    let scratch = ScratchDir::new(repo.path(), "image")?;
-    let layout = match source {
-        ImageSource::OciDir { dir, .. } => Layout::open_dir(dir)?,
-        ImageSource::OciArchive { file, .. } => Layout::open_archive(file)?,
-        ImageSource::ContainersStorage { name } => {
-            let dir = scratch.path().join("oci");
-            from_containers_storage(name, &dir)?;
-            Layout::open_dir(&dir)?
-        }
-        ImageSource::Registry { spec } => Layout::open_registry(spec)?,
-    };
-    let tag = match source {
-        ImageSource::OciDir { tag, .. } | ImageSource::OciArchive { tag, .. } => tag.as_deref(),
-        ImageSource::ContainersStorage { .. } => Some("arbor"),
-        ImageSource::Registry { .. } => None,
-    };
-    let image = layout.image(tag)?;
-    let root = scratch.path().join("root");
-    std::fs::create_dir(&root)?;
-    let mut room = free_bytes(repo.path())?;
-    let txn = Transaction::begin(repo, wait)?;
-    let mut writer = LayerWriter::new(&txn, arbor_core::fsutil::open_dir(&root)?);
-    let mut layers = Vec::new();
-    let diff_ids = image.config.rootfs().diff_ids().clone();
-    for (i, (desc, diff_id)) in image.manifest.layers().iter().zip(&diff_ids).enumerate() {
-        let what = format!("layer {} of {}", i + 1, image.manifest.layers().len());
-        let mut blob = layout.blob(desc, &what)?;
-        let compression = Compression::of(desc.media_type())?;
-        let limit = match compression {
-            Compression::None => desc.size(),
-            _ => desc
-                .size()
-                .saturating_mul(opts.max_ratio)
-                .saturating_add(1 << 20),
-        }
-        .min(room);
-        let plain: Box<dyn Read> = match compression {
-            Compression::None => Box::new(&mut blob),
-            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&mut blob)),
-            Compression::Zstd => {
-                let mut d = zstd::stream::read::Decoder::new(&mut blob)?;
-                d.window_log_max(ZSTD_WINDOW_LOG_MAX)?;
-                Box::new(d)
-            }
-        };
-        let mut tar = Counting {
-            inner: plain,
-            hasher: Some(Hasher::for_digest(diff_id)?),
-            read: 0,
-            limit,
-            what: what.clone(),
-        };
-        let applied = writer.apply(&mut tar, &what).and_then(|stats| {
-            // The tar's end-of-archive padding is part of the uncompressed digest.
-            io::copy(&mut tar, &mut io::sink())
-                .with_context(|| format!("{what}: reading its end"))?;
-            let got = tar.hasher.take().expect("hashed once").finish();
-            if got != *diff_id {
-                bail!("{what} unpacks to {got}, not the {diff_id} the image config declares");
-            }
-            Ok(stats)
-        });
-        room = room.saturating_sub(tar.read);
-        drop(tar);
-        // A blob that is not what the manifest says explains any other failure.
-        blob.verify()?;
-        layers.push(applied?);
-    }
-    let rows = std::mem::take(&mut writer.rows);
-    drop(writer);
-    // The objects are durable before the tree that links them is committed.
-    txn.finish(&[])?;
-    if let Ok(mut db) = StateDb::open(&repo.state_db_path()) {
-        let _ = db.store_inode_cache(rows.into_iter().collect());
-    }
-    let labels = image
-        .config
-        .config()
-        .as_ref()
-        .and_then(|c| c.labels().clone())
-        .unwrap_or_default();
-    let version = opts
-        .version
-        .clone()
-        .or_else(|| labels.get("org.opencontainers.image.version").cloned());
-    let mut metadata = vec![(DIGEST_KEY.to_string(), image.digest.clone())];
-    if let Some(v) = version {
-        metadata.push(("version".to_string(), v));
-    }
-    let timestamp = match image.config.created() {
-        Some(t) => chrono::DateTime::parse_from_rfc3339(t)
-            .with_context(|| format!("the image's creation time '{t}' is not RFC 3339"))?
-            .timestamp(),
-        None => arbor_store::commit::source_date_epoch()?.unwrap_or(0),
-    };
-    let commit_opts = CommitOptions {
-        branch: opts.branch.clone(),
-        subject: format!("image {}", image.digest),
-        body: String::new(),
-        metadata,
-        timestamp,
-        orphan: true,
-        skip_special: true,
-        use_cache: true,
-        progress: None,
-    };
-    let commit = crate::compose_staged(repo, &root, &commit_opts, wait)?;
-    Ok(ImageImport {
-        commit,
-        digest: image.digest,
-        layers,
-    })
+    OpenedImage::open(repo, source, opts.login.as_deref())?.import(repo, opts, wait)
 }
 
 #[cfg(test)]
@@ -352,8 +207,20 @@ mod tests {
                 spec: "quay.io/os/img".into()
             }
         );
-        for bad in ["docker://x", "oci:", "plain", "dir:/x"] {
+        for bad in ["docker://", "docker:///x", "oci:", "plain", "dir:/x"] {
             assert!(bad.parse::<ImageSource>().is_err(), "{bad}");
+        }
+        for (short, full) in [
+            ("docker://debian:trixie", "docker.io/library/debian:trixie"),
+            ("docker://fedora/bootc", "docker.io/fedora/bootc"),
+            ("docker://localhost:5000/os", "localhost:5000/os"),
+            ("docker://quay.io/x/y@sha256:00", "quay.io/x/y@sha256:00"),
+        ] {
+            assert_eq!(
+                short.parse::<ImageSource>().unwrap(),
+                ImageSource::Registry { spec: full.into() },
+                "{short}"
+            );
         }
     }
 }

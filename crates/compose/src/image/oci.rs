@@ -239,7 +239,7 @@ impl Layout {
 
     /// A registry's image: `HOST/NAME:TAG` or `HOST/NAME@sha256:…` (a loopback host
     /// over plain HTTP, any other over HTTPS; anonymous).
-    pub fn open_registry(spec: &str) -> Result<Layout> {
+    pub fn open_registry(spec: &str, login: Option<&Path>) -> Result<Layout> {
         let (repo, reference) = match spec.split_once('@') {
             Some((r, d)) => {
                 parse_digest(d)?;
@@ -262,14 +262,19 @@ impl Layout {
         if !tag_ok {
             bail!("'{reference}' is not an image tag");
         }
-        let loc = arbor_remote::oci::Location::parse(&format!("oci://{repo}"))
+        // Docker Hub's name is not the host of its API.
+        let api = match repo.split_once('/') {
+            Some(("docker.io", name)) => format!("registry-1.docker.io/{name}"),
+            _ => repo.to_string(),
+        };
+        let loc = arbor_remote::oci::Location::parse(&format!("oci://{api}"))
             .with_context(|| format!("'{spec}': give HOST/NAME[:TAG|@DIGEST]"))?;
         let timeout = std::time::Duration::from_secs(60);
-        let registry = arbor_remote::oci::Registry::new(
-            loc,
-            arbor_remote::oci::Credentials::default(),
-            timeout,
-        );
+        let login = match login {
+            Some(path) => arbor_remote::oci::Credentials::load(path)?,
+            None => arbor_remote::oci::Credentials::default(),
+        };
+        let registry = arbor_remote::oci::Registry::new(loc, login, timeout);
         Ok(Layout {
             storage: Storage::Registry(Box::new(registry), reference),
             label: format!("docker://{spec}"),

@@ -208,6 +208,7 @@ pub fn install_to_disk(opts: &InstallOptions) -> Result<InstallReport> {
                 branch: branch.clone(),
                 version: None,
                 max_ratio: arbor_compose::image::DEFAULT_MAX_RATIO,
+                login: None,
             };
             compose_image(sysroot.repo(), image, &io, LockWait::NoWait)?
                 .commit
@@ -226,6 +227,7 @@ pub fn install_to_disk(opts: &InstallOptions) -> Result<InstallReport> {
         stage: false,
         layers_built: false,
         reset: None,
+        image_digest: None,
     };
     let lock = sysroot.lock(LockWait::NoWait)?;
     let deployed = sysroot.record(HistoryKind::InstallToDisk, || {

@@ -148,7 +148,10 @@ fn channel_to_follow(
 
 /// The deployment that runs next in stateroot `os`: the staged one (whatever the boot
 /// entries say yet), else the default.
-fn next_deployment(sysroot: &Sysroot, os: &str) -> Result<Option<arbor_sysroot::Deployment>> {
+pub(crate) fn next_deployment(
+    sysroot: &Sysroot,
+    os: &str,
+) -> Result<Option<arbor_sysroot::Deployment>> {
     Ok(match sysroot.staged()? {
         Some(d) if d.os == os => Some(d),
         _ => default_deployment(sysroot, os).ok(),
@@ -446,6 +449,7 @@ pub fn perform(
             stage: current_d.is_some(),
             layers_built: false,
             reset: None,
+            image_digest: None,
         };
         obs.percent("staging", spans[2]);
         let span = Span::new(obs, spans[2], 100);
