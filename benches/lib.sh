@@ -80,3 +80,47 @@ rss() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$D/status"; }
 
 # mb KB: kilobytes as megabytes with one decimal.
 mb() { awk -v k="$1" 'BEGIN { printf "%.1f MB", k / 1024 }'; }
+
+# free_port: a TCP port free on 127.0.0.1 now.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# bench_nginx: nginx serving $W/srv on a free port, logging the bytes of every
+# response to $W/nginx/access.log. Sets PORT and NGINX_CONF (stop it with
+# `nginx -c "$NGINX_CONF" -s stop`); http_bytes sums its log.
+bench_nginx() {
+  PORT=$(free_port)
+  NGINX_CONF=$W/nginx/nginx.conf
+  mkdir -p "$W/nginx" "$W/srv"
+  chmod 755 "$W" # nginx workers run unprivileged
+  cat > "$NGINX_CONF" <<EOF
+worker_processes 1; pid $W/nginx/nginx.pid; error_log $W/nginx/error.log;
+events { worker_connections 256; }
+http {
+  default_type application/octet-stream;
+  log_format bytes '\$body_bytes_sent \$request_uri';
+  access_log $W/nginx/access.log bytes;
+  client_body_temp_path $W/nginx/body;
+  server { listen 127.0.0.1:$PORT; root $W/srv; }
+}
+EOF
+  nginx -c "$NGINX_CONF"
+}
+http_bytes() { awk '{ s += $1 } END { print s + 0 }' "$W/nginx/access.log"; }
+
+# bench_registry: Debian's docker-registry on a free port, storage in $W/registry, its
+# access log (Apache format) in $W/registry/access.log. Sets RPORT and REG_PID;
+# reg_bytes sums the bytes it sent.
+bench_registry() {
+  RPORT=$(free_port)
+  mkdir -p "$W/registry"
+  cat > "$W/registry/config.yml" <<EOF
+version: 0.1
+log: { level: error }
+storage: { filesystem: { rootdirectory: $W/registry/data } }
+http: { addr: 127.0.0.1:$RPORT }
+EOF
+  docker-registry serve "$W/registry/config.yml" > "$W/registry/access.log" 2>&1 &
+  REG_PID=$!
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$RPORT/v2/" >/dev/null && break; sleep 0.1; done
+}
+reg_bytes() { awk -F'"' '/"(GET|HEAD) \/v2\// { split($3, f, " "); s += f[2] } END { print s + 0 }' "$W/registry/access.log"; }

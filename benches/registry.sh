@@ -21,10 +21,8 @@ CORPUS=${ARBOR_CORPUS:-/var/tmp/arbor-corpus}
 cargo build --release --quiet --bins
 ARBOR=$PWD/target/release/arbor
 W=$(mktemp -d "${BENCH_DIR:-/var/tmp}/arbor-bench.XXXXXX")
-chmod 755 "$W" # nginx workers run unprivileged
-NGINX_CONF=$W/nginx/nginx.conf
 cleanup() {
-  nginx -c "$NGINX_CONF" -s stop 2>/dev/null || true
+  [[ -n ${NGINX_CONF:-} ]] && nginx -c "$NGINX_CONF" -s stop 2>/dev/null || true
   [[ -n ${REG_PID:-} ]] && kill "$REG_PID" 2>/dev/null || true
   [[ -n ${BENCH_KEEP:-} ]] && { echo "kept $W" >&2; return; }
   rm -rf "$W"
@@ -32,40 +30,10 @@ cleanup() {
 trap cleanup EXIT
 export SOURCE_DATE_EPOCH=1700000000 ARBOR_MACHINE_ID=0123456789abcdef0123456789abcdef
 quiet() { "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; "$@" >&2 || true; exit 1; }; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-
-# nginx serving $W/srv, logging the bytes of every response.
-PORT=$(free_port)
-mkdir -p "$W/nginx" "$W/srv"
-cat > "$NGINX_CONF" <<EOF
-worker_processes 1; pid $W/nginx/nginx.pid; error_log $W/nginx/error.log;
-events { worker_connections 256; }
-http {
-  default_type application/octet-stream;
-  log_format bytes '\$body_bytes_sent \$request_uri';
-  access_log $W/nginx/access.log bytes;
-  client_body_temp_path $W/nginx/body;
-  server { listen 127.0.0.1:$PORT; root $W/srv; }
-}
-EOF
-nginx -c "$NGINX_CONF"
+bench_nginx
 URL=http://127.0.0.1:$PORT/os
-
-# docker-registry on a free port, its access log (Apache format) on stdout.
-RPORT=$(free_port)
-mkdir -p "$W/registry"
-cat > "$W/registry/config.yml" <<EOF
-version: 0.1
-log: { level: error }
-storage: { filesystem: { rootdirectory: $W/registry/data } }
-http: { addr: 127.0.0.1:$RPORT }
-EOF
-docker-registry serve "$W/registry/config.yml" > "$W/registry/access.log" 2>&1 &
-REG_PID=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$RPORT/v2/" >/dev/null && break; sleep 0.1; done
+bench_registry
 REG=oci://127.0.0.1:$RPORT/arbor/os
-reg_bytes() { awk -F'"' '/"(GET|HEAD) \/v2\// { split($3, f, " "); s += f[2] } END { print s + 0 }' "$W/registry/access.log"; }
-http_bytes() { awk '{ s += $1 } END { print s + 0 }' "$W/nginx/access.log"; }
 
 echo "composing versions 1 and 2, publishing 1 to the registry, deploying it on both clients" >&2
 K=$W/keys

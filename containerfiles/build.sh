@@ -7,6 +7,9 @@
 #
 #   containerfiles/build.sh [IMAGE...]   default: all, in that order (each FROM an earlier)
 #
+# `base-b` (not in the default list; benches/image-update.sh builds it) is base made
+# from corpus b, a after Debian's point update: the same image, rebuilt a release later.
+#
 # The base image's root comes from corpus a as a tarball (FROM scratch + ADD), and it
 # installs arbor from its Debian package (scripts/build-deb.sh) with the packages the
 # corpus lacks, downloaded once by scripts/setup.sh into $ARBOR_IMAGES/debs. podman's
@@ -32,10 +35,11 @@ rootfs_tar a
 for name in "${names[@]}"; do
   ctx=$IMAGES/context-$name
   rm -rf "$ctx"
-  cp -a "$here/$name" "$ctx"
+  cp -a "$here/${name%-b}" "$ctx"
   case $name in
-    base)
-      ln "$IMAGES/rootfs-a.tar" "$ctx/rootfs.tar"
+    base|base-b)
+      tree=a; [[ $name == base-b ]] && tree=b && rootfs_tar b
+      ln "$IMAGES/rootfs-$tree.tar" "$ctx/rootfs.tar"
       mkdir "$ctx/debs"
       cp "$IMAGES"/debs/*.deb "$deb" "$ctx/debs/"
       cp "$here"/base/* "$ctx/" ;;

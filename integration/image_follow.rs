@@ -136,9 +136,17 @@ fn root_switch_follows_a_tag_fetching_only_the_new_layers() {
 
     // The tag moves to the update: only its own layers (and config) are fetched.
     push("update", &format!("{image}:latest"));
-    let (update_digest, update_blobs, _) = manifest(&reg, "latest");
+    let (update_digest, update_blobs, update_config) = manifest(&reg, "latest");
     let new: BTreeSet<String> = update_blobs.difference(&base_blobs).cloned().collect();
     assert!(!new.is_empty() && new.len() < update_blobs.len());
+    // --check says so, fetching the manifest and config only.
+    reg.clear_log();
+    let out = arbor_ok(&["--sysroot", &sr, "upgrade", "--check"]);
+    assert!(
+        out.contains("image update available") && out.contains(&update_digest),
+        "{out}"
+    );
+    assert_eq!(blobs_sent(&reg), BTreeSet::from([update_config]));
     reg.clear_log();
     let out = arbor(&["--sysroot", &sr, "upgrade", "--json"]);
     assert!(
@@ -200,8 +208,44 @@ fn root_switch_follows_a_tag_fetching_only_the_new_layers() {
     let out = arbor_ok(&["--sysroot", &sr, "switch", &format!("{image}:latest")]);
     assert!(out.contains(&update_digest), "{out}");
 
+    // An image without a kernel is refused before anything is deployed, and the
+    // layers kept for the followed image stay kept.
+    let ctx = t.path().join("tiny");
+    std::fs::create_dir_all(ctx.join("usr/bin")).unwrap();
+    std::fs::write(ctx.join("usr/bin/hi"), "hi\n").unwrap();
+    std::fs::write(ctx.join("Containerfile"), "FROM scratch\nCOPY usr /usr\n").unwrap();
+    let built = Command::new("unshare")
+        .args(["--net", "podman", "build", "--quiet", "--pull=never"])
+        .args(["--isolation=chroot", "-t", "localhost/arbor-test-tiny"])
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    push("test-tiny", &format!("docker://{}/os/tiny:1", reg.host));
+    let kept = |sr: &str| {
+        arbor_ok(&["--sysroot", sr, "refs"])
+            .matches("image-layers/")
+            .count()
+    };
+    let (layers_before, before) = (kept(&sr), status(&sr).len());
+    let err = arbor_err(&[
+        "--sysroot",
+        &sr,
+        "switch",
+        &format!("docker://{}/os/tiny:1", reg.host),
+    ]);
+    assert!(err.contains("no kernel"), "{err}");
+    assert_eq!((kept(&sr), status(&sr).len()), (layers_before, before));
+    assert_eq!(
+        next_origin(&sr),
+        format!("{image}:latest {update_digest} following")
+    );
+
     // Bad references and a tag that is not there: clear errors, nothing deployed.
-    let before = status(&sr).len();
     for (args, says) in [
         (vec![format!("{image}@{base_digest}")], "names a digest"),
         (

@@ -109,7 +109,8 @@ pub struct DeployArgs {
 /// `arbor rebase`.
 #[derive(Args, Debug)]
 pub struct RebaseArgs {
-    /// CHANNEL of the remote followed now, or REMOTE:CHANNEL.
+    /// CHANNEL of the remote followed now, or REMOTE:CHANNEL (a container image,
+    /// docker://HOST/NAME:TAG, is followed as `arbor switch` does).
     pub channel: String,
     /// A specific version of that channel (default: the newest offered).
     #[arg(long = "version", id = "target_version", value_name = "VERSION")]
@@ -124,8 +125,23 @@ pub struct RebaseArgs {
     pub output: OutputArgs,
 }
 
-/// Runs `arbor rebase`.
+/// Runs `arbor rebase` (an image reference is `arbor switch`'s, as rpm-ostree rebases
+/// onto container images too).
 pub fn rebase(cli: &Cli, a: &RebaseArgs) -> Result<i32> {
+    if arbor_ops::image_follow::is_image_ref(&a.channel) {
+        if a.version.is_some() || a.phase_override {
+            anyhow::bail!(
+                "--version and --phase-override are for channels: a container image has tags and digests ('arbor switch IMAGE --digest D')"
+            );
+        }
+        let req = Request::Switch(arbor_ops::image_follow::SwitchRequest {
+            image: a.channel.clone(),
+            digest: None,
+            os: a.os.clone(),
+            credentials: None,
+        });
+        return run_and_print(cli, &req, &a.output);
+    }
     let req = Request::Rebase {
         channel: a.channel.clone(),
         os: a.os.clone(),

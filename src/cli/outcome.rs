@@ -180,7 +180,14 @@ fn print_image(i: &arbor_ops::image_follow::ImageUpdate, deploy: Option<&DeployR
         ""
     };
     let Some(d) = deploy else {
-        println!("no upgrade: {} is {}{held}, as deployed", i.image, i.digest);
+        if i.digest == i.previous {
+            println!("no upgrade: {} is {}{held}, as deployed", i.image, i.digest);
+        } else {
+            println!(
+                "image update available: {} is {} (deployed: {})",
+                i.image, i.digest, i.previous
+            );
+        }
         return;
     };
     println!(

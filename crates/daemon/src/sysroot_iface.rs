@@ -167,8 +167,10 @@ impl SysrootIface {
     }
 
     /// Switches to another channel as `arbor rebase` does: CHANNEL on the remote the
-    /// deployment follows, or REMOTE:CHANNEL; fetches and stages what it offers.
-    /// Options: "os" (s), "version" (s), "phase-override" (b).
+    /// deployment follows, or REMOTE:CHANNEL; fetches and stages what it offers. A
+    /// container image (docker://HOST/NAME:TAG) is followed as `arbor switch` does.
+    /// Options: "os" (s), "version" (s), "phase-override" (b); for an image "os" and
+    /// "digest" (s, pins one). A registry login is for the command line.
     #[zbus(out_args("transaction"))]
     async fn rebase(
         &self,
@@ -179,15 +181,27 @@ impl SysrootIface {
         #[zbus(object_server)] server: &ObjectServer,
     ) -> Result<OwnedObjectPath, DaemonError> {
         options::check_args("channel", [channel.as_str()])?;
-        let o = Options::for_transaction(options, &["os", "version", "phase-override"])?;
         if channel.is_empty() {
             return Err(DaemonError::InvalidArgs("name the channel".into()));
         }
-        let req = Request::Rebase {
-            channel,
-            os: o.string("os")?,
-            version: o.string("version")?,
-            phase_override: o.bool("phase-override")?.unwrap_or(false),
+        let (o, req) = if arbor_ops::image_follow::is_image_ref(&channel) {
+            let o = Options::for_transaction(options, &["os", "digest"])?;
+            let req = Request::Switch(arbor_ops::image_follow::SwitchRequest {
+                image: channel,
+                digest: o.string("digest")?,
+                os: o.string("os")?,
+                credentials: None,
+            });
+            (o, req)
+        } else {
+            let o = Options::for_transaction(options, &["os", "version", "phase-override"])?;
+            let req = Request::Rebase {
+                channel,
+                os: o.string("os")?,
+                version: o.string("version")?,
+                phase_override: o.bool("phase-override")?.unwrap_or(false),
+            };
+            (o, req)
         };
         let what = Call::new("Rebase", "org.arbor.Arbor1.rebase", &o)?;
         self.begin(&hdr, conn, server, what, transaction::op(req))

@@ -118,37 +118,49 @@ fn branch_for(spec: &str) -> Result<RefName> {
         .with_context(|| format!("'{spec}' does not make a branch name"))
 }
 
-/// Resolves, imports and deploys `spec` (`HOST/NAME:TAG`), at `digest` when pinned;
-/// `previous` is the digest the next deployment runs. None when the registry names the
-/// image already deployed (nothing fetched, nothing deployed).
-#[allow(clippy::too_many_arguments)]
+/// What to follow, and from where.
+struct Target<'a> {
+    /// The stateroot.
+    os: &'a str,
+    /// `HOST/NAME:TAG`.
+    spec: &'a str,
+    /// The digest to deploy and hold, instead of the tag's.
+    digest: Option<&'a str>,
+    /// The digest the next deployment runs, when it follows the same reference.
+    previous: Option<&'a str>,
+    /// The credentials file for the registry.
+    login: Option<&'a Path>,
+    /// Only find the digest (`upgrade --check`): nothing fetched beyond the manifest
+    /// and config, nothing deployed.
+    check: bool,
+}
+
+/// Resolves, imports and deploys the target. No deployment when the registry names the
+/// image already deployed (nothing fetched), or for a check.
 fn follow(
     sysroot: &Sysroot,
     lock: &WriterLock,
-    os: &str,
-    spec: &str,
-    digest: Option<&str>,
-    previous: Option<&str>,
-    login: Option<&Path>,
+    t: &Target<'_>,
     obs: &dyn Observer,
 ) -> Result<(ImageUpdate, Option<DeployResult>)> {
     let repo = sysroot.repo();
+    let (os, spec) = (t.os, t.spec);
     let name = spec.rsplit_once(':').map_or(spec, |(n, _)| n);
-    let fetch = match digest {
+    let fetch = match t.digest {
         Some(d) => format!("{name}@{d}"),
         None => spec.to_string(),
     };
     obs.task_begin("resolve");
-    let opened = OpenedImage::open(repo, &ImageSource::Registry { spec: fetch }, login)?;
+    let opened = OpenedImage::open(repo, &ImageSource::Registry { spec: fetch }, t.login)?;
     obs.task_end("resolve");
     let mut report = ImageUpdate {
         image: format!("docker://{spec}"),
         digest: opened.digest().to_string(),
-        previous: previous.unwrap_or_default().to_string(),
-        pinned: digest.is_some(),
+        previous: t.previous.unwrap_or_default().to_string(),
+        pinned: t.digest.is_some(),
         ..Default::default()
     };
-    if previous == Some(opened.digest()) {
+    if t.check || t.previous == Some(opened.digest()) {
         return Ok((report, None));
     }
     let opts = ImageOptions {
@@ -168,7 +180,7 @@ fn follow(
     let opts = DeployOptions {
         os: os.to_string(),
         refspec: report.image.clone(),
-        override_commit: digest.map(|_| commit),
+        override_commit: t.digest.map(|_| commit),
         commit,
         layers: current
             .as_ref()
@@ -178,11 +190,12 @@ fn follow(
         stage: current.is_some(),
         layers_built: false,
         reset: None,
-        image_digest: Some(import.digest),
+        image_digest: Some(import.digest.clone()),
     };
     report.staged = opts.stage;
     let opts = layer::prepare(sysroot, &opts, obs)?;
     let deployed = deploy::deploy(sysroot, lock, &opts, obs)?;
+    arbor_compose::image::chain::keep_only(repo, &import.chains, LockWait::Wait(&|_| {}))?;
     Ok((report, Some(deployed)))
 }
 
@@ -222,16 +235,15 @@ pub fn switch(
         Some(given) => Some(given.clone()),
         None => kept.exists().then(|| kept.clone()),
     };
-    let done = follow(
-        sysroot,
-        lock,
-        &os,
-        &spec,
-        req.digest.as_deref(),
-        same.as_deref(),
-        login.as_deref(),
-        obs,
-    )?;
+    let target = Target {
+        os: &os,
+        spec: &spec,
+        digest: req.digest.as_deref(),
+        previous: same.as_deref(),
+        login: login.as_deref(),
+        check: false,
+    };
+    let done = follow(sysroot, lock, &target, obs)?;
     // The login that worked is kept for the upgrades that follow the tag.
     if let Some(given) = &req.credentials {
         arbor_remote::oci::Credentials::load(given)?;
@@ -242,11 +254,13 @@ pub fn switch(
     Ok(done)
 }
 
-/// `upgrade` of a deployment that follows an image: the tag's new image, if it moved.
+/// `upgrade` of a deployment that follows an image: the tag's new image, if it moved
+/// (with `check`, only whether it moved).
 pub fn upgrade(
     sysroot: &Sysroot,
     lock: &WriterLock,
     os: Option<&str>,
+    check: bool,
     obs: &dyn Observer,
 ) -> Result<(ImageUpdate, Option<DeployResult>)> {
     let os = stateroot(sysroot, os)?;
@@ -262,16 +276,15 @@ pub fn upgrade(
         );
     }
     let kept = login_file(sysroot, &spec)?;
-    follow(
-        sysroot,
-        lock,
-        &os,
-        &spec,
-        None,
-        d.origin.image_digest.as_deref(),
-        kept.exists().then_some(kept.as_path()),
-        obs,
-    )
+    let target = Target {
+        os: &os,
+        spec: &spec,
+        digest: None,
+        previous: d.origin.image_digest.as_deref(),
+        login: kept.exists().then_some(kept.as_path()),
+        check,
+    };
+    follow(sysroot, lock, &target, obs)
 }
 
 /// True when the deployment that runs next follows a registry image.

@@ -361,13 +361,14 @@ fn upgrade(
     }
     let plain = u.action == update::Action::Stage && !u.dry_run && !u.phase_override;
     if image_follow::follows_image(sysroot, u.os.as_deref()) {
-        if !plain || u.apply.is_some() || u.max_rate.is_some() {
+        let check = u.action == update::Action::Check;
+        if !(plain || check) || u.apply.is_some() || u.max_rate.is_some() {
             anyhow::bail!(
-                "check, download-only, dry-run, phase-override, apply and max-rate are for \
+                "download-only, dry-run, phase-override, apply and max-rate are for \
                  deployments that follow a remote channel, not a registry image"
             );
         }
-        let (image, deploy) = image_follow::upgrade(sysroot, lock, u.os.as_deref(), obs)?;
+        let (image, deploy) = image_follow::upgrade(sysroot, lock, u.os.as_deref(), check, obs)?;
         return Ok(UpgradeOutcome {
             upgraded: deploy.is_some(),
             update: None,

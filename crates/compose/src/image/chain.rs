@@ -7,14 +7,15 @@
 //! unpack to. After each layer an import commits that raw tree (before `compose`
 //! shapes it) to the ref `image-layers/<chain hex>`; the next import starts from the
 //! highest chain it finds, checked out by hardlinks, and fetches only what lies above.
-//! Only the chains of the newest import are kept: a cache, not a history, and the
-//! commits stay reachable from the deployments that use them anyway.
+//! Only the chains of the newest image in use are kept ([`keep_only`]): a cache, not a
+//! history, and the commits stay reachable from the deployments that use them anyway.
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
+use arbor_core::lock::LockWait;
 use arbor_store::refs::RefName;
-use arbor_store::{ObjectId, Repo};
+use arbor_store::{ObjectId, Repo, Transaction};
 
 /// The ref prefix of the kept chains.
 pub const PREFIX: &str = "image-layers";
@@ -56,16 +57,23 @@ pub fn highest_kept(repo: &Repo, chains: &[String]) -> Option<(usize, ObjectId)>
     })
 }
 
-/// The kept chains that are not among `keep`: what the refs to drop after an import.
-pub fn stale(repo: &Repo, keep: &[String]) -> Result<Vec<RefName>> {
+/// Drops the kept chains that are not among `keep`: called once the image an import
+/// made is in use (committed for `compose image`, deployed for `switch`), so a failed
+/// switch does not throw away the layers the running image's upgrade will want.
+pub fn keep_only(repo: &Repo, keep: &[String], wait: LockWait<'_>) -> Result<()> {
     let keep: Vec<RefName> = keep.iter().map(|c| ref_name(c)).collect::<Result<_>>()?;
-    Ok(repo
+    let drops: Vec<(RefName, Option<ObjectId>)> = repo
         .list_refs()?
         .into_iter()
-        .filter(|(name, _)| name.remote.is_none() && name.name.starts_with(&format!("{PREFIX}/")))
         .map(|(name, _)| name)
+        .filter(|name| name.remote.is_none() && name.name.starts_with(&format!("{PREFIX}/")))
         .filter(|name| !keep.contains(name))
-        .collect())
+        .map(|name| (name, None))
+        .collect();
+    if !drops.is_empty() {
+        Transaction::begin(repo, wait)?.finish(&drops)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -181,18 +181,13 @@ impl OpenedImage {
                 .with_context(|| format!("keeping the tree of {what}"))?;
         }
         let commit = self.commit(repo, &root, opts, wait)?;
-        // Only this image's chains stay kept.
-        let stale = chain::stale(repo, &chains)?;
-        if !stale.is_empty() {
-            let drops: Vec<_> = stale.into_iter().map(|r| (r, None)).collect();
-            Transaction::begin(repo, wait)?.finish(&drops)?;
-        }
         Ok(ImageImport {
             commit,
             digest: self.image.digest.clone(),
             layers,
             layers_reused: reused,
             fetched_bytes,
+            chains,
         })
     }
 

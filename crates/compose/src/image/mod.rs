@@ -145,6 +145,10 @@ pub struct ImageImport {
     pub layers_reused: usize,
     /// The bytes of the layer blobs fetched (as stored: compressed).
     pub fetched_bytes: u64,
+    /// The image's layer chains, bottom first ([`chain`]): what to keep once the
+    /// image is in use.
+    #[serde(skip)]
+    pub chains: Vec<String>,
 }
 
 /// Imports the image into `repo` and commits it to `opts.branch`. On any error
@@ -155,7 +159,10 @@ pub fn compose_image(
     opts: &ImageOptions,
     wait: LockWait<'_>,
 ) -> Result<ImageImport> {
-    OpenedImage::open(repo, source, opts.login.as_deref())?.import(repo, opts, wait)
+    let import =
+        OpenedImage::open(repo, source, opts.login.as_deref())?.import(repo, opts, wait)?;
+    chain::keep_only(repo, &import.chains, wait)?;
+    Ok(import)
 }
 
 #[cfg(test)]
