@@ -378,6 +378,30 @@ fn root_image_import_reuses_kept_lower_layers() {
     let refs = arbor_ok(&["--sysroot", &sr, "refs"]);
     assert_eq!(refs.matches("image-layers/").count(), 2, "{refs}");
     arbor_ok(&["--sysroot", &sr, "fsck"]);
+
+    // An import whose upper layer does not match its digest fails with no branch, but
+    // keeps the lower layer it verified: the retry fetches only the upper one.
+    let blob = second.join(format!("blobs/sha256/{}", &sha256(&upper)[7..]));
+    std::fs::write(&blob, b"not the layer").unwrap();
+    let retry = sysroot(&t.path().join("c"));
+    let src = format!("oci:{}", s(&second));
+    assert!(!import(&retry, &src, "two").status.success());
+    let refs = arbor_ok(&["--sysroot", &retry, "refs"]);
+    assert_eq!(refs.matches("image-layers/").count(), 1, "{refs}");
+    assert!(!refs.contains("two"), "{refs}");
+    std::fs::write(&blob, &upper).unwrap();
+    let out = arbor(&[
+        "--sysroot",
+        &retry,
+        "compose",
+        "image",
+        &src,
+        "-b",
+        "two",
+        "--json",
+    ]);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["layers_reused"], 1, "{r}");
 }
 
 /// Imports a one-layer image whose layer is `bad` and checks it is refused with

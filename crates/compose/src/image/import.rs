@@ -115,8 +115,9 @@ impl OpenedImage {
         &self.image.digest
     }
 
-    /// Imports the image into `repo` and commits it to `opts.branch`. On any error
-    /// nothing is published and the branch is unchanged.
+    /// Imports the image into `repo` and commits it to `opts.branch`. On any error the
+    /// branch is unchanged; the layers verified and applied before it stay kept
+    /// ([`chain`]), so that a retry fetches only what lies above them.
     pub fn import(
         self,
         repo: &Repo,
