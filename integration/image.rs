@@ -86,6 +86,11 @@ impl Layer {
 /// Writes an OCI layout of `layers` (bottom first) tagged `latest`; returns the
 /// manifest digest.
 fn layout(dir: &Path, layers: Vec<(Vec<u8>, Packing)>) -> String {
+    layout_for(dir, layers, "amd64")
+}
+
+/// [`layout`] of an image for `arch`.
+fn layout_for(dir: &Path, layers: Vec<(Vec<u8>, Packing)>, arch: &str) -> String {
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();
     let put = |bytes: &[u8]| -> (String, usize) {
@@ -117,7 +122,7 @@ fn layout(dir: &Path, layers: Vec<(Vec<u8>, Packing)>) -> String {
     }
     let config = serde_json::json!({
         "created": "2024-01-02T03:04:05Z",
-        "architecture": "amd64",
+        "architecture": arch,
         "os": "linux",
         "config": {"Labels": {"org.opencontainers.image.version": "7.1"}},
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
@@ -677,4 +682,22 @@ fn root_image_import_from_a_registry_is_the_same_commit_as_from_a_layout() {
     );
     let refs = arbor(&["--sysroot", &fresh, "refs"]);
     assert!(!String::from_utf8_lossy(&refs.stdout).contains("bad"));
+
+    // An image for another architecture: refused before a layer is read.
+    let arm = t.path().join("arm");
+    layout_for(&arm, vec![(base_layer().bytes(), Packing::Gzip)], "arm64");
+    let dest = format!("docker://{}/test/arm:1", reg.host);
+    let st = std::process::Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:latest", s(&arm)))
+        .arg(&dest)
+        .status()
+        .unwrap();
+    assert!(st.success(), "skopeo copy to the registry");
+    let out = import(&fresh, &dest, "arm");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("linux/arm64, not linux/amd64"),
+        "{err}"
+    );
 }
