@@ -43,11 +43,17 @@ fn push(name: &str, dest: &str) {
     );
 }
 
-/// The manifest a tag names: (its digest, its config and layer digests, its config's).
+/// The manifest `os/arbor:TAG` names.
 fn manifest(reg: &Registry, tag: &str) -> (String, BTreeSet<String>, String) {
+    manifest_of(reg, &format!("os/arbor:{tag}"))
+}
+
+/// The manifest NAME:TAG names: (its digest, its config and layer digests, its
+/// config's).
+fn manifest_of(reg: &Registry, reference: &str) -> (String, BTreeSet<String>, String) {
     let out = Command::new("skopeo")
         .args(["inspect", "--raw", "--tls-verify=false"])
-        .arg(format!("docker://{}/os/arbor:{tag}", reg.host))
+        .arg(format!("docker://{}/{reference}", reg.host))
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -262,4 +268,78 @@ fn root_switch_follows_a_tag_fetching_only_the_new_layers() {
     }
     assert_eq!(status(&sr).len(), before);
     arbor_ok(&["--sysroot", &sr, "fsck"]);
+}
+
+/// Builds a small image from a tiny Debian-shaped tree of VERSION (with a kernel), as
+/// `localhost/arbor-test-small-VERSION`.
+fn small_image(dir: &Path, version: &str) {
+    let ctx = dir.join(format!("ctx-{version}"));
+    std::fs::create_dir_all(&ctx).unwrap();
+    let tree = rootfs(&ctx, version);
+    std::fs::rename(&tree, ctx.join("rootfs")).unwrap();
+    std::fs::write(ctx.join("Containerfile"), "FROM scratch\nCOPY rootfs/ /\n").unwrap();
+    let built = Command::new("unshare")
+        .args(["--net", "podman", "build", "--quiet", "--pull=never"])
+        .args(["--isolation=chroot", "-t"])
+        .arg(format!("localhost/arbor-test-small-{version}"))
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+}
+
+/// The daemon follows an image as the CLI does: Rebase with a docker:// reference
+/// switches (and pins, with the "digest" option), Check and Upgrade follow the tag.
+#[test]
+#[cfg_attr(not(arbor_root), ignore = "needs root: podman builds images as root")]
+fn root_the_daemon_switches_to_an_image_and_follows_its_tag() {
+    require_root!();
+    let t = scratch();
+    small_image(t.path(), "1");
+    small_image(t.path(), "2");
+    let reg = Registry::start(&t.path().join("registry"), None);
+    let image = format!("docker://{}/os/small:stable", reg.host);
+    push("test-small-1", &image);
+    let (d1, _, _) = small_manifest(&reg);
+    let sr = sysroot(t.path());
+    let bus = common::bus::Bus::launch(&sr, 60, None);
+    let p = bus.start(&["Rebase", "sa{sv}", &image, "0"]).unwrap();
+    assert_eq!(bus.wait(&p), (true, String::new()));
+    assert_eq!(next_origin(&sr), format!("{image} {d1} following"));
+
+    push("test-small-2", &image);
+    let (d2, _, _) = small_manifest(&reg);
+    let p = bus.start(&["Check", "a{sv}", "0"]).unwrap();
+    assert_eq!(bus.wait(&p), (true, String::new()));
+    assert_eq!(next_origin(&sr), format!("{image} {d1} following"));
+    let p = bus.start(&["Upgrade", "a{sv}", "0"]).unwrap();
+    assert_eq!(bus.wait(&p), (true, String::new()));
+    assert_eq!(next_origin(&sr), format!("{image} {d2} following"));
+    let st: serde_json::Value =
+        serde_json::from_str(&arbor_ok(&["--sysroot", &sr, "status", "--json"])).unwrap();
+    let staged = st["staged"]["commit"].as_str().unwrap();
+    assert_eq!(
+        arbor_ok(&["--sysroot", &sr, "cat", staged, "/usr/bin/tool"]),
+        "tool 2\n"
+    );
+
+    let p = bus
+        .start(&["Rebase", "sa{sv}", &image, "1", "digest", "s", &d1])
+        .unwrap();
+    assert_eq!(bus.wait(&p), (true, String::new()));
+    assert_eq!(next_origin(&sr), format!("{image} {d1} held"));
+    // Options of channels are refused for an image.
+    let err = bus
+        .start(&["Rebase", "sa{sv}", &image, "1", "version", "s", "2"])
+        .unwrap_err();
+    assert!(err.contains("version"), "{err}");
+}
+
+/// The manifest `os/small:stable` names.
+fn small_manifest(reg: &Registry) -> (String, BTreeSet<String>, String) {
+    manifest_of(reg, "os/small:stable")
 }
