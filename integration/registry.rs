@@ -251,7 +251,7 @@ fn root_a_registry_with_a_login_is_published_to_and_followed() {
 
 /// A registry that answers 429 (tried again after its `Retry-After`), sends a manifest
 /// whose bytes are not its digest, cuts blobs short (clear errors, nothing staged),
-/// and one that asks for the bearer-token exchange (a machine with a token file logs
+/// moves its tag mid-fetch (read once: no harm), and one that asks for the bearer-token exchange (a machine with a token file logs
 /// in; one without is told).
 #[test]
 fn root_a_misbehaving_registry_gets_retries_or_clear_errors_and_nothing_unverified_is_staged() {
@@ -298,6 +298,18 @@ fn root_a_misbehaving_registry_gets_retries_or_clear_errors_and_nothing_unverifi
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("broke off"), "{err}");
     nothing_staged(&m);
+
+    // The tag moves once it was read: the upgrade reads it once, and everything else
+    // by the digests the signed metadata gives, so it goes on unharmed.
+    reg.fault(Fault::TagMoves);
+    let v = upgrade(&m);
+    assert!(v["update"]["deployment"].is_string(), "{v:#}");
+    let tag_reads = reg
+        .log()
+        .iter()
+        .filter(|(p, _)| p.ends_with("/manifests/arbor-metadata"))
+        .count();
+    assert_eq!(tag_reads, 1, "{:?}", reg.log());
 
     reg.fault(Fault::None);
     reg.require_login("fleet", "tok-file-secret");

@@ -1,7 +1,7 @@
 //! A registry of the test's own that serves a publication's staging folder as arbor
 //! lays it out in a registry (docs/registry.md) and misbehaves on demand, as the real
 //! one cannot be made to: 429 with `Retry-After`, blobs that break off, a manifest
-//! whose bytes are not its digest, and a login by the bearer-token exchange (it is its
+//! whose bytes are not its digest, a tag that moves mid-fetch, and a login by the bearer-token exchange (it is its
 //! own token service).
 
 use std::collections::HashMap;
@@ -23,6 +23,9 @@ pub enum Fault {
     Truncated,
     /// The metadata manifest's `Docker-Content-Digest` is not its bytes' digest.
     WrongManifestDigest,
+    /// The metadata tag moves after its first read: later reads get a manifest of
+    /// no files (a publisher's push in progress, or a registry that lies).
+    TagMoves,
 }
 
 struct State {
@@ -230,7 +233,25 @@ fn answer(mut conn: TcpStream, staging: &Path, state: &Mutex<State>, host: &str)
         }
     }
     if path == "/v2/arbor/os/manifests/arbor-metadata" {
-        let body = metadata_manifest(staging);
+        let read_before = state
+            .lock()
+            .unwrap()
+            .log
+            .iter()
+            .any(|(p, st)| *p == path && *st == 200);
+        let body = if fault == Fault::TagMoves && read_before {
+            serde_json::to_vec(&serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "artifactType": "application/vnd.arbor.publication.v1",
+                "config": {"mediaType": "application/vnd.oci.empty.v1+json",
+                           "digest": format!("sha256:{}", sha(b"{}")), "size": 2},
+                "layers": []
+            }))
+            .unwrap()
+        } else {
+            metadata_manifest(staging)
+        };
         let digest = if fault == Fault::WrongManifestDigest {
             format!("sha256:{}", sha(b"another manifest"))
         } else {
