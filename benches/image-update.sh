@@ -6,7 +6,7 @@
 #   oci     arbor's delta, from a publication in the same registry;
 #   http    arbor's delta, from the same publication as a static folder behind nginx.
 #
-#   benches/image-update.sh
+#   [CASES="app point"] benches/image-update.sh
 #
 # Two updates of the Containerfile images (containerfiles/build.sh):
 #   app    base -> update: a package, a configuration default and a program added on
@@ -45,6 +45,7 @@ upgrade() {
   : > "$3"
   ms "$1" "$ARBOR" --sysroot "$2" upgrade
   "$4" > "$W/$1.bytes"
+  "$ARBOR" --sysroot "$2" status --json > "$W/$1.status"
 }
 
 measure() { # CASE OLD NEW
@@ -83,12 +84,12 @@ measure() { # CASE OLD NEW
   upgrade "$c-http" "$W/m-$c-http" "$W/nginx/access.log" http_bytes
   local s
   for s in layers oci http; do
-    "$ARBOR" --sysroot "$W/m-$c-$s" status --json | grep -q '"staged": {' ||
-      { echo "$c-$s: nothing was staged" >&2; exit 1; }
+    grep -q '"staged": {' "$W/$c-$s.status" ||
+      { echo "$c-$s: nothing was staged:" >&2; cat "$W/$c-$s.status" >&2; exit 1; }
   done
 }
-measure app base update
-measure point base base-b
+[[ ${CASES:-app point} == *app* ]] && measure app base update
+[[ ${CASES:-app point} == *point* ]] && measure point base base-b
 
 row() { # CASE
   local c=$1 l o h
@@ -98,5 +99,4 @@ row() { # CASE
     "$(ratio "$l" "$o")"
 }
 echo "update  image layers (switch)        | arbor delta, registry          | arbor delta, HTTP              | layers/delta"
-row app
-row point
+for c in ${CASES:-app point}; do row "$c"; done
