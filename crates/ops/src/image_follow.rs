@@ -35,7 +35,7 @@ pub struct SwitchRequest {
     /// The stateroot.
     pub os: Option<String>,
     /// A login to the registry (a credentials file, mode 0600), kept for upgrades.
-    pub credentials: Option<std::path::PathBuf>,
+    pub credentials: Option<PathBuf>,
 }
 
 /// What following an image found and fetched.
