@@ -67,19 +67,21 @@ pub fn deploy(
     if !opts.layers_built && !opts.layers.is_empty() {
         bail!("internal: the layered packages are not built (packages::layer::prepare)");
     }
-    // Before anything changes (a staged deployment is replaced below).
+    // Before anything changes (a staged deployment is replaced below): a commit that
+    // cannot boot must not cost the machine the deployment it had staged.
     arch::check(repo, &opts.commit)?;
-    remove_leftovers(sysroot)?;
     let commit_id = opts.commit;
-    // A new deploy replaces a deployment staged earlier.
-    sysroot.set_staged(lock, None)?;
-    let current = sysroot.deployments()?;
-    let commit = repo.load_commit(&commit_id)?;
     let Node::Dir(etc_tree, etc_meta) = inspect::lookup(repo, &commit_id, "/usr/etc")
         .context("the commit has no /usr/etc: compose it with 'arbor compose rootfs'")?
     else {
         bail!("/usr/etc in the commit is not a directory");
     };
+    check_kernel(repo, &commit_id)?;
+    remove_leftovers(sysroot)?;
+    // A new deploy replaces a deployment staged earlier.
+    sysroot.set_staged(lock, None)?;
+    let current = sysroot.deployments()?;
+    let commit = repo.load_commit(&commit_id)?;
     let deploy_dir = stateroot.join("deploy");
     let serial = (0..)
         .find(|s| !deploy_dir.join(format!("{}.{s}", commit_id)).exists())
@@ -281,6 +283,26 @@ fn merge_etc(
         &prev_root.join("etc"),
         new_etc,
     )
+}
+
+/// Refuses a commit without a kernel (`/usr/lib/modules/<version>/vmlinuz`, a regular
+/// file), read from the commit itself: the checkout finds the same kernel later.
+fn check_kernel(repo: &arbor_store::Repo, commit: &ObjectId) -> Result<()> {
+    let has = inspect::list(repo, commit, "/usr/lib/modules", false)
+        .unwrap_or_default()
+        .iter()
+        .filter(|e| e.type_char() == 'd' && e.path != "/usr/lib/modules")
+        .any(|e| {
+            inspect::list(repo, commit, &format!("{}/vmlinuz", e.path), false)
+                .is_ok_and(|v| v.first().is_some_and(|f| f.type_char() == '-'))
+        });
+    if !has {
+        bail!(
+            "the commit has no kernel (no /usr/lib/modules/<version>/vmlinuz); \
+             compose it from a tree with linux-image installed"
+        );
+    }
+    Ok(())
 }
 
 /// Finalizes the staged deployment (run at shutdown): merges /etc as it is now, then
