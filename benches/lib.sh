@@ -126,3 +126,12 @@ EOF
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$RPORT/v2/" >/dev/null && break; sleep 0.1; done
 }
 reg_bytes() { awk -F'"' '/"(GET|HEAD) \/v2\// { split($3, f, " "); s += f[2] } END { print s + 0 }' "$W/registry/access.log"; }
+
+# bench_cleanup: stops what bench_nginx and bench_registry started and removes $W
+# (kept, and said so, when BENCH_KEEP is set). For `trap bench_cleanup EXIT`.
+bench_cleanup() {
+  [[ -n ${NGINX_CONF:-} ]] && nginx -c "$NGINX_CONF" -s stop 2>/dev/null || true
+  [[ -n ${REG_PID:-} ]] && kill "$REG_PID" 2>/dev/null || true
+  [[ -n ${BENCH_KEEP:-} ]] && { echo "kept $W" >&2; return; }
+  rm -rf "$W"
+}

@@ -21,13 +21,7 @@ CORPUS=${ARBOR_CORPUS:-/var/tmp/arbor-corpus}
 cargo build --release --quiet --bins
 ARBOR=$PWD/target/release/arbor
 W=$(mktemp -d "${BENCH_DIR:-/var/tmp}/arbor-bench.XXXXXX")
-cleanup() {
-  [[ -n ${NGINX_CONF:-} ]] && nginx -c "$NGINX_CONF" -s stop 2>/dev/null || true
-  [[ -n ${REG_PID:-} ]] && kill "$REG_PID" 2>/dev/null || true
-  [[ -n ${BENCH_KEEP:-} ]] && { echo "kept $W" >&2; return; }
-  rm -rf "$W"
-}
-trap cleanup EXIT
+trap bench_cleanup EXIT
 export SOURCE_DATE_EPOCH=1700000000 ARBOR_MACHINE_ID=0123456789abcdef0123456789abcdef
 quiet() { "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; "$@" >&2 || true; exit 1; }; }
 bench_nginx

@@ -25,7 +25,6 @@ CORPUS=${ARBOR_CORPUS:-/var/tmp/arbor-corpus}
 cargo build --release --quiet --bins
 ARBOR=$PWD/target/release/arbor
 W=$(mktemp -d "${BENCH_DIR:-/var/tmp}/arbor-bench.XXXXXX")
-chmod 755 "$W" # nginx workers run unprivileged
 NGINX_CONF=$W/nginx/nginx.conf
 # OSTree makes its deployments immutable (chattr +i): undo that before removing them.
 unlock() { find "$@" -maxdepth 6 -path '*/ostree/deploy/*/deploy/*' -prune -exec chattr -i {} + 2>/dev/null || true; }
@@ -38,23 +37,8 @@ trap cleanup EXIT
 export SOURCE_DATE_EPOCH=1700000000 ARBOR_MACHINE_ID=0123456789abcdef0123456789abcdef
 quiet() { "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; "$@" >&2 || true; exit 1; }; }
 
-# nginx on a free port, serving $W/srv, logging the bytes of every response.
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-mkdir -p "$W/nginx" "$W/srv"
-cat > "$NGINX_CONF" <<EOF
-worker_processes 1; pid $W/nginx/nginx.pid; error_log $W/nginx/error.log;
-events { worker_connections 256; }
-http {
-  default_type application/octet-stream;
-  log_format bytes '\$body_bytes_sent \$request_uri';
-  access_log $W/nginx/access.log bytes;
-  client_body_temp_path $W/nginx/body;
-  server { listen 127.0.0.1:$PORT; root $W/srv; }
-}
-EOF
-nginx -c "$NGINX_CONF"
+bench_nginx
 URL=http://127.0.0.1:$PORT
-log_bytes() { awk '{ s += $1 } END { print s + 0 }' "$W/nginx/access.log"; }
 
 echo "composing versions 1 and 2, publishing 1, deploying it on both clients" >&2
 quiet "$ARBOR" --repo "$W/build" init
@@ -101,7 +85,7 @@ quiet ostree --repo="$OST" summary -u
 arbor_run() {
   : > "$W/nginx/access.log"
   ms arbor "$ARBOR" --sysroot "$W/a" upgrade
-  log_bytes >> "$W/arbor.bytes"
+  http_bytes >> "$W/arbor.bytes"
   "$ARBOR" --sysroot "$W/a" status --json | grep -q '"version": *"2"' ||
     { echo "arbor did not stage version 2" >&2; exit 1; }
 }
@@ -109,7 +93,7 @@ ostree_run() {
   : > "$W/nginx/access.log"
   ms ostree bash -c "ostree --repo='$W/o/ostree/repo' pull origin os/stable &&
     ostree admin deploy --sysroot='$W/o' --os=debian origin:os/stable"
-  log_bytes >> "$W/ostree.bytes"
+  http_bytes >> "$W/ostree.bytes"
   [[ $(ostree --repo="$W/o/ostree/repo" rev-parse origin:os/stable) == "$V2" ]] ||
     { echo "OSTree did not pull version 2" >&2; exit 1; }
 }

@@ -226,17 +226,7 @@ fn root_switch_follows_a_tag_fetching_only_the_new_layers() {
         "FROM scratch\nCOPY usr /usr\nCOPY etc /etc\n",
     )
     .unwrap();
-    let built = Command::new("unshare")
-        .args(["--net", "podman", "build", "--quiet", "--pull=never"])
-        .args(["--isolation=chroot", "-t", "localhost/arbor-test-tiny"])
-        .arg(&ctx)
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    podman_build(&ctx, "test-tiny");
     push("test-tiny", &format!("docker://{}/os/tiny:1", reg.host));
     // The refs of kept layers (a failed import adds those it verified, for a retry).
     let kept = |sr: &str| -> BTreeSet<String> {
@@ -288,11 +278,17 @@ fn small_image(dir: &Path, version: &str) {
     let tree = rootfs(&ctx, version);
     std::fs::rename(&tree, ctx.join("rootfs")).unwrap();
     std::fs::write(ctx.join("Containerfile"), "FROM scratch\nCOPY rootfs/ /\n").unwrap();
+    podman_build(&ctx, &format!("test-small-{version}"));
+}
+
+/// Builds the Containerfile in `ctx` offline (no network, chroot isolation, as
+/// containerfiles/build.sh does) as `localhost/arbor-NAME`.
+fn podman_build(ctx: &Path, name: &str) {
     let built = Command::new("unshare")
         .args(["--net", "podman", "build", "--quiet", "--pull=never"])
         .args(["--isolation=chroot", "-t"])
-        .arg(format!("localhost/arbor-test-small-{version}"))
-        .arg(&ctx)
+        .arg(format!("localhost/arbor-{name}"))
+        .arg(ctx)
         .output()
         .unwrap();
     assert!(

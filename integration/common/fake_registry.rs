@@ -140,6 +140,11 @@ fn metadata_manifest(dir: &Path) -> Vec<u8> {
             })
         })
         .collect();
+    publication_manifest(layers)
+}
+
+/// An OCI 1.1 artifact manifest of the publication's type with these layers.
+fn publication_manifest(layers: Vec<serde_json::Value>) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -240,15 +245,7 @@ fn answer(mut conn: TcpStream, staging: &Path, state: &Mutex<State>, host: &str)
             .iter()
             .any(|(p, st)| *p == path && *st == 200);
         let body = if fault == Fault::TagMoves && read_before {
-            serde_json::to_vec(&serde_json::json!({
-                "schemaVersion": 2,
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "artifactType": "application/vnd.arbor.publication.v1",
-                "config": {"mediaType": "application/vnd.oci.empty.v1+json",
-                           "digest": format!("sha256:{}", sha(b"{}")), "size": 2},
-                "layers": []
-            }))
-            .unwrap()
+            publication_manifest(Vec::new())
         } else {
             metadata_manifest(staging)
         };
