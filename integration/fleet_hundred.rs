@@ -25,11 +25,21 @@ const MACHINES: usize = 100;
 const SHAPED: usize = 10;
 const STEPS: &str = "5,20,50,100";
 
-/// A network namespace joined to this one by a veth pair, its link shaped; removed
-/// at drop.
+/// How the namespace's link is shaped, both ways: latency with jitter, loss and a
+/// rate cap.
+const NETEM: &str = "delay 40ms 10ms loss 1% rate 8mbit";
+
+/// A network namespace joined to this one, its link shaped by netem: by a veth pair
+/// where this kernel has sch_netem, else through a router VM whose kernel has it
+/// (common/netem_router.rs), else (no qemu or corpus) by a tbf rate cap alone, said
+/// so. Removed at drop.
 struct Netns {
     name: String,
-    host_if: String,
+    /// Where servers listen for the namespace's machines (this namespace's address).
+    server_ip: &'static str,
+    /// The veth pair's end here, when the link is one.
+    host_if: Option<String>,
+    router: Option<common::netem_router::NetemRouter>,
     /// How the link is shaped, in words for the timeline.
     shaping: String,
 }
@@ -69,30 +79,46 @@ fn tc(ns: Option<&str>, args: &str) -> Result<(), String> {
 }
 
 impl Netns {
-    /// 10.251.0.1 here, 10.251.0.2 there. Latency and loss by netem where the kernel
-    /// has it; otherwise (a kernel without sch_netem) a rate cap alone, by tbf, said so.
-    fn create() -> Result<Netns, String> {
+    fn create(scratch: &Path) -> Result<Netns, String> {
         let id = std::process::id() % 10000;
-        let ns = Netns {
+        let mut ns = Netns {
             name: format!("arbor-fleet-{id}"),
-            host_if: format!("afh{id}"),
+            server_ip: "10.251.0.1",
+            host_if: None,
+            router: None,
             shaping: String::new(),
         };
-        let peer = format!("afn{id}");
         ip(&["netns", "add", &ns.name])?;
+        // Whether this kernel has netem, tried on the namespace's loopback.
+        let netem_here = tc(Some(&ns.name), "qdisc add dev lo root netem delay 1ms");
+        let mut no_router = String::new();
+        if let Err(why) = &netem_here {
+            match common::netem_router::NetemRouter::start(
+                &ns.name,
+                NETEM,
+                &id.to_string(),
+                scratch,
+            ) {
+                Ok(router) => {
+                    ns.router = Some(router);
+                    ns.server_ip = common::netem_router::SERVER_IP;
+                    ns.shaping = format!(
+                        "netem {NETEM}, both ways, in a router VM (this kernel lacks sch_netem: {why})"
+                    );
+                    return Ok(ns);
+                }
+                Err(e) => no_router = e,
+            }
+        }
+        let host_if = format!("afh{id}");
+        let peer = format!("afn{id}");
         ip(&[
-            "link",
-            "add",
-            &ns.host_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &peer,
+            "link", "add", &host_if, "type", "veth", "peer", "name", &peer,
         ])?;
+        ns.host_if = Some(host_if.clone());
         ip(&["link", "set", &peer, "netns", &ns.name])?;
-        ip(&["addr", "add", "10.251.0.1/24", "dev", &ns.host_if])?;
-        ip(&["link", "set", &ns.host_if, "up"])?;
+        ip(&["addr", "add", "10.251.0.1/24", "dev", &host_if])?;
+        ip(&["link", "set", &host_if, "up"])?;
         let inside = |args: &[&str]| {
             let mut a = vec!["netns", "exec", &ns.name, "ip"];
             a.extend_from_slice(args);
@@ -102,36 +128,46 @@ impl Netns {
         inside(&["link", "set", &peer, "up"])?;
         inside(&["link", "set", "lo", "up"])?;
         // Both directions: downloads leave by the host's end, reports by the peer's.
-        let netem = "delay 40ms 10ms loss 1% rate 8mbit";
-        let shaped = tc(
-            None,
-            &format!("qdisc add dev {} root netem {netem}", ns.host_if),
-        )
-        .and_then(|_| {
-            tc(
-                Some(&ns.name),
-                &format!("qdisc add dev {peer} root netem {netem}"),
-            )
-        });
-        let mut ns = ns;
-        ns.shaping = match shaped {
-            Ok(()) => format!("netem {netem}"),
+        let qdisc = match netem_here {
+            Ok(()) => format!("netem {NETEM}"),
+            Err(_) => "tbf rate 8mbit burst 64kb latency 400ms".to_string(),
+        };
+        tc(None, &format!("qdisc add dev {host_if} root {qdisc}"))?;
+        tc(
+            Some(&ns.name),
+            &format!("qdisc add dev {peer} root {qdisc}"),
+        )?;
+        ns.shaping = match netem_here {
+            Ok(()) => qdisc,
             Err(e) => {
-                let tbf = "tbf rate 8mbit burst 64kb latency 400ms";
-                tc(None, &format!("qdisc add dev {} root {tbf}", ns.host_if))?;
-                tc(Some(&ns.name), &format!("qdisc add dev {peer} root {tbf}"))?;
                 format!(
-                    "{tbf} (netem refused: {e}; this kernel lacks sch_netem, so no latency or loss)"
+                    "{qdisc} (netem refused: {e}; no router VM either ({no_router}), so no latency or loss)"
                 )
             }
         };
         Ok(ns)
     }
+
+    /// The round trip of a TCP connect from the namespace to `url`, by curl.
+    fn connect_time(&self, url: &str) -> f64 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, "curl", "-s", "-o", "/dev/null"])
+            .args(["-w", "%{time_connect}", url])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0.0)
+    }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = ip(&["link", "del", &self.host_if]);
+        drop(self.router.take());
+        if let Some(i) = &self.host_if {
+            let _ = ip(&["link", "del", i]);
+        }
         let _ = ip(&["netns", "del", &self.name]);
     }
 }
@@ -261,12 +297,8 @@ fn root_torture_a_hundred_machines_halt_a_broken_release_and_take_a_good_one() {
     let reports = srv.join("reports");
     let add = |v: &str, phase: &str| publ.add(v, &["--phase", phase]);
     add("1", "100");
-    let netns = Netns::create();
-    let host = if netns.is_ok() {
-        "10.251.0.1"
-    } else {
-        "127.0.0.1"
-    };
+    let netns = Netns::create(t.path());
+    let host = netns.as_ref().map_or("127.0.0.1", |ns| ns.server_ip);
     let nginx = Nginx::start_with_reports_on(&srv, &t.path().join("nginx"), host);
     arbor(&[
         "publish",
@@ -286,12 +318,23 @@ fn root_torture_a_hundred_machines_halt_a_broken_release_and_take_a_good_one() {
         "3s",
     ]);
     let mut timeline: Vec<Event> = Vec::new();
+    // netem's delay is there: a connect from the namespace takes a round trip, twice
+    // 40 ms less the jitter at most (a sixteenth of it when tc misreads its ticks).
+    let rtt = netns.as_ref().map_or(0.0, |ns| ns.connect_time(&nginx.url));
+    if netns
+        .as_ref()
+        .is_ok_and(|ns| ns.shaping.starts_with("netem"))
+    {
+        assert!(rtt >= 0.05, "a connect through netem took {rtt:.3} s");
+    }
     timeline.push(Event {
         at: since(),
         what: match &netns {
             Ok(ns) => format!(
-                "{SHAPED} of {MACHINES} machines in namespace {} behind {}",
-                ns.name, ns.shaping
+                "{SHAPED} of {MACHINES} machines in namespace {} behind {} (connect {:.0} ms)",
+                ns.name,
+                ns.shaping,
+                rtt * 1000.0
             ),
             Err(e) => format!("no network namespace ({e}): every machine on loopback"),
         },

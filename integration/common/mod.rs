@@ -7,6 +7,7 @@ pub mod fake_registry;
 pub mod fleet;
 pub mod hostile_http;
 pub mod live;
+pub mod netem_router;
 pub mod nginx;
 pub mod panel;
 pub mod registry;
