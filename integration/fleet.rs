@@ -195,15 +195,8 @@ fn root_a_failing_canary_halts_the_rollout_and_a_good_release_widens() {
     // The canary keeps failing until the loader gives up on 2: the rollback is
     // reported. With the server down, the report waits for the next check.
     nginx.stop();
-    let mut booted = String::new();
-    for _ in 0..6 {
-        booted = canary.reboot();
-        if booted == "1" {
-            break;
-        }
-    }
-    assert_eq!(booted, "1", "the loader fell back to 1");
-    let outbox = Path::new(&canary.sys).join("arbor/deploy/debian/var/lib/arbor/reports/outbox");
+    assert_eq!(canary.reboot_until("1"), "1", "the loader fell back to 1");
+    let outbox = canary.outbox();
     let waiting = std::fs::read_dir(&outbox).unwrap().count();
     assert!(
         waiting >= 2,

@@ -80,6 +80,24 @@ impl Machine {
         self.booted()
     }
 
+    /// Reboots until the loader boots `version` (it gives up on a failing one after
+    /// its tries), at most six times: the version booted last.
+    pub fn reboot_until(&self, version: &str) -> String {
+        let mut booted = String::new();
+        for _ in 0..6 {
+            booted = self.reboot();
+            if booted == version {
+                break;
+            }
+        }
+        booted
+    }
+
+    /// Where the machine's unsent reports wait.
+    pub fn outbox(&self) -> PathBuf {
+        Path::new(&self.sys).join("arbor/deploy/debian/var/lib/arbor/reports/outbox")
+    }
+
     pub fn booted(&self) -> String {
         let st: serde_json::Value = serde_json::from_str(&self.ok(&["status", "--json"])).unwrap();
         st["deployments"]

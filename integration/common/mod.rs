@@ -11,6 +11,7 @@ pub mod netem_router;
 pub mod nginx;
 pub mod panel;
 pub mod registry;
+pub mod s3;
 pub mod userns;
 pub mod vm;
 

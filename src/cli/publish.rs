@@ -92,6 +92,26 @@ pub struct PublishRulesArgs {
     /// S3-compatible prefix). Without it, machines send none.
     #[arg(long, value_name = "URL")]
     pub reports: Option<String>,
+    /// Or an S3 bucket machines upload their reports to, through a POST policy signed
+    /// here (no machine holds a key): http(s)://HOST/BUCKET/PREFIX, path-style.
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with = "reports",
+        requires = "s3_credentials"
+    )]
+    pub reports_s3: Option<String>,
+    /// The bucket's access key: a 0600 credentials file, the key's id as username and
+    /// its secret as password.
+    #[arg(long, value_name = "FILE")]
+    pub s3_credentials: Option<PathBuf>,
+    /// The region the bucket's key is scoped to.
+    #[arg(long, value_name = "REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+    /// How long the upload form lasts; `publish rollout` signs a new one, as long,
+    /// past half of it (so run it more often than that).
+    #[arg(long, value_name = "DURATION", default_value = "7d")]
+    pub s3_valid: String,
     /// The phases a version goes through, ending in 100.
     #[arg(
         long,
@@ -122,9 +142,15 @@ pub struct PublishRolloutArgs {
     /// The channel.
     #[arg(long)]
     pub channel: String,
-    /// The folder the reports were PUT into (its `<channel>/` folder is read).
+    /// The folder the reports were PUT into (its `<channel>/` folder is read); with an
+    /// S3 bucket, where its reports are copied to first.
     #[arg(long, value_name = "DIR")]
     pub reports: PathBuf,
+    /// The S3 report bucket's access key (credentials file), when the channel's
+    /// reports go to one: new reports are copied from it, and the machines' upload
+    /// form is signed again past half its week.
+    #[arg(long, value_name = "FILE")]
+    pub s3_credentials: Option<PathBuf>,
     /// Decide and print, sign nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -141,6 +167,9 @@ pub struct PublishStatusArgs {
     /// The folder the reports were PUT into.
     #[arg(long, value_name = "DIR")]
     pub reports: PathBuf,
+    /// The S3 report bucket's access key: copy its new reports into the folder first.
+    #[arg(long, value_name = "FILE")]
+    pub s3_credentials: Option<PathBuf>,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -309,6 +338,11 @@ fn signing_args(cmd: &PublishCommand) -> Option<&PublishDirArgs> {
     }
 }
 
+/// The S3 report bucket's key from its credentials file, if one was given.
+fn s3_key(file: Option<&PathBuf>) -> Result<Option<publish::s3::AccessKey>> {
+    file.map(|f| publish::s3::AccessKey::load(f)).transpose()
+}
+
 /// A client of `registry` logged in with the credentials file `creds`, if any.
 fn registry_client(registry: &str, creds: Option<PathBuf>) -> Result<oci::Registry> {
     let creds = match creds {
@@ -466,8 +500,22 @@ fn publish_here(cli: &Cli, cmd: &PublishCommand) -> Result<i32> {
             }
         }
         PublishCommand::RolloutRules(a) => {
+            let report_form = match &a.reports_s3 {
+                Some(url) => {
+                    let bucket = publish::s3::Bucket::parse(url, &a.s3_region)?;
+                    let key = s3_key(a.s3_credentials.as_ref())?.expect("clap requires it");
+                    Some(publish::s3::sign_form(
+                        &bucket,
+                        &key,
+                        chrono::Utc::now(),
+                        parse_duration(&a.s3_valid)?.to_std()?,
+                    ))
+                }
+                None => None,
+            };
             let rules = RolloutRules {
                 reports: a.reports.clone(),
+                report_form,
                 steps: a.steps.clone(),
                 min_good: a.min_good,
                 max_failed_percent: a.max_failed,
@@ -488,16 +536,38 @@ fn publish_here(cli: &Cli, cmd: &PublishCommand) -> Result<i32> {
                 r.soak_secs,
                 r.max_failed_percent,
                 r.min_failed,
-                r.reports
-                    .as_deref()
-                    .unwrap_or("nowhere (machines send none)")
+                match (&r.reports, &r.report_form) {
+                    (Some(url), _) => url.clone(),
+                    (None, Some(f)) => format!(
+                        "the S3 bucket {}{} (form valid until {})",
+                        f.url,
+                        f.key_prefix,
+                        chrono::DateTime::from_timestamp(f.expires, 0).unwrap_or_default()
+                    ),
+                    (None, None) => "nowhere (machines send none)".into(),
+                }
             );
         }
         PublishCommand::Rollout(a) => {
-            let run =
-                publisher(&a.dir)?.rollout(&a.channel, &a.reports, a.dry_run, lock_wait(cli))?;
+            let key = s3_key(a.s3_credentials.as_ref())?;
+            let run = publisher(&a.dir)?.rollout(
+                &a.channel,
+                &a.reports,
+                key.as_ref(),
+                a.dry_run,
+                lock_wait(cli),
+            )?;
             if a.dir.output.json {
                 return json(&run).map(|_| 0);
+            }
+            if let Some(s) = &run.synced {
+                println!(
+                    "copied {} new reports from the bucket ({} listed, {} not reports)",
+                    s.copied, s.listed, s.skipped
+                );
+            }
+            if run.form_renewed {
+                println!("the machines' S3 upload form was past half its life: signed anew");
             }
             print_status(&run.status);
             for d in &run.decisions {
@@ -522,7 +592,8 @@ fn publish_here(cli: &Cli, cmd: &PublishCommand) -> Result<i32> {
             }
         }
         PublishCommand::Status(a) => {
-            let s = reader(&a.dir).rollout_status(&a.channel, &a.reports)?;
+            let key = s3_key(a.s3_credentials.as_ref())?;
+            let s = reader(&a.dir).rollout_status(&a.channel, &a.reports, key.as_ref())?;
             if a.output.json {
                 return json(&s).map(|_| 0);
             }

@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use arbor_core::fsutil;
 use arbor_remote::index::{ChannelIndex, device_phase};
-use arbor_remote::report::{MachineKey, REPORT_FORMAT, Report, Verdict, report_url};
+use arbor_remote::report::{MachineKey, REPORT_FORMAT, Report, Verdict, report_name, report_url};
+use arbor_remote::rollout::ReportForm;
 use arbor_sysroot::{Deployment, Sysroot, health::HealthReport};
 
 use crate::update::Policy;
@@ -62,7 +63,11 @@ pub fn reports_dir(sysroot: &Sysroot, os: &str) -> PathBuf {
 /// own version label need not be).
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Sink {
+    /// The folder URL reports are `PUT` into (empty with a form).
     reports: String,
+    /// Or the S3 form they are posted through.
+    #[serde(default)]
+    form: Option<ReportForm>,
     versions: BTreeMap<String, String>,
 }
 
@@ -75,14 +80,20 @@ fn sink_path(dir: &Path, remote: &str, channel: &str) -> PathBuf {
 pub fn note_channel(sysroot: &Sysroot, os: &str, remote: &str, idx: &ChannelIndex) -> Result<()> {
     let dir = reports_dir(sysroot, os);
     let path = sink_path(&dir, remote, &idx.channel);
-    let Some(url) = idx.rollout.as_ref().and_then(|r| r.reports.clone()) else {
+    let rules = idx.rollout.as_ref();
+    let (url, form) = (
+        rules.and_then(|r| r.reports.clone()),
+        rules.and_then(|r| r.report_form.clone()),
+    );
+    if url.is_none() && form.is_none() {
         return match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
         };
-    };
+    }
     let sink = Sink {
-        reports: url,
+        reports: url.unwrap_or_default(),
+        form,
         versions: idx
             .versions
             .iter()
@@ -247,8 +258,23 @@ pub fn flush(sysroot: &Sysroot, os: &str, timeout: Duration) -> Result<Sent> {
             std::fs::remove_file(&path)?;
             continue;
         };
-        let url = report_url(&sink.reports, &pair.1, &key, report.at_ms)?;
-        match arbor_remote::http::put(&url, &body, timeout) {
+        let result = match &sink.form {
+            Some(form) => {
+                let object = format!(
+                    "{}{}",
+                    form.key_prefix,
+                    report_name(&pair.1, &key, report.at_ms)?
+                );
+                let mut fields: Vec<(&str, &str)> = vec![("key", &object)];
+                fields.extend(form.fields.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                arbor_remote::http::post_form(&form.url, &fields, &body, timeout)
+            }
+            None => {
+                let url = report_url(&sink.reports, &pair.1, &key, report.at_ms)?;
+                arbor_remote::http::put(&url, &body, timeout)
+            }
+        };
+        match result {
             Ok(()) => {
                 std::fs::remove_file(&path)?;
                 sent.sent += 1;
@@ -333,6 +359,7 @@ mod tests {
         let sink = |url: &str| {
             let s = Sink {
                 reports: url.to_string(),
+                form: None,
                 versions: BTreeMap::new(),
             };
             std::fs::write(

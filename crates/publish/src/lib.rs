@@ -9,6 +9,7 @@ pub mod keys;
 mod mirrors;
 pub mod oci_push;
 pub mod rollout;
+pub mod s3;
 
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};

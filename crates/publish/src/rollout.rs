@@ -15,6 +15,7 @@ use arbor_remote::index::{ChannelIndex, VersionEntry};
 use arbor_remote::report::{MAX_REPORT, Rejected, Report, SignedReport, Verdict};
 use arbor_remote::rollout::RolloutRules;
 
+use super::s3::{self, AccessKey, Synced};
 use super::{Publisher, now};
 
 /// The most report files one run reads per channel: a flood beyond it is counted,
@@ -120,6 +121,38 @@ pub struct RolloutRun {
     pub decisions: Vec<Decision>,
     /// A new index was signed.
     pub signed: bool,
+    /// What was copied from the channel's S3 report bucket first, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub synced: Option<Synced>,
+    /// The S3 report form was past half its life: a new one was signed.
+    pub form_renewed: bool,
+}
+
+/// How long one request to the report bucket may take.
+const BUCKET_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Copies the channel's reports from its S3 bucket into `reports`, when its rules
+/// name a form (which takes the bucket's key); nothing otherwise.
+fn sync_bucket(
+    rules: &RolloutRules,
+    channel: &str,
+    reports: &Path,
+    key: Option<&AccessKey>,
+) -> Result<Option<Synced>> {
+    let Some(form) = &rules.report_form else {
+        return Ok(None);
+    };
+    let key = key.with_context(|| {
+        format!(
+            "channel {channel}'s reports go to the S3 bucket {}: give the bucket's key \
+             (--s3-credentials) to read them",
+            form.url
+        )
+    })?;
+    let bucket = s3::Bucket::of_form(form)?;
+    s3::sync(&bucket, key, channel, reports, MAX_FILES, BUCKET_TIMEOUT)
+        .with_context(|| format!("copying channel {channel}'s reports from {}", form.url))
+        .map(Some)
 }
 
 /// Each machine's latest report on each version.
@@ -285,18 +318,31 @@ fn decide(v: &VersionEntry, s: &VersionStatus, rules: &RolloutRules, now: i64) -
 
 impl Publisher {
     /// How a channel's versions fare, from the reports in `reports` (read only).
-    pub fn rollout_status(&self, channel: &str, reports: &Path) -> Result<ChannelStatus> {
+    /// With the bucket's `key`, reports in the channel's S3 bucket are copied into
+    /// `reports` first.
+    pub fn rollout_status(
+        &self,
+        channel: &str,
+        reports: &Path,
+        key: Option<&AccessKey>,
+    ) -> Result<ChannelStatus> {
         let idx = self.channel(channel)?;
+        if let (Some(rules), Some(_)) = (&idx.rollout, key) {
+            sync_bucket(rules, channel, reports, key)?;
+        }
         let (latest, ignored) = read_reports(reports, &idx, now().timestamp_millis())?;
         Ok(status_of(&idx, &latest, ignored))
     }
 
     /// One controller run on `channel`: widens or halts its versions by its rules and
-    /// signs a new index if anything changed (not with `dry_run`).
+    /// signs a new index if anything changed (not with `dry_run`). A channel whose
+    /// reports go to an S3 bucket takes the bucket's `key`: its new reports are copied
+    /// into `reports` first, and its form is signed again past half its life.
     pub fn rollout(
         &self,
         channel: &str,
         reports: &Path,
+        key: Option<&AccessKey>,
         dry_run: bool,
         wait: LockWait<'_>,
     ) -> Result<RolloutRun> {
@@ -306,8 +352,22 @@ impl Publisher {
             format!("channel {channel} has no rollout rules ('arbor publish rollout-rules')")
         })?;
         let now = now();
+        let synced = sync_bucket(&rules, channel, reports, key)?;
         let (latest, ignored) = read_reports(reports, &idx, now.timestamp_millis())?;
         let status = status_of(&idx, &latest, ignored);
+        let mut form_renewed = false;
+        if let (Some(form), Some(key)) = (&rules.report_form, key)
+            && s3::needs_renewal(form, now.timestamp())
+        {
+            let bucket = s3::Bucket::of_form(form)?;
+            // As long as the publisher chose for the form it replaces.
+            let valid = std::time::Duration::from_secs((form.expires - form.signed).max(1) as u64);
+            let renewed = s3::sign_form(&bucket, key, now, valid);
+            if let Some(r) = idx.rollout.as_mut() {
+                r.report_form = Some(renewed);
+                form_renewed = true;
+            }
+        }
         let mut decisions = Vec::new();
         for (v, s) in idx.versions.iter_mut().zip(&status.versions) {
             if v.withdrawn {
@@ -328,9 +388,10 @@ impl Publisher {
             }
             decisions.push(d);
         }
-        let changed = decisions
-            .iter()
-            .any(|d| !matches!(d, Decision::Hold { .. }));
+        let changed = form_renewed
+            || decisions
+                .iter()
+                .any(|d| !matches!(d, Decision::Hold { .. }));
         if changed && !dry_run {
             self.sign(Some(&idx))?;
         }
@@ -338,6 +399,8 @@ impl Publisher {
             status,
             decisions,
             signed: changed && !dry_run,
+            synced,
+            form_renewed: form_renewed && !dry_run,
         })
     }
 

@@ -167,20 +167,72 @@ fn classify(url: &str, e: ureq::Error, timeout: Duration) -> FetchError {
     }
 }
 
-/// Sends `body` by HTTP `PUT` to `url` (a health report: docs/fleet.md), the whole
-/// exchange bounded by `timeout`, the answer's body unread. Any 2xx is success.
-pub fn put(url: &str, body: &[u8], timeout: Duration) -> Result<(), FetchError> {
-    let config = ureq::Agent::config_builder()
+/// The client a report goes out with: the whole exchange bounded by `timeout`, no
+/// redirects (a report goes where the signed index says, nowhere else).
+fn report_agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(timeout))
         .max_redirects(0)
         .user_agent(concat!("arbor/", env!("CARGO_PKG_VERSION")))
-        .build();
-    let agent: ureq::Agent = config.into();
+        .build()
+        .into()
+}
+
+/// Sends `body` by HTTP `PUT` to `url` (a health report: docs/fleet.md), the whole
+/// exchange bounded by `timeout`, the answer's body unread. Any 2xx is success.
+pub fn put(url: &str, body: &[u8], timeout: Duration) -> Result<(), FetchError> {
+    let agent = report_agent(timeout);
     let resp = agent
         .put(url)
         .header("Content-Type", "application/json")
         .send(body)
+        .map_err(|e| classify(url, e, timeout))?;
+    match resp.status().as_u16() {
+        200..=299 => Ok(()),
+        code => Err(classify(url, ureq::Error::StatusCode(code), timeout)),
+    }
+}
+
+/// Uploads `body` as the file of an HTML-style form (`multipart/form-data`) posted to
+/// `url` with `fields` before it: an S3 pre-signed POST (a health report:
+/// docs/fleet.md). Bounded and judged as [`put`]. The caller checked the fields
+/// (short, one line, no quotes); the boundary is one no report can contain, as
+/// reports are JSON.
+pub fn post_form(
+    url: &str,
+    fields: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> Result<(), FetchError> {
+    let boundary = format!("arbor-report-{}", blake3::hash(body).to_hex());
+    let mut form = Vec::with_capacity(body.len() + 2048);
+    for (name, value) in fields {
+        form.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+    // S3 takes the fields after "file" as not signed: the file comes last.
+    form.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; \
+             filename=\"report.json\"\r\nContent-Type: application/json\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    form.extend_from_slice(body);
+    form.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let agent = report_agent(timeout);
+    let resp = agent
+        .post(url)
+        .header(
+            "Content-Type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .send(&form[..])
         .map_err(|e| classify(url, e, timeout))?;
     match resp.status().as_u16() {
         200..=299 => Ok(()),

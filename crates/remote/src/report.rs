@@ -181,16 +181,22 @@ impl MachineKey {
 /// machine's reports never overwrite another's, and its later reports sort after
 /// its earlier ones.
 pub fn report_url(reports: &str, channel: &str, key_hex: &str, at_ms: i64) -> Result<String> {
+    Ok(format!(
+        "{}/{}",
+        reports.trim_end_matches('/'),
+        report_name(channel, key_hex, at_ms)?
+    ))
+}
+
+/// A report's name below the reports folder (or an S3 form's key prefix):
+/// `<channel>/<first 16 of key>-<ms>.json`.
+pub fn report_name(channel: &str, key_hex: &str, at_ms: i64) -> Result<String> {
     ensure!(valid_channel(channel), "'{channel}' is not a channel name");
     ensure!(
         key_hex.len() >= 16 && key_hex.bytes().all(|b| b.is_ascii_hexdigit()),
         "a report key must be hex"
     );
-    Ok(format!(
-        "{}/{channel}/{}-{at_ms}.json",
-        reports.trim_end_matches('/'),
-        &key_hex[..16]
-    ))
+    Ok(format!("{channel}/{}-{at_ms}.json", &key_hex[..16]))
 }
 
 #[cfg(test)]
