@@ -114,8 +114,8 @@ impl Bucket {
     /// The bucket's URL, where forms are posted.
     fn url(&self) -> String {
         format!(
-            "{}{}/",
-            self.endpoint.as_str().trim_end_matches('/').to_owned() + "/",
+            "{}/{}/",
+            self.endpoint.as_str().trim_end_matches('/'),
             self.bucket
         )
     }
