@@ -14,8 +14,8 @@ CORPUS=${ARBOR_CORPUS:-/var/tmp/arbor-corpus}
 A=${1:-$CORPUS/a}
 B=${2:-$CORPUS/b}
 cargo build --release --quiet --bins
-ARBOR=$PWD/target/release/arbor
-ARBORD=$PWD/target/release/arbord
+ARBOR=$RELEASE/arbor
+ARBORD=$RELEASE/arbord
 W=$(mktemp -d "${BENCH_DIR:-/var/tmp}/arbor-bench.XXXXXX")
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$W"; }

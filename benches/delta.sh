@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 RUNS=${1:-3}
 CORPUS=${ARBOR_CORPUS:-/var/tmp/arbor-corpus}
 cargo build --release --quiet --bins
-ARBOR=$PWD/target/release/arbor
+ARBOR=$RELEASE/arbor
 W=$(mktemp -d "${BENCH_DIR:-/var/tmp}/arbor-bench.XXXXXX")
 trap 'rm -rf "$W"' EXIT
 export SOURCE_DATE_EPOCH=1700000000

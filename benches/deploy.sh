@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 TREE=${1:-${ARBOR_CORPUS:-/var/tmp/arbor-corpus}/a}
 RUNS=${2:-7}
 cargo build --release --quiet
-ARBOR=$PWD/target/release/arbor
+ARBOR=$RELEASE/arbor
 W=$(mktemp -d "${BENCH_DIR:-/var/tmp}/arbor-bench.XXXXXX")
 # OSTree marks its deployment roots immutable.
 cleanup() { chattr -i "$W"/ost/ostree/deploy/*/deploy/*/ 2>/dev/null || true; rm -rf "$W"; }

@@ -20,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/lib.sh
 cargo build --release --quiet --bins
-ARBOR=$PWD/target/release/arbor
+ARBOR=$RELEASE/arbor
 bash containerfiles/build.sh base update base-b >/dev/null
 W=$(mktemp -d "${BENCH_DIR:-/var/tmp}/arbor-bench.XXXXXX")
 trap bench_cleanup EXIT

@@ -12,7 +12,7 @@ RUNS=${1:-3}
 CORPUS=${ARBOR_CORPUS:-/var/tmp/arbor-corpus}
 IMAGE=localhost/arbor-bench-corpus-a:latest
 cargo build --release --quiet --bins
-ARBOR=$PWD/target/release/arbor
+ARBOR=$RELEASE/arbor
 W=$(mktemp -d "${BENCH_DIR:-/var/tmp}/arbor-bench.XXXXXX")
 trap 'rm -rf "$W"' EXIT
 if ! podman image exists "$IMAGE"; then

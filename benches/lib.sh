@@ -1,6 +1,9 @@
 # Helpers shared by the benchmark scripts (sourced, not run). They expect $W, a work
 # folder of the calling script, where each measure's times accumulate in a file.
 
+# Where `cargo build --release` puts the binaries (CARGO_TARGET_DIR is honoured).
+RELEASE=${CARGO_TARGET_DIR:-$PWD/target}/release
+
 # ms NAME CMD...: runs CMD after a sync and a settle, appends its wall time to $W/NAME.
 ms() {
   local name=$1; shift

@@ -21,7 +21,7 @@ RUNS=${1:-1}
 CORPUS=${ARBOR_CORPUS:-/var/tmp/arbor-corpus}
 [[ -d $CORPUS/t ]] || { echo "no corpus tree t: run ../shared/corpus/make-trees.sh" >&2; exit 1; }
 cargo build --release --quiet --bins
-ARBOR=$PWD/target/release/arbor
+ARBOR=$RELEASE/arbor
 W=$(mktemp -d "${BENCH_DIR:-/var/tmp}/arbor-bench.XXXXXX")
 trap 'rm -rf "$W"' EXIT
 export SOURCE_DATE_EPOCH=1700000000

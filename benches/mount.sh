@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 TREE=${1:-${ARBOR_CORPUS:-/var/tmp/arbor-corpus}/a}
 RUNS=${2:-5}
 cargo build --release --quiet
-ARBOR=$PWD/target/release/arbor
+ARBOR=$RELEASE/arbor
 W=$(mktemp -d "${BENCH_DIR:-/var/tmp}/arbor-bench.XXXXXX")
 cleanup() { umount "$W/mnt" 2>/dev/null || true; rm -rf "$W"; }
 trap cleanup EXIT

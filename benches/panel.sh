@@ -21,8 +21,8 @@ RUNS=${1:-5}
 CORPUS=${ARBOR_CORPUS:-/var/tmp/arbor-corpus}
 [[ -d $CORPUS/b ]] || { echo "no corpus at $CORPUS; run ../shared/corpus/make-trees.sh" >&2; exit 1; }
 cargo build --release --quiet --bins
-ARBOR=$PWD/target/release/arbor
-ARBORD=$PWD/target/release/arbord
+ARBOR=$RELEASE/arbor
+ARBORD=$RELEASE/arbord
 W=$(mktemp -d "${BENCH_DIR:-/var/tmp}/arbor-bench.XXXXXX")
 chmod 755 "$W" # nginx workers run unprivileged
 pids=()

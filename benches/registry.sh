@@ -19,7 +19,7 @@ RUNS=${1:-3}
 CORPUS=${ARBOR_CORPUS:-/var/tmp/arbor-corpus}
 [[ -d $CORPUS/b ]] || { echo "no corpus at $CORPUS; run ../shared/corpus/make-trees.sh" >&2; exit 1; }
 cargo build --release --quiet --bins
-ARBOR=$PWD/target/release/arbor
+ARBOR=$RELEASE/arbor
 W=$(mktemp -d "${BENCH_DIR:-/var/tmp}/arbor-bench.XXXXXX")
 trap bench_cleanup EXIT
 export SOURCE_DATE_EPOCH=1700000000 ARBOR_MACHINE_ID=0123456789abcdef0123456789abcdef

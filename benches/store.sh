@@ -22,7 +22,7 @@ TREE=${1:-${ARBOR_CORPUS:-/var/tmp/arbor-corpus}/a}
 RUNS=${2:-5}
 [[ -d $TREE ]] || { echo "no tree at $TREE; run ../shared/corpus/make-trees.sh" >&2; exit 1; }
 cargo build --release --quiet
-ARBOR=$PWD/target/release/arbor
+ARBOR=$RELEASE/arbor
 W=$(mktemp -d "${BENCH_DIR:-/var/tmp}/arbor-bench.XXXXXX")
 trap 'rm -rf "$W"' EXIT
 if (( ${SCALE:-1} > 1 )); then

@@ -23,7 +23,7 @@ RUNS=${1:-5}
 CORPUS=${ARBOR_CORPUS:-/var/tmp/arbor-corpus}
 [[ -d $CORPUS/b ]] || { echo "no corpus at $CORPUS; run ../shared/corpus/make-trees.sh" >&2; exit 1; }
 cargo build --release --quiet --bins
-ARBOR=$PWD/target/release/arbor
+ARBOR=$RELEASE/arbor
 W=$(mktemp -d "${BENCH_DIR:-/var/tmp}/arbor-bench.XXXXXX")
 NGINX_CONF=$W/nginx/nginx.conf
 # OSTree makes its deployments immutable (chattr +i): undo that before removing them.
