@@ -45,18 +45,7 @@ struct Netns {
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| e.to_string())?;
-    match out.status.success() {
-        true => Ok(()),
-        false => Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-    }
+    common::netem_router::ip(args).map(drop)
 }
 
 fn tc(ns: Option<&str>, args: &str) -> Result<(), String> {

@@ -3,8 +3,8 @@
 //!
 //! The fleet test's namespace is joined to this one through a tiny guest instead of a
 //! veth pair: Debian's own kernel from corpus `a` (which builds netem as a module) and
-//! an initramfs of a dozen files copied from the same tree (dash, ip, tc, kmod, mount
-//! and their libraries). The guest forwards between two virtio NICs, each a tap on
+//! an initramfs of seven programs copied from the same tree (dash, ip, tc, kmod,
+//! mount, sleep, grep), their libraries and nine modules. The guest forwards between two virtio NICs, each a tap on
 //! the host (one moved into the namespace), with the netem queue on both egresses, so
 //! downloads and reports are shaped alike. It boots in about ten seconds under TCG;
 //! the initramfs is built once and cached under /var/tmp by what goes into it.
@@ -86,7 +86,8 @@ fn run(what: &str, c: &mut Command) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn ip(args: &[&str]) -> Result<String, String> {
+/// Runs `ip ARGS…`: its output, or an error naming the command.
+pub fn ip(args: &[&str]) -> Result<String, String> {
     run(
         &format!("ip {}", args.join(" ")),
         Command::new("ip").args(args),
@@ -268,14 +269,8 @@ impl NetemRouter {
                 || router.qemu.try_wait().ok().flatten().is_some()
                 || Instant::now() > until;
             if failed {
-                let tail: String = log
-                    .chars()
-                    .rev()
-                    .take(1500)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect();
+                let from = log.char_indices().rev().nth(1500).map_or(0, |(i, _)| i);
+                let tail = &log[from..];
                 return Err(format!(
                     "the netem router did not come up; its console:\n{tail}"
                 ));

@@ -344,12 +344,7 @@ pub fn sync(
         arbor_remote::index::valid_channel(channel),
         "'{channel}' is not a channel name"
     );
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(timeout))
-        .max_redirects(0)
-        .build()
-        .into();
+    let agent = arbor_remote::http::bounded_agent(timeout);
     let folder = dir.join(channel);
     std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
     let prefix = format!("{}{channel}/", bucket.prefix);

@@ -167,9 +167,10 @@ fn classify(url: &str, e: ureq::Error, timeout: Duration) -> FetchError {
     }
 }
 
-/// The client a report goes out with: the whole exchange bounded by `timeout`, no
-/// redirects (a report goes where the signed index says, nowhere else).
-fn report_agent(timeout: Duration) -> ureq::Agent {
+/// A client for one short exchange with a server named by signed data (a health
+/// report, the publisher's report bucket): the whole exchange bounded by `timeout`,
+/// no redirects (it goes where it was told, nowhere else), statuses returned.
+pub fn bounded_agent(timeout: Duration) -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(timeout))
@@ -182,7 +183,7 @@ fn report_agent(timeout: Duration) -> ureq::Agent {
 /// Sends `body` by HTTP `PUT` to `url` (a health report: docs/fleet.md), the whole
 /// exchange bounded by `timeout`, the answer's body unread. Any 2xx is success.
 pub fn put(url: &str, body: &[u8], timeout: Duration) -> Result<(), FetchError> {
-    let agent = report_agent(timeout);
+    let agent = bounded_agent(timeout);
     let resp = agent
         .put(url)
         .header("Content-Type", "application/json")
@@ -225,7 +226,7 @@ pub fn post_form(
     );
     form.extend_from_slice(body);
     form.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    let agent = report_agent(timeout);
+    let agent = bounded_agent(timeout);
     let resp = agent
         .post(url)
         .header(
