@@ -286,10 +286,11 @@ serving 13.2
 sleep 1
 cat /run/arbor-demo/version
 hello
+systemctl show -p LoadState,NeedDaemonReload arbor-test-probe.service | sed 's/^/PROBE-UNIT-/' 
 arbor deploy --version 3
 echo STEP-END
 echo "ARBOR-DECIDE soft-reboot" > /dev/console
-arbor deploy --version 3 --apply auto
+ARBOR_LOG=debug arbor deploy --version 3 --apply auto 2>&1 | while IFS= read -r l; do echo "$l" > /dev/console; echo "$l"; done
 sleep 600 ;;
 13.3)
 {STATUS}{WHERE}
@@ -374,6 +375,9 @@ esac
             "applied live; restarted arbor-demo.service",
             "demo-server 2 greeting=hello from update",
             "Hello, world!",
+            // Added live without a daemon-reload, and loaded when named.
+            "PROBE-UNIT-LoadState=loaded",
+            "PROBE-UNIT-NeedDaemonReload=no",
             "mildest way to apply it: soft-reboot",
             "not live: core packages change: libcap2",
             "applying by soft-reboot: 13.3",

@@ -58,6 +58,7 @@ pub fn prepare(sysroot: &Sysroot, lock: &WriterLock, step: Step) -> Result<Switc
     }
     let from = crate::booted(sysroot)?;
     deploy::finalize_staged_locked(sysroot, lock)?;
+    tracing::debug!("{step}: the staged deployment is finalized");
     let order = sysroot.deployments()?;
     let target = order
         .first()

@@ -66,6 +66,19 @@ fn read_text(sysroot: &Sysroot, commit: &ObjectId, path: &str) -> Option<String>
     Some(s)
 }
 
+/// A regular file's text by its object, bounded as [`read_text`] is.
+fn read_object_text(sysroot: &Sysroot, id: &ObjectId) -> Option<String> {
+    let mut s = String::new();
+    sysroot
+        .repo()
+        .open_file_object(id)
+        .ok()?
+        .take(16 << 20)
+        .read_to_string(&mut s)
+        .ok()?;
+    Some(s)
+}
+
 /// The files dpkg lists for `pkg` in a commit (any architecture).
 fn package_files(sysroot: &Sysroot, commit: &ObjectId, pkg: &str) -> Vec<String> {
     let info = "/usr/lib/arbor/dpkg/info";
@@ -132,9 +145,29 @@ fn pending(sysroot: &Sysroot) -> Result<Deployment> {
     })
 }
 
+/// An apply-live plan with the two `/etc` defaults (the booted and the pending
+/// deployment's) it was made from, for [`apply_live_planned`]: deployments do not
+/// change, so the merge reads only the live `/etc` again.
+pub struct Planned {
+    /// What apply-live will do.
+    pub plan: LivePlan,
+    etc_defaults: Option<EtcDefaults>,
+}
+
+/// The booted and the pending deployment's `/etc` defaults.
+struct EtcDefaults {
+    old: etc_merge::EtcTree,
+    new: etc_merge::EtcTree,
+}
+
 /// Works out what apply-live would do, without changing anything: reads the facts
 /// from the store and the live root, and leaves the decisions to [`plan::decide`].
 pub fn plan(sysroot: &Sysroot, root: &Path, opts: &ApplyOptions) -> Result<LivePlan> {
+    Ok(plan_for_apply(sysroot, root, opts)?.plan)
+}
+
+/// [`plan`], keeping what [`apply_live_planned`] can use again.
+pub fn plan_for_apply(sysroot: &Sysroot, root: &Path, opts: &ApplyOptions) -> Result<Planned> {
     let to = pending(sysroot)?;
     let new_default = || etc_merge::scan(&sysroot.deployment_path(&to).join("usr/etc"));
     plan_to(sysroot, root, opts, &to.commit, &new_default)
@@ -145,13 +178,14 @@ pub fn plan(sysroot: &Sysroot, root: &Path, opts: &ApplyOptions) -> Result<LiveP
 pub fn plan_for_commit(sysroot: &Sysroot, root: &Path, commit: &ObjectId) -> Result<LivePlan> {
     let new_default =
         || arbor_sysroot::etc::stored::scan_commit(sysroot.repo(), commit, "/usr/etc");
-    plan_to(
+    Ok(plan_to(
         sysroot,
         root,
         &ApplyOptions::default(),
         commit,
         &new_default,
-    )
+    )?
+    .plan)
 }
 
 /// [`plan`] from the booted deployment to `to`, whose `/etc` defaults `new_default`
@@ -162,7 +196,7 @@ fn plan_to(
     opts: &ApplyOptions,
     to: &ObjectId,
     new_default: &dyn Fn() -> Result<etc_merge::EtcTree>,
-) -> Result<LivePlan> {
+) -> Result<Planned> {
     let from = booted(sysroot)?;
     let repo = sysroot.repo();
     let only = opts.packages.as_deref().map(|names| {
@@ -173,24 +207,39 @@ fn plan_to(
         }
         (names, files)
     });
-    let units = match inspect::list(repo, to, UNIT_DIR, false) {
-        Ok(list) => list
-            .into_iter()
-            .filter_map(|e| e.path.rsplit('/').next().map(str::to_string))
-            .collect(),
-        Err(_) => Vec::new(),
+    let listed = inspect::list(repo, to, UNIT_DIR, false).unwrap_or_default();
+    let units = listed
+        .iter()
+        .filter(|e| e.path != UNIT_DIR)
+        .filter_map(|e| e.path.rsplit('/').next().map(str::to_string))
+        .collect();
+    // The regular unit files by their objects: read through the commit's root, each
+    // of the few hundred would load the dirtrees from `/` down again. An alias (a
+    // symlink) has no text of its own.
+    let unit_objects: std::collections::BTreeMap<String, ObjectId> = listed
+        .into_iter()
+        .filter(|e| e.mode & 0o170000 == 0o100000)
+        .map(|e| (e.path, e.object))
+        .collect();
+    let etc_defaults = match opts.packages {
+        None => Some(EtcDefaults {
+            old: etc_merge::scan(&sysroot.deployment_path(&from).join("usr/etc"))?,
+            new: new_default()?,
+        }),
+        Some(_) => None,
     };
-    let etc = match opts.packages {
-        None => {
-            let etc = plan_etc(sysroot, &from, new_default()?, root)?;
+    let etc = match &etc_defaults {
+        Some(d) => {
+            let etc = plan_etc(&d.old, &d.new, root)?;
+            tracing::debug!("plan: /etc read");
             Some(EtcOutcome {
                 changed: etc.changed,
                 conflicts: etc.conflicts,
             })
         }
-        Some(_) => None,
+        None => None,
     };
-    plan::decide(Facts {
+    let plan = plan::decide(Facts {
         from: from.commit,
         to: *to,
         changes: diff_commits(repo, &from.commit, to)?,
@@ -200,20 +249,39 @@ fn plan_to(
         ),
         only,
         units,
-        read: &|path| read_text(sysroot, to, path),
+        read: &|path| match unit_objects.get(path) {
+            Some(id) => read_object_text(sysroot, id),
+            None if path.starts_with(UNIT_DIR) => None,
+            None => read_text(sysroot, to, path),
+        },
         etc,
         open: &|removed| open_elsewhere(root, removed),
-    })
+    })?;
+    Ok(Planned { plan, etc_defaults })
 }
 
 /// Makes the live root's `/usr` (and `/etc`) match the pending deployment.
 pub fn apply_live(
     sysroot: &Sysroot,
-    _lock: &WriterLock,
+    lock: &WriterLock,
     root: &Path,
     opts: &ApplyOptions,
 ) -> Result<ApplyResult> {
-    let plan = plan(sysroot, root, opts)?;
+    let planned = plan_for_apply(sysroot, root, opts)?;
+    apply_live_planned(sysroot, lock, root, opts, planned)
+}
+
+/// [`apply_live`] with a plan already made by [`plan_for_apply`] for the same options
+/// (the activation ladder's), under the same writer lock: the pending deployment
+/// cannot have changed since. The live `/etc` is read again right before it is merged.
+pub fn apply_live_planned(
+    sysroot: &Sysroot,
+    _lock: &WriterLock,
+    root: &Path,
+    opts: &ApplyOptions,
+    planned: Planned,
+) -> Result<ApplyResult> {
+    let Planned { plan, etc_defaults } = planned;
     if opts.dry_run {
         return Ok(ApplyResult {
             plan,
@@ -266,17 +334,19 @@ pub fn apply_live(
             removed: &plan.removed,
         },
     )?;
+    tracing::debug!("live: upper layer built");
     arbor_core::failpoint::hit("live-upper-built")?;
     // Everything that can fail for want of space or rights happens before the
     // overlay is mounted; the /etc entries then switch by renames beside themselves.
-    let etc_swap = match opts.packages {
-        None => {
-            let new_default = etc_merge::scan(&sysroot.deployment_path(&to).join("usr/etc"))?;
-            let etc = plan_etc(sysroot, &from, new_default, root)?;
+    let etc_swap = match (&opts.packages, etc_defaults) {
+        (None, Some(d)) => {
+            let etc = plan_etc(&d.old, &d.new, root)?;
             Some(prepare_etc_live(sysroot, &to, root, &etc, &dir)?)
         }
-        Some(_) => None,
+        (None, None) => bail!("the plan was made for some packages only, not for all"),
+        (Some(_), _) => None,
     };
+    tracing::debug!("live: /etc merge prepared");
     mount_overlay(&usr, &dir.join("upper"), &dir.join("work"))?;
     arbor_core::failpoint::hit("live-usr-mounted")?;
     LiveRecord {
@@ -298,12 +368,18 @@ pub fn apply_live(
                 .status()
                 .is_ok_and(|s| s.success())
         };
-        ok(&["daemon-reload"]);
+        // A reload re-reads every unit and reruns the generators: a second or two
+        // on a small machine, needed only when what they read changed.
+        if let Some(path) = daemon_reload_reason(&plan) {
+            ok(&["daemon-reload"]);
+            tracing::debug!("live: systemd reloaded ({path} changes)");
+        }
         let mut args = vec!["try-restart"];
         args.extend(plan.services.iter().map(String::as_str));
         if !ok(&args) {
             bail!("applied, but restarting {} failed", plan.services.join(" "));
         }
+        tracing::debug!("live: services restarted");
         restarted = plan.services.clone();
     }
     Ok(ApplyResult {
@@ -311,6 +387,43 @@ pub fn apply_live(
         applied: true,
         restarted,
     })
+}
+
+/// The first path that makes systemd reload after the plan is applied, if any: a unit
+/// file, a drop-in, a generator or systemd's own configuration changes or goes
+/// (anything under a `systemd` folder of `/usr` or `/etc`), or a file a generator
+/// reads does (`/etc/fstab`, `/etc/crypttab`, `/etc/veritytab`, the SysV scripts).
+/// Needing none:
+/// - a unit file that is only added: systemd loads a unit it does not know when it is
+///   first named (it sees that its unit folders changed), and nothing running
+///   depends on it yet; an added drop-in (`*.d/`) or generator changes units already
+///   loaded, so it does need one;
+/// - links in `.wants`, `.requires` and `.upholds` folders: they say what a target
+///   starts, which matters the next time it starts (the next boot), not to anything
+///   running now.
+fn daemon_reload_reason(plan: &LivePlan) -> Option<&str> {
+    let systemd_reads = |p: &str| {
+        let parent = p.rsplit_once('/').map_or("", |(d, _)| d);
+        let links = [".wants", ".requires", ".upholds"];
+        (p.contains("/systemd/") && !links.iter().any(|l| parent.ends_with(l)))
+            || p.starts_with("/etc/init.d/")
+            || matches!(p, "/etc/fstab" | "/etc/crypttab" | "/etc/veritytab")
+    };
+    let added_changes_loaded = |p: &str| {
+        let parent = p.rsplit_once('/').map_or("", |(d, _)| d);
+        parent.ends_with(".d") || p.contains("-generators/") || p.starts_with("/etc/")
+    };
+    plan.changed
+        .iter()
+        .chain(&plan.removed)
+        .chain(&plan.etc_changed)
+        .find(|p| systemd_reads(p))
+        .or_else(|| {
+            plan.added
+                .iter()
+                .find(|p| systemd_reads(p) && added_changes_loaded(p))
+        })
+        .map(String::as_str)
 }
 
 /// Returns the live root's `/usr` to the booted deployment: the live layer is
@@ -333,4 +446,71 @@ pub fn reset(sysroot: &Sysroot, _lock: &WriterLock, root: &Path) -> Result<UsrSt
     let st = super::status(sysroot, root)?;
     debug_assert!(!matches!(st.overlay, Some(OverlayKind::Live)));
     Ok(st)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan_with(changed: &[&str], etc_changed: &[&str]) -> LivePlan {
+        LivePlan {
+            from: ObjectId::of(b"a"),
+            to: ObjectId::of(b"b"),
+            added: Vec::new(),
+            changed: changed.iter().map(|p| p.to_string()).collect(),
+            removed: Vec::new(),
+            packages: Default::default(),
+            services: Vec::new(),
+            etc_changed: etc_changed.iter().map(|p| p.to_string()).collect(),
+            refusals: Vec::new(),
+        }
+    }
+
+    fn plan_adding(added: &[&str]) -> LivePlan {
+        let mut p = plan_with(&[], &[]);
+        p.added = added.iter().map(|p| p.to_string()).collect();
+        p
+    }
+
+    #[test]
+    fn systemd_reloads_only_when_what_it_reads_changes() {
+        // New units are loaded when first named; links say what starts at the next boot.
+        let none = plan_adding(&[
+            "/usr/lib/systemd/system/probe.service",
+            "/usr/lib/systemd/system/multi-user.target.wants/probe.service",
+            "/usr/bin/probe",
+        ]);
+        assert_eq!(daemon_reload_reason(&none), None);
+        let links = plan_with(
+            &[],
+            &["/etc/systemd/system/multi-user.target.wants/probe.service"],
+        );
+        assert_eq!(daemon_reload_reason(&links), None);
+        let programs = plan_with(
+            &["/usr/bin/hello", "/usr/libexec/arbor-demo/demo-server"],
+            &["/etc/hello.conf"],
+        );
+        assert_eq!(daemon_reload_reason(&programs), None);
+        for added in [
+            "/usr/lib/systemd/system/nginx.service.d/10-limits.conf",
+            "/usr/lib/systemd/system-generators/new-generator",
+        ] {
+            assert_eq!(daemon_reload_reason(&plan_adding(&[added])), Some(added));
+        }
+        for unit in [
+            "/usr/lib/systemd/system/nginx.service",
+            "/usr/lib/systemd/system/nginx.service.d/10-x.conf",
+            "/usr/lib/systemd/system-generators/systemd-fstab-generator",
+        ] {
+            assert_eq!(daemon_reload_reason(&plan_with(&[unit], &[])), Some(unit));
+        }
+        for etc in [
+            "/etc/systemd/system.conf",
+            "/etc/systemd/system/nginx.service",
+            "/etc/fstab",
+            "/etc/init.d/x",
+        ] {
+            assert_eq!(daemon_reload_reason(&plan_with(&[], &[etc])), Some(etc));
+        }
+    }
 }

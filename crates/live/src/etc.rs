@@ -26,18 +26,16 @@ pub struct EtcPlan {
     pub conflicts: Vec<String>,
 }
 
-/// Plans the live `/etc` merge: the booted deployment's defaults against the pending
-/// one's (`new_default`), with the live `/etc` as the local state.
+/// Plans the live `/etc` merge: the booted deployment's defaults (`old_default`)
+/// against the pending one's (`new_default`), with the live `/etc` as the local state.
 pub fn plan_etc(
-    sysroot: &Sysroot,
-    from: &Deployment,
-    new_default: etc_merge::EtcTree,
+    old_default: &etc_merge::EtcTree,
+    new_default: &etc_merge::EtcTree,
     root: &Path,
 ) -> Result<EtcPlan> {
-    let old_default = etc_merge::scan(&sysroot.deployment_path(from).join("usr/etc"))?;
     let local = etc_merge::scan(&root.join("etc"))?;
-    let actions = etc_merge::plan(&old_default, &local);
-    let (changed, conflicts) = classify(&old_default, &new_default, &local, &actions);
+    let actions = etc_merge::plan(old_default, &local);
+    let (changed, conflicts) = classify(old_default, new_default, &local, &actions);
     Ok(EtcPlan {
         actions,
         local,

@@ -86,13 +86,30 @@ pub fn live_root(sysroot: &Sysroot, booted: &Deployment) -> PathBuf {
 
 /// The step that brings the machine to its pending (staged) deployment.
 pub fn for_pending(sysroot: &Sysroot, limits: &Limits) -> Result<Choice> {
+    Ok(for_pending_planned(sysroot, limits)?.0)
+}
+
+/// [`for_pending`] with the apply-live plan it was chosen from, for a caller that goes
+/// on to apply live ([`apply::apply_live_planned`]): the plan reads the whole `/etc`
+/// three times over, the commits' difference and every unit file, which is most of
+/// a second on a slow machine.
+pub fn for_pending_planned(sysroot: &Sysroot, limits: &Limits) -> Result<(Choice, apply::Planned)> {
     let booted = crate::booted(sysroot)?;
     let root = live_root(sysroot, &booted);
-    let plan = apply::plan(sysroot, &root, &ApplyOptions::default())?;
+    let planned = apply::plan_for_apply(sysroot, &root, &ApplyOptions::default())?;
     let pending = status::status(sysroot)?.next().cloned();
     let kargs_changed = pending.is_some_and(|p| own_kargs(&p.kargs) != own_kargs(&booted.kargs));
-    let kernel = kernel_changes(&plan);
-    Ok(choose(sysroot, &root, &plan, kernel, kargs_changed, limits))
+    let plan = &planned.plan;
+    let choice = choose(
+        sysroot,
+        &root,
+        plan,
+        kernel_changes(plan),
+        kargs_changed,
+        limits,
+    );
+    tracing::debug!(step = %choice.step, "the ladder chose");
+    Ok((choice, planned))
 }
 
 /// The step that would bring the machine to `commit` (downloaded, not deployed),

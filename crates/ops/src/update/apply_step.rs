@@ -12,6 +12,7 @@ use arbor_core::lock::WriterLock;
 use arbor_live::activate::{self, Switch};
 use arbor_live::activation::Step;
 use arbor_live::apply::ApplyOptions;
+use arbor_live::apply::Planned;
 use arbor_live::ladder::{self, Activation, Limits};
 use arbor_sysroot::Sysroot;
 
@@ -76,10 +77,12 @@ pub fn parse_apply(word: &str) -> Result<Step> {
 /// Carries out `chosen` for the staged update. A soft-reboot or kexec that cannot be
 /// prepared (the kernel refuses the image, the root cannot be assembled) becomes a
 /// reboot, with the reason in [`Applied::note`]: the update is staged either way.
+/// `planned` is the apply-live plan `chosen` was made from, if the caller has it.
 pub(crate) fn carry_out(
     sysroot: &Sysroot,
     lock: &WriterLock,
     chosen: &Activation,
+    planned: Option<Planned>,
 ) -> Result<Applied> {
     let step = Step::parse(&chosen.step).context("the chosen step")?;
     let booted = arbor_live::booted(sysroot)?;
@@ -89,8 +92,11 @@ pub(crate) fn carry_out(
             restart_services: true,
             ..ApplyOptions::default()
         };
-        let r = arbor_live::apply::apply_live(sysroot, lock, &root, &opts)
-            .context("applying the update live")?;
+        let r = match planned {
+            Some(plan) => arbor_live::apply::apply_live_planned(sysroot, lock, &root, &opts, plan),
+            None => arbor_live::apply::apply_live(sysroot, lock, &root, &opts),
+        }
+        .context("applying the update live")?;
         // The step taken, in this operation's row of the history.
         sysroot.set_history_detail(match r.restarted.as_slice() {
             [] => "applied live".to_string(),

@@ -349,6 +349,7 @@ pub fn perform(
             }
         };
         obs.task_end("check");
+        tracing::debug!("checked the channel");
         obs.percent("checked", spans[0]);
         rec.last_check = Some(chrono::Utc::now().timestamp());
         rec.available = offered.map(|v| v.version.clone());
@@ -515,7 +516,13 @@ fn apply_pending(
     limits: &arbor_live::ladder::Limits,
     result: &mut UpdateResult,
 ) -> Result<()> {
-    result.activation = activation(sysroot, || arbor_live::ladder::for_pending(sysroot, limits));
+    // The plan the choice was made from is the plan a live step carries out.
+    let mut planned = None;
+    result.activation = activation(sysroot, || {
+        let (choice, plan) = arbor_live::ladder::for_pending_planned(sysroot, limits)?;
+        planned = Some(plan);
+        Ok(choice)
+    });
     let chosen = result
         .activation
         .clone()
@@ -525,7 +532,7 @@ fn apply_pending(
             passed_over: Vec::new(),
             summary: "reboot: the changes could not be read".into(),
         });
-    result.applied = Some(apply_step::carry_out(sysroot, lock, &chosen)?);
+    result.applied = Some(apply_step::carry_out(sysroot, lock, &chosen, planned)?);
     Ok(())
 }
 
