@@ -168,6 +168,21 @@ fn an_update_comes_by_a_delta_resumes_after_a_kill_and_boots_healthy() {
         "{text}"
     );
 
+    // An unchanged check asks for the timestamp, not for the channel's index again:
+    // the one kept from the last check is still the one the metadata signs.
+    nginx.clear_log();
+    assert_eq!(offered(&sys).as_deref(), Some("2"));
+    let reqs = nginx.requests();
+    assert!(
+        reqs.iter()
+            .any(|r| r.0.ends_with("/metadata/timestamp.json")),
+        "{reqs:?}"
+    );
+    assert!(
+        !reqs.iter().any(|r| r.0.ends_with(".stable.json")),
+        "the unchanged index was fetched again: {reqs:?}"
+    );
+
     // Kill the client half-way through the delta: the next run resumes it.
     nginx.clear_log();
     let mut child = Command::new(common::arbor_bin())
