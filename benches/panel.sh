@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What a settings panel waits for, on the corpus point update a → b published behind a
-# real nginx: the time from calling Check to the AvailableUpdate change (with the
-# package changes), and arbord's RSS while a panel is registered.
+# real nginx: the time from calling Check to its transaction's Finished signal, with
+# AvailableUpdate (and its package changes) read then, and arbord's RSS while a panel
+# is registered.
 #
 #   benches/panel.sh [RUNS]
 #
@@ -81,25 +82,32 @@ def call(method, opts):
                          GLib.Variant("(a{sv})", (opts,)), None,
                          Gio.DBusCallFlags.NONE, 600000, None)
 loop = GLib.MainLoop()
-seen = {}
-def changed(_c, _s, path, _i, _n, params):
-    _, props, _ = params.unpack()
-    offer = props.get("AvailableUpdate")
-    if path == ROOT and offer and offer.get("version") == "2":
-        seen["t"] = time.monotonic()
-        seen["offer"] = offer
-        loop.quit()
-bus.signal_subscribe(None, "org.freedesktop.DBus.Properties", "PropertiesChanged",
-                     ROOT, None, Gio.DBusSignalFlags.NONE, changed)
+# The time of a check is from the call to its transaction's Finished signal, and the
+# offer is read then. (Waiting for any AvailableUpdate change instead was racy: the
+# daemon announces every property at each state change, so a warm check could count
+# a stale announcement from the previous one and call again while it still ran.)
+finished = {}
+def on_finished(_c, _s, path, _i, _n, params):
+    finished[path] = (time.monotonic(), params.unpack()[0])
+    loop.quit()
+bus.signal_subscribe(None, "org.arbor.Arbor1.Transaction", "Finished", None, None,
+                     Gio.DBusSignalFlags.NONE, on_finished)
 call("RegisterClient", {"id": GLib.Variant("s", "bench panel")})
 print("registered", flush=True)
 sys.stdin.readline()
 for run in range(int(sys.argv[2]) + 1):
     t0 = time.monotonic()
-    call("Check", {})
-    loop.run()
-    p = seen["offer"].get("packages", {})
-    print("check", run, int((seen["t"] - t0) * 1000), len(p.get("upgraded", [])), flush=True)
+    (tx,) = call("Check", {}).unpack()
+    while tx not in finished:
+        loop.run()
+    t, ok = finished[tx]
+    offer = bus.call_sync("org.arbor.Arbor1", ROOT, "org.freedesktop.DBus.Properties",
+                          "Get", GLib.Variant("(ss)", (SYSROOT, "AvailableUpdate")),
+                          None, Gio.DBusCallFlags.NONE, 60000, None).unpack()[0]
+    if not ok or offer.get("version") != "2":
+        sys.exit(f"check {run}: success {ok}, offer {offer}")
+    p = offer.get("packages", {})
+    print("check", run, int((t - t0) * 1000), len(p.get("upgraded", [])), flush=True)
 print("done", flush=True)
 sys.stdin.readline()
 PY
@@ -119,7 +127,7 @@ upgraded=$(awk '$1 == "check" { n = $4 } END { print n }' "$W/panel.out")
 for _ in $(seq "$RUNS"); do ms cli "$ARBOR" --sysroot "$S" upgrade --check; done
 exec 3>&-
 cat <<OUT
-Check -> AvailableUpdate (version 2, $upgraded packages upgraded):
+Check -> its transaction's Finished, AvailableUpdate read then (version 2, $upgraded packages upgraded):
   first (cold):        $cold ms
   median of $RUNS warm:    $(median warm) ms
   arbor upgrade --check, median of $RUNS: $(median cli) ms (the same work from the CLI, process start included)
