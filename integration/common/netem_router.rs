@@ -4,8 +4,9 @@
 //! The fleet test's namespace is joined to this one through a tiny guest instead of a
 //! veth pair: Debian's own kernel from corpus `a` (which builds netem as a module) and
 //! an initramfs of seven programs copied from the same tree (dash, ip, tc, kmod,
-//! mount, sleep, grep), their libraries and nine modules. The guest forwards between two virtio NICs, each a tap on
-//! the host (one moved into the namespace), with the netem queue on both egresses, so
+//! mount, sleep, grep), their libraries and nine modules. The guest forwards between
+//! two virtio NICs, each a tap on the host (one moved into the namespace), with the
+//! netem queue on both egresses, so
 //! downloads and reports are shaped alike. It boots in about ten seconds under TCG;
 //! the initramfs is built once and cached under /var/tmp by what goes into it.
 

@@ -57,25 +57,13 @@ pub struct ApplyResult {
 }
 
 fn read_text(sysroot: &Sysroot, commit: &ObjectId, path: &str) -> Option<String> {
-    let mut s = String::new();
-    inspect::open_content(sysroot.repo(), commit, path)
-        .ok()?
-        .take(16 << 20)
-        .read_to_string(&mut s)
-        .ok()?;
-    Some(s)
+    text_of(inspect::open_content(sysroot.repo(), commit, path).ok()?)
 }
 
-/// A regular file's text by its object, bounded as [`read_text`] is.
-fn read_object_text(sysroot: &Sysroot, id: &ObjectId) -> Option<String> {
+/// A file's text, up to 16 MiB; `None` if it cannot be read as text.
+fn text_of(file: std::fs::File) -> Option<String> {
     let mut s = String::new();
-    sysroot
-        .repo()
-        .open_file_object(id)
-        .ok()?
-        .take(16 << 20)
-        .read_to_string(&mut s)
-        .ok()?;
+    file.take(16 << 20).read_to_string(&mut s).ok()?;
     Some(s)
 }
 
@@ -213,12 +201,12 @@ fn plan_to(
         .filter(|e| e.path != UNIT_DIR)
         .filter_map(|e| e.path.rsplit('/').next().map(str::to_string))
         .collect();
-    // The regular unit files by their objects: read through the commit's root, each
-    // of the few hundred would load the dirtrees from `/` down again. An alias (a
-    // symlink) has no text of its own.
+    // The unit files by their objects: read through the commit's root, each of the
+    // few hundred would load the dirtrees from `/` down again. An alias (a symlink)
+    // has no text of its own.
     let unit_objects: std::collections::BTreeMap<String, ObjectId> = listed
         .into_iter()
-        .filter(|e| e.mode & 0o170000 == 0o100000)
+        .filter(|e| e.type_char() == '-')
         .map(|e| (e.path, e.object))
         .collect();
     let etc_defaults = match opts.packages {
@@ -249,11 +237,8 @@ fn plan_to(
         ),
         only,
         units,
-        read: &|path| match unit_objects.get(path) {
-            Some(id) => read_object_text(sysroot, id),
-            None if path.starts_with(UNIT_DIR) => None,
-            None => read_text(sysroot, to, path),
-        },
+        // Only unit files are read, all from the listing.
+        read: &|path| text_of(repo.open_file_object(unit_objects.get(path)?).ok()?),
         etc,
         open: &|removed| open_elsewhere(root, removed),
     })?;
@@ -411,7 +396,7 @@ fn daemon_reload_reason(plan: &LivePlan) -> Option<&str> {
     };
     let added_changes_loaded = |p: &str| {
         let parent = p.rsplit_once('/').map_or("", |(d, _)| d);
-        parent.ends_with(".d") || p.contains("-generators/") || p.starts_with("/etc/")
+        parent.ends_with(".d") || p.contains("-generators/")
     };
     plan.changed
         .iter()

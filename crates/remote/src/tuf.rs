@@ -341,23 +341,20 @@ fn check_target(name: &str, target: &tough::schema::Target, bytes: &[u8]) -> Res
 /// Where a remote's datastore keeps the channel indexes it verified last.
 const KEPT_INDEXES: &str = "indexes";
 
-/// A target kept from an earlier read, if the freshly verified metadata still signs
-/// exactly it (length and hashes): then nothing need be fetched. Read no further than
-/// the signed length; anything else (missing, changed, spoiled) is `None`.
-fn kept_target(repo: &tough::Repository, path: &Path, name: &str) -> Option<Vec<u8>> {
-    use std::io::Read;
+/// A target kept in `dir` from an earlier read, if the freshly verified metadata still
+/// signs exactly it (length and hashes): then nothing need be fetched. Read no further
+/// than the signed length, never through a symlink; anything else (missing, changed,
+/// spoiled) is `None`.
+fn kept_target(repo: &tough::Repository, dir: &Path, name: &str) -> Option<Vec<u8>> {
     let target_name = TargetName::new(name).ok()?;
     let target = repo
         .targets()
         .signed
         .find_target(&target_name, false)
         .ok()?;
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .ok()?
-        .take(target.length.saturating_add(1))
-        .read_to_end(&mut bytes)
-        .ok()?;
+    let dir = fsutil::open_dir(dir).ok()?;
+    let bytes =
+        fsutil::read_bounded_at(std::os::fd::AsFd::as_fd(&dir), name, target.length).ok()?;
     check_target(name, target, &bytes).ok()?;
     Some(bytes)
 }
@@ -375,23 +372,23 @@ pub fn load_channel(
 ) -> Result<ChannelIndex> {
     let metadata = http.url("metadata/")?;
     let targets = http.url("targets/")?;
+    anyhow::ensure!(
+        super::index::valid_channel(channel),
+        "'{channel}' is not a channel name"
+    );
     let name = format!("{channel}.json");
-    // Only a plain name is a file name here (Remote::channel checks it already).
-    let kept = (!channel.contains('/') && !channel.starts_with('.'))
-        .then(|| datastore.join(KEPT_INDEXES).join(&name));
+    let kept = datastore.join(KEPT_INDEXES);
     let bytes = runtime()?.block_on(async {
         let repo = load(http, metadata, targets.clone(), trusted_root, datastore).await?;
-        if let Some(bytes) = kept.as_ref().and_then(|k| kept_target(&repo, k, &name)) {
+        if let Some(bytes) = kept_target(&repo, &kept, &name) {
             return Ok(bytes);
         }
         let bytes = read_target(http, &repo, &targets, &name)?.ok_or_else(|| {
             anyhow::Error::from(arbor_core::error::Error::ChannelNotFound(channel.into()))
         })?;
-        if let Some(k) = &kept {
-            // Not keeping it costs only a fetch at the next check.
-            let _ = std::fs::create_dir_all(datastore.join(KEPT_INDEXES))
-                .and_then(|()| fsutil::write_file_atomic(k, &bytes, 0o644));
-        }
+        // Not keeping it costs only a fetch at the next check.
+        let _ = std::fs::create_dir_all(&kept)
+            .and_then(|()| fsutil::write_file_atomic(&kept.join(&name), &bytes, 0o644));
         Ok::<_, anyhow::Error>(bytes)
     })?;
     ChannelIndex::parse(&bytes, channel)
